@@ -1,0 +1,82 @@
+"""The normalised lead: one shape for every lead, whichever way it came in.
+
+Its JSON form (camelCase, ``Lead.to_json()``) is part of the outside contract: the CLI prints it,
+the webhook posts it, and CRMs are mapped from it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Channel = Literal["http", "table"]
+
+# The marketplace's codes, with the words a sales team reads.
+SOURCES = {
+    "AzureMarketplace": "Azure Marketplace",
+    "AzurePortal": "Azure portal",
+    "AppSource": "AppSource",
+    "TestDrive": "Test Drive",
+}
+ACTIONS = {
+    "INS": "Install",
+    "PLT": "Contact me",
+    "DNC": "Do not contact",
+    "Create": "Purchase",
+    "StartTestDrive": "Test drive started",
+}
+
+
+class Lead(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    lead_id: str
+    received_at: datetime
+    channel: Channel
+    source: str | None = None
+    action: str | None = None
+    offer_id: str | None = None
+    offer_title: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    email_valid: bool | None = Field(
+        None, description="Whether `email` passed the syntax check; null when there is no email."
+    )
+    phone: str | None = None
+    country: str | None = None
+    company: str | None = None
+    title: str | None = None
+    description: str | None = None
+    campaign: dict[str, Any] = Field(default_factory=dict)
+    is_test: bool = False
+    do_not_contact: bool = False
+    pii_withheld: bool = False
+    raw: Any = None
+
+    @property
+    def full_name(self) -> str | None:
+        return " ".join(part for part in (self.first_name, self.last_name) if part) or None
+
+    @property
+    def source_words(self) -> str | None:
+        return SOURCES.get(self.source, self.source) if self.source else None
+
+    @property
+    def action_words(self) -> str | None:
+        return ACTIONS.get(self.action, self.action) if self.action else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's JSON form as Python values (datetimes as ISO 8601 text)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Lead:
+        return cls.model_validate_json(text)

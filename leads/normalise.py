@@ -33,6 +33,13 @@ _SOURCE_NAMES = {
 }
 _ACTION_CODES = {code.lower(): code for code in ("INS", "PLT", "DNC", "Create", "StartTestDrive")}
 _CAMPAIGNS_PREFIX = re.compile(r"^campaigns\s*:", re.IGNORECASE)
+# Plain ASCII addresses, by far the most common, that email-validator accepts unchanged but for
+# the domain's case: checked here in a microsecond instead of its full IDNA path (tests hold the
+# two to agreement). Anything else goes through email-validator.
+_PLAIN_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+)
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
@@ -158,13 +165,10 @@ def parse_lead_source(value: str | None) -> tuple[str | None, str | None, str | 
         return None, None, None
     head, bar, offer = value.partition("|")
     offer = offer.strip() or None if bar else None
-    source, dash, action = head.partition("-")
+    source, _, action = head.partition("-")
     source = source.strip()
     canonical = _SOURCE_NAMES.get(source.lower())
-    if dash and canonical is None and _canonical_action(action) is None:
-        # A dash that does not split a known source from a known action is part of the value.
-        source, action = head.strip(), ""
-    return canonical or source or None, _canonical_action(action) or (action.strip() or None), offer
+    return canonical or source or None, _canonical_action(action), offer
 
 
 def _canonical_action(value: str | None) -> str | None:
@@ -208,6 +212,10 @@ def normalise_email(value: str | None) -> tuple[str | None, bool | None]:
     and ``False``. Syntax only: no DNS look-up."""
     if not value:
         return None, None
+    if len(value) <= 254 and _PLAIN_EMAIL.fullmatch(value):
+        local, _, domain = value.rpartition("@")
+        if len(local) <= 64 and len(domain) <= 253 and not _special_use(domain):
+            return f"{local}@{domain.lower()}", True
     from email_validator import EmailNotValidError, validate_email
 
     try:
@@ -217,7 +225,14 @@ def normalise_email(value: str | None) -> tuple[str | None, bool | None]:
     return checked.normalized, True
 
 
-@lru_cache(maxsize=4096)
+def _special_use(domain: str) -> bool:
+    """Whether email-validator refuses the domain as special-use (``.test``, ``.local``, ...)."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    domain = domain.lower()
+    return any(domain == name or domain.endswith("." + name) for name in SPECIAL_USE_DOMAIN_NAMES)
+
+
 def normalise_phone(value: str | None, country: str | None) -> str | None:
     """E.164 when the number parses as a valid one (the country is the region hint, and digits
     that already start with a country code are read as such); otherwise the text as received."""
@@ -226,18 +241,23 @@ def normalise_phone(value: str | None, country: str | None) -> str | None:
     import phonenumbers
 
     region = country if country and len(country) == 2 else None
-    candidates = [(value, region)]
-    digits = re.sub(r"\D", "", value)
-    if not value.lstrip().startswith("+") and digits:
-        candidates.append(("+" + digits, None))
-    for number, hint in candidates:
-        try:
-            parsed = phonenumbers.parse(number, hint)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(parsed):
-            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return value
+    parsed = _valid_number(value, region)
+    if parsed is None and not value.startswith("+"):
+        # Digits that already begin with a country code, written without the plus.
+        parsed = _valid_number("+" + value, None)
+    if parsed is None:
+        return value
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _valid_number(value: str, region: str | None):
+    import phonenumbers
+
+    try:
+        parsed = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    return parsed if phonenumbers.is_valid_number(parsed) else None
 
 
 def normalise_country(value: str | None) -> str | None:

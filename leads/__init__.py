@@ -1,0 +1,1 @@
+"""Marketplace lead router: take in every Microsoft commercial marketplace lead, once."""

@@ -1,0 +1,129 @@
+"""``python -m leads ...``: run the app locally and look at its leads.
+
+Every command reads the app's settings from the environment, after loading
+``local.settings.json`` as Core Tools would, so the CLI sees the storage the app uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .model import Lead
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m leads", description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", default="local.settings.json",
+                        help="local settings file loaded into the environment (default: %(default)s)")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run function_app.py locally: HTTP routes, timers, queues")
+    serve.add_argument("--port", type=int, default=7071)
+    serve.add_argument("--host", default="127.0.0.1")
+
+    listing = commands.add_parser("list", help="stored leads, newest first")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
+    listing.add_argument("--json", action="store_true", help="the normalised leads as JSON")
+
+    show = commands.add_parser("show", help="one lead, normalised and as received")
+    show.add_argument("lead_id", metavar="LEAD_ID")
+    show.add_argument("--json", action="store_true", help="the normalised lead as JSON")
+
+    poll = commands.add_parser("poll", help="poll the marketplace table once, now")
+    poll.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    from .local_settings import load_local_settings
+
+    load_local_settings(args.settings)
+    return {"serve": _serve, "list": _list, "show": _show, "poll": _poll}[args.command](args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(port=args.port, host=args.host, settings_file=args.settings)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .store import LeadStore
+
+    leads = LeadStore.from_settings().list(limit=args.limit)
+    if args.json:
+        print(json.dumps([lead.to_dict() for lead in leads], indent=2, ensure_ascii=False))
+        return 0
+    if not leads:
+        print("No leads yet.")
+        return 0
+    print(f"{'LEAD ID':<26} {'RECEIVED (UTC)':<19} {'VIA':<5} {'SOURCE':<17} {'ACTION':<14} {'OFFER':<28} COMPANY")
+    for lead in leads:
+        flags = " [TEST]" * lead.is_test + " [DO NOT CONTACT]" * lead.do_not_contact
+        print(f"{lead.lead_id:<26} {lead.received_at:%Y-%m-%d %H:%M:%S} {lead.channel:<5} "
+              f"{_cut(lead.source_words, 17):<17} {_cut(lead.action_words, 14):<14} "
+              f"{_cut(lead.offer_title or lead.offer_id, 28):<28} {lead.company or '-'}{flags}")  # fmt: skip
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .store import LeadStore
+
+    store = LeadStore.from_settings()
+    lead = store.get(args.lead_id)
+    if lead is None:
+        rejected = store.rejected(args.lead_id)
+        if rejected:
+            print(json.dumps(rejected, indent=2, ensure_ascii=False) if args.json else
+                  f"Marketplace row {args.lead_id} was not a usable lead: {rejected['error']}\n"
+                  f"As received: {json.dumps(rejected['raw'], ensure_ascii=False)}")  # fmt: skip
+            return 0
+        print(f"no lead with id {args.lead_id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(lead.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(_describe(lead, store.duplicates(lead.lead_id)))
+    return 0
+
+
+def _poll(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .poll import poll_marketplace
+
+    result = poll_marketplace()
+    print(json.dumps(asdict(result), default=str, indent=2) if args.json else
+          f"read {result.read}, stored {result.stored}, already stored {result.already_stored}, "
+          f"rejected {result.rejected}" + (" (the marketplace table does not exist yet)" * result.table_missing))  # fmt: skip
+    return 0
+
+
+def _describe(lead: Lead, duplicates: int) -> str:
+    rows = [
+        ("Lead", lead.lead_id),
+        ("Received", f"{lead.received_at:%Y-%m-%d %H:%M:%S} UTC via {lead.channel}"),
+        ("Source", lead.source_words),
+        ("Action", lead.action_words),
+        ("Offer", " / ".join(part for part in (lead.offer_title, lead.offer_id) if part) or None),
+        ("Name", lead.full_name),
+        ("Email", (lead.email or "") + (" (not a valid address)" if lead.email_valid is False else "") or None),
+        ("Phone", lead.phone),
+        ("Country", lead.country),
+        ("Company", lead.company),
+        ("Title", lead.title),
+        ("Description", lead.description),
+        ("Campaign", json.dumps(lead.campaign, ensure_ascii=False) if lead.campaign else None),
+        ("Flags", ", ".join(flag for flag, on in (("test lead", lead.is_test), ("do not contact", lead.do_not_contact),
+                                                   ("personal data withheld", lead.pii_withheld)) if on) or None),
+        ("Duplicates", str(duplicates) if duplicates else None),
+        ("As received", json.dumps(lead.raw, ensure_ascii=False)),
+    ]  # fmt: skip
+    return "\n".join(f"{label + ':':<13} {value}" for label, value in rows if value)
+
+
+def _cut(text: str | None, width: int) -> str:
+    text = text or "-"
+    return text if len(text) <= width else text[: width - 1] + "…"

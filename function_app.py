@@ -30,3 +30,17 @@ def poll_marketplace_table(timer: func.TimerRequest) -> None:
     from leads.poll import poll_marketplace
 
     poll_marketplace()
+
+
+@app.queue_trigger(arg_name="message", queue_name="%LEADS_DELIVERY_QUEUE%", connection="AzureWebJobsStorage")
+def deliver_lead(message: func.QueueMessage) -> None:
+    from leads.deliver import handle_message
+
+    handle_message(message.get_body())
+
+
+@app.timer_trigger(schedule="%LEADS_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=True)
+def sweep_deliveries(timer: func.TimerRequest) -> None:
+    from leads.operations import sweep
+
+    sweep()

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from .deliver import enqueue
 from .normalise import LeadValidationError, from_http_body
+from .routing import plan
 from .settings import Settings, get_settings
 from .store import LeadStore
 
@@ -54,11 +56,14 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
     from azure.core.exceptions import AzureError
 
     store = LeadStore.from_settings(settings)
+    deliveries = plan(lead, settings)
     try:
-        stored = store.add_http(lead, timedelta(hours=settings.dedupe_window_hours))
+        stored = store.add_http(lead, timedelta(hours=settings.dedupe_window_hours), deliveries)
     except AzureError as exc:
         log.error("lead %s not stored: storage failed (%s)", lead.lead_id, type(exc).__name__)
         return Answer(503, {"error": "the lead could not be stored right now; send it again"})
+    if not stored.duplicate:
+        enqueue(stored.lead_id, list(deliveries), settings)
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",
         stored.lead_id, "duplicate" if stored.duplicate else "stored",

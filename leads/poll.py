@@ -18,7 +18,9 @@ from datetime import datetime, timedelta
 from threading import Lock
 from typing import Any
 
+from .deliver import enqueue
 from .normalise import LeadValidationError, from_table_entity, table_lead_id
+from .routing import plan
 from .settings import Settings, get_settings
 from .storage import table_service
 from .store import LeadStore
@@ -91,8 +93,11 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings) -> tuple[str, da
         log.warning("marketplace row taken in as rejected lead %s: %s", lead_id, exc)
         _recently_stored.add(lead_id)
         return "rejected", timestamp
-    stored = store.add(lead)
+    deliveries = plan(lead, settings)
+    stored = store.add(lead, deliveries)
     _recently_stored.add(lead_id)
+    if not stored.duplicate:
+        enqueue(lead_id, list(deliveries), settings)
     return ("already_stored" if stored.duplicate else "stored"), timestamp
 
 

@@ -8,6 +8,7 @@ the outside contract: keep them stable and keep README.md and local.settings.sam
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,61 @@ class Settings(BaseSettings):
         ge=0,
         description="The same HTTP lead arriving again within this window is a duplicate.",
     )
+
+    # --- delivery ---------------------------------------------------------------------------
+    delivery_queue: str = Field(
+        "leads-deliveries",
+        alias="LEADS_DELIVERY_QUEUE",
+        pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+        description="The Storage queue of deliveries, one message per (lead, destination).",
+    )
+    sweep_schedule: str = Field(
+        "0 */2 * * * *",
+        alias="LEADS_SWEEP_SCHEDULE",
+        description="NCRONTAB of the sweep that re-enqueues deliveries whose message was lost.",
+    )
+    routing: str = Field("", alias="LEADS_ROUTING", description="Routing rules: JSON, or a JSON file's path.")
+    test_leads: Literal["notify", "deliver", "drop"] = Field(
+        "notify",
+        alias="LEADS_TEST_LEADS",
+        description="Test leads: notify (email only, marked [TEST]), deliver (everywhere), drop.",
+    )
+    retry_hours: float = Field(
+        24.0,
+        alias="LEADS_RETRY_HOURS",
+        ge=12,
+        description="How long transient failures are retried before a delivery is failed.",
+    )
+    retry_base_seconds: float = Field(
+        30.0,
+        alias="LEADS_RETRY_BASE_SECONDS",
+        gt=0,
+        description="The first retry's delay; each next one doubles (with jitter), up to an hour.",
+    )
+    http_timeout_seconds: float = Field(
+        30.0, alias="LEADS_HTTP_TIMEOUT_SECONDS", gt=0, description="How long a destination's answer is awaited."
+    )
+    alert_to: str = Field("", alias="LEADS_ALERT_TO", description="Who is emailed when a delivery fails.")
+
+    # --- email (Azure Communication Services) -----------------------------------------------
+    email_to: str = Field("", alias="EMAIL_TO", description="Sales recipients, separated by ';'.")
+    email_connection_string: str = Field("", alias="EMAIL_CONNECTION_STRING")
+    email_endpoint: str = Field("", alias="EMAIL_ENDPOINT", description="ACS endpoint, used with managed identity.")
+    email_sender: str = Field("", alias="EMAIL_SENDER", description="The verified sender address.")
+    email_pii: Literal["full", "masked", "none"] = Field("full", alias="EMAIL_PII")
+    email_outbox_dir: str = Field(
+        ".outbox", alias="EMAIL_OUTBOX_DIR", description="Where mails go as .eml files when ACS is not set."
+    )
+    email_per_minute: int = Field(
+        30, alias="EMAIL_PER_MINUTE", ge=1, description="ACS's sending limit: 30 (custom domain) or 5 (managed)."
+    )
+    leads_portal_url: str = Field(
+        "", alias="LEADS_PORTAL_URL", description="Where sales finds leads, named in mails without personal data."
+    )
+
+    # --- webhook ------------------------------------------------------------------------------
+    webhook_url: str = Field("", alias="WEBHOOK_URL")
+    webhook_secret: str = Field("", alias="WEBHOOK_SECRET")
 
 
 @lru_cache(maxsize=1)

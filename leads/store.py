@@ -9,11 +9,14 @@ both the durable store and the duplicate check.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from .deliveries import DeliveryBook, new_delivery_entity
+from .destinations.base import Route
 from .model import Lead
 from .normalise import http_lead_id
 from .settings import Settings, get_settings
@@ -42,6 +45,7 @@ class LeadStore:
         self.service = service
         self.leads: TableClient = service.get_table_client(prefix)
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
+        self.deliveries = DeliveryBook(self.leads)
         self._created = False
 
     @classmethod
@@ -64,26 +68,40 @@ class LeadStore:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def add(self, lead: Lead) -> Stored:
-        """Store a lead unless one with its id exists. Table leads have ids from their row, so
-        a row read twice is stored once."""
+    def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None) -> Stored:
+        """Store a lead, and the deliveries it owes, in one atomic write, unless a lead with its
+        id exists. Table leads have ids from their row, so a row read twice is stored once."""
         from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import TableTransactionError
 
         self.ensure_tables()
+        entity = _to_entity(lead)
         try:
-            self.leads.create_entity(_to_entity(lead))
+            if not deliveries:
+                self.leads.create_entity(entity)
+            else:
+                now = datetime.now(timezone.utc)
+                self.leads.submit_transaction(
+                    [("create", entity)]
+                    + [("create", new_delivery_entity(lead.lead_id, name, route, now)) for name, route in deliveries.items()]
+                )
         except ResourceExistsError:
+            return Stored(lead.lead_id, duplicate=True)
+        except TableTransactionError as exc:
+            if exc.error_code != "EntityAlreadyExists":
+                raise
             return Stored(lead.lead_id, duplicate=True)
         return Stored(lead.lead_id, duplicate=False)
 
-    def add_http(self, lead: Lead, dedupe_window: timedelta) -> Stored:
+    def add_http(self, lead: Lead, dedupe_window: timedelta,
+                 deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip
         """Store an HTTP lead. The same content within ``dedupe_window`` of the stored one is a
         duplicate (counted on the stored lead); after the window it is a new lead with a new id."""
         for occurrence in range(1000):
             candidate = lead if occurrence == 0 else lead.model_copy(
                 update={"lead_id": http_lead_id(lead, occurrence)}
             )
-            stored = self.add(candidate)
+            stored = self.add(candidate, deliveries)
             if not stored.duplicate:
                 return stored
             first = self.leads.get_entity(candidate.lead_id, LEAD_ROW)

@@ -1,0 +1,233 @@
+"""Delivering one (lead, destination): claim, send, record; retry, fail, alert.
+
+Called by the queue-triggered function with one message. The delivery row decides what happens:
+a destination is called only after this worker's conditional claim of the row succeeded, so a
+message seen twice, or two workers racing on one delivery, send once. Transient failures are
+retried with exponential backoff and jitter (at least as long as the service's ``Retry-After``)
+by re-enqueueing the message with a visibility delay, never by sleeping; permanent ones, and
+transient ones past ``LEADS_RETRY_HOURS``, end ``failed`` with the reason and one alert mail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from .deliveries import FINAL, Delivery, backoff
+from .destinations import DeliveryError, Destination, PermanentError, get_destination
+from .queue import DeliveryMessage, delivery_queue
+from .settings import Settings, get_settings
+from .store import LeadStore
+
+log = logging.getLogger(__name__)
+
+# How long a claim holds a delivery; a worker that dies mid-send frees it after this.
+CLAIM = timedelta(minutes=5)
+# A message arriving this much before its delivery's next attempt is a stray duplicate.
+EARLY = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    detail: str = ""
+
+
+def enqueue(lead_id: str, destinations: list[str], settings: Settings | None = None) -> None:
+    """Queue the deliveries of a stored lead. A failure here loses nothing: the rows exist and
+    the sweep queues them again."""
+    from azure.core.exceptions import AzureError
+
+    queue = delivery_queue(settings)
+    for name in destinations:
+        try:
+            queue.send(lead_id, name)
+        except AzureError as exc:
+            log.warning("delivery %s/%s not queued (%s); the sweep will", lead_id, name, type(exc).__name__)
+
+
+def handle_message(text: str | bytes, settings: Settings | None = None) -> Outcome:
+    """Act on one queue message."""
+    try:
+        message = DeliveryMessage.from_json(text)
+    except ValueError as exc:
+        log.error("delivery message dropped: %s", exc)
+        return Outcome("ignored", str(exc))
+    return deliver(message.lead_id, message.destination, settings)
+
+
+def deliver(lead_id: str, name: str, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
+    settings = settings or get_settings()
+    store = LeadStore.from_settings(settings)
+    store.ensure_tables()
+    book = store.deliveries
+    now = now or _now()
+    delivery = book.get(lead_id, name)
+    if delivery is None:
+        return Outcome("ignored", "no such delivery")
+    if delivery.state in FINAL:
+        return Outcome(delivery.state, "already finished")
+    if delivery.state == "sending" and delivery.claimed_until and delivery.claimed_until > now:
+        return Outcome("sending", "claimed by another worker")
+    if delivery.state == "retrying" and delivery.next_attempt_at and delivery.next_attempt_at - EARLY > now:
+        return Outcome("retrying", "not due yet")
+
+    destination = get_destination(name, settings)
+    if destination is None:
+        claimed = book.change(delivery, state="sending", claimed_until=now + CLAIM)
+        if claimed:
+            _fail(book, claimed, PermanentError(f"the {name} destination is not enabled",
+                  fix=f"configure its settings, then: python -m leads replay --destination {name}"), settings)  # fmt: skip
+        return Outcome("failed", "destination not enabled")
+
+    if destination.rate_limit:
+        wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period).acquire(now)
+        if wait is not None:
+            return _wait_for_rate(book, delivery, destination, wait, settings)
+
+    claimed = book.change(delivery, state="sending", attempts=delivery.attempts + 1,
+                          claimed_until=now + CLAIM, waiting_for=None)  # fmt: skip
+    if claimed is None:
+        return Outcome("sending", "claimed by another worker")
+    batch = [claimed]
+    if destination.can_digest:
+        batch += _claim_waiting(store, claimed, now)
+    leads = [store.get(item.lead_id) for item in batch]
+    try:
+        if len(batch) == 1:
+            sent = destination.send(leads[0], claimed.route)
+        else:
+            sent = destination.send_digest(leads, claimed.route)
+    except Exception as exc:  # every failure is classified; none may escape unrecorded
+        error = destination.classify(exc)
+        for item in batch:
+            _after_failure(book, item, error, settings, now)
+        return Outcome("retrying" if error.transient else "failed", error.explain())
+    for item in batch:
+        done = book.change(item, state="delivered", external_id=sent.external_id, last_error=None,
+                           claimed_until=None, next_attempt_at=None)  # fmt: skip
+        if done is None:
+            log.warning("delivery %s/%s sent but its row changed under the claim", item.lead_id, name)
+        log.info("lead %s delivered to %s (attempt %d%s)", item.lead_id, name, item.attempts,
+                 f", digest of {len(batch)}" if len(batch) > 1 else "")  # fmt: skip
+    return Outcome("delivered", sent.external_id or "")
+
+
+def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime) -> None:
+    if error.transient:
+        delay = backoff(delivery.attempts, base=settings.retry_base_seconds)
+        if error.retry_after is not None:
+            delay = max(delay, timedelta(seconds=error.retry_after))
+        deadline = (delivery.retry_from or delivery.created_at or now) + timedelta(hours=settings.retry_hours)
+        if now + delay <= deadline:
+            retrying = book.change(delivery, state="retrying", last_error=error.explain(),
+                                   next_attempt_at=now + delay, claimed_until=None)  # fmt: skip
+            if retrying:
+                log.warning("lead %s to %s: attempt %d failed, retry in %ds: %s", delivery.lead_id,
+                            delivery.destination, delivery.attempts, delay.total_seconds(), error)  # fmt: skip
+                delivery_queue(settings).send(delivery.lead_id, delivery.destination, delay.total_seconds())
+            return
+        error = PermanentError(f"gave up after {delivery.attempts} attempts over {settings.retry_hours:g} hours: "
+                               f"{error}", fix=error.fix)  # fmt: skip
+    _fail(book, delivery, error, settings)
+
+
+def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings) -> None:
+    failed = book.change(delivery, state="failed", last_error=error.explain(), claimed_until=None,
+                         next_attempt_at=None)  # fmt: skip
+    if failed is None:
+        return
+    log.error("lead %s to %s failed: %s", delivery.lead_id, delivery.destination, error.explain())
+    if settings.alert_to:
+        from .alerts import send_failure_alert
+
+        send_failure_alert(failed, settings)
+
+
+# --- rate limits and digests ---------------------------------------------------------------------
+
+
+def _wait_for_rate(book, delivery: Delivery, destination: Destination, wait: float,
+                   settings: Settings) -> Outcome:  # fmt: skip
+    """Hold a delivery until the destination's rate allows a send. Deliveries waiting for the
+    same recipients are folded into one digest by whichever of them sends first."""
+    until = _now() + timedelta(seconds=wait)
+    key = waiting_key(delivery) if destination.can_digest else None
+    held = book.change(delivery, state="retrying", next_attempt_at=until, waiting_for=key,
+                       last_error=f"waiting for {destination.name}'s rate limit")  # fmt: skip
+    if held is None:
+        return Outcome(delivery.state, "changed under us")
+    if key:
+        book.table.upsert_entity({"PartitionKey": _WAITING + key, "RowKey": delivery.lead_id,
+                                  "Destination": delivery.destination})  # fmt: skip
+    delivery_queue(settings).send(delivery.lead_id, delivery.destination, wait)
+    return Outcome("retrying", f"rate limited for {wait:.0f}s")
+
+
+_WAITING = "waiting|"
+
+
+def waiting_key(delivery: Delivery) -> str:
+    recipients = ";".join(sorted(r.lower() for r in delivery.recipients))
+    digest = hashlib.sha256(f"{recipients}|{delivery.test}".encode()).hexdigest()[:16]
+    return f"{delivery.destination}|{digest}"
+
+
+def _claim_waiting(store: LeadStore, sender: Delivery, now: datetime) -> list[Delivery]:
+    """Claim the deliveries that wait for the same recipients as ``sender``, to send with it."""
+    key = waiting_key(sender)
+    claimed = []
+    for marker in store.leads.query_entities("PartitionKey eq @key", parameters={"key": _WAITING + key}):
+        other = store.deliveries.get(marker["RowKey"], sender.destination)
+        store.leads.delete_entity(marker["PartitionKey"], marker["RowKey"])
+        if other is None or other.lead_id == sender.lead_id or other.state != "retrying" or other.waiting_for != key:
+            continue
+        taken = store.deliveries.change(other, state="sending", attempts=other.attempts + 1,
+                                        claimed_until=now + CLAIM, waiting_for=None)  # fmt: skip
+        if taken:
+            claimed.append(taken)
+    return claimed
+
+
+class RateLimiter:
+    """A sliding window of sends per destination, shared by every instance through one row
+    written with ETags. ``acquire`` takes a slot, or says how many seconds until one frees."""
+
+    def __init__(self, store: LeadStore, name: str, limit: int, period: float) -> None:
+        self.table = store.checkpoints
+        self.key = ("rate", name)
+        self.limit, self.period = limit, period
+
+    def acquire(self, now: datetime) -> float | None:
+        import json
+
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+
+        for _ in range(20):
+            try:
+                entity = self.table.get_entity(*self.key)
+                sends, etag = json.loads(entity["Sends"]), entity.metadata["etag"]
+            except ResourceNotFoundError:
+                sends, etag = [], None
+            stamp = now.timestamp()
+            sends = [s for s in sends if s > stamp - self.period]
+            if len(sends) >= self.limit:
+                return max(1.0, min(sends) + self.period - stamp)
+            sends.append(stamp)
+            row = {"PartitionKey": self.key[0], "RowKey": self.key[1], "Sends": json.dumps(sends)}
+            try:
+                if etag is None:
+                    self.table.create_entity(row)
+                else:
+                    self.table.update_entity(row, etag=etag, match_condition=MatchConditions.IfNotModified)
+                return None
+            except (ResourceExistsError, ResourceModifiedError):
+                continue
+        return 1.0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

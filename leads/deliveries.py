@@ -1,0 +1,185 @@
+"""The durable state of each (lead, destination) delivery.
+
+A delivery is a row in its lead's partition of the lead store (``RowKey`` ``delivery|<name>``),
+written in the same transaction as the lead, so a lead is never stored without the deliveries it
+owes. Every change of state is a conditional (ETag) write: a worker calls a destination only after
+its claim of the row succeeded, so a duplicated message or a racing worker finds the row claimed,
+or finished, and does nothing.
+
+States: ``pending`` → ``sending`` → ``delivered``; ``sending`` → ``retrying`` → ``sending`` ...;
+``sending`` → ``failed`` (permanent, or retried past ``LEADS_RETRY_HOURS``); ``skipped`` (nothing
+to send, e.g. no email recipients). ``replay`` turns ``failed`` back into ``pending``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from .destinations.base import Route
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+ROW_PREFIX = "delivery|"
+STATES = ("pending", "sending", "delivered", "retrying", "failed", "skipped")
+FINAL = frozenset({"delivered", "failed", "skipped"})
+OPEN = frozenset({"pending", "sending", "retrying"})
+
+
+@dataclass(frozen=True)
+class Delivery:
+    lead_id: str
+    destination: str
+    state: str = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    external_id: str | None = None
+    recipients: tuple[str, ...] = ()
+    test: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    retry_from: datetime | None = None
+    next_attempt_at: datetime | None = None
+    claimed_until: datetime | None = None
+    waiting_for: str | None = None
+    etag: str | None = None
+
+    @property
+    def route(self) -> Route:
+        return Route(recipients=self.recipients, test=self.test)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The operator's view (``show --json``, ``status --json``)."""
+        return {
+            "destination": self.destination,
+            "state": self.state,
+            "attempts": self.attempts,
+            "lastError": self.last_error,
+            "externalId": self.external_id,
+            "createdAt": _iso(self.created_at),
+            "updatedAt": _iso(self.updated_at),
+            "nextAttemptAt": _iso(self.next_attempt_at) if self.state == "retrying" else None,
+        }
+
+
+def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime) -> dict[str, Any]:
+    """The row of a delivery owed, written beside its lead."""
+    state, error = "pending", None
+    if destination == "email" and not route.recipients:
+        state, error = "skipped", "no recipients: set EMAIL_TO, or an email in the matching routing rule"
+    return _to_entity(Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
+                               test=route.test, created_at=now, updated_at=now, retry_from=now))  # fmt: skip
+
+
+class DeliveryBook:
+    """Reads and conditionally changes delivery rows in the lead store's table."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def get(self, lead_id: str, destination: str) -> Delivery | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return _from_entity(self.table.get_entity(lead_id, ROW_PREFIX + destination))
+        except ResourceNotFoundError:
+            return None
+
+    def for_lead(self, lead_id: str) -> list[Delivery]:
+        query = "PartitionKey eq @lead and RowKey ge @low and RowKey lt @high"
+        entities = self.table.query_entities(query, parameters={"lead": lead_id, **_ROW_RANGE})
+        return sorted((_from_entity(entity) for entity in entities), key=lambda d: d.destination)
+
+    def all(self, states: frozenset[str] | None = None) -> Iterator[Delivery]:
+        """Every delivery (in the given states), across all leads."""
+        query = "RowKey ge @low and RowKey lt @high"
+        for entity in self.table.query_entities(query, parameters=_ROW_RANGE):
+            delivery = _from_entity(entity)
+            if states is None or delivery.state in states:
+                yield delivery
+
+    def change(self, delivery: Delivery, **changes: Any) -> Delivery | None:
+        """Write ``changes`` if the row is still as ``delivery`` read it; None if it moved on."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        updated = replace(delivery, **changes, updated_at=changes.get("updated_at") or _now())
+        try:
+            metadata = self.table.update_entity(_to_entity(updated), mode=UpdateMode.REPLACE, etag=delivery.etag,
+                                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(updated, etag=metadata["etag"])
+
+
+_ROW_RANGE = {"low": ROW_PREFIX, "high": ROW_PREFIX[:-1] + chr(ord(ROW_PREFIX[-1]) + 1)}
+
+
+def _to_entity(delivery: Delivery) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": delivery.lead_id,
+        "RowKey": ROW_PREFIX + delivery.destination,
+        "Destination": delivery.destination,
+        "State": delivery.state,
+        "Attempts": delivery.attempts,
+        "Recipients": ";".join(delivery.recipients),
+        "Test": delivery.test,
+    }
+    optional = {
+        "LastError": delivery.last_error,
+        "ExternalId": delivery.external_id,
+        "CreatedAt": delivery.created_at,
+        "UpdatedAt": delivery.updated_at,
+        "RetryFrom": delivery.retry_from,
+        "NextAttemptAt": delivery.next_attempt_at,
+        "ClaimedUntil": delivery.claimed_until,
+        "WaitingFor": delivery.waiting_for,
+    }
+    entity.update({key: value for key, value in optional.items() if value is not None})
+    return entity
+
+
+def _from_entity(entity: Mapping[str, Any]) -> Delivery:
+    return Delivery(
+        lead_id=entity["PartitionKey"],
+        destination=entity["Destination"],
+        state=entity["State"],
+        attempts=int(entity.get("Attempts") or 0),
+        last_error=entity.get("LastError"),
+        external_id=entity.get("ExternalId"),
+        recipients=tuple(r for r in (entity.get("Recipients") or "").split(";") if r),
+        test=bool(entity.get("Test")),
+        created_at=_utc(entity.get("CreatedAt")),
+        updated_at=_utc(entity.get("UpdatedAt")),
+        retry_from=_utc(entity.get("RetryFrom")),
+        next_attempt_at=_utc(entity.get("NextAttemptAt")),
+        claimed_until=_utc(entity.get("ClaimedUntil")),
+        waiting_for=entity.get("WaitingFor"),
+        etag=getattr(entity, "metadata", {}).get("etag"),
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def backoff(attempt: int, base: float = 30.0, cap: float = 3600.0) -> timedelta:
+    """Exponential backoff with full jitter between half and the whole step."""
+    import random
+
+    step = min(cap, base * 2 ** max(0, attempt - 1))
+    return timedelta(seconds=step * random.uniform(0.5, 1.0))

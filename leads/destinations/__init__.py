@@ -1,0 +1,51 @@
+"""The destinations a lead can be delivered to, each one module with one class.
+
+Adding a CRM adds its module and one line here; routing, delivery states, retries and the CLI
+need nothing else. Modules are imported only when used, so a destination's SDK costs nothing
+until a lead is sent to it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .base import DeliveryError, Destination, PermanentError, Route, Sent, TransientError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+# name → "module:Class", in the order operators see them.
+REGISTRY: dict[str, str] = {
+    # "email": "leads.destinations.email:EmailDestination",  (being built)
+    "webhook": "leads.destinations.webhook:WebhookDestination",
+}
+
+__all__ = ["DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",
+           "REGISTRY", "destination_class", "get_destination", "enabled_names"]  # fmt: skip
+
+
+def destination_class(name: str) -> type[Destination]:
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(import_module(module), cls)
+
+
+def get_destination(name: str, settings: Settings) -> Destination | None:
+    """The destination ``name`` as configured, or None if unknown or not enabled. One instance
+    per configuration and process, so its connections and tokens are reused across leads."""
+    if name not in REGISTRY:
+        return None
+    key = (name, settings.model_dump_json())
+    if key not in _instances:
+        if len(_instances) > 32:
+            _instances.clear()
+        _instances[key] = destination_class(name).from_settings(settings)
+    return _instances[key]
+
+
+_instances: dict[tuple[str, str], Destination | None] = {}
+
+
+def enabled_names(settings: Settings) -> list[str]:
+    """The destinations whose settings enable them."""
+    return [name for name in REGISTRY if destination_class(name).is_enabled(settings)]

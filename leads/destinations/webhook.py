@@ -1,0 +1,85 @@
+"""Webhook: POST the normalised lead as JSON to ``WEBHOOK_URL``, signed with ``WEBHOOK_SECRET``.
+
+Headers a receiver gets:
+
+- ``X-Leads-Timestamp``: Unix seconds when the request was signed;
+- ``X-Leads-Signature``: ``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with the secret>``;
+- ``Idempotency-Key``: the lead id, the same on every retry, so a receiver can store a lead once.
+
+2xx is delivered; 410 Gone means the receiver is gone for good (permanent); 408, 425, 429 and
+5xx, timeouts and dropped connections are retried; other 4xx are permanent. See README.md for how
+a receiver verifies the signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import TYPE_CHECKING
+
+from .base import Destination, PermanentError, Route, Sent, from_status
+
+if TYPE_CHECKING:
+    import requests
+
+    from ..model import Lead
+    from ..settings import Settings
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``X-Leads-Signature`` value for a body sent at ``timestamp``."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance: float = 300) -> bool:
+    """What a receiver does: the signature matches and the timestamp is recent."""
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= tolerance
+    except ValueError:
+        return False
+    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+class WebhookDestination(Destination):
+    name = "webhook"
+
+    def __init__(self, url: str, secret: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
+        import requests
+
+        self.url = url
+        self.secret = secret
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    @classmethod
+    def is_enabled(cls, settings: Settings) -> bool:
+        return bool(settings.webhook_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookDestination | None:
+        if not cls.is_enabled(settings):
+            return None
+        return cls(settings.webhook_url, settings.webhook_secret, settings.http_timeout_seconds)
+
+    def send(self, lead: Lead, route: Route) -> Sent:
+        body = lead.to_json().encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": lead.lead_id,
+            "X-Leads-Timestamp": timestamp,
+            "User-Agent": "marketplace-lead-router",
+        }
+        if self.secret:
+            headers["X-Leads-Signature"] = sign(self.secret, timestamp, body)
+        response = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
+        if 200 <= response.status_code < 300:
+            return Sent(external_id=response.headers.get("X-Request-Id") or None)
+        if response.status_code == 410:
+            raise PermanentError("the webhook answered 410 Gone", fix="the receiver is retired: set WEBHOOK_URL to its "
+                                 "new address (or remove it), then replay the failed deliveries")  # fmt: skip
+        fix = None
+        if response.status_code in (401, 403):
+            fix = "the receiver refused the request: check that it uses the same WEBHOOK_SECRET"
+        raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix)

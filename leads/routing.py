@@ -1,0 +1,162 @@
+"""Which destinations a lead goes to, and who is emailed about it.
+
+``LEADS_ROUTING`` holds ordered rules (a JSON document, or the path of a JSON file); the first rule
+that matches a lead decides. A rule matches on offer (id or title, ``*`` wildcards), action,
+source and test-ness; every condition it names must hold. For example::
+
+    {"rules": [
+      {"offer": "contoso.crm*", "action": ["PLT", "INS"], "email": "crm-sales@contoso.com",
+       "destinations": ["email", "dynamics"]},
+      {"source": "AzurePortal", "email": "azure-team@contoso.com; lead@contoso.com"},
+      {"offer": "*", "test": true, "destinations": ["email"]}
+    ]}
+
+A rule without ``destinations`` sends to every enabled destination; without ``email`` it uses
+``EMAIL_TO``. With no rule matching (or no routing set) every enabled destination gets the lead.
+Test leads then follow ``LEADS_TEST_LEADS``: ``notify`` (email only), ``deliver``, ``drop``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .destinations.base import Route
+from .model import Lead
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+TEST_LEAD_MODES = ("notify", "deliver", "drop")
+_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations"}
+
+
+class RoutingError(ValueError):
+    """``LEADS_ROUTING`` cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    offers: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    test: bool | None = None
+    email: tuple[str, ...] | None = None
+    destinations: tuple[str, ...] | None = None
+
+    def matches(self, lead: Lead) -> bool:
+        if self.test is not None and lead.is_test != self.test:
+            return False
+        if self.actions and (lead.action or "").casefold() not in self.actions:
+            return False
+        if self.sources and (lead.source or "").casefold() not in self.sources:
+            return False
+        if self.offers:
+            names = [name.casefold() for name in (lead.offer_id, lead.offer_title) if name]
+            if not any(fnmatchcase(name, pattern) for pattern in self.offers for name in names):
+                return False
+        return True
+
+
+def split_addresses(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Addresses from ``a@x.com; b@y.com`` (as Partner Center writes them), commas too, or a list."""
+    if not value:
+        return ()
+    items = value.replace(",", ";").split(";") if isinstance(value, str) else value
+    return tuple(dict.fromkeys(item.strip() for item in items if item and item.strip()))
+
+
+@lru_cache(maxsize=16)
+def load_rules(setting: str) -> tuple[Rule, ...]:
+    """The rules in ``LEADS_ROUTING``: JSON text, or the path of a JSON file."""
+    setting = setting.strip()
+    if not setting:
+        return ()
+    if setting[0] in "[{":
+        text, where = setting, "LEADS_ROUTING"
+    else:
+        path = Path(setting)
+        if not path.is_file():
+            raise RoutingError(f"LEADS_ROUTING names {setting}, which is not a file (or is not JSON)")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise RoutingError(f"{where} is not valid JSON: {exc}") from None
+    rules = document.get("rules") if isinstance(document, Mapping) else document
+    if not isinstance(rules, list):
+        raise RoutingError(f'{where} must be a list of rules or {{"rules": [...]}}')
+    return tuple(_rule(item, index, where) for index, item in enumerate(rules, 1))
+
+
+def _rule(item: Any, index: int, where: str) -> Rule:
+    label = f"{where}, rule {index}"
+    if not isinstance(item, Mapping):
+        raise RoutingError(f"{label} must be an object")
+    unknown = set(item) - _RULE_KEYS
+    if unknown:
+        raise RoutingError(f"{label} has unknown keys {sorted(unknown)}; known: {sorted(_RULE_KEYS)}")
+
+    def texts(key: str) -> tuple[str, ...]:
+        value = item.get(key)
+        if value is None:
+            return ()
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise RoutingError(f"{label}: {key} must be text or a list of text")
+        return tuple(v.strip().casefold() for v in values if v.strip())
+
+    test = item.get("test")
+    if test is not None and not isinstance(test, bool):
+        raise RoutingError(f"{label}: test must be true or false")
+    email = item.get("email")
+    destinations = item.get("destinations")
+    if destinations is not None and not (isinstance(destinations, list) and all(isinstance(d, str) for d in destinations)):
+        raise RoutingError(f"{label}: destinations must be a list of destination names")
+    return Rule(
+        name=str(item.get("name") or f"rule {index}"),
+        offers=texts("offer"),
+        actions=texts("action"),
+        sources=texts("source"),
+        test=test,
+        email=split_addresses(email) if email is not None else None,
+        destinations=tuple(d.strip().lower() for d in destinations) if destinations is not None else None,
+    )
+
+
+def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: str,
+          test_leads: str = "notify") -> dict[str, Route]:  # fmt: skip
+    """Destination name → :class:`Route` for one lead, among the ``enabled`` destinations."""
+    enabled = tuple(enabled)
+    rule = next((rule for rule in rules if rule.matches(lead)), None)
+    names = enabled if rule is None or rule.destinations is None else \
+        tuple(name for name in rule.destinations if name in enabled)  # fmt: skip
+    recipients = split_addresses(email_to) if rule is None or rule.email is None else rule.email
+    if lead.is_test:
+        if test_leads == "drop":
+            names = ()
+        elif test_leads == "notify":
+            names = tuple(name for name in names if name == "email") or (("email",) if "email" in enabled else ())
+    return {name: Route(recipients=recipients if name == "email" else (), test=lead.is_test) for name in names}
+
+
+def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
+    """The deliveries a newly stored lead owes, by the configured routing. An unusable
+    ``LEADS_ROUTING`` must not lose the lead: it falls back to the default route, and the
+    error shows in the log, in ``check`` and in ``/api/health``."""
+    from .destinations import enabled_names
+
+    try:
+        rules = load_rules(settings.routing)
+    except RoutingError as exc:
+        log.error("LEADS_ROUTING is unusable, lead %s takes the default route: %s", lead.lead_id, exc)
+        rules = ()
+    return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads)

@@ -1,0 +1,45 @@
+"""Running the delivery queue in tests as the Functions host would: receive, handle, delete."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from leads.deliver import handle_message
+from leads.queue import delivery_queue
+from leads.settings import get_settings
+from leads.store import LeadStore
+
+
+def open_deliveries() -> int:
+    store = LeadStore.from_settings()
+    return sum(1 for _ in store.deliveries.all(frozenset({"pending", "sending", "retrying"})))
+
+
+def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = None) -> None:
+    """Handle queue messages until no delivery is open, or fail after ``deadline`` seconds."""
+    from leads.operations import sweep
+
+    settings = get_settings()
+    client = delivery_queue(settings).client
+    delivery_queue(settings)._ensure()
+    end = time.monotonic() + deadline
+    last_sweep = time.monotonic()
+
+    def handle(message) -> None:
+        handle_message(message.content, settings)
+        client.delete_message(message)
+
+    with ThreadPoolExecutor(workers) as pool:
+        while time.monotonic() < end:
+            batch = list(client.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+            if batch:
+                list(pool.map(handle, batch))
+                continue
+            if open_deliveries() == 0:
+                return
+            if sweep_every is not None and time.monotonic() - last_sweep > sweep_every:
+                sweep(settings)
+                last_sweep = time.monotonic()
+            time.sleep(0.1)
+    raise TimeoutError(f"{open_deliveries()} deliveries still open after {deadline}s")

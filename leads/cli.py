@@ -35,11 +35,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     poll = commands.add_parser("poll", help="poll the marketplace table once, now")
     poll.add_argument("--json", action="store_true")
 
+    status = commands.add_parser("status", help="deliveries per destination and state, recent failures")
+    status.add_argument("--json", action="store_true")
+
+    replay = commands.add_parser("replay", help="deliver failed deliveries again (never a delivered one)")
+    replay.add_argument("--lead", metavar="LEAD_ID", help="only this lead's")
+    replay.add_argument("--destination", metavar="NAME", help="only this destination's")
+
+    test_lead = commands.add_parser("test-lead", help="send an MSFT_TEST_ lead as the marketplace's Validate "
+                                    "button does, wait for it, and report each destination's outcome")  # fmt: skip
+    test_lead.add_argument("--via", choices=("http", "table"), default="http")
+    test_lead.add_argument("--url", default="http://127.0.0.1:7071/api/leads",
+                           help="the intake to POST to with --via http (default: %(default)s)")  # fmt: skip
+    test_lead.add_argument("--timeout", type=float, default=120, help="seconds to wait (default: %(default)s)")
+    test_lead.add_argument("--json", action="store_true")
+
     args = parser.parse_args(argv)
     from .local_settings import load_local_settings
 
     load_local_settings(args.settings)
-    return {"serve": _serve, "list": _list, "show": _show, "poll": _poll}[args.command](args)
+    handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
+                "replay": _replay, "test-lead": _test_lead}  # fmt: skip
+    return handlers[args.command](args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -82,11 +99,74 @@ def _show(args: argparse.Namespace) -> int:
             return 0
         print(f"no lead with id {args.lead_id}", file=sys.stderr)
         return 1
+    deliveries = store.deliveries.for_lead(lead.lead_id)
     if args.json:
-        print(json.dumps(lead.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps({**lead.to_dict(), "deliveries": [d.to_dict() for d in deliveries]},
+                         indent=2, ensure_ascii=False))  # fmt: skip
         return 0
     print(_describe(lead, store.duplicates(lead.lead_id)))
+    for delivery in deliveries:
+        print(f"{'Delivery:':<13} {_delivery_line(delivery)}")
     return 0
+
+
+def _delivery_line(delivery) -> str:
+    line = f"{delivery.destination:<10} {delivery.state:<9} attempts {delivery.attempts}"
+    if delivery.external_id:
+        line += f", id {delivery.external_id}"
+    if delivery.state == "retrying" and delivery.next_attempt_at:
+        line += f", next at {delivery.next_attempt_at:%H:%M:%S}"
+    if delivery.last_error and delivery.state != "delivered":
+        line += f"\n{'':<14} {delivery.last_error}"
+    return line
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .operations import status
+
+    report = status()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    if not report.counts:
+        print("No deliveries yet.")
+    for name, counts in report.counts.items():
+        print(f"{name:<10} " + ", ".join(f"{state} {count}" for state, count in counts.items()))
+    if report.oldest_pending:
+        oldest = report.oldest_pending
+        print(f"\nOldest open: {oldest.lead_id} to {oldest.destination}, {oldest.state} since "
+              f"{oldest.created_at:%Y-%m-%d %H:%M:%S} UTC")  # fmt: skip
+    if report.recent_failures:
+        print("\nRecent failures:")
+        for delivery in report.recent_failures:
+            print(f"  {delivery.lead_id} {_delivery_line(delivery)}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .operations import replay
+
+    replayed = replay(lead_id=args.lead, destination=args.destination)
+    for delivery in replayed:
+        print(f"replaying {delivery.lead_id} to {delivery.destination}")
+    print(f"{len(replayed)} failed deliveries queued again." if replayed else "No failed deliveries to replay.")
+    return 0
+
+
+def _test_lead(args: argparse.Namespace) -> int:
+    from .testlead import run_test_lead
+
+    report = run_test_lead(via=args.via, url=args.url, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"Test lead {report['leadId']} sent via {report['via']}.")
+        for delivery in report["deliveries"]:
+            print(f"  {delivery['destination']:<10} {delivery['state']:<9} "
+                  f"{delivery.get('externalId') or ''} {delivery.get('lastError') or ''}".rstrip())  # fmt: skip
+        if not report["deliveries"]:
+            print("  no destination is routed test leads (see LEADS_TEST_LEADS and LEADS_ROUTING)")
+    return 0 if report["ok"] else 1
 
 
 def _poll(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def poll_marketplace(settings: Settings | None = None) -> PollResult:
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
-    source = _marketplace_table(settings)
+    source = marketplace_table(settings)
     checkpoint = Checkpoint(store, settings.marketplace_table_name)
     watermark = checkpoint.read()
     overlap = timedelta(minutes=settings.poll_overlap_minutes)
@@ -101,7 +101,7 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings) -> tuple[str, da
     return ("already_stored" if stored.duplicate else "stored"), timestamp
 
 
-def _marketplace_table(settings: Settings):
+def marketplace_table(settings: Settings):
     if settings.marketplace_table_connection:
         service = table_service(settings.marketplace_table_connection, "MARKETPLACE_TABLE_CONNECTION")
     else:

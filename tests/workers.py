@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from azure.core.exceptions import AzureError
+
 from leads.deliver import handle_message
 from leads.queue import delivery_queue
 from leads.settings import get_settings
@@ -17,7 +19,8 @@ def open_deliveries() -> int:
 
 
 def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = None) -> None:
-    """Handle queue messages until no delivery is open, or fail after ``deadline`` seconds."""
+    """Handle queue messages until no delivery is open, or fail after ``deadline`` seconds. A
+    message whose handling raises stays on the queue and comes back, as with the Functions host."""
     from leads.operations import sweep
 
     settings = get_settings()
@@ -27,12 +30,15 @@ def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = 
     last_sweep = time.monotonic()
 
     def handle(message) -> None:
-        handle_message(message.content, settings)
-        client.delete_message(message)
+        try:
+            handle_message(message.content, settings)
+            client.delete_message(message)
+        except AzureError:
+            pass  # the host leaves it on the queue; it reappears after its visibility timeout
 
     with ThreadPoolExecutor(workers) as pool:
         while time.monotonic() < end:
-            batch = list(client.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+            batch = list(client.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=5))
             if batch:
                 list(pool.map(handle, batch))
                 continue

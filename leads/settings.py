@@ -111,6 +111,35 @@ class Settings(BaseSettings):
     webhook_url: str = Field("", alias="WEBHOOK_URL")
     webhook_secret: str = Field("", alias="WEBHOOK_SECRET")
 
+    # --- Dynamics 365 (Dataverse Web API) ------------------------------------------------------
+    dynamics_url: str = Field("", alias="DYNAMICS_URL", description="e.g. https://contoso.crm4.dynamics.com")
+    dynamics_tenant_id: str = Field("", alias="DYNAMICS_TENANT_ID")
+    dynamics_client_id: str = Field("", alias="DYNAMICS_CLIENT_ID")
+    dynamics_client_secret: str = Field("", alias="DYNAMICS_CLIENT_SECRET")
+    dynamics_authority: str = Field(
+        "https://login.microsoftonline.com", alias="DYNAMICS_AUTHORITY", description="Entra login host (sovereign clouds)."
+    )
+
+    # --- Salesforce -----------------------------------------------------------------------------
+    salesforce_oid: str = Field("", alias="SALESFORCE_OID", description="Web-to-Lead organisation id.")
+    salesforce_web_to_lead_url: str = Field(
+        "https://webto.salesforce.com/servlet/servlet.WebToLead?encoding=UTF-8", alias="SALESFORCE_WEB_TO_LEAD_URL"
+    )
+    salesforce_url: str = Field("", alias="SALESFORCE_URL", description="My Domain URL, for the REST API.")
+    salesforce_client_id: str = Field("", alias="SALESFORCE_CLIENT_ID")
+    salesforce_client_secret: str = Field("", alias="SALESFORCE_CLIENT_SECRET")
+    salesforce_external_id_field: str = Field("", alias="SALESFORCE_EXTERNAL_ID_FIELD")
+
+    # --- Marketo --------------------------------------------------------------------------------
+    marketo_url: str = Field("", alias="MARKETO_URL", description="REST base, https://<munchkin>.mktorest.com")
+    marketo_client_id: str = Field("", alias="MARKETO_CLIENT_ID")
+    marketo_client_secret: str = Field("", alias="MARKETO_CLIENT_SECRET")
+    marketo_form_id: str = Field("", alias="MARKETO_FORM_ID")
+
+    # --- HubSpot --------------------------------------------------------------------------------
+    hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Private app access token.")
+    hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .base import DeliveryError, Destination, PermanentError, Route, Sent, TransientError
+from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -21,7 +21,7 @@ REGISTRY: dict[str, str] = {
     "webhook": "leads.destinations.webhook:WebhookDestination",
 }
 
-__all__ = ["DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",
+__all__ = ["Check", "DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",
            "REGISTRY", "destination_class", "get_destination", "enabled_names"]  # fmt: skip
 
 

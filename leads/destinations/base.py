@@ -59,6 +59,19 @@ class Sent:
     detail: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Check:
+    """What ``python -m leads check`` says of one destination."""
+
+    ok: bool
+    message: str
+    fix: str | None = None
+
+    @classmethod
+    def failed(cls, error: DeliveryError) -> Check:
+        return cls(False, str(error), error.fix)
+
+
 class Destination(ABC):
     name: ClassVar[str]
 
@@ -89,6 +102,11 @@ class Destination(ABC):
     def send(self, lead: Lead, route: Route) -> Sent:
         """Deliver one lead. Must be safe to call again for the same lead (idempotent at the
         destination where the destination allows it)."""
+
+    def check(self) -> Check:
+        """Whether the settings and credentials work, found without creating anything: a token,
+        a harmless read. The default only says the destination is configured."""
+        return Check(True, "configured")
 
     def classify(self, error: Exception) -> DeliveryError:
         """A :class:`DeliveryError` for any exception ``send`` raised."""

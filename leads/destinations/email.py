@@ -1,0 +1,655 @@
+"""The email destination: a notification to the sales team through Azure Communication Services
+Email, or, with no ACS configured (local runs), an ``.eml`` file in ``EMAIL_OUTBOX_DIR``.
+
+Mails are rendered from ``leads/templates/email/`` (HTML autoescaped, so a company called
+``<script>`` is text) with as much personal data as ``EMAIL_PII`` allows:
+
+- ``full``: everything the lead holds.
+- ``masked``: names as initials, ``j***@contoso.com``, ``+1 *** *** 5555`` (the last four digits
+  only); company and title stay (the business context sales needs); the free-text description is
+  left out, since no mask can be trusted on free text.
+- ``none``: no personal data at all (not name, email, phone, company, title, description); the
+  mail says where to find the lead instead (``LEADS_PORTAL_URL``, or ``python -m leads show``).
+
+Every send is idempotent where ACS lets it be: the request carries an ``Operation-Id`` derived
+from the lead id(s), the recipients and the sender, so a retry after a timeout names the same
+operation instead of queueing a second mail, and the outbox file of a lead is always the same file.
+
+The ACS SDK and azure-identity are imported only when a mail is sent (cold start).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from .base import DeliveryError, Destination, PermanentError, Route, Sent, TransientError, classify_error, from_status
+
+if TYPE_CHECKING:
+    from ..model import Lead
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Namespace of the deterministic ACS operation ids (uuid5 of the lead ids, recipients and sender).
+OPERATION_NAMESPACE = uuid.UUID("6f1f0c53-3d0e-4b8e-9a53-2f3c8b1d7e01")
+FOOTER = "Sent by the marketplace lead router."
+SUBJECT_MAX = 200
+TERMINAL = frozenset({"Succeeded", "Failed", "Canceled"})
+
+# What sales should do, by action code.
+NEXT_STEPS = {
+    "INS": "The customer installed or acquired the offer: welcome them and offer help getting started.",
+    "Create": "The customer bought the offer in the Azure portal: welcome them and offer help with onboarding.",
+    "PLT": "The customer asked to be contacted: call or email them back within one business day.",
+    "StartTestDrive": "The customer started a test drive: follow up on how it went and offer a walkthrough.",
+}
+NEXT_STEP_OTHER = "Review the lead and follow up as its action suggests."
+NEXT_STEP_DNC = ("Do NOT contact this customer. Record the lead only: the marketplace marked it do-not-contact "
+                 "(it came through a cross-listed partner).")  # fmt: skip
+NEXT_STEP_TEST = ("Nothing to do: this is a test lead (the marketplace's validation, or python -m leads test-lead), "
+                  "and no customer is behind it. It shows that leads reach you.")  # fmt: skip
+
+
+# --- the destination ---------------------------------------------------------------------------
+
+
+class EmailDestination(Destination):
+    """Notifies sales of a lead by email: through ACS when ``EMAIL_CONNECTION_STRING`` or
+    ``EMAIL_ENDPOINT`` is set, else into the outbox folder."""
+
+    name = "email"
+    rate_period = 60.0
+
+    def __init__(self, settings: Settings, *, poll_interval: float = 1.0, poll_timeout: float = 10.0,
+                 connection_timeout: float = 5.0, read_timeout: float = 20.0) -> None:  # fmt: skip
+        self.settings = settings
+        self.rate_limit = settings.email_per_minute
+        self.transport = transport_for(settings, poll_interval=poll_interval, poll_timeout=poll_timeout,
+                                       connection_timeout=connection_timeout, read_timeout=read_timeout)  # fmt: skip
+
+    @classmethod
+    def is_enabled(cls, settings: Settings) -> bool:
+        # Always: without ACS the mails go to the outbox folder, and a lead with no recipients
+        # has its delivery marked skipped before it gets here.
+        return True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmailDestination:
+        return cls(settings)
+
+    def send(self, lead: Lead, route: Route) -> Sent:
+        return self.transport.send(render_lead(lead, route, self.settings))
+
+    def send_digest(self, leads: list[Lead], route: Route) -> Sent:
+        if len(leads) == 1:
+            return self.send(leads[0], route)
+        return self.transport.send(render_digest(leads, route, self.settings))
+
+    def classify(self, error: Exception) -> DeliveryError:
+        return acs_error(error, self.transport.auth if isinstance(self.transport, AcsTransport) else None)
+
+
+def send_operator_mail(settings: Settings, to: tuple[str, ...], subject: str, text: str, *,
+                       key: str | None = None) -> Sent:  # fmt: skip
+    """A plain mail to the app's operators (alerts), through the same transport as lead mails.
+    ``key`` makes a repeated call the same mail (same ACS operation, same outbox file)."""
+    subject = one_line(subject)
+    html = _environment().get_template("email/operator.html").render(subject=subject, text=text)
+    key = key or json.dumps([sorted(to), subject, text])
+    operation = str(uuid.uuid5(OPERATION_NAMESPACE, "operator|" + key + "|" + settings.email_sender))
+    mail = Mail(to=tuple(to), subject=subject, text=text, html=html, operation_id=operation,
+                filename=f"operator-{operation}.eml", lead_ids=())  # fmt: skip
+    return transport_for(settings).send(mail)
+
+
+# --- what a mail is, and how it is rendered --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mail:
+    to: tuple[str, ...]
+    subject: str
+    text: str
+    html: str
+    operation_id: str  # deterministic: the same lead(s) to the same people is the same mail
+    filename: str  # the outbox file it is written to without ACS
+    lead_ids: tuple[str, ...] = field(default=())
+
+
+def render_lead(lead: Lead, route: Route, settings: Settings) -> Mail:
+    """The mail about one lead."""
+    test = lead.is_test or route.test
+    view = _lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=_headline(lead, settings.email_pii))
+    subject = one_line(("[TEST] " if test else "") + _headline(lead, settings.email_pii))
+    return _mail([view], subject, intro=None, route=route, settings=settings, lead_ids=(lead.lead_id,),
+                 filename=_safe_name(lead.lead_id) + ".eml")  # fmt: skip
+
+
+def render_digest(leads: list[Lead], route: Route, settings: Settings) -> Mail:
+    """One mail listing several leads that waited for the same recipients."""
+    pii = settings.email_pii
+    test = route.test or all(lead.is_test for lead in leads)
+    views = [_lead_view(lead, pii, settings.leads_portal_url, lead.is_test or route.test,
+                        heading=("[TEST] " if lead.is_test and not test else "") + _headline(lead, pii))
+             for lead in leads]  # fmt: skip
+    offers = list(dict.fromkeys(_offer_name(lead) for lead in leads))
+    shown = ", ".join(offers[:3]) + (f" and {len(offers) - 3} more" if len(offers) > 3 else "")
+    dnc = sum(lead.do_not_contact for lead in leads)
+    subject = one_line(("[TEST] " if test else "") + f"{len(leads)} new leads"
+                       + (f" ({dnc} do not contact)" if dnc else "") + f": {shown}")  # fmt: skip
+    intro = (f"{len(leads)} leads arrived while the mail service's sending limit was reached, so they are "
+             "listed together in this one mail." + (f" {dnc} of them must NOT be contacted: see each lead." if dnc else ""))  # fmt: skip
+    lead_ids = tuple(lead.lead_id for lead in leads)
+    return _mail(views, subject, intro=intro, route=route, settings=settings, lead_ids=lead_ids, filename=None)
+
+
+def _mail(views: list[dict[str, Any]], subject: str, *, intro: str | None, route: Route, settings: Settings,
+          lead_ids: tuple[str, ...], filename: str | None) -> Mail:  # fmt: skip
+    context = {"subject": subject, "intro": intro, "leads": views, "digest": len(views) > 1, "footer": FOOTER}
+    env = _environment()
+    html = env.get_template("email/lead.html").render(context)
+    text = env.get_template("email/lead.txt").render(context)
+    operation = operation_id(lead_ids, route.recipients, settings.email_sender)
+    return Mail(to=tuple(route.recipients), subject=subject, text=text, html=html, operation_id=operation,
+                filename=filename or f"digest-{operation}.eml", lead_ids=lead_ids)  # fmt: skip
+
+
+def operation_id(lead_ids: tuple[str, ...] | list[str], recipients: tuple[str, ...], sender: str) -> str:
+    """The ACS ``Operation-Id`` of the mail about ``lead_ids``: the same on every retry, and new
+    when the recipients or the sender change (so a replay after fixing them is a new send)."""
+    people = ";".join(sorted(address.strip().lower() for address in recipients))
+    name = "email|" + "|".join(sorted(lead_ids)) + "|" + people + "|" + sender.strip().lower()
+    return str(uuid.uuid5(OPERATION_NAMESPACE, name))
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _headline(lead: Lead, pii: str) -> str:
+    """``New lead: Contoso — Contoso CRM (Contact me)``, or ``Do not contact: ...``."""
+    who = _who(lead, pii)
+    what = " — ".join(part for part in (who, _offer_name(lead)) if part)
+    if lead.do_not_contact:
+        return f"Do not contact: {what}"
+    action = lead.action_words
+    return f"New lead: {what}" + (f" ({action})" if action else "")
+
+
+def _who(lead: Lead, pii: str) -> str | None:
+    if pii == "none":
+        return None
+    if lead.company:
+        return lead.company
+    return lead.full_name if pii == "full" else initials(lead)
+
+
+def _offer_name(lead: Lead) -> str:
+    return lead.offer_title or lead.offer_id or "an offer"
+
+
+def _lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) -> dict[str, Any]:
+    """What the templates show of one lead: banners, labelled rows, the next step."""
+    banners = []
+    if lead.do_not_contact:
+        banners.append(_banner("DO NOT CONTACT this customer. The marketplace marked this lead do-not-contact: "
+                               "record it only; do not call, email or add them to a campaign.", "#c50f1f", "#fdf3f4"))  # fmt: skip
+    if test:
+        banners.append(_banner("[TEST] This is a test lead, not a customer.", "#bc4b09", "#fff9f5"))
+    if lead.pii_withheld:
+        banners.append(_banner("The marketplace withheld this customer's personal data (as it does for some "
+                               "customers, e.g. education tenants).", "#616161", "#f5f5f5"))  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, value: Any, href: str | None = None, multiline: bool = False) -> None:
+        if value not in (None, "", [], {}):
+            rows.append({"label": label, "value": str(value), "href": href, "multiline": multiline})
+
+    if pii == "full":
+        row("Name", lead.full_name)
+        row("Company", lead.company)
+        row("Title", lead.title)
+        if lead.email:
+            valid = lead.email_valid is not False
+            row("Email", lead.email + ("" if valid else " (not a valid address)"),
+                href="mailto:" + quote(lead.email, safe="@.+-_") if valid else None)  # fmt: skip
+        if lead.phone:
+            row("Phone", lead.phone, href="tel:" + lead.phone if re.fullmatch(r"\+\d{6,15}", lead.phone) else None)
+    elif pii == "masked":
+        row("Name", initials(lead))
+        row("Company", lead.company)
+        row("Title", lead.title)
+        row("Email", mask_email(lead.email))
+        row("Phone", mask_phone(lead.phone))
+    row("Country", country_name(lead.country))
+    offer = lead.offer_title or lead.offer_id
+    if lead.offer_title and lead.offer_id:
+        offer = f"{lead.offer_title} ({lead.offer_id})"
+    row("Offer", offer)
+    row("Source", lead.source_words)
+    row("Action", lead.action_words)
+    row("Campaign", campaign_text(lead.campaign), multiline=True)
+    if pii == "full":
+        row("Description", lead.description, multiline=True)
+    row("Lead id", lead.lead_id)
+    row("Received", f"{lead.received_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+    if lead.do_not_contact:
+        next_step = NEXT_STEP_DNC
+    elif test:
+        next_step = NEXT_STEP_TEST
+    else:
+        next_step = NEXT_STEPS.get(lead.action or "", NEXT_STEP_OTHER)
+
+    find = None
+    if pii != "full":
+        what = "Personal data is not in this mail" if pii == "none" else "The full details are not in this mail"
+        url = portal_link(portal_url, lead.lead_id)
+        if url:
+            find = {"text": f"{what}: see the lead at", "link": url, "href": url}
+        else:
+            find = {"text": f"{what}: show the lead with", "link": f"python -m leads show {lead.lead_id}", "href": None}
+    return {"heading": heading, "banners": banners, "rows": rows, "next_step": next_step, "find": find}
+
+
+def _banner(text: str, colour: str, background: str) -> dict[str, str]:
+    return {"text": text, "colour": colour, "background": background}
+
+
+def portal_link(portal_url: str, lead_id: str) -> str | None:
+    """``LEADS_PORTAL_URL`` for one lead: ``{leadId}`` in it is replaced by the lead id."""
+    portal_url = portal_url.strip()
+    if not portal_url:
+        return None
+    return portal_url.replace("{leadId}", quote(lead_id, safe=""))
+
+
+# --- personal data, masked --------------------------------------------------------------------
+
+
+def initials(lead: Lead) -> str | None:
+    """``S. O.`` for Some One."""
+    names = [part for name in (lead.first_name, lead.last_name) if name for part in name.split()]
+    return " ".join(f"{name[0].upper()}." for name in names) or None
+
+
+def mask_email(value: str | None) -> str | None:
+    """``j***@contoso.com``: the first character and the domain."""
+    if not value:
+        return None
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain:
+        return "***"
+    return f"{local[0]}***@{domain}"
+
+
+def mask_phone(value: str | None) -> str | None:
+    """``+1 *** *** 5555``: the country code and the last four digits."""
+    if not value:
+        return None
+    digits = re.sub(r"\D", "", value)
+    if len(digits) < 7:
+        return "***"
+    if value.startswith("+"):
+        import phonenumbers
+
+        try:
+            parsed = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException:
+            parsed = None
+        if parsed is not None and parsed.country_code:
+            return f"+{parsed.country_code} *** *** {str(parsed.national_number)[-4:]}"
+    return f"*** *** {digits[-4:]}"
+
+
+def country_name(code: str | None) -> str | None:
+    """``United States (US)`` for an ISO alpha-2 code; anything else as it is."""
+    if not code:
+        return None
+    if len(code) == 2 and code.isalpha():
+        import pycountry
+
+        country = pycountry.countries.get(alpha_2=code.upper())
+        if country is not None:
+            return f"{getattr(country, 'common_name', None) or country.name} ({country.alpha_2})"
+    return code
+
+
+def campaign_text(campaign: dict[str, Any]) -> str | None:
+    lines = []
+    for key, value in campaign.items():
+        if value in (None, "", [], {}):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(str(item) for item in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value, ensure_ascii=False)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines) or None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+
+
+def one_line(text: str, limit: int = SUBJECT_MAX) -> str:
+    """A header value: no line breaks or control characters (no header injection), bounded."""
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _safe_name(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", value)[:120] or "lead"
+
+
+# --- transports ----------------------------------------------------------------------------------
+
+
+def transport_for(settings: Settings, **options: float) -> AcsTransport | OutboxTransport:
+    """ACS when it is configured, else the outbox folder."""
+    if settings.email_connection_string.strip() or settings.email_endpoint.strip():
+        return AcsTransport(settings, **options)
+    return OutboxTransport(settings)
+
+
+class OutboxTransport:
+    """Writes each mail as an ``.eml`` file (multipart/alternative, text and HTML) into
+    ``EMAIL_OUTBOX_DIR``; a mail sent again overwrites its own file."""
+
+    auth = None
+
+    def __init__(self, settings: Settings) -> None:
+        self.folder = Path(settings.email_outbox_dir or ".outbox")
+        self.sender = settings.email_sender.strip() or "Marketplace leads <leads@localhost>"
+
+    def send(self, mail: Mail) -> Sent:
+        from email.message import EmailMessage
+        from email.utils import formatdate
+
+        if not mail.to:
+            raise _no_recipients()
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = ", ".join(mail.to)
+        message["Subject"] = one_line(mail.subject)
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = f"<{mail.operation_id}@leads.localhost>"
+        if mail.lead_ids:
+            message["X-Leads-Lead-Id"] = ", ".join(mail.lead_ids)
+        message.set_content(mail.text)
+        message.add_alternative(mail.html, subtype="html")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / mail.filename
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            partial.write_bytes(message.as_bytes())
+            os.replace(partial, path)
+        except OSError as exc:
+            raise PermanentError(f"cannot write the mail into the outbox folder ({type(exc).__name__}: {exc.strerror})",
+                                 fix="point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS "
+                                 "(EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT)") from None  # fmt: skip
+        log.info("mail written to %s", path)
+        return Sent(external_id=f"outbox:{mail.filename}", detail={"path": str(path)})
+
+
+class AcsTransport:
+    """Sends through Azure Communication Services Email with the real SDK.
+
+    The SDK's own retries are off (``retry_total=0``): a 429's ``Retry-After`` must not keep the
+    worker asleep; the delivery is retried from the queue instead, with the same ``Operation-Id``.
+    The send operation is polled here, briefly (the SDK's poller would honour ACS's
+    ``Retry-After`` of 20 s and more between polls): a mail ACS accepted (202) counts as sent even
+    when its final status is not known yet; only a final ``Failed`` is a failure."""
+
+    def __init__(self, settings: Settings, *, poll_interval: float = 1.0, poll_timeout: float = 10.0,
+                 connection_timeout: float = 5.0, read_timeout: float = 20.0) -> None:  # fmt: skip
+        self.connection_string = settings.email_connection_string.strip()
+        self.endpoint = settings.email_endpoint.strip()
+        self.auth = "key" if self.connection_string else "identity"
+        self.sender = settings.email_sender.strip()
+        self.poll_interval, self.poll_timeout = poll_interval, poll_timeout
+        self.timeouts = (connection_timeout, read_timeout)
+
+    def client(self):
+        return _acs_client(self.connection_string, self.endpoint, *self.timeouts)
+
+    def send(self, mail: Mail) -> Sent:
+        if not self.sender:
+            raise PermanentError("EMAIL_SENDER is not set", fix="set EMAIL_SENDER to the MailFrom address of an email "
+                                 "domain linked to the Communication Services resource, e.g. "
+                                 "DoNotReply@<guid>.azurecomm.net")  # fmt: skip
+        if not mail.to:
+            raise _no_recipients()
+        message = {
+            "senderAddress": self.sender,
+            "recipients": {"to": [_address(address) for address in mail.to]},
+            "content": {"subject": one_line(mail.subject), "plainText": mail.text, "html": mail.html},
+            "userEngagementTrackingDisabled": True,
+        }
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            client = self.client()
+        except ValueError as exc:
+            raise PermanentError(f"EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT cannot be used ({exc})",
+                                 fix="copy the connection string from the Communication Services resource's Keys "
+                                 "(endpoint=https://...;accesskey=...), or set EMAIL_ENDPOINT to its endpoint URL") from None  # fmt: skip
+        try:
+            poller = client.begin_send(message, operation_id=mail.operation_id, polling=False,
+                                       cls=lambda response, body, headers: (body, response.http_response.headers))  # fmt: skip
+            body, headers = poller.result()
+        except ResourceExistsError:
+            # A repeat of an operation ACS still runs: it has the mail already.
+            body, headers = {"id": mail.operation_id, "status": "Running"}, {}
+        except Exception as exc:
+            raise acs_error(exc, self.auth) from None
+        body = body if isinstance(body, dict) else {}
+        operation = str(body.get("id") or mail.operation_id)
+        status = str(body.get("status") or "Running")
+        error = body.get("error")
+        if status not in TERMINAL:
+            status, error = self._wait(client, operation, headers)
+        if status in ("Failed", "Canceled"):
+            raise _operation_failed(status, error)
+        log.info("mail accepted by ACS, operation %s: %s", operation, status)
+        return Sent(external_id=operation, detail={"status": status})
+
+    def _wait(self, client, operation: str, headers) -> tuple[str, Any]:
+        """Poll the send operation until it ends or ``poll_timeout`` passes; never longer."""
+        from azure.core.rest import HttpRequest
+
+        location = _same_host(headers.get("Operation-Location") if headers else None, client)
+        url = location or f"/emails/operations/{quote(operation, safe='')}"
+        params = {} if location else {"api-version": _api_version(client)}
+        deadline = time.monotonic() + self.poll_timeout
+        pause, status = self.poll_interval / 2, "Running"
+        retry_after = _seconds(headers.get("Retry-After") if headers else None)
+        while True:
+            # The service's Retry-After is far longer than a worker should wait (20 s and more):
+            # poll at our own short interval, or sooner when the service says so.
+            sleep = min(pause, retry_after) if retry_after is not None else pause
+            sleep = min(sleep, deadline - time.monotonic())
+            if sleep <= 0:
+                return status, None
+            time.sleep(sleep)
+            pause = min(pause * 2, max(self.poll_interval, 0.05) * 4)
+            try:
+                response = client.send_request(HttpRequest("GET", url, params=params))
+            except Exception as exc:  # accepted already: a status we cannot read is not a failure
+                log.info("status of mail operation %s not read (%s); it was accepted", operation, type(exc).__name__)
+                return "Unknown", None
+            if response.status_code != 200:
+                log.info("status of mail operation %s not read (%d); it was accepted", operation, response.status_code)
+                return "Unknown", None
+            try:
+                result = response.json()
+            except ValueError:
+                return "Unknown", None
+            status = str(result.get("status") or "Unknown")
+            if status in TERMINAL:
+                return status, result.get("error")
+            retry_after = _seconds(response.headers.get("Retry-After"))
+
+
+@lru_cache(maxsize=8)
+def _acs_client(connection_string: str, endpoint: str, connection_timeout: float, read_timeout: float):
+    """One client (and one credential, so one token per lifetime) per configuration, kept."""
+    from azure.communication.email import EmailClient
+
+    options = {"retry_total": 0, "connection_timeout": connection_timeout, "read_timeout": read_timeout}
+    if connection_string:
+        return EmailClient.from_connection_string(connection_string, **options)
+    return EmailClient(endpoint, _identity_credential(), **options)
+
+
+def _identity_credential():
+    """The app's managed identity in Azure (user-assigned: its client id from ``AZURE_CLIENT_ID``,
+    else the one the storage connection uses), the developer's sign-in elsewhere."""
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    client_id = os.environ.get("AZURE_CLIENT_ID") or os.environ.get("AzureWebJobsStorage__clientId")
+    in_azure = any(os.environ.get(name) for name in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT"))
+    if in_azure:
+        return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    return DefaultAzureCredential()
+
+
+def _api_version(client) -> str:
+    return getattr(client, "_api_version", None) or getattr(getattr(client, "_config", None), "api_version", None) \
+        or "2025-09-01"  # fmt: skip
+
+
+def _same_host(location: str | None, client) -> str | None:
+    """``Operation-Location`` when it points at the configured endpoint (requests there are signed)."""
+    if not location:
+        return None
+    endpoint = getattr(getattr(client, "_config", None), "endpoint", "") or ""
+    if urlsplit(location).netloc.lower() == urlsplit(endpoint).netloc.lower() and location.lower().startswith("https://"):
+        return location
+    return None
+
+
+def _seconds(value: str | None) -> float | None:
+    from .base import parse_retry_after
+
+    return parse_retry_after(value)
+
+
+def _address(text: str) -> dict[str, str]:
+    from email.utils import parseaddr
+
+    name, address = parseaddr(text)
+    entry = {"address": address or text.strip()}
+    if name:
+        entry["displayName"] = one_line(name, 100)
+    return entry
+
+
+def _no_recipients() -> PermanentError:
+    return PermanentError("the mail has no recipients",
+                          fix="set EMAIL_TO, or an email in the routing rule that matches the lead")  # fmt: skip
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+FIX_KEY = ("check EMAIL_CONNECTION_STRING: copy it again from the Communication Services resource's Keys "
+           "(the key may have been rotated), in the form endpoint=https://<name>.communication.azure.com/;accesskey=...")  # fmt: skip
+FIX_IDENTITY_401 = ("ACS did not accept the app's identity token: check that EMAIL_ENDPOINT names the Communication "
+                    "Services resource and that the managed identity (AZURE_CLIENT_ID) exists")  # fmt: skip
+FIX_ROLE = ("the app's managed identity lacks a role on the Communication Services resource: assign it "
+            "'Communication and Email Service Owner' on that resource (infra/app/rbac.bicep does)")  # fmt: skip
+FIX_SENDER = ("set EMAIL_SENDER to a MailFrom address of an email domain that is verified and linked to the "
+              "Communication Services resource (Azure-managed: DoNotReply@<guid>.azurecomm.net), or link the "
+              "domain under the resource's Email > Domains")  # fmt: skip
+FIX_RECIPIENTS = "check the recipients: EMAIL_TO, or the email of the routing rule that matched (LEADS_ROUTING)"
+FIX_ENDPOINT = ("the endpoint does not answer as ACS Email: check the endpoint in EMAIL_CONNECTION_STRING or "
+                "EMAIL_ENDPOINT (https://<name>.communication.azure.com)")  # fmt: skip
+_SENDER_CODES = ("sender", "domain", "mailfrom")
+_RECIPIENT_CODES = ("recipient",)
+
+
+def acs_error(error: Exception, auth: str | None) -> DeliveryError:
+    """The delivery error for what ACS, the network or the credential raised; the text names
+    ACS's status and error code, never the mail's content."""
+    if isinstance(error, DeliveryError):
+        return error
+    try:
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+    except ImportError:  # pragma: no cover - the SDK is a requirement
+        return classify_error(error)
+    if isinstance(error, HttpResponseError) and error.status_code is not None:
+        status = error.status_code
+        code, message = _error_body(error)
+        headers = error.response.headers if error.response is not None else {}
+        text = f"ACS answered {status}" + (f" {code}" if code else f" {error.reason or ''}".rstrip()) + \
+            (f": {message}" if message else "")  # fmt: skip
+        lowered = (code or "").lower() + " " + (message or "").lower()
+        if status == 401:
+            return PermanentError(text, fix=FIX_KEY if auth == "key" else FIX_IDENTITY_401)
+        if status == 403:
+            return PermanentError(text, fix=FIX_ROLE if auth == "identity" else FIX_KEY)
+        if status == 400 and any(word in lowered for word in _SENDER_CODES):
+            return PermanentError(text, fix=FIX_SENDER)
+        if status == 400 and any(word in lowered for word in _RECIPIENT_CODES):
+            return PermanentError(text, fix=FIX_RECIPIENTS)
+        if status == 404:
+            return PermanentError(text, fix=FIX_ENDPOINT)
+        error_out = from_status(status, "", headers.get("Retry-After"))
+        return type(error_out)(text, retry_after=error_out.retry_after,
+                               fix="ACS is limiting sends: the delivery waits as told" if status == 429 else None)  # fmt: skip
+    if isinstance(error, ClientAuthenticationError):
+        # Raised by azure-identity before any request reached ACS.
+        from azure.identity import CredentialUnavailableError
+
+        if isinstance(error, CredentialUnavailableError):
+            return PermanentError("no identity is available to sign in to ACS",
+                                  fix="in Azure, give the Function App its managed identity (and AZURE_CLIENT_ID for a "
+                                  "user-assigned one); locally, set EMAIL_CONNECTION_STRING or sign in with az login")  # fmt: skip
+        return TransientError(f"could not get a token for ACS ({type(error).__name__})")
+    return classify_error(error)
+
+
+def _error_body(error) -> tuple[str | None, str | None]:
+    """ACS's ``{"error": {"code", "message"}}``, bounded (it describes the request, not the mail)."""
+    code = message = None
+    try:
+        body = error.response.json() if error.response is not None else None
+    except Exception:  # noqa: BLE001 - any unreadable body is simply not shown
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code, message = body["error"].get("code"), body["error"].get("message")
+    if not code and error.response is not None:
+        code = error.response.headers.get("x-ms-error-code")
+    return (one_line(str(code), 80) if code else None), (one_line(str(message), 300) if message else None)
+
+
+def _operation_failed(status: str, error: Any) -> PermanentError:
+    code = message = None
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+    text = f"ACS ended the send {status}" + (f" ({one_line(str(code), 80)})" if code else "") + \
+        (f": {one_line(str(message), 300)}" if message else "")  # fmt: skip
+    return PermanentError(text, fix="check the recipients and the sender domain's reputation in the Communication "
+                          "Services resource's email logs, then: python -m leads replay --destination email")  # fmt: skip

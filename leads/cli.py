@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--lead", metavar="LEAD_ID", help="only this lead's")
     replay.add_argument("--destination", metavar="NAME", help="only this destination's")
 
+    check = commands.add_parser("check", help="check the settings and credentials of every enabled destination")
+    check.add_argument("--json", action="store_true")
+
     test_lead = commands.add_parser("test-lead", help="send an MSFT_TEST_ lead as the marketplace's Validate "
                                     "button does, wait for it, and report each destination's outcome")  # fmt: skip
     test_lead.add_argument("--via", choices=("http", "table"), default="http")
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_local_settings(args.settings)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
-                "replay": _replay, "test-lead": _test_lead}  # fmt: skip
+                "replay": _replay, "test-lead": _test_lead, "check": _check}  # fmt: skip
     return handlers[args.command](args)
 
 
@@ -151,6 +154,20 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replaying {delivery.lead_id} to {delivery.destination}")
     print(f"{len(replayed)} failed deliveries queued again." if replayed else "No failed deliveries to replay.")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .checks import run_checks
+
+    results = run_checks()
+    if args.json:
+        print(json.dumps([{"name": name, "ok": c.ok, "message": c.message, "fix": c.fix} for name, c in results], indent=2))
+    else:
+        for name, result in results:
+            print(f"{'ok  ' if result.ok else 'FAIL'} {name:<16} {result.message}")
+            if result.fix:
+                print(f"     {'':<16} fix: {result.fix}")
+    return 0 if all(result.ok for _, result in results) else 1
 
 
 def _test_lead(args: argparse.Namespace) -> int:

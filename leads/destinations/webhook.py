@@ -18,7 +18,7 @@ import hmac
 import time
 from typing import TYPE_CHECKING
 
-from .base import Destination, PermanentError, Route, Sent, from_status
+from .base import Check, Destination, PermanentError, Route, Sent, from_status
 
 if TYPE_CHECKING:
     import requests
@@ -61,6 +61,27 @@ class WebhookDestination(Destination):
         if not cls.is_enabled(settings):
             return None
         return cls(settings.webhook_url, settings.webhook_secret, settings.http_timeout_seconds)
+
+    def check(self) -> Check:
+        """The URL answers (a HEAD request: nothing is posted). An unsigned webhook works but is
+        flagged: anyone who learns the URL could post leads to it."""
+        from urllib.parse import urlsplit
+
+        import requests
+
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            return Check(False, f"WEBHOOK_URL is not an http(s) URL: {self.url}", "set WEBHOOK_URL to https://...")
+        try:
+            response = self.session.head(self.url, timeout=self.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            return Check(False, f"{self.url} cannot be reached ({type(exc).__name__})",
+                         "check the URL, and that the receiver is up and reachable from Azure")  # fmt: skip
+        if response.status_code == 410:
+            return Check(False, f"{self.url} answers 410 Gone", "set WEBHOOK_URL to the receiver's new address")
+        if not self.secret:
+            return Check(True, f"{self.url} answers {response.status_code}, but WEBHOOK_SECRET is not set",
+                         "set WEBHOOK_SECRET so the receiver can verify X-Leads-Signature")  # fmt: skip
+        return Check(True, f"{self.url} answers {response.status_code}; requests are signed")
 
     def send(self, lead: Lead, route: Route) -> Sent:
         body = lead.to_json().encode()

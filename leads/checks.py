@@ -1,0 +1,53 @@
+"""``python -m leads check``: is every enabled destination set up right, and if not, what to do.
+
+Checks never create a record: each destination proves its credentials with a token and a harmless
+read. The routing rules and the app's own storage are checked too, since a lead depends on them.
+"""
+
+from __future__ import annotations
+
+from .destinations import Check, enabled_names, get_destination
+from .routing import RoutingError, load_rules
+from .settings import Settings, get_settings
+
+
+def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
+    settings = settings or get_settings()
+    results = [("storage", _storage(settings)), ("routing", _routing(settings))]
+    names = enabled_names(settings)
+    if not names:
+        results.append(("destinations", Check(False, "no destination is enabled",
+                                              "set EMAIL_TO, WEBHOOK_URL or a CRM's settings (see README)")))  # fmt: skip
+    for name in names:
+        destination = get_destination(name, settings)
+        try:
+            results.append((name, destination.check()))
+        except Exception as exc:  # a check must report, never crash the others
+            results.append((name, Check.failed(destination.classify(exc))))
+    return results
+
+
+def _storage(settings: Settings) -> Check:
+    from azure.core.exceptions import AzureError
+
+    from .store import LeadStore
+
+    try:
+        LeadStore.from_settings(settings).ensure_tables()
+    except (AzureError, ValueError) as exc:
+        return Check(False, f"the app's storage cannot be used ({type(exc).__name__})",
+                     "check AzureWebJobsStorage (or its __tableServiceUri and the identity's roles)")  # fmt: skip
+    return Check(True, "reachable")
+
+
+def _routing(settings: Settings) -> Check:
+    try:
+        rules = load_rules(settings.routing)
+    except RoutingError as exc:
+        return Check(False, str(exc), "fix LEADS_ROUTING; until then every lead takes the default route")
+    enabled = set(enabled_names(settings))
+    unknown = sorted({name for rule in rules for name in rule.destinations or () if name not in enabled})
+    if unknown:
+        return Check(False, f"rules name destinations that are not enabled: {', '.join(unknown)}",
+                     "enable them with their settings, or remove them from LEADS_ROUTING")  # fmt: skip
+    return Check(True, f"{len(rules)} rules" if rules else "no rules: every enabled destination gets every lead")

@@ -13,7 +13,7 @@ from .settings import Settings, get_settings
 
 def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     settings = settings or get_settings()
-    results = [("storage", _storage(settings)), ("routing", _routing(settings))]
+    results = [("storage", storage_check(settings)), ("routing", routing_check(settings))]
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled",
@@ -27,20 +27,20 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     return results
 
 
-def _storage(settings: Settings) -> Check:
+def storage_check(settings: Settings) -> Check:
     from azure.core.exceptions import AzureError
 
     from .store import LeadStore
 
     try:
-        LeadStore.from_settings(settings).ensure_tables()
+        LeadStore.from_settings(settings).ping()
     except (AzureError, ValueError) as exc:
         return Check(False, f"the app's storage cannot be used ({type(exc).__name__})",
                      "check AzureWebJobsStorage (or its __tableServiceUri and the identity's roles)")  # fmt: skip
     return Check(True, "reachable")
 
 
-def _routing(settings: Settings) -> Check:
+def routing_check(settings: Settings) -> Check:
     try:
         rules = load_rules(settings.routing)
     except RoutingError as exc:

@@ -74,21 +74,21 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
 
 
 def health(settings: Settings | None = None) -> Answer:
-    """Readiness: the app's storage answers. Names no secret."""
-    settings = settings or get_settings()
-    from azure.core.exceptions import AzureError
+    """Readiness: the app's storage answers, the routing rules read; which destinations are
+    enabled. Names no secret, and calls no destination (``python -m leads check`` does)."""
+    from .checks import routing_check, storage_check
+    from .destinations import enabled_names
 
-    checks: dict[str, Any] = {}
-    try:
-        store = LeadStore.from_settings(settings)
-        store.ensure_tables()
-        next(iter(store.leads.query_entities("RowKey eq 'lead'", results_per_page=1, select=["RowKey"]).by_page()), None)
-        checks["storage"] = "ok"
-    except (AzureError, ValueError) as exc:
-        checks["storage"] = f"unreachable ({type(exc).__name__})"
-    ok = all(value == "ok" for value in checks.values())
-    return Answer(200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks,
-                                       "marketplaceTable": settings.marketplace_table_name})  # fmt: skip
+    settings = settings or get_settings()
+    storage, routing = storage_check(settings), routing_check(settings)
+    body = {
+        "status": "ok" if storage.ok else "unavailable",
+        "checks": {"storage": "ok" if storage.ok else storage.message,
+                   "routing": "ok" if routing.ok else routing.message},
+        "destinations": enabled_names(settings),
+        "marketplaceTable": settings.marketplace_table_name,
+    }  # fmt: skip
+    return Answer(200 if storage.ok else 503, body)
 
 
 def _refuse(status: int, error: str) -> Answer:

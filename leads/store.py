@@ -66,6 +66,16 @@ class LeadStore:
                 pass
         self._created = True
 
+    def ping(self) -> None:
+        """One cheap request that raises if the app's storage cannot be used."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self.ensure_tables()
+        try:
+            self.checkpoints.get_entity("health", "probe")
+        except ResourceNotFoundError:
+            pass
+
     # --- writing --------------------------------------------------------------------------------
 
     def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None) -> Stored:

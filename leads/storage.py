@@ -18,7 +18,21 @@ if TYPE_CHECKING:
 
 # The SDKs' own retry policy, bounded so that a caller waiting on an answer (the marketplace's POST)
 # hears of a storage outage in seconds rather than after the default ten retries.
-CLIENT_OPTIONS = {"retry_total": 3, "retry_backoff_factor": 0.5, "connection_timeout": 5, "read_timeout": 20}
+RETRY_OPTIONS = {"retry_total": 3, "retry_backoff_factor": 0.5, "connection_timeout": 5, "read_timeout": 20}
+# Connections kept open per client: as many as the host runs invocations at once (requests keeps
+# 10 by default, and discards the rest under load).
+POOL_SIZE = 64
+
+
+def _client_options() -> dict:
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return {**RETRY_OPTIONS, "transport": RequestsTransport(session=session, session_owner=True)}
 
 
 class StorageNotConfigured(RuntimeError):
@@ -50,14 +64,14 @@ def table_service(connection_string: str, setting_name: str = "AzureWebJobsStora
     from azure.data.tables import TableServiceClient
 
     if connection_string:
-        return TableServiceClient.from_connection_string(connection_string, **CLIENT_OPTIONS)
+        return TableServiceClient.from_connection_string(connection_string, **_client_options())
     uri = _service_uri(setting_name, "table")
     if not uri:
         raise StorageNotConfigured(
             f"{setting_name} is not set: give it a connection string, or set "
             f"{setting_name}__tableServiceUri (or __accountName) for a managed identity"
         )
-    return TableServiceClient(endpoint=uri, credential=_identity_credential(setting_name), **CLIENT_OPTIONS)
+    return TableServiceClient(endpoint=uri, credential=_identity_credential(setting_name), **_client_options())
 
 
 def queue_service(connection_string: str, setting_name: str = "AzureWebJobsStorage"):
@@ -65,11 +79,11 @@ def queue_service(connection_string: str, setting_name: str = "AzureWebJobsStora
     from azure.storage.queue import QueueServiceClient
 
     if connection_string:
-        return QueueServiceClient.from_connection_string(connection_string, **CLIENT_OPTIONS)
+        return QueueServiceClient.from_connection_string(connection_string, **_client_options())
     uri = _service_uri(setting_name, "queue")
     if not uri:
         raise StorageNotConfigured(
             f"{setting_name} is not set: give it a connection string, or set "
             f"{setting_name}__queueServiceUri (or __accountName) for a managed identity"
         )
-    return QueueServiceClient(account_url=uri, credential=_identity_credential(setting_name), **CLIENT_OPTIONS)
+    return QueueServiceClient(account_url=uri, credential=_identity_credential(setting_name), **_client_options())

@@ -81,27 +81,37 @@ class LeadStore:
     def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None) -> Stored:
         """Store a lead, and the deliveries it owes, in one atomic write, unless a lead with its
         id exists. Table leads have ids from their row, so a row read twice is stored once."""
-        from azure.core.exceptions import ResourceExistsError
+        from azure.core.exceptions import ResourceExistsError, ServiceResponseError
         from azure.data.tables import TableTransactionError
 
         self.ensure_tables()
         entity = _to_entity(lead)
-        try:
-            if not deliveries:
-                self.leads.create_entity(entity)
-            else:
-                now = datetime.now(timezone.utc)
-                self.leads.submit_transaction(
-                    [("create", entity)]
-                    + [("create", new_delivery_entity(lead.lead_id, name, route, now)) for name, route in deliveries.items()]
-                )
-        except ResourceExistsError:
-            return Stored(lead.lead_id, duplicate=True)
-        except TableTransactionError as exc:
-            if exc.error_code != "EntityAlreadyExists":
-                raise
-            return Stored(lead.lead_id, duplicate=True)
-        return Stored(lead.lead_id, duplicate=False)
+        now = datetime.now(timezone.utc)
+        rows = [entity] + [new_delivery_entity(lead.lead_id, name, route, now) for name, route in (deliveries or {}).items()]
+        for attempt in range(3):
+            try:
+                if len(rows) == 1:
+                    self.leads.create_entity(entity)
+                else:
+                    self.leads.submit_transaction([("create", row) for row in rows])
+                return Stored(lead.lead_id, duplicate=False)
+            except ResourceExistsError:
+                pass
+            except TableTransactionError as exc:
+                if exc.error_code != "EntityAlreadyExists":
+                    raise
+            except ServiceResponseError:
+                # The write was sent but its answer lost (the SDK does not retry a POST): ask again.
+                if attempt == 2:
+                    raise
+                continue
+            # The row exists. If an earlier attempt of ours wrote it, this lead is new after all.
+            return Stored(lead.lead_id, duplicate=not (attempt and self._is_this_lead(lead)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _is_this_lead(self, lead: Lead) -> bool:
+        stored = self.leads.get_entity(lead.lead_id, LEAD_ROW, select=["ReceivedAt"])
+        return stored["ReceivedAt"] == lead.received_at
 
     def add_http(self, lead: Lead, dedupe_window: timedelta,
                  deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip

@@ -34,13 +34,18 @@ def env(monkeypatch):
 
 
 @pytest.fixture
-def storage(azurite, env):
-    """The app's storage in Azurite, with table names unique to this test."""
+def storage(azurite, env, tmp_path):
+    """The app's storage in Azurite, with table names unique to this test (and mails, if any,
+    in the test's own outbox)."""
     suffix = uuid.uuid4().hex[:8]
     env(
+        EMAIL_OUTBOX_DIR=str(tmp_path / "outbox"),
         AzureWebJobsStorage=azurite.connection_string,
         MARKETPLACE_TABLE_CONNECTION="",
         MARKETPLACE_TABLE_NAME=f"Marketplace{suffix}",
         LEADS_TABLE_PREFIX=f"t{suffix}",
     )
     return azurite
+
+
+from tests.fake_acs import fake_acs, fake_tls_ca  # noqa: E402,F401  (fixtures)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # name → "module:Class", in the order operators see them.
 REGISTRY: dict[str, str] = {
-    # "email": "leads.destinations.email:EmailDestination",  (being built)
+    "email": "leads.destinations.email:EmailDestination",
     "webhook": "leads.destinations.webhook:WebhookDestination",
 }
 

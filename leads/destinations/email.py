@@ -27,13 +27,23 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from .base import DeliveryError, Destination, PermanentError, Route, Sent, TransientError, classify_error, from_status
+from .base import (
+    Check,
+    DeliveryError,
+    Destination,
+    PermanentError,
+    Route,
+    Sent,
+    TransientError,
+    classify_error,
+    from_status,
+)
 
 if TYPE_CHECKING:
     from ..model import Lead
@@ -98,7 +108,12 @@ class EmailDestination(Destination):
         return self.transport.send(render_digest(leads, route, self.settings))
 
     def classify(self, error: Exception) -> DeliveryError:
-        return acs_error(error, self.transport.auth if isinstance(self.transport, AcsTransport) else None)
+        return acs_error(error, self.transport.auth)
+
+    def check(self) -> Check:
+        """ACS: a signed read of an operation that does not exist (404 means the endpoint and the
+        credentials work; nothing is sent). Outbox: the folder can be written."""
+        return self.transport.check()
 
 
 def send_operator_mail(settings: Settings, to: tuple[str, ...], subject: str, text: str, *,
@@ -111,7 +126,8 @@ def send_operator_mail(settings: Settings, to: tuple[str, ...], subject: str, te
     operation = str(uuid.uuid5(OPERATION_NAMESPACE, "operator|" + key + "|" + settings.email_sender))
     mail = Mail(to=tuple(to), subject=subject, text=text, html=html, operation_id=operation,
                 filename=f"operator-{operation}.eml", lead_ids=())  # fmt: skip
-    return transport_for(settings).send(mail)
+    # An alert must not hold the worker: ACS's acceptance is enough, its final status is not awaited.
+    return transport_for(settings, poll_timeout=0.0).send(mail)
 
 
 # --- what a mail is, and how it is rendered --------------------------------------------------------
@@ -131,8 +147,9 @@ class Mail:
 def render_lead(lead: Lead, route: Route, settings: Settings) -> Mail:
     """The mail about one lead."""
     test = lead.is_test or route.test
-    view = _lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=_headline(lead, settings.email_pii))
-    subject = one_line(("[TEST] " if test else "") + _headline(lead, settings.email_pii))
+    headline = _headline(lead, settings.email_pii)
+    view = _lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=headline)
+    subject = one_line(("[TEST] " if test else "") + headline)
     return _mail([view], subject, intro=None, route=route, settings=settings, lead_ids=(lead.lead_id,),
                  filename=_safe_name(lead.lead_id) + ".eml")  # fmt: skip
 
@@ -150,7 +167,9 @@ def render_digest(leads: list[Lead], route: Route, settings: Settings) -> Mail:
     subject = one_line(("[TEST] " if test else "") + f"{len(leads)} new leads"
                        + (f" ({dnc} do not contact)" if dnc else "") + f": {shown}")  # fmt: skip
     intro = (f"{len(leads)} leads arrived while the mail service's sending limit was reached, so they are "
-             "listed together in this one mail." + (f" {dnc} of them must NOT be contacted: see each lead." if dnc else ""))  # fmt: skip
+             "listed together in this one mail.")
+    if dnc:
+        intro += f" {dnc} of them must NOT be contacted: see each lead."
     lead_ids = tuple(lead.lead_id for lead in leads)
     return _mail(views, subject, intro=intro, route=route, settings=settings, lead_ids=lead_ids, filename=None)
 
@@ -214,8 +233,8 @@ def _lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) 
     """What the templates show of one lead: banners, labelled rows, the next step."""
     banners = []
     if lead.do_not_contact:
-        banners.append(_banner("DO NOT CONTACT this customer. The marketplace marked this lead do-not-contact: "
-                               "record it only; do not call, email or add them to a campaign.", "#c50f1f", "#fdf3f4"))  # fmt: skip
+        banners.append(_banner("DO NOT CONTACT this customer. The marketplace marked this lead do-not-contact: record "
+                               "it only; do not call, email or add them to a campaign.", "#c50f1f", "#fdf3f4"))
     if test:
         banners.append(_banner("[TEST] This is a test lead, not a customer.", "#bc4b09", "#fff9f5"))
     if lead.pii_withheld:
@@ -237,7 +256,8 @@ def _lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) 
             row("Email", lead.email + ("" if valid else " (not a valid address)"),
                 href="mailto:" + quote(lead.email, safe="@.+-_") if valid else None)  # fmt: skip
         if lead.phone:
-            row("Phone", lead.phone, href="tel:" + lead.phone if re.fullmatch(r"\+\d{6,15}", lead.phone) else None)
+            e164 = re.fullmatch(r"\+\d{6,15}", lead.phone) is not None
+            row("Phone", phone_display(lead.phone) if e164 else lead.phone, href="tel:" + lead.phone if e164 else None)
     elif pii == "masked":
         row("Name", initials(lead))
         row("Company", lead.company)
@@ -323,6 +343,16 @@ def mask_phone(value: str | None) -> str | None:
         if parsed is not None and parsed.country_code:
             return f"+{parsed.country_code} *** *** {str(parsed.national_number)[-4:]}"
     return f"*** *** {digits[-4:]}"
+
+
+def phone_display(value: str) -> str:
+    """``+1 617-555-5555`` for ``+16175555555``: how people read a number."""
+    import phonenumbers
+
+    try:
+        return phonenumbers.format_number(phonenumbers.parse(value, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException:
+        return value
 
 
 def country_name(code: str | None) -> str | None:
@@ -413,6 +443,19 @@ class OutboxTransport:
         log.info("mail written to %s", path)
         return Sent(external_id=f"outbox:{mail.filename}", detail={"path": str(path)})
 
+    def check(self) -> Check:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = self.folder / f".check.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return Check(False, f"the outbox folder {self.folder} cannot be written ({exc.strerror})",
+                         "point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS")  # fmt: skip
+        return Check(True, f"ACS is not configured: mails are written to {self.folder.resolve()} as .eml files",
+                     "set EMAIL_CONNECTION_STRING (or EMAIL_ENDPOINT with a managed identity) and EMAIL_SENDER "
+                     "to send them")  # fmt: skip
+
 
 class AcsTransport:
     """Sends through Azure Communication Services Email with the real SDK.
@@ -454,11 +497,10 @@ class AcsTransport:
             client = self.client()
         except ValueError as exc:
             raise PermanentError(f"EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT cannot be used ({exc})",
-                                 fix="copy the connection string from the Communication Services resource's Keys "
-                                 "(endpoint=https://...;accesskey=...), or set EMAIL_ENDPOINT to its endpoint URL") from None  # fmt: skip
+                                 fix=FIX_KEY if self.auth == "key" else FIX_ENDPOINT) from None
         try:
             poller = client.begin_send(message, operation_id=mail.operation_id, polling=False,
-                                       cls=lambda response, body, headers: (body, response.http_response.headers))  # fmt: skip
+                                       cls=lambda response, body, _: (body, response.http_response.headers))
             body, headers = poller.result()
         except ResourceExistsError:
             # A repeat of an operation ACS still runs: it has the mail already.
@@ -476,6 +518,33 @@ class AcsTransport:
         log.info("mail accepted by ACS, operation %s: %s", operation, status)
         return Sent(external_id=operation, detail={"status": status})
 
+    def check(self) -> Check:
+        from azure.core.rest import HttpRequest
+
+        where = urlsplit(self.endpoint).netloc or "the ACS endpoint"
+        if self.connection_string:
+            where = urlsplit(self.connection_string.split("endpoint=", 1)[-1].split(";", 1)[0]).netloc or where
+        if not self.sender:
+            return Check(False, "EMAIL_SENDER is not set", FIX_SENDER)
+        try:
+            client = self.client()
+            probe = f"/emails/operations/{uuid.uuid4()}"
+            response = client.send_request(HttpRequest("GET", probe, params={"api-version": _api_version(client)}))
+        except ValueError as exc:
+            return Check(False, f"EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT cannot be used ({exc})", FIX_KEY)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            error = acs_error(exc, self.auth)
+            return Check(False, f"{where}: {error}", error.fix or FIX_ENDPOINT)
+        if response.status_code in (200, 404):
+            return Check(True, f"{where} accepts the {'access key' if self.auth == 'key' else 'identity'}; "
+                         f"mails are sent from {self.sender}")  # fmt: skip
+        if response.status_code == 401:
+            fix = FIX_KEY if self.auth == "key" else FIX_IDENTITY_401
+            return Check(False, f"{where} refused the credentials (401)", fix)
+        if response.status_code == 403:
+            return Check(False, f"{where} refused the identity (403)", FIX_ROLE)
+        return Check(False, f"{where} answered {response.status_code}", FIX_ENDPOINT)
+
     def _wait(self, client, operation: str, headers) -> tuple[str, Any]:
         """Poll the send operation until it ends or ``poll_timeout`` passes; never longer."""
         from azure.core.rest import HttpRequest
@@ -489,11 +558,11 @@ class AcsTransport:
         while True:
             # The service's Retry-After is far longer than a worker should wait (20 s and more):
             # poll at our own short interval, or sooner when the service says so.
-            sleep = min(pause, retry_after) if retry_after is not None else pause
-            sleep = min(sleep, deadline - time.monotonic())
-            if sleep <= 0:
+            sleep = max(0.05, min(pause, retry_after)) if retry_after is not None else pause
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return status, None
-            time.sleep(sleep)
+            time.sleep(min(sleep, left))
             pause = min(pause * 2, max(self.poll_interval, 0.05) * 4)
             try:
                 response = client.send_request(HttpRequest("GET", url, params=params))
@@ -574,8 +643,8 @@ def _no_recipients() -> PermanentError:
 
 # --- errors ---------------------------------------------------------------------------------------
 
-FIX_KEY = ("check EMAIL_CONNECTION_STRING: copy it again from the Communication Services resource's Keys "
-           "(the key may have been rotated), in the form endpoint=https://<name>.communication.azure.com/;accesskey=...")  # fmt: skip
+FIX_KEY = ("check EMAIL_CONNECTION_STRING: copy it again from the Communication Services resource's Keys (the key "
+           "may have been rotated), as endpoint=https://<name>.communication.azure.com/;accesskey=...")
 FIX_IDENTITY_401 = ("ACS did not accept the app's identity token: check that EMAIL_ENDPOINT names the Communication "
                     "Services resource and that the managed identity (AZURE_CLIENT_ID) exists")  # fmt: skip
 FIX_ROLE = ("the app's managed identity lacks a role on the Communication Services resource: assign it "
@@ -617,16 +686,16 @@ def acs_error(error: Exception, auth: str | None) -> DeliveryError:
         if status == 404:
             return PermanentError(text, fix=FIX_ENDPOINT)
         error_out = from_status(status, "", headers.get("Retry-After"))
-        return type(error_out)(text, retry_after=error_out.retry_after,
-                               fix="ACS is limiting sends: the delivery waits as told" if status == 429 else None)  # fmt: skip
+        fix = "ACS is limiting sends: the delivery waits as told" if status == 429 else None
+        return type(error_out)(text, retry_after=error_out.retry_after, fix=fix)
     if isinstance(error, ClientAuthenticationError):
         # Raised by azure-identity before any request reached ACS.
         from azure.identity import CredentialUnavailableError
 
         if isinstance(error, CredentialUnavailableError):
             return PermanentError("no identity is available to sign in to ACS",
-                                  fix="in Azure, give the Function App its managed identity (and AZURE_CLIENT_ID for a "
-                                  "user-assigned one); locally, set EMAIL_CONNECTION_STRING or sign in with az login")  # fmt: skip
+                                  fix="in Azure, give the Function App its managed identity (and AZURE_CLIENT_ID for "
+                                  "a user-assigned one); locally, set EMAIL_CONNECTION_STRING or sign in: az login")
         return TransientError(f"could not get a token for ACS ({type(error).__name__})")
     return classify_error(error)
 
@@ -651,5 +720,5 @@ def _operation_failed(status: str, error: Any) -> PermanentError:
         code, message = error.get("code"), error.get("message")
     text = f"ACS ended the send {status}" + (f" ({one_line(str(code), 80)})" if code else "") + \
         (f": {one_line(str(message), 300)}" if message else "")  # fmt: skip
-    return PermanentError(text, fix="check the recipients and the sender domain's reputation in the Communication "
-                          "Services resource's email logs, then: python -m leads replay --destination email")  # fmt: skip
+    return PermanentError(text, fix="check the recipients and the sender domain in the Communication Services "
+                          "resource's email logs, then: python -m leads replay --destination email")

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 CLAIM = timedelta(minutes=5)
 # A message arriving this much before its delivery's next attempt is a stray duplicate.
 EARLY = timedelta(seconds=5)
+# The most leads one digest lists.
+DIGEST_MAX = 50
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     if destination.rate_limit:
         wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period).acquire(now)
         if wait is not None:
-            return _wait_for_rate(book, delivery, destination, wait, settings)
+            return _wait_for_rate(book, delivery, destination, wait, settings, now)
 
     claimed = book.change(delivery, state="sending", attempts=delivery.attempts + 1,
                           claimed_until=now + CLAIM, waiting_for=None)  # fmt: skip
@@ -95,6 +97,15 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     if destination.can_digest:
         batch += _claim_waiting(store, claimed, now)
     leads = [store.get(item.lead_id) for item in batch]
+    if any(lead is None for lead in leads):
+        for item, lead in zip(batch, leads):
+            if lead is None:
+                _fail(book, item, PermanentError("the lead is not in the lead store",
+                                                 fix="it was deleted; nothing can be sent"), settings)  # fmt: skip
+            else:
+                book.change(item, state="pending", claimed_until=None)
+                delivery_queue(settings).send(item.lead_id, name)
+        return Outcome("failed", "lead not found")
     try:
         if len(batch) == 1:
             sent = destination.send(leads[0], claimed.route)
@@ -102,8 +113,11 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
             sent = destination.send_digest(leads, claimed.route)
     except Exception as exc:  # every failure is classified; none may escape unrecorded
         error = destination.classify(exc)
+        # A digest that may have gone out is retried as the same digest (the same idempotency key),
+        # so its leads wait together again rather than each going alone.
+        regroup = waiting_key(claimed) if len(batch) > 1 and error.transient else None
         for item in batch:
-            _after_failure(book, item, error, settings, now)
+            _after_failure(book, item, error, settings, now, regroup)
         return Outcome("retrying" if error.transient else "failed", error.explain())
     for item in batch:
         done = book.change(item, state="delivered", external_id=sent.external_id, last_error=None,
@@ -115,7 +129,8 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     return Outcome("delivered", sent.external_id or "")
 
 
-def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime) -> None:
+def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime,
+                   regroup: str | None = None) -> None:  # fmt: skip
     if error.transient:
         delay = backoff(delivery.attempts, base=settings.retry_base_seconds)
         if error.retry_after is not None:
@@ -123,7 +138,9 @@ def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Set
         deadline = (delivery.retry_from or delivery.created_at or now) + timedelta(hours=settings.retry_hours)
         if now + delay <= deadline:
             retrying = book.change(delivery, state="retrying", last_error=error.explain(),
-                                   next_attempt_at=now + delay, claimed_until=None)  # fmt: skip
+                                   next_attempt_at=now + delay, claimed_until=None, waiting_for=regroup)  # fmt: skip
+            if retrying and regroup:
+                _mark_waiting(book, retrying, regroup)
             if retrying:
                 log.warning("lead %s to %s: attempt %d failed, retry in %ds: %s", delivery.lead_id,
                             delivery.destination, delivery.attempts, delay.total_seconds(), error)  # fmt: skip
@@ -150,23 +167,27 @@ def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings) ->
 
 
 def _wait_for_rate(book, delivery: Delivery, destination: Destination, wait: float,
-                   settings: Settings) -> Outcome:  # fmt: skip
+                   settings: Settings, now: datetime) -> Outcome:  # fmt: skip
     """Hold a delivery until the destination's rate allows a send. Deliveries waiting for the
     same recipients are folded into one digest by whichever of them sends first."""
-    until = _now() + timedelta(seconds=wait)
+    until = now + timedelta(seconds=wait)
     key = waiting_key(delivery) if destination.can_digest else None
     held = book.change(delivery, state="retrying", next_attempt_at=until, waiting_for=key,
                        last_error=f"waiting for {destination.name}'s rate limit")  # fmt: skip
     if held is None:
         return Outcome(delivery.state, "changed under us")
     if key:
-        book.table.upsert_entity({"PartitionKey": _WAITING + key, "RowKey": delivery.lead_id,
-                                  "Destination": delivery.destination})  # fmt: skip
+        _mark_waiting(book, held, key)
     delivery_queue(settings).send(delivery.lead_id, delivery.destination, wait)
     return Outcome("retrying", f"rate limited for {wait:.0f}s")
 
 
 _WAITING = "waiting|"
+
+
+def _mark_waiting(book, delivery: Delivery, key: str) -> None:
+    book.table.upsert_entity({"PartitionKey": _WAITING + key, "RowKey": delivery.lead_id,
+                              "Destination": delivery.destination})  # fmt: skip
 
 
 def waiting_key(delivery: Delivery) -> str:
@@ -180,6 +201,8 @@ def _claim_waiting(store: LeadStore, sender: Delivery, now: datetime) -> list[De
     key = waiting_key(sender)
     claimed = []
     for marker in store.leads.query_entities("PartitionKey eq @key", parameters={"key": _WAITING + key}):
+        if len(claimed) >= DIGEST_MAX - 1:
+            break
         other = store.deliveries.get(marker["RowKey"], sender.destination)
         store.leads.delete_entity(marker["PartitionKey"], marker["RowKey"])
         if other is None or other.lead_id == sender.lead_id or other.state != "retrying" or other.waiting_for != key:

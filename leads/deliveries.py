@@ -49,7 +49,8 @@ class Delivery:
 
     @property
     def route(self) -> Route:
-        return Route(recipients=self.recipients, test=self.test)
+        generation = self.retry_from.isoformat() if self.retry_from and self.retry_from != self.created_at else ""
+        return Route(recipients=self.recipients, test=self.test, generation=generation)
 
     def to_dict(self) -> dict[str, Any]:
         """The operator's view (``show --json``, ``status --json``)."""

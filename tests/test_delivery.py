@@ -164,3 +164,44 @@ def test_status_counts_and_failures(webhook):
     assert report["counts"]["webhook"] == {"delivered": 1, "failed": 1}
     assert report["recentFailures"][0]["leadId"] == failed_id
     assert "410" in report["recentFailures"][0]["lastError"]
+
+
+def test_a_burst_over_the_email_rate_is_folded_into_one_digest(storage, env, fake_acs):
+    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    lead_ids = [take_in({**EXAMPLE, "OfferTitle": f"Offer {index}"}) for index in range(6)]
+    start = LeadStore.from_settings().deliveries.get(lead_ids[0], "email").created_at
+    outcomes = [deliver(lead_id, "email", now=start).state for lead_id in lead_ids]
+    assert outcomes == ["delivered", "delivered", "retrying", "retrying", "retrying", "retrying"]
+
+    # A minute on, the first waiting delivery gets a slot and takes the others along.
+    assert deliver(lead_ids[2], "email", now=start + timedelta(seconds=61)).state == "delivered"
+    assert len(fake_acs.mails) == 3
+    digest = fake_acs.mails[-1]
+    assert all(lead_id in digest["text"] for lead_id in lead_ids[2:])
+    for lead_id in lead_ids:
+        assert len(fake_acs.mails_about(lead_id)) == 1
+    book = LeadStore.from_settings().deliveries
+    assert {book.get(lead_id, "email").state for lead_id in lead_ids} == {"delivered"}
+    # Their own queued messages come later and find nothing to do.
+    assert deliver(lead_ids[3], "email", now=start + timedelta(seconds=62)).detail == "already finished"
+
+
+def test_replaying_a_failed_email_is_a_new_send_not_a_repeat(storage, env, fake_acs):
+    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com", WEBHOOK_URL="", LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    lead_id = take_in()
+    fake_acs.fail_next_operation()
+    assert deliver(lead_id, "email").state == "failed"
+    assert replay(lead_id=lead_id)
+    assert deliver(lead_id, "email").state == "delivered"
+    operation_ids = [request.operation_id for request in fake_acs.requests if request.method == "POST"]
+    assert len(operation_ids) == 2 and len(set(operation_ids)) == 2
+
+
+def test_a_delivery_whose_lead_is_gone_fails_plainly(webhook):
+    lead_id = take_in()
+    LeadStore.from_settings().leads.delete_entity(lead_id, "lead")
+    assert deliver(lead_id, "webhook").state == "failed"
+    assert "not in the lead store" in webhook_delivery(lead_id).last_error

@@ -19,6 +19,7 @@ from leads.settings import get_settings
 from leads.storage import table_service
 from leads.store import LeadStore
 
+from .fake_acs import FakeAcs
 from .fake_webhook import FakeWebhook
 from .workers import drain
 
@@ -45,7 +46,16 @@ def flaky_webhook(storage, env):
         yield fake
 
 
-def test_300_leads_through_both_intakes_with_a_third_of_calls_failing(flaky_webhook):
+@pytest.fixture
+def flaky_acs(flaky_webhook, env, monkeypatch, fake_tls_ca):
+    with FakeAcs(ca=fake_tls_ca, fail_ratio=0.33, random_delay=1.5, retry_after="1", seed=11) as fake:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
+        env(EMAIL_CONNECTION_STRING=fake.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+            EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="100000")  # fmt: skip
+        yield fake
+
+
+def test_300_leads_through_both_intakes_with_a_third_of_calls_failing(flaky_webhook, flaky_acs):
     settings = get_settings()
     http_ids = []
     for index in range(150):
@@ -68,8 +78,12 @@ def test_300_leads_through_both_intakes_with_a_third_of_calls_failing(flaky_webh
     assert set(flaky_webhook.leads) == expected  # nothing lost
     assert all(flaky_webhook.confirmed[lead_id] == 1 for lead_id in expected)  # nothing twice
     assert flaky_webhook.requests > 300  # the faults did happen
+    assert all(len(flaky_acs.mails_about(lead_id)) == 1 for lead_id in expected)  # one mail each
+    assert len(flaky_acs.mails) == 300
+    assert sum(1 for request in flaky_acs.requests if request.fault) > 50
     book = LeadStore.from_settings().deliveries
     assert {d.state for d in book.all()} == {"delivered"}
+    assert sum(1 for d in book.all()) == 600
 
 
 def test_storage_stopped_and_started_again_loses_nothing(tmp_path, env):

@@ -48,6 +48,9 @@ class Route:
 
     recipients: tuple[str, ...] = ()
     test: bool = False  # a test lead: destinations mark it as such
+    # Changes when an operator replays a failed delivery, so that a destination's idempotency key
+    # (e.g. the ACS Operation-Id) makes the replay a new send rather than a repeat of the old one.
+    generation: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,12 @@ def classify_error(error: Exception) -> DeliveryError:
     if isinstance(error, HttpResponseError) and error.status_code is not None:
         headers = error.response.headers if error.response is not None else {}
         return from_status(error.status_code, error.reason or "", headers.get("Retry-After"))
-    return PermanentError(f"unexpected {type(error).__name__}: {error}")
+    # The message of an unexpected error may quote the lead: name only its type and where it rose.
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = f" at {frame.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.tb_lineno}" if frame else ""
+    return PermanentError(f"unexpected {type(error).__name__}{where}", fix="a bug: report it with this text")
 
 
 def from_status(status: int, reason: str, retry_after: str | None = None, fix: str | None = None) -> DeliveryError:

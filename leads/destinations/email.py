@@ -97,7 +97,7 @@ class EmailDestination(Destination):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailDestination:
-        return cls(settings)
+        return cls(settings, read_timeout=settings.http_timeout_seconds)
 
     def send(self, lead: Lead, route: Route) -> Sent:
         return self.transport.send(render_lead(lead, route, self.settings))
@@ -180,16 +180,19 @@ def _mail(views: list[dict[str, Any]], subject: str, *, intro: str | None, route
     env = _environment()
     html = env.get_template("email/lead.html").render(context)
     text = env.get_template("email/lead.txt").render(context)
-    operation = operation_id(lead_ids, route.recipients, settings.email_sender)
+    operation = operation_id(lead_ids, route.recipients, settings.email_sender, route.generation)
     return Mail(to=tuple(route.recipients), subject=subject, text=text, html=html, operation_id=operation,
                 filename=filename or f"digest-{operation}.eml", lead_ids=lead_ids)  # fmt: skip
 
 
-def operation_id(lead_ids: tuple[str, ...] | list[str], recipients: tuple[str, ...], sender: str) -> str:
+def operation_id(lead_ids: tuple[str, ...] | list[str], recipients: tuple[str, ...], sender: str,
+                 generation: str = "") -> str:  # fmt: skip
     """The ACS ``Operation-Id`` of the mail about ``lead_ids``: the same on every retry, and new
-    when the recipients or the sender change (so a replay after fixing them is a new send)."""
+    when the recipients or the sender change, or an operator replays it."""
     people = ";".join(sorted(address.strip().lower() for address in recipients))
     name = "email|" + "|".join(sorted(lead_ids)) + "|" + people + "|" + sender.strip().lower()
+    if generation:
+        name += "|" + generation
     return str(uuid.uuid5(OPERATION_NAMESPACE, name))
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "email": "leads.destinations.email:EmailDestination",
     "webhook": "leads.destinations.webhook:WebhookDestination",
+    "dynamics": "leads.destinations.dynamics:DynamicsDestination",
 }
 
 __all__ = ["Check", "DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",

@@ -20,6 +20,8 @@ REGISTRY: dict[str, str] = {
     "email": "leads.destinations.email:EmailDestination",
     "webhook": "leads.destinations.webhook:WebhookDestination",
     "dynamics": "leads.destinations.dynamics:DynamicsDestination",
+    "marketo": "leads.destinations.marketo:MarketoDestination",
+    "hubspot": "leads.destinations.hubspot:HubSpotDestination",
 }
 
 __all__ = ["Check", "DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",

@@ -1,0 +1,339 @@
+"""HubSpot: each lead upserted as a contact through the CRM v3 API, keyed on email.
+
+Settings: ``HUBSPOT_TOKEN``, the access token of a private app (Development > Legacy apps, or
+Settings > Integrations > Private Apps in older portals) with the scopes
+``crm.objects.contacts.write`` and ``crm.objects.contacts.read``; ``HUBSPOT_URL`` (default
+``https://api.hubapi.com``; tests point it at a fake). The token is static: there is nothing to
+refresh, and a 401 means it was revoked or rotated.
+
+- **Upsert**: ``POST /crm/v3/objects/contacts/batch/upsert`` with one input
+  ``{"idProperty": "email", "id": <email>, "properties": {...}}``. HubSpot creates the contact or
+  updates the one with that email, so a second send of the same lead (after a lost response)
+  finds the same contact and returns its id. (Searching by email and then creating is two calls
+  and races; ``PATCH /contacts/{email}?idProperty=email`` updates only.)
+- **Properties**: ``firstname``, ``lastname``, ``phone``, ``company``, ``jobtitle``, ``country``
+  (its English name; the property is text) and ``message``. The lead source, action, offer,
+  campaign, the customer's notes, the lead id and the ``[TEST]`` / do-not-contact marks go to
+  ``message`` (label "Message"): it is the one default free-text contact property, writable and
+  present in every portal. The source properties (``hs_analytics_source``, "Original Source") are
+  computed by HubSpot and read-only, and ``hs_lead_status`` / ``lifecyclestage`` are enumerations
+  each portal edits, where an unknown value fails the whole write (the Salesforce picklist trap).
+  Empty values are left out, so an upsert never blanks what HubSpot knows; ``message`` holds the
+  latest lead (HubSpot keeps its history).
+- **Do not contact**: HubSpot's opt-out (``hs_email_optout`` and the subscription statuses) is
+  read-only on the contact and set through the communication preferences API, where an
+  unsubscribe is recorded as the contact's own choice and cannot be undone by the portal. The
+  marketplace's DNC is not that: the customer reached a cross-listed partner and the publisher must
+  not contact them. So a DNC lead is written with a ``DO NOT CONTACT`` first line in ``message``
+  and nothing else changes; the README shows a workflow that acts on it ("Message contains DO NOT
+  CONTACT" → set Lead Status, remove from lists). It is honest and reversible, and it is a mark
+  people must honour, not an enforced opt-out.
+- **A lead without a valid email** (``.edu`` customers whose data the marketplace withholds) cannot
+  be upserted on email: a permanent error that says so, naming no personal data.
+- **Errors**: 429 (``errorType: RATE_LIMIT``; 100 or 190 calls per 10 s per private app, and a daily
+  quota) is transient, after ``Retry-After`` when given, else the ``X-HubSpot-RateLimit-Interval-
+  Milliseconds`` window, or until midnight for the daily policy; 5xx, timeouts and 409 (a contact
+  being created by a concurrent call) are transient. 401 (``INVALID_AUTHENTICATION`` /
+  ``EXPIRED_AUTHENTICATION``) and 403 ``MISSING_SCOPES`` (naming the scopes HubSpot lists in
+  ``errors[].context.requiredGranularScopes``) are permanent with the fix, as are validation errors
+  (naming the property and HubSpot's error code, never the value: values are the customer's data).
+- **Rate**: the same per-process limiter as Marketo's (:class:`~.marketo.CallLimiter`) keeps this
+  process under 100 calls per rolling 10 s, HubSpot's lowest private-app limit; other instances and
+  other integrations share the portal's limit, so 429 stays handled.
+- ``check()``: ``GET /crm/v3/objects/contacts?limit=1`` proves the token and the read scope; a read
+  cannot prove the write scope, so it then asks ``POST /oauth/v2/private-apps/get/access-token-info``
+  for the token's scopes. When HubSpot does not answer that (a token that is not a private app's),
+  the check says the write scope was not verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, parse_retry_after
+from .marketo import CallLimiter
+
+if TYPE_CHECKING:
+    import requests
+
+    from ..model import Lead
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+# HubSpot's lowest limit for a private app (Free and Starter; Professional and Enterprise allow 190).
+CALLS_PER_WINDOW = 100
+WINDOW_SECONDS = 10.0
+WRITE_SCOPE = "crm.objects.contacts.write"
+READ_SCOPE = "crm.objects.contacts.read"
+TOKEN_FIX = ("copy the private app's access token (Development > Legacy apps > your app > Auth > Show token; "
+             "Settings > Integrations > Private Apps in older portals) into HUBSPOT_TOKEN; a rotated token stops "
+             "working when its rotation expires")  # fmt: skip
+_PROPERTY_ERRORS = re.compile(r"\[\s*\{.*\}\s*\]", re.DOTALL)
+_TEXT_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,60}$")
+_PROPERTY_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
+
+
+class HubSpotDestination(Destination):
+    name = "hubspot"
+
+    def __init__(self, token: str, url: str = "https://api.hubapi.com", timeout: float = 30.0,
+                 session: requests.Session | None = None, limiter: CallLimiter | None = None) -> None:  # fmt: skip
+        import requests
+
+        self.token = token.strip()
+        self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32)
+
+    @classmethod
+    def is_enabled(cls, settings: Settings) -> bool:
+        return bool(settings.hubspot_token)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HubSpotDestination | None:
+        if not cls.is_enabled(settings):
+            return None
+        return cls(settings.hubspot_token, settings.hubspot_url, settings.http_timeout_seconds)
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    def send(self, lead: Lead, route: Route) -> Sent:
+        self._require_settings()
+        if not lead.email or lead.email_valid is False:
+            raise PermanentError("the lead has no valid email address, and HubSpot contacts are upserted on email",
+                                 fix="nothing to change in the settings: this lead (often a customer whose data "
+                                 "the marketplace withholds) cannot go to HubSpot; find it with python -m leads "
+                                 "show")  # fmt: skip
+        body = {"inputs": [{"idProperty": "email", "id": lead.email, "properties": self.properties_for(lead, route)}]}
+        response = self._request("POST", "/crm/v3/objects/contacts/batch/upsert", json=body)
+        answer = _json_body(response)
+        if response.status_code in (200, 201, 207) and isinstance(answer, dict):
+            results = [r for r in answer.get("results") or [] if isinstance(r, dict) and r.get("id")]
+            if results:
+                return Sent(external_id=str(results[0]["id"]), detail={"new": str(bool(results[0].get("new"))).lower()})
+            errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
+            if errors:  # 207 multi-status: the input failed on its own
+                raise self.error(400, errors[0], response.headers)
+        raise self.error(response.status_code, answer, response.headers)
+
+    def properties_for(self, lead: Lead, route: Route) -> dict[str, str]:
+        """The contact's properties (all text, as HubSpot takes them); empty ones left out."""
+        properties = {
+            "firstname": lead.first_name,
+            "lastname": lead.last_name,
+            "phone": lead.phone,
+            "company": lead.company,
+            "jobtitle": lead.title,
+            "country": country_name(lead.country),
+            "message": message(lead, route),
+        }
+        return {key: str(value) for key, value in properties.items() if value not in (None, "")}
+
+    # --- checking --------------------------------------------------------------------------------
+
+    def check(self) -> Check:
+        try:
+            self._require_settings()
+            response = self._request("GET", "/crm/v3/objects/contacts", params={"limit": 1})
+            if response.status_code != 200 or not isinstance(_json_body(response), dict):
+                raise self.error(response.status_code, _json_body(response), response.headers)
+        except DeliveryError as error:
+            return Check.failed(error)
+        except Exception as exc:  # noqa: BLE001 — a check reports, it never raises
+            return Check.failed(_unreachable(self.classify(exc)))
+        scopes = self._token_scopes()
+        if scopes is None:
+            return Check(True, f"token valid, contacts readable; {WRITE_SCOPE} not verified (HubSpot gives the "
+                         "scopes of private app tokens only): the first lead will tell")  # fmt: skip
+        if WRITE_SCOPE not in scopes:
+            return Check(False, f"the token lacks the scope {WRITE_SCOPE}: leads cannot be written",
+                         fix=f"add {WRITE_SCOPE} on the private app's Scopes tab and commit the change")  # fmt: skip
+        return Check(True, f"token valid, contacts readable, {WRITE_SCOPE} granted; upsert on email")
+
+    def _token_scopes(self) -> list[str] | None:
+        try:
+            response = self._request("POST", "/oauth/v2/private-apps/get/access-token-info",
+                                     json={"tokenKey": self.token}, auth=False)  # fmt: skip
+        except Exception:  # noqa: BLE001 — the scopes are a bonus; the read already proved the token
+            return None
+        body = _json_body(response)
+        if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("scopes"), list):
+            return None
+        return [str(scope) for scope in body["scopes"]]
+
+    def _require_settings(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise PermanentError("HUBSPOT_URL is not a URL", fix="leave HUBSPOT_URL unset (https://api.hubapi.com)")
+        if not self.token:
+            raise PermanentError("HUBSPOT_TOKEN is empty", fix=TOKEN_FIX)
+
+    # --- the API -----------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                 auth: bool = True) -> requests.Response:  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+        with self.limiter.slot():
+            return self.session.request(method, self.url + path, json=json, params=params, headers=headers,
+                                        timeout=self.timeout)  # fmt: skip
+
+    def error(self, status: int, body: Any, headers: Any = None) -> DeliveryError:
+        """The error for a HubSpot answer that is not a success."""
+        headers = headers or {}
+        body = body if isinstance(body, dict) else {}
+        category = str(body.get("category") or body.get("errorType") or "")
+        label = f"HubSpot answered {status}" + (f" {category}" if _TEXT_CODE.match(category) else "")
+        if status == 401:
+            return PermanentError(f"{label}: HUBSPOT_TOKEN is not valid (revoked, rotated or mistyped)", fix=TOKEN_FIX)
+        if status == 403:
+            scopes = required_scopes(body)
+            if category == "MISSING_SCOPES" or scopes:
+                named = ", ".join(scopes) or WRITE_SCOPE
+                return PermanentError(f"{label}: the private app lacks the scope {named}",
+                                      fix=f"add {named} on the private app's Scopes tab and commit the change, then "
+                                      "replay: python -m leads replay --destination hubspot")  # fmt: skip
+            return PermanentError(label, fix="the private app's creator may have lost access to contacts: have a "
+                                  "super admin recreate the app, or give its creator contact permissions")  # fmt: skip
+        if status == 429:
+            return TransientError(f"{label}: rate limit ({_policy(body) or 'rate'} policy)",
+                                  retry_after=retry_after(body, headers))  # fmt: skip
+        if status == 409:
+            return TransientError(f"{label}: the contact is being changed by another call", retry_after=2)
+        if status == 404:
+            return PermanentError(f"{label}: HUBSPOT_URL does not answer as HubSpot's API",
+                                  fix="leave HUBSPOT_URL unset (https://api.hubapi.com)")  # fmt: skip
+        if status == 400 or category == "VALIDATION_ERROR":
+            problems = property_errors(body)
+            if any(code == "INVALID_EMAIL" for code, _ in problems):
+                return PermanentError(f"{label}: HubSpot rejects the lead's email address (INVALID_EMAIL)",
+                                      fix="nothing to change in the settings: add this contact in HubSpot by "
+                                      "hand")  # fmt: skip
+            missing = [name for code, name in problems if code == "PROPERTY_DOESNT_EXIST" and name]
+            if missing:
+                return PermanentError(f"{label}: the contact property {', '.join(missing)} does not exist in "
+                                      "this portal", fix=f"restore the default contact property {missing[0]!r} "
+                                      "(Settings > Properties) or report this as a bug of the app")  # fmt: skip
+            if problems:
+                named = ", ".join(f"{name or '?'} ({code})" for code, name in problems[:5])
+                return PermanentError(f"{label}: HubSpot rejected the properties {named}",
+                                      fix="check those contact properties' types in Settings > Properties: the app "
+                                      "writes text")  # fmt: skip
+            return PermanentError(label, fix="report this as a bug of the app")
+        if status >= 500 or status == 408:
+            return TransientError(label, retry_after=parse_retry_after(headers.get("Retry-After")))
+        return PermanentError(label)
+
+
+def required_scopes(body: dict[str, Any]) -> list[str]:
+    """The scopes a 403 MISSING_SCOPES names (``requiredGranularScopes``, or the older ``requiredScopes``)."""
+    scopes: list[str] = []
+    for error in body.get("errors") or []:
+        context = error.get("context") if isinstance(error, dict) else None
+        if isinstance(context, dict):
+            for key in ("requiredGranularScopes", "requiredScopes"):
+                for scope in context.get(key) or []:
+                    if isinstance(scope, str) and scope not in scopes:
+                        scopes.append(scope)
+    return scopes
+
+
+def property_errors(body: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """``(error code, property name)`` pairs of a VALIDATION_ERROR: from the JSON list HubSpot
+    embeds in ``message`` ("Property values were not valid: [{...}]"), or from ``errors[]``.
+    Only codes and property names are kept: HubSpot's messages quote the values."""
+    found: list[tuple[str, str | None]] = []
+    match = _PROPERTY_ERRORS.search(str(body.get("message") or ""))
+    if match:
+        try:
+            items = json.loads(match.group(0))
+        except ValueError:
+            items = []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and _TEXT_CODE.match(str(item.get("error") or "")):
+                name = str(item.get("name") or "")
+                found.append((item["error"], name if _PROPERTY_NAME.match(name) else None))
+    for error in body.get("errors") or []:
+        if not isinstance(error, dict):
+            continue
+        code = str(error.get("code") or "")
+        context = error.get("context") if isinstance(error.get("context"), dict) else {}
+        names = context.get("propertyName") or [None]
+        for name in names if isinstance(names, list) else [names]:
+            if _TEXT_CODE.match(code):
+                found.append((code, name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None))
+    return found
+
+
+def retry_after(body: dict[str, Any], headers: Any) -> float:
+    """How long a 429 says to wait: ``Retry-After``; else until midnight for the daily policy; else
+    the rolling window (``X-HubSpot-RateLimit-Interval-Milliseconds``, 10 s)."""
+    given = parse_retry_after(headers.get("Retry-After"))
+    if given is not None:
+        return given
+    if _policy(body) == "DAILY":
+        # HubSpot resets the daily quota at midnight in the portal's time zone, which the app does
+        # not know: midnight UTC is a guess, and an early retry only gets another 429.
+        now = datetime.now(UTC)
+        return ((now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0) - now).total_seconds()
+    try:
+        return max(1.0, float(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds") or 10000) / 1000)
+    except ValueError:
+        return 10.0
+
+
+def message(lead: Lead, route: Route) -> str:
+    """The ``message`` property: marks, source and offer, campaign, the customer's notes, lead id."""
+    lines = []
+    if route.test or lead.is_test:
+        lines.append("[TEST] a test lead from the marketplace (Partner Center validation)")
+    if lead.do_not_contact:
+        lines.append("DO NOT CONTACT: the customer came through a cross-listed partner; record only")
+    what = " on ".join(part for part in (lead.action_words, lead.source_words) if part)
+    lines.append(f"Lead source: Microsoft commercial marketplace{f' ({what})' if what else ''}")
+    offer = " ".join(part for part in (lead.offer_title, f"({lead.offer_id})" if lead.offer_id else None) if part)
+    if offer:
+        lines.append(f"Offer: {offer}")
+    if lead.campaign:
+        pairs = (f"{key}={', '.join(map(str, value)) if isinstance(value, list) else value}"
+                 for key, value in lead.campaign.items())  # fmt: skip
+        lines.append("Campaign: " + ", ".join(pairs))
+    if lead.description:
+        lines.append(f"Notes: {lead.description}")
+    lines.append(f"Lead id: {lead.lead_id}")
+    return "\n".join(lines)[:65000]
+
+
+def country_name(code: str | None) -> str | None:
+    """``United States`` for ``US``; anything else as it is."""
+    if not code or len(code) != 2 or not code.isalpha():
+        return code
+    import pycountry
+
+    country = pycountry.countries.get(alpha_2=code.upper())
+    return (getattr(country, "common_name", None) or country.name) if country is not None else code
+
+
+def _policy(body: dict[str, Any]) -> str:
+    policy = str(body.get("policyName") or "")
+    return policy if _TEXT_CODE.match(policy) else ""
+
+
+def _json_body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _unreachable(error: DeliveryError) -> DeliveryError:
+    if error.transient and "could not reach" in str(error):
+        return TransientError(f"{error} at HUBSPOT_URL", fix="check HUBSPOT_URL (leave it unset for "
+                              "https://api.hubapi.com) and the app's outbound network")  # fmt: skip
+    return error

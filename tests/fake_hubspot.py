@@ -1,0 +1,284 @@
+"""HubSpot's CRM v3 contacts API on loopback: ``POST /crm/v3/objects/contacts/batch/upsert``
+(``idProperty: email``), ``GET /crm/v3/objects/contacts``, and the private-app token info
+``POST /oauth/v2/private-apps/get/access-token-info``, with HubSpot's real answer and error shapes:
+``{"status": "error", "message", "correlationId", "category", "errors": [...]}``, 401
+``INVALID_AUTHENTICATION`` / ``EXPIRED_AUTHENTICATION``, 403 ``MISSING_SCOPES`` with
+``errors[].context.requiredGranularScopes``, 400 ``VALIDATION_ERROR`` with the property errors
+embedded in ``message``, and 429 ``RATE_LIMIT`` with the ``X-HubSpot-RateLimit-*`` headers
+(100 calls per rolling 10 s by default).
+
+Keeps ``contacts`` by email and counts ``requests``. Knobs: ``latency``, ``scopes``,
+``faults`` (played one per call: ``"429"``, ``"daily"``, ``"500"``, ``"409"``, ``"drop"``, ``"lost"``,
+``"expired"``), ``tokens`` (valid tokens), ``token_info`` (False: the token-info endpoint refuses,
+as for a token that is not a private app's).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from leads.azurite import free_port
+
+DEFAULT_PROPERTIES = {"email", "firstname", "lastname", "phone", "mobilephone", "company", "jobtitle", "country",
+                      "city", "state", "website", "message", "hs_lead_status", "lifecyclestage"}  # fmt: skip
+READ_ONLY = {"hs_email_optout", "hs_analytics_source", "hs_object_id", "createdate", "lastmodifieddate"}
+SCOPES_URL = "https://developers.hubspot.com/scopes"
+NO_CREDENTIALS = ("Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find "
+                  "more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class FakeHubSpot:
+    def __init__(self, token: str = "pat-na1-00000000-fake", latency: float = 0.0,
+                 scopes: tuple[str, ...] = ("crm.objects.contacts.read", "crm.objects.contacts.write"),
+                 per_window: int = 100, window: float = 10.0) -> None:  # fmt: skip
+        self.token = token
+        self.tokens = {token}
+        self.latency = latency
+        self.scopes = set(scopes)
+        self.per_window, self.window = per_window, window
+        self.daily_limit = 250_000
+        self.properties = set(DEFAULT_PROPERTIES)
+        self.token_info = True
+        self.faults: list[str] = []
+        self.lock = threading.Lock()
+        self.contacts: dict[str, dict] = {}  # lower-cased email → {"id", "properties", "createdAt", "updatedAt"}
+        self.requests = 0
+        self.upserts = 0
+        self.rate_limited = 0
+        self._stamps: deque[float] = deque()
+        self._ids = itertools.count(51)
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakeHubSpot:
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- the service --------------------------------------------------------------------------
+
+    def rate_headers(self, now: float) -> dict[str, str]:
+        while self._stamps and self._stamps[0] <= now - self.window:
+            self._stamps.popleft()
+        return {"X-HubSpot-RateLimit-Interval-Milliseconds": str(int(self.window * 1000)),
+                "X-HubSpot-RateLimit-Max": str(self.per_window),
+                "X-HubSpot-RateLimit-Remaining": str(max(0, self.per_window - len(self._stamps))),
+                "X-HubSpot-RateLimit-Daily": str(self.daily_limit),
+                "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, self.daily_limit - self.requests))}  # fmt: skip
+
+    def upsert(self, inputs: list[dict]) -> tuple[int, dict]:
+        if WRITE not in self.scopes:
+            return 403, missing_scopes(WRITE)
+        problems = []
+        for item in inputs:
+            if item.get("idProperty") != "email":
+                return 400, error_body("VALIDATION_ERROR", f"Unable to perform update/upsert by non-unique 0-1 "
+                                       f"property {item.get('idProperty')} in portal ID 123456")  # fmt: skip
+            for name, value in (item.get("properties") or {}).items():
+                if name in READ_ONLY:
+                    problems.append({"isValid": False, "message": f"{name} is a read only property; its value cannot "
+                                     "be set.", "error": "READ_ONLY_VALUE", "name": name})  # fmt: skip
+                elif name not in self.properties:
+                    problems.append({"isValid": False, "message": f'Property "{name}" does not exist',
+                                     "error": "PROPERTY_DOESNT_EXIST", "name": name, "localizedErrorMessage":
+                                     f'Property "{name}" does not exist', "portalId": 123456})  # fmt: skip
+                elif not isinstance(value, str):
+                    problems.append({"isValid": False, "message": f"{value!r} is not a valid string",
+                                     "error": "INVALID_STRING", "name": name})  # fmt: skip
+            email = str(item.get("id") or "")
+            if not _EMAIL.match(email):
+                problems.append({"isValid": False, "message": f"Email address {email} is invalid",
+                                 "error": "INVALID_EMAIL", "name": "email"})  # fmt: skip
+        if problems:
+            return 400, error_body("VALIDATION_ERROR", "Property values were not valid: " + json.dumps(problems))
+        results = []
+        with self.lock:
+            for item in inputs:
+                stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                email = item["id"].lower()
+                contact = self.contacts.get(email)
+                new = contact is None
+                if new:
+                    contact = self.contacts[email] = {"id": str(next(self._ids)), "createdAt": stamp,
+                                                      "properties": {"email": email}}  # fmt: skip
+                contact["properties"].update(item.get("properties") or {})
+                contact["updatedAt"] = stamp
+                self.upserts += 1
+                results.append({"id": contact["id"], "properties": dict(contact["properties"]), "new": new,
+                                "createdAt": contact["createdAt"], "updatedAt": stamp, "archived": False})  # fmt: skip
+        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        return 200, {"status": "COMPLETE", "results": results, "startedAt": stamp, "completedAt": stamp}
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one answer, one segment: no 40 ms delayed-ACK stalls
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                if fake.latency:
+                    time.sleep(fake.latency)
+                try:
+                    payload = json.loads(raw) if raw else {}
+                except ValueError:
+                    return self._answer(400, error_body("VALIDATION_ERROR", "Invalid input JSON on line 1"))
+                if method == "POST" and parts.path == "/oauth/v2/private-apps/get/access-token-info":
+                    if not fake.token_info or payload.get("tokenKey") not in fake.tokens:
+                        return self._answer(400, error_body("BAD_REQUEST", "Token is not a valid private app token"))
+                    return self._answer(200, {"userId": 1001, "hubId": 123456, "appId": 2002,
+                                              "scopes": sorted(fake.scopes | {"oauth"})})  # fmt: skip
+                with fake.lock:
+                    fake.requests += 1
+                    fault = fake.faults.pop(0) if fake.faults else None
+                    now = time.monotonic()
+                    headers = fake.rate_headers(now)
+                    limited = len(fake._stamps) >= fake.per_window
+                    if not limited:
+                        fake._stamps.append(now)
+                    else:
+                        fake.rate_limited += 1
+                if fault == "drop":
+                    return self._drop()
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                if fault == "expired":
+                    return self._answer(401, error_body("EXPIRED_AUTHENTICATION", "The OAuth token used to make this "
+                                                        "call expired 2 day(s) ago."))  # fmt: skip
+                if token not in fake.tokens:
+                    return self._answer(401, error_body("INVALID_AUTHENTICATION", NO_CREDENTIALS))
+                if limited or fault in ("429", "daily"):
+                    policy = "DAILY" if fault == "daily" else "TEN_SECONDLY_ROLLING"
+                    return self._answer(429, {"status": "error", "message": f"You have reached your {policy.lower()} "
+                                              "limit.", "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()),
+                                              "policyName": policy, "groupName": "publicapi:private-app:2002"},
+                                        headers)  # fmt: skip
+                if fault == "500":
+                    return self._answer(500, error_body("INTERNAL_ERROR", "internal error"), headers)
+                if fault == "409":
+                    return self._answer(409, error_body("CONFLICT", "Contact already exists. Existing ID: 51"), headers)
+                if method == "POST" and parts.path == "/crm/v3/objects/contacts/batch/upsert":
+                    status, body = fake.upsert(payload.get("inputs") or [])
+                    if fault == "lost":
+                        return self._drop()
+                    return self._answer(status, body, headers)
+                if method == "GET" and parts.path == "/crm/v3/objects/contacts":
+                    if READ not in fake.scopes:
+                        return self._answer(403, missing_scopes(READ), headers)
+                    limit = int(parse_qs(parts.query).get("limit", ["10"])[0])
+                    with fake.lock:
+                        rows = [{"id": c["id"], "properties": {k: c["properties"].get(k) for k in
+                                 ("email", "firstname", "lastname")}, "createdAt": c["createdAt"],
+                                 "updatedAt": c["updatedAt"], "archived": False}
+                                for c in list(fake.contacts.values())[:limit]]  # fmt: skip
+                    return self._answer(200, {"results": rows}, headers)
+                return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
+
+            def _answer(self, status: int, body: dict, headers: dict | None = None) -> None:
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", "application/json;charset=utf-8")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(2)
+                except OSError:
+                    pass
+
+        return Handler
+
+
+READ, WRITE = "crm.objects.contacts.read", "crm.objects.contacts.write"
+
+
+def error_body(category: str, message: str, **extra) -> dict:
+    return {"status": "error", "message": message, "correlationId": str(uuid.uuid4()), "category": category, **extra}
+
+
+def missing_scopes(*scopes: str) -> dict:
+    return error_body("MISSING_SCOPES", "This app hasn't been granted all required scopes to make this call. Read "
+                      f"more about required scopes here: {SCOPES_URL}.",
+                      errors=[{"message": "One or more of the following scopes are required.",
+                               "context": {"requiredGranularScopes": list(scopes)}}],
+                      links={"scopes": SCOPES_URL})  # fmt: skip
+
+
+@pytest.fixture
+def hubspot():
+    with FakeHubSpot() as fake:
+        yield fake
+
+
+def benchmark(count: int = 200, latency: float = 0.05) -> dict:
+    """``count`` leads sent one after another through HubSpotDestination.send to the fake with
+    ``latency`` seconds per call, under HubSpot's real limit (100 calls per 10 s), which the
+    destination keeps on its side. A private app token needs no token request: 0 per 1,000."""
+    from leads.destinations.base import Route, TransientError
+    from leads.destinations.hubspot import HubSpotDestination
+
+    from .fake_marketo import sample_lead
+
+    with FakeHubSpot(latency=latency) as fake:
+        destination = HubSpotDestination(fake.token, fake.url, timeout=10)
+        leads = [sample_lead(n) for n in range(count)]
+        held_back = 0
+        start = time.perf_counter()
+        burst = None
+        for n, lead in enumerate(leads):
+            if n == min(count, 90):
+                burst = n / (time.perf_counter() - start)
+            while True:
+                try:
+                    destination.send(lead, Route())
+                    break
+                except TransientError as error:  # the worker would re-queue it after retry_after
+                    held_back += 1
+                    time.sleep(error.retry_after or 1.0)
+        elapsed = time.perf_counter() - start
+        assert len(fake.contacts) == count
+        return {"leads_per_second": round(count / elapsed, 2), "token_requests_per_1000": 0.0,
+                "calls": fake.requests, "paced_seconds": round(destination.limiter.waited, 2), "held_back": held_back,
+                "burst_leads_per_second": round(burst or count / elapsed, 2),
+                "rate_limited_429": fake.rate_limited}  # fmt: skip

@@ -1,0 +1,243 @@
+"""HubSpot: the real connector against a fake of HubSpot's CRM v3 contacts API on loopback
+(tests/fake_hubspot.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+import leads.destinations
+from leads.destinations.base import PermanentError, Route, TransientError
+from leads.destinations.hubspot import HubSpotDestination, property_errors, required_scopes
+from leads.destinations.marketo import CallLimiter
+from leads.intake import accept_http
+from leads.store import LeadStore
+
+from . import fake_hubspot
+from .fake_hubspot import FakeHubSpot
+from .fake_marketo import sample_lead
+from .workers import drain
+
+hubspot = fake_hubspot.hubspot  # the fixture
+
+ROUTE = Route()
+WRITE = "crm.objects.contacts.write"
+
+
+def destination(fake: FakeHubSpot, token: str | None = None, **limits) -> HubSpotDestination:
+    limiter = CallLimiter(**limits) if limits else None
+    return HubSpotDestination(fake.token if token is None else token, fake.url, timeout=5, limiter=limiter)
+
+
+def send_error(dest: HubSpotDestination, lead, route: Route = ROUTE):
+    try:
+        dest.send(lead, route)
+    except Exception as exc:  # noqa: BLE001
+        return dest.classify(exc)
+    raise AssertionError("the send succeeded")
+
+
+# --- mapping ----------------------------------------------------------------------------------
+
+
+def test_a_lead_is_upserted_on_email_property_by_property(hubspot):
+    lead = sample_lead(1, Description='{"mktcmpid": "spring-24"}')
+    sent = destination(hubspot).send(lead, ROUTE)
+    contact = hubspot.contacts["ada1@contoso.com"]
+    assert sent.external_id == contact["id"] and sent.detail == {"new": "true"}
+    assert contact["properties"] == {
+        "email": "ada1@contoso.com", "firstname": "Ada", "lastname": "Lovelace1", "phone": "+14255550100",
+        "company": "Contoso", "jobtitle": "CTO", "country": "United States",
+        "message": "Lead source: Microsoft commercial marketplace (Contact me on AppSource)\n"
+                   f"Offer: Contoso CRM (contoso.contoso-crm)\nCampaign: mktcmpid=spring-24\nLead id: {lead.lead_id}",
+    }  # fmt: skip
+
+
+def test_empty_properties_are_left_out_so_an_upsert_never_blanks_hubspot(hubspot):
+    destination(hubspot).send(sample_lead(2).model_copy(update={"phone": None, "title": ""}), ROUTE)
+    assert not {"phone", "jobtitle"} & set(hubspot.contacts["ada2@contoso.com"]["properties"])
+
+
+def test_a_do_not_contact_and_test_lead_are_marked_in_the_message(hubspot):
+    destination(hubspot).send(sample_lead(3, LeadSource="SPZA-DNC|contoso.contoso-crm"), Route(test=True))
+    lines = hubspot.contacts["ada3@contoso.com"]["properties"]["message"].splitlines()
+    assert lines[0].startswith("[TEST]") and lines[1].startswith("DO NOT CONTACT")
+    assert "(Do not contact on AppSource)" in lines[2]
+
+
+def test_a_lead_without_a_valid_email_fails_at_once_without_personal_data(hubspot):
+    lead = sample_lead(4).model_copy(update={"email": "ada4@contoso", "email_valid": False})
+    error = send_error(destination(hubspot), lead)
+    assert isinstance(error, PermanentError) and "no valid email" in str(error) and "ada4" not in error.explain()
+    assert hubspot.requests == 0
+
+
+def test_an_email_hubspot_rejects_is_permanent_and_not_quoted(hubspot):
+    lead = sample_lead(5).model_copy(update={"email": "ada5@@contoso.com", "email_valid": True})
+    error = send_error(destination(hubspot), lead)
+    assert isinstance(error, PermanentError) and "INVALID_EMAIL" in str(error)
+    assert "ada5" not in error.explain()
+
+
+def test_a_missing_property_is_named(hubspot):
+    hubspot.properties.discard("message")
+    error = send_error(destination(hubspot), sample_lead(6))
+    assert isinstance(error, PermanentError)
+    assert "400 VALIDATION_ERROR: the contact property message does not exist" in str(error)
+
+
+# --- idempotency, auth -------------------------------------------------------------------------
+
+
+def test_a_lost_response_then_a_retry_leaves_one_contact(hubspot):
+    dest = destination(hubspot)
+    lead = sample_lead(7)
+    hubspot.faults = ["lost"]
+    assert isinstance(send_error(dest, lead), TransientError)
+    assert len(hubspot.contacts) == 1  # created, but the answer never came
+    sent = dest.send(lead, ROUTE)
+    assert len(hubspot.contacts) == 1 and sent.external_id == hubspot.contacts["ada7@contoso.com"]["id"]
+    assert sent.detail == {"new": "false"}
+
+
+def test_no_token_requests_across_200_leads(env):
+    with FakeHubSpot(per_window=10_000) as fake:  # the limits have tests of their own
+        dest = destination(fake, calls=10_000, period=10)
+        for n in range(200):
+            dest.send(sample_lead(n), ROUTE)
+        # A private app token is static: no token endpoint is ever called, each lead is one request.
+        assert len(fake.contacts) == 200 and fake.requests == 200 and fake.upserts == 200
+
+
+def test_an_invalid_token_is_permanent_with_the_fix(hubspot):
+    error = send_error(destination(hubspot, token="pat-na1-revoked"), sample_lead(8))
+    assert isinstance(error, PermanentError) and "401 INVALID_AUTHENTICATION" in str(error)
+    assert "HUBSPOT_TOKEN" in error.fix and "pat-na1-revoked" not in error.explain()
+
+
+def test_an_expired_token_is_permanent_there_is_nothing_to_refresh(hubspot):
+    hubspot.faults = ["expired"]
+    error = send_error(destination(hubspot), sample_lead(9))
+    assert isinstance(error, PermanentError) and "401 EXPIRED_AUTHENTICATION" in str(error)
+
+
+def test_a_missing_write_scope_is_named(hubspot):
+    hubspot.scopes.discard(WRITE)
+    error = send_error(destination(hubspot), sample_lead(10))
+    assert isinstance(error, PermanentError)
+    assert f"403 MISSING_SCOPES: the private app lacks the scope {WRITE}" in str(error) and WRITE in error.fix
+
+
+def test_missing_scopes_read_both_body_shapes():
+    body = {"errors": [{"context": {"requiredGranularScopes": ["a.write", "b"]}},
+                       {"context": {"requiredScopes": ["contacts"]}}]}  # fmt: skip
+    assert required_scopes(body) == ["a.write", "b", "contacts"]
+
+
+def test_property_errors_keep_codes_and_names_never_values():
+    body = {"message": 'Property values were not valid: [{"isValid":false,"message":"Email address x@y is invalid",'
+                       '"error":"INVALID_EMAIL","name":"email"}]', "category": "VALIDATION_ERROR",
+            "errors": [{"code": "INVALID_OPTION", "context": {"propertyName": ["hs_lead_status"]}}]}  # fmt: skip
+    assert property_errors(body) == [("INVALID_EMAIL", "email"), ("INVALID_OPTION", "hs_lead_status")]
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+def test_a_429_is_transient_after_the_rate_window(hubspot):
+    hubspot.faults = ["429"]
+    error = send_error(destination(hubspot), sample_lead(11))
+    assert isinstance(error, TransientError) and "TEN_SECONDLY_ROLLING" in str(error) and error.retry_after == 10.0
+
+
+def test_the_daily_limit_waits_until_midnight(hubspot):
+    hubspot.faults = ["daily"]
+    error = send_error(destination(hubspot), sample_lead(12))
+    assert isinstance(error, TransientError) and "DAILY" in str(error) and 0 < error.retry_after <= 86400
+
+
+@pytest.mark.parametrize("fault", ["500", "409", "drop"])
+def test_server_errors_conflicts_and_dropped_connections_are_transient(hubspot, fault):
+    dest = destination(hubspot)
+    hubspot.faults = [fault]
+    assert isinstance(send_error(dest, sample_lead(13)), TransientError)
+    dest.send(sample_lead(13), ROUTE)
+    assert len(hubspot.contacts) == 1
+
+
+def test_the_limiter_keeps_the_calls_under_hubspots_window(env):
+    with FakeHubSpot(per_window=5, window=1.0) as fake:
+        dest = destination(fake, calls=5, period=1.0, max_wait=3.0)
+        for n in range(9):
+            dest.send(sample_lead(n), ROUTE)
+        assert len(fake.contacts) == 9 and fake.rate_limited == 0 and dest.limiter.waited > 0.5
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def test_check_ok_verifies_the_write_scope_and_creates_nothing(hubspot):
+    check = destination(hubspot).check()
+    assert check.ok and f"{WRITE} granted" in check.message and hubspot.contacts == {}
+
+
+def test_check_names_a_missing_write_scope(hubspot):
+    hubspot.scopes.discard(WRITE)
+    check = destination(hubspot).check()
+    assert not check.ok and WRITE in check.message and "Scopes tab" in check.fix
+
+
+def test_check_says_when_it_cannot_verify_the_write_scope(hubspot):
+    hubspot.token_info = False
+    check = destination(hubspot).check()
+    assert check.ok and "not verified" in check.message
+
+
+def test_check_names_a_missing_read_scope(hubspot):
+    hubspot.scopes = {WRITE}
+    check = destination(hubspot).check()
+    assert not check.ok and "lacks the scope crm.objects.contacts.read" in check.message
+
+
+def test_check_an_invalid_token(hubspot):
+    check = destination(hubspot, token="pat-na1-wrong").check()
+    assert not check.ok and "401 INVALID_AUTHENTICATION" in check.message and "Show token" in check.fix
+
+
+def test_check_an_unreachable_or_wrong_url(hubspot):
+    from leads.azurite import free_port
+
+    check = HubSpotDestination("pat", f"http://127.0.0.1:{free_port()}", timeout=2).check()
+    assert not check.ok and "could not reach" in check.message and "HUBSPOT_URL" in check.fix
+    check = HubSpotDestination(hubspot.token, hubspot.url + "/nothing", timeout=2).check()
+    assert not check.ok and "HUBSPOT_URL does not answer as HubSpot's API" in check.message
+
+
+def test_check_rate_limited_is_reported(hubspot):
+    hubspot.faults = ["429"]
+    check = destination(hubspot).check()
+    assert not check.ok and "429" in check.message
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, monkeypatch):
+    monkeypatch.setitem(leads.destinations.REGISTRY, "hubspot", "leads.destinations.hubspot:HubSpotDestination")
+    with FakeHubSpot() as fake:
+        env(HUBSPOT_TOKEN=fake.token, HUBSPOT_URL=fake.url, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+        fake.faults = ["lost", "500"]  # the first answer is lost, then a 500: still one contact
+        body = {"UserDetails": {"FirstName": "Some", "LastName": "One", "Email": "someone@contoso.com",
+                                "Country": "USA", "Company": "Contoso"},
+                "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferTitle": "Test Microsoft"}  # fmt: skip
+        answer = accept_http(json.dumps(body).encode())
+        assert answer.status == 202
+        drain(deadline=40)
+        contact = fake.contacts["someone@contoso.com"]
+        assert (contact["properties"]["firstname"], contact["properties"]["country"]) == ("Some", "United States")
+        assert len(fake.contacts) == 1
+        delivery = LeadStore.from_settings().deliveries.get(answer.body["leadId"], "hubspot")
+        assert (delivery.state, delivery.external_id, delivery.attempts) == ("delivered", contact["id"], 3)

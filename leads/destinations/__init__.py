@@ -20,6 +20,8 @@ REGISTRY: dict[str, str] = {
     "email": "leads.destinations.email:EmailDestination",
     "webhook": "leads.destinations.webhook:WebhookDestination",
     "dynamics": "leads.destinations.dynamics:DynamicsDestination",
+    "salesforce": "leads.destinations.salesforce:SalesforceDestination",
+    "salesforce-w2l": "leads.destinations.salesforce:SalesforceWebToLeadDestination",
     "marketo": "leads.destinations.marketo:MarketoDestination",
     "hubspot": "leads.destinations.hubspot:HubSpotDestination",
 }

@@ -1,0 +1,522 @@
+"""A Salesforce org on loopback, over HTTPS (simple-salesforce only speaks https): the OAuth token
+endpoint (client credentials), the REST API calls the connector makes (Lead describe, SOQL query,
+create, upsert and get by external id) and the Web-to-Lead servlet, with Salesforce's own request
+and response shapes and error bodies, and its own records to assert on.
+
+Knobs: ``latency`` (seconds added to every call), ``faults`` (played one per REST call before
+behaving: ``"500"``, ``"503"``, ``"limit"``, ``"concurrent"``, ``"lock"``, ``"expire"``, ``"drop"``,
+``"lost"``: do the work, then drop the connection; ``"ok"``: behave), ``token_faults`` (the same for the token
+endpoint: ``"500"``, ``"rate"``), ``daily_limit`` (API requests before REQUEST_LIMIT_EXCEEDED, as
+the org's rolling 24-hour limit), ``expire_tokens()``, and the org's setup: the Connected App's
+credentials, ``run_as`` (None: no client credentials user), ``my_domain`` (False: the generic
+login host), ``api_scope``, restricted picklists, country picklists, read-only fields, required
+fields, a validation rule, a blocking duplicate rule, external id fields.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import socket
+import ssl
+import string
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
+
+from leads.azurite import free_port
+
+API = "/services/data/v"
+STANDARD_LEAD_SOURCES = ["Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other"]
+COUNTRIES = {"US": "United States", "GB": "United Kingdom", "DE": "Germany", "FR": "France", "IN": "India",
+             "JP": "Japan", "CA": "Canada", "AU": "Australia", "NL": "Netherlands", "BR": "Brazil"}  # fmt: skip
+
+
+def field(name: str, type_: str = "string", length: int = 0, **extra: Any) -> dict[str, Any]:
+    """A field as ``describe`` lists it (the keys the connector reads, and a few more)."""
+    return {"name": name, "label": extra.pop("label", name), "type": type_, "length": length,
+            "createable": True, "updateable": True, "filterable": True, "nillable": True, "externalId": False,
+            "unique": False, "restrictedPicklist": False, "picklistValues": [], "custom": name.endswith("__c"),
+            **extra}  # fmt: skip
+
+
+def picklist(values: list[str]) -> list[dict[str, Any]]:
+    return [{"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v} for v in values]
+
+
+class FakeSalesforce:
+    def __init__(self, latency: float = 0.0, client_id: str = "3MVG9fake.consumer.key",
+                 client_secret: str = "fake-consumer-secret", external_id_field: str | None = "Marketplace_Lead_Id__c",
+                 oid: str = "00Do000000ZHogE") -> None:  # fmt: skip
+        self.latency = latency
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.oid = oid
+        self.run_as: str | None = "005" + "Fa1KeRunAsUsr"  # the Connected App's Run As user
+        self.my_domain = True
+        self.api_scope = True
+        self.daily_limit = 15000
+        self.faults: list[str] = []
+        self.token_faults: list[str] = []
+        self.lead_source_values = list(STANDARD_LEAD_SOURCES)
+        self.lead_source_restricted = False
+        self.country_picklists = False
+        self.read_only: set[str] = set()
+        self.hidden: set[str] = set()
+        self.required: set[str] = set()
+        self.validation_rule: tuple[Callable[[dict], bool], str] | None = None  # (rejects?, message)
+        self.block_duplicates = False
+        self.lead_createable = True
+        self.lead_visible = True  # False: the Run As user has no access to Leads at all
+        self.external_id_fields: dict[str, dict[str, Any]] = {}
+        if external_id_field:
+            self.external_id_fields[external_id_field] = {"externalId": True, "unique": True}
+
+        self.lock = threading.Lock()
+        self.records: dict[str, dict[str, Any]] = {}  # Id → the Lead
+        self.web_to_lead: list[dict[str, str]] = []  # every form posted, as received
+        self.tokens: set[str] = set()
+        self.token_requests = 0
+        self.api_calls = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every call
+        self._ids = itertools.count(1)
+
+        import trustme
+
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        self._dir = tempfile.TemporaryDirectory(prefix="fake-salesforce-")
+        self.ca_path = str(Path(self._dir.name) / "ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_path)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+
+    # -- addresses and settings
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def web_to_lead_url(self) -> str:
+        return f"{self.url}/servlet/servlet.WebToLead?encoding=UTF-8"
+
+    def settings(self, external_id_field: str | None = None) -> dict[str, str]:
+        """Environment variables pointing the app's REST API destination at this org."""
+        if external_id_field is None:
+            external_id_field = next(iter(self.external_id_fields), "")
+        return {"SALESFORCE_URL": self.url, "SALESFORCE_CLIENT_ID": self.client_id,
+                "SALESFORCE_CLIENT_SECRET": self.client_secret, "SALESFORCE_EXTERNAL_ID_FIELD": external_id_field,
+                "SALESFORCE_OID": "", "REQUESTS_CA_BUNDLE": self.ca_path}  # fmt: skip
+
+    def session(self):
+        """A requests session that trusts this server's certificate."""
+        import requests
+
+        session = requests.Session()
+        session.verify = self.ca_path
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE in the environment outranks ``verify``
+        return session
+
+    def __enter__(self) -> FakeSalesforce:
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._dir.cleanup()
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far stops working (the session timed out, or was revoked)."""
+        with self.lock:
+            self.tokens.clear()
+
+    # -- the org's schema
+
+    def lead_fields(self) -> list[dict[str, Any]]:
+        fields = [
+            field("Id", "id", 18, createable=False, updateable=False, nillable=False),
+            field("FirstName", length=40, label="First Name"),
+            field("LastName", length=80, label="Last Name", nillable=False),
+            field("Company", length=255, nillable=False),
+            field("Title", length=128),
+            field("Email", "email", 80),
+            field("Phone", "phone", 40),
+            field("Description", "textarea", 32000, filterable=False),
+            field("LeadSource", "picklist", 255, label="Lead Source", restrictedPicklist=self.lead_source_restricted,
+                  picklistValues=picklist(self.lead_source_values)),
+            field("Status", "picklist", 255, picklistValues=picklist(["Open - Not Contacted", "Working - Contacted"])),
+            field("HasOptedOutOfEmail", "boolean", label="Email Opt Out", nillable=False),
+            field("DoNotCall", "boolean", label="Do Not Call", nillable=False),
+            field("IsConverted", "boolean", createable=False, updateable=False),
+            field("CreatedDate", "datetime", createable=False, updateable=False),
+            field("CreatedById", "reference", 18, createable=False, updateable=False),
+        ]
+        if self.country_picklists:
+            fields.append(field("Country", length=80))
+            fields.append(field("CountryCode", "picklist", 10, label="Country Code", restrictedPicklist=True,
+                                picklistValues=[{**item, "label": COUNTRIES[item["value"]]}
+                                                for item in picklist(sorted(COUNTRIES))]))  # fmt: skip
+        else:
+            fields.append(field("Country", length=80))
+        for name, flags in self.external_id_fields.items():
+            fields.append(field(name, length=64, **flags))
+        fields = [f for f in fields if f["name"] not in self.hidden]
+        for f in fields:
+            if f["name"] in self.read_only:
+                f["createable"] = f["updateable"] = False
+        return fields
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "Lead", "label": "Lead", "keyPrefix": "00Q", "createable": self.lead_createable,
+                "updateable": self.lead_createable, "queryable": True, "fields": self.lead_fields(),
+                "urls": {"describe": "/services/data/v59.0/sobjects/Lead/describe"}}  # fmt: skip
+
+    # -- what the org does
+
+    def validate(self, body: dict[str, Any], existing: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The errors Salesforce would answer for saving ``body`` as a Lead (empty: it saves)."""
+        fields = {f["name"]: f for f in self.lead_fields()}
+        for name in body:
+            if name not in fields:
+                return [{"message": f"No such column '{name}' on sobject of type Lead", "errorCode": "INVALID_FIELD"}]
+        locked = [name for name in body if not fields[name]["createable" if existing is None else "updateable"]]
+        if locked:
+            return [{"message": f"Unable to create/update fields: {', '.join(locked)}. Please check the security "
+                     "settings of this field and verify that it is read/write for your profile or permission set.",
+                     "errorCode": "INVALID_FIELD_FOR_INSERT_UPDATE", "fields": locked}]  # fmt: skip
+        merged = {**(existing or {}), **body}
+        missing = [name for name in ("LastName", "Company", *sorted(self.required)) if not merged.get(name)]
+        if missing:
+            return [{"message": f"Required fields are missing: [{', '.join(missing)}]",
+                     "errorCode": "REQUIRED_FIELD_MISSING", "fields": missing}]  # fmt: skip
+        for name, value in body.items():
+            info = fields[name]
+            if isinstance(value, str) and info["length"] and len(value) > info["length"]:
+                return [{"message": f"{info['label']}: data value too large: {value} (max length={info['length']})",
+                         "errorCode": "STRING_TOO_LONG", "fields": [name]}]  # fmt: skip
+            if info["type"] == "email" and value and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+                return [{"message": f"{info['label']}: invalid email address: {value}",
+                         "errorCode": "INVALID_EMAIL_ADDRESS", "fields": [name]}]  # fmt: skip
+            if info["type"] == "picklist" and info["restrictedPicklist"] and value is not None:
+                if value not in [item["value"] for item in info["picklistValues"]]:
+                    return [{"message": f"{info['label']}: bad value for restricted picklist field: {value}",
+                             "errorCode": "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", "fields": [name]}]  # fmt: skip
+        if self.country_picklists and body.get("Country") and body["Country"] not in COUNTRIES.values():
+            return [{"message": "There's a problem with this country, even though it may appear correct. Please "
+                     "select a country/territory from the list of valid countries.",
+                     "errorCode": "FIELD_INTEGRITY_EXCEPTION", "fields": ["Country"]}]  # fmt: skip
+        if self.validation_rule and self.validation_rule[0](merged):
+            return [{"message": self.validation_rule[1], "errorCode": "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                     "fields": []}]  # fmt: skip
+        if self.block_duplicates and existing is None and body.get("Email"):
+            if any((r.get("Email") or "").lower() == body["Email"].lower() for r in self.records.values()):
+                return [{"duplicateResult": {"allowSave": False, "duplicateRule": "Standard_Lead_Duplicate_Rule",
+                                             "duplicateRuleEntityType": "Lead", "errorMessage": "Use one of these "
+                                             "records?", "matchResults": []},
+                         "errorCode": "DUPLICATES_DETECTED", "message": "Use one of these records?",
+                         "fields": []}]  # fmt: skip
+        return []
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        record_id = "00Q" + f"{next(self._ids):012d}" + "".join(random.choices(string.ascii_uppercase, k=3))
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+        record = {"HasOptedOutOfEmail": False, "DoNotCall": False, **body, "Id": record_id, "IsConverted": False,
+                  "CreatedDate": now, "CreatedById": self.run_as}  # fmt: skip
+        self.records[record_id] = record
+        return record
+
+    def query(self, soql: str) -> tuple[int, Any]:
+        """The SOQL the connector sends: SELECT fields FROM Lead WHERE a op v AND ... ORDER BY x LIMIT n."""
+        match = re.fullmatch(r"\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+Lead(?:\s+WHERE\s+(?P<where>.+?))?"
+                             r"(?:\s+ORDER\s+BY\s+(?P<order>\w+))?(?:\s+LIMIT\s+(?P<limit>\d+))?\s*",
+                             soql, re.I | re.S)  # fmt: skip
+        if not match:
+            return 400, [{"message": "unexpected token", "errorCode": "MALFORMED_QUERY"}]
+        known = {f["name"]: f for f in self.lead_fields()}
+        selected = [name.strip() for name in match["fields"].split(",")]
+        conditions = []
+        for part in re.split(r"\s+AND\s+", match["where"] or "", flags=re.I) if match["where"] else []:
+            cond = re.fullmatch(r"(\w+)\s*(=|!=|>=|<=|>|<)\s*('(?:[^'\\]|\\.)*'|\S+)", part.strip())
+            if not cond:
+                return 400, [{"message": f"unexpected token: {part}", "errorCode": "MALFORMED_QUERY"}]
+            conditions.append(cond.groups())
+        for name in selected + [c[0] for c in conditions]:
+            if name not in known:
+                return 400, [{"message": f"No such column '{name}' on entity 'Lead'.", "errorCode": "INVALID_FIELD"}]
+        for name, _, _ in conditions:
+            if not known[name]["filterable"]:
+                return 400, [{"message": f"field '{name}' can not be filtered in a query call",
+                              "errorCode": "INVALID_FIELD"}]  # fmt: skip
+
+        def value_of(text: str) -> Any:
+            if text.startswith("'"):
+                return re.sub(r"\\(.)", r"\1", text[1:-1])
+            if re.fullmatch(r"\d{4}-\d\d-\d\dT.*", text):
+                return datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return {"true": True, "false": False, "null": None}.get(text.lower(), text)
+
+        def holds(record: dict[str, Any], name: str, op: str, text: str) -> bool:
+            wanted, have = value_of(text), record.get(name)
+            if isinstance(wanted, datetime):
+                have = datetime.strptime(have, "%Y-%m-%dT%H:%M:%S.000+0000").replace(tzinfo=UTC)
+            elif isinstance(wanted, str) and isinstance(have, str):
+                wanted, have = wanted.lower(), have.lower()
+            if have is None or wanted is None:
+                return (have == wanted) == (op == "=")
+            return {"=": have == wanted, "!=": have != wanted, ">=": have >= wanted, "<=": have <= wanted,
+                    ">": have > wanted, "<": have < wanted}[op]  # fmt: skip
+
+        rows = [r for r in self.records.values() if all(holds(r, *c) for c in conditions)]
+        if match["order"]:
+            rows.sort(key=lambda r: r.get(match["order"]) or "")
+        rows = rows[: int(match["limit"])] if match["limit"] else rows
+        records = [{"attributes": {"type": "Lead", "url": f"/services/data/v59.0/sobjects/Lead/{r['Id']}"},
+                    **{name: r.get(name) for name in selected}} for r in rows]  # fmt: skip
+        return 200, {"totalSize": len(records), "done": True, "records": records}
+
+    # -- HTTP
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                # Headers and body go out in separate writes: without this, Nagle's algorithm and the
+                # client's delayed ACK add ~40 ms to every answer, which is not Salesforce's latency.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_PATCH(self):
+                self._serve("PATCH")
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.body = self.rfile.read(length) if length else b""
+                parsed = urlparse(self.path)
+                self.query_args = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+                path = parsed.path
+                with fake.lock:
+                    fake.requests.append((method, path))
+                if fake.latency:
+                    time.sleep(fake.latency)
+                if path == "/services/oauth2/token" and method == "POST":
+                    return self._token()
+                if path == "/servlet/servlet.WebToLead":
+                    return self._web_to_lead(method)
+                if path.startswith(API):
+                    return self._api(method, path)
+                return self._answer(404, "<html><body>Not Found</body></html>", content_type="text/html")
+
+            # OAuth 2.0 token endpoint, client credentials flow
+            def _token(self):
+                form = {k: v[-1] for k, v in parse_qs(self.body.decode()).items()}
+                with fake.lock:
+                    fake.token_requests += 1
+                    fault = fake.token_faults.pop(0) if fake.token_faults else None
+                if fault == "rate":
+                    return self._oauth_error("rate_limit_exceeded", "rate limit exceeded")
+                if fault and fault.isdigit():
+                    return self._answer(int(fault), "<html><body>Service unavailable</body></html>",
+                                        content_type="text/html")  # fmt: skip
+                if not fake.my_domain:
+                    return self._oauth_error("invalid_grant", "request not supported on this domain")
+                if form.get("grant_type") != "client_credentials":
+                    return self._oauth_error("unsupported_grant_type", "grant type not supported")
+                if form.get("client_id") != fake.client_id:
+                    return self._oauth_error("invalid_client_id", "client identifier invalid")
+                if form.get("client_secret") != fake.client_secret:
+                    return self._oauth_error("invalid_client", "invalid client credentials")
+                if fake.run_as is None:
+                    return self._oauth_error("invalid_grant", "no client credentials user enabled")
+                org = fake.oid[:15]
+                token = f"{org}!AQ4AQ" + "".join(random.choices(string.ascii_letters + string.digits, k=40))
+                with fake.lock:
+                    fake.tokens.add(token)
+                return self._answer(200, {
+                    "access_token": token, "signature": "c2lnbmF0dXJlLWZha2U=", "scope": "api",
+                    "instance_url": fake.url, "id": f"https://login.salesforce.com/id/{fake.oid}/{fake.run_as}",
+                    "token_type": "Bearer", "issued_at": str(int(time.time() * 1000)),
+                })  # fmt: skip
+
+            def _oauth_error(self, error: str, description: str):
+                return self._answer(400, {"error": error, "error_description": description})
+
+            # REST API
+            def _api(self, method: str, path: str):
+                auth = self.headers.get("Authorization", "")
+                with fake.lock:
+                    fault = fake.faults.pop(0) if fake.faults else None
+                    if fault == "expire":
+                        fake.tokens.clear()
+                    valid = auth.startswith("Bearer ") and auth[7:] in fake.tokens
+                    if valid:
+                        fake.api_calls += 1
+                    over = fake.api_calls > fake.daily_limit
+                if not valid:
+                    return self._answer(401, [{"message": "Session expired or invalid",
+                                               "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
+                if not fake.api_scope:
+                    return self._answer(401, [{"message": "This session is not valid for use with the REST API",
+                                               "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
+                if over or fault == "limit":
+                    return self._answer(403, [{"message": "TotalRequests Limit exceeded.",
+                                               "errorCode": "REQUEST_LIMIT_EXCEEDED"}])  # fmt: skip
+                if fault == "concurrent":
+                    return self._answer(403, [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+                                               "errorCode": "REQUEST_LIMIT_EXCEEDED"}])  # fmt: skip
+                if fault == "lock":
+                    return self._answer(400, [{"message": "unable to obtain exclusive access to this record or 1 "
+                                               "records", "errorCode": "UNABLE_TO_LOCK_ROW",
+                                               "fields": []}])  # fmt: skip
+                if fault == "500":
+                    return self._answer(500, [{"message": "An unexpected error occurred. Please include this ErrorId "
+                                               "if you contact support: 1394529150-12345 (-1284721)",
+                                               "errorCode": "UNKNOWN_EXCEPTION"}])  # fmt: skip
+                if fault == "503":
+                    return self._answer(503, [{"message": "Server is unavailable", "errorCode": "SERVER_UNAVAILABLE"}])
+                if fault == "drop":
+                    return self._drop()
+                rest = re.sub(r"^/services/data/v\d+\.\d+/", "", path)
+                status, body = self._route(method, rest)
+                if fault == "lost":
+                    return self._drop()
+                return self._answer(status, body)
+
+            def _route(self, method: str, rest: str) -> tuple[int, Any]:
+                parts = [unquote(p) for p in rest.strip("/").split("/")]
+                with fake.lock:
+                    if parts[:1] == ["query"] and method == "GET":
+                        return fake.query(self.query_args.get("q", ""))
+                    if parts[:2] != ["sobjects", "Lead"] or not fake.lead_visible:
+                        return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+                    if not fake.lead_createable and parts != ["sobjects", "Lead", "describe"]:
+                        return 403, [{"message": "insufficient access rights on object id",
+                                      "errorCode": "INSUFFICIENT_ACCESS_OR_READONLY", "fields": []}]  # fmt: skip
+                    if parts == ["sobjects", "Lead", "describe"] and method == "GET":
+                        return 200, fake.describe()
+                    if parts == ["sobjects", "Lead"] and method == "POST":
+                        body = json.loads(self.body or b"{}")
+                        errors = fake.validate(body)
+                        if errors:
+                            return 400, errors
+                        return 201, {"id": fake.create(body)["Id"], "success": True, "errors": []}
+                    if len(parts) == 4:
+                        return self._by_external_id(method, parts[2], parts[3])
+                return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+
+            def _by_external_id(self, method: str, name: str, value: str) -> tuple[int, Any]:
+                known = {f["name"]: f for f in fake.lead_fields()}
+                if name not in known or not known[name]["externalId"]:
+                    return 404, [{"errorCode": "NOT_FOUND", "message": "Provided external ID field does not exist or "
+                                  f"is not accessible: {name}"}]  # fmt: skip
+                matches = [r for r in fake.records.values() if r.get(name) == value]
+                if len(matches) > 1:
+                    return 300, [f"/services/data/v59.0/sobjects/Lead/{r['Id']}" for r in matches]
+                if method == "GET":
+                    if not matches:
+                        return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+                    wanted = self.query_args.get("fields", "").split(",") if self.query_args.get("fields") else None
+                    record = matches[0]
+                    url = f"/services/data/v59.0/sobjects/Lead/{record['Id']}"
+                    return 200, {"attributes": {"type": "Lead", "url": url},
+                                 **({k: record.get(k) for k in wanted} if wanted else record)}  # fmt: skip
+                if method != "PATCH":
+                    return 405, [{"errorCode": "METHOD_NOT_ALLOWED", "message": f"HTTP Method '{method}' not allowed."}]
+                body = json.loads(self.body or b"{}")
+                if name in body:
+                    return 400, [{"message": f"The {name} field should not be specified in the sobject data.",
+                                  "errorCode": "INVALID_FIELD"}]  # fmt: skip
+                existing = matches[0] if matches else None
+                if existing and existing.get("IsConverted"):
+                    return 400, [{"message": "cannot reference converted lead",
+                                  "errorCode": "CANNOT_UPDATE_CONVERTED_LEAD", "fields": []}]  # fmt: skip
+                errors = fake.validate(body, existing)
+                if errors:
+                    return 400, errors
+                if existing:
+                    existing.update(body)
+                    return 200, {"id": existing["Id"], "success": True, "errors": [], "created": False}
+                created = fake.create({**body, name: value})
+                return 201, {"id": created["Id"], "success": True, "errors": [], "created": True}
+
+            # Web-to-Lead: 200 whatever happens; a lead only when the oid and required fields hold
+            def _web_to_lead(self, method: str):
+                with fake.lock:
+                    fault = fake.faults.pop(0) if fake.faults else None
+                if fault and fault.isdigit():
+                    return self._answer(int(fault), "<html><body>Service Unavailable</body></html>",
+                                        content_type="text/html")  # fmt: skip
+                if fault == "drop":
+                    return self._drop()
+                if method == "POST":
+                    form = {k: v[-1] for k, v in parse_qs(self.body.decode("utf-8"), keep_blank_values=True).items()}
+                    with fake.lock:
+                        fake.web_to_lead.append(form)
+                        if form.get("oid") == fake.oid and form.get("last_name") and form.get("company"):
+                            fake.create({"FirstName": form.get("first_name"), "LastName": form["last_name"],
+                                         "Company": form["company"], "Email": form.get("email"),
+                                         "Phone": form.get("phone"), "Title": form.get("title"),
+                                         "Country": form.get("country"), "Description": form.get("description"),
+                                         "LeadSource": form.get("lead_source"),
+                                         "HasOptedOutOfEmail": form.get("emailOptOut") == "1",
+                                         "DoNotCall": form.get("doNotCall") == "1", "Via": "web-to-lead"})  # fmt: skip
+                    if fault == "lost":
+                        return self._drop()
+                return self._answer(200, "", content_type="text/html;charset=UTF-8")
+
+            def _answer(self, status: int, body: Any, content_type: str = "application/json;charset=UTF-8") -> None:
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    if self.path.startswith(API):
+                        self.send_header("Sforce-Limit-Info", f"api-usage={fake.api_calls}/{fake.daily_limit}")
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+            def _drop(self):
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(2)
+                except OSError:
+                    pass
+
+        return Handler
+
+
+@pytest.fixture(name="fake_salesforce")
+def fake_salesforce_fixture():
+    """A fake org for one test (import ``fake_salesforce_fixture`` into a test module to use it)."""
+    with FakeSalesforce() as fake:
+        yield fake

@@ -21,6 +21,12 @@ node_modules/.bin/azurite: package.json
 local.settings.json:
 	cp local.settings.sample.json local.settings.json
 
+# checkov pins packages the app shares, so it gets a virtualenv of its own.
+.venv-checkov/.installed: requirements-infra.txt
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-infra.txt
+	touch $@
+
 install: $(VENV)/.installed node_modules/.bin/azurite
 
 # Azurite keeps its data in .azurite/ (ignored by git), so leads survive a restart.
@@ -37,11 +43,11 @@ run: install local.settings.json
 	echo; \
 	$(BIN)/python -m leads serve --port $(PORT)
 
-test: install
+test: install .venv-checkov/.installed
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) node_modules $(AZURITE_DIR) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-checkov node_modules $(AZURITE_DIR) .pytest_cache .hypothesis

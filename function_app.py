@@ -6,6 +6,12 @@ use, are imported inside the functions, on first call.
 
 import azure.functions as func
 
+from leads.telemetry import configure_telemetry
+
+# Application Insights only when APPLICATIONINSIGHTS_CONNECTION_STRING is set; masks emails and
+# phone numbers in every log line whatever the destination.
+configure_telemetry()
+
 app = func.FunctionApp()
 
 

@@ -13,7 +13,8 @@ from .settings import Settings, get_settings
 
 def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     settings = settings or get_settings()
-    results = [("storage", storage_check(settings)), ("routing", routing_check(settings))]
+    results = [("storage", storage_check(settings)), ("routing", routing_check(settings)),
+               ("settings", key_vault_check(settings))]  # fmt: skip
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled",
@@ -38,6 +39,21 @@ def storage_check(settings: Settings) -> Check:
         return Check(False, f"the app's storage cannot be used ({type(exc).__name__})",
                      "check AzureWebJobsStorage (or its __tableServiceUri and the identity's roles)")  # fmt: skip
     return Check(True, "reachable")
+
+
+def key_vault_check(settings: Settings) -> Check:
+    """App settings that still read ``@Microsoft.KeyVault(...)`` were not resolved by the platform:
+    the app would use the reference itself as the secret."""
+    unresolved = sorted(
+        field.alias or name
+        for name, field in type(settings).model_fields.items()
+        if str(getattr(settings, name)).startswith("@Microsoft.KeyVault(")
+    )
+    if unresolved:
+        return Check(False, f"Key Vault references not resolved: {', '.join(unresolved)}",
+                     "give the app's identity 'Key Vault Secrets User' on the vault, check the secret exists, "
+                     "and that keyVaultReferenceIdentity names that identity")  # fmt: skip
+    return Check(True, "no unresolved Key Vault references")
 
 
 def routing_check(settings: Settings) -> Check:

@@ -1,0 +1,43 @@
+"""``python -m leads check`` as a whole: storage, routing, settings, and each destination."""
+
+from __future__ import annotations
+
+import json
+
+from leads.checks import run_checks
+from leads.cli import main
+
+from .fake_webhook import FakeWebhook
+
+
+def by_name(results):
+    return {name: check for name, check in results}
+
+
+def test_everything_ok_with_a_webhook(storage, env):
+    with FakeWebhook() as webhook:
+        env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, EMAIL_TO="sales@contoso.com")
+        results = by_name(run_checks())
+        assert all(check.ok for check in results.values()), results
+        assert set(results) >= {"storage", "routing", "settings", "email", "webhook"}
+        assert webhook.requests == 0  # a HEAD, never a POST: nothing is created
+
+
+def test_problems_come_with_their_fix(storage, env, capsys):
+    env(LEADS_ROUTING='[{"destinations": ["hubspot"]}]', WEBHOOK_URL="http://127.0.0.1:9/hook",
+        WEBHOOK_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-secret/)")  # fmt: skip
+    results = by_name(run_checks())
+    assert not results["routing"].ok and "hubspot" in results["routing"].message
+    assert not results["settings"].ok and "WEBHOOK_SECRET" in results["settings"].message
+    assert not results["webhook"].ok and "cannot be reached" in results["webhook"].message
+    assert main(["--settings", "/nonexistent", "check", "--json"]) == 1
+    report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
+    assert report["webhook"]["fix"] and report["settings"]["fix"]
+
+
+def test_storage_unreachable(env):
+    env(AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;", LEADS_TABLE_PREFIX="Gone")  # fmt: skip
+    results = by_name(run_checks())
+    assert not results["storage"].ok and "AzureWebJobsStorage" in results["storage"].fix

@@ -9,6 +9,7 @@ both the durable store and the duplicate check.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -85,7 +86,9 @@ class LeadStore:
         from azure.data.tables import TableTransactionError
 
         self.ensure_tables()
-        entity = _to_entity(lead)
+        # Tells this call's write from another's when an answer was lost and the row is found.
+        write_id = uuid.uuid4().hex
+        entity = {**_to_entity(lead), "WriteId": write_id}
         now = datetime.now(timezone.utc)
         rows = [entity] + [new_delivery_entity(lead.lead_id, name, route, now) for name, route in (deliveries or {}).items()]
         for attempt in range(3):
@@ -106,12 +109,11 @@ class LeadStore:
                     raise
                 continue
             # The row exists. If an earlier attempt of ours wrote it, this lead is new after all.
-            return Stored(lead.lead_id, duplicate=not (attempt and self._is_this_lead(lead)))
+            return Stored(lead.lead_id, duplicate=not (attempt and self._written_by(lead.lead_id, write_id)))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _is_this_lead(self, lead: Lead) -> bool:
-        stored = self.leads.get_entity(lead.lead_id, LEAD_ROW, select=["ReceivedAt"])
-        return stored["ReceivedAt"] == lead.received_at
+    def _written_by(self, lead_id: str, write_id: str) -> bool:
+        return self.leads.get_entity(lead_id, LEAD_ROW, select=["WriteId"]).get("WriteId") == write_id
 
     def add_http(self, lead: Lead, dedupe_window: timedelta,
                  deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip

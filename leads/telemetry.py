@@ -108,7 +108,7 @@ _base_factory: Any = None
 
 
 def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-    record = _base_factory(*args, **kwargs)
+    record = (_base_factory or logging.LogRecord)(*args, **kwargs)
     redact_record(record)
     return record
 

@@ -28,13 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _clean_logging():
     """Each test starts and ends without the redaction installed and with telemetry unconfigured."""
-    factory = logging.getLogRecordFactory()
+    factory, base = logging.getLogRecordFactory(), telemetry._base_factory
     telemetry.uninstall_redaction()
     telemetry._configured = False
     yield
     telemetry.uninstall_redaction()
     telemetry._configured = False
+    # Put back what the process had (function_app, once imported, installs the redaction).
     logging.setLogRecordFactory(factory)
+    telemetry._base_factory = base
 
 
 class ListHandler(logging.Handler):

@@ -60,8 +60,7 @@ def from_http_body(body: Any, received_at: datetime | None = None) -> Lead:
     if user is not None and not isinstance(user, Mapping):
         raise LeadValidationError(f"UserDetails must be an object, got {_json_type(user)}")
     parts = _lead_parts(fields, _lower_keys(user or {}), user_prefix="UserDetails.")
-    lead = Lead(lead_id="", received_at=received_at or _now(), channel="http", raw=body, **parts)
-    return lead.model_copy(update={"lead_id": http_lead_id(lead)})
+    return Lead(lead_id=_content_id(parts), received_at=received_at or _now(), channel="http", raw=body, **parts)
 
 
 def from_table_entity(entity: Mapping[str, Any], table_name: str,
@@ -90,7 +89,10 @@ def http_lead_id(lead: Lead, occurrence: int = 0) -> str:
     """The id of an HTTP lead: a digest of its normalised content (not of when it came), so the
     same lead POSTed twice gets the same id. ``occurrence`` numbers the same content arriving
     again after the dedupe window, which is a new lead."""
-    parts = lead.model_dump(exclude={"lead_id", "received_at", "channel", "raw"})
+    return _content_id(lead.model_dump(exclude={"lead_id", "received_at", "channel", "raw"}), occurrence)
+
+
+def _content_id(parts: Mapping[str, Any], occurrence: int = 0) -> str:
     content = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     if occurrence:
         content += f"#{occurrence}"

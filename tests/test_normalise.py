@@ -235,7 +235,7 @@ def test_http_lead_id_is_content_not_arrival_time():
     early = from_http_body(body, received_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
     late = from_http_body(body, received_at=datetime(2026, 1, 2, tzinfo=timezone.utc))
     cleaned_same = from_http_body({**body, "OfferTitle": "  Test   Microsoft "})
-    assert early.lead_id == late.lead_id == cleaned_same.lead_id
+    assert early.lead_id == late.lead_id == cleaned_same.lead_id == http_lead_id(early)
     assert http_lead_id(early, 1) != early.lead_id
     assert from_http_body({**body, "ActionCode": "PLT"}).lead_id != early.lead_id
 

@@ -16,13 +16,20 @@ from leads.destinations.webhook import verify
 FAULTS = ("500", "503", "429", "timeout", "drop", "lost")
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # bursts of deliveries connect at once
+
+
 class FakeWebhook:
     """``faults``: a list of fault names to play, one per request, before behaving; or
     ``fail_ratio`` to draw one of FAULTS at random for that share of requests.
     ``lost`` stores the lead and then drops the connection: the sender never hears it worked."""
 
-    def __init__(self, secret: str = "s3cret", fail_ratio: float = 0.0, timeout_after: float = 2.0, seed: int = 7):
+    def __init__(self, secret: str = "s3cret", fail_ratio: float = 0.0, timeout_after: float = 2.0, seed: int = 7,
+                 latency: float = 0.0):  # fmt: skip
         self.secret = secret
+        self.latency = latency  # seconds each request takes (benchmarks)
         self.fail_ratio = fail_ratio
         self.timeout_after = timeout_after
         self.faults: list[str] = []
@@ -33,8 +40,7 @@ class FakeWebhook:
         self.requests = 0
         self.bad_signatures = 0
         self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", self.port), self._handler())
 
     @property
     def url(self) -> str:
@@ -68,6 +74,8 @@ class FakeWebhook:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if fake.latency:
+                    time.sleep(fake.latency)
                 fault = fake._next_fault()
                 if fault == "drop":
                     return self._drop()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .deliveries import FINAL, Delivery, backoff
-from .destinations import DeliveryError, Destination, PermanentError, get_destination
+from .deliveries import FINAL, Delivery, backoff, initial_state
+from .destinations import DeliveryError, Destination, PermanentError, Route, get_destination
 from .queue import DeliveryMessage, delivery_queue
 from .settings import Settings, get_settings
 from .store import LeadStore
@@ -37,13 +38,15 @@ class Outcome:
     detail: str = ""
 
 
-def enqueue(lead_id: str, destinations: list[str], settings: Settings | None = None) -> None:
-    """Queue the deliveries of a stored lead. A failure here loses nothing: the rows exist and
-    the sweep queues them again."""
+def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | None = None) -> None:
+    """Queue the deliveries of a stored lead that have something to send. A failure here loses
+    nothing: the rows exist and the sweep queues them again."""
     from azure.core.exceptions import AzureError
 
     queue = delivery_queue(settings)
-    for name in destinations:
+    for name, route in deliveries.items():
+        if initial_state(name, route) != "pending":
+            continue
         try:
             queue.send(lead_id, name)
         except AzureError as exc:

@@ -66,11 +66,19 @@ class Delivery:
         }
 
 
+NO_RECIPIENTS = "no recipients: set EMAIL_TO, or an email in the matching routing rule"
+
+
+def initial_state(destination: str, route: Route) -> str:
+    """``skipped`` for a delivery with nothing to send (an email with no one to mail), else
+    ``pending``."""
+    return "skipped" if destination == "email" and not route.recipients else "pending"
+
+
 def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime) -> dict[str, Any]:
     """The row of a delivery owed, written beside its lead."""
-    state, error = "pending", None
-    if destination == "email" and not route.recipients:
-        state, error = "skipped", "no recipients: set EMAIL_TO, or an email in the matching routing rule"
+    state = initial_state(destination, route)
+    error = NO_RECIPIENTS if state == "skipped" else None
     return _to_entity(Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
                                test=route.test, created_at=now, updated_at=now, retry_from=now))  # fmt: skip
 

@@ -63,7 +63,7 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
         log.error("lead %s not stored: storage failed (%s)", lead.lead_id, type(exc).__name__)
         return Answer(503, {"error": "the lead could not be stored right now; send it again"})
     if not stored.duplicate:
-        enqueue(stored.lead_id, list(deliveries), settings)
+        enqueue(stored.lead_id, deliveries, settings)
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",
         stored.lead_id, "duplicate" if stored.duplicate else "stored",

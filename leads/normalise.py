@@ -229,10 +229,16 @@ def normalise_email(value: str | None) -> tuple[str | None, bool | None]:
 
 def _special_use(domain: str) -> bool:
     """Whether email-validator refuses the domain as special-use (``.test``, ``.local``, ...)."""
+    names = _special_use_names()
+    labels = domain.lower().split(".")
+    return any(".".join(labels[start:]) in names for start in range(len(labels)))
+
+
+@lru_cache(maxsize=1)
+def _special_use_names() -> frozenset[str]:
     from email_validator import SPECIAL_USE_DOMAIN_NAMES
 
-    domain = domain.lower()
-    return any(domain == name or domain.endswith("." + name) for name in SPECIAL_USE_DOMAIN_NAMES)
+    return frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def normalise_phone(value: str | None, country: str | None) -> str | None:

@@ -97,7 +97,7 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings) -> tuple[str, da
     stored = store.add(lead, deliveries)
     _recently_stored.add(lead_id)
     if not stored.duplicate:
-        enqueue(lead_id, list(deliveries), settings)
+        enqueue(lead_id, deliveries, settings)
     return ("already_stored" if stored.duplicate else "stored"), timestamp
 
 

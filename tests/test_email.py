@@ -81,11 +81,13 @@ def all_of(mail) -> str:
 # --- the destination's shape ----------------------------------------------------------------------
 
 
-def test_enabled_without_any_settings_and_rate_limited_by_setting():
+def test_enabled_when_someone_is_to_be_mailed_and_rate_limited_by_setting():
     configured = settings(EMAIL_PER_MINUTE="5")
     destination = EmailDestination.from_settings(configured)
     assert isinstance(destination, EmailDestination)
-    assert EmailDestination.is_enabled(settings())
+    assert not EmailDestination.is_enabled(settings())  # no one to mail: no delivery owed
+    assert EmailDestination.is_enabled(settings(EMAIL_TO="sales@contoso.com"))  # ACS or not: outbox
+    assert EmailDestination.is_enabled(settings(LEADS_ROUTING='[{"offer": "x*", "email": "x@contoso.com"}]'))
     assert destination.rate_limit == 5 and destination.rate_period == 60
     assert destination.can_digest
 

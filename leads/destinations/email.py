@@ -91,9 +91,17 @@ class EmailDestination(Destination):
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
-        # Always: without ACS the mails go to the outbox folder, and a lead with no recipients
-        # has its delivery marked skipped before it gets here.
-        return True
+        # When someone is to be mailed: EMAIL_TO, or a routing rule's recipients. (Without ACS the
+        # mails go to the outbox folder.) A rule that routes to email with no one to mail makes a
+        # delivery that is marked skipped, with the reason.
+        from ..routing import RoutingError, load_rules, split_addresses
+
+        if split_addresses(settings.email_to):
+            return True
+        try:
+            return any(rule.email for rule in load_rules(settings.routing))
+        except RoutingError:
+            return False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailDestination:

@@ -57,7 +57,7 @@ def picklist(values: list[str]) -> list[dict[str, Any]]:
 class FakeSalesforce:
     def __init__(self, latency: float = 0.0, client_id: str = "3MVG9fake.consumer.key",
                  client_secret: str = "fake-consumer-secret", external_id_field: str | None = "Marketplace_Lead_Id__c",
-                 oid: str = "00Do000000ZHogE") -> None:  # fmt: skip
+                 oid: str = "00Do000000ZHogE", ca=None) -> None:  # fmt: skip
         self.latency = latency
         self.client_id = client_id
         self.client_secret = client_secret
@@ -93,7 +93,7 @@ class FakeSalesforce:
 
         import trustme
 
-        self.ca = trustme.CA()
+        self.ca = ca or trustme.CA()
         cert = self.ca.issue_cert("127.0.0.1", "localhost")
         self._dir = tempfile.TemporaryDirectory(prefix="fake-salesforce-")
         self.ca_path = str(Path(self._dir.name) / "ca.pem")
@@ -516,7 +516,8 @@ class FakeSalesforce:
 
 
 @pytest.fixture(name="fake_salesforce")
-def fake_salesforce_fixture():
-    """A fake org for one test (import ``fake_salesforce_fixture`` into a test module to use it)."""
-    with FakeSalesforce() as fake:
+def fake_salesforce_fixture(fake_tls_ca):
+    """A fake org for one test (import ``fake_salesforce_fixture`` into a test module to use it),
+    its certificate from the session's one test CA, so it runs beside the other TLS fakes."""
+    with FakeSalesforce(ca=fake_tls_ca) as fake:
         yield fake

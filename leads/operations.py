@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .deliveries import Delivery
+from .deliveries import OPEN, Delivery
 from .queue import delivery_queue
 from .settings import Settings, get_settings
 from .store import LeadStore
@@ -85,8 +85,6 @@ def status(settings: Settings | None = None, failures: int = 10) -> Status:
     """Counts per destination and state, the oldest open delivery, the latest failures."""
     store = LeadStore.from_settings(settings or get_settings())
     counts: dict[str, Counter] = {}
-    result = Status()
-    failed: list[Delivery] = []
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
@@ -95,13 +93,11 @@ def status(settings: Settings | None = None, failures: int = 10) -> Status:
         deliveries = []
     for delivery in deliveries:
         counts.setdefault(delivery.destination, Counter())[delivery.state] += 1
-        if delivery.state in ("pending", "retrying", "sending"):
-            if result.oldest_pending is None or (delivery.created_at or datetime.max.replace(tzinfo=timezone.utc)) < (
-                result.oldest_pending.created_at or datetime.max.replace(tzinfo=timezone.utc)
-            ):
-                result.oldest_pending = delivery
-        elif delivery.state == "failed":
-            failed.append(delivery)
-    result.counts = {name: dict(sorted(counter.items())) for name, counter in sorted(counts.items())}
-    result.recent_failures = sorted(failed, key=lambda d: d.updated_at or datetime.min, reverse=True)[:failures]
-    return result
+    never = datetime.max.replace(tzinfo=timezone.utc)
+    open_ = [d for d in deliveries if d.state in OPEN]
+    failed = [d for d in deliveries if d.state == "failed"]
+    return Status(
+        counts={name: dict(sorted(counter.items())) for name, counter in sorted(counts.items())},
+        oldest_pending=min(open_, key=lambda d: d.created_at or never, default=None),
+        recent_failures=sorted(failed, key=lambda d: d.updated_at or never, reverse=True)[:failures],
+    )

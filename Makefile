@@ -35,7 +35,7 @@ run: install local.settings.json
 	@node_modules/.bin/azurite --silent --disableTelemetry --skipApiVersionCheck --loose \
 		--location $(AZURITE_DIR) & echo $$! > $(AZURITE_DIR)/pid; \
 	trap 'kill $$(cat $(AZURITE_DIR)/pid) 2>/dev/null' EXIT INT TERM; \
-	sleep 1; \
+	$(BIN)/python -c "from leads.azurite import wait_until_listening; wait_until_listening(10000, 10001, 10002)"; \
 	echo; \
 	echo "Send a test lead:"; \
 	echo "  curl -s -X POST http://localhost:$(PORT)/api/leads -H 'Content-Type: application/json' -d @tests/fixtures/marketplace/https-documented-example.json"; \

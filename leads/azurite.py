@@ -83,15 +83,11 @@ class Azurite:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy()
         )
-        deadline = time.monotonic() + timeout
-        for port in (self.blob_port, self.queue_port, self.table_port):
-            while not _listening(port):
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"Azurite exited: {self.process.stderr.read().decode()[-2000:]}")
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"Azurite did not listen on port {port} within {timeout}s")
-                time.sleep(0.05)
+        try:
+            wait_until_listening(self.blob_port, self.queue_port, self.table_port, timeout=timeout, process=self.process)
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -109,6 +105,18 @@ class Azurite:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def wait_until_listening(*ports: int, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    """Return once every port accepts connections on loopback (``make run`` waits for Azurite)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while not _listening(port):
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"Azurite exited: {process.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+            time.sleep(0.05)
 
 
 def _listening(port: int) -> bool:

@@ -18,7 +18,7 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled",
-                                              "set EMAIL_TO, WEBHOOK_URL or a CRM's settings (see README)")))  # fmt: skip
+                                              "set EMAIL_TO, WEBHOOK_URL or a CRM's settings (see docs/settings.md)")))  # fmt: skip
     for name in names:
         destination = get_destination(name, settings)
         try:

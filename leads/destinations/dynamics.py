@@ -386,7 +386,7 @@ class DynamicsDestination(Destination):
                    self.client_id), ("DYNAMICS_CLIENT_SECRET", self.client_secret)) if not value]  # fmt: skip
         if missing:
             raise PermanentError(f"{', '.join(missing)} not set", fix="set the Entra app registration's tenant ID, "
-                                 "client ID and a client secret (see README: Dynamics 365)")  # fmt: skip
+                                 "client ID and a client secret (see docs/dynamics.md)")  # fmt: skip
         parts = urlsplit(self.url)
         if parts.scheme != "https" or not parts.hostname:
             raise PermanentError("DYNAMICS_URL is not an https URL", fix=FIX_URL)

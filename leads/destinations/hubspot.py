@@ -25,7 +25,7 @@ refresh, and a 401 means it was revoked or rotated.
   unsubscribe is recorded as the contact's own choice and cannot be undone by the portal. The
   marketplace's DNC is not that: the customer reached a cross-listed partner and the publisher must
   not contact them. So a DNC lead is written with a ``DO NOT CONTACT`` first line in ``message``
-  and nothing else changes; the README shows a workflow that acts on it ("Message contains DO NOT
+  and nothing else changes; docs/hubspot.md shows a workflow that acts on it ("Message contains DO NOT
   CONTACT" → set Lead Status, remove from lists). It is honest and reversible, and it is a mark
   people must honour, not an enforced opt-out.
 - **A lead without a valid email** (``.edu`` customers whose data the marketplace withholds) cannot

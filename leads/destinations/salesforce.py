@@ -72,8 +72,7 @@ W2L_NOTE = ("Web-to-Lead cannot confirm delivery: Salesforce answers 200 whateve
             "SALESFORCE_OID, a missing required field, a validation rule, more than 500 leads a day), and a "
             "retried post may create the lead twice")  # fmt: skip
 W2L_FIX = ("for leads you can count on, use the REST API instead: set SALESFORCE_URL, SALESFORCE_CLIENT_ID, "
-           "SALESFORCE_CLIENT_SECRET (and SALESFORCE_EXTERNAL_ID_FIELD); see the README's Salesforce "
-           "section")  # fmt: skip
+           "SALESFORCE_CLIENT_SECRET (and SALESFORCE_EXTERNAL_ID_FIELD); see docs/salesforce.md")  # fmt: skip
 
 
 # --- the record ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Headers a receiver gets:
 - ``Idempotency-Key``: the lead id, the same on every retry, so a receiver can store a lead once.
 
 2xx is delivered; 410 Gone means the receiver is gone for good (permanent); 408, 425, 429 and
-5xx, timeouts and dropped connections are retried; other 4xx are permanent. See README.md for how
+5xx, timeouts and dropped connections are retried; other 4xx are permanent. See docs/webhook.md for how
 a receiver verifies the signature.
 """
 

@@ -14,7 +14,19 @@ Entra ID (what MSAL's confidential client needs for client credentials):
   (no such resource: a URL that is not this environment). Every POST counts in
   :attr:`FakeDynamics.token_requests`.
 
-Dataverse Web API (``/api/data/v9.2``), for the application user of the app registration:
+The host's managed identity endpoint, of the kind App Service and Functions expose: plain HTTP on
+127.0.0.1 (:attr:`FakeDynamics.identity_endpoint`, for ``IDENTITY_ENDPOINT``), ``GET /msi/token``
+with the ``X-IDENTITY-HEADER`` secret (:attr:`FakeDynamics.identity_header`, for
+``IDENTITY_HEADER``), ``api-version=2019-08-01``, ``resource`` and ``client_id``. It answers a token
+for the one user-assigned identity assigned to "this app" (:attr:`FakeDynamics.identity_client_id`)
+as ``{"access_token", "expires_on", "resource", "token_type", "client_id"}``; any other client id
+gets the platform's 400 ``{"statusCode": 400, "message": "Unable to load the proper Managed
+Identity."}``; a resource that is not this environment a 500. Every GET counts in
+:attr:`FakeDynamics.identity_requests`, and each is kept in :attr:`FakeDynamics.identity_calls`.
+
+Dataverse Web API (``/api/data/v9.2``), for the one principal that has an application user
+(:attr:`FakeDynamics.app_user_client_id`: the app registration, or the managed identity): a token
+of any other principal is "not a member of the organization".
 
 - ``WhoAmI``; ``systemusers(<id>)/Microsoft.Dynamics.CRM.RetrieveUserPrivilegeByPrivilegeName(...)``;
   ``EntityDefinitions(LogicalName='lead')/Attributes(LogicalName='leadsourcecode')``;
@@ -67,6 +79,7 @@ import trustme
 
 API = "/api/data/v9.2"
 FAULTS = ("429", "500", "503", "timeout", "drop", "lost", "expired")
+IDENTITY_API_VERSION = "2019-08-01"  # what App Service's and Functions' identity endpoint takes
 LEAD_COLUMNS = {
     "leadid", "subject", "firstname", "lastname", "fullname", "emailaddress1", "telephone1", "mobilephone",
     "jobtitle", "companyname", "address1_country", "description", "leadsourcecode", "donotemail", "donotphone",
@@ -82,7 +95,7 @@ TENANT_FORMAT = re.compile(rf"^({GUID}|[a-z0-9-]+(\.[a-z0-9-]+)+)$", re.IGNORECA
 @dataclass
 class Fault:
     kind: str  # one of FAULTS
-    on: str = "dataverse"  # "dataverse", "token" or "any"
+    on: str = "dataverse"  # "dataverse", "token", "identity" or "any"
     retry_after: int = 7  # for 429
 
 
@@ -112,11 +125,15 @@ class FakeDynamics:
         self.client_secret = "Xy8Q~" + secrets.token_urlsafe(30)
         self.secret_expired = False
         self.app_disabled = False
+        # the host: its managed identity endpoint and the user-assigned identity assigned to the app
+        self.identity_client_id = str(uuid.uuid4())
+        self.identity_header = secrets.token_hex(16)
         # Dataverse: the environment and the app's application user in it
         self.organization_id = str(uuid.uuid4())
         self.business_unit_id = str(uuid.uuid4())
         self.app_user_id = str(uuid.uuid4())
-        self.app_user = True  # an application user exists for the app registration
+        self.app_user = True  # an application user exists for app_user_client_id
+        self.app_user_client_id = self.client_id  # whose application user it is (the identity's, in that mode)
         self.roles = True  # it has at least one security role
         self.privileges = {"prvCreateLead", "prvReadLead", "prvReadUser"}
         self.lead_source_secured = False  # column security on leadsourcecode
@@ -130,11 +147,14 @@ class FakeDynamics:
         self.tokens: dict[str, dict[str, Any]] = {}
         self.token_requests = 0
         self.discovery_requests = 0
+        self.identity_requests = 0
+        self.identity_calls: list[dict[str, str]] = []  # the query and header of each identity request
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._recent: deque[float] = deque()
         self._server: _Server | None = None
+        self._identity_server: _Server | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-dynamics-")
         self.ca_file = str(Path(self._tmp.name) / "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
@@ -145,15 +165,18 @@ class FakeDynamics:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         self._server = _Server(("127.0.0.1", 0), _Handler, fake=self, context=context)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-dynamics",
-                         daemon=True).start()
+        self._identity_server = _Server(("127.0.0.1", 0), _Handler, fake=self, context=None)  # plain HTTP, as the host's
+        for server, name in ((self._server, "fake-dynamics"), (self._identity_server, "fake-identity-endpoint")):
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name,
+                             daemon=True).start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        for server in (self._server, self._identity_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        self._server = self._identity_server = None
         self._tmp.cleanup()
 
     def __enter__(self) -> FakeDynamics:
@@ -179,8 +202,18 @@ class FakeDynamics:
         """The login host (DYNAMICS_AUTHORITY)."""
         return f"https://127.0.0.1:{self.port}"
 
-    def settings(self, **overrides: str) -> dict[str, str]:
-        """The DYNAMICS_* settings that point the destination here, with ``overrides``."""
+    @property
+    def identity_endpoint(self) -> str:
+        """The host's managed identity endpoint (IDENTITY_ENDPOINT)."""
+        assert self._identity_server is not None, "not started"
+        return f"http://127.0.0.1:{self._identity_server.server_address[1]}/msi/token"
+
+    def settings(self, *, managed_identity: bool = False, **overrides: str) -> dict[str, str]:
+        """The DYNAMICS_* settings that point the destination here, with ``overrides``: the app
+        registration's, or (``managed_identity``) the identity's client ID and no secret."""
+        if managed_identity:
+            return {"DYNAMICS_URL": self.url, "DYNAMICS_CLIENT_ID": self.identity_client_id, "DYNAMICS_TENANT_ID": "",
+                    "DYNAMICS_CLIENT_SECRET": "", "DYNAMICS_AUTHORITY": "", **overrides}  # fmt: skip
         return {
             "DYNAMICS_URL": self.url,
             "DYNAMICS_TENANT_ID": self.tenant_id,
@@ -189,6 +222,10 @@ class FakeDynamics:
             "DYNAMICS_AUTHORITY": self.authority,
             **overrides,
         }
+
+    def host_environment(self) -> dict[str, str]:
+        """What App Service and Functions put in the app's environment for its identity endpoint."""
+        return {"IDENTITY_ENDPOINT": self.identity_endpoint, "IDENTITY_HEADER": self.identity_header}
 
     # --- knobs ---------------------------------------------------------------------------------
 
@@ -214,15 +251,16 @@ class FakeDynamics:
         with self.lock:
             self.requests.append(Request(method, path, status, fault))
 
-    def _issue_token(self, resource: str) -> dict[str, Any]:
+    def _issue_token(self, resource: str, appid: str) -> dict[str, Any]:
+        """A token of the principal ``appid`` for ``resource``, in the token endpoint's answer shape."""
         now = int(time.time())
         claims = {"aud": resource, "iss": f"https://sts.windows.net/{self.tenant_id}/", "iat": now, "nbf": now,
-                  "exp": now + self.token_lifetime, "appid": self.client_id, "tid": self.tenant_id,
+                  "exp": now + self.token_lifetime, "appid": appid, "tid": self.tenant_id,
                   "oid": str(uuid.uuid4()), "idtyp": "app", "ver": "1.0"}  # fmt: skip
         token = ".".join([_b64({"typ": "JWT", "alg": "RS256", "kid": "fake"}), _b64(claims),
                           base64.urlsafe_b64encode(secrets.token_bytes(64)).decode().rstrip("=")])  # fmt: skip
         with self.lock:
-            self.tokens[token] = {"expires": now + self.token_lifetime, "resource": resource}
+            self.tokens[token] = {"expires": now + self.token_lifetime, "resource": resource, "appid": appid}
         return {"token_type": "Bearer", "expires_in": self.token_lifetime, "ext_expires_in": self.token_lifetime,
                 "access_token": token}  # fmt: skip
 
@@ -268,13 +306,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, handler, *, fake: FakeDynamics, context: ssl.SSLContext) -> None:
+    def __init__(self, address, handler, *, fake: FakeDynamics, context: ssl.SSLContext | None) -> None:
         super().__init__(address, handler)
         self.fake = fake
         self.context = context
 
     def finish_request(self, request, client_address) -> None:
         request.settimeout(30)
+        if self.context is None:  # the identity endpoint: plain HTTP, as on the host
+            return super().finish_request(request, client_address)
         try:
             tls = self.context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
@@ -320,6 +360,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         if path.startswith(API + "/") or path == API:
             return self._dataverse(method, path[len(API) + 1 :], parse_qs(url.query), body)
+        if self.server is self.fake._identity_server:
+            if method == "GET" and path == "/msi/token":
+                return self._identity_token(parse_qs(url.query))
+            return self._json(404, {"statusCode": 404, "message": "Not found"})
         parts = path.strip("/").split("/")
         if method == "GET" and path == "/common/discovery/instance":
             return self._instance_discovery(parse_qs(url.query))
@@ -439,9 +483,41 @@ class _Handler(BaseHTTPRequestHandler):
                     "user in the tenant. You might have sent your authentication request to the wrong "
                     "tenant.")  # fmt: skip
             else:
-                answer = fake._issue_token(fake.url)
+                answer = fake._issue_token(fake.url, fake.client_id)
         self._record("POST", "token", status)
         self._json(status, answer, {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
+
+    # --- the host's managed identity endpoint ---------------------------------------------------
+
+    def _identity_token(self, query: dict[str, list[str]]) -> None:
+        fake = self.fake
+        args = {name: values[0] for name, values in query.items()}
+        with fake.lock:
+            fake.identity_requests += 1
+            fake.identity_calls.append({**args, "X-IDENTITY-HEADER": self.headers.get("X-IDENTITY-HEADER", "")})
+        fault = fake._next_fault("identity")
+        if fault and self._play(fault, "GET", "msi/token"):
+            return
+        resource = args.get("resource", "").rstrip("/")
+        if self.headers.get("X-IDENTITY-HEADER") != fake.identity_header:
+            status, answer = 401, {"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER is missing or "
+                                   "not valid.", "correlationId": str(uuid.uuid4())}  # fmt: skip
+        elif args.get("api-version") != IDENTITY_API_VERSION:
+            status, answer = 400, {"statusCode": 400, "message": f"api-version '{args.get('api-version')}' is not "
+                                   "supported.", "correlationId": str(uuid.uuid4())}  # fmt: skip
+        elif args.get("client_id", "").lower() != fake.identity_client_id:
+            status, answer = 400, {"statusCode": 400, "message": "Unable to load the proper Managed Identity.",
+                                   "correlationId": str(uuid.uuid4())}  # fmt: skip
+        elif resource != fake.url:
+            status, answer = 500, {"statusCode": 500, "message": "An unexpected error occured while fetching the AAD "
+                                   "Token.", "correlationId": str(uuid.uuid4())}  # fmt: skip
+        else:
+            issued = fake._issue_token(fake.url, fake.identity_client_id)
+            status, answer = 200, {"access_token": issued["access_token"], "resource": args["resource"],
+                                   "expires_on": str(int(time.time()) + fake.token_lifetime), "token_type": "Bearer",
+                                   "client_id": fake.identity_client_id}  # fmt: skip
+        self._record("GET", "msi/token", status)
+        self._json(status, answer)
 
     # --- Dataverse -----------------------------------------------------------------------------
 
@@ -467,7 +543,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(429, dataverse_error("0x80072322", f"Number of requests exceeded the limit of "
                                 f"{fake.rate_limit} over time window of {fake.rate_window:g} seconds."),
                                 {"Retry-After": str(wait)})  # fmt: skip
-        if not fake.app_user:
+        if not fake.app_user or grant.get("appid") != fake.app_user_client_id:
             self._record(method, path, 403)
             return self._answer(403, dataverse_error("0x80072560", "The user is not a member of the organization."))
         if not fake.roles:
@@ -584,6 +660,9 @@ class _Handler(BaseHTTPRequestHandler):
                          "limit of 1,200,000 milliseconds over time window of 300 seconds. Decrease number of "
                          "concurrent requests or reduce the duration of requests and try again later."),
                          {"Retry-After": str(fault.retry_after)})  # fmt: skip
+        elif path == "msi/token":  # the identity endpoint's own error shape
+            self._json(int(fault.kind), {"statusCode": int(fault.kind), "message": "The service is unavailable.",
+                                         "correlationId": str(uuid.uuid4())})  # fmt: skip
         else:
             self._answer(int(fault.kind), dataverse_error("0x80040216", "An unexpected error occurred."))
         return True
@@ -655,12 +734,24 @@ def dynamics_tls_ca(fake_tls_ca) -> trustme.CA:
 @pytest.fixture
 def dynamics(monkeypatch, env, dynamics_tls_ca):
     """A running :class:`FakeDynamics`, trusted by requests (``REQUESTS_CA_BUNDLE``), with the
-    ``DYNAMICS_*`` settings pointing at it."""
+    ``DYNAMICS_*`` settings of an app registration pointing at it."""
     with FakeDynamics(ca=dynamics_tls_ca) as fake:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):  # this machine is no Azure host
+            monkeypatch.delenv(name, raising=False)
         env(**fake.settings())
         yield fake
+
+
+@pytest.fixture
+def dynamics_mi(dynamics, env):
+    """:func:`dynamics` as the Function App sees it: its managed identity endpoint in the
+    environment, the identity's client ID and no secret in the settings, and the application user
+    in the environment being the identity's."""
+    dynamics.app_user_client_id = dynamics.identity_client_id
+    env(**dynamics.host_environment(), **dynamics.settings(managed_identity=True))
+    return dynamics
 
 
 # --- benchmark -----------------------------------------------------------------------------------------

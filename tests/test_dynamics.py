@@ -30,7 +30,8 @@ from . import fake_dynamics as fake_dynamics_plugin
 from .conftest import FIXTURES
 from .workers import drain
 
-dynamics, dynamics_tls_ca = fake_dynamics_plugin.dynamics, fake_dynamics_plugin.dynamics_tls_ca  # fixtures
+dynamics, dynamics_mi = fake_dynamics_plugin.dynamics, fake_dynamics_plugin.dynamics_mi  # fixtures
+dynamics_tls_ca = fake_dynamics_plugin.dynamics_tls_ca
 
 CONTACT_ME = {
     "UserDetails": {"FirstName": "Ada", "LastName": "Lovelace", "Email": "ada@contoso.com",
@@ -252,8 +253,9 @@ CHECKS = [
     ("entra timeout", lambda f: f.fail("timeout", on="token"), False, "Entra ID", "DYNAMICS_AUTHORITY"),
     ("dataverse timeout", lambda f: f.fail("timeout"), False, "Dataverse (127.0.0.1) did not answer within 1 s",
      "DYNAMICS_URL is your environment URL"),
-    ("secret not set", lambda f: {"DYNAMICS_CLIENT_SECRET": ""}, False, "DYNAMICS_CLIENT_SECRET not set",
-     "client secret"),
+    ("secret not set, no identity here", lambda f: {"DYNAMICS_CLIENT_SECRET": ""}, False,
+     "no managed identity on this host", "DYNAMICS_CLIENT_SECRET"),
+    ("tenant not set", lambda f: {"DYNAMICS_TENANT_ID": ""}, False, "DYNAMICS_TENANT_ID not set", "client secret"),
     ("authority not https", lambda f: {"DYNAMICS_AUTHORITY": "http://login.example.invalid"}, False,
      "DYNAMICS_AUTHORITY is not an https URL", "login host"),
 ]  # fmt: skip
@@ -360,3 +362,143 @@ def test_the_worker_waits_at_least_what_service_protection_asks(dynamics_deliver
     assert outcome.state == delivery.state == "retrying"
     assert (delivery.next_attempt_at - before).total_seconds() >= 119
     assert "service protection" in delivery.last_error and not dynamics_delivery.leads
+
+
+# --- the managed identity (no client secret) ------------------------------------------------------
+
+
+def test_with_no_secret_the_managed_identity_gets_the_token(dynamics_mi):
+    lead = lead_of(CONTACT_ME)
+    sent = destination().send(lead, Route())
+    assert sent.external_id in dynamics_mi.leads and dynamics_mi.token_requests == 0
+    # the real azure-identity client asked the host's endpoint as App Service and Functions expect
+    (call,) = dynamics_mi.identity_calls
+    assert call == {"api-version": "2019-08-01", "resource": dynamics_mi.url, "client_id": dynamics_mi.identity_client_id,
+                    "X-IDENTITY-HEADER": dynamics_mi.identity_header}  # fmt: skip
+    (grant,) = dynamics_mi.tokens.values()
+    assert grant["appid"] == dynamics_mi.identity_client_id
+
+
+def test_dataverse_accepts_only_the_identity_s_tokens(dynamics_mi, env):
+    # The environment's application user is the managed identity's: the app registration's token is
+    # refused as "not a member of the organization", with the fix of its own mode.
+    env(**dynamics_mi.settings())
+    with pytest.raises(PermanentError, match="no application user for DYNAMICS_CLIENT_ID") as caught:
+        destination().send(lead_of(CONTACT_ME), Route())
+    assert "app registration" in caught.value.fix and not dynamics_mi.leads
+
+
+def test_200_leads_take_one_identity_token(dynamics_mi):
+    dest = destination()
+    for i in range(200):
+        dest.send(lead_of({**CONTACT_ME, "Description": f"lead {i}"}), Route())
+    assert len(dynamics_mi.leads) == 200 and dynamics_mi.identity_requests == 1 and dynamics_mi.token_requests == 0
+
+
+def test_an_identity_token_dataverse_refuses_is_replaced_once(dynamics_mi):
+    dest = destination()
+    dest.send(lead_of(CONTACT_ME), Route())
+    dynamics_mi.expire_tokens()  # revoked, or expired early: Dataverse answers 401 to the cached token
+    dest.send(lead_of(EXAMPLE), Route())
+    assert dynamics_mi.identity_requests == 2 and len(dynamics_mi.leads) == 2
+    assert [r.status for r in dynamics_mi.requests if r.path == "leads"] == [204, 401, 204]
+    dest.send(lead_of(TEST_LEAD), Route())
+    assert dynamics_mi.identity_requests == 2  # the new token is cached in turn
+
+
+def test_an_identity_token_refused_twice_is_permanent_and_names_the_tenant(dynamics_mi):
+    dynamics_mi.fail("expired", times=2)
+    with pytest.raises(PermanentError, match="refused a new token of the managed identity") as caught:
+        destination().send(lead_of(CONTACT_ME), Route())
+    assert "tenant of the app's managed identity" in caught.value.fix
+    assert dynamics_mi.identity_requests == 2 and not dynamics_mi.leads
+
+
+@pytest.mark.parametrize("fault", ["503", "drop"])
+def test_identity_endpoint_trouble_is_transient(dynamics_mi, fault):
+    dynamics_mi.fail(fault, times=2, on="identity")  # the credential's one retry meets it too
+    with pytest.raises(TransientError, match="managed identity endpoint"):
+        destination().send(lead_of(CONTACT_ME), Route())
+    assert dynamics_mi.identity_requests == 2 and not dynamics_mi.leads
+
+
+def test_identity_endpoint_trouble_once_is_retried_by_the_credential(dynamics_mi):
+    dynamics_mi.fail("503", on="identity")
+    destination().send(lead_of(CONTACT_ME), Route())
+    assert dynamics_mi.identity_requests == 2 and len(dynamics_mi.leads) == 1
+
+
+def test_an_identity_endpoint_that_does_not_answer_in_time_is_transient(dynamics_mi, env):
+    env(LEADS_HTTP_TIMEOUT_SECONDS="0.3")
+    dynamics_mi.timeout_after = 0.6
+    dynamics_mi.fail("timeout", times=2, on="identity")
+    with pytest.raises(TransientError, match="could not reach this host's managed identity endpoint"):
+        destination().send(lead_of(CONTACT_ME), Route())
+
+
+def test_an_identity_not_assigned_to_the_app_is_permanent_with_the_fix(dynamics_mi, env):
+    other = str(uuid.uuid4())
+    env(DYNAMICS_CLIENT_ID=other)
+    with pytest.raises(PermanentError, match="Unable to load the proper Managed Identity") as caught:
+        destination().send(lead_of(CONTACT_ME), Route())
+    assert other in str(caught.value) and "APP_IDENTITY_CLIENT_ID" in caught.value.fix
+    assert [call["client_id"] for call in dynamics_mi.identity_calls] == [other]  # a 400 is not retried
+
+
+MI_CHECKS = [
+    # (id, set up the fake / settings, ok, words in the message, words in the fix)
+    ("ok", lambda f: {}, True, "can create leads", None),
+    ("no identity on this host", lambda f: {"IDENTITY_ENDPOINT": ""}, False, "no managed identity on this host",
+     "DYNAMICS_CLIENT_SECRET"),
+    ("identity not assigned", lambda f: {"DYNAMICS_CLIENT_ID": str(uuid.uuid4())}, False,
+     "has no managed identity with client ID", "Identity → User assigned"),
+    ("client id not set", lambda f: {"DYNAMICS_CLIENT_ID": ""}, False, "DYNAMICS_CLIENT_ID not set",
+     "APP_IDENTITY_CLIENT_ID"),
+    ("no application user", lambda f: setattr(f, "app_user", False), False,
+     "no application user for the managed identity", "search for the managed identity's client ID"),
+    ("no security role", lambda f: setattr(f, "roles", False), False, "no security role", "Edit security roles"),
+    ("no create on lead", lambda f: f.privileges.discard("prvCreateLead"), False, "no Create privilege on Lead",
+     "Create privilege on Lead"),
+    ("endpoint down", lambda f: f.fail("503", times=2, on="identity"), False, "could not issue a token now", None),
+    ("url of another resource", lambda f: {"DYNAMICS_URL": f"https://127.0.0.1:{free_port()}"}, False,
+     "could not issue a token now (500", "DYNAMICS_URL"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,setup,ok,message,fix", MI_CHECKS, ids=[c[0] for c in MI_CHECKS])
+def test_check_diagnoses_the_managed_identity_path(dynamics_mi, env, name, setup, ok, message, fix):
+    settings = setup(dynamics_mi) or {}
+    if isinstance(settings, dict) and settings:
+        env(**settings)
+    check = DynamicsDestination.from_settings(get_settings()).check()
+    assert check.ok is ok, check
+    assert message in check.message, check
+    if fix:
+        assert fix in (check.fix or ""), check
+    assert not dynamics_mi.leads and dynamics_mi.token_requests == 0
+
+
+def test_a_lead_taken_in_reaches_dynamics_with_the_managed_identity(storage, dynamics_mi, env, monkeypatch):
+    monkeypatch.setitem(registry.REGISTRY, "dynamics", "leads.destinations.dynamics:DynamicsDestination")
+    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="",
+        LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+    dynamics_mi.fail("drop", times=2, on="identity")  # the first attempt finds the endpoint down
+    lead_id = take_in(CONTACT_ME)
+    drain()
+    assert list(dynamics_mi.leads) == [lead_guid(lead_id)]
+    delivery = LeadStore.from_settings().deliveries.get(lead_id, "dynamics")
+    assert (delivery.state, delivery.attempts) == ("delivered", 2)
+
+
+@pytest.mark.parametrize("managed_identity", [False, True], ids=["client secret", "managed identity"])
+def test_python_m_leads_check_passes_in_both_modes(storage, dynamics_mi, env, capsys, managed_identity):
+    from leads.cli import main
+
+    if not managed_identity:
+        dynamics_mi.app_user_client_id = dynamics_mi.client_id
+        env(**dynamics_mi.settings())
+    env(EMAIL_TO="", WEBHOOK_URL="", LEADS_ROUTING="")
+    assert main(["check", "--json"]) == 0, capsys.readouterr().out
+    report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
+    assert report["dynamics"]["ok"] and "can create leads" in report["dynamics"]["message"]
+    assert (dynamics_mi.identity_requests, dynamics_mi.token_requests) == ((1, 0) if managed_identity else (0, 1))

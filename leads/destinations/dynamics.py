@@ -1,14 +1,24 @@
 """Dynamics 365 (Dataverse Web API): each lead becomes one ``lead`` row, created once.
 
-Settings: ``DYNAMICS_URL`` (the environment, ``https://<org>.crm<N>.dynamics.com``),
-``DYNAMICS_TENANT_ID``, ``DYNAMICS_CLIENT_ID``, ``DYNAMICS_CLIENT_SECRET`` (an Entra app registration
-that has an *application user* with a security role in that environment) and ``DYNAMICS_AUTHORITY``
-(the Entra login host; another cloud's host for sovereign clouds).
+Settings: ``DYNAMICS_URL`` (the environment, ``https://<org>.crm<N>.dynamics.com``) and
+``DYNAMICS_CLIENT_ID``, the Application ID of the environment's *application user* (with a security
+role that can create leads). Two ways to get tokens for ``<DYNAMICS_URL>/.default``:
 
-- **Token**: MSAL, confidential client, client credentials, scope ``<DYNAMICS_URL>/.default``. MSAL's
-  token cache hands out the same token until five minutes before it expires, so there is one token
-  request per token lifetime, not per lead. A token Dataverse refuses (401: revoked, expired early)
-  is dropped from the cache and the call is made once more with a new one.
+- **Managed identity** (no ``DYNAMICS_CLIENT_SECRET``): ``DYNAMICS_CLIENT_ID`` is the client ID of a
+  user-assigned managed identity of this host (the Function App's own), and azure-identity's
+  ``ManagedIdentityCredential`` asks the host's identity endpoint (``IDENTITY_ENDPOINT`` with the
+  ``IDENTITY_HEADER`` secret, as App Service, Functions and Container Apps expose it). There is no
+  secret to expire. Without that endpoint the app says so instead of probing the VM metadata address,
+  which does not exist where this app runs. azure-identity (MSAL's managed identity client) caches
+  the token until five minutes before it expires: one token request per token lifetime.
+- **Client secret** (``DYNAMICS_TENANT_ID``, ``DYNAMICS_CLIENT_SECRET``, ``DYNAMICS_AUTHORITY``, for
+  runs outside Azure): MSAL, confidential client, client credentials. MSAL's token cache hands out
+  the same token until five minutes before it expires, so there is one token request per token
+  lifetime, not per lead.
+
+A token Dataverse refuses (401: revoked, expired early) is dropped and the call is made once more
+with a new one.
+
 - **Create once**: the row's ``leadid`` is a GUID derived from the lead id (:func:`lead_guid`), and
   the row is created with ``POST /api/data/v9.2/leads``. Sending the same lead again (after a lost
   answer, a duplicated message) answers 412 with ``0x80040237`` "A record with matching key values
@@ -16,12 +26,13 @@ that has an *application user* with a security role in that environment) and ``D
   lead when all is well.
 - **Errors** become the diagnoses publishers need, from Entra's ``AADSTS`` codes and Dataverse's
   error codes: tenant not found or not a tenant id, application not in the directory, client secret
-  wrong or expired, no application user in the environment, no security role, no Create on Lead,
+  wrong or expired, no managed identity on this host or none with that client ID, no application
+  user in the environment, no security role, no Create on Lead,
   no create permission on the ``leadsourcecode`` column, a URL that is not a Dataverse environment,
   an environment without the Lead table, timeouts. Service protection 429s (``Retry-After``), 5xx,
   timeouts and dropped connections are transient.
-- :meth:`DynamicsDestination.check` creates nothing: a token, ``WhoAmI`` (the environment answers,
-  accepts the token, and has an application user for the app), then
+- :meth:`DynamicsDestination.check` creates nothing, in either mode: a token, ``WhoAmI`` (the
+  environment answers, accepts the token, and has an application user for the app), then
   ``RetrieveUserPrivilegeByPrivilegeName('prvCreateLead')`` for that user (its roles allow creating
   leads: the role problem found without creating a lead; a ``GET leads`` would test *Read*, which a
   create-only role such as the marketplace's own "Microsoft Marketplace Lead Writer" need not
@@ -32,6 +43,7 @@ that has an *application user* with a security role in that environment) and ``D
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import uuid
@@ -53,6 +65,7 @@ from .base import (
 if TYPE_CHECKING:
     import msal
     import requests
+    from azure.identity import ManagedIdentityCredential
 
     from ..model import Lead
     from ..settings import Settings
@@ -107,6 +120,21 @@ FIX_URL = ("set DYNAMICS_URL to the environment URL shown in Power Platform admi
 FIX_APP_USER = (f"{APP_USERS} → New app user → pick the app registration DYNAMICS_CLIENT_ID, a business unit, and a "
                 "security role that can create leads (e.g. Salesperson, or the 'Microsoft Marketplace Lead Writer' "
                 "role of the marketplace's solution)")  # fmt: skip
+FIX_APP_USER_IDENTITY = (f"{APP_USERS} → New app user → Add an app → search for the managed identity's client ID "
+                         "(DYNAMICS_CLIENT_ID; azd env get-value APP_IDENTITY_CLIENT_ID) → Add, then a business unit "
+                         "and a security role that can create leads (e.g. Salesperson, or the 'Microsoft Marketplace "
+                         "Lead Writer' role)")  # fmt: skip
+# The managed identity path: the host's identity endpoint and the identity assigned to the app.
+IDENTITY_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER")
+FIX_NO_IDENTITY = ("run the app where it has its managed identity (the Function App, which sets IDENTITY_ENDPOINT "
+                   "and IDENTITY_HEADER), or, to run it elsewhere, use an app registration: set DYNAMICS_TENANT_ID, "
+                   "DYNAMICS_CLIENT_ID to the app registration's client ID and DYNAMICS_CLIENT_SECRET (see "
+                   "docs/dynamics.md)")  # fmt: skip
+FIX_IDENTITY_NOT_ASSIGNED = ("set DYNAMICS_CLIENT_ID to the client ID of a user-assigned managed identity of this app "
+                             "(azd env get-value APP_IDENTITY_CLIENT_ID; Azure portal → the Function App → Identity → "
+                             "User assigned), or assign that identity to the app there")  # fmt: skip
+FIX_IDENTITY_TOKEN = ("the environment must be in the tenant of the app's managed identity (the Function App's "
+                      "subscription's tenant), and DYNAMICS_URL must be that environment's URL: ")  # fmt: skip
 FIX_ROLE = (f"{APP_USERS} → select the app user of DYNAMICS_CLIENT_ID → Edit security roles → add a role that can "
             "create leads (e.g. Salesperson, or the 'Microsoft Marketplace Lead Writer' role)")  # fmt: skip
 FIX_CREATE = ("give the application user's security role the Create privilege on Lead (Power Platform admin center → "
@@ -164,7 +192,14 @@ class DynamicsDestination(Destination):
         self.session = session or requests.Session()
         self.scope = f"{self.url}/.default"
         self._app: msal.ConfidentialClientApplication | None = None
+        self._identity: ManagedIdentityCredential | None = None
+        self._identity_token: str | None = None  # the last token the identity gave, to drop it if refused
         self._lock = threading.Lock()
+
+    @property
+    def uses_managed_identity(self) -> bool:
+        """No client secret: the tokens are the managed identity DYNAMICS_CLIENT_ID's."""
+        return not self.client_secret
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -189,7 +224,7 @@ class DynamicsDestination(Destination):
         code, _ = _error_of(response)
         if code == DUPLICATE_KEY:
             return self._existing(guid, lead)
-        raise dataverse_error(response, lead)
+        raise self._refused(response, lead)
 
     def _existing(self, guid: str, lead: Lead) -> Sent:
         """The row the duplicate-key answer says exists: ours, unless the environment has an
@@ -204,7 +239,7 @@ class DynamicsDestination(Destination):
                                  "merge the leads by hand, then replay the delivery")  # fmt: skip
         if response.status_code == 403:  # the role may create but not read: the duplicate key is our leadid
             return Sent(external_id=guid, detail={"record": "existing"})
-        raise dataverse_error(response, lead)
+        raise self._refused(response, lead)
 
     def lead_record(self, lead: Lead, route: Route) -> dict[str, Any]:
         """The ``lead`` row for a lead, column by column."""
@@ -259,7 +294,7 @@ class DynamicsDestination(Destination):
         response = self._call("GET", "/WhoAmI")
         body = _json(response) if response.status_code == 200 else None
         if not isinstance(body, dict) or "UserId" not in body:
-            raise dataverse_error(response)
+            raise self._refused(response)
         return body
 
     def _can_create_leads(self, user_id: str) -> bool | None:
@@ -274,7 +309,7 @@ class DynamicsDestination(Destination):
         code, _ = _error_of(response)
         status = response.status_code
         if code in (NO_ROLES, NOT_A_MEMBER, *USER_DISABLED) or status in (401, 429) or status >= 500:
-            raise dataverse_error(response)
+            raise self._refused(response)
         return None
 
     def _lead_source_secured(self) -> bool | None:
@@ -288,9 +323,12 @@ class DynamicsDestination(Destination):
             raise PermanentError("the environment has no Lead table", fix=FIX_NO_LEAD_TABLE)
         if response.status_code == 403 and code in PRIVILEGE_DENIED:
             return None  # metadata not readable by this role: nothing to conclude
-        raise dataverse_error(response)
+        raise self._refused(response)
 
     # --- talking to Dataverse ------------------------------------------------------------------
+
+    def _refused(self, response: requests.Response, lead: Lead | None = None) -> DeliveryError:
+        return dataverse_error(response, lead, managed_identity=self.uses_managed_identity)
 
     def _call(self, method: str, path: str, *, json: Any = None, params: dict | None = None) -> requests.Response:
         """One Web API call with a cached token; a refused token is replaced once."""
@@ -327,7 +365,48 @@ class DynamicsDestination(Destination):
     # --- tokens ------------------------------------------------------------------------------------
 
     def _token(self) -> str:
-        """An access token for the environment: MSAL's cached one while it is valid."""
+        """An access token for the environment: the cached one while it is valid."""
+        if self.uses_managed_identity:
+            return self._managed_identity_token()
+        return self._secret_token()
+
+    def _managed_identity_token(self) -> str:
+        """The managed identity's token from the host's identity endpoint (azure-identity caches it)."""
+        from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
+
+        with self._lock:
+            try:
+                token = self._managed_identity().get_token(self.scope).token
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                raise TransientError(f"could not reach this host's managed identity endpoint: {_reason(exc)}",
+                                     fix="if this lasts, restart the app; its host provides the endpoint") from None
+            except ClientAuthenticationError as exc:  # CredentialUnavailableError is one too
+                raise identity_error(str(exc.message or exc), self) from None
+            except ValueError:  # an answer that is not JSON (a proxy's or gateway's page)
+                raise TransientError("this host's managed identity endpoint answered something that is not a "
+                                     "token") from None  # fmt: skip
+            self._identity_token = token
+            return token
+
+    def _managed_identity(self) -> ManagedIdentityCredential:
+        """azure-identity's credential for the identity DYNAMICS_CLIENT_ID, made at the first token
+        request and kept (with its token cache) until Dataverse refuses a token it gave."""
+        if self._identity is None:
+            if not all(os.environ.get(name) for name in IDENTITY_VARIABLES):
+                # Without them azure-identity would probe the VM metadata address (169.254.169.254)
+                # for seconds: say plainly that this host has no managed identity instead.
+                raise PermanentError("no managed identity on this host (IDENTITY_ENDPOINT and IDENTITY_HEADER are "
+                                     "not set), and no DYNAMICS_CLIENT_SECRET", fix=FIX_NO_IDENTITY)  # fmt: skip
+            from azure.identity import ManagedIdentityCredential
+
+            # One quick retry of the host-local endpoint; longer waits are the delivery worker's.
+            self._identity = ManagedIdentityCredential(client_id=self.client_id, connection_timeout=self.timeout,
+                                                       read_timeout=self.timeout, retry_total=1,
+                                                       retry_backoff_factor=0.5)  # fmt: skip
+        return self._identity
+
+    def _secret_token(self) -> str:
+        """MSAL's token for the app registration, cached while it is valid."""
         import requests
         from msal.exceptions import MsalServiceError
 
@@ -373,6 +452,11 @@ class DynamicsDestination(Destination):
 
     def _forget(self, token: str) -> None:
         """Drop a token Dataverse refused, so that the next request gets a new one."""
+        if self.uses_managed_identity:
+            with self._lock:
+                if self._identity_token == token:  # a new credential: its cache starts empty
+                    self._identity, self._identity_token = None, None
+            return
         if self._app is None:
             return
         cache = self._app.token_cache
@@ -382,14 +466,21 @@ class DynamicsDestination(Destination):
                 cache.remove_at(item)
 
     def _check_settings(self) -> None:
+        if self.uses_managed_identity and not self.client_id:
+            raise PermanentError("DYNAMICS_CLIENT_ID not set", fix="set it to the client ID of the app's managed "
+                                 "identity (azd env get-value APP_IDENTITY_CLIENT_ID), or set an app registration's "
+                                 "DYNAMICS_TENANT_ID, DYNAMICS_CLIENT_ID and DYNAMICS_CLIENT_SECRET (see "
+                                 "docs/dynamics.md)")  # fmt: skip
         missing = [name for name, value in (("DYNAMICS_TENANT_ID", self.tenant_id), ("DYNAMICS_CLIENT_ID",
-                   self.client_id), ("DYNAMICS_CLIENT_SECRET", self.client_secret)) if not value]  # fmt: skip
+                   self.client_id)) if not value and not self.uses_managed_identity]  # fmt: skip
         if missing:
             raise PermanentError(f"{', '.join(missing)} not set", fix="set the Entra app registration's tenant ID, "
                                  "client ID and a client secret (see docs/dynamics.md)")  # fmt: skip
         parts = urlsplit(self.url)
         if parts.scheme != "https" or not parts.hostname:
             raise PermanentError("DYNAMICS_URL is not an https URL", fix=FIX_URL)
+        if self.uses_managed_identity:
+            return  # the login host is the managed identity endpoint's business
         if not self.authority.startswith("https://"):
             raise PermanentError("DYNAMICS_AUTHORITY is not an https URL", fix="leave DYNAMICS_AUTHORITY unset for "
                                  "the public cloud (https://login.microsoftonline.com), or set your cloud's login "
@@ -480,6 +571,23 @@ def discovery_error(exc: ValueError, destination: DynamicsDestination) -> Delive
                           f"{destination.authority}", fix=FIX_TENANT)  # fmt: skip
 
 
+def identity_error(text: str, destination: DynamicsDestination) -> DeliveryError:
+    """The diagnosis for a token the host's managed identity endpoint did not give. azure-identity
+    reports the endpoint's answer as ``Token request error: (<error>) <status>, <message>``."""
+    answer = re.search(r"Token request error: \((\w+)\) (\d{3})?,? ?(.*)", text, re.DOTALL)
+    status = int(answer.group(2)) if answer and answer.group(2) else None
+    said = _first_line(answer.group(3) if answer else text)[:200]
+    if "Unable to load the proper Managed Identity" in text or "No MSI found" in text:
+        return PermanentError(f"this host has no managed identity with client ID '{destination.client_id}' "
+                              f"(DYNAMICS_CLIENT_ID): {said}", fix=FIX_IDENTITY_NOT_ASSIGNED)  # fmt: skip
+    if status is not None and (status >= 500 or status == 429):
+        return TransientError(f"this host's managed identity endpoint could not issue a token now ({status} {said})",
+                              fix="if this lasts, check that DYNAMICS_URL is your environment URL (the token's "
+                              "resource) and restart the app")  # fmt: skip
+    return PermanentError(f"this host's managed identity endpoint refused the token request ({status or ''} {said})"
+                          .replace("( ", "("), fix=FIX_IDENTITY_NOT_ASSIGNED)  # fmt: skip
+
+
 def _entra_diagnosis(codes: list[int], summary: str, destination: DynamicsDestination | None) -> DeliveryError | None:
     tenant = destination.tenant_id if destination else "DYNAMICS_TENANT_ID"
     client = destination.client_id if destination else "DYNAMICS_CLIENT_ID"
@@ -513,8 +621,10 @@ def _entra_diagnosis(codes: list[int], summary: str, destination: DynamicsDestin
     return None
 
 
-def dataverse_error(response: requests.Response, lead: Lead | None = None) -> DeliveryError:
-    """The diagnosis for a Dataverse Web API answer that is not a success."""
+def dataverse_error(response: requests.Response, lead: Lead | None = None, *,
+                    managed_identity: bool = False) -> DeliveryError:  # fmt: skip
+    """The diagnosis for a Dataverse Web API answer that is not a success (``managed_identity``: the
+    token was the app's managed identity's, not an app registration's)."""
     status = response.status_code
     code, message = _error_of(response)
     text = _scrub(message, lead)
@@ -525,8 +635,9 @@ def dataverse_error(response: requests.Response, lead: Lead | None = None) -> De
     if code == NO_ROLES or "no roles are assigned" in message or "not been assigned any roles" in message:
         return PermanentError("the application user has no security role in the environment", fix=FIX_ROLE)
     if code == NOT_A_MEMBER:
-        return PermanentError("the environment has no application user for DYNAMICS_CLIENT_ID (The user is not a "
-                              "member of the organization)", fix=FIX_APP_USER)  # fmt: skip
+        who = "the managed identity DYNAMICS_CLIENT_ID" if managed_identity else "DYNAMICS_CLIENT_ID"
+        return PermanentError(f"the environment has no application user for {who} (The user is not a member of the "
+                              "organization)", fix=FIX_APP_USER_IDENTITY if managed_identity else FIX_APP_USER)
     if code in USER_DISABLED:
         return PermanentError("the application user is disabled in the environment",
                               fix=f"{APP_USERS} → select the app user of DYNAMICS_CLIENT_ID → Activate")  # fmt: skip
@@ -545,6 +656,9 @@ def dataverse_error(response: requests.Response, lead: Lead | None = None) -> De
         return PermanentError(f"the application user's security roles lack the {name} privilege", fix=fix)
     if status == 404 and code in NOT_FOUND and ("'leads'" in message or "entity with name" in message.lower()):
         return PermanentError("the environment has no Lead table", fix=FIX_NO_LEAD_TABLE)
+    if status == 401 and managed_identity:
+        return PermanentError("Dataverse refused a new token of the managed identity (401)",
+                              fix=FIX_IDENTITY_TOKEN + FIX_URL)  # fmt: skip
     if status == 401:
         return PermanentError("Dataverse refused a new token from Entra ID (401)", fix="the environment must be in "
                               "the tenant DYNAMICS_TENANT_ID, and DYNAMICS_URL must be that environment's URL: "

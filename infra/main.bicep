@@ -105,7 +105,7 @@ param webhookUrl string = ''
 param dynamicsUrl string = ''
 @description('DYNAMICS_TENANT_ID')
 param dynamicsTenantId string = ''
-@description('DYNAMICS_CLIENT_ID')
+@description('DYNAMICS_CLIENT_ID: an app registration\'s client ID (with DYNAMICS_CLIENT_SECRET); empty for the app\'s own managed identity (output APP_IDENTITY_CLIENT_ID).')
 param dynamicsClientId string = ''
 @description('SALESFORCE_OID: Web-to-Lead organisation id.')
 param salesforceOid string = ''
@@ -249,7 +249,10 @@ module rbac 'app/rbac.bicep' = {
 // the destination it belongs to is configured (so a secret you set later with
 // `az keyvault secret set` is picked up without re-provisioning). Otherwise the setting is absent.
 var secretRef = '@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/'
-var useDynamicsSecret = !empty(dynamicsClientSecret) || !empty(dynamicsUrl)
+// Dynamics uses the app's managed identity unless DYNAMICS_CLIENT_ID names another principal (an app
+// registration, whose secret is then referenced: deployments made before the identity path keep it).
+var dynamicsUsesIdentity = !empty(dynamicsUrl) && (empty(dynamicsClientId) || dynamicsClientId == identity.outputs.clientId)
+var useDynamicsSecret = !empty(dynamicsClientSecret) || (!empty(dynamicsUrl) && !dynamicsUsesIdentity)
 var useSalesforceSecret = !empty(salesforceClientSecret) || !empty(salesforceClientId)
 var useMarketoSecret = !empty(marketoClientSecret) || !empty(marketoClientId)
 var useHubspotToken = !empty(hubspotToken) || hubspotEnabled
@@ -282,7 +285,8 @@ var appSettings = union(coreSettings,
   useWebhookSecret ? { WEBHOOK_SECRET: '${secretRef}webhook-secret)' } : {},
   empty(dynamicsUrl) ? {} : { DYNAMICS_URL: dynamicsUrl },
   empty(dynamicsTenantId) ? {} : { DYNAMICS_TENANT_ID: dynamicsTenantId },
-  empty(dynamicsClientId) ? {} : { DYNAMICS_CLIENT_ID: dynamicsClientId },
+  dynamicsUsesIdentity ? { DYNAMICS_CLIENT_ID: identity.outputs.clientId } : {},
+  empty(dynamicsClientId) || dynamicsUsesIdentity ? {} : { DYNAMICS_CLIENT_ID: dynamicsClientId },
   useDynamicsSecret ? { DYNAMICS_CLIENT_SECRET: '${secretRef}dynamics-client-secret)' } : {},
   empty(salesforceOid) ? {} : { SALESFORCE_OID: salesforceOid },
   empty(salesforceUrl) ? {} : { SALESFORCE_URL: salesforceUrl },
@@ -339,6 +343,8 @@ output MARKETPLACE_TABLE_ACCOUNT_NAME string = marketplaceTable.outputs.accountN
 output MARKETPLACE_TABLE_CONNECTION_SECRET_NAME string = marketplaceTable.outputs.connectionSecretName
 output MARKETPLACE_TABLE_INSTRUCTIONS string = marketplaceTableMode == 'none' ? 'No Azure Table destination deployed (marketplaceTableMode=none): use LEADS_HTTPS_ENDPOINT in Partner Center.' : 'Partner Center > offer > Customer leads > Azure Table: connection string = az keyvault secret show --vault-name ${keyVault.outputs.name} --name marketplace-table-connection --query value -o tsv ; table name = ${marketplaceTableName}'
 
+@description('Client ID of the app\'s managed identity: the Application ID of the Dynamics 365 application user (docs/dynamics.md).')
+output APP_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name

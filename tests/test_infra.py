@@ -518,6 +518,21 @@ def test_outputs_for_azd_and_partner_center():
                  "MARKETPLACE_TABLE_CONNECTION_SECRET_NAME", "AZURE_KEY_VAULT_NAME"):  # fmt: skip
         assert name in outputs, name
     assert outputs["LEADS_HTTPS_ENDPOINT"]["value"].endswith("/api/leads"), "the key (?code=) is never an output"
+    # docs/dynamics.md: the Application ID of the Dynamics application user is the app's identity's client ID
+    assert outputs["APP_IDENTITY_CLIENT_ID"]["value"] == IDENTITY_CLIENT_ID
+
+
+# identity.outputs.clientId as pycep-parser reads it
+IDENTITY_CLIENT_ID = {"operator": {"type": "property_accessor", "operands": {"operand_1": "identity", "operand_2": {
+    "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": "clientId"}}}}}}
+
+
+def test_dynamics_uses_the_app_identity_unless_an_app_registration_is_named():
+    variables = bicep("main.bicep")["variables"]
+    uses_identity = json.dumps(variables["dynamicsUsesIdentity"]["value"])
+    assert json.dumps(IDENTITY_CLIENT_ID) in uses_identity and "dynamicsClientId" in uses_identity
+    assert "dynamicsUsesIdentity" in json.dumps(variables["useDynamicsSecret"]["value"]), \
+        "an app registration's secret is referenced only when it is the one in use"  # fmt: skip
 
 
 def test_resource_names_come_from_the_resource_token():

@@ -1,16 +1,24 @@
-"""HubSpot's CRM v3 contacts API on loopback: ``POST /crm/v3/objects/contacts/batch/upsert``
-(``idProperty: email``), ``GET /crm/v3/objects/contacts``, and the private-app token info
-``POST /oauth/v2/private-apps/get/access-token-info``, with HubSpot's real answer and error shapes:
-``{"status": "error", "message", "correlationId", "category", "errors": [...]}``, 401
-``INVALID_AUTHENTICATION`` / ``EXPIRED_AUTHENTICATION``, 403 ``MISSING_SCOPES`` with
-``errors[].context.requiredGranularScopes``, 400 ``VALIDATION_ERROR`` with the property errors
-embedded in ``message``, and 429 ``RATE_LIMIT`` with the ``X-HubSpot-RateLimit-*`` headers
-(100 calls per rolling 10 s by default).
+"""HubSpot's date-versioned CRM contacts API on loopback: ``POST /crm/objects/<version>/contacts/
+batch/upsert`` (``idProperty: email``) and ``GET /crm/objects/<version>/contacts`` for the date
+versions in :data:`VERSIONS`, with HubSpot's real answer and error shapes: ``{"status": "error",
+"message", "correlationId", "category", "errors": [...]}``, 401 ``INVALID_AUTHENTICATION`` /
+``EXPIRED_AUTHENTICATION``, 403 ``MISSING_SCOPES`` with ``errors[].context.requiredGranularScopes``
+(checked before the inputs, so an upsert of nothing tells whether a key may write), 400
+``VALIDATION_ERROR`` with the property errors embedded in ``message``, and 429 ``RATE_LIMIT`` with
+the ``X-HubSpot-RateLimit-*`` headers (100 calls per rolling 10 s by default).
 
-Keeps ``contacts`` by email and counts ``requests``. Knobs: ``latency``, ``scopes``,
-``faults`` (played one per call: ``"429"``, ``"daily"``, ``"500"``, ``"409"``, ``"drop"``, ``"lost"``,
-``"expired"``), ``tokens`` (valid tokens), ``token_info`` (False: the token-info endpoint refuses,
-as for a token that is not a private app's).
+The portal's own rules: ``validation_rules`` (property validation rules, which HubSpot has applied
+to API writes since 2023, answered in the embedded-list shape of its changelog: ``{"isValid":
+false, "message": <the rule's text>, "error": <code>, "name": <property>}``) and
+``required_on_create`` (a property required on the Create record form or by a conditional rule,
+which HubSpot applies to API writes from the 2026-09 version only, answered with ``errors[]``
+naming ``context.propertyName``).
+
+Tokens: ``token`` (a legacy private app's) and ``service_key`` (a Service Key's) both work; there is
+no token-info endpoint (HubSpot's answers only for private apps). Keeps ``contacts`` by email,
+counts ``requests`` and keeps every request's ``paths``. Knobs: ``latency``, ``scopes``, ``faults``
+(played one per call: ``"429"``, ``"daily"``, ``"500"``, ``"409"``, ``"drop"``, ``"lost"``,
+``"expired"``), ``tokens`` (valid tokens).
 """
 
 from __future__ import annotations
@@ -37,21 +45,28 @@ SCOPES_URL = "https://developers.hubspot.com/scopes"
 NO_CREDENTIALS = ("Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find "
                   "more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+VERSIONS = ("2026-03", "2026-09")  # the date versions served
+RULES_ON_EVERY_WRITE = "2026-09"  # from this version on, the portal's record-creation rules apply to API writes
+CONTACTS_PATH = re.compile(r"^/crm/objects/(?P<version>\d{4}-\d{2})/contacts(?P<upsert>/batch/upsert)?$")
 
 
 class FakeHubSpot:
     def __init__(self, token: str = "pat-na1-00000000-fake", latency: float = 0.0,
                  scopes: tuple[str, ...] = ("crm.objects.contacts.read", "crm.objects.contacts.write"),
                  per_window: int = 100, window: float = 10.0) -> None:  # fmt: skip
-        self.token = token
-        self.tokens = {token}
+        self.token = token  # a legacy private app's access token
+        self.service_key = "fake-service-key-" + uuid.uuid4().hex
+        self.tokens = {token, self.service_key}
         self.latency = latency
         self.scopes = set(scopes)
         self.per_window, self.window = per_window, window
         self.daily_limit = 250_000
         self.properties = set(DEFAULT_PROPERTIES)
-        self.token_info = True
+        # property → (code, the rule's text ("{value}" is the value), rejects(value))
+        self.validation_rules: dict[str, tuple[str, str, object]] = {}
+        self.required_on_create: dict[str, str] = {}  # property → the rule's text
         self.faults: list[str] = []
+        self.paths: list[str] = []
         self.lock = threading.Lock()
         self.contacts: dict[str, dict] = {}  # lower-cased email → {"id", "properties", "createdAt", "updatedAt"}
         self.requests = 0
@@ -86,9 +101,11 @@ class FakeHubSpot:
                 "X-HubSpot-RateLimit-Daily": str(self.daily_limit),
                 "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, self.daily_limit - self.requests))}  # fmt: skip
 
-    def upsert(self, inputs: list[dict]) -> tuple[int, dict]:
+    def upsert(self, inputs: list[dict], version: str) -> tuple[int, dict]:
         if WRITE not in self.scopes:
             return 403, missing_scopes(WRITE)
+        if not inputs:
+            return 400, error_body("VALIDATION_ERROR", "Invalid input: inputs must contain at least one item")
         problems = []
         for item in inputs:
             if item.get("idProperty") != "email":
@@ -105,12 +122,25 @@ class FakeHubSpot:
                 elif not isinstance(value, str):
                     problems.append({"isValid": False, "message": f"{value!r} is not a valid string",
                                      "error": "INVALID_STRING", "name": name})  # fmt: skip
+                elif name in self.validation_rules and self.validation_rules[name][2](value):
+                    code, rule, _ = self.validation_rules[name]  # HubSpot's messages may quote the value
+                    problems.append({"isValid": False, "message": rule.format(value=value), "error": code,
+                                     "name": name})  # fmt: skip
             email = str(item.get("id") or "")
             if not _EMAIL.match(email):
                 problems.append({"isValid": False, "message": f"Email address {email} is invalid",
                                  "error": "INVALID_EMAIL", "name": "email"})  # fmt: skip
         if problems:
             return 400, error_body("VALIDATION_ERROR", "Property values were not valid: " + json.dumps(problems))
+        if version >= RULES_ON_EVERY_WRITE:
+            missing = [(name, rule) for item in inputs for name, rule in self.required_on_create.items()
+                       if str(item.get("id") or "").lower() not in self.contacts
+                       and not (item.get("properties") or {}).get(name)]  # fmt: skip
+            if missing:
+                return 400, error_body("VALIDATION_ERROR", "One or more properties required by this portal's record "
+                                       "creation rules are missing.",
+                                       errors=[{"message": rule, "code": "REQUIRED_PROPERTY",
+                                                "context": {"propertyName": [name]}} for name, rule in missing])
         results = []
         with self.lock:
             for item in inputs:
@@ -157,13 +187,9 @@ class FakeHubSpot:
                     payload = json.loads(raw) if raw else {}
                 except ValueError:
                     return self._answer(400, error_body("VALIDATION_ERROR", "Invalid input JSON on line 1"))
-                if method == "POST" and parts.path == "/oauth/v2/private-apps/get/access-token-info":
-                    if not fake.token_info or payload.get("tokenKey") not in fake.tokens:
-                        return self._answer(400, error_body("BAD_REQUEST", "Token is not a valid private app token"))
-                    return self._answer(200, {"userId": 1001, "hubId": 123456, "appId": 2002,
-                                              "scopes": sorted(fake.scopes | {"oauth"})})  # fmt: skip
                 with fake.lock:
                     fake.requests += 1
+                    fake.paths.append(parts.path)
                     fault = fake.faults.pop(0) if fake.faults else None
                     now = time.monotonic()
                     headers = fake.rate_headers(now)
@@ -190,12 +216,15 @@ class FakeHubSpot:
                     return self._answer(500, error_body("INTERNAL_ERROR", "internal error"), headers)
                 if fault == "409":
                     return self._answer(409, error_body("CONFLICT", "Contact already exists. Existing ID: 51"), headers)
-                if method == "POST" and parts.path == "/crm/v3/objects/contacts/batch/upsert":
-                    status, body = fake.upsert(payload.get("inputs") or [])
+                route = CONTACTS_PATH.match(parts.path)
+                if not route or route["version"] not in VERSIONS:
+                    return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
+                if method == "POST" and route["upsert"]:
+                    status, body = fake.upsert(payload.get("inputs") or [], route["version"])
                     if fault == "lost":
                         return self._drop()
                     return self._answer(status, body, headers)
-                if method == "GET" and parts.path == "/crm/v3/objects/contacts":
+                if method == "GET" and not route["upsert"]:
                     if READ not in fake.scopes:
                         return self._answer(403, missing_scopes(READ), headers)
                     limit = int(parse_qs(parts.query).get("limit", ["10"])[0])

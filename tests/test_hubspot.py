@@ -1,5 +1,5 @@
-"""HubSpot: the real connector against a fake of HubSpot's CRM v3 contacts API on loopback
-(tests/fake_hubspot.py)."""
+"""HubSpot: the real connector against a fake of HubSpot's date-versioned CRM contacts API on
+loopback (tests/fake_hubspot.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import leads.destinations
 from leads.destinations.base import PermanentError, Route, TransientError
-from leads.destinations.hubspot import HubSpotDestination, property_errors, required_scopes
+from leads.destinations.hubspot import API_VERSION, HubSpotDestination, property_errors, required_scopes
 from leads.destinations.marketo import CallLimiter
 from leads.intake import accept_http
 from leads.store import LeadStore
@@ -127,7 +127,8 @@ def test_a_missing_write_scope_is_named(hubspot):
     hubspot.scopes.discard(WRITE)
     error = send_error(destination(hubspot), sample_lead(10))
     assert isinstance(error, PermanentError)
-    assert f"403 MISSING_SCOPES: the private app lacks the scope {WRITE}" in str(error) and WRITE in error.fix
+    assert f"403 MISSING_SCOPES: HUBSPOT_TOKEN lacks the scope {WRITE}" in str(error) and WRITE in error.fix
+    assert "Service Keys" in error.fix and "Scopes tab" in error.fix
 
 
 def test_missing_scopes_read_both_body_shapes():
@@ -178,21 +179,19 @@ def test_the_limiter_keeps_the_calls_under_hubspots_window(env):
 # --- check -------------------------------------------------------------------------------------
 
 
-def test_check_ok_verifies_the_write_scope_and_creates_nothing(hubspot):
-    check = destination(hubspot).check()
-    assert check.ok and f"{WRITE} granted" in check.message and hubspot.contacts == {}
+@pytest.mark.parametrize("kind", ["service key", "private app token"])
+def test_check_ok_verifies_the_write_scope_and_creates_nothing(hubspot, kind):
+    check = destination(hubspot, token=hubspot.service_key if kind == "service key" else hubspot.token).check()
+    assert check.ok and f"{WRITE} granted" in check.message and API_VERSION in check.message
+    assert hubspot.contacts == {}
 
 
-def test_check_names_a_missing_write_scope(hubspot):
+@pytest.mark.parametrize("kind", ["service key", "private app token"])
+def test_check_names_a_missing_write_scope(hubspot, kind):
     hubspot.scopes.discard(WRITE)
-    check = destination(hubspot).check()
-    assert not check.ok and WRITE in check.message and "Scopes tab" in check.fix
-
-
-def test_check_says_when_it_cannot_verify_the_write_scope(hubspot):
-    hubspot.token_info = False
-    check = destination(hubspot).check()
-    assert check.ok and "not verified" in check.message
+    check = destination(hubspot, token=hubspot.service_key if kind == "service key" else hubspot.token).check()
+    assert not check.ok and f"lacks the scope {WRITE}" in check.message
+    assert "Service Keys" in check.fix and hubspot.contacts == {}
 
 
 def test_check_names_a_missing_read_scope(hubspot):
@@ -221,7 +220,69 @@ def test_check_rate_limited_is_reported(hubspot):
     assert not check.ok and "429" in check.message
 
 
+# --- the date-versioned API, Service Keys, the portal's rules ---------------------------------------
+
+
+def test_every_call_uses_the_current_date_version(hubspot):
+    dest = destination(hubspot, token=hubspot.service_key)
+    dest.send(sample_lead(20), ROUTE)
+    dest.check()
+    assert hubspot.paths and all(path.startswith(f"/crm/objects/{API_VERSION}/contacts") for path in hubspot.paths)
+    assert API_VERSION >= "2026-09", "the portal's rules apply from 2026-09: the tests below assume it"
+
+
+def test_a_service_key_upserts_like_a_private_app_token(hubspot):
+    for n, token in enumerate((hubspot.service_key, hubspot.token)):
+        sent = destination(hubspot, token=token).send(sample_lead(30), ROUTE)
+        assert sent.external_id == hubspot.contacts["ada30@contoso.com"]["id"]
+        assert sent.detail == {"new": "true" if n == 0 else "false"}
+
+
+def test_a_property_validation_rule_is_permanent_and_names_property_and_rule_not_value(hubspot):
+    hubspot.validation_rules["lastname"] = ("INVALID_ALPHA", 'Enter only letters ("{value}")', lambda v: not v.isalpha())
+    error = send_error(destination(hubspot), sample_lead(21))
+    assert isinstance(error, PermanentError)
+    assert "validation rules reject the contact: lastname (INVALID_ALPHA: Enter only letters" in str(error)
+    assert "Lovelace21" not in error.explain() and "Settings > Properties" in error.fix
+    assert hubspot.contacts == {}
+
+
+def test_a_property_required_on_create_is_permanent_and_named(hubspot):
+    hubspot.required_on_create["hs_lead_status"] = "Lead Status is required to create a contact"
+    error = send_error(destination(hubspot), sample_lead(22))
+    assert isinstance(error, PermanentError)
+    assert "hs_lead_status (REQUIRED_PROPERTY: Lead Status is required to create a contact)" in str(error)
+    assert "replay" in error.fix and hubspot.contacts == {}
+
+
 # --- end to end --------------------------------------------------------------------------------
+
+
+def test_a_lead_the_portal_s_rules_reject_fails_once_and_is_never_retried(storage, env, monkeypatch):
+    monkeypatch.setitem(leads.destinations.REGISTRY, "hubspot", "leads.destinations.hubspot:HubSpotDestination")
+    with FakeHubSpot() as fake:
+        fake.required_on_create["lifecyclestage"] = "Lifecycle stage is required"
+        env(HUBSPOT_TOKEN=fake.service_key, HUBSPOT_URL=fake.url, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+        answer = accept_http(json.dumps({"UserDetails": {"FirstName": "Some", "LastName": "One", "Email":
+                                         "someone@contoso.com", "Company": "Contoso"}, "LeadSource": "AppSource",
+                                         "ActionCode": "INS", "OfferTitle": "Test"}).encode())  # fmt: skip
+        drain(deadline=20)
+        delivery = LeadStore.from_settings().deliveries.get(answer.body["leadId"], "hubspot")
+        assert (delivery.state, delivery.attempts) == ("failed", 1)
+        assert "lifecyclestage (REQUIRED_PROPERTY" in delivery.last_error and fake.upserts == 0
+
+
+def test_python_m_leads_check_passes_with_a_service_key_and_a_private_app_token(storage, env, capsys):
+    from leads.cli import main
+
+    with FakeHubSpot() as fake:
+        for token in (fake.service_key, fake.token):
+            env(HUBSPOT_TOKEN=token, HUBSPOT_URL=fake.url, EMAIL_TO="", WEBHOOK_URL="", LEADS_ROUTING="")
+            assert main(["check", "--json"]) == 0, capsys.readouterr().out
+            report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
+            assert report["hubspot"]["ok"] and WRITE in report["hubspot"]["message"]
+        assert fake.contacts == {}
 
 
 def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, monkeypatch):

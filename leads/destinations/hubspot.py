@@ -1,12 +1,15 @@
-"""HubSpot: each lead upserted as a contact through the CRM v3 API, keyed on email.
+"""HubSpot: each lead upserted as a contact through the date-versioned CRM API, keyed on email.
 
-Settings: ``HUBSPOT_TOKEN``, the access token of a private app (Development > Legacy apps, or
-Settings > Integrations > Private Apps in older portals) with the scopes
+Settings: ``HUBSPOT_TOKEN``, a **Service Key** (Settings > Integrations > Service Keys; Development >
+Keys > Service keys) or an existing legacy private app's access token, either with the scopes
 ``crm.objects.contacts.write`` and ``crm.objects.contacts.read``; ``HUBSPOT_URL`` (default
 ``https://api.hubapi.com``; tests point it at a fake). The token is static: there is nothing to
 refresh, and a 401 means it was revoked or rotated.
 
-- **Upsert**: ``POST /crm/v3/objects/contacts/batch/upsert`` with one input
+- **API version**: HubSpot's paths carry a date version (``/crm/objects/2026-09/contacts``), one in
+  March and one in September, each supported for 18 months; v1–v3 are unsupported from September
+  2027. :data:`API_VERSION` is the one place to bump it.
+- **Upsert**: ``POST /crm/objects/<version>/contacts/batch/upsert`` with one input
   ``{"idProperty": "email", "id": <email>, "properties": {...}}``. HubSpot creates the contact or
   updates the one with that email, so a second send of the same lead (after a lost response)
   finds the same contact and returns its id. (Searching by email and then creating is two calls
@@ -30,20 +33,24 @@ refresh, and a 401 means it was revoked or rotated.
   people must honour, not an enforced opt-out.
 - **A lead without a valid email** (``.edu`` customers whose data the marketplace withholds) cannot
   be upserted on email: a permanent error that says so, naming no personal data.
-- **Errors**: 429 (``errorType: RATE_LIMIT``; 100 or 190 calls per 10 s per private app, and a daily
+- **Errors**: 429 (``errorType: RATE_LIMIT``; 100 or 190 calls per 10 s per app or key, and a daily
   quota) is transient, after ``Retry-After`` when given, else the ``X-HubSpot-RateLimit-Interval-
   Milliseconds`` window, or until midnight for the daily policy; 5xx, timeouts and 409 (a contact
   being created by a concurrent call) are transient. 401 (``INVALID_AUTHENTICATION`` /
   ``EXPIRED_AUTHENTICATION``) and 403 ``MISSING_SCOPES`` (naming the scopes HubSpot lists in
-  ``errors[].context.requiredGranularScopes``) are permanent with the fix, as are validation errors
-  (naming the property and HubSpot's error code, never the value: values are the customer's data).
+  ``errors[].context.requiredGranularScopes``) are permanent with the fix. So are validation
+  errors: from the 2026-09 version HubSpot applies the portal's own rules (property validation
+  rules, properties required on the Create record form or by a conditional rule) to every API
+  write, and a lead they reject is a permanent failure naming the property and the rule (its code
+  and its message, with the lead's values taken out: values are the customer's data), never a
+  retry.
 - **Rate**: the same per-process limiter as Marketo's (:class:`~.marketo.CallLimiter`) keeps this
-  process under 100 calls per rolling 10 s, HubSpot's lowest private-app limit; other instances and
-  other integrations share the portal's limit, so 429 stays handled.
-- ``check()``: ``GET /crm/v3/objects/contacts?limit=1`` proves the token and the read scope; a read
-  cannot prove the write scope, so it then asks ``POST /oauth/v2/private-apps/get/access-token-info``
-  for the token's scopes. When HubSpot does not answer that (a token that is not a private app's),
-  the check says the write scope was not verified.
+  process under 100 calls per rolling 10 s, HubSpot's lowest limit; other instances and other
+  integrations share the portal's limit, so 429 stays handled.
+- ``check()`` creates nothing and works for Service Keys and private-app tokens alike (HubSpot's
+  token-info endpoint knows only private apps): ``GET /crm/objects/<version>/contacts?limit=1``
+  proves the token and the read scope, then a batch upsert with no inputs proves the write scope:
+  HubSpot answers ``MISSING_SCOPES`` for a key without it, and nothing is written either way.
 """
 
 from __future__ import annotations
@@ -66,14 +73,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# HubSpot's lowest limit for a private app (Free and Starter; Professional and Enterprise allow 190).
+# The date version of HubSpot's API every call uses: bump it here (each is supported 18 months).
+API_VERSION = "2026-09"
+CONTACTS = f"/crm/objects/{API_VERSION}/contacts"
+# HubSpot's lowest limit for a private app or key (Free and Starter; Professional and Enterprise allow 190).
 CALLS_PER_WINDOW = 100
 WINDOW_SECONDS = 10.0
 WRITE_SCOPE = "crm.objects.contacts.write"
 READ_SCOPE = "crm.objects.contacts.read"
-TOKEN_FIX = ("copy the private app's access token (Development > Legacy apps > your app > Auth > Show token; "
-             "Settings > Integrations > Private Apps in older portals) into HUBSPOT_TOKEN; a rotated token stops "
-             "working when its rotation expires")  # fmt: skip
+SERVICE_KEYS = "Settings > Integrations > Service Keys (or Development > Keys > Service keys)"
+TOKEN_FIX = (f"copy the Service Key ({SERVICE_KEYS} > your key > Show) into HUBSPOT_TOKEN; an existing legacy private "
+             "app's access token works too (Development > Legacy apps > the app > Auth > Show token); a rotated key "
+             "or token stops working when its rotation expires")  # fmt: skip
+RULES_FIX = ("these are the portal's own rules, which HubSpot applies to API writes from the 2026-09 version: relax or "
+             "remove the rule for marketplace leads (Settings > Properties > the property > Rules; a property required "
+             "on the contact's Create record form or by a conditional rule: Settings > Objects > Contacts), then "
+             "replay: python -m leads replay --destination hubspot")  # fmt: skip
+# HubSpot's own checks of a value against its property's type (the app writes text to text
+# properties, so these mean a property was changed); any other code is one of the portal's rules.
+TYPE_ERRORS = {"READ_ONLY_VALUE", "INVALID_STRING", "INVALID_OPTION", "INVALID_INTEGER", "INVALID_LONG",
+               "INVALID_DOUBLE", "INVALID_DATE", "INVALID_DATETIME", "INVALID_BOOLEAN"}  # fmt: skip
 _PROPERTY_ERRORS = re.compile(r"\[\s*\{.*\}\s*\]", re.DOTALL)
 _TEXT_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,60}$")
 _PROPERTY_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
@@ -112,7 +131,7 @@ class HubSpotDestination(Destination):
                                  "the marketplace withholds) cannot go to HubSpot; find it with python -m leads "
                                  "show")  # fmt: skip
         body = {"inputs": [{"idProperty": "email", "id": lead.email, "properties": self.properties_for(lead, route)}]}
-        response = self._request("POST", "/crm/v3/objects/contacts/batch/upsert", json=body)
+        response = self._request("POST", f"{CONTACTS}/batch/upsert", json=body)
         answer = _json_body(response)
         if response.status_code in (200, 201, 207) and isinstance(answer, dict):
             results = [r for r in answer.get("results") or [] if isinstance(r, dict) and r.get("id")]
@@ -120,8 +139,8 @@ class HubSpotDestination(Destination):
                 return Sent(external_id=str(results[0]["id"]), detail={"new": str(bool(results[0].get("new"))).lower()})
             errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
             if errors:  # 207 multi-status: the input failed on its own
-                raise self.error(400, errors[0], response.headers)
-        raise self.error(response.status_code, answer, response.headers)
+                raise self.error(400, errors[0], response.headers, lead=lead)
+        raise self.error(response.status_code, answer, response.headers, lead=lead)
 
     def properties_for(self, lead: Lead, route: Route) -> dict[str, str]:
         """The contact's properties (all text, as HubSpot takes them); empty ones left out."""
@@ -141,32 +160,20 @@ class HubSpotDestination(Destination):
     def check(self) -> Check:
         try:
             self._require_settings()
-            response = self._request("GET", "/crm/v3/objects/contacts", params={"limit": 1})
+            response = self._request("GET", CONTACTS, params={"limit": 1})
             if response.status_code != 200 or not isinstance(_json_body(response), dict):
+                raise self.error(response.status_code, _json_body(response), response.headers)
+            # An upsert of nothing: HubSpot checks the key's scopes before the inputs, so a key
+            # without the write scope gets MISSING_SCOPES, and no contact is written either way.
+            response = self._request("POST", f"{CONTACTS}/batch/upsert", json={"inputs": []})
+            if response.status_code in (401, 403, 404, 429) or response.status_code >= 500:
                 raise self.error(response.status_code, _json_body(response), response.headers)
         except DeliveryError as error:
             return Check.failed(error)
         except Exception as exc:  # noqa: BLE001 — a check reports, it never raises
             return Check.failed(_unreachable(self.classify(exc)))
-        scopes = self._token_scopes()
-        if scopes is None:
-            return Check(True, f"token valid, contacts readable; {WRITE_SCOPE} not verified (HubSpot gives the "
-                         "scopes of private app tokens only): the first lead will tell")  # fmt: skip
-        if WRITE_SCOPE not in scopes:
-            return Check(False, f"the token lacks the scope {WRITE_SCOPE}: leads cannot be written",
-                         fix=f"add {WRITE_SCOPE} on the private app's Scopes tab and commit the change")  # fmt: skip
-        return Check(True, f"token valid, contacts readable, {WRITE_SCOPE} granted; upsert on email")
-
-    def _token_scopes(self) -> list[str] | None:
-        try:
-            response = self._request("POST", "/oauth/v2/private-apps/get/access-token-info",
-                                     json={"tokenKey": self.token}, auth=False)  # fmt: skip
-        except Exception:  # noqa: BLE001 — the scopes are a bonus; the read already proved the token
-            return None
-        body = _json_body(response)
-        if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("scopes"), list):
-            return None
-        return [str(scope) for scope in body["scopes"]]
+        return Check(True, f"token valid, contacts readable, {WRITE_SCOPE} granted; upsert on email "
+                     f"(API {API_VERSION})")  # fmt: skip
 
     def _require_settings(self) -> None:
         parts = urlsplit(self.url)
@@ -184,8 +191,9 @@ class HubSpotDestination(Destination):
             return self.session.request(method, self.url + path, json=json, params=params, headers=headers,
                                         timeout=self.timeout)  # fmt: skip
 
-    def error(self, status: int, body: Any, headers: Any = None) -> DeliveryError:
-        """The error for a HubSpot answer that is not a success."""
+    def error(self, status: int, body: Any, headers: Any = None, *, lead: Lead | None = None) -> DeliveryError:
+        """The error for a HubSpot answer that is not a success (``lead``: the one sent, whose values
+        are taken out of HubSpot's messages)."""
         headers = headers or {}
         body = body if isinstance(body, dict) else {}
         category = str(body.get("category") or body.get("errorType") or "")
@@ -196,11 +204,13 @@ class HubSpotDestination(Destination):
             scopes = required_scopes(body)
             if category == "MISSING_SCOPES" or scopes:
                 named = ", ".join(scopes) or WRITE_SCOPE
-                return PermanentError(f"{label}: the private app lacks the scope {named}",
-                                      fix=f"add {named} on the private app's Scopes tab and commit the change, then "
+                return PermanentError(f"{label}: HUBSPOT_TOKEN lacks the scope {named}",
+                                      fix=f"add {named} to the Service Key ({SERVICE_KEYS} > the key > Add new scope) "
+                                      "or, for a legacy private app, on its Scopes tab and commit the change; then "
                                       "replay: python -m leads replay --destination hubspot")  # fmt: skip
-            return PermanentError(label, fix="the private app's creator may have lost access to contacts: have a "
-                                  "super admin recreate the app, or give its creator contact permissions")  # fmt: skip
+            return PermanentError(label, fix="the key's or app's creator may have lost access to contacts: have a "
+                                  "super admin create a new Service Key, or give its creator contact "
+                                  "permissions")  # fmt: skip
         if status == 429:
             return TransientError(f"{label}: rate limit ({_policy(body) or 'rate'} policy)",
                                   retry_after=retry_after(body, headers))  # fmt: skip
@@ -220,6 +230,12 @@ class HubSpotDestination(Destination):
                 return PermanentError(f"{label}: the contact property {', '.join(missing)} does not exist in "
                                       "this portal", fix=f"restore the default contact property {missing[0]!r} "
                                       "(Settings > Properties) or report this as a bug of the app")  # fmt: skip
+            rules = [(code, name, rule) for code, name, rule in rule_messages(body, lead)
+                     if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")]  # fmt: skip
+            if rules:
+                named = "; ".join(f"{name or '?'} ({code}{': ' + rule if rule else ''})" for code, name, rule in rules[:5])
+                return PermanentError(f"{label}: the portal's validation rules reject the contact: {named}",
+                                      fix=RULES_FIX)  # fmt: skip
             if problems:
                 named = ", ".join(f"{name or '?'} ({code})" for code, name in problems[:5])
                 return PermanentError(f"{label}: HubSpot rejected the properties {named}",
@@ -269,6 +285,47 @@ def property_errors(body: dict[str, Any]) -> list[tuple[str, str | None]]:
             if _TEXT_CODE.match(code):
                 found.append((code, name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None))
     return found
+
+
+def rule_messages(body: dict[str, Any], lead: Lead | None) -> list[tuple[str, str | None, str]]:
+    """``(error code, property name, the rule's message)`` of a VALIDATION_ERROR, from both shapes
+    :func:`property_errors` reads; the message (an admin's rule text, which may quote the value)
+    with the lead's values taken out, shortened."""
+    items: list[dict[str, Any]] = []
+    match = _PROPERTY_ERRORS.search(str(body.get("message") or ""))
+    if match:
+        try:
+            parsed = json.loads(match.group(0))
+        except ValueError:
+            parsed = []
+        items += [{"code": item.get("error"), "names": [item.get("name")], "message": item.get("message")}
+                  for item in parsed if isinstance(item, dict)] if isinstance(parsed, list) else []  # fmt: skip
+    for error in body.get("errors") or []:
+        if isinstance(error, dict):
+            context = error.get("context") if isinstance(error.get("context"), dict) else {}
+            names = context.get("propertyName") or [None]
+            items.append({"code": error.get("code"), "names": names if isinstance(names, list) else [names],
+                          "message": error.get("message")})  # fmt: skip
+    found = []
+    for item in items:
+        code = str(item["code"] or "")
+        if not _TEXT_CODE.match(code):
+            continue
+        for name in item["names"]:
+            name = name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None
+            found.append((code, name, _without_values(str(item["message"] or ""), lead)))
+    return found
+
+
+def _without_values(text: str, lead: Lead | None) -> str:
+    """A rule's message without anything of the lead's (names, email, phone, company, notes)."""
+    values = [lead.first_name, lead.last_name, lead.email, lead.phone, lead.company, lead.title,
+              lead.description] if lead is not None else []  # fmt: skip
+    for value in sorted((v for v in values if v and len(v) >= 2), key=len, reverse=True):
+        text = text.replace(value, "…")
+    if lead is None:
+        text = re.sub(r"\S+@\S+", "…", text)
+    return re.sub(r"\s+", " ", text).strip()[:200]
 
 
 def retry_after(body: dict[str, Any], headers: Any) -> float:

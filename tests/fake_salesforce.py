@@ -7,10 +7,19 @@ Knobs: ``latency`` (seconds added to every call), ``faults`` (played one per RES
 behaving: ``"500"``, ``"503"``, ``"limit"``, ``"concurrent"``, ``"lock"``, ``"expire"``, ``"drop"``,
 ``"lost"``: do the work, then drop the connection; ``"ok"``: behave), ``token_faults`` (the same for the token
 endpoint: ``"500"``, ``"rate"``), ``daily_limit`` (API requests before REQUEST_LIMIT_EXCEEDED, as
-the org's rolling 24-hour limit), ``expire_tokens()``, and the org's setup: the Connected App's
-credentials, ``run_as`` (None: no client credentials user), ``my_domain`` (False: the generic
-login host), ``api_scope``, restricted picklists, country picklists, read-only fields, required
-fields, a validation rule, a blocking duplicate rule, external id fields.
+the org's rolling 24-hour limit), ``expire_tokens()``, and the org's setup: the External Client
+App's consumer key and secret and its settings, ``client_credentials`` (False: the flow is not
+enabled in its OAuth settings and policies), ``run_as`` (None: no Run As user), ``ip_relaxed``
+(False: the caller's address is outside the Run As user's Login IP Ranges and the app enforces
+them), ``scopes`` (the selected OAuth scopes: none the client credentials flow takes answers "no
+valid scopes defined"; without ``api`` the token is issued and the REST API refuses it),
+``my_domain`` (False: the generic login host), restricted picklists, country picklists, read-only
+fields, required fields, a validation rule, a blocking duplicate rule, external id fields.
+
+The token endpoint's error bodies are Salesforce's OAuth ones, ``{"error", "error_description"}``
+with its descriptions: "no client credentials user enabled", "ip restricted", "no valid scopes
+defined", "client identifier invalid", "invalid client credentials", "request not supported on
+this domain".
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import pytest
 from leads.azurite import free_port
 
 API = "/services/data/v"
+CLIENT_CREDENTIALS_IGNORES = {"full", "refresh_token", "offline_access"}  # scopes the flow drops
 STANDARD_LEAD_SOURCES = ["Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other"]
 COUNTRIES = {"US": "United States", "GB": "United Kingdom", "DE": "Germany", "FR": "France", "IN": "India",
              "JP": "Japan", "CA": "Canada", "AU": "Australia", "NL": "Netherlands", "BR": "Brazil"}  # fmt: skip
@@ -62,9 +72,11 @@ class FakeSalesforce:
         self.client_id = client_id
         self.client_secret = client_secret
         self.oid = oid
-        self.run_as: str | None = "005" + "Fa1KeRunAsUsr"  # the Connected App's Run As user
+        self.run_as: str | None = "005" + "Fa1KeRunAsUsr"  # the External Client App's Run As user
+        self.client_credentials = True  # 'Enable Client Credentials Flow' in its OAuth settings and policies
+        self.ip_relaxed = True  # its policies relax IP restrictions (or the Run As user's IP ranges allow us)
+        self.scopes = {"api"}  # its selected OAuth scopes
         self.my_domain = True
-        self.api_scope = True
         self.daily_limit = 15000
         self.faults: list[str] = []
         self.token_faults: list[str] = []
@@ -353,14 +365,19 @@ class FakeSalesforce:
                     return self._oauth_error("invalid_client_id", "client identifier invalid")
                 if form.get("client_secret") != fake.client_secret:
                     return self._oauth_error("invalid_client", "invalid client credentials")
-                if fake.run_as is None:
+                if not fake.client_credentials or fake.run_as is None:
                     return self._oauth_error("invalid_grant", "no client credentials user enabled")
+                if not fake.ip_relaxed:
+                    return self._oauth_error("invalid_grant", "ip restricted")
+                if not fake.scopes - CLIENT_CREDENTIALS_IGNORES:
+                    return self._oauth_error("invalid_grant", "no valid scopes defined")
                 org = fake.oid[:15]
                 token = f"{org}!AQ4AQ" + "".join(random.choices(string.ascii_letters + string.digits, k=40))
                 with fake.lock:
                     fake.tokens.add(token)
                 return self._answer(200, {
-                    "access_token": token, "signature": "c2lnbmF0dXJlLWZha2U=", "scope": "api",
+                    "access_token": token, "signature": "c2lnbmF0dXJlLWZha2U=",
+                    "scope": " ".join(sorted(fake.scopes - CLIENT_CREDENTIALS_IGNORES)),
                     "instance_url": fake.url, "id": f"https://login.salesforce.com/id/{fake.oid}/{fake.run_as}",
                     "token_type": "Bearer", "issued_at": str(int(time.time() * 1000)),
                 })  # fmt: skip
@@ -382,7 +399,7 @@ class FakeSalesforce:
                 if not valid:
                     return self._answer(401, [{"message": "Session expired or invalid",
                                                "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
-                if not fake.api_scope:
+                if "api" not in fake.scopes:
                     return self._answer(401, [{"message": "This session is not valid for use with the REST API",
                                                "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
                 if over or fault == "limit":

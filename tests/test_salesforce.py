@@ -301,9 +301,15 @@ def test_check_passes_and_says_what_it_found(fake_salesforce):
 @pytest.mark.parametrize("setup, says, fix", [
     (lambda f: {"client_id": "3MVG9wrong"}, "does not know SALESFORCE_CLIENT_ID", "Consumer Key"),
     (lambda f: {"client_secret": "wrong"}, "SALESFORCE_CLIENT_SECRET is not", "Consumer Secret"),
-    (lambda f: setattr(f, "run_as", None), "no client credentials user enabled", "Run As user"),
+    (lambda f: setattr(f, "run_as", None), "no client credentials user enabled", "'Run As (Username)'"),
+    (lambda f: setattr(f, "client_credentials", False), "no client credentials user enabled",
+     "Flow Enablement: tick 'Enable Client Credentials Flow'"),
+    (lambda f: setattr(f, "ip_relaxed", False), "ip restricted", "IP Relaxation: 'Relax IP restrictions'"),
+    (lambda f: setattr(f, "scopes", {"full", "refresh_token"}), "no valid scopes defined",
+     "OAuth Scopes: add 'Manage user data via APIs (api)'"),
     (lambda f: setattr(f, "my_domain", False), "not supported on this domain", "My Domain URL"),
-    (lambda f: setattr(f, "api_scope", False), "not valid for use with the REST API", "(api)"),
+    (lambda f: setattr(f, "scopes", {"chatter_api"}), "not valid for use with the REST API",
+     "External Client App Manager → the app → Settings → OAuth Settings → OAuth Scopes"),
     (lambda f: setattr(f, "token_faults", ["503"]), "503", None),
     (lambda f: setattr(f, "token_faults", ["rate"]), "rate_limit_exceeded", None),
     (lambda f: setattr(f, "lead_createable", False), "may not create Leads", "Create and Edit on Leads"),
@@ -318,7 +324,8 @@ def test_check_passes_and_says_what_it_found(fake_salesforce):
     (lambda f: {"url": "http://contoso.my.salesforce.com"}, "not an https URL", "My Domain URL"),
     (lambda f: {"client_secret": ""}, "SALESFORCE_CLIENT_SECRET not set", "Consumer Key and Secret"),
     (lambda f: {"url": f"https://127.0.0.1:{free_port()}"}, "could not reach", "SALESFORCE_URL"),
-], ids=["client-id", "secret", "no-run-as", "login-host", "no-api-scope", "token-503", "token-rate", "no-create",
+], ids=["client-id", "secret", "no-run-as", "flow-not-enabled", "ip-restricted", "no-valid-scope", "login-host",
+        "no-api-scope", "token-503", "token-rate", "no-create",
         "no-lead-access", "fls", "no-ext-field", "ext-not-external", "api-limit", "lightning-url", "login-url",
         "http-url", "missing", "unreachable"])  # fmt: skip
 def test_check_diagnoses(fake_salesforce, setup, says, fix):
@@ -430,3 +437,18 @@ def test_a_lead_reaches_salesforce_through_the_worker(storage, env, monkeypatch)
         assert (delivery.state, delivery.attempts, delivery.external_id) == ("delivered", 2, record["Id"])
         assert LeadStore.from_settings().deliveries.get(lead_id, "salesforce-w2l") is None
         assert fake.token_requests == 1
+
+
+@pytest.mark.parametrize("mode", ["rest", "web-to-lead"])
+def test_python_m_leads_check_passes_against_the_org(storage, env, capsys, fake_salesforce, mode):
+    from leads.cli import main
+
+    settings = fake_salesforce.settings()
+    if mode == "web-to-lead":
+        settings.update(SALESFORCE_URL="", SALESFORCE_CLIENT_ID="", SALESFORCE_CLIENT_SECRET="",
+                        SALESFORCE_OID=fake_salesforce.oid, SALESFORCE_WEB_TO_LEAD_URL=fake_salesforce.web_to_lead_url)
+    env(**settings, EMAIL_TO="", WEBHOOK_URL="", LEADS_ROUTING="")
+    assert main(["check", "--json"]) == 0, capsys.readouterr().out
+    report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
+    name = "salesforce" if mode == "rest" else "salesforce-w2l"
+    assert report[name]["ok"] and not fake_salesforce.records and not fake_salesforce.web_to_lead

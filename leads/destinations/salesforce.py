@@ -1,8 +1,11 @@
 """Salesforce, two ways: the REST API (``salesforce``) and Web-to-Lead (``salesforce-w2l``).
 
-**REST API** (``SALESFORCE_URL``, ``SALESFORCE_CLIENT_ID``, ``SALESFORCE_CLIENT_SECRET``): an OAuth 2.0
-client-credentials token from ``{SALESFORCE_URL}/services/oauth2/token`` (the Connected App's Run As
-user acts), handed to ``simple_salesforce.Salesforce`` with our ``requests.Session``. The token is
+**REST API** (``SALESFORCE_URL``, ``SALESFORCE_CLIENT_ID``, ``SALESFORCE_CLIENT_SECRET``: the consumer
+key and secret of an External Client App, or of a Connected App made before Spring '26, when
+Salesforce stopped new ones): an OAuth 2.0 client-credentials token from
+``{SALESFORCE_URL}/services/oauth2/token`` (the app's Run As user acts; the token endpoint's
+``error_description`` names what the app's settings lack, and :func:`token_error` names the
+setting), handed to ``simple_salesforce.Salesforce`` with our ``requests.Session``. The token is
 kept on the instance until Salesforce says it is no longer valid (``INVALID_SESSION_ID``; the token
 endpoint gives no lifetime), then requested again once and the call retried. Each lead becomes one
 ``Lead`` record, and never two:
@@ -226,7 +229,20 @@ def _campaign_text(value: Any) -> str:
 # --- errors --------------------------------------------------------------------------------------
 
 # errorCode → the fix a publisher applies in Salesforce. Field names come from the error's "fields".
-RUN_AS = "the Connected App's Run As user"
+RUN_AS = "the External Client App's Run As user"
+# Where each setting of an External Client App is (Setup → External Client App Manager → the app),
+# and where an existing Connected App has the same one.
+ECA = "Setup → External Client App Manager → the app"
+ECA_FLOW = (f"{ECA} → Settings → OAuth Settings → Flow Enablement: tick 'Enable Client Credentials Flow'; then "
+            "Policies → Edit → OAuth Policies: tick 'Enable Client Credentials Flow' and set 'Run As (Username)' to "
+            "an API Only integration user with Read, Create and Edit on Leads (a Connected App: App Manager → the "
+            "app → Manage → Edit Policies → Client Credentials Flow → Run As)")  # fmt: skip
+ECA_IP = (f"{ECA} → Policies → Edit → OAuth Policies → IP Relaxation: 'Relax IP restrictions' (or allow the "
+          "Function App's outbound IPs in the Run As user's profile Login IP Ranges); a Connected App: Manage → "
+          "Edit Policies → IP Relaxation")  # fmt: skip
+ECA_SCOPE = (f"{ECA} → Settings → OAuth Settings → OAuth Scopes: add 'Manage user data via APIs (api)' to the "
+             "selected scopes (the client credentials flow ignores full and refresh_token)")  # fmt: skip
+ECA_KEYS = f"{ECA} → Settings → OAuth Settings → Consumer Key and Secret"
 FIXES = {
     "REQUIRED_FIELD_MISSING": "the org requires {fields} on Leads, which a marketplace lead does not fill: make "
     "the field optional in its field definition (or give it a default value), or exempt " + RUN_AS,
@@ -253,9 +269,8 @@ FIXES = {
     "API_CURRENTLY_DISABLED": "the API is disabled for " + RUN_AS + ": give its profile the 'API Enabled' permission",
 }
 TRANSIENT_CODES = {"UNABLE_TO_LOCK_ROW", "REQUEST_RUNNING_TOO_LONG", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
-NOT_REST_SESSION = ("give the Connected App the OAuth scope 'Manage user data via APIs (api)', give " + RUN_AS
-                    + "'s profile the 'API Enabled' permission, and in the app's policies relax IP restrictions "
-                    "(or allow the Function App's outbound IPs); changes can take 10 minutes to apply")  # fmt: skip
+NOT_REST_SESSION = (ECA_SCOPE + "; give " + RUN_AS + "'s profile the 'API Enabled' permission; and " + ECA_IP
+                    + "; changes can take 10 minutes to apply")  # fmt: skip
 
 
 def salesforce_errors(content: Any) -> list[dict[str, Any]]:
@@ -327,17 +342,16 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
 
 TOKEN_FIXES = {
     "invalid_client_id": ("Salesforce does not know SALESFORCE_CLIENT_ID",
-                          "copy the Connected App's Consumer Key (Setup → App Manager → the app → View → Manage "
-                          "Consumer Details) into SALESFORCE_CLIENT_ID; a new app can take 10 minutes to work"),
-    "invalid_client": ("SALESFORCE_CLIENT_SECRET is not the Connected App's secret",
-                       "copy the Connected App's Consumer Secret (Setup → App Manager → the app → View → Manage "
-                       "Consumer Details) into SALESFORCE_CLIENT_SECRET"),
-    "unsupported_grant_type": ("the Connected App does not allow the client credentials flow",
-                               "edit the Connected App: under API (Enable OAuth Settings) tick 'Enable Client "
-                               "Credentials Flow', then Manage → Edit Policies → Client Credentials Flow → Run As: "
-                               "pick the integration user"),
-    "inactive_user": ("the Connected App's Run As user is inactive",
-                      "activate the user, or pick an active one under Manage → Edit Policies → Run As"),
+                          f"copy the External Client App's Consumer Key ({ECA_KEYS}) into SALESFORCE_CLIENT_ID (a "
+                          "Connected App: App Manager → the app → View → Manage Consumer Details); a new app can take "
+                          "10 minutes to work"),
+    "invalid_client": ("SALESFORCE_CLIENT_SECRET is not the app's consumer secret",
+                       f"copy the External Client App's Consumer Secret ({ECA_KEYS}) into SALESFORCE_CLIENT_SECRET (a "
+                       "Connected App: App Manager → the app → View → Manage Consumer Details)"),
+    "unsupported_grant_type": ("the app does not allow the client credentials flow", ECA_FLOW),
+    "inactive_user": ("the app's Run As user is inactive",
+                      f"activate the user, or pick an active one: {ECA} → Policies → Edit → OAuth Policies → Run As "
+                      "(Username)"),
     "inactive_org": ("the Salesforce org is inactive or locked", "check the org's status with its administrator"),
 }  # fmt: skip
 
@@ -347,26 +361,25 @@ def token_error(status: int, error: str, description: str, retry_after: str | No
     said = f"Salesforce refused the token request: {error or status}" + (f" ({description})" if description else "")
     lowered = description.lower()
     if error == "invalid_grant" and "no client credentials user" in lowered:
-        return PermanentError(said, fix="the Connected App has no Run As user for the client credentials flow: in "
-                              "Setup → App Manager → the app → Manage → Edit Policies, under Client Credentials "
-                              "Flow pick a Run As user (an integration user with API Enabled and Create/Edit on "
-                              "Leads), and make sure 'Enable Client Credentials Flow' is ticked in the app's OAuth "
-                              "settings")  # fmt: skip
+        return PermanentError(said, fix="the client credentials flow is not enabled with a Run As user: " + ECA_FLOW)
+    if error == "invalid_grant" and "ip restricted" in lowered:
+        return PermanentError(said, fix="Salesforce refuses tokens from this app's address: " + ECA_IP)
+    if error == "invalid_grant" and "no valid scopes" in lowered:
+        return PermanentError(said, fix=ECA_SCOPE)
     if error == "invalid_grant" and "not supported on this domain" in lowered:
         return PermanentError(said, fix="SALESFORCE_URL must be the org's My Domain URL (Setup → My Domain, e.g. "
                               "https://contoso.my.salesforce.com), not login.salesforce.com or "
                               "test.salesforce.com")  # fmt: skip
     if error == "invalid_grant":
-        return PermanentError(said, fix="check that the Run As user is active and not locked out, that its profile's "
-                              "Login IP Ranges allow the Function App, and that the app's policies relax IP "
-                              "restrictions")  # fmt: skip
+        return PermanentError(said, fix="check that the Run As user is active and not locked out, and that its "
+                              "profile's Login IP Ranges allow the Function App: " + ECA_IP)  # fmt: skip
     if error == "rate_limit_exceeded" or status == 429 or status >= 500:
         return TransientError(said, retry_after=_seconds(retry_after) or 60.0)
     if error in TOKEN_FIXES:
         message, fix = TOKEN_FIXES[error]
         return PermanentError(f"{message} ({error})", fix=fix)
     return from_status(status, said, retry_after, fix="check SALESFORCE_URL, SALESFORCE_CLIENT_ID and "
-                       "SALESFORCE_CLIENT_SECRET against the Connected App")  # fmt: skip
+                       "SALESFORCE_CLIENT_SECRET against the External Client App")  # fmt: skip
 
 
 def _seconds(value: str | None) -> float | None:
@@ -579,7 +592,7 @@ class SalesforceDestination(Destination):
         if missing:
             problem = PermanentError(f"{', '.join(missing)} not set",
                                      fix="the REST API needs all three: SALESFORCE_URL (My Domain URL), and the "
-                                     "Connected App's Consumer Key and Secret")  # fmt: skip
+                                     "External Client App's Consumer Key and Secret")  # fmt: skip
         elif not self.url.startswith("https://") or not host:
             problem = PermanentError(f"SALESFORCE_URL={self.url} is not an https URL",
                                      fix="use the org's My Domain URL, e.g. https://contoso.my.salesforce.com")

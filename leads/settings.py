@@ -114,8 +114,12 @@ class Settings(BaseSettings):
     # --- Dynamics 365 (Dataverse Web API) ------------------------------------------------------
     dynamics_url: str = Field("", alias="DYNAMICS_URL", description="e.g. https://contoso.crm4.dynamics.com")
     dynamics_tenant_id: str = Field("", alias="DYNAMICS_TENANT_ID")
-    dynamics_client_id: str = Field("", alias="DYNAMICS_CLIENT_ID")
-    dynamics_client_secret: str = Field("", alias="DYNAMICS_CLIENT_SECRET")
+    dynamics_client_id: str = Field(
+        "", alias="DYNAMICS_CLIENT_ID", description="The app's managed identity's client ID, or an app registration's."
+    )
+    dynamics_client_secret: str = Field(
+        "", alias="DYNAMICS_CLIENT_SECRET", description="An app registration's secret; empty: the managed identity."
+    )
     dynamics_authority: str = Field(
         "https://login.microsoftonline.com", alias="DYNAMICS_AUTHORITY", description="Entra login host (sovereign clouds)."
     )
@@ -137,7 +141,7 @@ class Settings(BaseSettings):
     marketo_form_id: str = Field("", alias="MARKETO_FORM_ID")
 
     # --- HubSpot --------------------------------------------------------------------------------
-    hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Private app access token.")
+    hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Service Key (or a private app's token).")
     hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
 
 

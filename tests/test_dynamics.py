@@ -168,23 +168,34 @@ def test_200_leads_take_one_token(dynamics):
     assert dynamics.token_requests == 1 and dynamics.discovery_requests == 1
 
 
-def test_an_expired_token_is_replaced_once_and_the_call_made_again(dynamics):
+# Each token mode: (the fixture, the fake's count of token requests in that mode, what a second refusal says)
+MODES = {"client secret": ("dynamics", "token_requests", "refused a new token from Entra ID"),
+         "managed identity": ("dynamics_mi", "identity_requests", "refused a new token of the managed identity")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_expired_token_is_replaced_once_and_the_call_made_again(request, mode):
+    fixture, requests_made, _ = MODES[mode]
+    fake = request.getfixturevalue(fixture)
     dest = destination()
     dest.send(lead_of(CONTACT_ME), Route())
-    dynamics.expire_tokens()  # Dataverse now answers 401 to the cached token
+    fake.expire_tokens()  # Dataverse now answers 401 to the cached token (revoked, or expired early)
     dest.send(lead_of(EXAMPLE), Route())
-    assert dynamics.token_requests == 2 and len(dynamics.leads) == 2
-    assert [r.status for r in dynamics.requests if r.path == "leads"] == [204, 401, 204]
+    assert getattr(fake, requests_made) == 2 and len(fake.leads) == 2
+    assert [r.status for r in fake.requests if r.path == "leads"] == [204, 401, 204]
     dest.send(lead_of(TEST_LEAD), Route())
-    assert dynamics.token_requests == 2  # the new token is cached in turn
+    assert getattr(fake, requests_made) == 2  # the new token is cached in turn
 
 
-def test_a_token_refused_twice_is_not_retried_forever(dynamics):
-    dynamics.fail("expired", times=2)
-    with pytest.raises(PermanentError, match="refused a new token") as caught:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_token_refused_twice_is_not_retried_forever(request, mode):
+    fixture, requests_made, refusal = MODES[mode]
+    fake = request.getfixturevalue(fixture)
+    fake.fail("expired", times=2)
+    with pytest.raises(PermanentError, match=refusal) as caught:
         destination().send(lead_of(CONTACT_ME), Route())
     assert "DYNAMICS_URL" in caught.value.fix
-    assert dynamics.token_requests == 2 and not dynamics.leads
+    assert getattr(fake, requests_made) == 2 and not fake.leads
 
 
 def test_service_protection_limits_are_transient_with_retry_after(dynamics):
@@ -261,11 +272,10 @@ CHECKS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name,setup,ok,message,fix", CHECKS, ids=[c[0] for c in CHECKS])
-def test_check_diagnoses_from_the_services_answers(dynamics, env, name, setup, ok, message, fix):
-    env(LEADS_HTTP_TIMEOUT_SECONDS="1")
-    dynamics.timeout_after = 1.5
-    settings = setup(dynamics) or {}
+def assert_check(fake, env, setup, ok, message, fix) -> None:
+    """Set the fake or the settings up as ``setup`` says, run the destination's check, and assert
+    what it says, and that it created nothing."""
+    settings = setup(fake) or {}
     if isinstance(settings, dict) and settings:
         env(**settings)
     check = DynamicsDestination.from_settings(get_settings()).check()
@@ -273,8 +283,15 @@ def test_check_diagnoses_from_the_services_answers(dynamics, env, name, setup, o
     assert message in check.message, check
     if fix:
         assert fix in (check.fix or ""), check
-    assert not dynamics.leads
-    assert not [r for r in dynamics.requests if r.method == "POST" and r.path == "leads"]
+    assert not fake.leads
+    assert not [r for r in fake.requests if r.method == "POST" and r.path == "leads"]
+
+
+@pytest.mark.parametrize("name,setup,ok,message,fix", CHECKS, ids=[c[0] for c in CHECKS])
+def test_check_diagnoses_from_the_services_answers(dynamics, env, name, setup, ok, message, fix):
+    env(LEADS_HTTP_TIMEOUT_SECONDS="1")
+    dynamics.timeout_after = 1.5
+    assert_check(dynamics, env, setup, ok, message, fix)
 
 
 def test_send_diagnoses_a_role_without_create_on_lead(dynamics):
@@ -395,25 +412,6 @@ def test_200_leads_take_one_identity_token(dynamics_mi):
     assert len(dynamics_mi.leads) == 200 and dynamics_mi.identity_requests == 1 and dynamics_mi.token_requests == 0
 
 
-def test_an_identity_token_dataverse_refuses_is_replaced_once(dynamics_mi):
-    dest = destination()
-    dest.send(lead_of(CONTACT_ME), Route())
-    dynamics_mi.expire_tokens()  # revoked, or expired early: Dataverse answers 401 to the cached token
-    dest.send(lead_of(EXAMPLE), Route())
-    assert dynamics_mi.identity_requests == 2 and len(dynamics_mi.leads) == 2
-    assert [r.status for r in dynamics_mi.requests if r.path == "leads"] == [204, 401, 204]
-    dest.send(lead_of(TEST_LEAD), Route())
-    assert dynamics_mi.identity_requests == 2  # the new token is cached in turn
-
-
-def test_an_identity_token_refused_twice_is_permanent_and_names_the_tenant(dynamics_mi):
-    dynamics_mi.fail("expired", times=2)
-    with pytest.raises(PermanentError, match="refused a new token of the managed identity") as caught:
-        destination().send(lead_of(CONTACT_ME), Route())
-    assert "tenant of the app's managed identity" in caught.value.fix
-    assert dynamics_mi.identity_requests == 2 and not dynamics_mi.leads
-
-
 @pytest.mark.parametrize("fault", ["503", "drop"])
 def test_identity_endpoint_trouble_is_transient(dynamics_mi, fault):
     dynamics_mi.fail(fault, times=2, on="identity")  # the credential's one retry meets it too
@@ -467,15 +465,8 @@ MI_CHECKS = [
 
 @pytest.mark.parametrize("name,setup,ok,message,fix", MI_CHECKS, ids=[c[0] for c in MI_CHECKS])
 def test_check_diagnoses_the_managed_identity_path(dynamics_mi, env, name, setup, ok, message, fix):
-    settings = setup(dynamics_mi) or {}
-    if isinstance(settings, dict) and settings:
-        env(**settings)
-    check = DynamicsDestination.from_settings(get_settings()).check()
-    assert check.ok is ok, check
-    assert message in check.message, check
-    if fix:
-        assert fix in (check.fix or ""), check
-    assert not dynamics_mi.leads and dynamics_mi.token_requests == 0
+    assert_check(dynamics_mi, env, setup, ok, message, fix)
+    assert dynamics_mi.token_requests == 0  # never the app registration's way
 
 
 def test_a_lead_taken_in_reaches_dynamics_with_the_managed_identity(storage, dynamics_mi, env, monkeypatch):

@@ -261,59 +261,41 @@ def required_scopes(body: dict[str, Any]) -> list[str]:
 
 
 def property_errors(body: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """``(error code, property name)`` pairs of a VALIDATION_ERROR: from the JSON list HubSpot
-    embeds in ``message`` ("Property values were not valid: [{...}]"), or from ``errors[]``.
+    """``(error code, property name)`` pairs of a VALIDATION_ERROR (see :func:`_validation_items`).
     Only codes and property names are kept: HubSpot's messages quote the values."""
-    found: list[tuple[str, str | None]] = []
-    match = _PROPERTY_ERRORS.search(str(body.get("message") or ""))
-    if match:
-        try:
-            items = json.loads(match.group(0))
-        except ValueError:
-            items = []
-        for item in items if isinstance(items, list) else []:
-            if isinstance(item, dict) and _TEXT_CODE.match(str(item.get("error") or "")):
-                name = str(item.get("name") or "")
-                found.append((item["error"], name if _PROPERTY_NAME.match(name) else None))
-    for error in body.get("errors") or []:
-        if not isinstance(error, dict):
-            continue
-        code = str(error.get("code") or "")
-        context = error.get("context") if isinstance(error.get("context"), dict) else {}
-        names = context.get("propertyName") or [None]
-        for name in names if isinstance(names, list) else [names]:
-            if _TEXT_CODE.match(code):
-                found.append((code, name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None))
-    return found
+    return [(code, name) for code, name, _ in _validation_items(body)]
 
 
 def rule_messages(body: dict[str, Any], lead: Lead | None) -> list[tuple[str, str | None, str]]:
-    """``(error code, property name, the rule's message)`` of a VALIDATION_ERROR, from both shapes
-    :func:`property_errors` reads; the message (an admin's rule text, which may quote the value)
-    with the lead's values taken out, shortened."""
-    items: list[dict[str, Any]] = []
+    """``(error code, property name, the rule's message)`` of a VALIDATION_ERROR; the message (an
+    admin's rule text, which may quote the value) with the lead's values taken out, shortened."""
+    return [(code, name, _without_values(message, lead)) for code, name, message in _validation_items(body)]
+
+
+def _validation_items(body: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """``(error code, property name, message)`` of a VALIDATION_ERROR: from the JSON list HubSpot
+    embeds in ``message`` ("Property values were not valid: [{...}]"), then from ``errors[]``
+    (``code``, ``context.propertyName``)."""
+    items: list[tuple[Any, Any, Any]] = []
     match = _PROPERTY_ERRORS.search(str(body.get("message") or ""))
     if match:
         try:
             parsed = json.loads(match.group(0))
         except ValueError:
             parsed = []
-        items += [{"code": item.get("error"), "names": [item.get("name")], "message": item.get("message")}
+        items += [(item.get("error"), [item.get("name")], item.get("message"))
                   for item in parsed if isinstance(item, dict)] if isinstance(parsed, list) else []  # fmt: skip
     for error in body.get("errors") or []:
         if isinstance(error, dict):
             context = error.get("context") if isinstance(error.get("context"), dict) else {}
             names = context.get("propertyName") or [None]
-            items.append({"code": error.get("code"), "names": names if isinstance(names, list) else [names],
-                          "message": error.get("message")})  # fmt: skip
+            items.append((error.get("code"), names if isinstance(names, list) else [names], error.get("message")))
     found = []
-    for item in items:
-        code = str(item["code"] or "")
-        if not _TEXT_CODE.match(code):
-            continue
-        for name in item["names"]:
-            name = name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None
-            found.append((code, name, _without_values(str(item["message"] or ""), lead)))
+    for code, names, message in items:
+        if _TEXT_CODE.match(str(code or "")):
+            for name in names:
+                found.append((str(code), name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None,
+                              str(message or "")))  # fmt: skip
     return found
 
 

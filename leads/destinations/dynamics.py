@@ -584,8 +584,9 @@ def identity_error(text: str, destination: DynamicsDestination) -> DeliveryError
         return TransientError(f"this host's managed identity endpoint could not issue a token now ({status} {said})",
                               fix="if this lasts, check that DYNAMICS_URL is your environment URL (the token's "
                               "resource) and restart the app")  # fmt: skip
-    return PermanentError(f"this host's managed identity endpoint refused the token request ({status or ''} {said})"
-                          .replace("( ", "("), fix=FIX_IDENTITY_NOT_ASSIGNED)  # fmt: skip
+    answered = " ".join(part for part in (str(status or ""), said) if part)
+    return PermanentError(f"this host's managed identity endpoint refused the token request ({answered})",
+                          fix=FIX_IDENTITY_NOT_ASSIGNED)  # fmt: skip
 
 
 def _entra_diagnosis(codes: list[int], summary: str, destination: DynamicsDestination | None) -> DeliveryError | None:

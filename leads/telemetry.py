@@ -12,10 +12,22 @@ no personal data in any of them.
   dimension in Application Insights (``traces | where customDimensions.leadId == "..."``).
   Dimension values are ids and codes (``leadId``, ``destination``, ``attempt``, ``outcome``),
   never personal data.
-- :class:`RedactingFilter` is the last line of defence: email addresses and phone-number-like
-  strings in a log message, its arguments, string custom dimensions or an exception's text are
-  replaced before any handler sees them. Code should not log personal data in the first place;
-  this catches what slips through (an exception message quoting a field, a CRM's error body).
+- :class:`RedactingFilter` is the last line of defence: email addresses, phone-number-like
+  strings and the secret parts of URLs in a log message, its arguments, string custom dimensions or
+  an exception's text are replaced before any handler sees them. Code should not log personal data
+  in the first place; this catches what slips through (an exception message quoting a field, a
+  CRM's error body).
+- :func:`mask_url` is the one place a URL loses its secret parts (userinfo, query values, the
+  path of Slack, Zapier, Teams or Discord hooks, token-like path segments): telemetry, ``check``
+  and alerts all print URLs through it.
+- :class:`TelemetryScrubber` is the one place every exported telemetry item passes through, as a
+  span processor and a log record processor handed to ``configure_azure_monitor`` ahead of its
+  exporters (and of live metrics). The requests, urllib3 and Azure SDK instrumentations record
+  every outgoing URL, query string included (Marketo's token request, Salesforce's SOQL look-up by
+  email): spans leave with their URLs masked, their database statements and query attributes
+  dropped, and their names, attributes, events and exception texts redacted as log lines are; log
+  records leave with their body and attributes redacted the same way. Configured secret values
+  (client secrets, tokens, keys) are masked wherever they appear, whatever the pattern.
 """
 
 from __future__ import annotations
@@ -55,10 +67,66 @@ def _phone_or_keep(match: re.Match[str]) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with email addresses and phone-number-like strings masked."""
+    """``text`` with the secret parts of URLs, email addresses and phone-number-like strings masked."""
     if not text:
         return text
-    return _PHONE.sub(_phone_or_keep, _EMAIL.sub(EMAIL_MASK, text))
+    return _PHONE.sub(_phone_or_keep, _EMAIL.sub(EMAIL_MASK, mask_urls(text)))
+
+
+# --- URLs: their secret parts masked ---------------------------------------------------------------
+
+SECRET_MASK = "***"
+# Hooks whose path is the secret: whoever knows the URL can post to the channel.
+_HOOK_HOSTS = ("hooks.slack.com", "hooks.zapier.com", "webhook.office.com", "discord.com", "discordapp.com")
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
+_TOKEN_LIKE = re.compile(r"(?=.*[a-z])(?=.*[A-Z])(?=.*\d)[A-Za-z0-9_~.=+/-]{20,}")
+
+
+def _secret_segment(segment: str) -> bool:
+    """A path segment that may be a credential or a person: an email address, or a long random
+    mixed-case token. Ids of ours (lead ids, GUIDs, lowercase hex) are kept."""
+    return "@" in segment or "%40" in segment.lower() or bool(_TOKEN_LIKE.fullmatch(segment))
+
+
+def mask_url(url: str) -> str:
+    """``url`` with whatever may be secret masked: the user and password, every query value (names
+    are kept: ``?sig=***&sv=***``), the fragment, the path of a hook whose path is its secret
+    (``https://hooks.slack.com/services/***``) and path segments that look like tokens or email
+    addresses. Works on relative URLs (``/path?query``) too; anything else comes back unchanged."""
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return url
+    if "@" in parts.netloc:
+        netloc = f"{SECRET_MASK}@{netloc}"
+    segments = parts.path.split("/")
+    if any(host == hook or host.endswith("." + hook) for hook in _HOOK_HOSTS):
+        kept = 2 if parts.path.startswith("/") else 1  # "" and the first segment (/services, /hooks)
+        segments = segments[:kept] + ([SECRET_MASK] if len(segments) > kept else [])
+    else:
+        segments = [SECRET_MASK if _secret_segment(segment) else segment for segment in segments]
+    query = "&".join(f"{name}={SECRET_MASK}" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    if parts.query and not query:
+        query = SECRET_MASK  # a query that is not name=value pairs: all of it may be secret
+    fragment = SECRET_MASK if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, "/".join(segments), query, fragment))
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with every absolute URL in it passed through :func:`mask_url`."""
+    if "://" not in text:
+        return text
+
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        trail = len(url) - len(url.rstrip(".,;:!?)]}"))
+        return mask_url(url[: len(url) - trail]) + url[len(url) - trail :]
+
+    return _URL_IN_TEXT.sub(one, text)
 
 
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -163,6 +231,141 @@ def lead_logger(logger: logging.Logger | str, lead_id: str, **dimensions: Any) -
     return LeadLogger(logger, lead_extra(lead_id, **dimensions))
 
 
+# --- Everything exported: spans and log records --------------------------------------------------
+
+# Attributes that hold a URL, or part of one (semantic conventions old and new).
+_URL_ATTRIBUTES = frozenset({"http.url", "url.full", "http.target", "url.path", "http.route", "url.original"})
+# Attributes whose whole value may be a query or a statement with the customer in it: dropped.
+_DROPPED_ATTRIBUTES = frozenset({"url.query", "db.statement", "db.query.text", "db.query.parameter",
+                                 "http.request.body", "http.response.body"})  # fmt: skip
+# Settings whose values are secrets (by their name), and the parts of connection strings that are.
+_SECRET_SETTING = re.compile(r"secret|token|password|key|connection|AzureWebJobsStorage$", re.IGNORECASE)
+_SECRET_PART = re.compile(r"(?:accountkey|accesskey|sharedaccesskey|sharedaccesssignature|password)=([^;]+)", re.I)
+_MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words
+
+
+def secret_values(settings: Any = None) -> tuple[str, ...]:
+    """The secret values the app is configured with (client secrets, tokens, the keys inside
+    connection strings), longest first, for :meth:`TelemetryScrubber.text` to mask wherever they
+    appear. The settings are read when asked (an unreadable configuration masks nothing here: the
+    patterns still apply)."""
+    try:
+        if settings is None:
+            from .settings import get_settings
+
+            settings = get_settings()
+        values: set[str] = set()
+        for name, field in type(settings).model_fields.items():
+            value = str(getattr(settings, name) or "")
+            if not _SECRET_SETTING.search(field.alias or name) or value.startswith("@Microsoft.KeyVault("):
+                continue
+            parts = _SECRET_PART.findall(value) if "=" in value and ";" in value else [value]
+            values.update(part for part in parts if len(part) >= _MIN_SECRET_LENGTH)
+    except Exception:  # telemetry never breaks the app
+        return ()
+    return tuple(sorted(values, key=len, reverse=True))
+
+
+class TelemetryScrubber:
+    """The one place all exported telemetry passes through. :func:`scrubbing_processors` wraps it
+    as a span processor and a log record processor, handed to ``configure_azure_monitor`` so that
+    they run before its exporters, its live metrics and its performance counters see anything.
+
+    Spans are immutable once ended, and attributes set after they start (status codes, exception
+    events) are only known then; so, as Microsoft documents for modifying spans with the distro (a
+    span processor whose ``on_end`` sets ``span._name`` and ``span._attributes``), :meth:`end_span`
+    gives the very ``ReadableSpan`` the exporters receive next a scrubbed name, attributes and
+    events. :meth:`start_span` masks what is known at start through the public API, for samplers
+    and anything reading live spans."""
+
+    def __init__(self, secrets: Any = secret_values) -> None:
+        self._secrets = secrets  # a callable: the values as configured now
+
+    def text(self, text: str) -> str:
+        for secret in self._secrets():
+            if secret in text:
+                text = text.replace(secret, SECRET_MASK)
+        return redact(text)
+
+    def value(self, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(mask_url(value) if key in _URL_ATTRIBUTES else value)
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.value(key, item) for item in value)
+        return value
+
+    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {key: self.value(key, value) for key, value in (attributes or {}).items()
+                if key not in _DROPPED_ATTRIBUTES and key != _DONE}  # fmt: skip
+
+    def start_span(self, span: Any) -> None:
+        for key, value in list((span.attributes or {}).items()):
+            clean = SECRET_MASK if key in _DROPPED_ATTRIBUTES else self.value(key, value)
+            if clean != value:
+                span.set_attribute(key, clean)
+
+    def end_span(self, span: Any) -> None:
+        from opentelemetry.attributes import BoundedAttributes
+        from opentelemetry.sdk.trace import Event
+        from opentelemetry.sdk.util import BoundedList
+
+        try:
+            span._name = self.text(span.name)
+            span._attributes = BoundedAttributes(attributes=self.attributes(span.attributes), immutable=True)
+            events = [Event(event.name, BoundedAttributes(attributes=self.attributes(event.attributes), immutable=True),
+                            event.timestamp) for event in span.events]  # fmt: skip
+            span._events = BoundedList.from_seq(max(len(events), 1), events)
+        except Exception:  # a span that cannot be scrubbed is not exported: it leaves unsampled
+            from opentelemetry.trace import SpanContext, TraceFlags
+
+            context = span.context
+            span._context = SpanContext(context.trace_id, context.span_id, context.is_remote,
+                                        TraceFlags(TraceFlags.DEFAULT), context.trace_state)  # fmt: skip
+
+    def emit_log(self, log_record: Any) -> None:
+        record = log_record.log_record
+        if isinstance(record.body, str):
+            record.body = self.text(record.body)
+        if not record.attributes:
+            return
+        clean = self.attributes(record.attributes)
+        for key in list(record.attributes):
+            if key not in clean:
+                del record.attributes[key]
+            elif clean[key] != record.attributes[key]:
+                record.attributes[key] = clean[key]
+
+
+def scrubbing_processors(scrubber: TelemetryScrubber | None = None) -> tuple[Any, Any]:
+    """(span processor, log record processor) that pass everything through ``scrubber``. Defined
+    here, not at import: OpenTelemetry is imported only when Application Insights is configured."""
+    from opentelemetry.sdk._logs import LogRecordProcessor
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    scrubber = scrubber or TelemetryScrubber()
+
+    class ScrubbingSpanProcessor(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            scrubber.start_span(span)
+
+        def on_end(self, span: Any) -> None:
+            scrubber.end_span(span)
+
+    class ScrubbingLogRecordProcessor(LogRecordProcessor):
+        def on_emit(self, log_record: Any) -> None:
+            scrubber.emit_log(log_record)
+
+        emit = on_emit  # the name SDKs before 1.39 call
+
+        def shutdown(self) -> None:
+            pass
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return True
+
+    return ScrubbingSpanProcessor(), ScrubbingLogRecordProcessor()
+
+
 # --- Application Insights ------------------------------------------------------------------------
 
 _configured = False
@@ -191,7 +394,9 @@ def configure_telemetry(environ: Mapping[str, str] | None = None) -> bool:
     try:
         from azure.monitor.opentelemetry import configure_azure_monitor
 
-        options: dict[str, Any] = {"connection_string": connection_string, "logger_name": APP_LOGGER}
+        span_scrubber, log_scrubber = scrubbing_processors()
+        options: dict[str, Any] = {"connection_string": connection_string, "logger_name": APP_LOGGER,
+                                   "span_processors": [span_scrubber], "log_record_processors": [log_scrubber]}  # fmt: skip
         uses_aad, client_id = _aad_client_id(env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""))
         if uses_aad:
             from azure.identity import ManagedIdentityCredential

@@ -69,6 +69,7 @@ class FakeMarketo:
         self.submissions: list[dict] = []  # form submissions (formId, visitorData, person id)
         self.token_requests = 0
         self.calls = 0  # REST calls answered (not identity)
+        self.token_request_urls: list[str] = []  # path and query of every token request
         self.max_in_flight = 0
         self.errors: Counter[str] = Counter()  # response-level codes answered
         self.tokens: dict[str, float] = {}  # token → expiry (monotonic)
@@ -208,8 +209,11 @@ class FakeMarketo:
                 query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
                 if fake.latency:
                     time.sleep(fake.latency)
-                if parts.path == "/identity/oauth/token":
-                    status, body = fake.issue_token(query)
+                if parts.path == "/identity/oauth/token":  # Marketo takes the credentials by GET or POST
+                    form = {key: values[-1] for key, values in parse_qs(raw.decode()).items()} if method == "POST" else {}
+                    with fake.lock:
+                        fake.token_request_urls.append(self.path)
+                    status, body = fake.issue_token({**query, **form})
                     return self._answer(status, body)
                 if not parts.path.startswith("/rest/"):
                     return self._answer(404, {"error": "not found"}, raw_text="<html>Not Found</html>")

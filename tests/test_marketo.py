@@ -171,6 +171,12 @@ def test_one_token_request_across_200_leads(env):
         assert len(fake.persons) == 200 and fake.calls == 201  # 200 upserts + one describe
 
 
+def test_the_client_secret_travels_in_a_form_body_never_in_the_url(marketo):
+    """A query string lands in proxy logs and in Application Insights' dependency URLs."""
+    destination(marketo).send(sample_lead(16), ROUTE)
+    assert marketo.token_requests == 1 and marketo.token_request_urls == ["/identity/oauth/token"]
+
+
 def test_concurrent_first_sends_share_one_token(marketo):
     dest = destination(marketo)
     threads = [threading.Thread(target=dest.send, args=(sample_lead(n), ROUTE)) for n in range(8)]

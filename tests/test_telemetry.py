@@ -212,6 +212,7 @@ def test_configures_azure_monitor_with_the_managed_identity(fake_azure_monitor, 
     (kwargs,) = fake_azure_monitor
     assert kwargs["connection_string"] == env["APPLICATIONINSIGHTS_CONNECTION_STRING"]
     assert kwargs["logger_name"] == "leads"
+    assert kwargs["span_processors"] and kwargs["log_record_processors"], "all telemetry passes the scrubber"
     assert isinstance(kwargs["credential"], fake_managed_identity)
     assert kwargs["credential"].client_id == "11111111-2222-3333-4444-555555555555"
     assert configure_telemetry(env) is True and len(fake_azure_monitor) == 1, "configured once per process"
@@ -255,3 +256,101 @@ def test_no_heavy_import_without_the_setting():
     env = {"PATH": "", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+# --- URLs and the telemetry scrubber -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, masked",
+    [
+        ("https://prod-12.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=Zx9fake",
+         "https://prod-12.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=***&sp=***&sv=***&sig=***"),
+        ("https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", "https://hooks.slack.com/services/***"),
+        ("https://hooks.zapier.com/hooks/catch/123456/abcdef/", "https://hooks.zapier.com/hooks/***"),
+        ("https://contoso.webhook.office.com/webhookb2/1111@2222/IncomingWebhook/abc/def", "https://contoso.webhook.office.com/webhookb2/***"),
+        ("https://user:p4ss@receiver.example.com/hook", "https://***@receiver.example.com/hook"),
+        ("https://x.my.salesforce.com/services/data/v59.0/query/?q=SELECT+Id+FROM+Lead+WHERE+Email+%3D+%27a%40b.com%27",
+         "https://x.my.salesforce.com/services/data/v59.0/query/?q=***"),
+        ("https://api.hubapi.com/crm/v3/objects/contacts/ada%40contoso.com?idProperty=email",
+         "https://api.hubapi.com/crm/v3/objects/contacts/***?idProperty=***"),
+        ("https://discord.com/api/webhooks/123/Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789", "https://discord.com/api/***"),
+        ("/api/leads?code=secret-key", "/api/leads?code=***"),
+    ],
+)
+def test_mask_url_masks_what_may_be_secret(url, masked):
+    assert telemetry.mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://contoso.crm4.dynamics.com",
+        "https://127.0.0.1:7071/api/leads",
+        "https://x.my.salesforce.com/services/data/v59.0/sobjects/Lead/Marketplace_Lead_Id__c/hc519cf8782dab51f24fabc10",
+        "https://org.crm.dynamics.com/api/data/v9.2/leads(3fa85f64-5717-4562-b3fc-2c963f66afa6)",
+    ],
+)
+def test_mask_url_keeps_urls_without_secrets(url):
+    assert telemetry.mask_url(url) == url
+
+
+def test_redact_masks_urls_inside_text():
+    text = "POST https://hooks.slack.com/services/T0/B0/abcdefabcdefabcdefabcdef failed (timeout)."
+    assert redact(text) == "POST https://hooks.slack.com/services/*** failed (timeout)."
+
+
+def test_every_exported_span_is_scrubbed_names_attributes_and_exceptions():
+    """A real OpenTelemetry pipeline, scrubbing processor first, as configure_azure_monitor builds it."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    secrets = ("sup3r-secret-value",)
+    scrubber = telemetry.TelemetryScrubber(secrets=lambda: secrets)
+    span_processor, _ = telemetry.scrubbing_processors(scrubber)
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(span_processor)
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("test")
+    with pytest.raises(ValueError):
+        with tracer.start_as_current_span("GET", attributes={"url.full": "https://m.example.com/t?client_secret=x"}) as span:
+            span.set_attribute("db.statement", "SELECT * FROM Lead WHERE LastName = 'Quaxwell'")
+            span.set_attribute("note", "token sup3r-secret-value for jane@contoso.com")
+            raise ValueError("rejected https://m.example.com/t?client_secret=x for jane@contoso.com")
+    (span,) = exported.get_finished_spans()
+    everything = json.dumps({"name": span.name, "attributes": dict(span.attributes),
+                             "events": [dict(event.attributes) for event in span.events]})  # fmt: skip
+    for leaked in ("client_secret=x", "Quaxwell", "sup3r-secret-value", "jane@contoso.com"):
+        assert leaked not in everything
+    assert span.attributes["url.full"] == "https://m.example.com/t?client_secret=***"
+    assert "db.statement" not in span.attributes
+    assert span.events[0].attributes["exception.type"] == "ValueError"
+    assert EMAIL_MASK in span.events[0].attributes["exception.message"]
+
+
+def test_every_exported_log_record_is_scrubbed():
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    scrubber = telemetry.TelemetryScrubber(secrets=lambda: ("sup3r-secret-value",))
+    _, log_processor = telemetry.scrubbing_processors(scrubber)
+    exported = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(log_processor)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    logger = logging.getLogger("leads.test_telemetry.otel")
+    handler = LoggingHandler(logger_provider=provider)
+    logger.addHandler(handler)
+    try:
+        logger.warning("token sup3r-secret-value refused at https://h.example.com/x?code=abc",
+                       extra={"url": "https://h.example.com/x?sig=def", "_leads_redacted": True})  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+    (record,) = exported.get_finished_logs()
+    body, attributes = record.log_record.body, dict(record.log_record.attributes)
+    assert "sup3r-secret-value" not in body and "code=abc" not in body and "code=***" in body
+    assert attributes["url"] == "https://h.example.com/x?sig=***" and "_leads_redacted" not in attributes

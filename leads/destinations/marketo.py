@@ -4,8 +4,10 @@ Settings: ``MARKETO_URL`` (the REST API endpoint, ``https://<munchkin>.mktorest.
 Web Services), ``MARKETO_CLIENT_ID`` and ``MARKETO_CLIENT_SECRET`` (a LaunchPoint custom service
 owned by an API-only user), optional ``MARKETO_FORM_ID``.
 
-- **Token**: ``GET /identity/oauth/token?grant_type=client_credentials&client_id=..&client_secret=..``
-  answers ``access_token`` and ``expires_in`` (3,600 s when new). The token is kept on the instance
+- **Token**: ``POST /identity/oauth/token`` with ``grant_type=client_credentials``, ``client_id`` and
+  ``client_secret`` as a form body (Marketo takes them by GET or POST; in a query string they would
+  land in every proxy log and in Application Insights' dependency URLs) answers ``access_token``
+  and ``expires_in`` (3,600 s when new). The token is kept on the instance
   and reused until it expires, so one token request per hour, not per lead. It is sent as
   ``Authorization: Bearer`` (Marketo removes the ``access_token`` query parameter in July 2026).
   Marketo answering 601 (access token invalid) or 602 (expired) gets the token fetched again once
@@ -329,7 +331,7 @@ class MarketoDestination(Destination):
             params = {"grant_type": "client_credentials", "client_id": self.client_id,
                       "client_secret": self.client_secret}  # fmt: skip
             with self.limiter.slot():
-                response = self.session.get(f"{self.url}/identity/oauth/token", params=params, timeout=self.timeout)
+                response = self.session.post(f"{self.url}/identity/oauth/token", data=params, timeout=self.timeout)
             self.token_requests += 1
             if response.status_code in (400, 401, 403):
                 raise PermanentError(f"Marketo refused the client id and secret ({response.status_code} "

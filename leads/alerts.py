@@ -9,6 +9,8 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
+from .telemetry import mask_urls
+
 if TYPE_CHECKING:
     from .deliveries import Delivery
     from .settings import Settings
@@ -37,7 +39,7 @@ def scrub(text: str) -> str:
 def failure_alert_text(delivery: Delivery) -> tuple[str, str]:
     """The subject and body of the alert about a failed ``delivery``."""
     lead, name = delivery.lead_id, delivery.destination
-    error = scrub(delivery.last_error or "no error was recorded")
+    error = scrub(mask_urls(delivery.last_error or "no error was recorded"))
     reason, _, fix = error.partition(" — ")
     subject = f"Lead delivery failed: {name} for lead {lead}"
     lines = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .destinations import Check, enabled_names, get_destination
 from .routing import RoutingError, load_rules
 from .settings import Settings, get_settings
+from .telemetry import mask_urls
 
 
 def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
@@ -25,7 +26,9 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
             results.append((name, destination.check()))
         except Exception as exc:  # a check must report, never crash the others
             results.append((name, Check.failed(destination.classify(exc))))
-    return results
+    # A URL quoted by a check may carry its secret (a Teams workflow's sig=, a Slack hook's path).
+    return [(name, Check(check.ok, mask_urls(check.message), check.fix and mask_urls(check.fix)))
+            for name, check in results]  # fmt: skip
 
 
 def storage_check(settings: Settings) -> Check:

@@ -120,7 +120,9 @@ def _delivery_line(delivery) -> str:
     if delivery.state == "retrying" and delivery.next_attempt_at:
         line += f", next at {delivery.next_attempt_at:%H:%M:%S}"
     if delivery.last_error and delivery.state != "delivered":
-        line += f"\n{'':<14} {delivery.last_error}"
+        from .telemetry import mask_urls
+
+        line += f"\n{'':<14} {mask_urls(delivery.last_error)}"
     return line
 
 

@@ -244,16 +244,22 @@ _SECRET_PART = re.compile(r"(?:accountkey|accesskey|sharedaccesskey|sharedaccess
 _MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words
 
 
+_secrets_of: tuple[Any, tuple[str, ...]] = (None, ())  # (the settings object, its secret values)
+
+
 def secret_values(settings: Any = None) -> tuple[str, ...]:
     """The secret values the app is configured with (client secrets, tokens, the keys inside
     connection strings), longest first, for :meth:`TelemetryScrubber.text` to mask wherever they
-    appear. The settings are read when asked (an unreadable configuration masks nothing here: the
-    patterns still apply)."""
+    appear. Read from the process's settings when none are given, once per settings object (an
+    unreadable configuration masks nothing here: the patterns still apply)."""
+    global _secrets_of
     try:
         if settings is None:
             from .settings import get_settings
 
             settings = get_settings()
+        if _secrets_of[0] is settings:
+            return _secrets_of[1]
         values: set[str] = set()
         for name, field in type(settings).model_fields.items():
             value = str(getattr(settings, name) or "")
@@ -263,7 +269,8 @@ def secret_values(settings: Any = None) -> tuple[str, ...]:
             values.update(part for part in parts if len(part) >= _MIN_SECRET_LENGTH)
     except Exception:  # telemetry never breaks the app
         return ()
-    return tuple(sorted(values, key=len, reverse=True))
+    _secrets_of = (settings, tuple(sorted(values, key=len, reverse=True)))
+    return _secrets_of[1]
 
 
 class TelemetryScrubber:

@@ -354,3 +354,13 @@ def test_every_exported_log_record_is_scrubbed():
     body, attributes = record.log_record.body, dict(record.log_record.attributes)
     assert "sup3r-secret-value" not in body and "code=abc" not in body and "code=***" in body
     assert attributes["url"] == "https://h.example.com/x?sig=***" and "_leads_redacted" not in attributes
+
+
+def test_secret_values_are_the_configured_secrets_and_the_keys_in_connection_strings():
+    from leads.settings import Settings
+
+    settings = Settings(DYNAMICS_CLIENT_SECRET="dyn-secret-123456", HUBSPOT_TOKEN="pat-na1-abcdef12",
+                        AzureWebJobsStorage="DefaultEndpointsProtocol=https;AccountName=st;AccountKey=c3RvcmFnZWtleQ==;",
+                        MARKETO_CLIENT_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/m)",
+                        WEBHOOK_SECRET="short", EMAIL_TO="sales@contoso.com")  # fmt: skip
+    assert set(telemetry.secret_values(settings)) == {"dyn-secret-123456", "pat-na1-abcdef12", "c3RvcmFnZWtleQ=="}

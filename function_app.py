@@ -25,9 +25,17 @@ def ingest_lead(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    from leads.intake import health as check_health
+    from leads.health import health as app_health
 
-    answer = check_health()
+    answer = app_health()
+    return func.HttpResponse(answer.json(), status_code=answer.status, mimetype="application/json")
+
+
+@app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    from leads.health import status as app_status
+
+    answer = app_status()
     return func.HttpResponse(answer.json(), status_code=answer.status, mimetype="application/json")
 
 

@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run function_app.py locally: HTTP routes, timers, queues")
     serve.add_argument("--port", type=int, default=7071)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--function-key", metavar="KEY", help="require this key (?code= or x-functions-key) on "
+                       "function-level routes, as Azure does; needed to serve beyond 127.0.0.1")  # fmt: skip
 
     listing = commands.add_parser("list", help="stored leads, newest first")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
@@ -65,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(port=args.port, host=args.host, settings_file=args.settings)
+    try:
+        serve(port=args.port, host=args.host, settings_file=args.settings, function_key=args.function_key)
+    except ValueError as problem:  # serving beyond loopback without a key
+        print(f"serve: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -73,24 +73,6 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
                   {"leadId": stored.lead_id, "duplicate": stored.duplicate})  # fmt: skip
 
 
-def health(settings: Settings | None = None) -> Answer:
-    """Readiness: the app's storage answers, the routing rules read; which destinations are
-    enabled. Names no secret, and calls no destination (``python -m leads check`` does)."""
-    from .checks import routing_check, storage_check
-    from .destinations import enabled_names
-
-    settings = settings or get_settings()
-    storage, routing = storage_check(settings), routing_check(settings)
-    body = {
-        "status": "ok" if storage.ok else "unavailable",
-        "checks": {"storage": "ok" if storage.ok else storage.message,
-                   "routing": "ok" if routing.ok else routing.message},
-        "destinations": enabled_names(settings),
-        "marketplaceTable": settings.marketplace_table_name,
-    }  # fmt: skip
-    return Answer(200 if storage.ok else 503, body)
-
-
 def _refuse(status: int, error: str) -> Answer:
     log.info("lead refused with %d: %s", status, error)
     return Answer(status, {"error": error})

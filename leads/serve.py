@@ -14,7 +14,11 @@ Functions are found only through what ``azure.functions`` reports (``get_functio
 bindings and user functions): the metadata the Python worker hands the real host. A function added
 to function_app.py is therefore served with no change here. Settings come from
 ``local.settings.json`` (never overriding the environment) and ``host.json``, as with Core Tools.
-Function keys are not checked, as with Core Tools: ``?code=`` is accepted and ignored.
+Auth levels are modelled as Azure applies them, keyed by one local key: with ``function_key``
+(``serve --function-key KEY``) a ``function`` or ``admin`` route answers 401 unless the request
+carries that key as ``?code=`` or ``x-functions-key``, and ``anonymous`` routes answer anyone.
+Without a key, keys are not checked, as with Core Tools, and so only a loopback address is
+served: a host reachable from elsewhere must have a key.
 
 This is the one module of ``leads`` that imports ``azure.functions``: it is the host, not the core.
 Its logs carry no request or message bodies and no query strings (they hold the function key).
@@ -294,6 +298,7 @@ class HttpRoute:
     function: LocalFunction
     template: RouteTemplate
     methods: frozenset[str] | None
+    needs_key: bool = True  # authLevel function (the default) or admin; anonymous needs none
 
     @classmethod
     def of(cls, function: LocalFunction, route_prefix: str) -> HttpRoute:
@@ -303,6 +308,7 @@ class HttpRoute:
             function,
             RouteTemplate.parse("/" + "/".join(part for part in (route_prefix, route) if part)),
             frozenset(method.upper() for method in methods) if methods else None,
+            str(function.trigger.get("authLevel") or "function").lower() != "anonymous",
         )
 
     def accepts(self, method: str) -> bool:
@@ -334,9 +340,10 @@ class HttpGateway(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # bursts of connections from benchmarks and retrying clients
 
-    def __init__(self, address: tuple[str, int], routes: list[HttpRoute]) -> None:
+    def __init__(self, address: tuple[str, int], routes: list[HttpRoute], function_key: str | None = None) -> None:
         super().__init__(address, _FunctionRequestHandler)
         self.routes = sorted(routes, key=lambda route: route.template.precedence)
+        self.function_key = function_key
         self.stopping = False
         self._connections: set[socket.socket] = set()
         self._busy: set[socket.socket] = set()
@@ -360,6 +367,17 @@ class HttpGateway(ThreadingHTTPServer):
         if allowed:
             raise HttpError(405, f"{method} is not allowed here", headers={"Allow": ", ".join(sorted(allowed))})
         raise HttpError(404, f"no function answers at {path}")
+
+    def authorize(self, route: HttpRoute, query: str, headers: Any) -> None:
+        """HttpError 401 when the route needs the function key and the request lacks it (Azure
+        takes it as ``?code=`` or in the ``x-functions-key`` header)."""
+        if not route.needs_key or self.function_key is None:
+            return
+        import hmac
+
+        given = headers.get("x-functions-key") or dict(parse_qsl(query)).get("code") or ""
+        if not hmac.compare_digest(given.encode(), self.function_key.encode()):
+            raise HttpError(401, "this function needs its key: ?code=KEY or the x-functions-key header")
 
     @contextlib.contextmanager
     def handling(self, connection: socket.socket) -> Iterator[None]:
@@ -427,6 +445,7 @@ class _FunctionRequestHandler(BaseHTTPRequestHandler):
             raise HttpError(503, "the server is stopping", close=True)
         url = urlsplit(self.path)
         route, route_params = self.server.find_route(url.path, self.command)
+        self.server.authorize(route, url.query, self.headers)
         host, port = self.server.server_address[:2]
         authority = self.headers.get("Host") or f"{host}:{port}"
         request = func.HttpRequest(
@@ -713,8 +732,10 @@ class LocalHost:
         host: str = "127.0.0.1",
         settings_file: str | Path | None = "local.settings.json",
         host_file: str | Path | None = None,
+        function_key: str | None = None,
     ) -> None:
         self.app_module, self.host, self.settings_file = app_module, host, settings_file
+        self.function_key = function_key or None
         self.host_file = Path(host_file) if host_file else None  # default: host.json beside the app module
         self._requested_port = port
         self._stopping = threading.Event()
@@ -731,12 +752,15 @@ class LocalHost:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> LocalHost:
+        if self.function_key is None and not _is_loopback(self.host):
+            raise ValueError(f"serving on {self.host} exposes the app beyond this machine: "
+                             "give it a key with --function-key, or serve on 127.0.0.1")  # fmt: skip
         load_local_settings(self.settings_file)
         get_settings.cache_clear()  # the app reads its settings afresh, with the file's values
         module = importlib.import_module(self.app_module)
         options = HostOptions.read(self.host_file or Path(module.__file__).with_name("host.json"))
         routes = self._index(_function_app(module), options)
-        self._gateway = HttpGateway((self.host, self._requested_port), routes)
+        self._gateway = HttpGateway((self.host, self._requested_port), routes, self.function_key)
         self._http_thread = threading.Thread(
             target=self._gateway.serve_forever, kwargs={"poll_interval": 0.05}, name="http", daemon=True
         )  # the poll interval is how soon stop() is noticed
@@ -747,6 +771,8 @@ class LocalHost:
             log.info("Functions: %s", worker.describe())
         for worker in self._workers:
             worker.start()
+        log.info("Function keys: %s", "required on function and admin routes" if self.function_key else
+                 "not checked (as with Core Tools; loopback only)")  # fmt: skip
         log.info("Serving %s at %s (Ctrl+C to stop)", self.app_module, self.url)
         return self
 
@@ -787,11 +813,23 @@ class LocalHost:
         self.stop()
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(
     port: int = 7071,
     host: str = "127.0.0.1",
     app_module: str = "function_app",
     settings_file: str | Path | None = "local.settings.json",
+    function_key: str | None = None,
 ) -> None:
     """Serve the function app until SIGINT or SIGTERM, then stop gracefully: no new requests or
     messages, running invocations finish. A second signal ends the process at once."""
@@ -807,5 +845,5 @@ def serve(
 
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, request_stop)
-    with LocalHost(app_module, port, host, settings_file):
+    with LocalHost(app_module, port, host, settings_file, function_key=function_key):
         stop_requested.wait()

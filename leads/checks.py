@@ -14,8 +14,10 @@ from .telemetry import mask_urls
 
 def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     settings = settings or get_settings()
+    from .function_keys import function_keys_check
+
     results = [("storage", storage_check(settings)), ("routing", routing_check(settings)),
-               ("settings", key_vault_check(settings))]  # fmt: skip
+               ("settings", key_vault_check(settings)), ("function keys", function_keys_check(settings))]  # fmt: skip
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled",

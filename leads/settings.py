@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         30.0, alias="LEADS_HTTP_TIMEOUT_SECONDS", gt=0, description="How long a destination's answer is awaited."
     )
     alert_to: str = Field("", alias="LEADS_ALERT_TO", description="Who is emailed when a delivery fails.")
+    function_app_id: str = Field(
+        "",
+        alias="LEADS_FUNCTION_APP_ID",
+        description="The function app's Azure resource id, for `check` to list the names of its function keys "
+        "with the caller's Azure sign-in. Operators' machines only.",
+    )
 
     # --- email (Azure Communication Services) -----------------------------------------------
     email_to: str = Field("", alias="EMAIL_TO", description="Sales recipients, separated by ';'.")

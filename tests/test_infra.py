@@ -54,6 +54,7 @@ LEFT_TO_CODE_DEFAULT: dict[str, str] = {
     "DYNAMICS_AUTHORITY": "the public-cloud Entra host; only sovereign clouds and tests change it",
     "SALESFORCE_WEB_TO_LEAD_URL": "Salesforce's public Web-to-Lead endpoint; only tests change it",
     "HUBSPOT_URL": "HubSpot's public API; only tests change it",
+    "LEADS_FUNCTION_APP_ID": "operators' machines only: check lists key names with their az login; the app may not list its own keys",
 }
 
 # Connection settings the template provides in their identity-based form (<name>__...).

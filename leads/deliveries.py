@@ -8,7 +8,8 @@ or finished, and does nothing.
 
 States: ``pending`` → ``sending`` → ``delivered``; ``sending`` → ``retrying`` → ``sending`` ...;
 ``sending`` → ``failed`` (permanent, or retried past ``LEADS_RETRY_HOURS``); ``skipped`` (nothing
-to send, e.g. no email recipients). ``replay`` turns ``failed`` back into ``pending``.
+to send, e.g. no email recipients, or a lead older than ``LEADS_BACKFILL_DAYS``). ``replay`` turns
+``failed``, and ``skipped`` for age, back into ``pending``.
 """
 
 from __future__ import annotations
@@ -70,15 +71,15 @@ NO_RECIPIENTS = "no recipients: set EMAIL_TO, or an email in the matching routin
 
 
 def initial_state(destination: str, route: Route) -> str:
-    """``skipped`` for a delivery with nothing to send (an email with no one to mail), else
-    ``pending``."""
-    return "skipped" if destination == "email" and not route.recipients else "pending"
+    """``skipped`` for a delivery with nothing to send (an email with no one to mail) or held by
+    routing (``route.skip_reason``), else ``pending``."""
+    return "skipped" if route.skip_reason or (destination == "email" and not route.recipients) else "pending"
 
 
 def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime) -> dict[str, Any]:
     """The row of a delivery owed, written beside its lead."""
     state = initial_state(destination, route)
-    error = NO_RECIPIENTS if state == "skipped" else None
+    error = (route.skip_reason or NO_RECIPIENTS) if state == "skipped" else None
     return _to_entity(Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
                                test=route.test, created_at=now, updated_at=now, retry_from=now))  # fmt: skip
 

@@ -48,15 +48,22 @@ def _stuck(delivery: Delivery, now: datetime) -> bool:
 
 
 def replay(lead_id: str | None = None, destination: str | None = None,
-           settings: Settings | None = None) -> list[Delivery]:  # fmt: skip
-    """Deliver failed deliveries again (never a delivered one), with a fresh retry window."""
+           settings: Settings | None = None, skipped: bool = False) -> list[Delivery]:  # fmt: skip
+    """Deliver failed deliveries again (never a delivered one), with a fresh retry window; a
+    lead's own (``lead_id``) also when held as older than ``LEADS_BACKFILL_DAYS``, and with
+    ``skipped`` only those held ones."""
+    from .routing import held_for_backfill
+
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
-    candidates = store.deliveries.for_lead(lead_id) if lead_id else store.deliveries.all(frozenset({"failed"}))
+    candidates = store.deliveries.for_lead(lead_id) if lead_id else \
+        store.deliveries.all(frozenset({"skipped" if skipped else "failed"}))  # fmt: skip
     replayed = []
     now = datetime.now(timezone.utc)
     for delivery in candidates:
-        if delivery.state != "failed" or (destination and delivery.destination != destination):
+        wanted = held_for_backfill(delivery) if skipped else \
+            delivery.state == "failed" or (lead_id is not None and held_for_backfill(delivery))  # fmt: skip
+        if not wanted or (destination and delivery.destination != destination):
             continue
         again = store.deliveries.change(delivery, state="pending", retry_from=now, next_attempt_at=None,
                                         claimed_until=None)  # fmt: skip

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,7 @@ from .destinations.base import Route
 from .model import Lead
 
 if TYPE_CHECKING:
+    from .deliveries import Delivery
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,3 +162,26 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
         log.error("LEADS_ROUTING is unusable, lead %s takes the default route: %s", lead.lead_id, exc)
         rules = ()
     return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads)
+
+
+BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"
+
+
+def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
+                  now: datetime | None = None) -> dict[str, Route]:  # fmt: skip
+    """``routes``, each held when the lead is older than ``LEADS_BACKFILL_DAYS`` by its received
+    time: stored ``skipped`` with the reason, delivered only by ``replay``. The first poll of a
+    table holding years of rows takes them all in without mailing sales about each. The one place
+    this is decided, whatever the intake (an HTTP lead is received now: never held)."""
+    now = now or datetime.now(timezone.utc)
+    if now - lead.received_at <= timedelta(days=settings.backfill_days):
+        return dict(routes)
+    reason = (f"{BACKFILL_REASON} ({settings.backfill_days:g}) when taken in: received "
+              f"{lead.received_at:%Y-%m-%d %H:%M} UTC; stored, not delivered. `python -m leads replay "
+              f"--lead {lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
+    return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
+
+
+def held_for_backfill(delivery: Delivery) -> bool:
+    """Whether a delivery was stored skipped by :func:`hold_backfill` (``replay`` delivers it)."""
+    return delivery.state == "skipped" and (delivery.last_error or "").startswith(BACKFILL_REASON)

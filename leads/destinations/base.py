@@ -51,6 +51,8 @@ class Route:
     # Changes when an operator replays a failed delivery, so that a destination's idempotency key
     # (e.g. the ACS Operation-Id) makes the replay a new send rather than a repeat of the old one.
     generation: str = ""
+    # Why the delivery is stored skipped rather than sent (a lead older than LEADS_BACKFILL_DAYS).
+    skip_reason: str = ""
 
 
 @dataclass(frozen=True)

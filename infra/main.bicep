@@ -67,6 +67,10 @@ param leadsTablePrefix string = 'Leads'
 param leadsPollSchedule string = '*/30 * * * * *'
 @description('LEADS_POLL_OVERLAP_MINUTES')
 param leadsPollOverlapMinutes string = '10'
+@description('LEADS_POLL_FULL_SCAN_MINUTES: how often the poll reads the whole marketplace table as a safety net.')
+param leadsPollFullScanMinutes string = '60'
+@description('LEADS_BACKFILL_DAYS: leads older than this when taken in are stored but not delivered.')
+param leadsBackfillDays string = '7'
 @description('LEADS_DEDUPE_WINDOW_HOURS')
 param leadsDedupeWindowHours string = '24'
 @description('LEADS_DELIVERY_QUEUE: the Storage queue of deliveries (the queue trigger binds to it).')
@@ -266,6 +270,8 @@ var coreSettings = {
   LEADS_SWEEP_SCHEDULE: leadsSweepSchedule
   LEADS_DELIVERY_QUEUE: leadsDeliveryQueue
   LEADS_POLL_OVERLAP_MINUTES: leadsPollOverlapMinutes
+  LEADS_POLL_FULL_SCAN_MINUTES: leadsPollFullScanMinutes
+  LEADS_BACKFILL_DAYS: leadsBackfillDays
   LEADS_DEDUPE_WINDOW_HOURS: leadsDedupeWindowHours
   LEADS_TEST_LEADS: leadsTestLeads
   MARKETPLACE_TABLE_NAME: marketplaceTableName

@@ -35,14 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--json", action="store_true", help="the normalised lead as JSON")
 
     poll = commands.add_parser("poll", help="poll the marketplace table once, now")
+    poll.add_argument("--full-scan", action="store_true",
+                      help="read the whole table now (the hourly safety scan), not only the recent days")  # fmt: skip
     poll.add_argument("--json", action="store_true")
 
     status = commands.add_parser("status", help="deliveries per destination and state, recent failures")
     status.add_argument("--json", action="store_true")
 
     replay = commands.add_parser("replay", help="deliver failed deliveries again (never a delivered one)")
-    replay.add_argument("--lead", metavar="LEAD_ID", help="only this lead's")
+    replay.add_argument("--lead", metavar="LEAD_ID", help="only this lead's (with those held as older than "
+                        "LEADS_BACKFILL_DAYS)")  # fmt: skip
     replay.add_argument("--destination", metavar="NAME", help="only this destination's")
+    replay.add_argument("--skipped", action="store_true",
+                        help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
 
     check = commands.add_parser("check", help="check the settings and credentials of every enabled destination")
     check.add_argument("--json", action="store_true")
@@ -157,10 +162,11 @@ def _status(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from .operations import replay
 
-    replayed = replay(lead_id=args.lead, destination=args.destination)
+    replayed = replay(lead_id=args.lead, destination=args.destination, skipped=args.skipped)
     for delivery in replayed:
         print(f"replaying {delivery.lead_id} to {delivery.destination}")
-    print(f"{len(replayed)} failed deliveries queued again." if replayed else "No failed deliveries to replay.")
+    kind = "held" if args.skipped else "failed"
+    print(f"{len(replayed)} {kind} deliveries queued again." if replayed else f"No {kind} deliveries to replay.")
     return 0
 
 
@@ -199,10 +205,9 @@ def _poll(args: argparse.Namespace) -> int:
 
     from .poll import poll_marketplace
 
-    result = poll_marketplace()
-    print(json.dumps(asdict(result), default=str, indent=2) if args.json else
-          f"read {result.read}, stored {result.stored}, already stored {result.already_stored}, "
-          f"rejected {result.rejected}" + (" (the marketplace table does not exist yet)" * result.table_missing))  # fmt: skip
+    result = poll_marketplace(full_scan=args.full_scan)
+    print(json.dumps(asdict(result), default=str, indent=2) if args.json else result.summary()
+          + (" (the marketplace table does not exist yet)" * result.table_missing))  # fmt: skip
     return 0
 
 

@@ -1,26 +1,50 @@
 """The marketplace table poll: take in every row the marketplace writes, once.
 
-Azure Functions has no table trigger, so a timer calls :func:`poll_marketplace`. Each poll reads
-every row whose server-set ``Timestamp`` is at or after the watermark less an overlap window
-(Timestamps of concurrent writers do not arrive in order), through every page, and stores each as a
-lead whose id comes from the row's identity, so a row read twice is stored once. The watermark is a
-row in the app's own checkpoints table; it moves only after every row read was stored, and only
-with a conditional (ETag) write, so two polls racing cannot move it back or past a row.
+Azure Functions has no table trigger, so a timer calls :func:`poll_marketplace`.
+
+**What a poll reads.** Azure Tables indexes only ``PartitionKey`` and ``RowKey``: a filter on
+``Timestamp`` alone reads the whole table, which the marketplace only ever grows. Its PartitionKey
+is not documented, but every row seen carries the date of the lead (``2018-09-28``, or
+``9:2F28:2F2018`` with ``/`` written as ``:2F``, as a public reader of the table queries it). So a
+routine poll reads, in each date format its rows have shown (:data:`KEY_FORMATS`), only the
+partitions of the days from its starting point (less a day) to tomorrow, and in them the rows whose
+``Timestamp`` is at or after that point: its cost follows the rows written since, not the table's
+size. The starting point is the watermark (the newest Timestamp taken in) or the start of the last
+safety scan, whichever is later, less ``LEADS_POLL_OVERLAP_MINUTES`` (Timestamps of concurrent
+writers do not arrive in order).
+
+A guess about keys must never lose a row. So the poll reads the whole table by Timestamp (a *safety
+scan*, from the previous one's start on) every ``LEADS_POLL_FULL_SCAN_MINUTES``, while it knows no
+date format yet, and for a day after it saw a row whose key fits none; the first poll of a table
+reads every row.
+
+**Each row stands alone.** Rows are stored a page at a time, so memory is bounded by a page, each as
+a lead whose id comes from the row's identity: a row read twice is stored once. A row that holds no
+lead is kept as rejected with the reason, and counted once (the store is asked first). A row that
+fails in any other way, short of a storage outage, is remembered in the checkpoints table and tried
+by the next polls, then kept as rejected after :data:`ROW_TRIES` tries; the operator is told (a
+warning naming the lead id and the kind of failure, no personal data) and the watermark moves past
+it. A storage outage stops the poll, and the watermark stays where it was.
+
+**The checkpoint** is one row of the app's checkpoints table, changed only with a conditional (ETag)
+write that merges what two racing polls saw: no mark ever moves back.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from threading import Lock
 from typing import Any
 
 from .deliver import enqueue
 from .normalise import LeadValidationError, from_table_entity, table_lead_id
-from .routing import plan
+from .routing import hold_backfill, plan
 from .settings import Settings, get_settings
 from .storage import table_service
 from .store import LeadStore
@@ -28,7 +52,47 @@ from .store import LeadStore
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PARTITION = "marketplace-poll"
+# RowKey of a row being tried again, beside its table's checkpoint: <table>|retry|<lead id>.
+_RETRY_MARK = "|retry|"
+ROW_TRIES = 3
+# After a row whose key fits no known format, polls read the whole table for this long, so that
+# more rows like it are taken in at once rather than by the next safety scan.
+UNFIT_KEYS_SCAN_FOR = timedelta(days=1)
 _WORKERS = 8
+
+
+@dataclass(frozen=True)
+class KeyFormat:
+    """A date format the marketplace's PartitionKey has been seen in."""
+
+    name: str
+    pattern: re.Pattern[str]
+    render: Callable[[date], str]
+    sorted_by_day: bool  # consecutive days have consecutive keys: one range query reads them all
+
+    def fits(self, key: str) -> bool:
+        match = self.pattern.fullmatch(key)
+        if not match:
+            return False
+        try:
+            day = date(int(match["year"]), int(match["month"]), int(match["day"]))
+        except ValueError:
+            return False
+        return self.render(day) == key
+
+
+_US_DATE = re.compile(r"(?P<month>\d{1,2}):2F(?P<day>\d{1,2}):2F(?P<year>\d{4})")
+KEY_FORMATS = (
+    KeyFormat("yyyy-mm-dd", re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})"),
+              lambda day: f"{day:%Y-%m-%d}", sorted_by_day=True),
+    KeyFormat("m:2Fd:2Fyyyy", _US_DATE, lambda day: f"{day.month}:2F{day.day}:2F{day.year}", sorted_by_day=False),
+    KeyFormat("mm:2Fdd:2Fyyyy", _US_DATE, lambda day: f"{day:%m}:2F{day:%d}:2F{day.year}", sorted_by_day=False),
+)  # fmt: skip
+
+
+def key_formats(key: str) -> frozenset[str]:
+    """The names of the formats a PartitionKey fits (``10:2F12:2F2018`` fits two)."""
+    return frozenset(form.name for form in KEY_FORMATS if form.fits(key))
 
 
 @dataclass
@@ -37,68 +101,355 @@ class PollResult:
     stored: int = 0
     already_stored: int = 0
     rejected: int = 0
+    retrying: int = 0  # rows that failed, to be tried again by the next polls
+    held: int = 0  # leads stored with their deliveries skipped: older than LEADS_BACKFILL_DAYS
+    mode: str = ""  # "all" (first poll), "full" (safety scan) or "days" (the recent day partitions)
     table_missing: bool = False
     watermark: datetime | None = None
 
+    def summary(self) -> str:
+        return (f"read {self.read}, stored {self.stored}, already stored {self.already_stored}, "
+                f"rejected {self.rejected}, retrying {self.retrying}, held {self.held} ({self.mode})")  # fmt: skip
 
-def poll_marketplace(settings: Settings | None = None) -> PollResult:
-    """Read the marketplace table from the checkpoint on and store every new row."""
+
+def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) -> PollResult:
+    """Read the marketplace table from the checkpoint on and store every new row; with
+    ``full_scan``, run the safety scan now."""
+    from azure.core.exceptions import ResourceNotFoundError
+
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
     source = marketplace_table(settings)
     checkpoint = Checkpoint(store, settings.marketplace_table_name)
-    watermark = checkpoint.read()
-    overlap = timedelta(minutes=settings.poll_overlap_minutes)
+    checkpoint.read()
+    marks, now = checkpoint.marks, datetime.now(timezone.utc)
+    mode = _mode(marks, settings, now, full_scan)
+    result = PollResult(watermark=marks.watermark, mode=mode)
+    seen = Marks(full_scan_from=now if mode != "days" else None)
 
-    result = PollResult(watermark=watermark)
-    rows = source.query_entities("Timestamp ge @since", parameters={"since": watermark - overlap}) \
-        if watermark else source.list_entities()  # fmt: skip
-    from azure.core.exceptions import ResourceNotFoundError
-
-    newest = watermark
-    try:
-        with ThreadPoolExecutor(_WORKERS) as pool:
-            # Rows are stored as they stream in, page after page; map() re-raises the first failure.
-            for outcome, timestamp in pool.map(lambda row: _take_in(store, row, settings), rows):
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        retried = _retry_failed_rows(checkpoint, source, store, settings, now, result)
+        pages = _pages(source, mode, marks, timedelta(minutes=settings.poll_overlap_minutes), now)
+        while True:
+            try:
+                page = list(next(pages))
+            except StopIteration:
+                break
+            except ResourceNotFoundError:
+                # The marketplace creates its table with the first lead it writes: nothing to do yet.
+                result.table_missing = True
+                return result
+            if retried:
+                page = [entity for entity in page if _lead_id(entity, settings) not in retried]
+            # One page at a time: a page is all this poll ever holds. Only an outage raises here.
+            for entity, taken in zip(page, pool.map(lambda row: _take_in(store, row, settings, now), page)):
                 result.read += 1
-                setattr(result, outcome, getattr(result, outcome) + 1)
-                if newest is None or timestamp > newest:
-                    newest = timestamp
-    except ResourceNotFoundError:
-        # The marketplace creates its table with the first lead it writes: nothing to do yet.
-        result.table_missing = True
-        return result
-    if newest is not None and newest != watermark:
-        result.watermark = checkpoint.advance(newest)
-    log.info(
-        "poll of %s: read %d, stored %d, already stored %d, rejected %d",
-        settings.marketplace_table_name, result.read, result.stored, result.already_stored, result.rejected,
-    )  # fmt: skip
+                _count(result, taken)
+                if taken.outcome == "failed":
+                    checkpoint.remember_failure(taken, entity)
+                seen = seen.merged(_marks_of(entity))
+
+    if seen.watermark or seen.full_scan_from or seen.key_formats:
+        result.watermark = checkpoint.advance(seen).watermark
+    if seen.unfit_key_at and (marks.unfit_key_at is None or seen.unfit_key_at > marks.unfit_key_at):
+        log.warning("poll of %s: a row written at %s has a PartitionKey in no date format the poll knows; polls "
+                    "read the whole table for a day after such a row", settings.marketplace_table_name,
+                    seen.unfit_key_at.isoformat())  # fmt: skip
+    log.info("poll of %s: %s", settings.marketplace_table_name, result.summary())
+    if result.held:
+        log.warning(
+            "poll of %s: %d leads older than LEADS_BACKFILL_DAYS (%g) stored with their deliveries skipped; "
+            "`python -m leads replay --skipped` delivers them", settings.marketplace_table_name, result.held,
+            settings.backfill_days,
+        )  # fmt: skip
     return result
 
 
-def _take_in(store: LeadStore, entity: Any, settings: Settings) -> tuple[str, datetime]:
-    timestamp: datetime = entity.metadata["timestamp"]
-    row = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], "Timestamp": timestamp.isoformat()}
-    row.update((key, value) for key, value in entity.items() if key not in row)
+def _mode(marks: Marks, settings: Settings, now: datetime, forced: bool) -> str:
+    if marks.watermark is None and marks.full_scan_from is None:
+        return "all"
+    due = marks.full_scan_from is None or now - marks.full_scan_from >= timedelta(minutes=settings.poll_full_scan_minutes)
+    unfit = marks.unfit_key_at is not None and now - marks.unfit_key_at < UNFIT_KEYS_SCAN_FOR
+    return "full" if forced or due or unfit or not marks.key_formats else "days"
+
+
+def _pages(source: Any, mode: str, marks: Marks, overlap: timedelta, now: datetime) -> Iterator[Iterator[Any]]:
+    """The pages of entities this poll reads (see the module's docstring)."""
+    if mode == "all":
+        yield from source.list_entities().by_page()
+        return
+    if mode == "full":
+        since = (marks.full_scan_from or marks.watermark) - overlap
+        yield from source.query_entities("Timestamp ge @since", parameters={"since": since}).by_page()
+        return
+    since = max(marks.watermark, marks.full_scan_from) - overlap
+    # The key's date may be the marketplace's local day, a few hours either side of UTC.
+    first, last = since.date() - timedelta(days=1), now.date() + timedelta(days=1)
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
+    queries, single_days = [], set()
+    for form in KEY_FORMATS:
+        if form.name not in marks.key_formats:
+            continue
+        if form.sorted_by_day:
+            queries.append(("PartitionKey ge @low and PartitionKey le @high and Timestamp ge @since",
+                            {"low": form.render(first), "high": form.render(last), "since": since}))  # fmt: skip
+        else:
+            single_days.update(form.render(day) for day in days)
+    queries += [("PartitionKey eq @key and Timestamp ge @since", {"key": key, "since": since})
+                for key in sorted(single_days)]  # fmt: skip
+    for query, parameters in queries:
+        yield from source.query_entities(query, parameters=parameters).by_page()
+
+
+# --- one row ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What became of one row."""
+
+    outcome: str  # stored, already_stored, rejected, failed
+    lead_id: str
+    timestamp: datetime
+    held: bool = False
+    failure: str = ""  # for the log: the kind of failure and where, never its text
+    detail: str = ""  # the failure's own text, kept with the rejected row only
+
+
+def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Taken:
+    """Store one row as a lead (or as rejected). Raises only when the app's storage is out."""
+    row, timestamp = _row(entity), entity.metadata["timestamp"]
     table = settings.marketplace_table_name
     lead_id = table_lead_id(table, row["PartitionKey"], row["RowKey"])
     if _recently_stored.contains(lead_id):
-        return "already_stored", timestamp
+        return Taken("already_stored", lead_id, timestamp)
+    stage = "normalising"
     try:
-        lead = from_table_entity(row, table, received_at=timestamp)
-    except LeadValidationError as exc:
-        store.reject(lead_id, str(exc), row, received_at=timestamp)
-        log.warning("marketplace row taken in as rejected lead %s: %s", lead_id, exc)
-        _recently_stored.add(lead_id)
-        return "rejected", timestamp
-    deliveries = plan(lead, settings)
-    stored = store.add(lead, deliveries)
+        try:
+            lead = from_table_entity(row, table, received_at=timestamp)
+        except LeadValidationError as exc:
+            stage = "keeping it as rejected"
+            return _reject_once(store, lead_id, str(exc), row, timestamp)
+        stage = "storing"
+        deliveries = hold_backfill(lead, plan(lead, settings), settings, now)
+        stored = store.add(lead, deliveries)
+    except Exception as exc:
+        if _storage_outage(exc):
+            raise
+        return Taken("failed", lead_id, timestamp, failure=f"{type(exc).__name__} while {stage}", detail=str(exc)[:500])
     _recently_stored.add(lead_id)
-    if not stored.duplicate:
-        enqueue(lead_id, deliveries, settings)
-    return ("already_stored" if stored.duplicate else "stored"), timestamp
+    if stored.duplicate:
+        return Taken("already_stored", lead_id, timestamp)
+    enqueue(lead_id, deliveries, settings)
+    return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in deliveries.values()))
+
+
+def _reject_once(store: LeadStore, lead_id: str, reason: str, row: dict[str, Any], timestamp: datetime) -> Taken:
+    """Keep a row as rejected, unless an earlier poll (of any process) did."""
+    outcome = "already_stored"
+    if store.rejected(lead_id) is None:
+        store.reject(lead_id, reason, row, received_at=timestamp)
+        log.warning("marketplace row taken in as rejected lead %s: %s", lead_id, reason)
+        outcome = "rejected"
+    _recently_stored.add(lead_id)
+    return Taken(outcome, lead_id, timestamp)
+
+
+def _storage_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the app's storage cannot be used now (the poll then stops and keeps its
+    watermark) rather than that this one row cannot be stored (a 400 for its size, a bug)."""
+    from azure.core.exceptions import AzureError, HttpResponseError
+
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        return status >= 500 or status in (0, 401, 403, 404, 408, 429)
+    return isinstance(exc, AzureError)  # no answer at all: connection refused, timed out, lost
+
+
+def _row(entity: Any) -> dict[str, Any]:
+    timestamp: datetime = entity.metadata["timestamp"]
+    row = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], "Timestamp": timestamp.isoformat()}
+    row.update((key, value) for key, value in entity.items() if key not in row)
+    return row
+
+
+def _lead_id(entity: Any, settings: Settings) -> str:
+    return table_lead_id(settings.marketplace_table_name, entity["PartitionKey"], entity["RowKey"])
+
+
+def _count(result: PollResult, taken: Taken) -> None:
+    if taken.outcome == "failed":
+        result.retrying += 1
+    else:
+        setattr(result, taken.outcome, getattr(result, taken.outcome) + 1)
+    result.held += taken.held
+
+
+def _marks_of(entity: Any) -> Marks:
+    timestamp = entity.metadata["timestamp"]
+    formats = key_formats(entity["PartitionKey"])
+    return Marks(watermark=timestamp, key_formats=formats, unfit_key_at=None if formats else timestamp)
+
+
+def _retry_failed_rows(checkpoint: Checkpoint, source: Any, store: LeadStore, settings: Settings, now: datetime,
+                       result: PollResult) -> set[str]:  # fmt: skip
+    """Try again each row an earlier poll could not take in; keep it as rejected at the last try.
+    Returns their lead ids: this poll's reading skips them."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    retried = set()
+    for record in list(checkpoint.retries):
+        lead_id = record["RowKey"].rpartition("|")[2]
+        retried.add(lead_id)
+        try:
+            entity = source.get_entity(record["SourcePartitionKey"], record["SourceRowKey"])
+        except ResourceNotFoundError:
+            checkpoint.forget_failure(record)  # the row (or its table) is gone: nothing to take in
+            continue
+        taken = _take_in(store, entity, settings, now)
+        result.read += 1
+        tries = int(record.get("Tries") or 1) + 1
+        if taken.outcome != "failed":
+            _count(result, taken)
+            checkpoint.forget_failure(record)
+        elif tries < ROW_TRIES:
+            result.retrying += 1
+            checkpoint.remember_failure(taken, entity, record=record, tries=tries)
+        else:
+            _give_up(store, taken, entity, tries)
+            result.rejected += 1
+            checkpoint.forget_failure(record)
+    return retried
+
+
+def _give_up(store: LeadStore, taken: Taken, entity: Any, tries: int) -> None:
+    reason = f"could not be taken in after {tries} tries: {taken.failure}: {taken.detail}"
+    try:
+        store.reject(taken.lead_id, reason, _row(entity), received_at=taken.timestamp)
+    except Exception as exc:
+        if _storage_outage(exc):
+            raise
+        log.error("marketplace row %s could not be taken in (%s) nor kept as rejected (%s): it is only in the "
+                  "marketplace table", taken.lead_id, taken.failure, type(exc).__name__)  # fmt: skip
+        return
+    _recently_stored.add(taken.lead_id)
+    log.warning("marketplace row %s kept as rejected after %d tries: %s (`python -m leads show %s` tells more)",
+                taken.lead_id, tries, taken.failure, taken.lead_id)  # fmt: skip
+
+
+# --- the checkpoint -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What the polls of one table have established, each mark only ever moving forward."""
+
+    watermark: datetime | None = None  # the newest Timestamp taken in
+    full_scan_from: datetime | None = None  # when the last completed safety scan (or first poll) began
+    key_formats: frozenset[str] = field(default_factory=frozenset)  # the date formats keys have shown
+    unfit_key_at: datetime | None = None  # the Timestamp of the newest row whose key fits none
+
+    def merged(self, other: Marks) -> Marks:
+        return Marks(_later(self.watermark, other.watermark), _later(self.full_scan_from, other.full_scan_from),
+                     self.key_formats | other.key_formats, _later(self.unfit_key_at, other.unfit_key_at))  # fmt: skip
+
+    def to_entity(self) -> dict[str, Any]:
+        values = {"Watermark": self.watermark, "FullScanFrom": self.full_scan_from,
+                  "KeyFormats": ",".join(sorted(self.key_formats)), "UnfitKeyAt": self.unfit_key_at}  # fmt: skip
+        return {name: value for name, value in values.items() if value not in (None, "")}
+
+    @classmethod
+    def from_entity(cls, entity: dict[str, Any]) -> Marks:
+        # A checkpoint of an earlier version holds only Watermark: the safety scan is then due at
+        # once, reads from the watermark on as that version did, and learns the key formats.
+        formats = frozenset(name for name in (entity.get("KeyFormats") or "").split(",") if name)
+        return cls(entity.get("Watermark"), entity.get("FullScanFrom"), formats, entity.get("UnfitKeyAt"))
+
+
+def _later(first: datetime | None, second: datetime | None) -> datetime | None:
+    return max(first, second) if first and second else first or second
+
+
+class Checkpoint:
+    """The marks of one marketplace table's polls, and the rows being tried again, in one partition
+    of the checkpoints table. Marks are written merged with what is stored, with a conditional
+    write: of two polls racing, the later writer re-reads and keeps the newer of each mark."""
+
+    def __init__(self, store: LeadStore, table_name: str) -> None:
+        self.table = store.checkpoints
+        self.key = {"PartitionKey": CHECKPOINT_PARTITION, "RowKey": table_name}
+        self.marks = Marks()
+        self.retries: list[Any] = []
+        self._etag: str | None = None
+
+    def read(self) -> datetime | None:
+        """Read the marks and the rows being tried again, in one request; returns the watermark."""
+        name = self.key["RowKey"]
+        entities = self.table.query_entities(
+            "PartitionKey eq @partition and RowKey ge @low and RowKey le @high",
+            parameters={"partition": CHECKPOINT_PARTITION, "low": name, "high": name + _RETRY_MARK + "~"},
+        )
+        self.marks, self.retries, self._etag = Marks(), [], None
+        for entity in entities:
+            if entity["RowKey"] == name:
+                self.marks, self._etag = Marks.from_entity(entity), entity.metadata["etag"]
+            elif entity["RowKey"].startswith(name + _RETRY_MARK):
+                self.retries.append(entity)
+        return self.marks.watermark
+
+    def advance(self, marks: Marks) -> Marks:
+        """Store ``marks`` merged with the stored ones; returns what is stored."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        for _ in range(10):
+            merged = self.marks.merged(marks)
+            if merged == self.marks and self._etag is not None:
+                return merged
+            entity = {**self.key, **merged.to_entity()}
+            try:
+                if self._etag is None:
+                    metadata = self.table.create_entity(entity)
+                else:
+                    metadata = self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=self._etag,
+                                                        match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                self.marks, self._etag = merged, metadata["etag"]
+                return merged
+            except (ResourceExistsError, ResourceModifiedError):
+                self.read()
+        raise RuntimeError("the poll checkpoint kept changing under this poll")
+
+    def remember_failure(self, taken: Taken, entity: Any, record: Any = None, tries: int = 1) -> None:
+        """Keep a row that failed, to be tried by the next polls (``tries`` so far)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        log.warning("marketplace row %s could not be taken in (%s, try %d of %d): the poll moves on and tries it "
+                    "again", taken.lead_id, taken.failure, tries, ROW_TRIES)  # fmt: skip
+        row = {"PartitionKey": CHECKPOINT_PARTITION, "RowKey": self.key["RowKey"] + _RETRY_MARK + taken.lead_id,
+               "SourcePartitionKey": entity["PartitionKey"], "SourceRowKey": entity["RowKey"], "Tries": tries,
+               "Failure": taken.failure}  # fmt: skip
+        try:
+            if record is None:
+                self.table.create_entity(row)
+            else:
+                self.table.update_entity(row, mode=UpdateMode.REPLACE, etag=record.metadata["etag"],
+                                         match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        except (ResourceExistsError, ResourceModifiedError):
+            pass  # a racing poll keeps it already
+
+    def forget_failure(self, record: Any) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self.table.delete_entity(record["PartitionKey"], record["RowKey"], etag=record.metadata["etag"],
+                                     match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass  # a racing poll dealt with it
 
 
 def marketplace_table(settings: Settings):
@@ -107,48 +458,6 @@ def marketplace_table(settings: Settings):
     else:
         service = LeadStore.from_settings(settings).service
     return service.get_table_client(settings.marketplace_table_name)
-
-
-class Checkpoint:
-    """The poll's watermark for one marketplace table, moved only forward and only with a
-    conditional write: of two polls racing, the later writer re-reads and keeps the newer mark."""
-
-    def __init__(self, store: LeadStore, table_name: str) -> None:
-        self.table = store.checkpoints
-        self.key = {"PartitionKey": CHECKPOINT_PARTITION, "RowKey": table_name}
-        self._etag: str | None = None
-
-    def read(self) -> datetime | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self.table.get_entity(self.key["PartitionKey"], self.key["RowKey"])
-        except ResourceNotFoundError:
-            self._etag = None
-            return None
-        self._etag = entity.metadata["etag"]
-        return entity["Watermark"]
-
-    def advance(self, watermark: datetime) -> datetime:
-        """Move the watermark to ``watermark`` unless another poll moved it further."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-        from azure.data.tables import UpdateMode
-
-        for _ in range(10):
-            entity = {**self.key, "Watermark": watermark}
-            try:
-                if self._etag is None:
-                    self.table.create_entity(entity)
-                else:
-                    self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=self._etag,
-                                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
-                return watermark
-            except (ResourceExistsError, ResourceModifiedError):
-                current = self.read()
-                if current is not None and current >= watermark:
-                    return current
-        raise RuntimeError("the poll checkpoint kept changing under this poll")
 
 
 class _RecentLeadIds:

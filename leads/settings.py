@@ -49,6 +49,20 @@ class Settings(BaseSettings):
         description="How far behind its watermark the poll reads again, for rows whose "
         "server-set Timestamp lands out of order.",
     )
+    poll_full_scan_minutes: float = Field(
+        60.0,
+        alias="LEADS_POLL_FULL_SCAN_MINUTES",
+        ge=0,
+        description="How often the poll reads the whole marketplace table (by Timestamp, from the "
+        "previous such scan on) to take in any row its reading by day partitions missed.",
+    )
+    backfill_days: float = Field(
+        7.0,
+        alias="LEADS_BACKFILL_DAYS",
+        gt=0,
+        description="Leads older than this when taken in (the first poll of a table with history) are "
+        "stored with their deliveries skipped; `replay` delivers them.",
+    )
     dedupe_window_hours: float = Field(
         24.0,
         alias="LEADS_DEDUPE_WINDOW_HOURS",

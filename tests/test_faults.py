@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
@@ -31,7 +32,7 @@ def http_body(index: int) -> dict:
 
 
 def table_row(index: int) -> dict:
-    return {"PartitionKey": "2026-11-25", "RowKey": f"row-{index:04d}", "ActionCode": "INS",
+    return {"PartitionKey": f"{datetime.now(timezone.utc):%Y-%m-%d}", "RowKey": f"row-{index:04d}", "ActionCode": "INS",
             "CustomerInfo": json.dumps({"FirstName": f"Table{index}", "Email": f"table{index}@contoso.com",
                                         "Company": f"Company {index}", "Country": "DE"}),
             "LeadSource": "AzureMarketplace", "OfferDisplayName": "Contoso CRM"}  # fmt: skip

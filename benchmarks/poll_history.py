@@ -231,7 +231,7 @@ def print_table(figures: list[Figures]) -> None:
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(4)]
     align = ["<", ">", ">", ">"]
     for index, line in enumerate([header, *lines]):
-        print(" | ".join(f"{cell:{a}{w}}" for cell, a, w in zip(line, align, widths)) + " | " + line[4])
+        print(" | ".join(f"{cell:{a}{w}}" for cell, a, w in zip(line, align, widths, strict=False)) + " | " + line[4])
         if index == 0:
             print("-+-".join("-" * w for w in widths) + "-+-" + "-" * 20)
 

@@ -143,7 +143,8 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
             if retried:
                 page = [entity for entity in page if _lead_id(entity, settings) not in retried]
             # One page at a time: a page is all this poll ever holds. Only an outage raises here.
-            for entity, taken in zip(page, pool.map(lambda row: _take_in(store, row, settings, now), page)):
+            outcomes = pool.map(lambda row: _take_in(store, row, settings, now), page)
+            for entity, taken in zip(page, outcomes, strict=True):
                 result.read += 1
                 _count(result, taken)
                 if taken.outcome == "failed":
@@ -169,7 +170,8 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
 def _mode(marks: Marks, settings: Settings, now: datetime, forced: bool) -> str:
     if marks.watermark is None and marks.full_scan_from is None:
         return "all"
-    due = marks.full_scan_from is None or now - marks.full_scan_from >= timedelta(minutes=settings.poll_full_scan_minutes)
+    interval = timedelta(minutes=settings.poll_full_scan_minutes)
+    due = marks.full_scan_from is None or now - marks.full_scan_from >= interval
     unfit = marks.unfit_key_at is not None and now - marks.unfit_key_at < UNFIT_KEYS_SCAN_FOR
     return "full" if forced or due or unfit or not marks.key_formats else "days"
 

@@ -1,15 +1,25 @@
-"""Start Azurite (the Azure Storage emulator from npm) on free loopback ports.
+"""Start Azurite (the Azure Storage emulator from npm) on loopback ports.
 
-Used by the tests and the benchmarks; ``make run`` starts it on the usual ports instead. Azurite
-comes from ``node_modules`` (``npm install`` with the repo's package.json).
+The tests and the benchmarks start it on free ports; ``make run`` (``leads/local_run.py``) on the
+usual ones, 10000 to 10002, or those it is told. Azurite comes from ``node_modules`` (``npm
+install`` with the repo's package.json).
+
+A port that answers is not proof that *this* Azurite listens on it: another emulator may hold it
+while ours exits with ``EADDRINUSE``. So :meth:`Azurite.start` waits for Azurite's own
+"successfully listening" line for each of its ports, and reports the port it could not take.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +29,37 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
+# Azurite prints one of these per service once it listens, then nothing more with --silent.
+_LISTENING = re.compile(r"successfully listening at https?://[^\s:]+:(\d+)")
+_IN_USE = re.compile(r"EADDRINUSE\b.*?:(\d+)\s*$", re.MULTILINE)
+
+
+class AzuriteError(RuntimeError):
+    """Azurite exited before it listened. ``port_in_use`` is the port it found taken, if that
+    was the reason."""
+
+    def __init__(self, message: str, port_in_use: int | None = None) -> None:
+        super().__init__(message)
+        self.port_in_use = port_in_use
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now. Binds as servers do (SO_REUSEADDR,
+    so a port a stopped server left in TIME_WAIT counts as free); a listener on any address of
+    the port, or on ::1 where ``localhost`` may lead first, makes it taken."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return not _listening(port, "::1")
 
 
 def connection_string(blob_port: int, queue_port: int, table_port: int) -> str:
@@ -53,6 +90,10 @@ class Azurite:
     blob_port: int = 0
     queue_port: int = 0
     table_port: int = 0
+    # ``make run``: Azurite in a session of its own, so that the terminal's Ctrl+C reaches the app
+    # first and the app stops Azurite after its last invocation; on Linux it also dies with the
+    # thread that started it (PR_SET_PDEATHSIG), so a killed ``make run`` leaves no Azurite behind.
+    own_session: bool = False
     process: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -81,14 +122,42 @@ class Azurite:
             self.location.mkdir(parents=True, exist_ok=True)
             args += ["--location", str(self.location)]
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy()
-        )
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+            start_new_session=self.own_session,
+            preexec_fn=_die_with_parent if self.own_session and sys.platform == "linux" else None,
+        )  # fmt: skip
         try:
-            wait_until_listening(self.blob_port, self.queue_port, self.table_port, timeout=timeout, process=self.process)
-        except TimeoutError:
+            self._wait_until_listening(timeout)
+        except BaseException:
             self.stop()
             raise
+        # Nothing reads its output from here on: drain it, so a full pipe can never stall Azurite.
+        threading.Thread(target=self.process.stdout.read, name="azurite-stdout", daemon=True).start()
         return self
+
+    def _wait_until_listening(self, timeout: float) -> None:
+        """Return once Azurite says it listens on each of its ports; AzuriteError if it exits."""
+        assert self.process is not None and self.process.stdout is not None
+        waiting = {self.blob_port, self.queue_port, self.table_port}
+        deadline = time.monotonic() + timeout
+        output = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while waiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"Azurite did not listen on ports {sorted(waiting)} within {timeout:g}s")
+                if not selector.select(remaining):
+                    continue
+                chunk = os.read(self.process.stdout.fileno(), 65536)
+                if not chunk:  # it exited
+                    self.process.wait()
+                    errors = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+                    in_use = _IN_USE.search(errors)
+                    reason = errors.splitlines()[-1] if errors else f"exit code {self.process.returncode}"
+                    raise AzuriteError(f"Azurite exited: {reason}", int(in_use.group(1)) if in_use else None)
+                output += chunk
+                waiting -= {int(port) for port in _LISTENING.findall(output.decode(errors="replace"))}
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -107,19 +176,20 @@ class Azurite:
         self.stop()
 
 
-def wait_until_listening(*ports: int, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    """Return once every port accepts connections on loopback (``make run`` waits for Azurite)."""
-    deadline = time.monotonic() + timeout
-    for port in ports:
-        while not _listening(port):
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"Azurite exited: {process.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
-            time.sleep(0.05)
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family) as s:
+            s.settimeout(0.2)
+            return s.connect_ex((host, port)) == 0
+    except OSError:  # no IPv6 on this machine
+        return False
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started Azurite dies,
+    however it dies, so no Azurite is left holding the ports."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,0 +1,190 @@
+"""``make run``: Azurite and the app on this machine, talking only to each other.
+
+Before anything is printed or started, the app's port and Azurite's three ports are checked; a
+taken port ends the run with what holds it and the variable that moves it (``make run PORT=7072``,
+``AZURITE_TABLE_PORT=...``), never a traceback. Azurite is then started on its ports, and the app
+is served with that Azurite's connection string in ``AzureWebJobsStorage`` (the environment wins
+over ``local.settings.json``), so it can never poll another emulator's queue and tables. When the
+ports are not the ones ``local.settings.json`` names, the file is brought in step, so that
+``python -m leads list`` in another terminal reads the same leads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .azurite import Azurite, AzuriteError, port_is_free
+
+# The `make` variable that sets each port, named in every message about that port.
+PORT_VARIABLES = {
+    "app": "PORT",
+    "blob": "AZURITE_BLOB_PORT",
+    "queue": "AZURITE_QUEUE_PORT",
+    "table": "AZURITE_TABLE_PORT",
+}
+LOCAL_STORAGE_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class RunError(Exception):
+    """Why ``make run`` cannot start, in words meant for the terminal."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make run", description="Azurite and the app, locally.")
+    parser.add_argument("--port", type=tcp_port, default=7071, help="the app's port (make run PORT=...)")
+    parser.add_argument("--blob-port", type=tcp_port, default=10000)
+    parser.add_argument("--queue-port", type=tcp_port, default=10001)
+    parser.add_argument("--table-port", type=tcp_port, default=10002)
+    parser.add_argument("--location", default=".azurite", help="Azurite's data folder")
+    parser.add_argument("--settings", default="local.settings.json")
+    args = parser.parse_args(argv)
+    azurite_ports = {"blob": args.blob_port, "queue": args.queue_port, "table": args.table_port}
+    try:
+        check_ports(args.port, azurite_ports)
+        azurite = start_azurite(Path(args.location), azurite_ports)
+    except RunError as problem:
+        print(f"\nmake run: {problem}", file=sys.stderr)
+        return 1
+    try:
+        notes = use_only(azurite, Path(args.settings))
+        print(banner(args.port, azurite, args.location, notes), flush=True)
+        from .serve import serve
+
+        try:
+            serve(port=args.port, settings_file=args.settings)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(f"\nmake run: {port_taken_message('app', args.port)}", file=sys.stderr)  # taken since the check
+            return 1
+    finally:
+        azurite.stop()
+    return 0
+
+
+def tcp_port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1 to 65535)")
+    return port
+
+
+def use_only(azurite: Azurite, settings_file: Path) -> list[str]:
+    """Point the app's storage settings at ``azurite`` (the environment wins over the settings
+    file, as with Core Tools); returns what the terminal should be told about it."""
+    from .local_settings import load_local_settings
+
+    storage = os.environ["AzureWebJobsStorage"] = azurite.connection_string
+    notes = [note] if (note := keep_local_settings_in_step(settings_file, storage)) else []
+    load_local_settings(settings_file)
+    marketplace = os.environ.get("MARKETPLACE_TABLE_CONNECTION", "")
+    if _is_local_emulator(marketplace) and marketplace != storage:
+        os.environ["MARKETPLACE_TABLE_CONNECTION"] = storage
+        notes.append("MARKETPLACE_TABLE_CONNECTION named another local emulator: the app polls this Azurite's table.")
+    return notes
+
+
+def check_ports(app_port: int, azurite_ports: dict[str, int]) -> None:
+    """RunError naming every taken port and how to choose another."""
+    problems = [port_taken_message("app", app_port)] if not port_is_free(app_port) else []
+    taken = {service: port for service, port in azurite_ports.items() if not port_is_free(port)}
+    if taken:
+        problems.append(azurite_ports_message(taken, azurite_ports))
+    if problems:
+        raise RunError("\n\n".join(problems))
+
+
+def port_taken_message(service: str, port: int) -> str:
+    if service == "app":
+        return (f"port {port} is already in use (another `make run`, `func start` or another server?).\n"
+                f"Stop it, or choose another port: make run PORT={_suggest(port)}")  # fmt: skip
+    return azurite_ports_message({service: port}, {service: port})
+
+
+def azurite_ports_message(taken: dict[str, int], ports: dict[str, int]) -> str:
+    """Which of Azurite's ports are taken, and the variables that move all three (moving one
+    alone would leave the next clash to be found on the next run)."""
+    held = ", ".join(f"{port} ({service}, {PORT_VARIABLES[service]})" for service, port in taken.items())
+    moved = " ".join(f"{PORT_VARIABLES[service]}={_suggest(port, 10)}" for service, port in ports.items())
+    return (f"Azurite, the storage emulator, cannot listen on port {held}: it is in use, most likely by "
+            f"another Azurite (a second `make run`, the VS Code extension, Docker).\n"
+            f"The app would then read and write that emulator's leads and queue, so nothing is started.\n"
+            f"Stop the other one, or move this one: make run {moved}")  # fmt: skip
+
+
+def _suggest(port: int, step: int = 1) -> int:
+    """A nearby port that is free now, for the message."""
+    candidate = port + step
+    while not port_is_free(candidate) and candidate < port + 100 * step:
+        candidate += step
+    return candidate
+
+
+def start_azurite(location: Path, ports: dict[str, int]) -> Azurite:
+    azurite = Azurite(location=location, blob_port=ports["blob"], queue_port=ports["queue"],
+                      table_port=ports["table"], own_session=True)  # fmt: skip
+    try:
+        return azurite.start()
+    except FileNotFoundError as exc:
+        raise RunError(f"{exc} (make run installs it: is npm on the PATH?)") from None
+    except AzuriteError as exc:
+        service = next((name for name, port in ports.items() if port == exc.port_in_use), None)
+        if service:
+            raise RunError(azurite_ports_message({service: exc.port_in_use}, ports)) from None
+        raise RunError(f"Azurite, the storage emulator, did not start: {exc}") from None
+    except TimeoutError as exc:
+        raise RunError(f"Azurite, the storage emulator, did not start: {exc}") from None
+
+
+def keep_local_settings_in_step(path: Path, storage: str) -> str | None:
+    """Point ``AzureWebJobsStorage`` in ``local.settings.json`` at this Azurite when it names a
+    local emulator on other ports, so the CLI reads what the app writes. Says what it did, or
+    why the CLI will read other storage; None when the file already agrees."""
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text(encoding="utf-8"))
+    values = document.setdefault("Values", {})
+    current = str(values.get("AzureWebJobsStorage") or "")
+    if current == storage:
+        return None
+    if current and not _is_local_emulator(current):
+        return (f"{path} sets AzureWebJobsStorage to other storage: the app uses this Azurite, but "
+                f"`python -m leads ...` reads what {path} names.")  # fmt: skip
+    values["AzureWebJobsStorage"] = storage
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return f"{path} now points AzureWebJobsStorage at this Azurite, so `python -m leads ...` reads the same leads."
+
+
+def _is_local_emulator(value: str) -> bool:
+    return "UseDevelopmentStorage=true" in value or any(f"//{host}:" in value for host in LOCAL_STORAGE_HOSTS)
+
+
+def banner(port: int, azurite: Azurite, location: str, notes: list[str]) -> str:
+    from .settings import get_settings
+
+    settings = get_settings()
+    base = f"http://127.0.0.1:{port}"
+    lines = [
+        "",
+        f"Azurite (storage emulator) listens on 127.0.0.1:{azurite.blob_port}, {azurite.queue_port}, "
+        f"{azurite.table_port}; it keeps its data in {location}/.",
+        *notes,
+        f"The app starts at {base}. In another terminal, send a test lead:",
+        f"  curl -s -X POST {base}/api/leads -H 'Content-Type: application/json' "
+        "-d @tests/fixtures/marketplace/https-documented-example.json",
+        "  .venv/bin/python -m leads list",
+    ]
+    if settings.email_to and not (settings.email_connection_string or settings.email_endpoint):
+        lines.append(f"Mails are written to {settings.email_outbox_dir}/ as .eml files (ACS is not configured).")
+    lines += ["Stop with Ctrl+C: the app finishes what it is doing, then Azurite stops; leads stay.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

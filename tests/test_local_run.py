@@ -1,0 +1,146 @@
+"""``make run`` (leads/local_run.py) with its ports taken, and with another Azurite about: a clear
+message and nothing started, or an app that talks only to the Azurite it started."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from leads.azurite import connection_string, free_port, port_is_free
+from leads.local_run import RunError, start_azurite
+from leads.settings import Settings
+from leads.store import LeadStore
+
+from .conftest import FIXTURES
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = (FIXTURES / "marketplace" / "https-documented-example.json").read_bytes()
+
+
+@contextlib.contextmanager
+def held_port():
+    """A port someone else listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield other.getsockname()[1]
+
+
+def make_run(tmp_path: Path, port: int, blob: int, queue: int, table: int, **popen) -> subprocess.Popen:
+    """What `make run` runs, with its data and settings in ``tmp_path``."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AzureWebJobsStorage", "MARKETPLACE_"))
+    }
+    env["EMAIL_OUTBOX_DIR"] = str(tmp_path / "outbox")
+    command = [sys.executable, "-m", "leads.local_run", "--port", str(port), "--location", str(tmp_path / "azurite"),
+               "--settings", str(tmp_path / "local.settings.json"),
+               "--blob-port", str(blob), "--queue-port", str(queue), "--table-port", str(table)]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def test_a_taken_app_port_is_named_with_the_way_to_choose_another(tmp_path):
+    with held_port() as port:
+        code, out, err = finished(make_run(tmp_path, port, free_port(), free_port(), free_port()))
+    assert code == 1
+    assert f"port {port} is already in use" in err and f"make run PORT={port + 1}" in err
+    assert "Traceback" not in out + err
+    assert "curl" not in out  # no banner for an app that cannot start
+    assert not (tmp_path / "azurite").exists()  # nor an Azurite for it
+
+
+def test_taken_azurite_ports_stop_the_run_naming_them_and_the_variables_that_move_them(tmp_path):
+    app_port, blob, queue = free_port(), free_port(), free_port()
+    with held_port() as table:
+        code, out, err = finished(make_run(tmp_path, app_port, blob, queue, table))
+    assert code == 1
+    assert f"port {table} (table, AZURITE_TABLE_PORT)" in err
+    assert "AZURITE_BLOB_PORT=" in err and "AZURITE_QUEUE_PORT=" in err and "nothing is started" in err
+    assert "Traceback" not in out + err and "curl" not in out
+    assert port_is_free(app_port) and port_is_free(blob) and port_is_free(queue)
+
+
+def test_an_azurite_that_cannot_take_its_port_is_reported_with_the_port(tmp_path):
+    # The port is taken after the check: Azurite's own EADDRINUSE is read, not a traceback.
+    with held_port() as queue:
+        ports = {"blob": free_port(), "queue": queue, "table": free_port()}
+        with pytest.raises(RunError, match=rf"port {queue} \(queue, AZURITE_QUEUE_PORT\)"):
+            start_azurite(tmp_path / "azurite", ports)
+    assert port_is_free(ports["blob"]) and port_is_free(ports["table"])  # the half-started Azurite is gone
+
+
+def test_serve_on_a_taken_port_says_so_without_a_traceback(tmp_path):
+    with held_port() as port:
+        serve = [sys.executable, "-m", "leads", "--settings", "/nonexistent", "serve", "--port", str(port)]
+        result = subprocess.run(serve, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"port {port} is already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_run_passes_its_port_variables_on():
+    ports = ["PORT=7072", "AZURITE_BLOB_PORT=10010", "AZURITE_QUEUE_PORT=10011", "AZURITE_TABLE_PORT=10012"]
+    dry = subprocess.run(["make", "-n", "run", *ports], cwd=REPO, capture_output=True, text=True, timeout=60)
+    command = " ".join(dry.stdout.replace("\\\n", " ").split())
+    assert "-m leads.local_run --port 7072" in command
+    assert "--blob-port 10010 --queue-port 10011 --table-port 10012" in command
+
+
+def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
+    """Another Azurite (the session's) is running, and local.settings.json names it: the app
+    stores leads in its own, and the settings file follows, so the CLI reads the same."""
+    prefix = f"Run{uuid.uuid4().hex[:8]}"
+    settings_file = tmp_path / "local.settings.json"
+    values = {"AzureWebJobsStorage": azurite.connection_string, "LEADS_TABLE_PREFIX": prefix, "EMAIL_TO": "a@b.com"}
+    settings_file.write_text(json.dumps({"Values": values}))
+    app_port, ports = free_port(), (free_port(), free_port(), free_port())
+    process = make_run(tmp_path, app_port, *ports, start_new_session=True)
+    try:
+        lead_id = _post_when_up(f"http://127.0.0.1:{app_port}/api/leads", process)
+        ours = connection_string(*ports)
+        assert LeadStore.from_settings(_settings(ours, prefix)).get(lead_id) is not None
+        assert LeadStore.from_settings(_settings(azurite.connection_string, prefix)).get(lead_id) is None
+        assert json.loads(settings_file.read_text())["Values"]["AzureWebJobsStorage"] == ours
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl+C in the terminal
+        code, out, err = finished(process)
+    assert code == 0, err
+    assert "now points AzureWebJobsStorage at this Azurite" in out
+    assert f"{tmp_path / 'outbox'}/ as .eml files" in out and "Ctrl+C" in out
+    assert all(port_is_free(port) for port in ports)  # Azurite stopped with the app
+
+
+def _settings(storage: str, prefix: str) -> Settings:
+    return Settings.model_validate({"AzureWebJobsStorage": storage, "LEADS_TABLE_PREFIX": prefix})
+
+
+def _post_when_up(url: str, process: subprocess.Popen, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            response = requests.post(url, data=EXAMPLE, headers={"Content-Type": "application/json"}, timeout=10)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+            continue
+        assert response.status_code == 202, response.text
+        return response.json()["leadId"]
+    raise TimeoutError(f"nothing answered at {url}")

@@ -2,6 +2,8 @@
 
 Checks never create a record: each destination proves its credentials with a token and a harmless
 read. The routing rules and the app's own storage are checked too, since a lead depends on them.
+Each line is ``ok`` (leads get through), ``warning`` (they get through; something deserves a look)
+or ``problem`` (they do not, until it is fixed; :func:`what_it_means` says what happens instead).
 """
 
 from __future__ import annotations
@@ -72,3 +74,23 @@ def routing_check(settings: Settings) -> Check:
         return Check(False, f"rules name destinations that are not enabled: {', '.join(unknown)}",
                      "enable them with their settings, or remove them from LEADS_ROUTING")  # fmt: skip
     return Check(True, f"{len(rules)} rules" if rules else "no rules: every enabled destination gets every lead")
+
+
+STATES = {
+    "ok": "leads get through",
+    "warning": "leads get through, but read the line",
+    "problem": "leads do not get through until it is fixed",
+}
+
+
+def what_it_means(name: str, check: Check) -> str | None:
+    """What a problem on this line does to a lead, in a few words; None unless it is one."""
+    if check.state != "problem":
+        return None
+    return {
+        "storage": "no lead can be stored: POST /api/leads answers 503 and the table poll waits",
+        "routing": "leads take the default route, or skip destinations a rule names but that are not enabled",
+        "settings": "deliveries to the destinations these settings belong to fail",
+        "destinations": "leads are stored, and sent nowhere",
+    }.get(name, f"leads are stored but not delivered to {name} (retried for LEADS_RETRY_HOURS where that may "
+                "help); once fixed, `python -m leads replay` sends those that failed")  # fmt: skip

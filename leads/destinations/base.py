@@ -66,11 +66,28 @@ class Sent:
 
 @dataclass(frozen=True)
 class Check:
-    """What ``python -m leads check`` says of one destination."""
+    """What ``python -m leads check`` says of one destination, in one of three states:
+
+    - ``ok``: leads get through;
+    - ``warning`` (``Check.warn``, or ``ok`` with a ``fix``): leads get through, but something
+      deserves a look (mails go to files, requests are unsigned, a probe could not tell);
+    - ``problem`` (``ok`` false): leads do not get through until it is fixed.
+    """
 
     ok: bool
     message: str
     fix: str | None = None
+    warning: bool = False
+
+    @property
+    def state(self) -> str:
+        if not self.ok:
+            return "problem"
+        return "warning" if self.warning or self.fix else "ok"
+
+    @classmethod
+    def warn(cls, message: str, fix: str | None = None) -> Check:
+        return cls(True, message, fix, warning=True)
 
     @classmethod
     def failed(cls, error: DeliveryError) -> Check:

@@ -463,9 +463,9 @@ class OutboxTransport:
         except OSError as exc:
             return Check(False, f"the outbox folder {self.folder} cannot be written ({exc.strerror})",
                          "point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS")  # fmt: skip
-        return Check(True, f"ACS is not configured: mails are written to {self.folder.resolve()} as .eml files",
-                     "set EMAIL_CONNECTION_STRING (or EMAIL_ENDPOINT with a managed identity) and EMAIL_SENDER "
-                     "to send them")  # fmt: skip
+        return Check.warn(f"ACS is not configured: nobody is mailed, each lead's mail is an .eml file in "
+                          f"{self.folder.resolve()}", "set EMAIL_CONNECTION_STRING (or EMAIL_ENDPOINT with a "
+                          "managed identity) and EMAIL_SENDER to send them")  # fmt: skip
 
 
 class AcsTransport:

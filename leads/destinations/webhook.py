@@ -76,12 +76,21 @@ class WebhookDestination(Destination):
         except requests.RequestException as exc:
             return Check(False, f"{self.url} cannot be reached ({type(exc).__name__})",
                          "check the URL, and that the receiver is up and reachable from Azure")  # fmt: skip
-        if response.status_code == 410:
+        status = response.status_code
+        if status == 410:
             return Check(False, f"{self.url} answers 410 Gone", "set WEBHOOK_URL to the receiver's new address")
+        if status >= 400:
+            # Many receivers take only POST (501 or 405 to a HEAD, 404 from routers that match on
+            # the method, 401 without a signature): the receiver is up, what a POST gets is unknown.
+            unsigned = "" if self.secret else "; requests are unsigned"
+            return Check.warn(f"{self.url} is up but answers a HEAD (sent instead of a lead) with {status}: "
+                              f"whether it takes leads is not known{unsigned}",
+                              "send it a test lead: python -m leads test-lead, with LEADS_TEST_LEADS=deliver "
+                              "set for the app (test leads are only mailed by default)")  # fmt: skip
         if not self.secret:
-            return Check(True, f"{self.url} answers {response.status_code}, but WEBHOOK_SECRET is not set",
-                         "set WEBHOOK_SECRET so the receiver can verify X-Leads-Signature")  # fmt: skip
-        return Check(True, f"{self.url} answers {response.status_code}; requests are signed")
+            return Check.warn(f"{self.url} answers {status}, but WEBHOOK_SECRET is not set",
+                              "set WEBHOOK_SECRET so the receiver can verify X-Leads-Signature")  # fmt: skip
+        return Check(True, f"{self.url} answers {status}; requests are signed")
 
     def send(self, lead: Lead, route: Route) -> Sent:
         body = lead.to_json().encode()

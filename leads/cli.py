@@ -15,14 +15,15 @@ from .model import Lead
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leads", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m leads", description=__doc__.splitlines()[0].replace("``", ""),
+                                     epilog="Every command is described in docs/cli.md.")  # fmt: skip
     parser.add_argument("--settings", default="local.settings.json",
                         help="local settings file loaded into the environment (default: %(default)s)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run function_app.py locally: HTTP routes, timers, queues")
-    serve.add_argument("--port", type=int, default=7071)
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7071, help="HTTP port (default: %(default)s)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--function-key", metavar="KEY", help="require this key (?code= or x-functions-key) on "
                        "function-level routes, as Azure does; needed to serve beyond 127.0.0.1")  # fmt: skip
 
@@ -31,16 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("--json", action="store_true", help="the normalised leads as JSON")
 
     show = commands.add_parser("show", help="one lead, normalised and as received")
-    show.add_argument("lead_id", metavar="LEAD_ID")
+    show.add_argument("lead_id", metavar="LEAD_ID", help="a lead id, from list or from the intake's answer")
     show.add_argument("--json", action="store_true", help="the normalised lead as JSON")
 
     poll = commands.add_parser("poll", help="poll the marketplace table once, now")
     poll.add_argument("--full-scan", action="store_true",
                       help="read the whole table now (the hourly safety scan), not only the recent days")  # fmt: skip
-    poll.add_argument("--json", action="store_true")
+    poll.add_argument("--json", action="store_true", help="the counts as JSON")
 
     status = commands.add_parser("status", help="deliveries per destination and state, recent failures")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the report as JSON")
 
     replay = commands.add_parser("replay", help="deliver failed deliveries again (never a delivered one)")
     replay.add_argument("--lead", metavar="LEAD_ID", help="only this lead's (with those held as older than "
@@ -49,17 +50,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--skipped", action="store_true",
                         help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
 
-    check = commands.add_parser("check", help="check the settings and credentials of every enabled destination")
-    check.add_argument("--json", action="store_true")
+    check = commands.add_parser("check", help="storage, routing and every enabled destination's settings and "
+                                "credentials, each ok, warning or problem, with the fix")  # fmt: skip
+    check.add_argument("--json", action="store_true", help="each line as JSON, with its state")
 
     test_lead = commands.add_parser("test-lead", help="send an MSFT_TEST_ lead as the marketplace's Validate "
                                     "button does, wait for it, and report each destination's outcome")  # fmt: skip
-    test_lead.add_argument("--via", choices=("http", "table"), default="http")
+    test_lead.add_argument("--via", choices=("http", "table"), default="http",
+                           help="http: POST it to --url; table: write it into the marketplace table and wait "
+                           "for the app's table poll (LEADS_POLL_SCHEDULE, every 30 s by default) "
+                           "(default: %(default)s)")  # fmt: skip
     test_lead.add_argument("--url", default="http://127.0.0.1:7071/api/leads",
                            help="the intake to POST to with --via http (default: %(default)s)")  # fmt: skip
     test_lead.add_argument("--timeout", type=float, default=120, help="seconds to wait (default: %(default)s)")
-    test_lead.add_argument("--json", action="store_true")
+    test_lead.add_argument("--json", action="store_true", help="the report as JSON (progress still goes to stderr)")
 
+    for command in commands._choices_actions:  # `COMMAND --help` opens with what the command does
+        commands.choices[command.dest].description = command.help
     args = parser.parse_args(argv)
     from .local_settings import load_local_settings
 
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import errno
+
     from .serve import serve
 
     try:
@@ -77,6 +86,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as problem:  # serving beyond loopback without a key
         print(f"serve: {problem}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"port {args.port} is already in use on {args.host}: stop what holds it, or choose another "
+              f"with --port (make run PORT=...)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -171,23 +186,27 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .checks import run_checks
+    from .checks import STATES, run_checks, what_it_means
 
     results = run_checks()
     if args.json:
-        print(json.dumps([{"name": name, "ok": c.ok, "message": c.message, "fix": c.fix} for name, c in results], indent=2))
+        print(json.dumps([{"name": name, "state": c.state, "ok": c.ok, "message": c.message, "fix": c.fix,
+                           "forALead": what_it_means(name, c)} for name, c in results], indent=2))  # fmt: skip
     else:
         for name, result in results:
-            print(f"{'ok  ' if result.ok else 'FAIL'} {name:<16} {result.message}")
-            if result.fix:
-                print(f"     {'':<16} fix: {result.fix}")
+            print(f"{result.state:<8} {name:<14} {result.message}")
+            for label, text in (("fix", result.fix), ("for a lead", what_it_means(name, result))):
+                if text:
+                    print(f"{'':<23} {label}: {text}")
+        print("\n" + "; ".join(f"{state}: {meaning}" for state, meaning in STATES.items()) + ".")
     return 0 if all(result.ok for _, result in results) else 1
 
 
 def _test_lead(args: argparse.Namespace) -> int:
     from .testlead import run_test_lead
 
-    report = run_test_lead(via=args.via, url=args.url, timeout=args.timeout)
+    report = run_test_lead(via=args.via, url=args.url, timeout=args.timeout,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -212,6 +231,8 @@ def _poll(args: argparse.Namespace) -> int:
 
 
 def _describe(lead: Lead, duplicates: int) -> str:
+    from .destinations.email import campaign_text
+
     rows = [
         ("Lead", lead.lead_id),
         ("Received", f"{lead.received_at:%Y-%m-%d %H:%M:%S} UTC via {lead.channel}"),
@@ -225,13 +246,13 @@ def _describe(lead: Lead, duplicates: int) -> str:
         ("Company", lead.company),
         ("Title", lead.title),
         ("Description", lead.description),
-        ("Campaign", json.dumps(lead.campaign, ensure_ascii=False) if lead.campaign else None),
+        ("Campaign", campaign_text(lead.campaign)),  # as the mail reads: "campaigns: winter-promo, partner-x"
         ("Flags", ", ".join(flag for flag, on in (("test lead", lead.is_test), ("do not contact", lead.do_not_contact),
                                                    ("personal data withheld", lead.pii_withheld)) if on) or None),
         ("Duplicates", str(duplicates) if duplicates else None),
         ("As received", json.dumps(lead.raw, ensure_ascii=False)),
     ]  # fmt: skip
-    return "\n".join(f"{label + ':':<13} {value}" for label, value in rows if value)
+    return "\n".join(f"{label + ':':<13} " + value.replace("\n", "\n" + " " * 14) for label, value in rows if value)
 
 
 def _cut(text: str | None, width: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,18 +26,44 @@ def test_lead_fields(marker: str) -> dict[str, str]:
             "Country": "US", "Company": marker, "Title": marker}  # fmt: skip
 
 
-def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads", timeout: float = 120) -> dict[str, Any]:
+def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads", timeout: float = 120,
+                  progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:  # fmt: skip
+    """Send the lead and wait for it; ``progress`` hears, a line at a time, what is awaited."""
     marker = f"MSFT_TEST_{time.time_ns() // 100}"
-    lead_id = _send_http(url, marker) if via == "http" else _write_row(marker)
+    started = time.monotonic()
+    if via == "http":
+        lead_id = _send_http(url, marker)
+        progress(f"Posted a test lead to {url}; it is {lead_id}.")
+    else:
+        lead_id = _write_row(marker)
+        progress(f"Wrote a test row into the marketplace table; waiting for the app's table poll to take it in "
+                 f"({_poll_timing()}).")  # fmt: skip
     store = LeadStore.from_settings()
-    deadline = time.monotonic() + timeout
+    deadline = started + timeout
     lead = deliveries = None
+    told: dict[str, str] = {}  # the state progress last heard of, per destination
+    next_reminder = started + 10
     while time.monotonic() < deadline:
+        stored_before = lead is not None
         lead = lead or store.get(lead_id)
         if lead is not None:
             deliveries = store.deliveries.for_lead(lead_id)
+            if not stored_before:
+                names = ", ".join(d.destination for d in deliveries) or "none"
+                progress(f"Stored as {lead_id} after {time.monotonic() - started:.0f} s; waiting for its "
+                         f"deliveries ({names}).")  # fmt: skip
+            for delivery in deliveries:
+                if told.get(delivery.destination) != delivery.state and delivery.state in FINAL | {"retrying"}:
+                    told[delivery.destination] = delivery.state
+                    error = f": {delivery.last_error}" if delivery.last_error and delivery.state != "delivered" else ""
+                    elapsed = time.monotonic() - started
+                    progress(f"  {delivery.destination} {delivery.state} after {elapsed:.0f} s{error}")
             if all(d.state in FINAL for d in deliveries):
                 break
+        if time.monotonic() >= next_reminder:
+            next_reminder += 10
+            awaited = "the deliveries" if lead is not None else "the lead to be stored"
+            progress(f"  still waiting for {awaited} ({time.monotonic() - started:.0f} of {timeout:g} s)")
         time.sleep(0.5)
     report = {
         "leadId": lead_id,
@@ -49,6 +76,18 @@ def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads
         report["problem"] = (f"the lead was not stored within {timeout:g}s: is the app running"
                              + (" and polling the marketplace table?" if via == "table" else f" at {url}?"))  # fmt: skip
     return report
+
+
+def _poll_timing() -> str:
+    """When the app polls next, by the schedule this process's settings give it."""
+    from croniter import croniter
+
+    schedule = get_settings().poll_schedule
+    try:
+        due = croniter(schedule, datetime.now(timezone.utc), second_at_beginning=True).get_next(datetime)
+    except (ValueError, KeyError):
+        return f"LEADS_POLL_SCHEDULE is {schedule!r}"
+    return f"LEADS_POLL_SCHEDULE {schedule!r}: next poll at {due:%H:%M:%S} UTC"
 
 
 def _send_http(url: str, marker: str) -> str:

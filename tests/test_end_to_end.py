@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -146,4 +147,17 @@ def test_status_and_check(app):
     assert counts["webhook"].get("delivered", 0) >= 1
     check = cli(app, "check")
     assert check.returncode == 0, check.stdout
-    assert "ok   webhook" in check.stdout and "ok   email" in check.stdout
+    # The fake webhook answers check's HEAD with 501 and mails go to the outbox: both get through.
+    assert re.search(r"^warning\s+webhook\s.*501", check.stdout, re.MULTILINE), check.stdout
+    assert re.search(r"^warning\s+email\s.*\.eml", check.stdout, re.MULTILINE), check.stdout
+
+
+def test_test_lead_via_the_table_says_what_it_waits_for(app):
+    result = cli(app, "test-lead", "--via", "table", "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    progress = result.stderr.splitlines()
+    assert progress[0].startswith("Wrote a test row into the marketplace table; waiting for the app's table poll")
+    assert "LEADS_POLL_SCHEDULE '*/1 * * * * *': next poll at" in progress[0]
+    assert any(line.startswith("Stored as t") for line in progress)
+    assert any(line.startswith("  webhook delivered after") for line in progress), progress
+    assert result.stdout.startswith("Test lead t")

@@ -1,0 +1,77 @@
+"""The settings model (leads/settings.py), the sample settings a newcomer copies
+(local.settings.sample.json) and the settings reference (docs/settings.md) name the same settings.
+
+A setting added in one place only fails here, with the names missing from each of the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from leads.azurite import connection_string
+from leads.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "local.settings.sample.json"
+REFERENCE = ROOT / "docs" / "settings.md"
+
+# Read by the Functions host, not the app: in the sample (Core Tools needs them), not in the model.
+HOST_SETTINGS = {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags"}
+# Sample values that differ from the model's default on purpose: a local run needs storage (make
+# run's Azurite on its default ports) and someone to mail.
+LOCAL_VALUES = {"AzureWebJobsStorage": connection_string(10000, 10001, 10002), "EMAIL_TO": "sales@contoso.example"}
+
+
+def model_names() -> set[str]:
+    return {field.alias or name for name, field in Settings.model_fields.items()}
+
+
+def sample_values() -> dict[str, str]:
+    return json.loads(SAMPLE.read_text(encoding="utf-8"))["Values"]
+
+
+def reference_names() -> set[str]:
+    """The backticked names in the first column of the settings table."""
+    names = set()
+    for line in REFERENCE.read_text(encoding="utf-8").splitlines():
+        cells = line.split("|")
+        if line.startswith("|") and len(cells) > 2 and "`" in cells[1]:
+            names |= set(re.findall(r"`([^`]+)`", cells[1]))
+    return names
+
+
+def differences(expected: set[str], **others: set[str]) -> dict[str, dict[str, list[str]]]:
+    return {
+        where: {"missing": sorted(expected - names), "not in the model": sorted(names - expected)}
+        for where, names in others.items()
+        if names != expected
+    }
+
+
+def test_model_sample_and_reference_name_the_same_settings():
+    sample = set(sample_values()) - HOST_SETTINGS
+    drift = differences(model_names(), **{SAMPLE.name: sample, "docs/settings.md": reference_names()})
+    assert not drift, "settings named in one place only:\n" + json.dumps(drift, indent=2)
+
+
+def test_the_sample_holds_the_host_settings_core_tools_needs():
+    assert HOST_SETTINGS <= set(sample_values())
+
+
+def test_sample_values_are_the_defaults_except_what_a_local_run_needs():
+    values = {name: value for name, value in sample_values().items() if name not in HOST_SETTINGS}
+    from_sample = Settings.model_validate(values)  # each value is one the app accepts
+    changed = {
+        field.alias: getattr(from_sample, name)
+        for name, field in Settings.model_fields.items()
+        if getattr(from_sample, name) != field.get_default(call_default_factory=True)
+    }
+    assert changed == LOCAL_VALUES
+
+
+def test_differences_name_what_is_missing_where():
+    # The helper must see drift both ways, or the test above could pass on anything.
+    assert differences({"A", "B"}, sample={"A", "C"}) == {"sample": {"missing": ["B"], "not in the model": ["C"]}}
+    assert differences({"A"}, sample={"A"}) == {}

@@ -19,13 +19,13 @@ $(BIN)/python:
 	@$(STEP) "Creating the virtualenv $(VENV)/ with $(PYTHON) (a few seconds)" $(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
-	@$(STEP) "Installing the Python packages (requirements-dev.txt: the Azure SDKs, pydantic, pytest...) into $(VENV)/; about a minute the first time" \
+	@$(STEP) "Installing the Python packages (requirements-dev.txt: the Azure SDKs, pydantic, pytest...) into $(VENV)/; a minute or two the first time" \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
 node_modules/.bin/azurite: package.json
 	@command -v npm >/dev/null || { echo "make: npm (Node 20) is needed for Azurite, the storage emulator"; exit 1; }
-	@$(STEP) "Installing Azurite, the Azure Storage emulator, from npm into node_modules/; about 20 s the first time" \
+	@$(STEP) "Installing Azurite, the Azure Storage emulator, from npm into node_modules/; under a minute the first time" \
 		npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 

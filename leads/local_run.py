@@ -6,7 +6,8 @@ taken port ends the run with what holds it and the variable that moves it (``mak
 is served with that Azurite's connection string in ``AzureWebJobsStorage`` (the environment wins
 over ``local.settings.json``), so it can never poll another emulator's queue and tables. When the
 ports are not the ones ``local.settings.json`` names, the file is brought in step, so that
-``python -m leads list`` in another terminal reads the same leads.
+``python -m leads list`` in another terminal reads the same leads. A lock on Azurite's data folder
+keeps a second ``make run`` of the same clone, on other ports, from sharing (and corrupting) it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ from pathlib import Path
 
 from .azurite import Azurite, AzuriteError, port_is_free
 
-# The `make` variable that sets each port, named in every message about that port.
-PORT_VARIABLES = {
-    "app": "PORT",
-    "blob": "AZURITE_BLOB_PORT",
-    "queue": "AZURITE_QUEUE_PORT",
-    "table": "AZURITE_TABLE_PORT",
-}
+# The `make` variable that sets each of Azurite's ports, named in every message about that port.
+PORT_VARIABLES = {"blob": "AZURITE_BLOB_PORT", "queue": "AZURITE_QUEUE_PORT", "table": "AZURITE_TABLE_PORT"}
 LOCAL_STORAGE_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -45,10 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settings", default="local.settings.json")
     args = parser.parse_args(argv)
     azurite_ports = {"blob": args.blob_port, "queue": args.queue_port, "table": args.table_port}
+    data_lock = None
     try:
         check_ports(args.port, azurite_ports)
+        data_lock = lock_data_folder(Path(args.location))
         azurite = start_azurite(Path(args.location), azurite_ports)
     except RunError as problem:
+        if data_lock:
+            data_lock.close()
         print(f"\nmake run: {problem}", file=sys.stderr)
         return 1
     try:
@@ -61,10 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            print(f"\nmake run: {port_taken_message('app', args.port)}", file=sys.stderr)  # taken since the check
+            print(f"\nmake run: {app_port_message(args.port)}", file=sys.stderr)  # taken since the check
             return 1
     finally:
         azurite.stop()
+        data_lock.close()
     return 0
 
 
@@ -92,7 +93,7 @@ def use_only(azurite: Azurite, settings_file: Path) -> list[str]:
 
 def check_ports(app_port: int, azurite_ports: dict[str, int]) -> None:
     """RunError naming every taken port and how to choose another."""
-    problems = [port_taken_message("app", app_port)] if not port_is_free(app_port) else []
+    problems = [app_port_message(app_port)] if not port_is_free(app_port) else []
     taken = {service: port for service, port in azurite_ports.items() if not port_is_free(port)}
     if taken:
         problems.append(azurite_ports_message(taken, azurite_ports))
@@ -100,11 +101,9 @@ def check_ports(app_port: int, azurite_ports: dict[str, int]) -> None:
         raise RunError("\n\n".join(problems))
 
 
-def port_taken_message(service: str, port: int) -> str:
-    if service == "app":
-        return (f"port {port} is already in use (another `make run`, `func start` or another server?).\n"
-                f"Stop it, or choose another port: make run PORT={_suggest(port)}")  # fmt: skip
-    return azurite_ports_message({service: port}, {service: port})
+def app_port_message(port: int) -> str:
+    return (f"port {port} is already in use (another `make run`, `func start` or another server?).\n"
+            f"Stop it, or choose another port: make run PORT={_suggest(port)}")  # fmt: skip
 
 
 def azurite_ports_message(taken: dict[str, int], ports: dict[str, int]) -> str:
@@ -112,7 +111,8 @@ def azurite_ports_message(taken: dict[str, int], ports: dict[str, int]) -> str:
     alone would leave the next clash to be found on the next run)."""
     held = ", ".join(f"{port} ({service}, {PORT_VARIABLES[service]})" for service, port in taken.items())
     moved = " ".join(f"{PORT_VARIABLES[service]}={_suggest(port, 10)}" for service, port in ports.items())
-    return (f"Azurite, the storage emulator, cannot listen on port {held}: it is in use, most likely by "
+    ports_word = "ports" if len(taken) > 1 else "port"
+    return (f"Azurite, the storage emulator, cannot listen on {ports_word} {held}: in use, most likely by "
             f"another Azurite (a second `make run`, the VS Code extension, Docker).\n"
             f"The app would then read and write that emulator's leads and queue, so nothing is started.\n"
             f"Stop the other one, or move this one: make run {moved}")  # fmt: skip
@@ -124,6 +124,27 @@ def _suggest(port: int, step: int = 1) -> int:
     while not port_is_free(candidate) and candidate < port + 100 * step:
         candidate += step
     return candidate
+
+
+def lock_data_folder(location: Path):
+    """Two Azurites on one data folder would corrupt it: hold a lock on it while this run lasts
+    (another ``make run`` of the same clone on other ports is refused)."""
+    import fcntl
+
+    location.mkdir(parents=True, exist_ok=True)
+    lock = (location / "make-run.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise RunError(f"another `make run` (process {holder}) is using {location}/, Azurite's data: stop it "
+                       "first (Ctrl+C in its terminal); two emulators on one folder would corrupt it.") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def start_azurite(location: Path, ports: dict[str, int]) -> Azurite:

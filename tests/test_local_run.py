@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from leads.azurite import connection_string, free_port, port_is_free
-from leads.local_run import RunError, start_azurite
+from leads.local_run import RunError, lock_data_folder, start_azurite
 from leads.settings import Settings
 from leads.store import LeadStore
 
@@ -86,6 +86,19 @@ def test_an_azurite_that_cannot_take_its_port_is_reported_with_the_port(tmp_path
         with pytest.raises(RunError, match=rf"port {queue} \(queue, AZURITE_QUEUE_PORT\)"):
             start_azurite(tmp_path / "azurite", ports)
     assert port_is_free(ports["blob"]) and port_is_free(ports["table"])  # the half-started Azurite is gone
+
+
+def test_a_second_make_run_of_the_same_clone_on_other_ports_is_refused(tmp_path):
+    # Ports apart, both would run an Azurite on the one data folder, and corrupt it.
+    lock = lock_data_folder(tmp_path / "azurite")  # as the first `make run` holds it
+    try:
+        ports = [free_port() for _ in range(4)]
+        code, out, err = finished(make_run(tmp_path, *ports))
+    finally:
+        lock.close()
+    assert code == 1 and f"another `make run` (process {os.getpid()}) is using" in err
+    assert "Traceback" not in out + err and all(port_is_free(port) for port in ports)
+    lock_data_folder(tmp_path / "azurite").close()  # free again once the first one ends
 
 
 def test_serve_on_a_taken_port_says_so_without_a_traceback(tmp_path):

@@ -33,7 +33,7 @@ def options_without_help(text: str) -> list[str]:
     """Options listed in an argparse help whose description is empty."""
     lines = text.split("options:", 1)[1].splitlines()[1:]
     bare = []
-    for line, following in zip(lines, [*lines[1:], ""]):
+    for line, following in zip(lines, [*lines[1:], ""], strict=True):
         match = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
         if match and not match.group(2) and not re.match(r"^\s{6,}\S", following):
             bare.append(match.group(1))
@@ -108,7 +108,7 @@ def test_check_prints_three_plain_states_and_what_a_problem_means_for_a_lead(sto
     lines = capsys.readouterr().out.splitlines()
     email = next(line for line in lines if re.match(r"^\S+\s+email\b", line))
     assert email.startswith("warning ") and ".eml" in email  # the outbox: nobody is mailed
-    for line, following in zip(lines, lines[1:]):
+    for line, following in zip(lines, lines[1:], strict=False):
         assert not (line.startswith("ok ") and "fix:" in following), "an ok line with a fix"
     webhook = lines.index(next(line for line in lines if re.match(r"^\S+\s+webhook\b", line)))
     assert lines[webhook].startswith("problem ")

@@ -87,7 +87,9 @@ def load_rules(setting: str) -> tuple[Rule, ...]:
     else:
         path = Path(setting)
         if not path.is_file():
-            raise RoutingError(f"LEADS_ROUTING names {setting}, which is not a file (or is not JSON)")
+            # A relative path is read from the working directory: say which file that was.
+            raise RoutingError(f"LEADS_ROUTING names {setting}, which is not a file (or is not JSON); "
+                               f"looked for {path.absolute()}")  # fmt: skip
         text, where = path.read_text(encoding="utf-8"), str(path)
     try:
         document = json.loads(text)

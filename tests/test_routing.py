@@ -100,3 +100,16 @@ def test_routing_from_a_file(tmp_path):
 def test_bad_routing_names_the_problem(setting, message):
     with pytest.raises(RoutingError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_rules(setting)
+
+
+def test_a_relative_routing_path_is_read_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "routing.json").write_text(RULES)
+    monkeypatch.chdir(tmp_path / "app")
+    load_rules.cache_clear()
+    assert len(load_rules("routing.json")) == 3
+    monkeypatch.chdir(tmp_path)
+    load_rules.cache_clear()
+    with pytest.raises(RoutingError, match=f"looked for {tmp_path / 'routing.json'}$"):
+        load_rules("routing.json")
+    load_rules.cache_clear()

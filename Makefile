@@ -35,7 +35,7 @@ local.settings.json:
 
 # checkov pins packages the app shares, so it gets a virtualenv of its own.
 .venv-checkov/.installed: requirements-infra.txt
-	@$(STEP) "Installing checkov (the template checks of tests/test_infra.py) into its own virtualenv .venv-checkov/; about a minute the first time" \
+	@$(STEP) "Installing checkov (the template checks of tests/test_infra.py) into its own virtualenv .venv-checkov/; a minute or two the first time" \
 		sh -c '$(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-infra.txt'
 	@touch $@
 

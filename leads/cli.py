@@ -7,10 +7,12 @@ Every command reads the app's settings from the environment, after loading
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from collections.abc import Sequence
 
+from .destinations import REGISTRY
 from .model import Lead
 
 
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = commands.add_parser("replay", help="deliver failed deliveries again (never a delivered one)")
     replay.add_argument("--lead", metavar="LEAD_ID", help="only this lead's (with those held as older than "
                         "LEADS_BACKFILL_DAYS)")  # fmt: skip
-    replay.add_argument("--destination", metavar="NAME", help="only this destination's")
+    replay.add_argument("--destination", metavar="NAME", choices=REGISTRY, help="only this destination's")
     replay.add_argument("--skipped", action="store_true",
                         help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
 
@@ -122,9 +124,7 @@ def _show(args: argparse.Namespace) -> int:
     if lead is None:
         rejected = store.rejected(args.lead_id)
         if rejected:
-            print(json.dumps(rejected, indent=2, ensure_ascii=False) if args.json else
-                  f"Marketplace row {args.lead_id} was not a usable lead: {rejected['error']}\n"
-                  f"As received: {json.dumps(rejected['raw'], ensure_ascii=False)}")  # fmt: skip
+            print(_describe_rejected(rejected, args.json))
             return 0
         print(f"no lead with id {args.lead_id}", file=sys.stderr)
         return 1
@@ -133,7 +133,7 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps({**lead.to_dict(), "deliveries": [d.to_dict() for d in deliveries]},
                          indent=2, ensure_ascii=False))  # fmt: skip
         return 0
-    print(_describe(lead, store.duplicates(lead.lead_id)))
+    print(_describe(lead, store.duplicates(lead.lead_id), store.same_content(lead.lead_id)))
     for delivery in deliveries:
         print(f"{'Delivery:':<13} {_delivery_line(delivery)}")
     return 0
@@ -176,7 +176,11 @@ def _status(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from .operations import replay
+    from .store import LeadStore
 
+    if args.lead and LeadStore.from_settings().get(args.lead) is None:
+        print(f"replay: no lead with id {args.lead}", file=sys.stderr)
+        return 2
     replayed = replay(lead_id=args.lead, destination=args.destination, skipped=args.skipped)
     for delivery in replayed:
         print(f"replaying {delivery.lead_id} to {delivery.destination}")
@@ -230,7 +234,27 @@ def _poll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(lead: Lead, duplicates: int) -> str:
+def _describe_rejected(rejected: dict, as_json: bool) -> str:
+    """A rejected record: a marketplace row's properties, or a refused body as received (as
+    text when it is UTF-8, else base64)."""
+    body = rejected.pop("body", None)
+    if body is not None:
+        try:
+            rejected["body"] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            rejected["bodyBase64"] = base64.b64encode(body).decode()
+    if as_json:
+        return json.dumps(rejected, indent=2, ensure_ascii=False)
+    if body is None:
+        return (f"Marketplace row {rejected['leadId']} was not a usable lead: {rejected['error']}\n"
+                f"As received: {json.dumps(rejected['raw'], ensure_ascii=False)}")  # fmt: skip
+    kept = f"first {len(body)} of {rejected['size']} bytes" if rejected["truncated"] else f"{len(body)} bytes"
+    return (f"Body {rejected['leadId']} POSTed {rejected['receivedAt']} was refused: {rejected['error']}\n"
+            f"As received ({kept}{', base64' * ('bodyBase64' in rejected)}): "
+            f"{rejected.get('body', rejected.get('bodyBase64'))}")  # fmt: skip
+
+
+def _describe(lead: Lead, duplicates: int, same_content: int = 1) -> str:
     from .destinations.email import campaign_text
 
     rows = [
@@ -250,6 +274,7 @@ def _describe(lead: Lead, duplicates: int) -> str:
         ("Flags", ", ".join(flag for flag, on in (("test lead", lead.is_test), ("do not contact", lead.do_not_contact),
                                                    ("personal data withheld", lead.pii_withheld)) if on) or None),
         ("Duplicates", str(duplicates) if duplicates else None),
+        ("Same content", f"{same_content} leads in all" if same_content > 1 else None),
         ("As received", json.dumps(lead.raw, ensure_ascii=False)),
     ]  # fmt: skip
     return "\n".join(f"{label + ':':<13} " + value.replace("\n", "\n" + " " * 14) for label, value in rows if value)

@@ -2,22 +2,27 @@
 
 The answer is given only after the lead is durably stored. Bad input is answered 400 or 413 with
 an error naming the problem; a storage failure is 503 (the lead was not stored, say so), never
-blamed on the caller.
+blamed on the caller. A refused body is kept as a rejected record (the reason, the bytes as
+received, the time) under an id of its own, which the answer names, so that nothing the
+marketplace sent disappears unseen; the operator is told in one log line (:func:`tell_operator`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .deliver import enqueue
 from .normalise import LeadValidationError, from_http_body
 from .routing import plan
 from .settings import Settings, get_settings
-from .store import LeadStore
+from .store import LeadStore, Rejected
+from .telemetry import lead_extra
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +44,19 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
     """Take in one POSTed lead and say what became of it."""
     settings = settings or get_settings()
     if len(body) > MAX_BODY_BYTES:
-        return _refuse(413, f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} (64 KiB)")
+        return _refuse(413, f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} (64 KiB)", body, settings)
     if not body.strip():
-        return _refuse(400, "the body is empty: expected a JSON object holding the lead")
+        return _refuse(400, "the body is empty: expected a JSON object holding the lead", body, settings)
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json, parse_float=_finite, parse_int=_integer)
     except RecursionError:
-        return _refuse(400, "the body is not a lead: its JSON is nested too deeply")
+        return _refuse(400, "the body is not a lead: its JSON is nested too deeply", body, settings)
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
-        return _refuse(400, f"the body is not valid JSON: {exc}")
+        return _refuse(400, f"the body is not valid JSON: {exc}", body, settings)
     try:
         lead = from_http_body(data)
     except LeadValidationError as exc:
-        return _refuse(400, str(exc))
+        return _refuse(400, str(exc), body, settings)
 
     from azure.core.exceptions import AzureError
 
@@ -73,6 +78,42 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
                   {"leadId": stored.lead_id, "duplicate": stored.duplicate})  # fmt: skip
 
 
-def _refuse(status: int, error: str) -> Answer:
-    log.info("lead refused with %d: %s", status, error)
-    return Answer(status, {"error": error})
+def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:
+    """Answer ``status`` with the reason, once the body is kept as a rejected record."""
+    from azure.core.exceptions import AzureError
+
+    record_id = "r" + uuid.uuid4().hex[:24]
+    try:
+        rejected = LeadStore.from_settings(settings).reject(record_id, error, body, datetime.now(timezone.utc),
+                                                            channel="http")  # fmt: skip
+    except AzureError as exc:
+        # Still the caller's bad input, answered as such; the operator hears that it was not kept.
+        log.error("refused body (%d) not kept: storage failed (%s): %s", status, type(exc).__name__, error)
+        return Answer(status, {"error": error})
+    tell_operator(rejected)
+    return Answer(status, {"error": error, "rejectedId": record_id})
+
+
+def tell_operator(rejected: Rejected) -> None:
+    """One log line per rejected record: its id and reason, never its content. Alerts group
+    these records (per channel and window) rather than mail one each."""
+    log.warning("%s input refused, kept as rejected record %s: %s", rejected.channel, rejected.record_id, rejected.error,
+                extra=lead_extra(rejected.record_id, outcome="rejected", channel=rejected.channel))  # fmt: skip
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range (JSON numbers are doubles)")
+    return number
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # Python refuses more than 4,300 digits, to bound the cost of reading them
+        raise ValueError(f"a number of {len(text)} digits is longer than any lead holds") from None

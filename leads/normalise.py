@@ -4,14 +4,22 @@ Two inputs: the JSON body the marketplace POSTs to an HTTPS endpoint, and the en
 an Azure Table (whose ``CustomerInfo`` is a JSON *string*). Keys are matched case-insensitively,
 codes the marketplace may add later pass through unchanged, and a value that cannot be cleaned is
 kept as received. The only exception raised is :class:`LeadValidationError`, for input that holds
-no lead at all or has a structure the marketplace never sends; it names what is wrong.
+no lead at all or has a structure the marketplace never sends (nesting deeper than
+:data:`MAX_NESTING`, text that is not valid Unicode); it names what is wrong.
+
+An HTTP lead's id is a digest of its normalised content when the lead names a person (see
+:func:`identifies_person`), so that the same lead POSTed again is recognised; a lead that names no
+one (the marketplace withholds personal data for ``.edu`` customers) gets an id of its own, since
+two such leads with the same content may well be two customers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -22,6 +30,8 @@ from .model import Channel, Lead
 TEST_MARKER = "MSFT_TEST_"
 USER_FIELDS = ("firstname", "lastname", "email", "phone", "country", "company", "title")
 PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone")
+# The marketplace's JSON is two levels deep; pydantic cannot serialise much past 250.
+MAX_NESTING = 32
 
 # LeadSource values as the marketplace writes them, matched case-insensitively.
 _SOURCE_NAMES = {
@@ -55,12 +65,14 @@ def from_http_body(body: Any, received_at: datetime | None = None) -> Lead:
     """A lead from a parsed JSON body POSTed by the marketplace."""
     if not isinstance(body, Mapping):
         raise LeadValidationError(f"the lead must be a JSON object, got {_json_type(body)}")
+    check_json(body, "the body")
     fields = _lower_keys(body)
     user = fields.get("userdetails")
     if user is not None and not isinstance(user, Mapping):
         raise LeadValidationError(f"UserDetails must be an object, got {_json_type(user)}")
     parts = _lead_parts(fields, _lower_keys(user or {}), user_prefix="UserDetails.")
-    return Lead(lead_id=_content_id(parts), received_at=received_at or _now(), channel="http", raw=body, **parts)
+    lead_id = _content_id(parts) if identifies_person(parts) else new_http_lead_id()
+    return Lead(lead_id=lead_id, received_at=received_at or _now(), channel="http", raw=body, **parts)
 
 
 def from_table_entity(entity: Mapping[str, Any], table_name: str,
@@ -79,17 +91,31 @@ def from_table_entity(entity: Mapping[str, Any], table_name: str,
             raise LeadValidationError(f"CustomerInfo is not valid JSON: {exc.msg}") from None
     if info is not None and info != "" and not isinstance(info, Mapping):
         raise LeadValidationError(f"CustomerInfo must hold a JSON object, got {_json_type(info)}")
+    check_json(entity, "the table entity")
+    check_json(info, "CustomerInfo")
     parts = _lead_parts(fields, _lower_keys(info or {}), user_prefix="CustomerInfo.")
     lead_id = table_lead_id(table_name, partition, row)
     received = received_at or _as_datetime(fields.get("timestamp")) or _now()
     return Lead(lead_id=lead_id, received_at=received, channel="table", raw=dict(entity), **parts)
 
 
+def identifies_person(lead: Lead | Mapping[str, Any]) -> bool:
+    """Whether a lead names a person: an email, or a first or last name with a company. Only
+    such a lead can be a repeat of another; two leads that name no one may be two customers."""
+    get = lead.get if isinstance(lead, Mapping) else lambda name: getattr(lead, name)
+    return bool(get("email")) or bool((get("first_name") or get("last_name")) and get("company"))
+
+
 def http_lead_id(lead: Lead, occurrence: int = 0) -> str:
-    """The id of an HTTP lead: a digest of its normalised content (not of when it came), so the
-    same lead POSTed twice gets the same id. ``occurrence`` numbers the same content arriving
-    again after the dedupe window, which is a new lead."""
+    """The digest of an HTTP lead's normalised content (not of when it came): the id of a lead
+    that names a person, so the same lead POSTed twice gets the same id. ``occurrence`` numbers
+    the same content arriving again after the dedupe window, which is a new lead."""
     return _content_id(lead.model_dump(exclude={"lead_id", "received_at", "channel", "raw"}), occurrence)
+
+
+def new_http_lead_id() -> str:
+    """A fresh id for an HTTP lead that names no one: it is never taken for a repeat."""
+    return "h" + uuid.uuid4().hex[:24]
 
 
 def _content_id(parts: Mapping[str, Any], occurrence: int = 0) -> str:
@@ -188,7 +214,8 @@ def parse_description(value: str | None) -> tuple[str | None, dict[str, Any]]:
     if value.startswith("{"):
         try:
             parsed = json.loads(value)
-        except ValueError:
+            check_json(parsed, "Description")
+        except (ValueError, RecursionError):  # LeadValidationError too: then it is only text
             parsed = None
         if isinstance(parsed, dict):
             return None, {str(key): _campaign_value(item) for key, item in parsed.items()}
@@ -316,6 +343,34 @@ def _collapse(value: str) -> str:
 def _collapse_lines(value: str) -> str:
     lines = _SPACES.sub(" ", value.replace("\r\n", "\n").replace("\r", "\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(line.strip() for line in lines.split("\n"))).strip()
+
+
+def check_json(value: Any, name: str) -> None:
+    """Raise :class:`LeadValidationError` for what no lead holds and the lead's JSON form cannot
+    carry: nesting deeper than :data:`MAX_NESTING`, text that is not valid Unicode (a lone
+    surrogate), a number that is not finite. Other types (a table row's dates, bytes) pass."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _is_unicode(item):
+                raise LeadValidationError(f"{name} holds text that is not valid Unicode (a lone surrogate)")
+        elif isinstance(item, (Mapping, list)):
+            if depth >= MAX_NESTING:
+                raise LeadValidationError(f"{name} is nested more than {MAX_NESTING} levels deep: "
+                                          "a lead is an object holding UserDetails, two levels")  # fmt: skip
+            children = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise LeadValidationError(f"{name} holds a number JSON cannot carry ({item})")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _lower_keys(mapping: Mapping[str, Any]) -> dict[str, Any]:

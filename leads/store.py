@@ -4,6 +4,13 @@ One partition per lead (``PartitionKey`` = lead id): the lead itself is the row 
 happens to it later (deliveries) lives beside it, so one partition query shows a lead's whole
 story. A lead is written with an insert that fails if the row exists: that single atomic write is
 both the durable store and the duplicate check.
+
+HTTP leads have one more row per normalised content (``PartitionKey`` = the content digest,
+``RowKey`` ``content``): how many leads that content made and the latest of them, changed with an
+ETag. The repeat check reads that one row, so it costs the same on the thousandth arrival as on
+the first. Stores written before it existed are carried forward on first touch (see
+:meth:`LeadStore._carry_forward`). What holds no usable lead (a marketplace row, a refused body)
+is kept as the row ``rejected`` of its own partition.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -19,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .deliveries import DeliveryBook, new_delivery_entity
 from .destinations.base import Route
 from .model import Lead
-from .normalise import http_lead_id
+from .normalise import http_lead_id, identifies_person
 from .settings import Settings, get_settings
 from .storage import table_service
 
@@ -28,9 +35,15 @@ if TYPE_CHECKING:
 
 LEAD_ROW = "lead"
 REJECTED_ROW = "rejected"
+CONTENT_ROW = "content"
+# The most of a refused body a rejected record keeps: an entity holds 1 MiB, a binary property
+# 64 KiB. Bodies up to the 64 KiB limit (every 400) are kept whole, larger ones (413) up to this.
+MAX_KEPT_BYTES = 512 * 1024
+_BINARY_CHUNK = 64 * 1024
 # A table string property holds at most 64 KiB (32K UTF-16 code units); longer text is split.
 _CHUNK = 30_000
 _MAX_CHUNKS = 16
+_MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,28 @@ class Stored:
 
     lead_id: str
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Something that came in and holds no usable lead, kept as a rejected record: what an
+    operator is told about (its id and reason only, never its content)."""
+
+    record_id: str
+    channel: str
+    error: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class _Content:
+    """The row of one normalised HTTP content: how many leads it made, and the latest one."""
+
+    digest: str
+    leads: int
+    latest_id: str
+    latest_at: datetime
+    etag: str | None = None
 
 
 class LeadStore:
@@ -104,12 +139,13 @@ class LeadStore:
                 if exc.error_code != "EntityAlreadyExists":
                     raise
             except ServiceResponseError:
-                # The write was sent but its answer lost (the SDK does not retry a POST): ask again.
+                # The write was sent but its answer lost (the SDK does not retry a POST then): again.
                 if attempt == 2:
                     raise
                 continue
-            # The row exists. If an earlier attempt of ours wrote it, this lead is new after all.
-            return Stored(lead.lead_id, duplicate=not (attempt and self._written_by(lead.lead_id, write_id)))
+            # The row exists. If this call wrote it (an earlier attempt here, or the SDK's own retry
+            # of a POST answered 500/503/504 after it committed), the lead is new after all.
+            return Stored(lead.lead_id, duplicate=not self._written_by(lead.lead_id, write_id))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _written_by(self, lead_id: str, write_id: str) -> bool:
@@ -117,49 +153,153 @@ class LeadStore:
 
     def add_http(self, lead: Lead, dedupe_window: timedelta,
                  deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip
-        """Store an HTTP lead. The same content within ``dedupe_window`` of the stored one is a
-        duplicate (counted on the stored lead); after the window it is a new lead with a new id."""
-        for occurrence in range(1000):
-            candidate = lead if occurrence == 0 else lead.model_copy(
-                update={"lead_id": http_lead_id(lead, occurrence)}
-            )
+        """Store an HTTP lead. A lead that names a person (:func:`identifies_person`) arriving
+        within ``dedupe_window`` of the latest lead with its content is a repeat of it (counted
+        on that lead); after the window it is a new lead with a new id. A lead that names no one
+        is always a new lead; its content's row only counts it. Three storage calls either way,
+        however often the content came before, and no count refuses a lead."""
+        digest = http_lead_id(lead)
+        if not identifies_person(lead):
+            stored = self.add(lead, deliveries)
+            self._count_content(digest, stored.lead_id, lead.received_at)
+            return stored
+        content = self._content(digest)
+        if content is None:
+            stored = self.add(lead.model_copy(update={"lead_id": digest}), deliveries)
+            if not stored.duplicate:
+                self._advance(_Content(digest, 1, digest, lead.received_at))
+                return stored
+            # Another arrival wrote it first, or a version without content rows did.
+            content = self._content(digest) or self._carry_forward(lead, digest)
+        while lead.received_at - content.latest_at >= dedupe_window:
+            candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
             stored = self.add(candidate, deliveries)
+            # Already there: a racing arrival made it, or one that died before moving the row on.
+            made_at = self._received_at(candidate.lead_id) if stored.duplicate else lead.received_at
+            content = self._advance(replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
+                                            latest_at=made_at or lead.received_at))  # fmt: skip
             if not stored.duplicate:
                 return stored
-            first = self.leads.get_entity(candidate.lead_id, LEAD_ROW)
-            if lead.received_at - first["ReceivedAt"] < dedupe_window:
-                self._count_duplicate(first, lead.received_at)
-                return stored
-        raise RuntimeError(f"lead {lead.lead_id} has arrived 1000 times")  # pragma: no cover
+        self._count_duplicate(content.latest_id, lead.received_at)
+        return Stored(content.latest_id, duplicate=True)
 
-    def reject(self, lead_id: str, error: str, raw: dict[str, Any], received_at: datetime) -> None:
-        """Keep a marketplace row that holds no usable lead, with the reason, so that nothing
-        the marketplace wrote disappears unseen (``show`` finds it by its id)."""
-        self.ensure_tables()
-        entity = {"PartitionKey": lead_id, "RowKey": REJECTED_ROW, "ReceivedAt": received_at, "Error": error}
-        entity.update(_split("Raw", json.dumps(raw, ensure_ascii=False, default=str)))
-        self.leads.upsert_entity(entity)
-
-    def rejected(self, lead_id: str) -> dict[str, Any] | None:
-        """The reason and raw row of a rejected marketplace row, or None."""
+    def _content(self, digest: str) -> _Content | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            entity = self.leads.get_entity(lead_id, REJECTED_ROW)
+            entity = self.leads.get_entity(digest, CONTENT_ROW)
         except ResourceNotFoundError:
             return None
-        return {"leadId": lead_id, "receivedAt": entity["ReceivedAt"].isoformat(),
-                "error": entity["Error"], "raw": json.loads(_join("Raw", entity))}  # fmt: skip
+        return _Content(digest, int(entity["Leads"]), entity["LatestLeadId"], entity["LatestAt"],
+                        entity.metadata["etag"])  # fmt: skip
 
-    def _count_duplicate(self, entity: dict[str, Any], seen_at: datetime) -> None:
+    def _advance(self, content: _Content) -> _Content:
+        """Record ``content`` unless the stored row is as far on already; the row as it now is.
+        Never raises for a race: the next arrival finds the lead made and moves the row on."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        for _ in range(5):
+            entity = {"PartitionKey": content.digest, "RowKey": CONTENT_ROW, "Leads": content.leads,
+                      "LatestLeadId": content.latest_id, "LatestAt": content.latest_at}  # fmt: skip
+            try:
+                if content.etag is None:
+                    metadata = self.leads.create_entity(entity)
+                else:
+                    metadata = self.leads.update_entity(entity, mode=UpdateMode.REPLACE, etag=content.etag,
+                                                        match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                return replace(content, etag=metadata["etag"])
+            except (ResourceExistsError, ResourceModifiedError):
+                current = self._content(content.digest)
+                if current is not None and current.leads >= content.leads:
+                    return current
+                content = replace(content, etag=current.etag if current else None)
+        return content
+
+    def _count_content(self, digest: str, lead_id: str, received_at: datetime) -> None:
+        """Count one more lead made from the content ``digest`` (a lead that names no one)."""
+        current = self._content(digest)
+        for _ in range(5):
+            counted = _Content(digest, (current.leads if current else 0) + 1, lead_id, received_at,
+                               current.etag if current else None)  # fmt: skip
+            if self._advance(counted).latest_id == lead_id:
+                return
+            current = self._content(digest)
+
+    def _carry_forward(self, lead: Lead, digest: str) -> _Content:
+        """The content row for leads stored before content rows existed: the version before gave
+        the same content's leads the ids ``http_lead_id(lead, 0)``, ``(lead, 1)``, ... without gaps,
+        so the latest is found by doubling then halving, with point reads (about 20 for 1,000)."""
+        made = {0: self._received_at(digest)}
+
+        def exists(occurrence: int) -> bool:
+            if occurrence not in made:
+                made[occurrence] = self._received_at(http_lead_id(lead, occurrence))
+            return made[occurrence] is not None
+
+        low, high = 0, 1
+        while exists(high):
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if exists(middle) else (low, middle)
+        latest_at = made[low] or lead.received_at
+        return self._advance(_Content(digest, low + 1, http_lead_id(lead, low), latest_at))
+
+    def _received_at(self, lead_id: str) -> datetime | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.leads.get_entity(lead_id, LEAD_ROW, select=["ReceivedAt"])["ReceivedAt"]
+        except ResourceNotFoundError:
+            return None
+
+    def reject(self, record_id: str, error: str, raw: dict[str, Any] | bytes, received_at: datetime,
+               channel: str = "table") -> Rejected:  # fmt: skip
+        """Keep what came in but holds no usable lead, with the reason, so that nothing the
+        marketplace sent disappears unseen (``show`` finds it by its id): a marketplace row
+        (``raw``: its properties) or a refused HTTP body (``raw``: the bytes as received, of
+        which the first :data:`MAX_KEPT_BYTES` are kept)."""
+        self.ensure_tables()
+        entity = {"PartitionKey": record_id, "RowKey": REJECTED_ROW, "ReceivedAt": received_at, "Error": error,
+                  "Channel": channel}  # fmt: skip
+        if isinstance(raw, bytes):
+            kept = raw[:MAX_KEPT_BYTES]
+            entity.update({"Size": len(raw), "Truncated": len(kept) < len(raw)})
+            entity.update({f"Body{index}": kept[start:start + _BINARY_CHUNK]
+                           for index, start in enumerate(range(0, len(kept), _BINARY_CHUNK))})  # fmt: skip
+        else:
+            entity.update(_split("Raw", json.dumps(raw, ensure_ascii=False, default=str)))
+        self.leads.upsert_entity(entity)
+        return Rejected(record_id, channel, error, received_at)
+
+    def rejected(self, record_id: str) -> dict[str, Any] | None:
+        """A rejected record: its channel, time and reason, and the raw row (``raw``) or the
+        body as received (``body``, bytes, with its ``size`` and whether it was ``truncated``)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.leads.get_entity(record_id, REJECTED_ROW)
+        except ResourceNotFoundError:
+            return None
+        record = {"leadId": record_id, "channel": entity.get("Channel") or "table",
+                  "receivedAt": entity["ReceivedAt"].isoformat(), "error": entity["Error"]}  # fmt: skip
+        if "Size" in entity:
+            body = b"".join(entity[f"Body{index}"] for index in range(_MAX_BODY_CHUNKS) if f"Body{index}" in entity)
+            return {**record, "body": body, "size": entity["Size"], "truncated": entity["Truncated"]}
+        return {**record, "raw": json.loads(_join("Raw", entity))}
+
+    def _count_duplicate(self, lead_id: str, seen_at: datetime) -> None:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
         for _ in range(5):
+            entity = self.leads.get_entity(lead_id, LEAD_ROW, select=["Duplicates"])
             patch = {
-                "PartitionKey": entity["PartitionKey"],
-                "RowKey": entity["RowKey"],
+                "PartitionKey": lead_id,
+                "RowKey": LEAD_ROW,
                 "Duplicates": int(entity.get("Duplicates") or 0) + 1,
                 "LastDuplicateAt": seen_at,
             }
@@ -168,7 +308,7 @@ class LeadStore:
                                          match_condition=MatchConditions.IfNotModified)  # fmt: skip
                 return
             except ResourceModifiedError:
-                entity = self.leads.get_entity(entity["PartitionKey"], entity["RowKey"])
+                continue
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -180,6 +320,15 @@ class LeadStore:
         except ResourceNotFoundError:
             return None
         return _from_entity(entity)
+
+    def same_content(self, lead_id: str) -> int:
+        """How many leads were made from this HTTP lead's content (2 and more: it arrived again
+        after the dedupe window, or it names no one and so was never taken for a repeat)."""
+        lead = self.get(lead_id)
+        if lead is None or lead.channel != "http":
+            return 0
+        content = self._content(http_lead_id(lead))
+        return content.leads if content else 1
 
     def duplicates(self, lead_id: str) -> int:
         from azure.core.exceptions import ResourceNotFoundError

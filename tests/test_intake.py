@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import azure.functions as func
 import pytest
+import requests
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import function_app
-from leads.normalise import from_http_body
+from leads.cli import main
+from leads.intake import accept_http
+from leads.model import Lead
+from leads.normalise import from_http_body, http_lead_id
+from leads.queue import delivery_queue
+from leads.serve import LocalHost
 from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.storage import table_service
+from leads.store import MAX_KEPT_BYTES, LeadStore
+from leads.store import _to_entity as lead_entity
 
 from .conftest import FIXTURES
+from .fake_webhook import FakeWebhook
+from .storage_proxy import StorageProxy
+from .workers import drain
 
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
@@ -127,3 +144,303 @@ def test_no_personal_data_in_logs(storage, caplog):
     assert "stored" in text and "duplicate" in text and "refused" in text
     for value in ("Zanzibarina", "Quixotely", "zq@", "7946", "0958"):
         assert value not in text
+
+
+# --- repeats: only a lead that names a person can be one (issue 8, items 1 and 2) -----------------
+
+WITHHELD = {"UserDetails": {"FirstName": "", "LastName": "", "Email": "", "Phone": "", "Country": "",
+                            "Company": "", "Title": ""},
+            "LeadSource": "SPZA-INS|contoso.edu-offer", "OfferTitle": "Contoso for Education"}  # fmt: skip
+
+
+@pytest.fixture
+def served(storage, env):
+    """The real function app served over loopback HTTP, delivering to a fake webhook."""
+    with FakeWebhook() as webhook:
+        env(LEADS_POLL_SCHEDULE="0 0 0 1 1 *", WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="")  # fmt: skip
+        with LocalHost("function_app", port=0, settings_file=None) as host:
+            yield f"{host.url}/api/leads", webhook
+
+
+def test_two_customers_whose_personal_data_was_withheld_are_two_leads_both_delivered(served):
+    url, webhook = served
+    first, second = requests.post(url, json=WITHHELD), requests.post(url, json=WITHHELD)
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json()["duplicate"] is False and second.json()["duplicate"] is False
+    ids = {first.json()["leadId"], second.json()["leadId"]}
+    assert len(ids) == 2
+    drain(deadline=30)
+    assert set(webhook.leads) == ids
+    # Repeats of such content are counted on the content, not refused or merged.
+    store = LeadStore.from_settings()
+    assert [store.same_content(lead_id) for lead_id in sorted(ids)] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "user, repeat",
+    [
+        ({"Email": "ann@contoso.com"}, True),
+        ({"FirstName": "Ann", "Company": "Contoso"}, True),
+        ({"LastName": "Lee", "Company": "Contoso"}, True),
+        ({"FirstName": "Ann", "LastName": "Lee"}, False),  # a name without a company names no one
+        ({"Company": "Contoso", "Title": "CTO"}, False),
+        ({"Phone": "+1 617 555 5555", "Country": "US"}, False),
+    ],
+)
+def test_only_a_lead_that_names_a_person_can_be_a_repeat(storage, user, repeat):
+    body = {"UserDetails": user, "LeadSource": "SPZA-PLT|contoso.crm"}
+    first, again = answer(post(body)), answer(post(body))
+    assert again["duplicate"] is repeat
+    assert (again["leadId"] == first["leadId"]) is repeat
+    assert len(LeadStore.from_settings().list()) == (1 if repeat else 2)
+
+
+def storage_counted(proxy: StorageProxy, azurite) -> LeadStore:
+    """A lead store on the test's tables whose every request goes through ``proxy``."""
+    store = LeadStore(table_service(proxy.connection_string(azurite)), get_settings().table_prefix)
+    store.ensure_tables()
+    return store
+
+
+def arrivals(store: LeadStore, proxy: StorageProxy, body: dict, times: list[datetime],
+             window: timedelta) -> list[tuple[bool, int]]:  # fmt: skip
+    """(duplicate?, storage requests) of each arrival of ``body`` at ``times``."""
+    outcomes = []
+    for at in times:
+        before = proxy.count()
+        stored = store.add_http(from_http_body(body, received_at=at), window)
+        outcomes.append((stored.duplicate, proxy.count() - before))
+    return outcomes
+
+
+def test_the_repeat_check_costs_the_same_on_every_occurrence(storage, azurite):
+    window = timedelta(hours=1)
+    start = datetime.now(timezone.utc) - timedelta(days=10)
+    times = [start + timedelta(hours=2 * k, minutes=minute) for k in range(40) for minute in (0, 5)]
+    with StorageProxy(azurite.table_port) as proxy:
+        outcomes = arrivals(storage_counted(proxy, azurite), proxy, EXAMPLE, times, window)
+    assert [duplicate for duplicate, _ in outcomes] == [False, True] * 40
+    new_costs = {cost for (duplicate, cost) in outcomes[2:] if not duplicate}
+    repeat_costs = {cost for (duplicate, cost) in outcomes if duplicate}
+    assert len(new_costs) == 1 and len(repeat_costs) == 1, (new_costs, repeat_costs)
+    assert max(new_costs | repeat_costs) <= 4
+
+
+def store_as_before(store: LeadStore, body: dict, count: int, first_at: datetime, every: timedelta) -> Lead:
+    """The rows the version before this one left for ``body`` arriving ``count`` times, each
+    arrival outside the window of the one before: ids ``h<digest>``, then ``h<digest of #k>``."""
+    lead = from_http_body(body, received_at=first_at)
+    store.ensure_tables()
+
+    def write(occurrence: int) -> None:
+        old = lead.model_copy(update={"lead_id": http_lead_id(lead, occurrence),
+                                      "received_at": first_at + every * occurrence})  # fmt: skip
+        store.leads.create_entity(lead_entity(old))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(count)))
+    return lead
+
+
+def test_a_content_that_arrived_a_thousand_times_before_is_taken_in_at_the_cost_of_the_first(storage, azurite):
+    window = timedelta(hours=24)
+    now = datetime.now(timezone.utc)
+    every = timedelta(hours=25)
+    lead = store_as_before(LeadStore.from_settings(), EXAMPLE, 1000, now - every * 1000, every)
+    other = {**EXAMPLE, "UserDetails": {**EXAMPLE["UserDetails"], "Email": "other@contoso.com"}}
+    with StorageProxy(azurite.table_port) as proxy:
+        store = storage_counted(proxy, azurite)
+        # The 1,001st: a new lead under the id the version before would have given it.
+        stored = store.add_http(from_http_body(EXAMPLE, received_at=now), window)
+        assert (stored.lead_id, stored.duplicate) == (http_lead_id(lead, 1000), False)
+        later = arrivals(store, proxy, EXAMPLE, [now + timedelta(hours=1), now + every], window)
+        fresh = arrivals(store, proxy, other, [now, now + timedelta(hours=1), now + every], window)
+    assert [duplicate for duplicate, _ in later] == [True, False]
+    assert later == fresh[1:]  # the 1,002nd costs what the second arrival of new content costs
+
+
+def test_a_repeat_of_a_lead_stored_by_the_version_before_is_still_a_repeat(storage):
+    store = LeadStore.from_settings()
+    now = datetime.now(timezone.utc)
+    lead = store_as_before(store, EXAMPLE, 3, now - timedelta(hours=51), timedelta(hours=25))
+    again = store.add_http(from_http_body(EXAMPLE, received_at=now), timedelta(hours=24))
+    assert (again.lead_id, again.duplicate) == (http_lead_id(lead, 2), True)
+    assert store.duplicates(http_lead_id(lead, 2)) == 1
+
+
+# --- refused bodies are kept (issue 8, items 4 and 5) -------------------------------------------
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return '{"a":' * depth + inner + "}" * depth
+
+
+REFUSED = [
+    (b"", 400, "the body is empty"),
+    (b"not json", 400, "the body is not valid JSON"),
+    (b"\xff\xfe\x00garbage", 400, "the body is not valid JSON"),
+    (b"[1, 2]", 400, "must be a JSON object, got a list"),
+    (b'{"UserDetails": {"Email": ["zq@quixotely.example.com"]}}', 400, "UserDetails.Email must be text"),
+    (b"[" * 50_000 + b"]" * 10_000, 400, "nested"),
+    (f'{{"UserDetails": {{"Email": "ann@contoso.com"}}, "Unused": {nested(300)}}}'.encode(), 400, "nested"),
+    (b'{"UserDetails": {"Email": "ann@contoso.com"}, "Score": NaN}', 400, "NaN"),
+    (b'{"UserDetails": {"Email": "ann@contoso.com"}, "Score": 1e400}', 400, "1e400"),
+    (b'{"UserDetails": {"Email": "ann@contoso.com"}, "Score": ' + b"9" * 5000 + b"}", 400, "5000 digits"),
+    (b'{"UserDetails": {"Email": "ann@contoso.com", "Company": "\\ud800"}}', 400, "not valid Unicode"),
+    (b"[" * 100_000, 413, "the limit is 65536"),
+]
+
+
+@pytest.mark.parametrize("body, status, error", REFUSED)
+def test_a_refused_body_is_kept_with_its_reason_and_the_bytes_as_received(storage, body, status, error, caplog):
+    caplog.set_level("INFO", logger="leads.intake")
+    response = post(body)
+    refusal = answer(response)
+    assert response.status_code == status and error in refusal["error"]
+    kept = LeadStore.from_settings().rejected(refusal["rejectedId"])
+    assert (kept["channel"], kept["error"], kept["body"], kept["size"]) == ("http", refusal["error"], body, len(body))
+    assert kept["truncated"] is False
+    # One line for the operator: the record's id and the reason, nothing the body held.
+    records = [record for record in caplog.records if record.name == "leads.intake"]
+    assert len(records) == 1 and records[0].leadId == refusal["rejectedId"]
+    assert refusal["rejectedId"] in records[0].getMessage() and refusal["error"][:20] in records[0].getMessage()
+    assert "quixotely" not in caplog.text
+
+
+def test_deep_nesting_over_http_is_a_400_naming_the_problem(served):
+    url, _ = served
+    body = f'{{"UserDetails": {{"Email": "ann@contoso.com"}}, "LeadSource": "AzureMarketplace", "Unused": {nested(300)}}}'
+    response = requests.post(url, data=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "nested" in response.json()["error"]
+    assert LeadStore.from_settings().rejected(response.json()["rejectedId"])["body"] == body.encode()
+
+
+def test_a_description_holding_deeply_nested_json_stays_the_description(storage):
+    description = json.dumps({"mktcmpid": json.loads(nested(300))})
+    response = post({**EXAMPLE, "Description": description})
+    assert response.status_code == 202
+    lead = LeadStore.from_settings().get(answer(response)["leadId"])
+    assert (lead.description, lead.campaign) == (description, {})
+
+
+def test_an_oversized_body_is_kept_up_to_half_a_mebibyte(storage):
+    whole = json.dumps({**EXAMPLE, "Description": "x" * 100_000}).encode()
+    huge = json.dumps({**EXAMPLE, "Description": "y" * (1024 * 1024)}).encode()
+    store = LeadStore.from_settings()
+    kept_whole = store.rejected(answer(post(whole))["rejectedId"])
+    kept_huge = store.rejected(answer(post(huge))["rejectedId"])
+    assert (kept_whole["body"], kept_whole["truncated"]) == (whole, False)
+    assert (kept_huge["body"], kept_huge["size"], kept_huge["truncated"]) == (huge[:MAX_KEPT_BYTES], len(huge), True)
+
+
+def test_show_prints_a_refused_body(storage, capsys):
+    refusal = answer(post(b'{"UserDetails": "Ann"}'))
+    assert main(["--settings", "none", "show", refusal["rejectedId"]]) == 0
+    out = capsys.readouterr().out
+    assert "UserDetails must be an object" in out and '{"UserDetails": "Ann"}' in out
+    assert main(["--settings", "none", "show", refusal["rejectedId"], "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["channel"], shown["body"]) == ("http", '{"UserDetails": "Ann"}')
+
+
+# --- any body, through the store (Azurite) -------------------------------------------------------
+
+ODD_TEXT = ["\x00", "\u2028", "\u202e", "\ufeff", "\uffff", "e\u0301", "😀", "\U0010ffff", "ß", "İ", "\u200b"]
+LONE_SURROGATES = ["\ud800", "a\udfffb", "\udbff"]
+HUGE_NUMBERS = ["1e400", "-1e400", "1e-400", "-0", "1E+308", "123456789012345678901234567890", "9" * 4000, "9" * 5000]
+odd_strings = st.one_of(
+    st.text(max_size=20),
+    st.lists(st.sampled_from(ODD_TEXT) | st.text(max_size=3), max_size=8).map("".join),
+    st.tuples(st.sampled_from(["a", "é", "😀", " "]), st.integers(1, 40_000)).map(lambda p: p[0] * p[1]),
+)
+
+
+def json_text(value, ascii_only: bool = True) -> str:
+    """JSON text for generated values; numbers come as their literal text, so any can be written."""
+    if isinstance(value, JsonLiteral):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(key, ensure_ascii=ascii_only)}:{json_text(item, ascii_only)}"
+                              for key, item in value.items()) + "}"  # fmt: skip
+    if isinstance(value, list):
+        return "[" + ",".join(json_text(item, ascii_only) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@dataclass(frozen=True)
+class JsonLiteral:
+    text: str
+
+
+leaves = st.one_of(st.none(), st.booleans(), st.integers(), odd_strings, st.sampled_from(HUGE_NUMBERS).map(JsonLiteral))
+nesting = st.tuples(st.sampled_from([1, 31, 32, 33, 254, 300, 900]) | st.integers(0, 400), leaves).map(lambda p: JsonLiteral(nested(p[0], json_text(p[1]))))
+user_details = st.dictionaries(st.sampled_from(["FirstName", "LastName", "Email", "Phone", "Country", "Company"]),
+                               odd_strings | st.sampled_from(["ann@contoso.com", "Contoso", "+1 617 555 5555"]))  # fmt: skip
+bodies = st.fixed_dictionaries(
+    {"UserDetails": user_details},
+    optional={"LeadSource": st.sampled_from(["AzureMarketplace", "SPZA-PLT|contoso.crm"]) | odd_strings,
+              "Description": odd_strings | nesting.map(lambda literal: literal.text),
+              "Unused": st.one_of(nesting, nesting, st.sampled_from(HUGE_NUMBERS).map(JsonLiteral), leaves),
+              "Odd": st.sampled_from([*LONE_SURROGATES, "", "", "", "", ""])},
+)  # fmt: skip
+
+
+PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[
+    HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+
+
+@PROPERTY_SETTINGS
+@given(bodies, st.booleans())
+def test_any_body_is_stored_whole_or_refused_and_kept(storage, body, ascii_only):
+    # Non-ASCII text as UTF-8, and lone surrogates written raw (bytes that are not UTF-8) too.
+    assert_stored_whole_or_kept(json_text(body, ascii_only).encode("utf-8", "surrogatepass"))
+
+
+@PROPERTY_SETTINGS
+@given(st.one_of(nesting, st.sampled_from(HUGE_NUMBERS).map(JsonLiteral)), odd_strings)
+def test_a_lead_with_values_of_any_depth_or_size_is_stored_whole_or_refused_and_kept(storage, unused, company):
+    body = {"UserDetails": {"Email": "ann@contoso.com", "Company": company}, "Unused": unused}
+    assert_stored_whole_or_kept(json_text(body, ascii_only=False).encode())
+
+
+def assert_stored_whole_or_kept(data: bytes) -> None:
+    result = accept_http(data)
+    store = LeadStore.from_settings()
+    assert result.status in (200, 202, 400, 413), result.body
+    event(f"{result.status} {re.sub(r'[0-9]+', 'N', result.body.get('error', ''))[:40]}")
+    if result.status in (200, 202):
+        lead = store.get(result.body["leadId"])
+        if result.status == 202:
+            assert lead.raw == json.loads(data)
+        else:  # a repeat of an earlier example with the same normalised content
+            assert http_lead_id(lead) == http_lead_id(from_http_body(json.loads(data)))
+        assert Lead.from_json(lead.to_json()) == lead
+    else:
+        kept = store.rejected(result.body["rejectedId"])
+        assert kept["body"] == data[:MAX_KEPT_BYTES] and kept["error"] == result.body["error"]
+
+
+# --- a write whose answer was lost (issue 8, item 9) ---------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["503", "drop"])
+@pytest.mark.parametrize("write", ["single", "transaction"])
+def test_a_lead_whose_write_committed_before_its_answer_was_lost_is_a_new_lead(storage, azurite, env, how, write):
+    with StorageProxy(azurite.table_port) as proxy:
+        env(AzureWebJobsStorage=proxy.connection_string(azurite), EMAIL_TO="",
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+        if write == "transaction":  # the lead and its delivery, in one batch
+            env(WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET="s3cret")
+        store = LeadStore.from_settings()
+        store.ensure_tables()
+        table = get_settings().table_prefix
+        proxy.lose_next_answer(how, "POST", r"\$batch$" if write == "transaction" else f"/{table}$")
+        result = accept_http(json.dumps(EXAMPLE).encode())
+        assert proxy.lost, "the answer was not lost: the test tested nothing"
+        assert result.status == 202 and result.body["duplicate"] is False
+        assert store.duplicates(result.body["leadId"]) == 0
+        if write == "transaction":
+            messages = delivery_queue(get_settings()).client.peek_messages(max_messages=5)
+            assert len(messages) == 1  # queued now, not left for the sweep

@@ -48,7 +48,7 @@ _MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
 
 @dataclass(frozen=True)
 class Stored:
-    """The outcome of storing a lead: its id (which for a duplicate is the first one's)."""
+    """The outcome of storing a lead: its id (for a repeat, the id of the lead it repeats)."""
 
     lead_id: str
     duplicate: bool

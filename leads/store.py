@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -40,7 +40,8 @@ CONTENT_ROW = "content"
 # 64 KiB. Bodies up to the 64 KiB limit (every 400) are kept whole, larger ones (413) up to this.
 MAX_KEPT_BYTES = 512 * 1024
 _BINARY_CHUNK = 64 * 1024
-# A table string property holds at most 64 KiB (32K UTF-16 code units); longer text is split.
+# A table string property holds at most 64 KiB (32K UTF-16 code units); longer text is split
+# into chunks of at most this many code units.
 _CHUNK = 30_000
 _MAX_CHUNKS = 16
 _MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
@@ -114,9 +115,11 @@ class LeadStore:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None) -> Stored:
-        """Store a lead, and the deliveries it owes, in one atomic write, unless a lead with its
-        id exists. Table leads have ids from their row, so a row read twice is stored once."""
+    def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None,
+            beside: Sequence[dict[str, Any]] = ()) -> Stored:  # fmt: skip
+        """Store a lead, and the deliveries it owes (and ``beside`` it, other new rows of its
+        partition), in one atomic write, unless a lead with its id exists. Table leads have ids
+        from their row, so a row read twice is stored once."""
         from azure.core.exceptions import ResourceExistsError, ServiceResponseError
         from azure.data.tables import TableTransactionError
 
@@ -125,7 +128,8 @@ class LeadStore:
         write_id = uuid.uuid4().hex
         entity = {**_to_entity(lead), "WriteId": write_id}
         now = datetime.now(timezone.utc)
-        rows = [entity] + [new_delivery_entity(lead.lead_id, name, route, now) for name, route in (deliveries or {}).items()]
+        rows = [entity, *beside] + [new_delivery_entity(lead.lead_id, name, route, now)
+                                    for name, route in (deliveries or {}).items()]  # fmt: skip
         for attempt in range(3):
             try:
                 if len(rows) == 1:
@@ -149,28 +153,34 @@ class LeadStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _written_by(self, lead_id: str, write_id: str) -> bool:
-        return self.leads.get_entity(lead_id, LEAD_ROW, select=["WriteId"]).get("WriteId") == write_id
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.leads.get_entity(lead_id, LEAD_ROW, select=["WriteId"]).get("WriteId") == write_id
+        except ResourceNotFoundError:  # another row of the write was there, not the lead
+            return False
 
     def add_http(self, lead: Lead, dedupe_window: timedelta,
                  deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip
         """Store an HTTP lead. A lead that names a person (:func:`identifies_person`) arriving
         within ``dedupe_window`` of the latest lead with its content is a repeat of it (counted
         on that lead); after the window it is a new lead with a new id. A lead that names no one
-        is always a new lead; its content's row only counts it. Three storage calls either way,
-        however often the content came before, and no count refuses a lead."""
+        is always a new lead; its content's row only counts it. A first arrival is one storage
+        call, a later one five at most, however often the content came before; no count refuses
+        a lead."""
         digest = http_lead_id(lead)
         if not identifies_person(lead):
             stored = self.add(lead, deliveries)
             self._count_content(digest, stored.lead_id, lead.received_at)
             return stored
-        content = self._content(digest)
-        if content is None:
-            stored = self.add(lead.model_copy(update={"lead_id": digest}), deliveries)
-            if not stored.duplicate:
-                self._advance(_Content(digest, 1, digest, lead.received_at))
-                return stored
-            # Another arrival wrote it first, or a version without content rows did.
-            content = self._content(digest) or self._carry_forward(lead, digest)
+        # Most content arrives once: write its first lead and its content row together, and look
+        # further only if that lead is there already.
+        first = _content_entity(_Content(digest, 1, digest, lead.received_at))
+        stored = self.add(lead.model_copy(update={"lead_id": digest}), deliveries, beside=[first])
+        if not stored.duplicate:
+            return stored
+        # No content row beside it: the version before stored it (or one arrival got that far).
+        content = self._content(digest) or self._carry_forward(lead, digest)
         while lead.received_at - content.latest_at >= dedupe_window:
             candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
             stored = self.add(candidate, deliveries)
@@ -201,8 +211,7 @@ class LeadStore:
         from azure.data.tables import UpdateMode
 
         for _ in range(5):
-            entity = {"PartitionKey": content.digest, "RowKey": CONTENT_ROW, "Leads": content.leads,
-                      "LatestLeadId": content.latest_id, "LatestAt": content.latest_at}  # fmt: skip
+            entity = _content_entity(content)
             try:
                 if content.etag is None:
                     metadata = self.leads.create_entity(entity)
@@ -360,6 +369,11 @@ def _store(connection: str, prefix: str) -> LeadStore:
 # --- entity mapping ------------------------------------------------------------------------------
 
 
+def _content_entity(content: _Content) -> dict[str, Any]:
+    return {"PartitionKey": content.digest, "RowKey": CONTENT_ROW, "Leads": content.leads,
+            "LatestLeadId": content.latest_id, "LatestAt": content.latest_at}  # fmt: skip
+
+
 def _to_entity(lead: Lead) -> dict[str, Any]:
     body = lead.to_dict()
     raw = body.pop("raw")
@@ -387,7 +401,15 @@ def _from_entity(entity: dict[str, Any]) -> Lead:
 
 
 def _split(name: str, text: str) -> dict[str, str]:
-    chunks = [text[start:start + _CHUNK] for start in range(0, len(text), _CHUNK)] or [""]
+    chunks, start = [], 0
+    while start < len(text):
+        end = start + _CHUNK
+        # The limit is in UTF-16 code units: a character beyond the BMP (an emoji) takes two.
+        while (units := len(text[start:end].encode("utf-16-le")) // 2) > _CHUNK:
+            end -= units - _CHUNK
+        chunks.append(text[start:end])
+        start = end
+    chunks = chunks or [""]
     if len(chunks) > _MAX_CHUNKS:
         raise ValueError(f"{name} is {len(text)} characters, more than a lead row can hold")
     return {name if index == 0 else f"{name}{index}": chunk for index, chunk in enumerate(chunks)}

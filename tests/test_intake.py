@@ -119,6 +119,14 @@ def test_a_body_just_under_the_limit_is_stored_whole(storage):
     assert lead.raw["Description"] == description
 
 
+def test_a_body_of_emoji_under_the_limit_is_stored_whole(storage):
+    # 33,000 characters are 41,000 UTF-16 code units: more than one table property holds.
+    description = "a" * 25_000 + "😀" * 8_000
+    response = post(json.dumps({**EXAMPLE, "Description": description}, ensure_ascii=False))
+    assert response.status_code == 202
+    assert LeadStore.from_settings().get(answer(response)["leadId"]).description == description
+
+
 def test_storage_down_is_503_not_blamed_on_the_caller(env):
     env(AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
@@ -224,7 +232,7 @@ def test_the_repeat_check_costs_the_same_on_every_occurrence(storage, azurite):
     new_costs = {cost for (duplicate, cost) in outcomes[2:] if not duplicate}
     repeat_costs = {cost for (duplicate, cost) in outcomes if duplicate}
     assert len(new_costs) == 1 and len(repeat_costs) == 1, (new_costs, repeat_costs)
-    assert max(new_costs | repeat_costs) <= 4
+    assert outcomes[0][1] == 1 and max(new_costs | repeat_costs) <= 5
 
 
 def store_as_before(store: LeadStore, body: dict, count: int, first_at: datetime, every: timedelta) -> Lead:
@@ -431,13 +439,15 @@ def test_a_lead_whose_write_committed_before_its_answer_was_lost_is_a_new_lead(s
     with StorageProxy(azurite.table_port) as proxy:
         env(AzureWebJobsStorage=proxy.connection_string(azurite), EMAIL_TO="",
             LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
-        if write == "transaction":  # the lead and its delivery, in one batch
+        if write == "transaction":  # the lead, its content row and its delivery, in one batch
             env(WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET="s3cret")
         store = LeadStore.from_settings()
         store.ensure_tables()
         table = get_settings().table_prefix
         proxy.lose_next_answer(how, "POST", r"\$batch$" if write == "transaction" else f"/{table}$")
-        result = accept_http(json.dumps(EXAMPLE).encode())
+        # A lead naming no one, owing nothing, is one single insert.
+        body = EXAMPLE if write == "transaction" else {"UserDetails": {"Company": "Contoso"}, "LeadSource": "AppSource"}
+        result = accept_http(json.dumps(body).encode())
         assert proxy.lost, "the answer was not lost: the test tested nothing"
         assert result.status == 202 and result.body["duplicate"] is False
         assert store.duplicates(result.body["leadId"]) == 0

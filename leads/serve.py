@@ -35,6 +35,7 @@ import inspect
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -72,8 +73,9 @@ MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the largest request body Azure Function
 IDLE_CONNECTION_SECONDS = 130  # how long Kestrel, the host's web server, keeps an idle connection
 PAST_DUE_AFTER = timedelta(seconds=1)  # a timer firing this late is past due
 QUEUE_PROCESSING_SECONDS = 600  # a message stays hidden this long while its function runs (as the host)
-QUEUE_POLL_MIN_SECONDS = 0.1  # the pause after an empty poll, doubling up to the maximum
-QUEUE_POLL_MAX_SECONDS = 1.0  # the host waits up to a minute; local runs want an answer now
+# The queue extension's shortest pause between polls (QueuePollingIntervals.Minimum); the longest is
+# host.json's maxPollingInterval, so that local runs wait as long as Azure does.
+QUEUE_POLL_MINIMUM = timedelta(milliseconds=100)
 # Queue calls are not retried by the SDK: its back-off (15 s, 18 s, 24 s) would stall polling and
 # shutdown, while the listener polls again within a second and an unsettled message comes back anyway.
 NO_SDK_RETRIES = {"retry_total": 0}
@@ -109,9 +111,11 @@ def _app_setting(name: str) -> str:
 
 @dataclass(frozen=True)
 class QueueOptions:
-    """``extensions.queues`` of host.json, with the queue extension's defaults."""
+    """``extensions.queues`` of host.json, with the queue extension's defaults (its QueuesOptions)."""
 
     batch_size: int = 16
+    new_batch_threshold: int = 8  # HostOptions.read gives the extension's default: batchSize / 2 per core
+    max_polling_interval: timedelta = timedelta(minutes=1)
     max_dequeue_count: int = 5
     visibility_timeout: timedelta = timedelta(0)
     message_encoding: str = "base64"
@@ -132,15 +136,28 @@ class HostOptions:
         extensions = json.loads(path.read_text(encoding="utf-8")).get("extensions") or {}
         http, queues = extensions.get("http") or {}, extensions.get("queues") or {}
         defaults = QueueOptions()
+        batch_size = min(int(queues.get("batchSize", defaults.batch_size)), 32)  # the service's cap
+        max_polling_interval = _timespan(queues.get("maxPollingInterval", "00:01:00"))
+        if max_polling_interval < QUEUE_POLL_MINIMUM:  # the host refuses to start with it, too
+            raise ValueError(f"host.json: extensions.queues.maxPollingInterval {queues['maxPollingInterval']!r} "
+                             f"must be at least 00:00:00.100")  # fmt: skip
         return cls(
             route_prefix=str(http.get("routePrefix", cls.route_prefix)).strip("/"),
             queues=QueueOptions(
-                batch_size=min(int(queues.get("batchSize", defaults.batch_size)), 32),  # the service's cap
+                batch_size=batch_size,
+                new_batch_threshold=int(queues.get("newBatchThreshold", batch_size // 2 * _cores_counted())),
+                max_polling_interval=max_polling_interval,
                 max_dequeue_count=int(queues.get("maxDequeueCount", defaults.max_dequeue_count)),
                 visibility_timeout=_timespan(queues.get("visibilityTimeout", "00:00:00")),
                 message_encoding=str(queues.get("messageEncoding", defaults.message_encoding)).lower(),
             ),
         )
+
+
+def _cores_counted() -> int:
+    """The cores the queue extension multiplies newBatchThreshold by: one on the Consumption plan
+    (WEBSITE_SKU "Dynamic"), the machine's count elsewhere (its SkuUtility.ProcessorCount)."""
+    return 1 if os.environ.get("WEBSITE_SKU", "").lower() == "dynamic" else os.cpu_count() or 1
 
 
 _TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -577,19 +594,49 @@ class TimerTrigger(threading.Thread):
 # --- Queue triggers -----------------------------------------------------------------------------
 
 
+class PollingBackoff:
+    """The pause after an empty queue read, as the queue extension's RandomizedExponentialBackoffStrategy
+    computes it: the minimum after a read that found messages (and at first), then the minimum plus
+    about (±20 %) the minimum times 1, 2, 4, 8... until it reaches the maximum, which it then keeps."""
+
+    RANDOMIZATION = 0.2
+
+    def __init__(self, minimum: timedelta, maximum: timedelta) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self._current = timedelta(0)
+        self._exponent = 0
+
+    def next_pause(self, found_messages: bool) -> timedelta:
+        if found_messages:
+            self._current, self._exponent = self.minimum, 1
+        elif self._current != self.maximum:
+            pause = self.minimum
+            if self._exponent > 0:
+                factor = random.uniform(1 - self.RANDOMIZATION, 1 + self.RANDOMIZATION)
+                pause += self.minimum * factor * 2 ** (self._exponent - 1)
+            if pause < self.maximum:
+                self._current, self._exponent = pause, self._exponent + 1
+            else:
+                self._current = self.maximum
+        return self._current
+
+
 class QueueListener(threading.Thread):
     """Feeds a function the messages of an Azure Storage queue, as the Functions queue extension
-    does: up to ``batchSize`` messages in flight, each hidden while its function runs, deleted when
-    it succeeds, visible again after ``visibilityTimeout`` when it fails, and moved to
-    ``<queue>-poison`` once it has failed ``maxDequeueCount`` times. Storage being down is logged
-    and retried; it never stops the listener."""
+    does: it reads ``batchSize`` messages at a time, and reads again at once while no more than
+    ``newBatchThreshold`` are still running; each message is hidden while its function runs,
+    deleted when it succeeds, visible again after ``visibilityTimeout`` when it fails, and moved
+    to ``<queue>-poison`` once it has failed ``maxDequeueCount`` times. After an empty read it
+    pauses, 100 ms at first and then longer (randomized exponential back-off) up to
+    ``maxPollingInterval``. Storage being down is logged and retried; it never stops the listener."""
 
     def __init__(self, function: LocalFunction, options: QueueOptions, stopping: threading.Event) -> None:
         super().__init__(name=f"queue-{function.name}", daemon=True)
         self.function, self.options, self._stopping = function, options, stopping
         self.queue_name = resolve_app_settings(function.trigger["queueName"])
         self.connection = function.trigger.get("connection") or "AzureWebJobsStorage"
-        self._slots = threading.BoundedSemaphore(options.batch_size)
+        self._running = 0  # invocations in flight
+        self._changed = threading.Condition()
         self._queue: QueueClient | None = None
         self._storage_down = False
 
@@ -597,30 +644,30 @@ class QueueListener(threading.Thread):
         return f"{self.function.name}: queueTrigger ({self.queue_name} in {self.connection})"
 
     def run(self) -> None:
-        pause = QUEUE_POLL_MIN_SECONDS
-        with ThreadPoolExecutor(self.options.batch_size, thread_name_prefix=self.name) as deliveries:
-            while free := self._claim_slots():
-                queue, messages = self._receive(free)
-                for _ in range(free - len(messages)):
-                    self._slots.release()
+        backoff = PollingBackoff(QUEUE_POLL_MINIMUM, self.options.max_polling_interval)
+        found_since_pause = False
+        workers = self.options.batch_size + self.options.new_batch_threshold  # the most ever in flight
+        with ThreadPoolExecutor(workers, thread_name_prefix=self.name) as deliveries:
+            while not self._stopping.is_set():
+                queue, messages = self._receive(self.options.batch_size)
+                with self._changed:
+                    self._running += len(messages)
                 for message in messages:
                     deliveries.submit(self._deliver, queue, message)
-                pause = QUEUE_POLL_MIN_SECONDS if messages else min(pause * 2, QUEUE_POLL_MAX_SECONDS)
-                if not messages and self._stopping.wait(pause):
+                if messages:
+                    found_since_pause = True
+                    self._wait_for_new_batch_threshold()
+                    continue
+                pause = backoff.next_pause(found_messages=found_since_pause)
+                found_since_pause = False
+                log.debug("Queue '%s' is empty; next poll in %d ms", self.queue_name, pause.total_seconds() * 1000)
+                if self._stopping.wait(pause.total_seconds()):
                     return  # leaving the with block waits for the deliveries in flight
 
-    def _claim_slots(self) -> int:
-        """Wait for room for at least one more message; claim all the room there is (0: stopping)."""
-        while not self._slots.acquire(timeout=0.1):
-            if self._stopping.is_set():
-                return 0
-        if self._stopping.is_set():
-            self._slots.release()
-            return 0
-        claimed = 1
-        while claimed < self.options.batch_size and self._slots.acquire(blocking=False):
-            claimed += 1
-        return claimed
+    def _wait_for_new_batch_threshold(self) -> None:
+        with self._changed:
+            while self._running > self.options.new_batch_threshold and not self._stopping.is_set():
+                self._changed.wait(0.1)  # wakes when an invocation ends; the timeout notices a stop
 
     def _receive(self, count: int) -> tuple[QueueClient | None, list[StoredMessage]]:
         try:
@@ -659,7 +706,9 @@ class QueueListener(threading.Thread):
         except Exception as error:  # the message reappears when its processing visibility ends
             log.warning("Queue '%s': message %s was not settled (%s)", self.queue_name, message.id, _explain(error))
         finally:
-            self._slots.release()
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
 
     def _invoke(self, message: StoredMessage) -> bool:
         """Whether the function took the message (False: its body did not decode, or it raised)."""

@@ -25,11 +25,13 @@ tick_raises = False  # whether each timer invocation fails
 ticks_running = 0
 most_ticks_running = 0
 _lock = threading.Lock()
+release_held = threading.Event()  # a "hold" queue message's invocation runs until this is set
 
 
 def reset() -> None:
     global tick_seconds, tick_raises, ticks_running, most_ticks_running
     seen.clear()
+    release_held.clear()
     tick_seconds, tick_raises, ticks_running, most_ticks_running = 0.0, False, 0, 0
 
 
@@ -82,8 +84,12 @@ def tick(timer: func.TimerRequest) -> None:
 
 @app.queue_trigger(arg_name="msg", queue_name="%SERVE_TEST_QUEUE%", connection="SERVE_TEST_STORAGE")
 def consume(msg: func.QueueMessage) -> None:
-    seen["consume"].append(msg)
     body = msg.get_body()
+    if body == b"hold":
+        seen["held"].append(msg)
+        release_held.wait(30)
+        return
+    seen["consume"].append(msg)
     if body == b"fail-always" or (body == b"fail-once" and msg.dequeue_count == 1):
         raise RuntimeError(f"cannot take {body!r}")
 

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import typing
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -567,6 +568,16 @@ def test_host_json_fits_flex_consumption():
     sampling = host["logging"]["applicationInsights"]["samplingSettings"]
     assert sampling["isEnabled"] is True
     assert {"Request", "Exception"} <= set(sampling["excludedTypes"].split(";")), "errors are never sampled away"
+
+
+def test_host_json_polls_an_idle_delivery_queue_within_seconds():
+    # The queue extension's default maxPollingInterval is a minute: an idle instance could then
+    # sit on a new lead's message that long (docs/deploy.md, "Latency").
+    from leads.serve import HostOptions
+
+    queues = HostOptions.read(ROOT / "host.json").queues
+    assert queues.max_polling_interval <= timedelta(seconds=2)
+    assert queues.visibility_timeout == timedelta(seconds=30) and queues.max_dequeue_count == 5
 
 
 # --- checkov -------------------------------------------------------------------------------------

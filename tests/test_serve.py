@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import azure.functions as func
@@ -23,7 +24,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import BinaryBase64EncodePolicy, QueueClient
 
 from leads.azurite import connection_string, free_port
-from leads.serve import FunctionNotServed, LocalHost, resolve_app_settings
+from leads.serve import FunctionNotServed, HostOptions, LocalHost, resolve_app_settings
 from tests import serve_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,12 +41,12 @@ def wait_for(condition, timeout: float = 10.0, what: str = "the condition"):
     return result
 
 
-def write_host_json(path: Path, route_prefix: str = "api") -> Path:
-    """A host.json whose queue settings make retries and poison messages quick to see."""
-    extensions = {
-        "http": {"routePrefix": route_prefix},
-        "queues": {"batchSize": 4, "maxDequeueCount": 2, "visibilityTimeout": "00:00:00"},
-    }
+def write_host_json(path: Path, route_prefix: str = "api", **queues: object) -> Path:
+    """A host.json whose queue settings make retries, poison messages and idle polls quick to see
+    (``queues`` overrides them)."""
+    queues = {"batchSize": 4, "maxDequeueCount": 2, "visibilityTimeout": "00:00:00",
+              "maxPollingInterval": "00:00:00.200", **queues}  # fmt: skip
+    extensions = {"http": {"routePrefix": route_prefix}, "queues": queues}
     path.write_text(json.dumps({"version": "2.0", "extensions": extensions}))
     return path
 
@@ -59,13 +60,16 @@ def toy(env, monkeypatch, tmp_path):
     serve_app.reset()
     hosts: list[LocalHost] = []
 
-    def start(route_prefix: str = "api", settings_file: Path | None = None, **settings: str) -> LocalHost:
+    def start(
+        route_prefix: str = "api", settings_file: Path | None = None, queues: dict | None = None, **settings: str
+    ) -> LocalHost:
         env(**settings)
-        host_json = write_host_json(tmp_path / f"host-{len(hosts)}.json", route_prefix)
+        host_json = write_host_json(tmp_path / f"host-{len(hosts)}.json", route_prefix, **(queues or {}))
         hosts.append(LocalHost("tests.serve_app", port=0, settings_file=settings_file, host_file=host_json))
         return hosts[-1].start()
 
     yield start
+    serve_app.release_held.set()  # held queue invocations end, so that stop() can return
     for host in hosts:
         host.stop()
 
@@ -284,10 +288,11 @@ def queue(azurite):
     return name, client
 
 
-def serve_queue(toy, azurite, queue) -> QueueClient:
-    """Serve the toy app's queue trigger on ``queue``; return its client once the host made it."""
+def serve_queue(toy, azurite, queue, **queues: object) -> QueueClient:
+    """Serve the toy app's queue trigger on ``queue`` (host.json ``queues`` settings overridden by
+    ``queues``); return its client once the host made it."""
     name, client = queue
-    toy(SERVE_TEST_QUEUE=name, SERVE_TEST_STORAGE=azurite.connection_string)
+    toy(SERVE_TEST_QUEUE=name, SERVE_TEST_STORAGE=azurite.connection_string, queues=queues)
     wait_for(lambda: _exists(client), what=f"the host to create queue {name}")
     return client
 
@@ -340,6 +345,71 @@ def test_messages_failing_max_dequeue_count_times_go_to_the_poison_queue(toy, az
         "ZmFpbC1hbHdheXM=",  # b"fail-always" as it was sent, base64
         "not base64!",
     }
+
+
+def _pauses(caplog, queue_name: str) -> list[float]:
+    """The pauses (ms) the listener of ``queue_name`` took after empty polls, in order."""
+    prefix = f"Queue '{queue_name}' is empty; next poll in "
+    return [float(r.getMessage()[len(prefix) :].split()[0]) for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def test_idle_polling_backs_off_to_max_polling_interval_from_host_json_and_restarts_after_a_message(
+    toy, azurite, queue, caplog
+):
+    # The queue extension's randomized exponential back-off: 100 ms after a message, then about
+    # 200, 300, 500, 900 ms..., capped at host.json's maxPollingInterval.
+    caplog.set_level(logging.DEBUG, logger="leads.serve")
+    client = serve_queue(toy, azurite, queue, maxPollingInterval="00:00:00.700")
+
+    wait_for(lambda: 700 in _pauses(caplog, queue[0]), what="the pause to reach maxPollingInterval")
+    client.send_message(b"lead")
+    wait_for(lambda: serve_app.seen["consume"], what="the message")
+
+    def after_the_longest() -> list[float]:
+        pauses = _pauses(caplog, queue[0])
+        return pauses[len(pauses) - pauses[::-1].index(700) :]
+
+    wait_for(after_the_longest, what="an empty poll after the message")
+    pauses = _pauses(caplog, queue[0])
+    assert max(pauses) == 700, "never longer than maxPollingInterval"
+    assert pauses[0] == 100 and after_the_longest()[0] == 100, "the shortest pause at first and after a message"
+    growing = pauses[1 : pauses.index(700)]
+    assert growing == sorted(growing) and len(growing) >= 3, pauses
+
+
+def test_a_max_polling_interval_below_the_hosts_minimum_is_refused(tmp_path):
+    host_json = write_host_json(tmp_path / "host.json", maxPollingInterval="00:00:00.050")
+
+    with pytest.raises(ValueError, match=r"maxPollingInterval .*00:00:00\.050.* at least 00:00:00\.100"):
+        HostOptions.read(host_json)
+
+
+def test_host_json_without_queue_settings_gets_the_extensions_defaults(tmp_path):
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0"}))
+
+    queues = HostOptions.read(tmp_path / "host.json").queues
+
+    assert queues.max_polling_interval == timedelta(minutes=1)
+    assert (queues.batch_size, queues.max_dequeue_count, queues.visibility_timeout) == (16, 5, timedelta(0))
+    assert queues.new_batch_threshold == 8 * (os.cpu_count() or 1)  # batchSize / 2 per core, off Consumption
+
+
+def test_a_new_batch_is_fetched_once_in_flight_messages_fall_to_new_batch_threshold(toy, azurite, queue):
+    # batchSize 2, newBatchThreshold 2: two messages, then (2 <= 2) two more, then (4 > 2) it waits
+    # for invocations to finish before it reads again, as the queue extension does.
+    name, client = queue
+    client.create_queue()
+    for _ in range(6):  # all there before the first read, so that each read gets a whole batch
+        client.send_message(b"hold")
+    toy(SERVE_TEST_QUEUE=name, SERVE_TEST_STORAGE=azurite.connection_string,
+        queues={"batchSize": 2, "newBatchThreshold": 2})  # fmt: skip
+
+    wait_for(lambda: len(serve_app.seen["held"]) >= 4, what="four messages in flight")
+
+    assert len(client.peek_messages(max_messages=32)) == 2, "the last two wait until the in-flight ones end"
+    serve_app.release_held.set()
+    wait_for(lambda: len(serve_app.seen["held"]) == 6, what="the last two")
+    wait_for(lambda: _empty(client), what="every message deleted")
 
 
 def test_unreachable_storage_is_logged_and_the_rest_keeps_serving(toy, caplog):

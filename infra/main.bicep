@@ -53,6 +53,8 @@ param keyVaultEnablePurgeProtection bool = false
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+@description('true keeps one instance of the delivery function (deliver_lead) always ready: the first lead after a quiet spell is mailed within seconds instead of after an instance start. It bills around the clock (about 21 USD a month at 2,048 MB; docs/deploy.md, "Latency and the always-ready instance").')
+param deliveryAlwaysReady bool = false
 @description('Data location of Communication Services and the Email service.')
 param communicationDataLocation string = 'United States'
 @description('Your own email sender domain; empty uses only the Azure-managed domain.')
@@ -320,6 +322,14 @@ module api 'app/api.bicep' = {
     identityClientId: identity.outputs.clientId
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     maximumInstanceCount: maximumInstanceCount
+    // Flex Consumption scales each non-HTTP function on its own instances; "function:<name>"
+    // names one for always ready (the groups http, durable and blob name the others).
+    alwaysReady: deliveryAlwaysReady ? [
+      {
+        name: 'function:deliver_lead'
+        instanceCount: 1
+      }
+    ] : []
     appSettings: appSettings
   }
   // Roles first, so the host's storage connection and the Key Vault references resolve at the

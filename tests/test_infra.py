@@ -454,6 +454,29 @@ def test_flex_consumption_plan():
     assert plan["properties"]["reserved"] is True
 
 
+def test_the_delivery_function_can_have_an_always_ready_instance_and_has_none_by_default():
+    main = bicep("main.bicep")
+    assert param_default(main, "deliveryAlwaysReady") is False, "it bills around the clock: opt-in"
+    assert azd_parameters()["deliveryAlwaysReady"]["value"] is False
+    always_ready = main["modules"]["api"]["config"]["params"]["alwaysReady"]["operator"]
+    assert always_ready["type"] == "conditional" and always_ready["operands"]["condition"] == "deliveryAlwaysReady"
+    assert always_ready["operands"]["false_value"] == []
+    (entry,) = always_ready["operands"]["true_value"]
+    assert entry == {"name": f"function:{queue_triggered_function()}", "instanceCount": 1}
+
+    api = bicep("app/api.bicep")
+    assert param_default(api, "alwaysReady") == []
+    site = the_resource("app/api.bicep", "Microsoft.Web/sites")
+    assert site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["alwaysReady"] == "alwaysReady"
+
+
+def queue_triggered_function() -> str:
+    """The name of function_app.py's one queue-triggered function (Flex Consumption scales it on
+    its own instances, so always ready names it as function:<name>)."""
+    (name,) = re.findall(r"@app\.queue_trigger\([^)]*\)\s*def (\w+)", (ROOT / "function_app.py").read_text())
+    return name
+
+
 def test_basic_publishing_credentials_are_off():
     policies = resources_of(bicep("app/api.bicep"), "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert {body(p)["name"]: body(p)["properties"]["allow"] for p in policies.values()} == {"scm": False, "ftp": False}

@@ -29,6 +29,8 @@ param instanceMemoryMB int = 2048
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+@description('Always-ready instances, per function ("function:<name>") or group ("http", "durable", "blob"): [{ name, instanceCount }]. They bill whether or not they run.')
+param alwaysReady array = []
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -68,7 +70,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17: Client certificates: the marketplace cannot present one; it authenticates with the function key.
   // checkov:skip=CKV_AZURE_18: HTTP/2: the only client (the marketplace) POSTs one small JSON body per lead over HTTP/1.1; the setting is left at the platform default.
   // checkov:skip=CKV_AZURE_67: Same as CKV_AZURE_18 (HTTP version check for function apps).
-  // checkov:skip=CKV_AZURE_212: Minimum instances for failover: Flex Consumption scales from zero and starts instances on demand; always-ready instances would bill around the clock for a few leads a day. Leads are durable in storage before the 2xx, so a cold start delays, never loses, a lead.
+  // checkov:skip=CKV_AZURE_212: Minimum instances for failover: Flex Consumption scales from zero and starts instances on demand; always-ready instances bill around the clock, so they are opt-in (deliveryAlwaysReady, for the delivery function only). Leads are durable in storage before the 2xx, so a cold start delays, never loses, a lead.
   // checkov:skip=CKV_AZURE_213: App Service health check is not available on Flex Consumption; GET /api/health serves external probes instead.
   name: name
   location: location
@@ -107,6 +109,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         }
       }
       scaleAndConcurrency: {
+        alwaysReady: alwaysReady
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
       }

@@ -7,8 +7,10 @@ locally as it runs in Azure. This module plays the Functions host for one develo
   real ``func.HttpRequest`` in and the function's ``func.HttpResponse`` out;
 - **timer triggers** fire on their NCRONTAB schedule, one invocation at a time (the host's
   singleton lock);
-- **queue triggers** poll Azure Storage like the queue extension: batches, base64 bodies, a
-  retry after ``visibilityTimeout``, the ``<queue>-poison`` queue after ``maxDequeueCount``.
+- **queue triggers** poll Azure Storage like the queue extension: batches and ``newBatchThreshold``,
+  base64 bodies, a retry after ``visibilityTimeout``, the ``<queue>-poison`` queue after
+  ``maxDequeueCount``, and the extension's back-off between empty reads up to
+  ``maxPollingInterval``, so that a local run waits for a message as long as Azure does.
 
 Functions are found only through what ``azure.functions`` reports (``get_functions()``, their
 bindings and user functions): the metadata the Python worker hands the real host. A function added
@@ -77,7 +79,7 @@ QUEUE_PROCESSING_SECONDS = 600  # a message stays hidden this long while its fun
 # host.json's maxPollingInterval, so that local runs wait as long as Azure does.
 QUEUE_POLL_MINIMUM = timedelta(milliseconds=100)
 # Queue calls are not retried by the SDK: its back-off (15 s, 18 s, 24 s) would stall polling and
-# shutdown, while the listener polls again within a second and an unsettled message comes back anyway.
+# shutdown, while the listener polls again within maxPollingInterval and an unsettled message comes back anyway.
 NO_SDK_RETRIES = {"retry_total": 0}
 
 

@@ -350,7 +350,8 @@ def test_messages_failing_max_dequeue_count_times_go_to_the_poison_queue(toy, az
 def _pauses(caplog, queue_name: str) -> list[float]:
     """The pauses (ms) the listener of ``queue_name`` took after empty polls, in order."""
     prefix = f"Queue '{queue_name}' is empty; next poll in "
-    return [float(r.getMessage()[len(prefix) :].split()[0]) for r in caplog.records if r.getMessage().startswith(prefix)]
+    messages = [record.getMessage() for record in caplog.records]
+    return [float(message[len(prefix) :].split()[0]) for message in messages if message.startswith(prefix)]
 
 
 def test_idle_polling_backs_off_to_max_polling_interval_from_host_json_and_restarts_after_a_message(

@@ -33,6 +33,6 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
                         note=f"{count} sequential; ceiling 20/s at one call a lead"))  # fmt: skip
         tokens = figures.get("token_requests", round(figures["token_requests_per_1000"] * count / 1000))
         rows.append(Row("crm", f"{name}: token requests for {count} leads", tokens, "",
-                        note="a private app's token is static" if name == "hubspot"
+                        note="a static token (service key)" if name == "hubspot"
                         else "one per token lifetime"))  # fmt: skip
     return rows, details

@@ -12,8 +12,10 @@ It behaves like ACS Email where the app depends on it:
 - ``GET /emails/operations/{id}`` answers ``Running``, then ``Succeeded`` (or ``Failed``);
 - faults on demand: the next N requests answer 429 with ``Retry-After``, 500 or 503, answer only
   after a delay longer than the client waits (the mail is accepted first, as when a real answer
-  is lost), or drop the connection (before or after accepting the mail); or at random, a share
-  ``fail_ratio`` of all requests failing in any of those ways.
+  is lost), drop the connection (before or after accepting the mail), or accept the mail and
+  answer one byte a second (``drip``); or at random, a share ``fail_ratio`` of all requests
+  failing in any of those ways. The server, TLS and the drop and drip behaviours are
+  tests/loopback.py's, shared by every fake.
 
 Every accepted mail is recorded in :attr:`FakeAcs.mails` (one entry per operation, so the records
 show whether a lead was mailed once), every request in :attr:`FakeAcs.requests`.
@@ -30,26 +32,24 @@ import hmac
 import json
 import random
 import secrets
-import socket
-import ssl
-import tempfile
-import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trustme
 
+from .loopback import DRIP, LOST, LoopbackHandler, LoopbackServer
+
 DEFAULT_SENDER = "DoNotReply@contoso.azurecomm.net"
-FAULT_KINDS = ("429", "500", "503", "delay", "drop", "drop_after")
+FAULT_KINDS = ("429", "500", "503", "delay", "drop", "drop_after", "drip")
+# The faults a random ``fail_ratio`` draws from unless told otherwise (a drip takes a while).
+RANDOM_FAULTS = ("429", "500", "503", "delay", "drop", "drop_after")
 CLOCK_SKEW = 15 * 60  # seconds an x-ms-date may be off, as ACS allows
 
 
@@ -80,15 +80,86 @@ class Request:
     at: float = field(default_factory=time.time)
 
 
-class FakeAcs:
+class _Handler(LoopbackHandler):
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def _handle(self, method: str) -> None:
+        fake: FakeAcs = self.fake
+        body = self.read_body()
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if method == "POST" and url.path == "/emails:send":
+            kind = "send"
+        elif method == "GET" and url.path.startswith("/emails/operations/"):
+            kind = "status"
+        else:
+            self._record(method, 404, None)
+            return self._answer(404, {}, _error("NotFound", "No such resource."))
+
+        fault = fake._take_fault(kind)
+        if fault and fault.kind == "drop":
+            self._record(method, None, "drop")
+            return self.drop()
+        if fault and fault.kind in ("429", "500", "503"):
+            status = int(fault.kind)
+            headers = {"Retry-After": fault.retry_after} if status == 429 else {}
+            code = {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}[status]
+            self._record(method, status, fault.kind)
+            return self._answer(status, headers, _error(code, "The service could not take the request now."))
+
+        allowed = fake._authorize(method, self.path, self.headers, body)
+        if allowed == 403:
+            self._record(method, 403, None)
+            return self._answer(403, {}, _error("Forbidden", "The principal does not have permission to send email."))
+        if allowed != 200:
+            self._record(method, 401, None)
+            return self._answer(401, {}, _error("Denied", "Denied by the resource provider."))
+
+        if kind == "send":
+            status, headers, payload, operation = fake._send(query, self.headers, body)
+        else:
+            status, headers, payload, operation = fake._status(url.path.rsplit("/", 1)[1], query)
+
+        if fault and fault.kind in ("drop_after", "drip"):  # the mail is accepted; its answer is lost or slow
+            self._record(method, None, fault.kind, operation)
+            self.play(LOST if fault.kind == "drop_after" else DRIP)
+        if fault and fault.kind == "delay":
+            self._record(method, None, "delay", operation)
+            time.sleep(fault.delay)
+            return self._answer(status, headers, payload)
+        if not fault:
+            self._record(method, status, None, operation)
+        return self._answer(status, headers, payload)
+
+    def _record(self, method: str, status: int | None, fault: str | None, operation: str | None = None) -> None:
+        fake = self.fake
+        with fake.lock:
+            fake.requests.append(Request(method, self.path, status, fault, operation))
+
+    def _answer(self, status: int, headers: dict[str, str], payload: Any) -> None:
+        extra = {"x-ms-request-id": str(uuid.uuid4())}
+        if status >= 400 and isinstance(payload, dict) and "error" in payload:
+            extra["x-ms-error-code"] = payload["error"]["code"]
+        self.answer(status, payload, {**extra, **headers})
+
+
+class FakeAcs(LoopbackServer):
     """The fake service. Start it with ``with FakeAcs() as acs:`` (or :meth:`start`/:meth:`stop`)."""
+
+    name = "fake-acs"
+    handler = _Handler
 
     def __init__(self, *, ca: trustme.CA | None = None, access_key: str | None = None,
                  sender_domains: tuple[str, ...] = ("contoso.azurecomm.net",), retry_after: str = "20",
                  polls_until_done: int = 1, on_repeat: str = "accept", fail_ratio: float = 0.0,
-                 fault_kinds: tuple[str, ...] = FAULT_KINDS, seed: int | None = None,
-                 random_delay: float = 3.0, tokens: dict[str, bool] | None = None) -> None:  # fmt: skip
-        self.ca = ca or trustme.CA()
+                 fault_kinds: tuple[str, ...] = RANDOM_FAULTS, seed: int | None = None,
+                 random_delay: float = 3.0, tokens: dict[str, bool] | None = None,
+                 drip_interval: float = 1.0) -> None:  # fmt: skip
+        super().__init__(tls=True, ca=ca, drip_interval=drip_interval)
         # Entra tokens it knows (``Authorization: Bearer``): token → whether its identity has a
         # role that allows sending (False answers 403, as ACS does without a role assignment).
         self.tokens = dict(tokens or {})
@@ -105,49 +176,10 @@ class FakeAcs:
         self.operations: dict[str, Operation] = {}
         self.requests: list[Request] = []
         self.repeats = 0  # sends that named an operation already accepted
-        self.lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._fail_operations: deque[tuple[str, str]] = deque()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="fake-acs-")
-        self.ca_file = str(Path(self._tmp.name) / "ca.pem")
-        self.ca.cert_pem.write_to_path(self.ca_file)
-
-    # --- lifecycle -----------------------------------------------------------------------------
-
-    def start(self) -> FakeAcs:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server = _Server(("127.0.0.1", 0), _Handler, fake=self, context=context)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-acs", daemon=True)  # fmt: skip
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        self._tmp.cleanup()
-
-    def __enter__(self) -> FakeAcs:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- addresses -----------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "the fake is not started"
-        return self._server.server_address[1]
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -331,125 +363,6 @@ def _invalid(message: Any, sender_domains: tuple[str, ...]) -> tuple[str, str] |
         if not isinstance(address, str) or "@" not in address or any(ch in address for ch in "\r\n <>"):
             return "InvalidRecipientAddress", "A recipient address is invalid."
     return None
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, handler, *, fake: FakeAcs, context: ssl.SSLContext) -> None:
-        super().__init__(address, handler)
-        self.fake = fake
-        self.context = context
-
-    def finish_request(self, request, client_address) -> None:
-        # TLS in the request's own thread, so a slow handshake never blocks the accept loop.
-        request.settimeout(30)
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        try:
-            super().finish_request(tls, client_address)
-        finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
-
-    def handle_error(self, request, client_address) -> None:  # quiet: clients leave on purpose
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
-        pass
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def _handle(self, method: str) -> None:
-        fake = self.server.fake
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        url = urlsplit(self.path)
-        query = parse_qs(url.query)
-        if method == "POST" and url.path == "/emails:send":
-            kind = "send"
-        elif method == "GET" and url.path.startswith("/emails/operations/"):
-            kind = "status"
-        else:
-            self._record(method, 404, None)
-            return self._answer(404, {}, _error("NotFound", "No such resource."))
-
-        fault = fake._take_fault(kind)
-        if fault and fault.kind == "drop":
-            self._record(method, None, "drop")
-            return self._drop()
-        if fault and fault.kind in ("429", "500", "503"):
-            status = int(fault.kind)
-            headers = {"Retry-After": fault.retry_after} if status == 429 else {}
-            code = {429: "TooManyRequests", 500: "InternalServerError", 503: "ServiceUnavailable"}[status]
-            self._record(method, status, fault.kind)
-            return self._answer(status, headers, _error(code, "The service could not take the request now."))
-
-        allowed = fake._authorize(method, self.path, self.headers, body)
-        if allowed == 403:
-            self._record(method, 403, None)
-            return self._answer(403, {}, _error("Forbidden", "The principal does not have permission to send email."))
-        if allowed != 200:
-            self._record(method, 401, None)
-            return self._answer(401, {}, _error("Denied", "Denied by the resource provider."))
-
-        if kind == "send":
-            status, headers, payload, operation = fake._send(query, self.headers, body)
-        else:
-            status, headers, payload, operation = fake._status(url.path.rsplit("/", 1)[1], query)
-
-        if fault and fault.kind == "drop_after":
-            self._record(method, None, "drop_after", operation)
-            return self._drop()
-        if fault and fault.kind == "delay":
-            self._record(method, None, "delay", operation)
-            time.sleep(fault.delay)
-            return self._answer(status, headers, payload)
-        self._record(method, status, None, operation)
-        return self._answer(status, headers, payload)
-
-    def _record(self, method: str, status: int | None, fault: str | None, operation: str | None = None) -> None:
-        fake = self.server.fake
-        with fake.lock:
-            fake.requests.append(Request(method, self.path, status, fault, operation))
-
-    def _answer(self, status: int, headers: dict[str, str], payload: Any) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-ms-request-id", str(uuid.uuid4()))
-            if status >= 400 and isinstance(payload, dict) and "error" in payload:
-                self.send_header("x-ms-error-code", payload["error"]["code"])
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-            self.wfile.flush()
-        except OSError:  # the client left (it timed out)
-            self.close_connection = True
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 # --- pytest fixtures ---------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ and behaves like the service where it matters: tokens expire (601/602), 100 call
 10 at once (615), an optional daily quota (607), unknown fields (1006). Knobs: ``latency`` (seconds
 per call), ``faults`` (played one per write call: a Marketo code such as ``"606"``, ``"http500"``,
 ``"drop"``, or ``"lost"``: do the work, then drop the connection), ``expire_tokens()``,
-``invalidate_tokens()``, ``denied`` (paths answered 603).
+``invalidate_tokens()``, ``denied`` (paths answered 603). Besides Marketo's codes, the faults
+shared by every fake (tests/loopback.py) play here too: ``"drip"`` (the answer one byte a second),
+``"hang"``, and ``"http429"``/``"http503"`` (an HTTP-level refusal with ``retry_after_header``).
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import time
 import uuid
 from collections import Counter, deque
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from leads.azurite import free_port
+from .loopback import LoopbackHandler, LoopbackServer
 
 # Marketo's standard person fields: REST name → (label, data type).
 STANDARD_FIELDS = {
@@ -44,13 +44,104 @@ MESSAGES = {
     "610": "Requested resource not found", "611": "System error", "615": "Concurrent access limit reached",
     "713": "Transient Error",
 }  # fmt: skip
+JSON = "application/json;charset=UTF-8"
 
 
-class FakeMarketo:
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+class _Handler(LoopbackHandler):
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        fake: FakeMarketo = self.fake
+        raw = self.read_body()
+        parts = urlsplit(self.path)
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        if fake.latency:
+            time.sleep(fake.latency)
+        if parts.path == "/identity/oauth/token":  # Marketo takes the credentials by GET or POST
+            form = {key: values[-1] for key, values in parse_qs(raw.decode()).items()} if method == "POST" else {}
+            with fake.lock:
+                fake.token_request_urls.append(self.path)
+            status, body = fake.issue_token({**query, **form})
+            return self.answer(status, body, content_type=JSON)
+        if not parts.path.startswith("/rest/"):
+            return self.answer(404, "<html>Not Found</html>", content_type="text/html")
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        token = token or query.get("access_token")
+        with fake.lock:  # faults play on writes (leads.json, submitForm), not on reads
+            fault = fake.faults.pop(0) if fake.faults and method == "POST" else None
+        if self.play(fault):
+            return None
+        if fault in ("http429", "http503"):
+            return self.answer(int(fault[4:]), {"error": "Too Many Requests" if fault == "http429" else
+                                                "Service Unavailable"}, {"Retry-After": fake.retry_after_header},
+                               content_type=JSON)  # fmt: skip
+        if fault == "http500":
+            return self.answer(500, {"error": "Internal Server Error"}, content_type=JSON)
+        code = fault if fault and fault.isdigit() else fake.admit(token, parts.path)
+        if code:
+            with fake.lock:
+                fake.errors[code] += 1
+            return self.answer(200, _failure(code), content_type=JSON)
+        with fake.running():
+            body = self._route(method, parts.path, raw)
+        self.answer(200, body, content_type=JSON)
+
+    def _route(self, method: str, path: str, raw: bytes) -> dict:
+        fake: FakeMarketo = self.fake
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            return _failure("609")
+        if method == "POST" and path == "/rest/v1/leads.json":
+            action = payload.get("action", "createOrUpdate")
+            if payload.get("lookupField", "email") != "email":
+                return _ok([_skipped("1011", f"Field '{payload.get('lookupField')}' not supported")])
+            return _ok([fake.upsert(dict(r), action, set(fake.fields)) for r in payload.get("input") or []])
+        if method == "POST" and path == "/rest/v1/leads/submitForm.json":
+            fields = fake.forms.get(payload.get("formId"))
+            item = (payload.get("input") or [{}])[0]
+            if fields is None:
+                return _ok([_skipped("1013", "Object not found")])
+            result = fake.upsert(dict(item.get("leadFormFields") or {}), "createOrUpdate", set(fields))
+            if "id" in result:
+                with fake.lock:
+                    fake.submissions.append({"formId": payload["formId"], "id": result["id"],
+                                             "visitorData": item.get("visitorData") or {}})  # fmt: skip
+            return _ok([result])
+        if method == "GET" and path == "/rest/v1/leads/describe.json":
+            return _ok(fake.describe())
+        form = re.fullmatch(r"/rest/asset/v1/form/(\d+)(/fields)?\.json", path)
+        if method == "GET" and form:
+            fields = fake.forms.get(int(form.group(1)))
+            if fields is None:
+                return {"success": True, "errors": [], "requestId": _request_id(),
+                        "warnings": ["No assets found for the given search criteria."]}  # fmt: skip
+            if form.group(2):
+                known = [(name, *fake.fields.get(name, (name, "string"))) for name in fields]
+                result = [{"id": _soap(name), "label": f"{label}:", "dataType": kind}
+                          for name, label, kind in known]  # fmt: skip
+            else:
+                result = [{"id": int(form.group(1)), "name": "Marketplace leads", "status": "approved"}]
+            return {"success": True, "errors": [], "requestId": _request_id(), "warnings": [], "result": result}
+        return _failure("610")
+
+
+class FakeMarketo(LoopbackServer):
+    name = "fake-marketo"
+    handler = _Handler
+
     def __init__(self, client_id: str = "mkto-client", client_secret: str = "mkto-secret", latency: float = 0.0,
                  token_lifetime: int = 3600, calls_per_window: int = 100, window: float = 20.0, concurrent: int = 10,
                  daily_quota: int | None = None, custom_fields: dict[str, tuple[str, str]] | None = None,
                  forms: dict[int, list[str]] | None = None) -> None:  # fmt: skip
+        super().__init__()
         self.client_id, self.client_secret = client_id, client_secret
         self.latency = latency
         self.token_lifetime = token_lifetime
@@ -64,7 +155,7 @@ class FakeMarketo:
         self.forms = {1001: [*STANDARD_FIELDS]} if forms is None else forms
         self.faults: list[str] = []
         self.denied: set[str] = set()
-        self.lock = threading.Lock()
+        self.retry_after_header = "5"  # what an "http429"/"http503" fault says in Retry-After
         self.persons: dict[str, dict] = {}  # lower-cased email → fields, with "id"
         self.submissions: list[dict] = []  # form submissions (formId, visitorData, person id)
         self.token_requests = 0
@@ -76,21 +167,10 @@ class FakeMarketo:
         self._stamps: deque[float] = deque()
         self._in_flight = 0
         self._ids = itertools.count(1000)
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.server.daemon_threads = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeMarketo:
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.base_url
 
     def expire_tokens(self) -> None:
         """Every token issued so far expires now (the next call with one answers 602)."""
@@ -183,117 +263,6 @@ class FakeMarketo:
         return [{"id": index, "displayName": label, "dataType": kind, **({"length": 255} if kind == "string" else {}),
                  "rest": {"name": name, "readOnly": False}, "soap": {"name": _soap(name), "readOnly": False}}
                 for index, (name, (label, kind)) in enumerate(self.fields.items(), 1)]  # fmt: skip
-
-    # --- HTTP -----------------------------------------------------------------------------------
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # one answer, one segment: no 40 ms delayed-ACK stalls
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-                if fake.latency:
-                    time.sleep(fake.latency)
-                if parts.path == "/identity/oauth/token":  # Marketo takes the credentials by GET or POST
-                    form = {key: values[-1] for key, values in parse_qs(raw.decode()).items()} if method == "POST" else {}
-                    with fake.lock:
-                        fake.token_request_urls.append(self.path)
-                    status, body = fake.issue_token({**query, **form})
-                    return self._answer(status, body)
-                if not parts.path.startswith("/rest/"):
-                    return self._answer(404, {"error": "not found"}, raw_text="<html>Not Found</html>")
-                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-                token = token or query.get("access_token")
-                with fake.lock:  # faults play on writes (leads.json, submitForm), not on reads
-                    fault = fake.faults.pop(0) if fake.faults and method == "POST" else None
-                if fault == "drop":
-                    return self._drop()
-                if fault == "http500":
-                    return self._answer(500, {"error": "Internal Server Error"})
-                code = fault if fault and fault.isdigit() else fake.admit(token, parts.path)
-                if code:
-                    with fake.lock:
-                        fake.errors[code] += 1
-                    return self._answer(200, _failure(code))
-                with fake.running():
-                    body = self._route(method, parts.path, raw)
-                if fault == "lost":
-                    return self._drop()
-                self._answer(200, body)
-
-            def _route(self, method: str, path: str, raw: bytes) -> dict:
-                try:
-                    payload = json.loads(raw) if raw else {}
-                except ValueError:
-                    return _failure("609")
-                if method == "POST" and path == "/rest/v1/leads.json":
-                    action = payload.get("action", "createOrUpdate")
-                    if payload.get("lookupField", "email") != "email":
-                        return _ok([_skipped("1011", f"Field '{payload.get('lookupField')}' not supported")])
-                    return _ok([fake.upsert(dict(r), action, set(fake.fields)) for r in payload.get("input") or []])
-                if method == "POST" and path == "/rest/v1/leads/submitForm.json":
-                    fields = fake.forms.get(payload.get("formId"))
-                    item = (payload.get("input") or [{}])[0]
-                    if fields is None:
-                        return _ok([_skipped("1013", "Object not found")])
-                    result = fake.upsert(dict(item.get("leadFormFields") or {}), "createOrUpdate", set(fields))
-                    if "id" in result:
-                        with fake.lock:
-                            fake.submissions.append({"formId": payload["formId"], "id": result["id"],
-                                                     "visitorData": item.get("visitorData") or {}})  # fmt: skip
-                    return _ok([result])
-                if method == "GET" and path == "/rest/v1/leads/describe.json":
-                    return _ok(fake.describe())
-                form = re.fullmatch(r"/rest/asset/v1/form/(\d+)(/fields)?\.json", path)
-                if method == "GET" and form:
-                    fields = fake.forms.get(int(form.group(1)))
-                    if fields is None:
-                        return {"success": True, "errors": [], "requestId": _request_id(),
-                                "warnings": ["No assets found for the given search criteria."]}  # fmt: skip
-                    if form.group(2):
-                        known = [(name, *fake.fields.get(name, (name, "string"))) for name in fields]
-                        result = [{"id": _soap(name), "label": f"{label}:", "dataType": kind}
-                                  for name, label, kind in known]  # fmt: skip
-                    else:
-                        result = [{"id": int(form.group(1)), "name": "Marketplace leads", "status": "approved"}]
-                    return {"success": True, "errors": [], "requestId": _request_id(), "warnings": [], "result": result}
-                return _failure("610")
-
-            def _answer(self, status: int, body: dict, raw_text: str | None = None) -> None:
-                data = raw_text.encode() if raw_text is not None else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    kind = "text/html" if raw_text is not None else "application/json;charset=UTF-8"
-                    self.send_header("Content-Type", kind)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
-
-            def _drop(self) -> None:
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(2)
-                except OSError:
-                    pass
-
-        return Handler
 
 
 def _soap(name: str) -> str:

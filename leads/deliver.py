@@ -19,12 +19,13 @@ from datetime import datetime, timedelta, timezone
 from .deliveries import FINAL, Delivery, backoff, initial_state
 from .destinations import DeliveryError, Destination, PermanentError, Route, get_destination
 from .queue import DeliveryMessage, delivery_queue
-from .settings import Settings, get_settings
+from .settings import SEND_DEADLINE_SECONDS, Settings, get_settings
 from .store import LeadStore
 
 log = logging.getLogger(__name__)
 
-# How long a claim holds a delivery; a worker that dies mid-send frees it after this.
+# How long a claim holds a delivery; a worker that dies mid-send frees it after this. Every send
+# ends by SEND_DEADLINE_SECONDS (2 minutes), well inside it, so no claim runs out under a live send.
 CLAIM = timedelta(minutes=5)
 # A message arriving this much before its delivery's next attempt is a stray duplicate.
 EARLY = timedelta(seconds=5)
@@ -64,6 +65,8 @@ def handle_message(text: str | bytes, settings: Settings | None = None) -> Outco
 
 
 def deliver(lead_id: str, name: str, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
+    from .http import deadline
+
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
@@ -110,12 +113,13 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
                 delivery_queue(settings).send(item.lead_id, name)
         return Outcome("failed", "lead not found")
     try:
-        if len(batch) == 1:
-            sent = destination.send(leads[0], claimed.route)
-        else:
-            sent = destination.send_digest(leads, claimed.route)
+        with deadline(SEND_DEADLINE_SECONDS):  # every call of the send ends well inside the claim
+            if len(batch) == 1:
+                sent = destination.send(leads[0], claimed.route)
+            else:
+                sent = destination.send_digest(leads, claimed.route)
     except Exception as exc:  # every failure is classified; none may escape unrecorded
-        error = destination.classify(exc)
+        error = _told(destination.classify(exc), leads, claimed)
         # A digest that may have gone out is retried as the same digest (the same idempotency key),
         # so its leads wait together again rather than each going alone.
         regroup = waiting_key(claimed) if len(batch) > 1 and error.transient else None
@@ -130,6 +134,21 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         log.info("lead %s delivered to %s (attempt %d%s)", item.lead_id, name, item.attempts,
                  f", digest of {len(batch)}" if len(batch) > 1 else "")  # fmt: skip
     return Outcome("delivered", sent.external_id or "")
+
+
+def _told(error: DeliveryError, leads: list, delivery: Delivery) -> DeliveryError:
+    """``error`` as it is recorded, logged and alerted: without the personal values of the leads
+    it is about (a service may echo any of them), and with a fix, if the destination gave none."""
+    from .redact import mask_personal
+
+    error.args = (mask_personal(str(error), leads),)
+    if error.fix:
+        error.fix = mask_personal(error.fix, leads)
+    elif not error.transient:
+        which = f"--lead {delivery.lead_id} " if len(leads) == 1 else ""
+        error.fix = ("correct what the service names (the destination's settings, or the CRM's rules for the "
+                     f"field), then: python -m leads replay {which}--destination {delivery.destination}")  # fmt: skip
+    return error
 
 
 def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime,

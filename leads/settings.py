@@ -10,8 +10,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The longest one call to a destination may take (LEADS_HTTP_TIMEOUT_SECONDS), and the longest a
+# whole send may (leads/deliver.py), both well inside the 5-minute claim of a delivery.
+MAX_CALL_SECONDS = 60.0
+SEND_DEADLINE_SECONDS = 120.0
+
 
 class Settings(BaseSettings):
     """The app's settings. Field aliases are the environment variable names."""
@@ -101,7 +107,10 @@ class Settings(BaseSettings):
         description="The first retry's delay; each next one doubles (with jitter), up to an hour.",
     )
     http_timeout_seconds: float = Field(
-        30.0, alias="LEADS_HTTP_TIMEOUT_SECONDS", gt=0, description="How long a destination's answer is awaited."
+        30.0,
+        alias="LEADS_HTTP_TIMEOUT_SECONDS",
+        gt=0,
+        description="How long one call to a destination may take, connect to last byte (at most 60).",
     )
     alert_to: str = Field("", alias="LEADS_ALERT_TO", description="Who is emailed when a delivery fails.")
     function_app_id: str = Field(
@@ -163,6 +172,16 @@ class Settings(BaseSettings):
     # --- HubSpot --------------------------------------------------------------------------------
     hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Service Key (or a private app's token).")
     hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
+
+    @field_validator("http_timeout_seconds")
+    @classmethod
+    def _call_ends_inside_the_claim(cls, value: float) -> float:
+        # A delivery's claim lasts 5 minutes and a send (token, look-up, write, each one call)
+        # must end well inside it, by 2 minutes: no single call may take longer than 60 s.
+        if value > MAX_CALL_SECONDS:
+            raise ValueError(f"LEADS_HTTP_TIMEOUT_SECONDS is {value:g}, but a call must end well inside the 5-minute "
+                             f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -143,14 +143,15 @@ def classify_error(error: Exception) -> DeliveryError:
     import requests
 
     if isinstance(error, (requests.ConnectionError, requests.Timeout)):
-        return TransientError(f"could not reach the service: {type(error).__name__}")
+        return unreachable(error)
     if isinstance(error, requests.HTTPError) and error.response is not None:
-        return from_status(error.response.status_code, error.response.reason or "",
-                           error.response.headers.get("Retry-After"))  # fmt: skip
+        response = error.response
+        return from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"),
+                           said=service_said(response))  # fmt: skip
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
     if isinstance(error, (ServiceRequestError, ServiceResponseError)):
-        return TransientError(f"could not reach the service: {type(error).__name__}")
+        return unreachable(error)
     if isinstance(error, HttpResponseError) and error.status_code is not None:
         headers = error.response.headers if error.response is not None else {}
         return from_status(error.status_code, error.reason or "", headers.get("Retry-After"))
@@ -162,9 +163,115 @@ def classify_error(error: Exception) -> DeliveryError:
     return PermanentError(f"unexpected {type(error).__name__}{where}", fix="a bug: report it with this text")
 
 
-def from_status(status: int, reason: str, retry_after: str | None = None, fix: str | None = None) -> DeliveryError:
-    """The error for an HTTP status the service answered."""
-    message = f"the service answered {status} {reason}".rstrip()
+def unreachable(error: BaseException) -> TransientError:
+    """A call that got no answer, naming the host and why: refused, name lookup, TLS, timeout,
+    dropped. Never the exception's own text, which may hold the URL and its query."""
+    import socket
+    import ssl
+
+    import requests
+
+    from ..http import DeadlineExceeded
+
+    host = _host_of(error)
+    chain = list(_causes(error))
+    cut = next((e for e in chain if isinstance(e, DeadlineExceeded)), None)
+    if cut is not None:
+        return TransientError(str(cut), fix="the service answers too slowly; the delivery is retried")
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        cert = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
+        return TransientError(f"could not reach {host}: TLS failed, its certificate is not trusted "
+                              f"({cert.verify_message or 'verify failed'})",
+                              fix="check the host in the destination's URL setting: it must be the service's own")
+    if any(isinstance(e, ssl.SSLError) for e in chain) or isinstance(error, requests.exceptions.SSLError):
+        return TransientError(f"could not reach {host}: TLS failed", fix="check that the URL is the service's "
+                              "https address (not http on a TLS port, nor a proxy that intercepts TLS)")
+    if any(isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError" for e in chain):
+        return TransientError(f"could not reach {host}: name lookup failed (the host name does not resolve)",
+                              fix="check the host name in the destination's URL setting and the app's DNS")
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return TransientError(f"could not reach {host}: connection refused (nothing listens there)",
+                              fix="check the port in the destination's URL setting, and that the service is up")
+    if isinstance(error, requests.ConnectTimeout) or any(type(e).__name__ == "ConnectTimeoutError" for e in chain):
+        return TransientError(f"could not reach {host}: connecting timed out",
+                              fix="check that the service is reachable from the app (firewall, private network)")
+    if isinstance(error, requests.Timeout) or any(isinstance(e, (TimeoutError, socket.timeout)) for e in chain) \
+            or "Timeout" in type(error).__name__:  # fmt: skip
+        return TransientError(f"no answer from {host} in time (timeout)", fix="the delivery is retried")
+    return TransientError(f"could not reach {host}: the connection dropped before an answer "
+                          f"({type(error).__name__})", fix="the delivery is retried")  # fmt: skip
+
+
+def _causes(error: BaseException):
+    """``error`` and what it wraps: causes, contexts, urllib3's ``reason``, azure-core's inner exception."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [current.__cause__, current.__context__, getattr(current, "inner_exception", None)]
+        todo += [getattr(current, "reason", None)] if isinstance(getattr(current, "reason", None), BaseException) \
+            else []  # fmt: skip
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+
+
+def _host_of(error: BaseException) -> str:
+    from urllib.parse import urlsplit
+
+    for current in _causes(error):
+        request = getattr(current, "request", None)
+        url = getattr(request, "url", None)
+        if isinstance(url, str):
+            parts = urlsplit(url)
+            if parts.hostname:
+                return parts.hostname + (f":{parts.port}" if parts.port else "")
+        host = getattr(current, "host", None) or getattr(getattr(current, "pool", None), "host", None)
+        if isinstance(host, str) and host:
+            return host
+    return "the service"
+
+
+def service_said(response) -> str | None:
+    """The service's own words about a refused request, from its answer's body (JSON error
+    fields, or the first line of plain text), or None. Callers mask the lead's values in it."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    found: list[str] = []
+
+    def collect(value, depth: int = 0) -> None:
+        if depth > 3 or len(found) >= 3:
+            return
+        if isinstance(value, str) and value.strip():
+            found.append(value.strip())
+        elif isinstance(value, dict):
+            for key in ("message", "error_description", "detail", "title", "error", "errors", "reason", "code",
+                        "errorCode"):  # fmt: skip
+                if key in value:
+                    collect(value[key], depth + 1)
+        elif isinstance(value, list):
+            for item in value[:3]:
+                collect(item, depth + 1)
+
+    if body is not None:
+        collect(body)
+        text = "; ".join(dict.fromkeys(found))
+    else:
+        kind = (response.headers.get("Content-Type") or "").lower()
+        lines = [] if "html" in kind else (response.text or "").strip().splitlines()
+        text = lines[0] if lines else ""
+    text = " ".join(text.split())
+    return text[:300] or None
+
+
+def from_status(status: int, reason: str, retry_after: str | None = None, fix: str | None = None,
+                said: str | None = None) -> DeliveryError:  # fmt: skip
+    """The error for an HTTP status the service answered (``said``: the service's own words)."""
+    message = f"the service answered {status} {reason}".rstrip() + (f": {said}" if said else "")
     if status in (408, 425, 429) or status >= 500:
         return TransientError(message, retry_after=parse_retry_after(retry_after), fix=fix)
     return PermanentError(message, fix=fix)

@@ -189,7 +189,9 @@ class DynamicsDestination(Destination):
         self.client_secret = client_secret
         self.authority = (authority or "https://login.microsoftonline.com").strip().rstrip("/")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        from ..http import session as deadline_session
+
+        self.session = session or deadline_session()
         self.scope = f"{self.url}/.default"
         self._app: msal.ConfidentialClientApplication | None = None
         self._identity: ManagedIdentityCredential | None = None
@@ -702,12 +704,9 @@ def _is_dataverse(response: requests.Response) -> bool:
 def _scrub(message: str, lead: Lead | None) -> str:
     """A service's message, without the customer's personal data (a validation error may quote
     a value), shortened."""
-    if lead is not None:
-        for value in (lead.first_name, lead.last_name, lead.email, lead.phone, lead.company, lead.title,
-                      lead.description):  # fmt: skip
-            if value and len(value) >= 3:
-                message = message.replace(value, "…")
-    return _first_line(message)[:300]
+    from ..redact import mask_personal
+
+    return mask_personal(_first_line(message), lead, limit=300)
 
 
 def _first_line(text: str) -> str:

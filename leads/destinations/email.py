@@ -105,7 +105,8 @@ class EmailDestination(Destination):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailDestination:
-        return cls(settings, read_timeout=settings.http_timeout_seconds)
+        timeout = settings.http_timeout_seconds
+        return cls(settings, connection_timeout=min(5.0, timeout), read_timeout=timeout)
 
     def send(self, lead: Lead, route: Route) -> Sent:
         return self.transport.send(render_lead(lead, route, self.settings))
@@ -595,10 +596,17 @@ class AcsTransport:
 
 @lru_cache(maxsize=8)
 def _acs_client(connection_string: str, endpoint: str, connection_timeout: float, read_timeout: float):
-    """One client (and one credential, so one token per lifetime) per configuration, kept."""
+    """One client (and one credential, so one token per lifetime) per configuration, kept. Its
+    transport is a deadline session (leads/http.py): a call ends by its total deadline."""
     from azure.communication.email import EmailClient
+    from azure.core.pipeline.transport import RequestsTransport
 
-    options = {"retry_total": 0, "connection_timeout": connection_timeout, "read_timeout": read_timeout}
+    from ..http import session
+
+    transport = RequestsTransport(session=session(), session_owner=False, connection_timeout=connection_timeout,
+                                  read_timeout=read_timeout)  # fmt: skip
+    options = {"retry_total": 0, "connection_timeout": connection_timeout, "read_timeout": read_timeout,
+               "transport": transport}
     if connection_string:
         return EmailClient.from_connection_string(connection_string, **options)
     return EmailClient(endpoint, _identity_credential(), **options)

@@ -108,7 +108,9 @@ class HubSpotDestination(Destination):
         self.token = token.strip()
         self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        from ..http import session as deadline_session
+
+        self.session = session or deadline_session()
         self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32)
 
     @classmethod

@@ -196,7 +196,9 @@ class MarketoDestination(Destination):
         self.client_secret = client_secret
         self.form_id = form_id.strip()
         self.timeout = timeout
-        self.session = session or requests.Session()
+        from ..http import session as deadline_session
+
+        self.session = session or deadline_session()
         self.limiter = limiter or CallLimiter()
         self.token_requests = 0
         self._token: str | None = None

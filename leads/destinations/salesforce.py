@@ -52,6 +52,7 @@ from .base import (
     TransientError,
     classify_error,
     from_status,
+    unreachable,
 )
 
 if TYPE_CHECKING:
@@ -285,13 +286,9 @@ def salesforce_errors(content: Any) -> list[dict[str, Any]]:
 def scrub(text: str, lead: Lead | None) -> str:
     """``text`` without the customer's data: Salesforce echoes rejected values in messages
     (``invalid email address: ...``, ``data value too large: ...``)."""
-    text = re.sub(r"\s+", " ", text).strip()
-    if lead is None:
-        return re.sub(r"(:\s*)([^:]*?@[^\s:]+)", r"\1…", text)
-    values = [lead.first_name, lead.last_name, lead.email, lead.phone, lead.company, lead.title, lead.description]
-    for value in sorted((v for v in values if v and len(v) >= 2), key=len, reverse=True):
-        text = re.sub(rf"(?<!\w){re.escape(value[:200])}(?!\w)", "…", text, flags=re.IGNORECASE)
-    return text[:300]
+    from ..redact import mask_personal
+
+    return mask_personal(text, lead, limit=300)
 
 
 def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str = "") -> DeliveryError:
@@ -414,7 +411,9 @@ class SalesforceDestination(Destination):
         self.client_secret = client_secret.strip()
         self.external_id_field = external_id_field.strip()
         self.timeout = timeout
-        self.session = session or requests.Session()
+        from ..http import session as deadline_session
+
+        self.session = session or deadline_session()
         self.web_to_lead_also_set = web_to_lead_also_set
         self.token_requests = 0
         self._lock = threading.Lock()
@@ -547,7 +546,7 @@ class SalesforceDestination(Destination):
                 headers={"Accept": "application/json"}, timeout=self.timeout, allow_redirects=False,
             )  # fmt: skip
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(f"could not reach {urlparse(self.url).netloc or self.url}: {type(exc).__name__}",
+            raise TransientError(str(unreachable(exc)),
                                  fix="check SALESFORCE_URL (the org's My Domain URL) and the "
                                  "network") from None  # fmt: skip
         try:
@@ -684,7 +683,9 @@ class SalesforceWebToLeadDestination(Destination):
         self.oid = oid.strip()
         self.url = url.strip()
         self.timeout = timeout
-        self.session = session or requests.Session()
+        from ..http import session as deadline_session
+
+        self.session = session or deadline_session()
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:

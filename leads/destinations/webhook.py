@@ -18,7 +18,7 @@ import hmac
 import time
 from typing import TYPE_CHECKING
 
-from .base import Check, Destination, PermanentError, Route, Sent, from_status
+from .base import Check, Destination, PermanentError, Route, Sent, from_status, service_said
 
 if TYPE_CHECKING:
     import requests
@@ -50,7 +50,9 @@ class WebhookDestination(Destination):
         self.url = url
         self.secret = secret
         self.timeout = timeout
-        self.session = session or requests.Session()
+        from ..http import session as deadline_session
+
+        self.session = session or deadline_session()
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -112,4 +114,5 @@ class WebhookDestination(Destination):
         fix = None
         if response.status_code in (401, 403):
             fix = "the receiver refused the request: check that it uses the same WEBHOOK_SECRET"
-        raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix)
+        raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix,
+                          said=service_said(response))  # fmt: skip

@@ -1,0 +1,131 @@
+"""Every send ends well inside its claim, whatever the destination and however slowly it answers.
+
+A server that answers one byte at a time never trips a per-read timeout; each destination's send
+must still end by its total deadline (connect to last byte) and be retried, and settings that
+would let a call outlive the claim are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from leads import http
+from leads.deliver import deliver
+from leads.intake import accept_http
+from leads.settings import Settings
+from leads.store import LeadStore
+
+from .conftest import FIXTURES
+from .loopback import DRIP, LoopbackHandler, LoopbackServer
+
+EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
+
+
+class _Dripping(LoopbackHandler):
+    """Whatever is asked, a well-formed answer, one byte every ``drip_interval`` seconds."""
+
+    def _drip(self) -> None:
+        self.read_body()
+        self.fake.requests += 1
+        self.play(DRIP)
+        self.answer(200, {"access_token": "t", "token_type": "Bearer", "expires_in": 3600, "id": "x",
+                          "success": True, "result": [{"id": 1, "status": "created"}]})  # fmt: skip
+
+    do_GET = do_POST = do_PATCH = do_PUT = _drip
+
+
+class DripServer(LoopbackServer):
+    name = "drip"
+    handler = _Dripping
+
+    def __init__(self, ca) -> None:
+        super().__init__(tls=True, ca=ca, drip_interval=0.2)
+        self.requests = 0
+
+
+@pytest.fixture
+def drip(fake_tls_ca, monkeypatch):
+    with DripServer(fake_tls_ca) as server:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_file)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield server
+
+
+def test_a_call_is_cut_at_its_total_deadline_though_bytes_keep_coming(drip):
+    session = http.session()
+    start = time.monotonic()
+    with pytest.raises(http.DeadlineExceeded, match=r"127\.0\.0\.1:\d+ within 1 s"):
+        session.get(drip.base_url + "/", timeout=1)  # a byte every 0.2 s: no read ever waits 1 s
+    assert time.monotonic() - start < 3
+
+
+def test_calls_of_one_send_end_with_the_send(drip):
+    session = http.session()
+    start = time.monotonic()
+    with http.deadline(1.5), pytest.raises(http.DeadlineExceeded):
+        for _ in range(3):
+            session.get(drip.base_url + "/", timeout=30)
+    assert time.monotonic() - start < 3.5
+
+
+DESTINATIONS = {
+    "webhook": lambda url: {"WEBHOOK_URL": url + "/hook", "WEBHOOK_SECRET": "s"},
+    "dynamics": lambda url: {"DYNAMICS_URL": url, "DYNAMICS_TENANT_ID": str(uuid.uuid4()),
+                             "DYNAMICS_CLIENT_ID": str(uuid.uuid4()), "DYNAMICS_CLIENT_SECRET": "secret",
+                             "DYNAMICS_AUTHORITY": url},  # fmt: skip
+    "salesforce": lambda url: {"SALESFORCE_URL": url, "SALESFORCE_CLIENT_ID": "id", "SALESFORCE_CLIENT_SECRET": "s"},
+    "salesforce-w2l": lambda url: {"SALESFORCE_OID": "00D000000000001", "SALESFORCE_WEB_TO_LEAD_URL": url + "/w2l"},
+    "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},
+    "hubspot": lambda url: {"HUBSPOT_TOKEN": "pat-na1-x", "HUBSPOT_URL": url},
+}
+
+
+@pytest.mark.parametrize("name", sorted(DESTINATIONS))
+def test_every_crm_and_the_webhook_end_a_dripping_send_and_retry_it(storage, env, drip, name):
+    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="",
+        **DESTINATIONS[name](drip.base_url))
+    answer = accept_http(json.dumps(EXAMPLE).encode())
+    lead_id = answer.body["leadId"]
+    start = time.monotonic()
+    outcome = deliver(lead_id, name)
+    took = time.monotonic() - start
+    assert drip.requests >= 1
+    assert outcome.state == "retrying", outcome
+    assert "within 1 s" in outcome.detail and "127.0.0.1" in outcome.detail
+    assert took < 8, f"{name} took {took:.1f} s"
+    assert LeadStore.from_settings().deliveries.get(lead_id, name).state == "retrying"
+
+
+def test_email_through_acs_ends_a_dripping_send_and_retries_it(storage, env, fake_acs):
+    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com", WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="1",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    fake_acs.drip_interval = 0.2
+    lead_id = accept_http(json.dumps(EXAMPLE).encode()).body["leadId"]
+    fake_acs.fail_next("drip", on="send")
+    start = time.monotonic()
+    outcome = deliver(lead_id, "email")
+    assert outcome.state == "retrying", outcome
+    assert time.monotonic() - start < 5
+    assert "within 1 s" in outcome.detail
+    # The mail was accepted before its answer dripped: the retry is the same operation, one mail.
+    assert deliver(lead_id, "email", now=LeadStore.from_settings().deliveries.get(lead_id, "email")
+                   .next_attempt_at).state == "delivered"  # fmt: skip
+    assert len(fake_acs.mails) == 1
+
+
+@pytest.mark.parametrize("value", ["600", "61"])
+def test_a_call_timeout_that_could_outlive_the_claim_is_refused_by_name(value):
+    with pytest.raises(ValidationError) as refused:
+        Settings(LEADS_HTTP_TIMEOUT_SECONDS=value)
+    text = str(refused.value)
+    assert "LEADS_HTTP_TIMEOUT_SECONDS" in text and "at most 60" in text
+
+
+def test_the_longest_call_timeout_allowed_is_accepted():
+    assert Settings(LEADS_HTTP_TIMEOUT_SECONDS="60").http_timeout_seconds == 60

@@ -1,0 +1,130 @@
+"""What a failed delivery records: the service's own words without the lead's personal values,
+a fix, and for a call that got no answer, the host and why.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import pytest
+import requests
+
+from leads.deliver import deliver
+from leads.destinations.dynamics import dataverse_error
+from leads.intake import accept_http
+from leads.normalise import from_http_body
+from leads.redact import mask_personal
+from leads.store import LeadStore
+
+from .fake_webhook import FakeWebhook
+from .loopback import LoopbackHandler, LoopbackServer
+
+# Short values too: a two-letter first name, a three-letter company.
+BODY = {"UserDetails": {"FirstName": "Al", "LastName": "Ng", "Email": "al.ng@fabrikam.com", "Phone": "+1 425 555 0142",
+                        "Country": "US", "Company": "Ikt", "Title": "VP"},
+        "LeadSource": "SPZA-PLT|contoso.crm", "OfferTitle": "Contoso CRM", "Description": "Call me on Fridays"}  # fmt: skip
+LEAD = from_http_body(BODY)
+PERSONAL = ("Al", "Ng", "al.ng", "fabrikam", "Ikt", "VP", "555", "0142", "Fridays")
+ECHO = ("Lead Al Ng (al.ng@fabrikam.com, 425-555-0142, VP at Ikt) rejected: field 'notes' value 'Call me on Fridays' "
+        "is not allowed; Al must be unique")  # fmt: skip
+
+
+def recorded(lead_id: str, name: str) -> str:
+    return LeadStore.from_settings().deliveries.get(lead_id, name).last_error
+
+
+class _Refuses(LoopbackHandler):
+    """A service that refuses every lead with a 422 whose message echoes the lead."""
+
+    def do_POST(self):
+        self.read_body()
+        self.answer(422, {"error": {"code": "VALIDATION", "message": ECHO}})
+
+
+class Refusing(LoopbackServer):
+    handler = _Refuses
+
+
+@pytest.fixture
+def queue(storage, env):
+    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="",
+        LEADS_RETRY_BASE_SECONDS="0.2")  # fmt: skip
+
+
+def take_in() -> str:
+    return accept_http(json.dumps(BODY).encode()).body["leadId"]
+
+
+def test_a_refusal_records_the_services_words_masked_and_a_fix(queue, env):
+    with Refusing() as service:
+        env(WEBHOOK_URL=service.base_url + "/hook", WEBHOOK_SECRET="s")
+        lead_id = take_in()
+        assert deliver(lead_id, "webhook").state == "failed"
+    error = recorded(lead_id, "webhook")
+    assert "422" in error and "rejected: field 'notes'" in error and "must be unique" in error  # its own words
+    assert "replay" in error.partition(" — ")[2]  # and a fix
+    for value in PERSONAL:
+        assert value not in error, value
+
+
+def test_a_lead_value_echoed_by_dataverse_is_masked_whatever_its_length():
+    with Refusing() as service:
+        response = requests.post(service.base_url + "/api/data/v9.2/leads", json={})
+    text = dataverse_error(response, LEAD).explain()
+    assert "rejected" in text
+    for value in PERSONAL:
+        assert value not in text, value
+
+
+def test_masking_keeps_the_services_words_and_caps_the_length():
+    masked = mask_personal(ECHO * 20, LEAD, limit=200)
+    assert len(masked) <= 200 and "must be unique" in masked and "all" not in masked.lower().replace("allowed", "")
+    assert mask_personal("Al: a value is invalid", LEAD) == "…: a value is invalid"  # 'a' and 'al' in words stay
+
+
+def test_connection_refused_names_the_host_and_the_cause(queue, env):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, never listening: connections are refused
+        env(WEBHOOK_URL=f"http://127.0.0.1:{port}/hook")
+        lead_id = take_in()
+        assert deliver(lead_id, "webhook").state == "retrying"
+    error = recorded(lead_id, "webhook")
+    assert f"127.0.0.1:{port}" in error and "connection refused" in error
+
+
+def test_tls_failure_names_the_host_and_the_cause(queue, env):
+    with FakeWebhook() as plain:  # speaks HTTP: a TLS handshake with it fails
+        env(WEBHOOK_URL=f"https://127.0.0.1:{plain.port}/hook", WEBHOOK_SECRET=plain.secret)
+        lead_id = take_in()
+        assert deliver(lead_id, "webhook").state == "retrying"
+    error = recorded(lead_id, "webhook")
+    assert f"127.0.0.1:{plain.port}" in error and "TLS failed" in error
+
+
+def test_a_timeout_names_the_host_and_the_cause(queue, env):
+    with FakeWebhook(timeout_after=3) as slow:
+        slow.faults = ["timeout"]
+        env(WEBHOOK_URL=slow.url, WEBHOOK_SECRET=slow.secret)
+        lead_id = take_in()
+        assert deliver(lead_id, "webhook").state == "retrying"
+    error = recorded(lead_id, "webhook")
+    assert f"127.0.0.1:{slow.port}" in error and ("within 1 s" in error or "(timeout)" in error)
+
+
+def test_a_name_that_does_not_resolve_is_named(queue, env, monkeypatch):
+    real = socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):  # no query leaves the machine: this name resolves nowhere
+        if host == "crm.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    env(WEBHOOK_URL="http://crm.invalid/hook")
+    lead_id = take_in()
+    assert deliver(lead_id, "webhook").state == "retrying"
+    error = recorded(lead_id, "webhook")
+    assert "crm.invalid" in error and "name lookup failed" in error

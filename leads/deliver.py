@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from .deliveries import FINAL, Delivery, backoff, initial_state
-from .destinations import DeliveryError, Destination, PermanentError, Route, get_destination
+from .destinations import DeliveryError, Destination, PermanentError, Route, Sent, get_destination
+from .digests import FAILED, OPEN, SENT, Digest, DigestBook
 from .queue import DeliveryMessage, delivery_queue
 from .settings import SEND_DEADLINE_SECONDS, Settings, get_settings
 from .store import LeadStore
@@ -90,50 +91,128 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
                   fix=f"configure its settings, then: python -m leads replay --destination {name}"), settings)  # fmt: skip
         return Outcome("failed", "destination not enabled")
 
+    digest = _digest_of(store, delivery)
+    if digest is not None and digest.state == SENT:  # it went out; the worker died before saying so here
+        done = book.change(delivery, state="delivered", external_id=digest.external_id, last_error=None,
+                           claimed_until=None, next_attempt_at=None)  # fmt: skip
+        return Outcome("delivered" if done else delivery.state, f"sent in digest {digest.id}")
+
     if destination.rate_limit:
         wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period).acquire(now)
         if wait is not None:
+            if digest is not None:  # the digest waits as one: its members join nothing else
+                delivery_queue(settings).send(delivery.lead_id, name, wait)
+                return Outcome("retrying", f"rate limited for {wait:.0f}s")
             return _wait_for_rate(book, delivery, destination, wait, settings, now)
 
+    if digest is not None:
+        claimed_digest = DigestBook(store.leads).change(digest, claimed_until=now + CLAIM) \
+            if digest.claimed_until is None or digest.claimed_until <= now else None  # fmt: skip
+        if claimed_digest is None:
+            return Outcome("sending", "its digest is claimed by another worker")
+        return _send_digest(store, destination, claimed_digest, settings, now)
+
     claimed = book.change(delivery, state="sending", attempts=delivery.attempts + 1,
-                          claimed_until=now + CLAIM, waiting_for=None)  # fmt: skip
+                          claimed_until=now + CLAIM, waiting_for=None, digest=None)  # fmt: skip
     if claimed is None:
         return Outcome("sending", "claimed by another worker")
-    batch = [claimed]
     if destination.can_digest:
-        batch += _claim_waiting(store, claimed, now)
-    leads = [store.get(item.lead_id) for item in batch]
-    if any(lead is None for lead in leads):
-        for item, lead in zip(batch, leads):
-            if lead is None:
-                _fail(book, item, PermanentError("the lead is not in the lead store",
-                                                 fix="it was deleted; nothing can be sent"), settings)  # fmt: skip
-            else:
-                book.change(item, state="pending", claimed_until=None)
-                delivery_queue(settings).send(item.lead_id, name)
+        folded = _fold_waiting(store, claimed, now)
+        if folded is not None:
+            return _send_digest(store, destination, folded, settings, now)
+    lead = store.get(claimed.lead_id)
+    if lead is None:
+        _fail(book, claimed, LEAD_GONE, settings)
         return Outcome("failed", "lead not found")
     try:
         with deadline(SEND_DEADLINE_SECONDS):  # every call of the send ends well inside the claim
-            if len(batch) == 1:
-                sent = destination.send(leads[0], claimed.route)
-            else:
-                sent = destination.send_digest(leads, claimed.route)
+            sent = destination.send(lead, claimed.route)
     except Exception as exc:  # every failure is classified; none may escape unrecorded
-        error = _told(destination.classify(exc), leads, claimed)
-        # A digest that may have gone out is retried as the same digest (the same idempotency key),
-        # so its leads wait together again rather than each going alone.
-        regroup = waiting_key(claimed) if len(batch) > 1 and error.transient else None
-        for item in batch:
-            _after_failure(book, item, error, settings, now, regroup)
+        error = _told(destination.classify(exc), [lead], claimed)
+        _after_failure(book, claimed, error, settings, now)
         return Outcome("retrying" if error.transient else "failed", error.explain())
-    for item in batch:
-        done = book.change(item, state="delivered", external_id=sent.external_id, last_error=None,
-                           claimed_until=None, next_attempt_at=None)  # fmt: skip
-        if done is None:
-            log.warning("delivery %s/%s sent but its row changed under the claim", item.lead_id, name)
-        log.info("lead %s delivered to %s (attempt %d%s)", item.lead_id, name, item.attempts,
-                 f", digest of {len(batch)}" if len(batch) > 1 else "")  # fmt: skip
+    _delivered(book, claimed, sent)
     return Outcome("delivered", sent.external_id or "")
+
+
+LEAD_GONE = PermanentError("the lead is not in the lead store", fix="it was deleted; nothing can be sent")
+
+
+def _delivered(book, delivery: Delivery, sent: Sent, digest_size: int = 1) -> None:
+    done = book.change(delivery, state="delivered", external_id=sent.external_id, last_error=None,
+                       claimed_until=None, next_attempt_at=None)  # fmt: skip
+    if done is None:
+        log.warning("delivery %s/%s sent but its row changed under the claim", delivery.lead_id, delivery.destination)
+    log.info("lead %s delivered to %s (attempt %d%s)", delivery.lead_id, delivery.destination, delivery.attempts,
+             f", digest of {digest_size}" if digest_size > 1 else "")  # fmt: skip
+
+
+def _digest_of(store: LeadStore, delivery: Delivery) -> Digest | None:
+    """The digest ``delivery`` belongs to while that digest holds it: open or sent. A digest that
+    failed, or whose row was never written (its worker died first, before any send), holds nothing."""
+    if not delivery.digest:
+        return None
+    digest = DigestBook(store.leads).get(delivery.digest)
+    if digest is None or digest.state == FAILED or delivery.lead_id not in digest.members:
+        return None
+    return digest
+
+
+def _send_digest(store: LeadStore, destination: Destination, digest: Digest, settings: Settings,
+                 now: datetime) -> Outcome:  # fmt: skip
+    """Send ``digest`` (claimed by this worker) with its own Operation-Id and record the outcome
+    on it and on every member."""
+    from .http import deadline
+
+    book, digests = store.deliveries, DigestBook(store.leads)
+    members = []
+    for lead_id in digest.members:
+        member = _claim_member(book, lead_id, digest, now)
+        if member is not None:
+            members.append(member)
+    if not members:
+        digests.change(digest, state=SENT if digest.external_id else FAILED, claimed_until=None)
+        return Outcome("delivered", "nothing left in the digest")
+    leads = [store.get(member.lead_id) for member in members]
+    for member, lead in zip(members, leads):
+        if lead is None:
+            _fail(book, member, LEAD_GONE, settings)
+    present = [(member, lead) for member, lead in zip(members, leads) if lead is not None]
+    if not present:
+        digests.change(digest, state=FAILED, claimed_until=None)
+        return Outcome("failed", "lead not found")
+    members, leads = [member for member, _ in present], [lead for _, lead in present]
+    try:
+        with deadline(SEND_DEADLINE_SECONDS):
+            sent = destination.send_digest(leads, digest.route)
+    except Exception as exc:  # every failure is classified; none may escape unrecorded
+        error = _told(destination.classify(exc), leads, members[0])
+        # Open, it is sent again as itself (the same Operation-Id) by whichever member comes first.
+        digests.change(digest, state=OPEN if error.transient else FAILED, claimed_until=None)
+        for member in members:
+            _after_failure(book, member, error, settings, now)
+        return Outcome("retrying" if error.transient else "failed", error.explain())
+    # Sent first on the digest: a worker dying after this leaves members that are marked, not resent.
+    digests.change(digest, state=SENT, external_id=sent.external_id, claimed_until=None)
+    for member in members:
+        _delivered(book, member, sent, len(members))
+    return Outcome("delivered", sent.external_id or "")
+
+
+def _claim_member(book, lead_id: str, digest: Digest, now: datetime) -> Delivery | None:
+    """Claim a member of ``digest`` for its send (two tries: a member's row may be touched by a
+    stray message between read and write)."""
+    for _ in range(2):
+        member = book.get(lead_id, digest.destination)
+        if member is None or member.digest != digest.id or member.state in FINAL:
+            return None
+        if member.state == "sending" and member.claimed_until == digest.claimed_until:
+            return member  # claimed with the digest when it was folded
+        taken = book.change(member, state="sending", attempts=member.attempts + 1, claimed_until=digest.claimed_until,
+                            waiting_for=None)  # fmt: skip
+        if taken is not None:
+            return taken
+    return None
 
 
 def _told(error: DeliveryError, leads: list, delivery: Delivery) -> DeliveryError:
@@ -151,8 +230,7 @@ def _told(error: DeliveryError, leads: list, delivery: Delivery) -> DeliveryErro
     return error
 
 
-def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime,
-                   regroup: str | None = None) -> None:  # fmt: skip
+def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime) -> None:
     if error.transient:
         delay = backoff(delivery.attempts, base=settings.retry_base_seconds)
         if error.retry_after is not None:
@@ -160,9 +238,7 @@ def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Set
         deadline = (delivery.retry_from or delivery.created_at or now) + timedelta(hours=settings.retry_hours)
         if now + delay <= deadline:
             retrying = book.change(delivery, state="retrying", last_error=error.explain(),
-                                   next_attempt_at=now + delay, claimed_until=None, waiting_for=regroup)  # fmt: skip
-            if retrying and regroup:
-                _mark_waiting(book, retrying, regroup)
+                                   next_attempt_at=now + delay, claimed_until=None, waiting_for=None)  # fmt: skip
             if retrying:
                 log.warning("lead %s to %s: attempt %d failed, retry in %ds: %s", delivery.lead_id,
                             delivery.destination, delivery.attempts, delay.total_seconds(), error)  # fmt: skip
@@ -218,22 +294,35 @@ def waiting_key(delivery: Delivery) -> str:
     return f"{delivery.destination}|{digest}"
 
 
-def _claim_waiting(store: LeadStore, sender: Delivery, now: datetime) -> list[Delivery]:
-    """Claim the deliveries that wait for the same recipients as ``sender``, to send with it."""
-    key = waiting_key(sender)
-    claimed = []
+def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest | None:
+    """Fold the deliveries that wait for the same recipients as ``sender`` into one durable
+    digest with it: each is claimed naming the digest, then the digest's row is written (members,
+    Operation-Id, route) before anything is sent. None when no other delivery waits."""
+    import uuid
+
+    book, key = store.deliveries, waiting_key(sender)
+    digest_id, until = str(uuid.uuid4()), now + CLAIM
+    members = []
     for marker in store.leads.query_entities("PartitionKey eq @key", parameters={"key": _WAITING + key}):
-        if len(claimed) >= DIGEST_MAX - 1:
+        if len(members) >= DIGEST_MAX - 1:
             break
-        other = store.deliveries.get(marker["RowKey"], sender.destination)
+        other = book.get(marker["RowKey"], sender.destination)
         store.leads.delete_entity(marker["PartitionKey"], marker["RowKey"])
         if other is None or other.lead_id == sender.lead_id or other.state != "retrying" or other.waiting_for != key:
             continue
-        taken = store.deliveries.change(other, state="sending", attempts=other.attempts + 1,
-                                        claimed_until=now + CLAIM, waiting_for=None)  # fmt: skip
+        taken = book.change(other, state="sending", attempts=other.attempts + 1, claimed_until=until,
+                            waiting_for=None, digest=digest_id)  # fmt: skip
         if taken:
-            claimed.append(taken)
-    return claimed
+            members.append(taken)
+    if not members:
+        return None
+    sender = book.change(sender, claimed_until=until, digest=digest_id)
+    if sender is None:  # cannot happen under a live claim; the others then go without it
+        members, sender = members[1:], members[0]
+    route = sender.route
+    digest = Digest(digest_id, sender.destination, tuple(m.lead_id for m in [sender, *members]),
+                    Route(route.recipients, route.test, route.generation, operation=digest_id), claimed_until=until)  # fmt: skip
+    return DigestBook(store.leads).create(digest)
 
 
 class RateLimiter:

@@ -46,6 +46,7 @@ class Delivery:
     next_attempt_at: datetime | None = None
     claimed_until: datetime | None = None
     waiting_for: str | None = None
+    digest: str | None = None  # the durable digest it was folded into (leads/digests.py)
     etag: str | None = None
 
     @property
@@ -148,6 +149,7 @@ def _to_entity(delivery: Delivery) -> dict[str, Any]:
         "NextAttemptAt": delivery.next_attempt_at,
         "ClaimedUntil": delivery.claimed_until,
         "WaitingFor": delivery.waiting_for,
+        "Digest": delivery.digest,
     }
     entity.update({key: value for key, value in optional.items() if value is not None})
     return entity
@@ -169,6 +171,7 @@ def _from_entity(entity: Mapping[str, Any]) -> Delivery:
         next_attempt_at=_utc(entity.get("NextAttemptAt")),
         claimed_until=_utc(entity.get("ClaimedUntil")),
         waiting_for=entity.get("WaitingFor"),
+        digest=entity.get("Digest"),
         etag=getattr(entity, "metadata", {}).get("etag"),
     )
 

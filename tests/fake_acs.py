@@ -137,6 +137,7 @@ class _Handler(LoopbackHandler):
 
     def _record(self, method: str, status: int | None, fault: str | None, operation: str | None = None) -> None:
         fake = self.fake
+        operation = operation or self.headers.get("Operation-Id")  # as asked, when refused before it ran
         with fake.lock:
             fake.requests.append(Request(method, self.path, status, fault, operation))
 

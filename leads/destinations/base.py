@@ -53,6 +53,9 @@ class Route:
     generation: str = ""
     # Why the delivery is stored skipped rather than sent (a lead older than LEADS_BACKFILL_DAYS).
     skip_reason: str = ""
+    # The idempotency key fixed when a durable digest was claimed (leads/digests.py): a retry of
+    # that digest names the same operation, whatever else changed.
+    operation: str = ""
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def _mail(views: list[dict[str, Any]], subject: str, *, intro: str | None, route
     env = _environment()
     html = env.get_template("email/lead.html").render(context)
     text = env.get_template("email/lead.txt").render(context)
-    operation = operation_id(lead_ids, route.recipients, settings.email_sender, route.generation)
+    operation = route.operation or operation_id(lead_ids, route.recipients, settings.email_sender, route.generation)
     return Mail(to=tuple(route.recipients), subject=subject, text=text, html=html, operation_id=operation,
                 filename=filename or f"digest-{operation}.eml", lead_ids=lead_ids)  # fmt: skip
 

@@ -180,7 +180,8 @@ class DeadlineAdapter(HTTPAdapter):
         host = (parts.hostname or "the service") + (f":{parts.port}" if parts.port else "")
         said = f"no complete answer from {host} within {ends - now:.3g} s (connect to last byte)"
         if ends == math.inf:
-            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+            return _remember(super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
+                                          proxies=proxies))  # fmt: skip
         if ends <= now:
             raise DeadlineExceeded(f"the send's time ran out before a call to {host}", request=request)
         call = _Call(ends)
@@ -200,7 +201,19 @@ class DeadlineAdapter(HTTPAdapter):
             _local.call = None
         if call.fired:  # cut mid-answer: what was read may look whole (headers end at the cut) but is not
             raise DeadlineExceeded(said, request=request)
-        return response
+        return _remember(response)
+
+
+def last_retry_after() -> str | None:
+    """The ``Retry-After`` of the last answer this thread received through a deadline session:
+    for clients that raise without the response (simple-salesforce's exceptions keep only the
+    status and the body)."""
+    return getattr(_local, "retry_after", None)
+
+
+def _remember(response: requests.Response) -> requests.Response:
+    _local.retry_after = response.headers.get("Retry-After")
+    return response
 
 
 def _total(timeout) -> float:

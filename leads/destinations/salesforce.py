@@ -321,7 +321,9 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
                               "System Overview → API Requests, Last 24 Hours); leads are retried as requests free "
                               "up, or raise the limit with Salesforce")  # fmt: skip
     if code in TRANSIENT_CODES or status >= 500:
-        return TransientError(what, fix=fix)
+        from ..http import last_retry_after  # the exception lost the answer's headers
+
+        return TransientError(what, fix=fix, retry_after=_seconds(last_retry_after()))
     if status == 401:
         return PermanentError(what, fix=NOT_REST_SESSION)
     if status == 404 and external_id_field and f"/{external_id_field}/" in f"/{exc.resource_name}/":

@@ -1,0 +1,93 @@
+"""Every destination waits at least as long as the service's ``Retry-After`` says before it tries
+again (docs/delivery.md), whatever the retry backoff alone would allow."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from leads.deliver import deliver
+from leads.intake import accept_http
+from leads.store import LeadStore
+
+from .conftest import FIXTURES
+from .fake_dynamics import FakeDynamics
+from .loopback import LoopbackHandler, LoopbackServer
+
+EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
+WAIT = 40  # what the services say; the backoff alone would retry within a second
+
+
+class _Unavailable(LoopbackHandler):
+    """Hands out tokens (Salesforce's and Marketo's token endpoints), and answers every other
+    request 503 Service Unavailable with ``Retry-After``."""
+
+    def _serve(self):
+        self.read_body()
+        if "/oauth2/token" in self.path or "/identity/oauth/token" in self.path:
+            return self.answer(200, {"access_token": "token", "instance_url": self.fake.base_url, "token_type": "Bearer",
+                                     "expires_in": 3600, "issued_at": "1700000000000", "id": "x"})  # fmt: skip
+        return self.answer(503, [{"message": "Server is unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
+                           {"Retry-After": str(WAIT)})  # fmt: skip
+
+    do_GET = do_POST = do_PATCH = _serve
+
+
+class Unavailable(LoopbackServer):
+    handler = _Unavailable
+
+
+@pytest.fixture
+def unavailable(fake_tls_ca, monkeypatch):
+    with Unavailable(tls=True, ca=fake_tls_ca) as server:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_file)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield server
+
+
+@pytest.fixture
+def queue(storage, env):
+    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="",
+        LEADS_HTTP_TIMEOUT_SECONDS="5")  # fmt: skip
+
+
+def waits_as_told(name: str) -> None:
+    lead_id = accept_http(json.dumps(EXAMPLE).encode()).body["leadId"]
+    before = LeadStore.from_settings().deliveries.get(lead_id, name)
+    outcome = deliver(lead_id, name)
+    assert outcome.state == "retrying", outcome
+    after = LeadStore.from_settings().deliveries.get(lead_id, name)
+    assert (after.next_attempt_at - after.updated_at).total_seconds() >= WAIT - 1, (name, after.last_error)
+    assert after.attempts == before.attempts + 1
+
+
+SETTINGS = {
+    "webhook": lambda url: {"WEBHOOK_URL": url + "/hook", "WEBHOOK_SECRET": "s"},
+    "salesforce": lambda url: {"SALESFORCE_URL": url, "SALESFORCE_CLIENT_ID": "id", "SALESFORCE_CLIENT_SECRET": "s"},
+    "salesforce-w2l": lambda url: {"SALESFORCE_OID": "00D000000000001", "SALESFORCE_WEB_TO_LEAD_URL": url + "/w2l"},
+    "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},
+    "hubspot": lambda url: {"HUBSPOT_TOKEN": "pat-na1-x", "HUBSPOT_URL": url},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_a_503_with_retry_after_is_retried_no_sooner(queue, env, unavailable, name):
+    env(**SETTINGS[name](unavailable.base_url))
+    waits_as_told(name)
+
+
+def test_email_waits_as_acs_says(queue, env, fake_acs):
+    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com")  # fmt: skip
+    fake_acs.fail_next("429", on="send", retry_after=str(WAIT))
+    waits_as_told("email")
+
+
+def test_dynamics_waits_as_dataverse_says(queue, env, fake_tls_ca, monkeypatch):
+    with FakeDynamics(ca=fake_tls_ca) as fake:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
+        env(**fake.settings())
+        fake.fail("429", retry_after=WAIT)
+        waits_as_told("dynamics")

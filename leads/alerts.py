@@ -1,90 +1,160 @@
-"""The mail operators get when a delivery fails: which lead, which destination, why, what fixes it
-and how to replay it. It carries no personal data of the customer (only the lead id), and a
-failure to send it is logged and swallowed: an alert must never break the delivery it reports.
+"""The mail operators get when deliveries fail, grouped: one mail per destination and window.
+
+A CRM outage fails hundreds of deliveries; one mail each would use up the mail service's quota
+(5 a minute on an Azure-managed domain) and push lead mails into 429s. So a failed delivery is
+only counted into its destination's group for the current window (``ALERT_WINDOW``, a row in the
+checkpoints table changed with ETags); the sweep mails each group once its window has closed:
+how many leads failed, the first lead ids, each error with its fix, and how to replay. The mail
+takes a slot of the email rate limiter like any lead mail, and waits for the next sweep when there
+is none. Groups are read by their one partition (only open groups are in it), never scanned with
+the history.
+
+An alert carries no personal data: the errors were masked of the leads' values when recorded, and
+are masked again of anything shaped like an email or a phone number. A failure to send an alert is
+logged and retried at the next sweep: an alert never breaks the delivery it reports.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
-from typing import TYPE_CHECKING
-
-from .telemetry import mask_urls
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .deliveries import Delivery
     from .settings import Settings
+    from .store import LeadStore
 
 log = logging.getLogger(__name__)
 
-# Destinations' errors should not quote personal data, but a CRM's validation message may echo a
-# value (``duplicate value found: jane@contoso.com``): such things are blanked out of alerts.
-_EMAIL = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<![\w.:-])\+?\d[\d ().-]{6,}\d(?![\w:-])")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}.*)?")
+ALERT_WINDOW = timedelta(minutes=5)
+# A window is mailed this long after it closed, so that a failure recorded at its very end is in it.
+GRACE = timedelta(seconds=30)
+PARTITION = "alerts"
+FIRST_IDS = 10  # lead ids listed in a mail
+ERRORS = 3  # distinct errors listed in a mail
 
 
-def scrub(text: str) -> str:
-    """``text`` with anything that looks like an email address or a phone number blanked out."""
+def record_failure(store: LeadStore, delivery: Delivery, now: datetime) -> None:
+    """Count a failed ``delivery`` into its destination's group for the window of ``now``."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 
-    def number(match: re.Match[str]) -> str:
-        value = match.group(0)
-        if sum(ch.isdigit() for ch in value) < 8 or _DATE.fullmatch(value.strip()):
-            return value
-        return "[number removed]"
+    start = _window_start(now)
+    key = f"{delivery.destination}|{start:%Y%m%dT%H%M}"
+    reason, _, fix = (delivery.last_error or "no error was recorded").partition(" — ")
+    for _ in range(20):
+        try:
+            entity = store.checkpoints.get_entity(PARTITION, key)
+            group, etag = json.loads(entity["Group"]), entity.metadata["etag"]
+        except ResourceNotFoundError:
+            group, etag = {"destination": delivery.destination, "start": start.isoformat(), "count": 0,
+                           "leads": [], "errors": []}, None  # fmt: skip
+        group["count"] += 1
+        if len(group["leads"]) < FIRST_IDS and delivery.lead_id not in group["leads"]:
+            group["leads"].append(delivery.lead_id)
+        known = next((e for e in group["errors"] if e["error"] == reason.strip()), None)
+        if known is not None:
+            known["count"] += 1
+        elif len(group["errors"]) < ERRORS:
+            group["errors"].append({"error": reason.strip(), "fix": fix.strip(), "count": 1})
+        row = {"PartitionKey": PARTITION, "RowKey": key, "Group": json.dumps(group)}
+        try:
+            if etag is None:
+                store.checkpoints.create_entity(row)
+            else:
+                store.checkpoints.update_entity(row, etag=etag, match_condition=MatchConditions.IfNotModified)
+            return
+        except (ResourceExistsError, ResourceModifiedError):
+            continue
+    log.warning("failure of lead %s to %s not counted for an alert (the group kept changing)",
+                delivery.lead_id, delivery.destination)  # fmt: skip
 
-    return _PHONE.sub(number, _EMAIL.sub("[address removed]", text))
+
+def flush_alerts(store: LeadStore, settings: Settings, now: datetime) -> int:
+    """Mail every group whose window has closed; returns how many were mailed. A group stays
+    for the next sweep when the rate limiter has no slot or the mail could not be sent."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+    from .deliver import RateLimiter
+    from .routing import split_addresses
+
+    to = split_addresses(settings.alert_to)
+    sent = 0
+    for entity in store.checkpoints.query_entities("PartitionKey eq @p", parameters={"p": PARTITION}):
+        group = json.loads(entity["Group"])
+        if datetime.fromisoformat(group["start"]) + ALERT_WINDOW + GRACE > now:
+            continue
+        if to:
+            if RateLimiter(store, "email", settings.email_per_minute, 60.0).acquire(now) is not None:
+                break  # no slot: lead mails and alerts wait alike
+            if not _send(group, entity["RowKey"], to, settings):
+                continue
+            sent += 1
+        try:
+            store.checkpoints.delete_entity(PARTITION, entity["RowKey"], etag=entity.metadata["etag"],
+                                            match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass  # changed since: mailed again at the next sweep, the same mail (the same key)
+    return sent
 
 
-def failure_alert_text(delivery: Delivery) -> tuple[str, str]:
-    """The subject and body of the alert about a failed ``delivery``."""
-    lead, name = delivery.lead_id, delivery.destination
-    error = scrub(mask_urls(delivery.last_error or "no error was recorded"))
-    reason, _, fix = error.partition(" — ")
-    subject = f"Lead delivery failed: {name} for lead {lead}"
+def alert_text(group: dict[str, Any]) -> tuple[str, str]:
+    """The subject and body of the alert about one group of failures."""
+    from .redact import mask_personal
+    from .telemetry import mask_urls
+
+    name, count = group["destination"], group["count"]
+    start = datetime.fromisoformat(group["start"])
+    end = start + ALERT_WINDOW
+    leads = "lead" if count == 1 else "leads"
+    subject = f"Lead delivery failed: {name}, {count} {leads} between {start:%H:%M} and {end:%H:%M} UTC"
     lines = [
-        f"A lead could not be delivered to {name}, and will not be retried until it is replayed.",
+        f"{count} {leads} could not be delivered to {name} between {start:%Y-%m-%d %H:%M} and {end:%H:%M} UTC, "
+        "and will not be retried until they are replayed.",
         "",
-        f"Lead:        {lead}",
-        f"Destination: {name}",
-        f"Attempts:    {delivery.attempts}",
-        f"Error:       {reason.strip()}",
+        f"Leads: {', '.join(group['leads'])}" + (f" and {count - len(group['leads'])} more"
+                                                 if count > len(group["leads"]) else ""),  # fmt: skip
+        "",
     ]
-    if fix.strip():
-        lines.append(f"Fix:         {fix.strip()}")
+    for error in group["errors"]:
+        lines.append(f"Error ({error['count']}x): {mask_personal(mask_urls(error['error']))}")
+        if error["fix"]:
+            lines.append(f"Fix:        {mask_personal(mask_urls(error['fix']))}")
+        lines.append("")
     lines += [
-        "",
-        "Once it is fixed, deliver it again:",
-        f"    python -m leads replay --lead {lead} --destination {name}",
-        "See the lead and its deliveries:",
-        f"    python -m leads show {lead}",
+        "Once it is fixed, deliver them again:",
+        f"    python -m leads replay --destination {name}",
+        "See one lead and its deliveries:",
+        f"    python -m leads show {group['leads'][0]}" if group["leads"] else "    python -m leads list",
         "All failures:",
         "    python -m leads status",
         "",
-        "This alert holds no personal data of the customer; the lead store has the lead.",
+        "This alert holds no personal data of the customers; the lead store has the leads.",
     ]
     return subject, "\n".join(lines) + "\n"
 
 
-def send_failure_alert(delivery: Delivery, settings: Settings) -> bool:
-    """Mail ``LEADS_ALERT_TO`` about a failed delivery. True when the mail went out; a failure
-    to send it is logged (without personal data) and otherwise ignored."""
-    from .routing import split_addresses
-
-    to = split_addresses(settings.alert_to)
-    if not to:
-        return False
-    subject, text = failure_alert_text(delivery)
-    stamp = delivery.updated_at.isoformat() if delivery.updated_at else ""
-    key = f"alert|{delivery.lead_id}|{delivery.destination}|{delivery.attempts}|{stamp}"
+def _send(group: dict[str, Any], key: str, to: tuple[str, ...], settings: Settings) -> bool:
+    subject, text = alert_text(group)
     try:
         from .destinations.email import send_operator_mail
 
-        send_operator_mail(settings, to, subject, text, key=key)
-    except Exception as exc:  # noqa: BLE001 - best effort, by design
+        send_operator_mail(settings, to, subject, text, key=f"alert|{key}")
+    except Exception as exc:  # noqa: BLE001 - best effort, by design: tried again at the next sweep
+        from .redact import mask_personal
+
         explain = getattr(exc, "explain", None)
-        reason = scrub(explain()) if callable(explain) else type(exc).__name__
-        log.warning("alert about lead %s to %s not sent: %s", delivery.lead_id, delivery.destination, reason)
+        reason = mask_personal(explain()) if callable(explain) else type(exc).__name__
+        log.warning("alert about %d failures to %s not sent: %s", group["count"], group["destination"], reason)
         return False
-    log.info("alert sent about lead %s to %s", delivery.lead_id, delivery.destination)
+    log.info("alert sent about %d failures to %s", group["count"], group["destination"])
     return True
+
+
+def _window_start(now: datetime) -> datetime:
+    now = now.astimezone(timezone.utc)
+    seconds = int(ALERT_WINDOW.total_seconds())
+    return datetime.fromtimestamp(int(now.timestamp()) // seconds * seconds, timezone.utc)

@@ -88,7 +88,8 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         claimed = book.change(delivery, state="sending", claimed_until=now + CLAIM)
         if claimed:
             _fail(book, claimed, PermanentError(f"the {name} destination is not enabled",
-                  fix=f"configure its settings, then: python -m leads replay --destination {name}"), settings)  # fmt: skip
+                  fix=f"configure its settings, then: python -m leads replay --destination {name}"), settings,
+                  now)  # fmt: skip
         return Outcome("failed", "destination not enabled")
 
     digest = _digest_of(store, delivery)
@@ -122,7 +123,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
             return _send_digest(store, destination, folded, settings, now)
     lead = store.get(claimed.lead_id)
     if lead is None:
-        _fail(book, claimed, LEAD_GONE, settings)
+        _fail(book, claimed, LEAD_GONE, settings, now)
         return Outcome("failed", "lead not found")
     try:
         with deadline(SEND_DEADLINE_SECONDS):  # every call of the send ends well inside the claim
@@ -176,7 +177,7 @@ def _send_digest(store: LeadStore, destination: Destination, digest: Digest, set
     leads = [store.get(member.lead_id) for member in members]
     for member, lead in zip(members, leads):
         if lead is None:
-            _fail(book, member, LEAD_GONE, settings)
+            _fail(book, member, LEAD_GONE, settings, now)
     present = [(member, lead) for member, lead in zip(members, leads) if lead is not None]
     if not present:
         digests.change(digest, state=FAILED, claimed_until=None)
@@ -246,19 +247,23 @@ def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Set
             return
         error = PermanentError(f"gave up after {delivery.attempts} attempts over {settings.retry_hours:g} hours: "
                                f"{error}", fix=error.fix)  # fmt: skip
-    _fail(book, delivery, error, settings)
+    _fail(book, delivery, error, settings, now)
 
 
-def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings) -> None:
+def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime | None = None) -> None:
     failed = book.change(delivery, state="failed", last_error=error.explain(), claimed_until=None,
                          next_attempt_at=None)  # fmt: skip
     if failed is None:
         return
     log.error("lead %s to %s failed: %s", delivery.lead_id, delivery.destination, error.explain())
     if settings.alert_to:
-        from .alerts import send_failure_alert
+        from .alerts import record_failure
 
-        send_failure_alert(failed, settings)
+        try:
+            record_failure(LeadStore.from_settings(settings), failed, now or _now())
+        except Exception as exc:  # noqa: BLE001 - an alert must never break the delivery it reports
+            log.warning("failure of lead %s to %s not counted for an alert (%s)", delivery.lead_id,
+                        delivery.destination, type(exc).__name__)  # fmt: skip
 
 
 # --- rate limits and digests ---------------------------------------------------------------------

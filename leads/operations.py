@@ -36,6 +36,9 @@ def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
             count += 1
     if count:
         log.warning("sweep queued %d stuck deliveries again", count)
+    from .alerts import flush_alerts
+
+    flush_alerts(store, settings, now)  # the failures of each closed window, one mail per destination
     return count
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from leads.alerts import failure_alert_text, send_failure_alert
-from leads.deliveries import Delivery
+from leads.alerts import alert_text
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.email import (
     EmailDestination,
@@ -474,50 +473,50 @@ def test_digest_of_test_leads_is_marked():
     assert mail.subject == "[TEST] 2 new leads: Contoso Test"
 
 
-# --- operator alerts ---------------------------------------------------------------------------------
+# --- operator alerts (grouped per destination and window: tests/test_alerts.py) ------------------
 
 
-def failed_delivery(**changes) -> Delivery:
-    values = {"lead_id": "hc519cf8782dab51f24fabc10", "destination": "webhook", "state": "failed", "attempts": 3,
-              "last_error": "the service answered 410 Gone — the receiver removed the endpoint: set WEBHOOK_URL",
-              "updated_at": RECEIVED}  # fmt: skip
-    values.update(changes)
-    return Delivery(**values)
+def failure_group(**changes) -> dict:
+    group = {"destination": "webhook", "start": RECEIVED.isoformat(), "count": 3,
+             "leads": ["hc519cf8782dab51f24fabc10", "h2", "h3"],
+             "errors": [{"error": "the service answered 410 Gone", "count": 3,
+                         "fix": "the receiver removed the endpoint: set WEBHOOK_URL"}]}  # fmt: skip
+    group.update(changes)
+    return group
 
 
-def test_failure_alert_names_lead_destination_fix_and_replay(fake_acs):
+def test_failure_alert_names_destination_count_leads_fix_and_replay(fake_acs):
+    from leads.alerts import _send
+
     configured = acs_settings(fake_acs, LEADS_ALERT_TO="ops@contoso.com; oncall@contoso.com")
-    assert send_failure_alert(failed_delivery(), configured) is True
+    assert _send(failure_group(), "webhook|x", ("ops@contoso.com", "oncall@contoso.com"), configured) is True
     mail = fake_acs.mails[0]
     assert mail["to"] == ["ops@contoso.com", "oncall@contoso.com"]
-    assert mail["subject"] == "Lead delivery failed: webhook for lead hc519cf8782dab51f24fabc10"
+    assert mail["subject"] == "Lead delivery failed: webhook, 3 leads between 14:03 and 14:08 UTC"
     for text in (mail["text"], mail["html"]):
-        assert "the service answered 410 Gone" in text
-        assert "set WEBHOOK_URL" in text
-        assert "python -m leads replay --lead hc519cf8782dab51f24fabc10 --destination webhook" in text
+        assert "the service answered 410 Gone" in text and "set WEBHOOK_URL" in text
+        assert "hc519cf8782dab51f24fabc10" in text
+        assert "python -m leads replay --destination webhook" in text
 
 
 def test_failure_alert_holds_no_personal_data():
-    error = ("the service answered 400 Bad Request: duplicate value jane.doe@fabrikam.com, phone +44 20 7946 0958 "
-             "— check the CRM's duplicate rules")  # fmt: skip
-    subject, text = failure_alert_text(failed_delivery(last_error=error, destination="salesforce"))
+    error = "the service answered 400 Bad Request: duplicate value jane.doe@fabrikam.com, phone +44 20 7946 0958"
+    subject, text = alert_text(failure_group(errors=[{"error": error, "fix": "check the CRM's duplicate rules",
+                                                      "count": 1}]))  # fmt: skip
     for value in ("jane.doe", "fabrikam", "7946", "0958"):
         assert value not in subject + text
     assert "check the CRM's duplicate rules" in text
 
 
 def test_failure_alert_that_cannot_be_sent_is_logged_and_swallowed(fake_acs, caplog):
+    from leads.alerts import _send
+
     configured = settings(EMAIL_CONNECTION_STRING=fake_acs.connection_string_with_wrong_key(),
                           EMAIL_SENDER=DEFAULT_SENDER, LEADS_ALERT_TO="ops@contoso.com")  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="leads.alerts"):
-        assert send_failure_alert(failed_delivery(last_error="rejected jane.doe@fabrikam.com"), configured) is False
-    assert "not sent" in caplog.text and "401" in caplog.text and "jane.doe" not in caplog.text
+        assert _send(failure_group(), "webhook|x", ("ops@contoso.com",), configured) is False
+    assert "not sent" in caplog.text and "401" in caplog.text
     assert fake_acs.mails == []
-
-
-def test_no_alert_without_alert_recipients(tmp_path):
-    assert send_failure_alert(failed_delivery(), settings(EMAIL_OUTBOX_DIR=str(tmp_path))) is False
-    assert not any(tmp_path.iterdir())
 
 
 # --- python -m leads check ------------------------------------------------------------------------

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from leads.alerts import failure_alert_text
+from leads.alerts import alert_text
 from leads.cli import main
-from leads.deliveries import Delivery
 from leads.store import LeadStore
 
 from .fake_webhook import FakeWebhook
@@ -34,10 +33,10 @@ def test_check_never_prints_a_url_secret(storage, env, capsys):
 
 
 def test_an_alert_never_quotes_a_url_secret():
-    delivery = Delivery(lead_id="hc519cf8782dab51f24fabc10", destination="webhook", state="failed", attempts=2,
-                        last_error=f"{SLACK} answers 410 Gone — set WEBHOOK_URL to https://u:pw@example.com/h?code=k3y",
-                        updated_at=datetime(2024, 5, 1, tzinfo=UTC))  # fmt: skip
-    subject, text = failure_alert_text(delivery)
+    error, _, fix = f"{SLACK} answers 410 Gone — set WEBHOOK_URL to https://u:pw@example.com/h?code=k3y".partition(" — ")
+    group = {"destination": "webhook", "start": datetime(2024, 5, 1, tzinfo=UTC).isoformat(), "count": 1,
+             "leads": ["hc519cf8782dab51f24fabc10"], "errors": [{"error": error, "fix": fix, "count": 1}]}  # fmt: skip
+    subject, text = alert_text(group)
     assert "AbCdEfGh1234567890aBcDeF" not in text and ":pw@" not in text and "k3y" not in text
     assert "https://hooks.slack.com/services/*** answers 410 Gone" in text
 

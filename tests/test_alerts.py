@@ -1,0 +1,78 @@
+"""Failure alerts come grouped: one mail per destination and window (how many, the first lead
+ids, the error and its fix), sent through the email rate limiter, with no personal data."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from leads.alerts import ALERT_WINDOW
+from leads.deliver import deliver
+from leads.intake import accept_http
+from leads.operations import sweep
+from leads.store import LeadStore
+
+from .fake_webhook import FakeWebhook
+
+
+def body(index: int) -> dict:
+    return {"UserDetails": {"FirstName": "Jo", "LastName": f"Doe{index}", "Email": f"jo.doe{index}@fabrikam.com",
+                            "Phone": "+44 20 7946 0958", "Company": "Fabrikam", "Country": "GB"},
+            "LeadSource": "SPZA-PLT|contoso.crm", "OfferTitle": f"Offer {index}"}  # fmt: skip
+
+
+@pytest.fixture
+def gone_webhook(storage, env, fake_acs):
+    with FakeWebhook() as fake:
+        fake.fault_headers = {}
+        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+            EMAIL_TO="", LEADS_ALERT_TO="ops@contoso.com", EMAIL_PER_MINUTE="5")  # fmt: skip
+        yield fake
+
+
+def fail_many(fake, count: int) -> tuple[list[str], object]:
+    fake.faults = ["410"] * count  # the receiver is gone: every delivery fails for good
+    lead_ids = [accept_http(json.dumps(body(index)).encode()).body["leadId"] for index in range(count)]
+    created = LeadStore.from_settings().deliveries.get(lead_ids[0], "webhook").created_at
+    window = ALERT_WINDOW.total_seconds()
+    start = datetime.fromtimestamp(created.timestamp() // window * window + 10, timezone.utc)  # in one window
+    for offset, lead_id in enumerate(lead_ids):
+        assert deliver(lead_id, "webhook", now=start + timedelta(seconds=offset)).state == "failed"
+    return lead_ids, start
+
+
+def test_an_outage_sends_one_alert_per_window_with_the_count_ids_error_and_fix(gone_webhook, fake_acs):
+    lead_ids, start = fail_many(gone_webhook, 30)
+    assert fake_acs.mails == []  # nothing per failure
+
+    sweep(now=start + ALERT_WINDOW + timedelta(minutes=2))
+    assert len(fake_acs.mails) == 1
+    mail = fake_acs.mails[0]
+    assert mail["to"] == ["ops@contoso.com"] and "webhook" in mail["subject"] and "30" in mail["subject"]
+    text = mail["text"]
+    assert "30 leads" in text
+    assert all(lead_id in text for lead_id in lead_ids[:5])
+    assert "410 Gone" in text and "set WEBHOOK_URL" in text
+    assert "python -m leads replay --destination webhook" in text
+    for value in ("Jo", "Doe", "fabrikam", "7946", "0958"):
+        assert value not in mail["subject"] + text + mail["html"], value
+
+    sweep(now=start + ALERT_WINDOW + timedelta(minutes=4))  # sent once
+    assert len(fake_acs.mails) == 1
+
+
+def test_alerts_wait_for_the_email_rate_like_any_mail(gone_webhook, fake_acs, env):
+    env(EMAIL_PER_MINUTE="1")
+    _, start = fail_many(gone_webhook, 3)
+    from leads.deliver import RateLimiter
+
+    due = start + ALERT_WINDOW + timedelta(minutes=2)
+    assert RateLimiter(LeadStore.from_settings(), "email", 1, 60).acquire(due) is None  # a lead mail took the slot
+    sweep(now=due + timedelta(seconds=10))
+    assert fake_acs.mails == []  # the alert waits for the limit, as lead mails do
+    sweep(now=due + timedelta(seconds=70))
+    assert len(fake_acs.mails) == 1 and "3 leads" in fake_acs.mails[0]["text"]

@@ -117,7 +117,9 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
                           claimed_until=now + CLAIM, waiting_for=None, digest=None)  # fmt: skip
     if claimed is None:
         return Outcome("sending", "claimed by another worker")
-    if destination.can_digest:
+    # Only a first attempt folds others in: an earlier attempt may have gone out under its own
+    # idempotency key, which a digest (a new key) would not repeat.
+    if destination.can_digest and delivery.attempts == 0:
         folded = _fold_waiting(store, claimed, now)
         if folded is not None:
             return _send_digest(store, destination, folded, settings, now)
@@ -274,7 +276,8 @@ def _wait_for_rate(book, delivery: Delivery, destination: Destination, wait: flo
     """Hold a delivery until the destination's rate allows a send. Deliveries waiting for the
     same recipients are folded into one digest by whichever of them sends first."""
     until = now + timedelta(seconds=wait)
-    key = waiting_key(delivery) if destination.can_digest else None
+    # As above: a delivery tried before waits alone, to be sent again as the same send.
+    key = waiting_key(delivery) if destination.can_digest and delivery.attempts == 0 else None
     held = book.change(delivery, state="retrying", next_attempt_at=until, waiting_for=key,
                        last_error=f"waiting for {destination.name}'s rate limit")  # fmt: skip
     if held is None:

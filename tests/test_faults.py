@@ -1,12 +1,18 @@
 """Whatever fails, each lead reaches each routed destination exactly once.
 
 Leads come in through both intakes while the destinations fail about a third of their calls;
-storage goes away and comes back. The fakes' own records are the judge.
+storage goes away and comes back; a worker dies after its digest went out, a digest's answer is
+lost, a server answers one byte a second. The fakes' own records are the judge.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -110,3 +116,75 @@ def test_storage_stopped_and_started_again_loses_nothing(tmp_path, env):
             server.stop()
         assert set(webhook.leads) == {answer.body["leadId"] for answer in accepted}
         assert all(count == 1 for count in webhook.confirmed.values())
+
+
+# A worker process whose claims run out within the test (a real claim lasts 5 minutes): it is
+# killed while it waits for the answer to a digest ACS has accepted.
+DYING_WORKER = """
+from datetime import timedelta
+import leads.deliver
+leads.deliver.CLAIM = timedelta(seconds=8)
+from tests.workers import drain
+drain(deadline=60, workers=2)
+"""
+
+
+def mail_limit_reached(limit: int) -> None:
+    """The email rate limiter's row as after ``limit`` mails sent 58 s ago: every lead mail waits
+    for the slots to free, and the first one then folds the others into a digest."""
+    stamp = time.time() - 58
+    LeadStore.from_settings().checkpoints.upsert_entity({"PartitionKey": "rate", "RowKey": "email",
+                                                        "Sends": json.dumps([stamp] * limit)})  # fmt: skip
+
+
+def test_a_dying_worker_a_lost_digest_answer_and_a_dripping_server_still_deliver_each_lead_once(
+        storage, env, monkeypatch, fake_tls_ca):  # fmt: skip
+    _recently_stored.clear()
+    with FakeWebhook(faults=("500", "429", "drop", "lost", "drip"), drip_interval=0.3) as webhook, \
+            FakeAcs(ca=fake_tls_ca, retry_after="1", seed=5, drip_interval=0.3,
+                    fault_kinds=("429", "503", "drop", "drop_after", "drip")) as acs:  # fmt: skip
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", acs.ca_file)
+        env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_CONNECTION_STRING=acs.connection_string,
+            EMAIL_SENDER="DoNotReply@contoso.azurecomm.net", EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="5")  # fmt: skip
+        settings = get_settings()
+        table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
+        table.create_table()
+        table.submit_transaction([("create", table_row(index)) for index in range(20)])
+        assert poll_marketplace().stored == 20
+        for index in range(20):
+            assert accept_http(json.dumps(http_body(index)).encode()).status == 202
+        mail_limit_reached(5)
+
+        # A worker sends the first digest; ACS accepts it and holds the answer; the worker is killed.
+        acs.fail_next("delay", on="send", delay=30)
+        worker = subprocess.Popen([sys.executable, "-c", DYING_WORKER], start_new_session=True, cwd=os.getcwd(),
+                                  env=dict(os.environ, LEADS_HTTP_TIMEOUT_SECONDS="30"))  # fmt: skip
+        try:
+            end = time.monotonic() + 60
+            while not any(len(m["message"]["content"]["plainText"].split("Lead id")) > 2 for m in acs.mails):
+                assert time.monotonic() < end and worker.poll() is None, "no digest went out"
+                time.sleep(0.05)
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        digest = acs.mails[0]["operation_id"]
+
+        # The recovery's resend of that digest loses its answer too; then a third of all calls fail.
+        # (A delivery tried before is retried alone, so past the digest the limit is lifted to keep
+        # the run short.)
+        acs.fail_next("drop_after", on="send")
+        acs.fail_ratio, webhook.fail_ratio = 0.3, 0.3
+        env(EMAIL_PER_MINUTE="100000")
+        drain(deadline=240, workers=6, sweep_every=3)
+
+        leads = LeadStore.from_settings().list(limit=None)
+        expected = {lead.lead_id for lead in leads}
+        assert len(expected) == 40
+        assert set(webhook.leads) == expected  # nothing lost
+        assert all(webhook.confirmed[lead_id] <= 1 for lead_id in expected)  # nothing confirmed twice
+        mailed = {lead_id: len(acs.mails_about(lead_id)) for lead_id in expected}
+        assert set(mailed.values()) == {1}, (mailed, [(m["operation_id"], m["subject"]) for m in acs.mails])  # one each
+        assert acs.repeats >= 1 and sum(1 for r in acs.requests if r.operation_id == digest) >= 2  # sent again as itself
+        assert webhook.dripped >= 1 and acs.requests and {"drip", "drop_after"} & {r.fault for r in acs.requests}
+        assert {d.state for d in LeadStore.from_settings().deliveries.all()} == {"delivered"}

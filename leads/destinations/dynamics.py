@@ -399,12 +399,16 @@ class DynamicsDestination(Destination):
                 # for seconds: say plainly that this host has no managed identity instead.
                 raise PermanentError("no managed identity on this host (IDENTITY_ENDPOINT and IDENTITY_HEADER are "
                                      "not set), and no DYNAMICS_CLIENT_SECRET", fix=FIX_NO_IDENTITY)  # fmt: skip
+            from azure.core.pipeline.transport import RequestsTransport
             from azure.identity import ManagedIdentityCredential
 
             # One quick retry of the host-local endpoint; longer waits are the delivery worker's.
+            # Its calls go through the destination's deadline session (leads/http.py).
             self._identity = ManagedIdentityCredential(client_id=self.client_id, connection_timeout=self.timeout,
                                                        read_timeout=self.timeout, retry_total=1,
-                                                       retry_backoff_factor=0.5)  # fmt: skip
+                                                       retry_backoff_factor=0.5,
+                                                       transport=RequestsTransport(session=self.session,
+                                                                                   session_owner=False))  # fmt: skip
         return self._identity
 
     def _secret_token(self) -> str:

@@ -26,17 +26,15 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import time
 import uuid
 from collections import deque
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from leads.azurite import free_port
+from .loopback import LoopbackHandler, LoopbackServer
 
 DEFAULT_PROPERTIES = {"email", "firstname", "lastname", "phone", "mobilephone", "company", "jobtitle", "country",
                       "city", "state", "website", "message", "hs_lead_status", "lifecyclestage"}  # fmt: skip
@@ -50,10 +48,89 @@ RULES_ON_EVERY_WRITE = "2026-09"  # from this version on, the portal's record-cr
 CONTACTS_PATH = re.compile(r"^/crm/objects/(?P<version>\d{4}-\d{2})/contacts(?P<upsert>/batch/upsert)?$")
 
 
-class FakeHubSpot:
+class _Handler(LoopbackHandler):
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        fake = self.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        if fake.latency:
+            time.sleep(fake.latency)
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            return self._answer(400, error_body("VALIDATION_ERROR", "Invalid input JSON on line 1"))
+        with fake.lock:
+            fake.requests += 1
+            fake.paths.append(parts.path)
+            fault = fake.faults.pop(0) if fake.faults else None
+            now = time.monotonic()
+            headers = fake.rate_headers(now)
+            limited = len(fake._stamps) >= fake.per_window
+            if not limited:
+                fake._stamps.append(now)
+            else:
+                fake.rate_limited += 1
+        if fault == "drop":
+            return self._drop()
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        if fault == "expired":
+            return self._answer(401, error_body("EXPIRED_AUTHENTICATION", "The OAuth token used to make this "
+                                                "call expired 2 day(s) ago."))  # fmt: skip
+        if token not in fake.tokens:
+            return self._answer(401, error_body("INVALID_AUTHENTICATION", NO_CREDENTIALS))
+        if limited or fault in ("429", "daily"):
+            policy = "DAILY" if fault == "daily" else "TEN_SECONDLY_ROLLING"
+            return self._answer(429, {"status": "error", "message": f"You have reached your {policy.lower()} "
+                                      "limit.", "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()),
+                                      "policyName": policy, "groupName": "publicapi:private-app:2002"},
+                                headers)  # fmt: skip
+        if fault == "500":
+            return self._answer(500, error_body("INTERNAL_ERROR", "internal error"), headers)
+        if fault == "409":
+            return self._answer(409, error_body("CONFLICT", "Contact already exists. Existing ID: 51"), headers)
+        route = CONTACTS_PATH.match(parts.path)
+        if not route or route["version"] not in VERSIONS:
+            return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
+        if method == "POST" and route["upsert"]:
+            status, body = fake.upsert(payload.get("inputs") or [], route["version"])
+            if fault == "lost":
+                return self._drop()
+            return self._answer(status, body, headers)
+        if method == "GET" and not route["upsert"]:
+            if READ not in fake.scopes:
+                return self._answer(403, missing_scopes(READ), headers)
+            limit = int(parse_qs(parts.query).get("limit", ["10"])[0])
+            with fake.lock:
+                rows = [{"id": c["id"], "properties": {k: c["properties"].get(k) for k in
+                         ("email", "firstname", "lastname")}, "createdAt": c["createdAt"],
+                         "updatedAt": c["updatedAt"], "archived": False}
+                        for c in list(fake.contacts.values())[:limit]]  # fmt: skip
+            return self._answer(200, {"results": rows}, headers)
+        return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
+
+    def _answer(self, status: int, body: dict, headers: dict | None = None) -> None:
+        self.answer(status, body, headers, content_type="application/json;charset=utf-8")
+
+    def _drop(self) -> None:
+        self.drop()
+
+
+
+class FakeHubSpot(LoopbackServer):
+    handler = _Handler
+
     def __init__(self, token: str = "pat-na1-00000000-fake", latency: float = 0.0,
                  scopes: tuple[str, ...] = ("crm.objects.contacts.read", "crm.objects.contacts.write"),
                  per_window: int = 100, window: float = 10.0) -> None:  # fmt: skip
+        super().__init__()
         self.token = token  # a legacy private app's access token
         self.service_key = "fake-service-key-" + uuid.uuid4().hex
         self.tokens = {token, self.service_key}
@@ -67,28 +144,16 @@ class FakeHubSpot:
         self.required_on_create: dict[str, str] = {}  # property → the rule's text
         self.faults: list[str] = []
         self.paths: list[str] = []
-        self.lock = threading.Lock()
         self.contacts: dict[str, dict] = {}  # lower-cased email → {"id", "properties", "createdAt", "updatedAt"}
         self.requests = 0
         self.upserts = 0
         self.rate_limited = 0
         self._stamps: deque[float] = deque()
         self._ids = itertools.count(51)
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.server.daemon_threads = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeHubSpot:
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.base_url
 
     # --- the service --------------------------------------------------------------------------
 
@@ -160,103 +225,6 @@ class FakeHubSpot:
         return 200, {"status": "COMPLETE", "results": results, "startedAt": stamp, "completedAt": stamp}
 
     # --- HTTP -----------------------------------------------------------------------------------
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # one answer, one segment: no 40 ms delayed-ACK stalls
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                if fake.latency:
-                    time.sleep(fake.latency)
-                try:
-                    payload = json.loads(raw) if raw else {}
-                except ValueError:
-                    return self._answer(400, error_body("VALIDATION_ERROR", "Invalid input JSON on line 1"))
-                with fake.lock:
-                    fake.requests += 1
-                    fake.paths.append(parts.path)
-                    fault = fake.faults.pop(0) if fake.faults else None
-                    now = time.monotonic()
-                    headers = fake.rate_headers(now)
-                    limited = len(fake._stamps) >= fake.per_window
-                    if not limited:
-                        fake._stamps.append(now)
-                    else:
-                        fake.rate_limited += 1
-                if fault == "drop":
-                    return self._drop()
-                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-                if fault == "expired":
-                    return self._answer(401, error_body("EXPIRED_AUTHENTICATION", "The OAuth token used to make this "
-                                                        "call expired 2 day(s) ago."))  # fmt: skip
-                if token not in fake.tokens:
-                    return self._answer(401, error_body("INVALID_AUTHENTICATION", NO_CREDENTIALS))
-                if limited or fault in ("429", "daily"):
-                    policy = "DAILY" if fault == "daily" else "TEN_SECONDLY_ROLLING"
-                    return self._answer(429, {"status": "error", "message": f"You have reached your {policy.lower()} "
-                                              "limit.", "errorType": "RATE_LIMIT", "correlationId": str(uuid.uuid4()),
-                                              "policyName": policy, "groupName": "publicapi:private-app:2002"},
-                                        headers)  # fmt: skip
-                if fault == "500":
-                    return self._answer(500, error_body("INTERNAL_ERROR", "internal error"), headers)
-                if fault == "409":
-                    return self._answer(409, error_body("CONFLICT", "Contact already exists. Existing ID: 51"), headers)
-                route = CONTACTS_PATH.match(parts.path)
-                if not route or route["version"] not in VERSIONS:
-                    return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
-                if method == "POST" and route["upsert"]:
-                    status, body = fake.upsert(payload.get("inputs") or [], route["version"])
-                    if fault == "lost":
-                        return self._drop()
-                    return self._answer(status, body, headers)
-                if method == "GET" and not route["upsert"]:
-                    if READ not in fake.scopes:
-                        return self._answer(403, missing_scopes(READ), headers)
-                    limit = int(parse_qs(parts.query).get("limit", ["10"])[0])
-                    with fake.lock:
-                        rows = [{"id": c["id"], "properties": {k: c["properties"].get(k) for k in
-                                 ("email", "firstname", "lastname")}, "createdAt": c["createdAt"],
-                                 "updatedAt": c["updatedAt"], "archived": False}
-                                for c in list(fake.contacts.values())[:limit]]  # fmt: skip
-                    return self._answer(200, {"results": rows}, headers)
-                return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
-
-            def _answer(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    for name, value in (headers or {}).items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Type", "application/json;charset=utf-8")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
-
-            def _drop(self) -> None:
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(2)
-                except OSError:
-                    pass
-
-        return Handler
 
 
 READ, WRITE = "crm.objects.contacts.read", "crm.objects.contacts.write"

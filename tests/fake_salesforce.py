@@ -28,22 +28,17 @@ import itertools
 import json
 import random
 import re
-import socket
-import ssl
 import string
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
-from leads.azurite import free_port
+from .loopback import LoopbackHandler, LoopbackServer
+
 
 API = "/services/data/v"
 CLIENT_CREDENTIALS_IGNORES = {"full", "refresh_token", "offline_access"}  # scopes the flow drops
@@ -64,10 +59,222 @@ def picklist(values: list[str]) -> list[dict[str, Any]]:
     return [{"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v} for v in values]
 
 
-class FakeSalesforce:
+class _Handler(LoopbackHandler):
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def do_PATCH(self):
+        self._serve("PATCH")
+
+    def _serve(self, method: str) -> None:
+        fake = self.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        self.body = self.rfile.read(length) if length else b""
+        parsed = urlparse(self.path)
+        self.query_args = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        path = parsed.path
+        with fake.lock:
+            fake.requests.append((method, path))
+        if fake.latency:
+            time.sleep(fake.latency)
+        if path == "/services/oauth2/token" and method == "POST":
+            return self._token()
+        if path == "/servlet/servlet.WebToLead":
+            return self._web_to_lead(method)
+        if path.startswith(API):
+            return self._api(method, path)
+        return self._answer(404, "<html><body>Not Found</body></html>", content_type="text/html")
+
+    # OAuth 2.0 token endpoint, client credentials flow
+    def _token(self):
+        fake = self.fake
+        form = {k: v[-1] for k, v in parse_qs(self.body.decode()).items()}
+        with fake.lock:
+            fake.token_requests += 1
+            fault = fake.token_faults.pop(0) if fake.token_faults else None
+        if fault == "rate":
+            return self._oauth_error("rate_limit_exceeded", "rate limit exceeded")
+        if fault and fault.isdigit():
+            return self._answer(int(fault), "<html><body>Service unavailable</body></html>",
+                                content_type="text/html")  # fmt: skip
+        if not fake.my_domain:
+            return self._oauth_error("invalid_grant", "request not supported on this domain")
+        if form.get("grant_type") != "client_credentials":
+            return self._oauth_error("unsupported_grant_type", "grant type not supported")
+        if form.get("client_id") != fake.client_id:
+            return self._oauth_error("invalid_client_id", "client identifier invalid")
+        if form.get("client_secret") != fake.client_secret:
+            return self._oauth_error("invalid_client", "invalid client credentials")
+        if not fake.client_credentials or fake.run_as is None:
+            return self._oauth_error("invalid_grant", "no client credentials user enabled")
+        if not fake.ip_relaxed:
+            return self._oauth_error("invalid_grant", "ip restricted")
+        if not fake.scopes - CLIENT_CREDENTIALS_IGNORES:
+            return self._oauth_error("invalid_grant", "no valid scopes defined")
+        org = fake.oid[:15]
+        token = f"{org}!AQ4AQ" + "".join(random.choices(string.ascii_letters + string.digits, k=40))
+        with fake.lock:
+            fake.tokens.add(token)
+        return self._answer(200, {
+            "access_token": token, "signature": "c2lnbmF0dXJlLWZha2U=",
+            "scope": " ".join(sorted(fake.scopes - CLIENT_CREDENTIALS_IGNORES)),
+            "instance_url": fake.url, "id": f"https://login.salesforce.com/id/{fake.oid}/{fake.run_as}",
+            "token_type": "Bearer", "issued_at": str(int(time.time() * 1000)),
+        })  # fmt: skip
+
+    def _oauth_error(self, error: str, description: str):
+        return self._answer(400, {"error": error, "error_description": description})
+
+    # REST API
+    def _api(self, method: str, path: str):
+        fake = self.fake
+        auth = self.headers.get("Authorization", "")
+        with fake.lock:
+            fault = fake.faults.pop(0) if fake.faults else None
+            if fault == "expire":
+                fake.tokens.clear()
+            valid = auth.startswith("Bearer ") and auth[7:] in fake.tokens
+            if valid:
+                fake.api_calls += 1
+            over = fake.api_calls > fake.daily_limit
+        if not valid:
+            return self._answer(401, [{"message": "Session expired or invalid",
+                                       "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
+        if "api" not in fake.scopes:
+            return self._answer(401, [{"message": "This session is not valid for use with the REST API",
+                                       "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
+        if over or fault == "limit":
+            return self._answer(403, [{"message": "TotalRequests Limit exceeded.",
+                                       "errorCode": "REQUEST_LIMIT_EXCEEDED"}])  # fmt: skip
+        if fault == "concurrent":
+            return self._answer(403, [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+                                       "errorCode": "REQUEST_LIMIT_EXCEEDED"}])  # fmt: skip
+        if fault == "lock":
+            return self._answer(400, [{"message": "unable to obtain exclusive access to this record or 1 "
+                                       "records", "errorCode": "UNABLE_TO_LOCK_ROW",
+                                       "fields": []}])  # fmt: skip
+        if fault == "500":
+            return self._answer(500, [{"message": "An unexpected error occurred. Please include this ErrorId "
+                                       "if you contact support: 1394529150-12345 (-1284721)",
+                                       "errorCode": "UNKNOWN_EXCEPTION"}])  # fmt: skip
+        if fault == "503":
+            return self._answer(503, [{"message": "Server is unavailable", "errorCode": "SERVER_UNAVAILABLE"}])
+        if fault == "drop":
+            return self._drop()
+        rest = re.sub(r"^/services/data/v\d+\.\d+/", "", path)
+        status, body = self._route(method, rest)
+        if fault == "lost":
+            return self._drop()
+        return self._answer(status, body)
+
+    def _route(self, method: str, rest: str) -> tuple[int, Any]:
+        fake = self.fake
+        parts = [unquote(p) for p in rest.strip("/").split("/")]
+        with fake.lock:
+            if parts[:1] == ["query"] and method == "GET":
+                return fake.query(self.query_args.get("q", ""))
+            if parts[:2] != ["sobjects", "Lead"] or not fake.lead_visible:
+                return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+            if not fake.lead_createable and parts != ["sobjects", "Lead", "describe"]:
+                return 403, [{"message": "insufficient access rights on object id",
+                              "errorCode": "INSUFFICIENT_ACCESS_OR_READONLY", "fields": []}]  # fmt: skip
+            if parts == ["sobjects", "Lead", "describe"] and method == "GET":
+                return 200, fake.describe()
+            if parts == ["sobjects", "Lead"] and method == "POST":
+                body = json.loads(self.body or b"{}")
+                errors = fake.validate(body)
+                if errors:
+                    return 400, errors
+                return 201, {"id": fake.create(body)["Id"], "success": True, "errors": []}
+            if len(parts) == 4:
+                return self._by_external_id(method, parts[2], parts[3])
+        return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+
+    def _by_external_id(self, method: str, name: str, value: str) -> tuple[int, Any]:
+        fake = self.fake
+        known = {f["name"]: f for f in fake.lead_fields()}
+        if name not in known or not known[name]["externalId"]:
+            return 404, [{"errorCode": "NOT_FOUND", "message": "Provided external ID field does not exist or "
+                          f"is not accessible: {name}"}]  # fmt: skip
+        matches = [r for r in fake.records.values() if r.get(name) == value]
+        if len(matches) > 1:
+            return 300, [f"/services/data/v59.0/sobjects/Lead/{r['Id']}" for r in matches]
+        if method == "GET":
+            if not matches:
+                return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
+            wanted = self.query_args.get("fields", "").split(",") if self.query_args.get("fields") else None
+            record = matches[0]
+            url = f"/services/data/v59.0/sobjects/Lead/{record['Id']}"
+            return 200, {"attributes": {"type": "Lead", "url": url},
+                         **({k: record.get(k) for k in wanted} if wanted else record)}  # fmt: skip
+        if method != "PATCH":
+            return 405, [{"errorCode": "METHOD_NOT_ALLOWED", "message": f"HTTP Method '{method}' not allowed."}]
+        body = json.loads(self.body or b"{}")
+        if name in body:
+            return 400, [{"message": f"The {name} field should not be specified in the sobject data.",
+                          "errorCode": "INVALID_FIELD"}]  # fmt: skip
+        existing = matches[0] if matches else None
+        if existing and existing.get("IsConverted"):
+            return 400, [{"message": "cannot reference converted lead",
+                          "errorCode": "CANNOT_UPDATE_CONVERTED_LEAD", "fields": []}]  # fmt: skip
+        errors = fake.validate(body, existing)
+        if errors:
+            return 400, errors
+        if existing:
+            existing.update(body)
+            return 200, {"id": existing["Id"], "success": True, "errors": [], "created": False}
+        created = fake.create({**body, name: value})
+        return 201, {"id": created["Id"], "success": True, "errors": [], "created": True}
+
+    # Web-to-Lead: 200 whatever happens; a lead only when the oid and required fields hold
+    def _web_to_lead(self, method: str):
+        fake = self.fake
+        with fake.lock:
+            fault = fake.faults.pop(0) if fake.faults else None
+        if fault and fault.isdigit():
+            return self._answer(int(fault), "<html><body>Service Unavailable</body></html>",
+                                content_type="text/html")  # fmt: skip
+        if fault == "drop":
+            return self._drop()
+        if method == "POST":
+            form = {k: v[-1] for k, v in parse_qs(self.body.decode("utf-8"), keep_blank_values=True).items()}
+            with fake.lock:
+                fake.web_to_lead.append(form)
+                if form.get("oid") == fake.oid and form.get("last_name") and form.get("company"):
+                    fake.create({"FirstName": form.get("first_name"), "LastName": form["last_name"],
+                                 "Company": form["company"], "Email": form.get("email"),
+                                 "Phone": form.get("phone"), "Title": form.get("title"),
+                                 "Country": form.get("country"), "Description": form.get("description"),
+                                 "LeadSource": form.get("lead_source"),
+                                 "HasOptedOutOfEmail": form.get("emailOptOut") == "1",
+                                 "DoNotCall": form.get("doNotCall") == "1", "Via": "web-to-lead"})  # fmt: skip
+            if fault == "lost":
+                return self._drop()
+        return self._answer(200, "", content_type="text/html;charset=UTF-8")
+
+    def _answer(self, status: int, body: Any, content_type: str = "application/json;charset=UTF-8") -> None:
+        fake = self.fake
+        headers = {"Sforce-Limit-Info": f"api-usage={fake.api_calls}/{fake.daily_limit}"} \
+            if self.path.startswith(API) else {}  # fmt: skip
+        self.answer(status, body, headers, content_type=content_type)
+
+    def _drop(self) -> None:
+        self.drop()
+
+
+
+class FakeSalesforce(LoopbackServer):
+    handler = _Handler
+
     def __init__(self, latency: float = 0.0, client_id: str = "3MVG9fake.consumer.key",
                  client_secret: str = "fake-consumer-secret", external_id_field: str | None = "Marketplace_Lead_Id__c",
                  oid: str = "00Do000000ZHogE", ca=None) -> None:  # fmt: skip
+        super().__init__(tls=True, ca=ca)
+        self.ca_path = self.ca_file
         self.latency = latency
         self.client_id = client_id
         self.client_secret = client_secret
@@ -94,7 +301,6 @@ class FakeSalesforce:
         if external_id_field:
             self.external_id_fields[external_id_field] = {"externalId": True, "unique": True}
 
-        self.lock = threading.Lock()
         self.records: dict[str, dict[str, Any]] = {}  # Id → the Lead
         self.web_to_lead: list[dict[str, str]] = []  # every form posted, as received
         self.tokens: set[str] = set()
@@ -103,25 +309,12 @@ class FakeSalesforce:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every call
         self._ids = itertools.count(1)
 
-        import trustme
-
-        self.ca = ca or trustme.CA()
-        cert = self.ca.issue_cert("127.0.0.1", "localhost")
-        self._dir = tempfile.TemporaryDirectory(prefix="fake-salesforce-")
-        self.ca_path = str(Path(self._dir.name) / "ca.pem")
-        self.ca.cert_pem.write_to_path(self.ca_path)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
 
     # -- addresses and settings
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def web_to_lead_url(self) -> str:
@@ -143,15 +336,6 @@ class FakeSalesforce:
         session.verify = self.ca_path
         session.trust_env = False  # else REQUESTS_CA_BUNDLE in the environment outranks ``verify``
         return session
-
-    def __enter__(self) -> FakeSalesforce:
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._dir.cleanup()
 
     def expire_tokens(self) -> None:
         """Every token issued so far stops working (the session timed out, or was revoked)."""
@@ -303,233 +487,6 @@ class FakeSalesforce:
         return 200, {"totalSize": len(records), "done": True, "records": records}
 
     # -- HTTP
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def setup(self):
-                super().setup()
-                # Headers and body go out in separate writes: without this, Nagle's algorithm and the
-                # client's delayed ACK add ~40 ms to every answer, which is not Salesforce's latency.
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_PATCH(self):
-                self._serve("PATCH")
-
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.body = self.rfile.read(length) if length else b""
-                parsed = urlparse(self.path)
-                self.query_args = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
-                path = parsed.path
-                with fake.lock:
-                    fake.requests.append((method, path))
-                if fake.latency:
-                    time.sleep(fake.latency)
-                if path == "/services/oauth2/token" and method == "POST":
-                    return self._token()
-                if path == "/servlet/servlet.WebToLead":
-                    return self._web_to_lead(method)
-                if path.startswith(API):
-                    return self._api(method, path)
-                return self._answer(404, "<html><body>Not Found</body></html>", content_type="text/html")
-
-            # OAuth 2.0 token endpoint, client credentials flow
-            def _token(self):
-                form = {k: v[-1] for k, v in parse_qs(self.body.decode()).items()}
-                with fake.lock:
-                    fake.token_requests += 1
-                    fault = fake.token_faults.pop(0) if fake.token_faults else None
-                if fault == "rate":
-                    return self._oauth_error("rate_limit_exceeded", "rate limit exceeded")
-                if fault and fault.isdigit():
-                    return self._answer(int(fault), "<html><body>Service unavailable</body></html>",
-                                        content_type="text/html")  # fmt: skip
-                if not fake.my_domain:
-                    return self._oauth_error("invalid_grant", "request not supported on this domain")
-                if form.get("grant_type") != "client_credentials":
-                    return self._oauth_error("unsupported_grant_type", "grant type not supported")
-                if form.get("client_id") != fake.client_id:
-                    return self._oauth_error("invalid_client_id", "client identifier invalid")
-                if form.get("client_secret") != fake.client_secret:
-                    return self._oauth_error("invalid_client", "invalid client credentials")
-                if not fake.client_credentials or fake.run_as is None:
-                    return self._oauth_error("invalid_grant", "no client credentials user enabled")
-                if not fake.ip_relaxed:
-                    return self._oauth_error("invalid_grant", "ip restricted")
-                if not fake.scopes - CLIENT_CREDENTIALS_IGNORES:
-                    return self._oauth_error("invalid_grant", "no valid scopes defined")
-                org = fake.oid[:15]
-                token = f"{org}!AQ4AQ" + "".join(random.choices(string.ascii_letters + string.digits, k=40))
-                with fake.lock:
-                    fake.tokens.add(token)
-                return self._answer(200, {
-                    "access_token": token, "signature": "c2lnbmF0dXJlLWZha2U=",
-                    "scope": " ".join(sorted(fake.scopes - CLIENT_CREDENTIALS_IGNORES)),
-                    "instance_url": fake.url, "id": f"https://login.salesforce.com/id/{fake.oid}/{fake.run_as}",
-                    "token_type": "Bearer", "issued_at": str(int(time.time() * 1000)),
-                })  # fmt: skip
-
-            def _oauth_error(self, error: str, description: str):
-                return self._answer(400, {"error": error, "error_description": description})
-
-            # REST API
-            def _api(self, method: str, path: str):
-                auth = self.headers.get("Authorization", "")
-                with fake.lock:
-                    fault = fake.faults.pop(0) if fake.faults else None
-                    if fault == "expire":
-                        fake.tokens.clear()
-                    valid = auth.startswith("Bearer ") and auth[7:] in fake.tokens
-                    if valid:
-                        fake.api_calls += 1
-                    over = fake.api_calls > fake.daily_limit
-                if not valid:
-                    return self._answer(401, [{"message": "Session expired or invalid",
-                                               "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
-                if "api" not in fake.scopes:
-                    return self._answer(401, [{"message": "This session is not valid for use with the REST API",
-                                               "errorCode": "INVALID_SESSION_ID"}])  # fmt: skip
-                if over or fault == "limit":
-                    return self._answer(403, [{"message": "TotalRequests Limit exceeded.",
-                                               "errorCode": "REQUEST_LIMIT_EXCEEDED"}])  # fmt: skip
-                if fault == "concurrent":
-                    return self._answer(403, [{"message": "ConcurrentPerOrgLongTxn Limit exceeded.",
-                                               "errorCode": "REQUEST_LIMIT_EXCEEDED"}])  # fmt: skip
-                if fault == "lock":
-                    return self._answer(400, [{"message": "unable to obtain exclusive access to this record or 1 "
-                                               "records", "errorCode": "UNABLE_TO_LOCK_ROW",
-                                               "fields": []}])  # fmt: skip
-                if fault == "500":
-                    return self._answer(500, [{"message": "An unexpected error occurred. Please include this ErrorId "
-                                               "if you contact support: 1394529150-12345 (-1284721)",
-                                               "errorCode": "UNKNOWN_EXCEPTION"}])  # fmt: skip
-                if fault == "503":
-                    return self._answer(503, [{"message": "Server is unavailable", "errorCode": "SERVER_UNAVAILABLE"}])
-                if fault == "drop":
-                    return self._drop()
-                rest = re.sub(r"^/services/data/v\d+\.\d+/", "", path)
-                status, body = self._route(method, rest)
-                if fault == "lost":
-                    return self._drop()
-                return self._answer(status, body)
-
-            def _route(self, method: str, rest: str) -> tuple[int, Any]:
-                parts = [unquote(p) for p in rest.strip("/").split("/")]
-                with fake.lock:
-                    if parts[:1] == ["query"] and method == "GET":
-                        return fake.query(self.query_args.get("q", ""))
-                    if parts[:2] != ["sobjects", "Lead"] or not fake.lead_visible:
-                        return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
-                    if not fake.lead_createable and parts != ["sobjects", "Lead", "describe"]:
-                        return 403, [{"message": "insufficient access rights on object id",
-                                      "errorCode": "INSUFFICIENT_ACCESS_OR_READONLY", "fields": []}]  # fmt: skip
-                    if parts == ["sobjects", "Lead", "describe"] and method == "GET":
-                        return 200, fake.describe()
-                    if parts == ["sobjects", "Lead"] and method == "POST":
-                        body = json.loads(self.body or b"{}")
-                        errors = fake.validate(body)
-                        if errors:
-                            return 400, errors
-                        return 201, {"id": fake.create(body)["Id"], "success": True, "errors": []}
-                    if len(parts) == 4:
-                        return self._by_external_id(method, parts[2], parts[3])
-                return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
-
-            def _by_external_id(self, method: str, name: str, value: str) -> tuple[int, Any]:
-                known = {f["name"]: f for f in fake.lead_fields()}
-                if name not in known or not known[name]["externalId"]:
-                    return 404, [{"errorCode": "NOT_FOUND", "message": "Provided external ID field does not exist or "
-                                  f"is not accessible: {name}"}]  # fmt: skip
-                matches = [r for r in fake.records.values() if r.get(name) == value]
-                if len(matches) > 1:
-                    return 300, [f"/services/data/v59.0/sobjects/Lead/{r['Id']}" for r in matches]
-                if method == "GET":
-                    if not matches:
-                        return 404, [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
-                    wanted = self.query_args.get("fields", "").split(",") if self.query_args.get("fields") else None
-                    record = matches[0]
-                    url = f"/services/data/v59.0/sobjects/Lead/{record['Id']}"
-                    return 200, {"attributes": {"type": "Lead", "url": url},
-                                 **({k: record.get(k) for k in wanted} if wanted else record)}  # fmt: skip
-                if method != "PATCH":
-                    return 405, [{"errorCode": "METHOD_NOT_ALLOWED", "message": f"HTTP Method '{method}' not allowed."}]
-                body = json.loads(self.body or b"{}")
-                if name in body:
-                    return 400, [{"message": f"The {name} field should not be specified in the sobject data.",
-                                  "errorCode": "INVALID_FIELD"}]  # fmt: skip
-                existing = matches[0] if matches else None
-                if existing and existing.get("IsConverted"):
-                    return 400, [{"message": "cannot reference converted lead",
-                                  "errorCode": "CANNOT_UPDATE_CONVERTED_LEAD", "fields": []}]  # fmt: skip
-                errors = fake.validate(body, existing)
-                if errors:
-                    return 400, errors
-                if existing:
-                    existing.update(body)
-                    return 200, {"id": existing["Id"], "success": True, "errors": [], "created": False}
-                created = fake.create({**body, name: value})
-                return 201, {"id": created["Id"], "success": True, "errors": [], "created": True}
-
-            # Web-to-Lead: 200 whatever happens; a lead only when the oid and required fields hold
-            def _web_to_lead(self, method: str):
-                with fake.lock:
-                    fault = fake.faults.pop(0) if fake.faults else None
-                if fault and fault.isdigit():
-                    return self._answer(int(fault), "<html><body>Service Unavailable</body></html>",
-                                        content_type="text/html")  # fmt: skip
-                if fault == "drop":
-                    return self._drop()
-                if method == "POST":
-                    form = {k: v[-1] for k, v in parse_qs(self.body.decode("utf-8"), keep_blank_values=True).items()}
-                    with fake.lock:
-                        fake.web_to_lead.append(form)
-                        if form.get("oid") == fake.oid and form.get("last_name") and form.get("company"):
-                            fake.create({"FirstName": form.get("first_name"), "LastName": form["last_name"],
-                                         "Company": form["company"], "Email": form.get("email"),
-                                         "Phone": form.get("phone"), "Title": form.get("title"),
-                                         "Country": form.get("country"), "Description": form.get("description"),
-                                         "LeadSource": form.get("lead_source"),
-                                         "HasOptedOutOfEmail": form.get("emailOptOut") == "1",
-                                         "DoNotCall": form.get("doNotCall") == "1", "Via": "web-to-lead"})  # fmt: skip
-                    if fault == "lost":
-                        return self._drop()
-                return self._answer(200, "", content_type="text/html;charset=UTF-8")
-
-            def _answer(self, status: int, body: Any, content_type: str = "application/json;charset=UTF-8") -> None:
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(data)))
-                    if self.path.startswith(API):
-                        self.send_header("Sforce-Limit-Info", f"api-usage={fake.api_calls}/{fake.daily_limit}")
-                    self.end_headers()
-                    self.wfile.write(data)
-                    self.wfile.flush()
-                except OSError:
-                    pass
-
-            def _drop(self):
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(2)
-                except OSError:
-                    pass
-
-        return Handler
 
 
 @pytest.fixture(name="fake_salesforce")

@@ -174,6 +174,7 @@ def test_a_dying_worker_a_lost_digest_answer_and_a_dripping_server_still_deliver
         # (A delivery tried before is retried alone, so past the digest the limit is lifted to keep
         # the run short.)
         acs.fail_next("drop_after", on="send")
+        webhook.faults = ["drip", "drip"]  # surely, beside what the random third draws
         acs.fail_ratio, webhook.fail_ratio = 0.3, 0.3
         env(EMAIL_PER_MINUTE="100000")
         drain(deadline=240, workers=6, sweep_every=3)

@@ -58,3 +58,10 @@ def sweep_deliveries(timer: func.TimerRequest) -> None:
     from leads.operations import sweep
 
     sweep()
+
+
+@app.timer_trigger(schedule="%LEADS_RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def erase_expired_leads(timer: func.TimerRequest) -> None:
+    from leads.erasure import apply_retention
+
+    apply_retention()

@@ -75,6 +75,10 @@ param leadsPollFullScanMinutes string = '60'
 param leadsBackfillDays string = '7'
 @description('LEADS_DEDUPE_WINDOW_HOURS')
 param leadsDedupeWindowHours string = '24'
+@description('LEADS_RETENTION_DAYS: erase the personal data of leads older than this many days; empty keeps everything.')
+param leadsRetentionDays string = ''
+@description('LEADS_RETENTION_SCHEDULE: NCRONTAB of the daily retention run.')
+param leadsRetentionSchedule string = '0 30 3 * * *'
 @description('LEADS_DELIVERY_QUEUE: the Storage queue of deliveries (the queue trigger binds to it).')
 param leadsDeliveryQueue string = 'leads-deliveries'
 @description('LEADS_SWEEP_SCHEDULE: NCRONTAB of the sweep that re-enqueues lost delivery messages.')
@@ -270,6 +274,7 @@ var coreSettings = {
   LEADS_TABLE_PREFIX: leadsTablePrefix
   LEADS_POLL_SCHEDULE: leadsPollSchedule
   LEADS_SWEEP_SCHEDULE: leadsSweepSchedule
+  LEADS_RETENTION_SCHEDULE: leadsRetentionSchedule
   LEADS_DELIVERY_QUEUE: leadsDeliveryQueue
   LEADS_POLL_OVERLAP_MINUTES: leadsPollOverlapMinutes
   LEADS_POLL_FULL_SCAN_MINUTES: leadsPollFullScanMinutes
@@ -286,6 +291,7 @@ var coreSettings = {
 var appSettings = union(coreSettings,
   readsSeparateTable ? { MARKETPLACE_TABLE_CONNECTION: '${secretRef}marketplace-table-connection)' } : {},
   empty(leadsRouting) ? {} : { LEADS_ROUTING: leadsRouting },
+  empty(leadsRetentionDays) ? {} : { LEADS_RETENTION_DAYS: leadsRetentionDays },
   empty(leadsAlertTo) ? {} : { LEADS_ALERT_TO: leadsAlertTo },
   empty(emailTo) ? {} : { EMAIL_TO: emailTo },
   empty(leadsPortalUrl) ? {} : { LEADS_PORTAL_URL: leadsPortalUrl },

@@ -67,6 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     test_lead.add_argument("--timeout", type=float, default=120, help="seconds to wait (default: %(default)s)")
     test_lead.add_argument("--json", action="store_true", help="the report as JSON (progress still goes to stderr)")
 
+    forget = commands.add_parser("forget", help="erase one person's personal data from every row and outbox mail "
+                                 "that holds it, keeping ids, times and delivery outcomes")  # fmt: skip
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--email", metavar="ADDRESS", help="every lead and rejected record holding this address (reads "
+                     "every lead row once: a manual command)")  # fmt: skip
+    who.add_argument("--lead", metavar="LEAD_ID", help="this lead or rejected record only (point reads)")
+    forget.add_argument("--json", action="store_true", help="what was erased, as JSON")
+
     for command in commands._choices_actions:  # `COMMAND --help` opens with what the command does
         commands.choices[command.dest].description = command.help
     args = parser.parse_args(argv)
@@ -74,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_local_settings(args.settings)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
-                "replay": _replay, "test-lead": _test_lead, "check": _check}  # fmt: skip
+                "replay": _replay, "test-lead": _test_lead, "check": _check, "forget": _forget}  # fmt: skip
     return handlers[args.command](args)
 
 
@@ -186,6 +194,40 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replaying {delivery.lead_id} to {delivery.destination}")
     kind = "held" if args.skipped else "failed"
     print(f"{len(replayed)} {kind} deliveries queued again." if replayed else f"No {kind} deliveries to replay.")
+    return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from .erasure import OUTSIDE_NOTE, forget_email, forget_lead
+
+    if args.email is not None and "@" not in args.email:
+        print(f"forget: --email {args.email!r} is not an email address", file=sys.stderr)
+        return 2
+    done = forget_email(args.email) if args.email is not None else forget_lead(args.lead)
+    if done is None:
+        print(f"forget: no lead or rejected record with id {args.lead}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(done.to_dict(), indent=2))
+        return 0
+    for lead_id in done.leads:
+        print(f"erased lead {lead_id}: its personal data and raw input")
+    for lead_id in done.already_erased:
+        print(f"lead {lead_id} was erased already (erased again: nothing personal was left)")
+    for record_id in done.rejected:
+        print(f"erased rejected record {record_id}: its content and reason")
+    for delivery in done.deliveries_skipped:
+        print(f"delivery {delivery} was still open: skipped, never sent")
+    if done.errors_erased:
+        print(f"{done.errors_erased} deliveries' last errors erased (they may quote values)")
+    for name in done.outbox_files:
+        print(f"deleted outbox mail {name}")
+    if not (done.leads or done.already_erased or done.rejected or done.outbox_files):
+        print("Nothing found to erase" + (f" ({done.scanned} rows read)." if args.email is not None else "."))
+    for sent in done.sent_elsewhere:
+        print(f"sent to {sent['destination']}" + (f" as {sent['externalId']}" if sent["externalId"] else "")
+              + f" (lead {sent['leadId']}): erase it there")  # fmt: skip
+    print(OUTSIDE_NOTE)
     return 0
 
 

@@ -123,10 +123,13 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         folded = _fold_waiting(store, claimed, now)
         if folded is not None:
             return _send_digest(store, destination, folded, settings, now)
-    lead = store.get(claimed.lead_id)
+    lead, erased = store.get_for_delivery(claimed.lead_id)
     if lead is None:
         _fail(book, claimed, LEAD_GONE, settings, now)
         return Outcome("failed", "lead not found")
+    if erased:  # never sent with its fields emptied
+        _skip_erased(book, claimed)
+        return Outcome("skipped", "lead erased")
     try:
         with deadline(SEND_DEADLINE_SECONDS):  # every call of the send ends well inside the claim
             sent = destination.send(lead, claimed.route)
@@ -139,6 +142,12 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
 
 
 LEAD_GONE = PermanentError("the lead is not in the lead store", fix="it was deleted; nothing can be sent")
+
+
+def _skip_erased(book, delivery: Delivery) -> None:
+    from .erasure import ERASED_REASON
+
+    book.change(delivery, state="skipped", last_error=ERASED_REASON, claimed_until=None, next_attempt_at=None)
 
 
 def _delivered(book, delivery: Delivery, sent: Sent, digest_size: int = 1) -> None:
@@ -176,11 +185,13 @@ def _send_digest(store: LeadStore, destination: Destination, digest: Digest, set
     if not members:
         digests.change(digest, state=SENT if digest.external_id else FAILED, claimed_until=None)
         return Outcome("delivered", "nothing left in the digest")
-    leads = [store.get(member.lead_id) for member in members]
-    for member, lead in zip(members, leads):
+    found = [store.get_for_delivery(member.lead_id) for member in members]
+    for member, (lead, erased) in zip(members, found):
         if lead is None:
             _fail(book, member, LEAD_GONE, settings, now)
-    present = [(member, lead) for member, lead in zip(members, leads) if lead is not None]
+        elif erased:
+            _skip_erased(book, member)
+    present = [(member, lead) for member, (lead, erased) in zip(members, found) if lead is not None and not erased]
     if not present:
         digests.change(digest, state=FAILED, claimed_until=None)
         return Outcome("failed", "lead not found")

@@ -76,6 +76,25 @@ class Settings(BaseSettings):
         description="The same HTTP lead arriving again within this window is a duplicate.",
     )
 
+    retention_days: float | None = Field(
+        None,
+        alias="LEADS_RETENTION_DAYS",
+        gt=0,
+        description="Erase the personal data of leads received more than this many days ago (daily, "
+        "LEADS_RETENTION_SCHEDULE). Unset: keep everything.",
+    )
+    retention_schedule: str = Field(
+        "0 30 3 * * *",
+        alias="LEADS_RETENTION_SCHEDULE",
+        description="NCRONTAB of the retention run (daily at 03:30 UTC by default).",
+    )
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty app setting (the sample's, a template's) means "keep everything".
+        return None if isinstance(value, str) and not value.strip() else value
+
     # --- delivery ---------------------------------------------------------------------------
     delivery_queue: str = Field(
         "leads-deliveries",

@@ -181,7 +181,8 @@ class LeadStore:
             return stored
         # No content row beside it: the version before stored it (or one arrival got that far).
         content = self._content(digest) or self._carry_forward(lead, digest)
-        while lead.received_at - content.latest_at >= dedupe_window:
+        # A repeat of an erased lead is a new lead: its person sent it again (leads/erasure.py).
+        while lead.received_at - content.latest_at >= dedupe_window or self._erased(content.latest_id):
             candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
             stored = self.add(candidate, deliveries)
             # Already there: a racing arrival made it, or one that died before moving the row on.
@@ -256,6 +257,14 @@ class LeadStore:
         latest_at = made[low] or lead.received_at
         return self._advance(_Content(digest, low + 1, http_lead_id(lead, low), latest_at))
 
+    def _erased(self, lead_id: str) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.leads.get_entity(lead_id, LEAD_ROW, select=["ErasedAt"]).get("ErasedAt") is not None
+        except ResourceNotFoundError:
+            return False
+
     def _received_at(self, lead_id: str) -> datetime | None:
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -329,6 +338,16 @@ class LeadStore:
         except ResourceNotFoundError:
             return None
         return _from_entity(entity)
+
+    def get_for_delivery(self, lead_id: str) -> tuple[Lead | None, bool]:
+        """A lead and whether its personal data was erased (``forget``, retention), in one read."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.leads.get_entity(lead_id, LEAD_ROW)
+        except ResourceNotFoundError:
+            return None, False
+        return _from_entity(entity), entity.get("ErasedAt") is not None
 
     def same_content(self, lead_id: str) -> int:
         """How many leads were made from this HTTP lead's content (2 and more: it arrived again

@@ -34,7 +34,7 @@ BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 # optional parameters) so that code and infrastructure do not drift; once a field with the alias
 # exists in the model it is checked from there as well. Keep this the only list of them.
 PLANNED_SETTINGS = {
-    "LEADS_ROUTING", "LEADS_TEST_LEADS", "LEADS_ALERT_TO",
+    "LEADS_ROUTING", "LEADS_TEST_LEADS", "LEADS_ALERT_TO", "LEADS_RETENTION_DAYS",
     "EMAIL_TO", "EMAIL_PII", "EMAIL_SENDER", "EMAIL_ENDPOINT",
     "WEBHOOK_URL", "WEBHOOK_SECRET",
     "DYNAMICS_URL", "DYNAMICS_TENANT_ID", "DYNAMICS_CLIENT_ID", "DYNAMICS_CLIENT_SECRET",

@@ -129,13 +129,14 @@ def apply_retention(settings: Settings | None = None, now: datetime | None = Non
     mark = _RetentionMark.read(store)
     if mark.until is None:  # a new window: from the last one's end to the retention cutoff
         mark.until = now - timedelta(days=settings.retention_days)
-        if mark.since and mark.until <= mark.since:
-            return done
+        mark.touched, mark.opened = mark.opened, now
     query = "( RowKey eq @lead or RowKey eq @rejected ) and ReceivedAt lt @until"
     parameters: dict[str, Any] = {"lead": LEAD_ROW, "rejected": REJECTED_ROW, "until": mark.until}
     if mark.since:
-        query += " and ReceivedAt ge @since"
-        parameters["since"] = mark.since
+        # Rows written since the last window opened are read too: a lead stored with a received
+        # time already behind the watermark (a first poll of a table with history) is not missed.
+        query += " and ( ReceivedAt ge @since or Timestamp ge @touched )"
+        parameters.update(since=mark.since, touched=mark.touched or mark.since)
     pages = store.leads.query_entities(query, parameters=parameters, results_per_page=RETENTION_PAGE).by_page(
         continuation_token=mark.token)
     for _ in range(RETENTION_PAGES_PER_RUN):
@@ -258,12 +259,14 @@ def _forget_outbox(people: Iterable[tuple[str, list[str] | None]], settings: Set
 @dataclass
 class _RetentionMark:
     """How far retention got, one row of the checkpoints table: every lead received before
-    ``since`` is erased; ``until`` and ``token`` are the window being worked through (its end, and
-    where in its query the last run stopped)."""
+    ``since`` and written before ``touched`` is erased; ``until`` and ``token`` are the window being
+    worked through (its end, and where in its query the last run stopped), ``opened`` when it began."""
 
     since: datetime | None = None
     until: datetime | None = None
     token: dict[str, Any] | None = None
+    opened: datetime | None = None
+    touched: datetime | None = None
 
     @classmethod
     def read(cls, store: LeadStore) -> _RetentionMark:
@@ -274,14 +277,15 @@ class _RetentionMark:
         except ResourceNotFoundError:
             return cls()
         token = json.loads(entity["Token"]) if entity.get("Token") else None
-        return cls(entity.get("Since"), entity.get("Until"), token)
+        return cls(entity.get("Since"), entity.get("Until"), token, entity.get("Opened"), entity.get("Touched"))
 
     def write(self, store: LeadStore) -> None:
         from azure.data.tables import UpdateMode
 
         row: dict[str, Any] = {"PartitionKey": _RETENTION_KEY[0], "RowKey": _RETENTION_KEY[1],
                                "Token": json.dumps(self.token) if self.token else ""}  # fmt: skip
-        row.update({key: value for key, value in (("Since", self.since), ("Until", self.until)) if value})
+        times = {"Since": self.since, "Until": self.until, "Opened": self.opened, "Touched": self.touched}
+        row.update({key: value for key, value in times.items() if value})
         store.checkpoints.upsert_entity(row, mode=UpdateMode.REPLACE)
 
 

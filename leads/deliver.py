@@ -186,12 +186,13 @@ def _send_digest(store: LeadStore, destination: Destination, digest: Digest, set
         digests.change(digest, state=SENT if digest.external_id else FAILED, claimed_until=None)
         return Outcome("delivered", "nothing left in the digest")
     found = [store.get_for_delivery(member.lead_id) for member in members]
-    for member, (lead, erased) in zip(members, found):
+    for member, (lead, erased) in zip(members, found, strict=True):
         if lead is None:
             _fail(book, member, LEAD_GONE, settings, now)
         elif erased:
             _skip_erased(book, member)
-    present = [(member, lead) for member, (lead, erased) in zip(members, found) if lead is not None and not erased]
+    present = [(member, lead) for member, (lead, erased) in zip(members, found, strict=True)
+               if lead is not None and not erased]  # fmt: skip
     if not present:
         digests.change(digest, state=FAILED, claimed_until=None)
         return Outcome("failed", "lead not found")

@@ -181,18 +181,22 @@ class LeadStore:
             return stored
         # No content row beside it: the version before stored it (or one arrival got that far).
         content = self._content(digest) or self._carry_forward(lead, digest)
-        # A repeat of an erased lead is a new lead: its person sent it again (leads/erasure.py).
-        while lead.received_at - content.latest_at >= dedupe_window or self._erased(content.latest_id):
-            candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
-            stored = self.add(candidate, deliveries)
-            # Already there: a racing arrival made it, or one that died before moving the row on.
-            made_at = self._received_at(candidate.lead_id) if stored.duplicate else lead.received_at
-            content = self._advance(replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
-                                            latest_at=made_at or lead.received_at))  # fmt: skip
-            if not stored.duplicate:
-                return stored
-        self._count_duplicate(content.latest_id, lead.received_at)
-        return Stored(content.latest_id, duplicate=True)
+        latest_erased = False
+        while True:
+            while latest_erased or lead.received_at - content.latest_at >= dedupe_window:
+                latest_erased = False
+                candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
+                stored = self.add(candidate, deliveries)
+                # Already there: a racing arrival made it, or one that died before moving the row on.
+                made_at = self._received_at(candidate.lead_id) if stored.duplicate else lead.received_at
+                content = self._advance(replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
+                                                latest_at=made_at or lead.received_at))  # fmt: skip
+                if not stored.duplicate:
+                    return stored
+            if self._count_duplicate(content.latest_id, lead.received_at):
+                return Stored(content.latest_id, duplicate=True)
+            # A repeat of an erased lead is a new lead: its person sent it again (leads/erasure.py).
+            latest_erased = True
 
     def _content(self, digest: str) -> _Content | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -257,14 +261,6 @@ class LeadStore:
         latest_at = made[low] or lead.received_at
         return self._advance(_Content(digest, low + 1, http_lead_id(lead, low), latest_at))
 
-    def _erased(self, lead_id: str) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self.leads.get_entity(lead_id, LEAD_ROW, select=["ErasedAt"]).get("ErasedAt") is not None
-        except ResourceNotFoundError:
-            return False
-
     def _received_at(self, lead_id: str) -> datetime | None:
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -308,13 +304,16 @@ class LeadStore:
             return {**record, "body": body, "size": entity["Size"], "truncated": entity["Truncated"]}
         return {**record, "raw": json.loads(_join("Raw", entity))}
 
-    def _count_duplicate(self, lead_id: str, seen_at: datetime) -> None:
+    def _count_duplicate(self, lead_id: str, seen_at: datetime) -> bool:
+        """Count a repeat on the lead; False (nothing counted) if its personal data was erased."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
         for _ in range(5):
-            entity = self.leads.get_entity(lead_id, LEAD_ROW, select=["Duplicates"])
+            entity = self.leads.get_entity(lead_id, LEAD_ROW, select=["Duplicates", "ErasedAt"])
+            if entity.get("ErasedAt") is not None:
+                return False
             patch = {
                 "PartitionKey": lead_id,
                 "RowKey": LEAD_ROW,
@@ -324,9 +323,10 @@ class LeadStore:
             try:
                 self.leads.update_entity(patch, mode=UpdateMode.MERGE, etag=entity.metadata["etag"],
                                          match_condition=MatchConditions.IfNotModified)  # fmt: skip
-                return
+                return True
             except ResourceModifiedError:
                 continue
+        return True
 
     # --- reading --------------------------------------------------------------------------------
 

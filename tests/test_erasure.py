@@ -43,7 +43,8 @@ def person() -> dict[str, str]:
     """Personal values unique to one person: the account's other tables (other tests') cannot hold them."""
     tag = uuid.uuid4().hex[:8]
     return {"FirstName": f"Zelda{tag}", "LastName": f"Quokka{tag}", "Email": f"zq{tag}@fabrikam.example",
-            "Phone": f"+1 617 555 0{next(_PHONES)}", "Company": f"Fabrikam{tag}", "Title": f"Otter keeper {tag}"}  # fmt: skip
+            "Phone": f"+1 617 555 0{next(_PHONES)}", "Company": f"Fabrikam{tag}",
+            "Title": f"Otter keeper {tag}"}  # fmt: skip
 
 
 def http_body(who: dict[str, str]) -> dict:
@@ -83,7 +84,8 @@ def left_behind(values: list[str], outbox: Path) -> list[str]:
 def app(storage, env, tmp_path):
     with FakeWebhook() as fake:
         env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="sales@contoso.example")  # fmt: skip
+            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="1",
+            EMAIL_TO="sales@contoso.example")  # fmt: skip
         _recently_stored.clear()
         yield fake
         _recently_stored.clear()
@@ -103,8 +105,9 @@ def marketplace_row(who: dict[str, str]) -> None:
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
     table.create_table()
-    table.create_entity({**ENTITY, "PartitionKey": f"{datetime.now(timezone.utc):%Y-%m-%d}", "RowKey": uuid.uuid4().hex,
-                         "CustomerInfo": json.dumps({**who, "Country": "US"}), "Description": "from the table"})  # fmt: skip
+    table.create_entity({**ENTITY, "PartitionKey": f"{datetime.now(timezone.utc):%Y-%m-%d}",
+                         "RowKey": uuid.uuid4().hex, "CustomerInfo": json.dumps({**who, "Country": "US"}),
+                         "Description": "from the table"})  # fmt: skip
 
 
 def test_forget_email_erases_every_row_and_mail_and_keeps_outcomes(app, capsys):
@@ -224,3 +227,26 @@ def test_retention_erases_old_leads_in_bounded_pages_from_a_watermark(app, env, 
     function_app.erase_expired_leads(TimerRequest())
     assert LeadStore.from_settings().get(recent_id).email is None
     assert left_behind(personal_values(recent), outbox()) == []
+
+
+def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fake_acs):
+    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="1")  # fmt: skip
+    lead_ids = [take_in(http_body(person())) for _ in range(5)]
+    book = LeadStore.from_settings().deliveries
+    start = book.get(lead_ids[0], "email").created_at
+    assert [deliver(lead_id, "email", now=start).state for lead_id in lead_ids] == [
+        "delivered", "delivered", "retrying", "retrying", "retrying"]  # fmt: skip
+    fake_acs.fail_next("503", on="send")  # the digest of the three waiting stays open, to be sent again
+    assert deliver(lead_ids[2], "email", now=start + timedelta(seconds=61)).state == "retrying"
+    assert cli(["forget", "--lead", lead_ids[3]]) == 0
+    # As if a worker had read the member before the erasure: it is in the digest and open again.
+    erased = book.get(lead_ids[3], "email")
+    assert erased.state == "skipped" and erased.digest
+    book.change(erased, state="retrying", last_error=None)
+    assert deliver(lead_ids[4], "email", now=start + timedelta(seconds=200)).state == "delivered"
+    assert fake_acs.mails_about(lead_ids[3]) == []
+    assert (book.get(lead_ids[3], "email").state, book.get(lead_ids[3], "email").last_error) == ("skipped",
+                                                                                                 ERASED_REASON)  # fmt: skip
+    assert {book.get(lead_id, "email").state for lead_id in (lead_ids[2], lead_ids[4])} == {"delivered"}

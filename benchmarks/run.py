@@ -37,6 +37,7 @@ BENCHMARKS = {
     "notify": "notify",
     "webhook": "webhook",
     "crm": "crm",
+    "erasure": "erasure",
 }
 
 

@@ -176,6 +176,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
             erased["Raw"] = "null"  # a marketplace row's properties: nothing of it is kept
         store.leads.upsert_entity(erased, mode=UpdateMode.REPLACE)
         done.rejected.append(lead_id)
+        log.info("content of rejected record %s erased", lead_id)
         return done
     lead = _from_entity(entity)
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
@@ -206,6 +207,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
                                         "externalId": delivery.external_id})  # fmt: skip
     if values:
         done.outbox_files = _forget_outbox([(lead_id, values)], settings)
+    log.info("personal data of lead %s erased", lead_id)  # the audit trail: the id, never the person
     return done
 
 

@@ -2,14 +2,8 @@
 Email, or, with no ACS configured (local runs), an ``.eml`` file in ``EMAIL_OUTBOX_DIR``.
 
 Mails are rendered from ``leads/templates/email/`` (HTML autoescaped, so a company called
-``<script>`` is text) with as much personal data as ``EMAIL_PII`` allows:
-
-- ``full``: everything the lead holds.
-- ``masked``: names as initials, ``j***@contoso.com``, ``+1 *** *** 5555`` (the last four digits
-  only); company and title stay (the business context sales needs); the free-text description is
-  left out, since no mask can be trusted on free text.
-- ``none``: no personal data at all (not name, email, phone, company, title, description); the
-  mail says where to find the lead instead (``LEADS_PORTAL_URL``, or ``python -m leads show``).
+``<script>`` is text) from the view in :mod:`leads.destinations.notice`, with as much personal
+data as ``EMAIL_PII`` allows (``full``, ``masked``, ``none``: see there).
 
 Every send is idempotent where ACS lets it be: the request carries an ``Operation-Id`` derived
 from the lead id(s), the recipients and the sender, so a retry after a timeout names the same
@@ -26,8 +20,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import timezone
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +37,7 @@ from .base import (
     classify_error,
     from_status,
 )
+from .notice import headline, lead_view, offer_name
 
 if TYPE_CHECKING:
     from ..model import Lead
@@ -57,20 +51,6 @@ OPERATION_NAMESPACE = uuid.UUID("6f1f0c53-3d0e-4b8e-9a53-2f3c8b1d7e01")
 FOOTER = "Sent by the marketplace lead router."
 SUBJECT_MAX = 200
 TERMINAL = frozenset({"Succeeded", "Failed", "Canceled"})
-
-# What sales should do, by action code.
-NEXT_STEPS = {
-    "INS": "The customer installed or acquired the offer: welcome them and offer help getting started.",
-    "Create": "The customer bought the offer in the Azure portal: welcome them and offer help with onboarding.",
-    "PLT": "The customer asked to be contacted: call or email them back within one business day.",
-    "StartTestDrive": "The customer started a test drive: follow up on how it went and offer a walkthrough.",
-}
-NEXT_STEP_OTHER = "Review the lead and follow up as its action suggests."
-NEXT_STEP_DNC = ("Do NOT contact this customer. Record the lead only: the marketplace marked it do-not-contact "
-                 "(it came through a cross-listed partner).")  # fmt: skip
-NEXT_STEP_TEST = ("Nothing to do: this is a test lead (the marketplace's validation, or python -m leads test-lead), "
-                  "and no customer is behind it. It shows that leads reach you.")  # fmt: skip
-
 
 # --- the destination ---------------------------------------------------------------------------
 
@@ -151,26 +131,36 @@ class Mail:
     operation_id: str  # deterministic: the same lead(s) to the same people is the same mail
     filename: str  # the outbox file it is written to without ACS
     lead_ids: tuple[str, ...] = field(default=())
+    reply_to: tuple[str, ...] = field(default=())  # the customer, so that sales can press Reply
 
 
 def render_lead(lead: Lead, route: Route, settings: Settings) -> Mail:
     """The mail about one lead."""
     test = lead.is_test or route.test
-    headline = _headline(lead, settings.email_pii)
-    view = _lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=headline)
-    subject = one_line(("[TEST] " if test else "") + headline)
-    return _mail([view], subject, intro=None, route=route, settings=settings, lead_ids=(lead.lead_id,),
+    title = headline(lead, settings.email_pii)
+    view = lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=title)
+    subject = one_line(("[TEST] " if test else "") + title)
+    mail = _mail([view], subject, intro=None, route=route, settings=settings, lead_ids=(lead.lead_id,),
                  filename=_safe_name(lead.lead_id) + ".eml")  # fmt: skip
+    return replace(mail, reply_to=reply_to(lead, settings.email_pii, test))
+
+
+def reply_to(lead: Lead, pii: str, test: bool) -> tuple[str, ...]:
+    """The customer's address as ``Reply-To``, when sales may write to it: a valid address, shown
+    in full, of a real customer who did not ask not to be contacted."""
+    if pii != "full" or test or lead.do_not_contact or not lead.email or lead.email_valid is False:
+        return ()
+    return (lead.email,)
 
 
 def render_digest(leads: list[Lead], route: Route, settings: Settings) -> Mail:
     """One mail listing several leads that waited for the same recipients."""
     pii = settings.email_pii
     test = route.test or all(lead.is_test for lead in leads)
-    views = [_lead_view(lead, pii, settings.leads_portal_url, lead.is_test or route.test,
-                        heading=("[TEST] " if lead.is_test and not test else "") + _headline(lead, pii))
+    views = [lead_view(lead, pii, settings.leads_portal_url, lead.is_test or route.test,
+                        heading=("[TEST] " if lead.is_test and not test else "") + headline(lead, pii))
              for lead in leads]  # fmt: skip
-    offers = list(dict.fromkeys(_offer_name(lead) for lead in leads))
+    offers = list(dict.fromkeys(offer_name(lead) for lead in leads))
     shown = ", ".join(offers[:3]) + (f" and {len(offers) - 3} more" if len(offers) > 3 else "")
     dnc = sum(lead.do_not_contact for lead in leads)
     subject = one_line(("[TEST] " if test else "") + f"{len(leads)} new leads"
@@ -219,180 +209,6 @@ def _environment():
     )
 
 
-def _headline(lead: Lead, pii: str) -> str:
-    """``New lead: Contoso — Contoso CRM (Contact me)``, or ``Do not contact: ...``."""
-    who = _who(lead, pii)
-    what = " — ".join(part for part in (who, _offer_name(lead)) if part)
-    if lead.do_not_contact:
-        return f"Do not contact: {what}"
-    action = lead.action_words
-    return f"New lead: {what}" + (f" ({action})" if action else "")
-
-
-def _who(lead: Lead, pii: str) -> str | None:
-    if pii == "none":
-        return None
-    if lead.company:
-        return lead.company
-    return lead.full_name if pii == "full" else initials(lead)
-
-
-def _offer_name(lead: Lead) -> str:
-    return lead.offer_title or lead.offer_id or "an offer"
-
-
-def _lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) -> dict[str, Any]:
-    """What the templates show of one lead: banners, labelled rows, the next step."""
-    banners = []
-    if lead.do_not_contact:
-        banners.append(_banner("DO NOT CONTACT this customer. The marketplace marked this lead do-not-contact: record "
-                               "it only; do not call, email or add them to a campaign.", "#c50f1f", "#fdf3f4"))
-    if test:
-        banners.append(_banner("[TEST] This is a test lead, not a customer.", "#bc4b09", "#fff9f5"))
-    if lead.pii_withheld:
-        banners.append(_banner("The marketplace withheld this customer's personal data (as it does for some "
-                               "customers, e.g. education tenants).", "#616161", "#f5f5f5"))  # fmt: skip
-
-    rows: list[dict[str, Any]] = []
-
-    def row(label: str, value: Any, href: str | None = None, multiline: bool = False) -> None:
-        if value not in (None, "", [], {}):
-            rows.append({"label": label, "value": str(value), "href": href, "multiline": multiline})
-
-    if pii == "full":
-        row("Name", lead.full_name)
-        row("Company", lead.company)
-        row("Title", lead.title)
-        if lead.email:
-            valid = lead.email_valid is not False
-            row("Email", lead.email + ("" if valid else " (not a valid address)"),
-                href="mailto:" + quote(lead.email, safe="@.+-_") if valid else None)  # fmt: skip
-        if lead.phone:
-            e164 = re.fullmatch(r"\+\d{6,15}", lead.phone) is not None
-            row("Phone", phone_display(lead.phone) if e164 else lead.phone, href="tel:" + lead.phone if e164 else None)
-    elif pii == "masked":
-        row("Name", initials(lead))
-        row("Company", lead.company)
-        row("Title", lead.title)
-        row("Email", mask_email(lead.email))
-        row("Phone", mask_phone(lead.phone))
-    row("Country", country_name(lead.country))
-    offer = lead.offer_title or lead.offer_id
-    if lead.offer_title and lead.offer_id:
-        offer = f"{lead.offer_title} ({lead.offer_id})"
-    row("Offer", offer)
-    row("Source", lead.source_words)
-    row("Action", lead.action_words)
-    row("Campaign", campaign_text(lead.campaign), multiline=True)
-    if pii == "full":
-        row("Description", lead.description, multiline=True)
-    row("Lead id", lead.lead_id)
-    row("Received", f"{lead.received_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
-
-    if lead.do_not_contact:
-        next_step = NEXT_STEP_DNC
-    elif test:
-        next_step = NEXT_STEP_TEST
-    else:
-        next_step = NEXT_STEPS.get(lead.action or "", NEXT_STEP_OTHER)
-
-    find = None
-    if pii != "full":
-        what = "Personal data is not in this mail" if pii == "none" else "The full details are not in this mail"
-        url = portal_link(portal_url, lead.lead_id)
-        if url:
-            find = {"text": f"{what}: see the lead at", "link": url, "href": url}
-        else:
-            find = {"text": f"{what}: show the lead with", "link": f"python -m leads show {lead.lead_id}", "href": None}
-    return {"heading": heading, "banners": banners, "rows": rows, "next_step": next_step, "find": find}
-
-
-def _banner(text: str, colour: str, background: str) -> dict[str, str]:
-    return {"text": text, "colour": colour, "background": background}
-
-
-def portal_link(portal_url: str, lead_id: str) -> str | None:
-    """``LEADS_PORTAL_URL`` for one lead: ``{leadId}`` in it is replaced by the lead id."""
-    portal_url = portal_url.strip()
-    if not portal_url:
-        return None
-    return portal_url.replace("{leadId}", quote(lead_id, safe=""))
-
-
-# --- personal data, masked --------------------------------------------------------------------
-
-
-def initials(lead: Lead) -> str | None:
-    """``S. O.`` for Some One."""
-    names = [part for name in (lead.first_name, lead.last_name) if name for part in name.split()]
-    return " ".join(f"{name[0].upper()}." for name in names) or None
-
-
-def mask_email(value: str | None) -> str | None:
-    """``j***@contoso.com``: the first character and the domain."""
-    if not value:
-        return None
-    local, at, domain = value.rpartition("@")
-    if not at or not local or not domain:
-        return "***"
-    return f"{local[0]}***@{domain}"
-
-
-def mask_phone(value: str | None) -> str | None:
-    """``+1 *** *** 5555``: the country code and the last four digits."""
-    if not value:
-        return None
-    digits = re.sub(r"\D", "", value)
-    if len(digits) < 7:
-        return "***"
-    if value.startswith("+"):
-        import phonenumbers
-
-        try:
-            parsed = phonenumbers.parse(value, None)
-        except phonenumbers.NumberParseException:
-            parsed = None
-        if parsed is not None and parsed.country_code:
-            return f"+{parsed.country_code} *** *** {str(parsed.national_number)[-4:]}"
-    return f"*** *** {digits[-4:]}"
-
-
-def phone_display(value: str) -> str:
-    """``+1 617-555-5555`` for ``+16175555555``: how people read a number."""
-    import phonenumbers
-
-    try:
-        return phonenumbers.format_number(phonenumbers.parse(value, None), phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    except phonenumbers.NumberParseException:
-        return value
-
-
-def country_name(code: str | None) -> str | None:
-    """``United States (US)`` for an ISO alpha-2 code; anything else as it is."""
-    if not code:
-        return None
-    if len(code) == 2 and code.isalpha():
-        import pycountry
-
-        country = pycountry.countries.get(alpha_2=code.upper())
-        if country is not None:
-            return f"{getattr(country, 'common_name', None) or country.name} ({country.alpha_2})"
-    return code
-
-
-def campaign_text(campaign: dict[str, Any]) -> str | None:
-    lines = []
-    for key, value in campaign.items():
-        if value in (None, "", [], {}):
-            continue
-        if isinstance(value, list):
-            value = ", ".join(str(item) for item in value)
-        elif isinstance(value, dict):
-            value = json.dumps(value, ensure_ascii=False)
-        lines.append(f"{key}: {value}")
-    return "\n".join(lines) or None
-
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 
 
@@ -436,6 +252,8 @@ class OutboxTransport:
         message["From"] = self.sender
         message["To"] = ", ".join(mail.to)
         message["Subject"] = one_line(mail.subject)
+        if mail.reply_to:
+            message["Reply-To"] = ", ".join(one_line(address) for address in mail.reply_to)
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = f"<{mail.operation_id}@leads.localhost>"
         if mail.lead_ids:
@@ -503,6 +321,8 @@ class AcsTransport:
             "content": {"subject": one_line(mail.subject), "plainText": mail.text, "html": mail.html},
             "userEngagementTrackingDisabled": True,
         }
+        if mail.reply_to:
+            message["replyTo"] = [_address(address) for address in mail.reply_to]
         from azure.core.exceptions import ResourceExistsError
 
         try:

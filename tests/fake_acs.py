@@ -302,6 +302,7 @@ class FakeAcs(LoopbackServer):
                 "to": [entry["address"] for entry in recipients.get("to") or []],
                 "cc": [entry["address"] for entry in recipients.get("cc") or []],
                 "bcc": [entry["address"] for entry in recipients.get("bcc") or []],
+                "reply_to": [entry["address"] for entry in message.get("replyTo") or []],
                 "subject": content.get("subject"),
                 "html": content.get("html"),
                 "text": content.get("plainText"),

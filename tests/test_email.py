@@ -553,3 +553,31 @@ def test_random_faults_still_mail_each_lead_exactly_once(fake_acs):
     for lead in leads:
         assert len(fake_acs.mails_about(lead.lead_id)) == 1
     assert len(fake_acs.mails) == len(leads)
+
+
+# --- Reply-To: sales presses Reply and writes to the customer -----------------------------------
+
+
+def test_a_lead_mail_replies_to_the_customer(tmp_path, fake_acs):
+    lead = lead_from(body())
+    EmailDestination(settings(EMAIL_OUTBOX_DIR=str(tmp_path))).send(lead, Route(SALES))
+    message = BytesParser(policy=policy.default).parsebytes((tmp_path / f"{lead.lead_id}.eml").read_bytes())
+    assert message["Reply-To"] == "jane.doe@fabrikam.com"
+    acs_destination(fake_acs).send(lead, Route(SALES))
+    assert fake_acs.mails[0]["reply_to"] == ["jane.doe@fabrikam.com"]
+
+
+@pytest.mark.parametrize("case", ["masked", "none", "test", "do not contact", "invalid address", "digest"])
+def test_no_reply_to_where_sales_must_not_or_cannot_write_to_the_customer(case):
+    pii = case if case in ("masked", "none") else "full"
+    lead = lead_from(body(
+        **({"LeadSource": "SPZA-DNC|contoso.contoso-crm"} if case == "do not contact" else {}),
+        user={"Email": "not an address"} if case == "invalid address" else
+        ({"FirstName": "MSFT_TEST_Jane"} if case == "test" else {}),
+    ))
+    configured = settings(EMAIL_PII=pii)
+    if case == "digest":
+        mail = render_digest([lead, lead_from(body(user={"Email": "other@fabrikam.com"}))], Route(SALES), configured)
+    else:
+        mail = render_lead(lead, Route(SALES), configured)
+    assert mail.reply_to == ()

@@ -133,6 +133,14 @@ param marketoClientId string = ''
 param marketoFormId string = ''
 @description('true to point HUBSPOT_TOKEN at its Key Vault secret even when hubspotToken is not passed here (you set the secret with az keyvault secret set).')
 param hubspotEnabled bool = false
+@description('true to point TEAMS_WEBHOOK_URL at its Key Vault secret (teams-webhook-url) even when teamsWebhookUrl is not passed here.')
+param teamsEnabled bool = false
+@description('true to point SLACK_WEBHOOK_URL at its Key Vault secret (slack-webhook-url) even when slackWebhookUrl is not passed here.')
+param slackEnabled bool = false
+@description('true to point TEAMS_CHANNELS (the named Teams channels routing rules use) at its Key Vault secret teams-channels.')
+param teamsChannelsEnabled bool = false
+@description('true to point SLACK_CHANNELS (the named Slack channels routing rules use) at its Key Vault secret slack-channels.')
+param slackChannelsEnabled bool = false
 
 // --- secrets: stored in Key Vault, referenced from app settings, never output ---------------
 @secure()
@@ -150,6 +158,12 @@ param hubspotToken string = ''
 @secure()
 @description('WEBHOOK_SECRET (Key Vault secret webhook-secret).')
 param webhookSecret string = ''
+@secure()
+@description('TEAMS_WEBHOOK_URL, the default Teams channel (Key Vault secret teams-webhook-url): the URL carries its signature.')
+param teamsWebhookUrl string = ''
+@secure()
+@description('SLACK_WEBHOOK_URL, the default Slack channel (Key Vault secret slack-webhook-url): the URL is its secret.')
+param slackWebhookUrl string = ''
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -212,6 +226,8 @@ module keyVault 'app/keyvault.bicep' = {
     marketoClientSecret: marketoClientSecret
     hubspotToken: hubspotToken
     webhookSecret: webhookSecret
+    teamsWebhookUrl: teamsWebhookUrl
+    slackWebhookUrl: slackWebhookUrl
   }
 }
 
@@ -267,6 +283,8 @@ var useSalesforceSecret = !empty(salesforceClientSecret) || !empty(salesforceCli
 var useMarketoSecret = !empty(marketoClientSecret) || !empty(marketoClientId)
 var useHubspotToken = !empty(hubspotToken) || hubspotEnabled
 var useWebhookSecret = !empty(webhookSecret) || !empty(webhookUrl)
+var useTeamsWebhook = !empty(teamsWebhookUrl) || teamsEnabled
+var useSlackWebhook = !empty(slackWebhookUrl) || slackEnabled
 var readsSeparateTable = marketplaceTableMode == 'separateAccount'
 var sendsFromCustomDomain = !empty(emailCustomDomain) && emailCustomDomainVerified
 
@@ -311,7 +329,11 @@ var appSettings = union(coreSettings,
   empty(marketoClientId) ? {} : { MARKETO_CLIENT_ID: marketoClientId },
   useMarketoSecret ? { MARKETO_CLIENT_SECRET: '${secretRef}marketo-client-secret)' } : {},
   empty(marketoFormId) ? {} : { MARKETO_FORM_ID: marketoFormId },
-  useHubspotToken ? { HUBSPOT_TOKEN: '${secretRef}hubspot-token)' } : {})
+  useHubspotToken ? { HUBSPOT_TOKEN: '${secretRef}hubspot-token)' } : {},
+  useTeamsWebhook ? { TEAMS_WEBHOOK_URL: '${secretRef}teams-webhook-url)' } : {},
+  useSlackWebhook ? { SLACK_WEBHOOK_URL: '${secretRef}slack-webhook-url)' } : {},
+  teamsChannelsEnabled ? { TEAMS_CHANNELS: '${secretRef}teams-channels)' } : {},
+  slackChannelsEnabled ? { SLACK_CHANNELS: '${secretRef}slack-channels)' } : {})
 
 module api 'app/api.bicep' = {
   name: 'api'

@@ -68,19 +68,25 @@ class Delivery:
         }
 
 
-NO_RECIPIENTS = "no recipients: set EMAIL_TO, or an email in the matching routing rule"
+# Why a delivery that names no one is skipped, for the destinations that must name someone.
+NO_RECIPIENTS = {
+    "email": "no recipients: set EMAIL_TO, or an email in the matching routing rule",
+    "teams": "no Teams channel: set TEAMS_WEBHOOK_URL, or a teams channel in the matching routing rule",
+    "slack": "no Slack channel: set SLACK_WEBHOOK_URL, or a slack channel in the matching routing rule",
+}
 
 
 def initial_state(destination: str, route: Route) -> str:
-    """``skipped`` for a delivery with nothing to send (an email with no one to mail) or held by
-    routing (``route.skip_reason``), else ``pending``."""
-    return "skipped" if route.skip_reason or (destination == "email" and not route.recipients) else "pending"
+    """``skipped`` for a delivery with nothing to send (an email with no one to mail, a card with
+    no channel) or held by routing (``route.skip_reason``), else ``pending``."""
+    addressed_to_no_one = destination in NO_RECIPIENTS and not route.recipients
+    return "skipped" if route.skip_reason or addressed_to_no_one else "pending"
 
 
 def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime) -> dict[str, Any]:
     """The row of a delivery owed, written beside its lead."""
     state = initial_state(destination, route)
-    error = (route.skip_reason or NO_RECIPIENTS) if state == "skipped" else None
+    error = (route.skip_reason or NO_RECIPIENTS[destination]) if state == "skipped" else None
     return _to_entity(Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
                                test=route.test, created_at=now, updated_at=now, retry_from=now))  # fmt: skip
 

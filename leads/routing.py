@@ -12,16 +12,20 @@ source and test-ness; every condition it names must hold. For example::
     ]}
 
 A rule without ``destinations`` sends to every enabled destination; without ``email`` it uses
-``EMAIL_TO``. With no rule matching (or no routing set) every enabled destination gets the lead.
-Test leads then follow ``LEADS_TEST_LEADS``: ``notify`` (email only), ``deliver``, ``drop``.
+``EMAIL_TO``. ``teams`` and ``slack`` name a channel (``"teams": "sales-emea"``), whose webhook URL
+is in the setting ``TEAMS_CHANNELS``: URLs carry their secret, so they live in settings, never
+here; without one, the default channel (``TEAMS_WEBHOOK_URL``) is used. With no rule
+matching (or no routing set) every enabled destination gets the lead. Test leads then follow
+``LEADS_TEST_LEADS``: ``notify`` (the notifications only: email, Teams, Slack), ``deliver``, ``drop``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .destinations.base import Route
 from .model import Lead
+from .settings import DEFAULT_CHANNEL
 
 if TYPE_CHECKING:
     from .deliveries import Delivery
@@ -37,7 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TEST_LEAD_MODES = ("notify", "deliver", "drop")
-_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations"}
+# Destinations that tell people rather than store a record: what a test lead reaches in "notify".
+NOTIFICATIONS = ("email", "teams", "slack")
+# Destinations whose rule names a channel, its URL in a setting (Settings.channel_webhook).
+CHANNEL_DESTINATIONS = ("teams", "slack")
+_CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", *CHANNEL_DESTINATIONS}
 
 
 class RoutingError(ValueError):
@@ -53,6 +63,7 @@ class Rule:
     test: bool | None = None
     email: tuple[str, ...] | None = None
     destinations: tuple[str, ...] | None = None
+    channels: Mapping[str, str] = field(default_factory=dict)  # "teams" → "sales-emea"
 
     def matches(self, lead: Lead) -> bool:
         if self.test is not None and lead.is_test != self.test:
@@ -125,6 +136,15 @@ def _rule(item: Any, index: int, where: str) -> Rule:
     destinations = item.get("destinations")
     if destinations is not None and not (isinstance(destinations, list) and all(isinstance(d, str) for d in destinations)):
         raise RoutingError(f"{label}: destinations must be a list of destination names")
+    channels = {}
+    for destination in CHANNEL_DESTINATIONS:
+        channel = item.get(destination)
+        if channel is None:
+            continue
+        if not isinstance(channel, str) or not _CHANNEL_NAME.match(channel.strip().lower()):
+            raise RoutingError(f"{label}: {destination} must name a channel (letters, digits, - and _) whose "
+                               f"webhook URL is in the setting {destination.upper()}_CHANNELS, not a URL")  # fmt: skip
+        channels[destination] = channel.strip().lower()
     return Rule(
         name=str(item.get("name") or f"rule {index}"),
         offers=texts("offer"),
@@ -133,12 +153,15 @@ def _rule(item: Any, index: int, where: str) -> Rule:
         test=test,
         email=split_addresses(email) if email is not None else None,
         destinations=tuple(d.strip().lower() for d in destinations) if destinations is not None else None,
+        channels=channels,
     )
 
 
 def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: str,
-          test_leads: str = "notify") -> dict[str, Route]:  # fmt: skip
-    """Destination name → :class:`Route` for one lead, among the ``enabled`` destinations."""
+          test_leads: str = "notify", default_channels: Iterable[str] = ()) -> dict[str, Route]:  # fmt: skip
+    """Destination name → :class:`Route` for one lead, among the ``enabled`` destinations. For
+    ``teams`` and ``slack`` the route's recipients are the channel: the rule's, else the default
+    one when that destination has one (``default_channels``), else none (the delivery is skipped)."""
     enabled = tuple(enabled)
     rule = next((rule for rule in rules if rule.matches(lead)), None)
     names = enabled if rule is None or rule.destinations is None else \
@@ -148,8 +171,19 @@ def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: s
         if test_leads == "drop":
             names = ()
         elif test_leads == "notify":
-            names = tuple(name for name in names if name == "email") or (("email",) if "email" in enabled else ())
-    return {name: Route(recipients=recipients if name == "email" else (), test=lead.is_test) for name in names}
+            names = tuple(name for name in names if name in NOTIFICATIONS) or \
+                tuple(name for name in NOTIFICATIONS if name in enabled)  # fmt: skip
+    default_channels = frozenset(default_channels)
+
+    def who(name: str) -> tuple[str, ...]:
+        if name == "email":
+            return recipients
+        if name in CHANNEL_DESTINATIONS:
+            channel = rule.channels.get(name) if rule is not None else None
+            return (channel,) if channel else ((DEFAULT_CHANNEL,) if name in default_channels else ())
+        return ()
+
+    return {name: Route(recipients=who(name), test=lead.is_test) for name in names}
 
 
 def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
@@ -163,7 +197,8 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
     except RoutingError as exc:
         log.error("LEADS_ROUTING is unusable, lead %s takes the default route: %s", lead.lead_id, exc)
         rules = ()
-    return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads)
+    defaults = [name for name in CHANNEL_DESTINATIONS if settings.channel_webhook(name)]
+    return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads, defaults)
 
 
 BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"

@@ -7,6 +7,7 @@ the outside contract: keep them stable and keep docs/settings.md and local.setti
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Literal
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # whole send may (leads/deliver.py), both well inside the 5-minute claim of a delivery.
 MAX_CALL_SECONDS = 60.0
 SEND_DEADLINE_SECONDS = 120.0
+DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_URL
 
 
 class Settings(BaseSettings):
@@ -158,6 +160,47 @@ class Settings(BaseSettings):
     # --- webhook ------------------------------------------------------------------------------
     webhook_url: str = Field("", alias="WEBHOOK_URL")
     webhook_secret: str = Field("", alias="WEBHOOK_SECRET")
+
+    # --- Teams and Slack channels -----------------------------------------------------------------
+    # Webhook URLs carry their secret, so they live here (Key Vault references in Azure), never in
+    # the routing document: a routing rule names a channel, and these settings hold its URL.
+    teams_webhook_url: str = Field(
+        "", alias="TEAMS_WEBHOOK_URL", description="The default Teams channel: a Workflows webhook URL."
+    )
+    teams_channels: str = Field(
+        "", alias="TEAMS_CHANNELS", description='Named Teams channels: {"sales-emea": "<webhook URL>", ...}.'
+    )
+    slack_webhook_url: str = Field(
+        "", alias="SLACK_WEBHOOK_URL", description="The default Slack channel: an incoming webhook URL."
+    )
+    slack_channels: str = Field(
+        "", alias="SLACK_CHANNELS", description='Named Slack channels: {"sales-emea": "<webhook URL>", ...}.'
+    )
+
+    def channel_webhook(self, destination: str, channel: str = DEFAULT_CHANNEL) -> str:
+        """The webhook URL of one ``teams`` or ``slack`` channel ("" when it has none): the
+        default channel's from ``TEAMS_WEBHOOK_URL``, a named one's from ``TEAMS_CHANNELS``."""
+        if channel == DEFAULT_CHANNEL:
+            return getattr(self, f"{destination}_webhook_url").strip()
+        try:
+            return str(self.named_channels(destination).get(channel) or "").strip()
+        except ValueError:
+            return ""
+
+    def named_channels(self, destination: str) -> dict[str, str]:
+        """``TEAMS_CHANNELS`` (or ``SLACK_CHANNELS``) read: channel name → URL. Raises
+        ValueError naming the setting when it is not a JSON object of text."""
+        text = getattr(self, f"{destination}_channels").strip()
+        if not text:
+            return {}
+        name = f"{destination.upper()}_CHANNELS"
+        try:
+            channels = json.loads(text)
+        except ValueError:
+            raise ValueError(f'{name} is not JSON: expected {{"channel-name": "https://...", ...}}') from None
+        if not isinstance(channels, dict) or not all(isinstance(url, str) for url in channels.values()):
+            raise ValueError(f'{name} must be a JSON object of channel names and URLs: {{"sales-emea": "https://..."}}')
+        return {str(key).strip().lower(): url for key, url in channels.items()}
 
     # --- Dynamics 365 (Dataverse Web API) ------------------------------------------------------
     dynamics_url: str = Field("", alias="DYNAMICS_URL", description="e.g. https://contoso.crm4.dynamics.com")

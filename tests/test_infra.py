@@ -64,7 +64,8 @@ IDENTITY_CONNECTIONS = {"AzureWebJobsStorage"}
 # Secrets: their app settings must be Key Vault references.
 SECRET_SETTINGS = {
     "WEBHOOK_SECRET", "DYNAMICS_CLIENT_SECRET", "SALESFORCE_CLIENT_SECRET", "MARKETO_CLIENT_SECRET",
-    "HUBSPOT_TOKEN", "MARKETPLACE_TABLE_CONNECTION",
+    "HUBSPOT_TOKEN", "MARKETPLACE_TABLE_CONNECTION", "TEAMS_WEBHOOK_URL", "SLACK_WEBHOOK_URL",
+    "TEAMS_CHANNELS", "SLACK_CHANNELS",
 }  # fmt: skip
 
 # Settings the platform reads (host storage over the identity, Application Insights).
@@ -326,7 +327,7 @@ def test_secure_parameters_come_only_from_the_environment():
     text = (INFRA / "main.parameters.json").read_text()
     main = bicep("main.bicep")
     secure = [name for name, param in main["parameters"].items() if is_secure(param)]
-    assert len(secure) == 5
+    assert len(secure) == 7
     for name in secure:
         value = re.search(rf'"{name}":\s*\{{\s*"value":\s*"([^"]*)"', text)
         match = value and AZD_VAR.fullmatch(value.group(1))
@@ -414,7 +415,7 @@ def test_key_vault_writes_a_secret_only_when_given():
     secrets = {
         name: m for name, m in keyvault.get("modules", {}).items() if m["detail"]["path"] == "keyvault-secret.bicep"
     }
-    assert len(secrets) == 5
+    assert len(secrets) == 7
     for module in secrets.values():
         value = body(module)["params"]["value"]
         not_empty = {"type": "not", "operands": {"bool_value": {"function": {"type": "empty", "parameters": {

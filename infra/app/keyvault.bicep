@@ -27,6 +27,10 @@ param marketoClientSecret string = ''
 param hubspotToken string = ''
 @secure()
 param webhookSecret string = ''
+@secure()
+param teamsWebhookUrl string = ''
+@secure()
+param slackWebhookUrl string = ''
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: Default action Allow. App Service resolves Key Vault references over the public endpoint, and a Flex Consumption app without VNet integration has no fixed outbound address to allow. Access is Entra RBAC only (no access policies, no keys).
@@ -102,6 +106,24 @@ module webhookSecretValue 'keyvault-secret.bicep' = if (!empty(webhookSecret)) {
     vaultName: vault.name
     name: 'webhook-secret'
     value: webhookSecret
+  }
+}
+
+module teamsWebhookUrlValue 'keyvault-secret.bicep' = if (!empty(teamsWebhookUrl)) {
+  name: 'secret-teams-webhook-url'
+  params: {
+    vaultName: vault.name
+    name: 'teams-webhook-url'
+    value: teamsWebhookUrl
+  }
+}
+
+module slackWebhookUrlValue 'keyvault-secret.bicep' = if (!empty(slackWebhookUrl)) {
+  name: 'secret-slack-webhook-url'
+  params: {
+    vaultName: vault.name
+    name: 'slack-webhook-url'
+    value: slackWebhookUrl
   }
 }
 

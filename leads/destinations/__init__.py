@@ -24,6 +24,8 @@ REGISTRY: dict[str, str] = {
     "salesforce-w2l": "leads.destinations.salesforce:SalesforceWebToLeadDestination",
     "marketo": "leads.destinations.marketo:MarketoDestination",
     "hubspot": "leads.destinations.hubspot:HubSpotDestination",
+    "teams": "leads.destinations.teams:TeamsDestination",
+    "slack": "leads.destinations.slack:SlackDestination",
 }
 
 __all__ = ["Check", "DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",

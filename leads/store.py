@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .deliveries import DeliveryBook, new_delivery_entity
 from .destinations.base import Route
+from .identities import IdentityIndex
 from .model import Lead
 from .normalise import http_lead_id, identifies_person
 from .settings import Settings, get_settings
@@ -83,6 +84,7 @@ class LeadStore:
         self.leads: TableClient = service.get_table_client(prefix)
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
         self.deliveries = DeliveryBook(self.leads)
+        self.identities = IdentityIndex(self.leads)
         self._created = False
 
     @classmethod
@@ -130,6 +132,8 @@ class LeadStore:
         now = datetime.now(timezone.utc)
         rows = [entity, *beside] + [new_delivery_entity(lead.lead_id, name, route, now)
                                     for name, route in (deliveries or {}).items()]  # fmt: skip
+        # Before the lead, so no stored lead lacks its identity rows (a row without its lead is ignored).
+        self.identities.record(lead)
         for attempt in range(3):
             try:
                 if len(rows) == 1:

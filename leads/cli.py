@@ -75,6 +75,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     who.add_argument("--lead", metavar="LEAD_ID", help="this lead or rejected record only (point reads)")
     forget.add_argument("--json", action="store_true", help="what was erased, as JSON")
 
+    importing = commands.add_parser(
+        "import", help="recover leads from a file: a Partner Center Leads download, JSON bodies, or the "
+        "marketplace table as CSV; prints what was already received, imported or refused")  # fmt: skip
+    importing.add_argument("file", metavar="FILE")
+    importing.add_argument("--format", default="auto", choices=("auto", "jsonl", "json", "table-csv", "partner-center"),
+                           help="the file's format (default: told from its name and first line)")  # fmt: skip
+    importing.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
+                           help="read FIELD (email, firstName, createdAt, ...) from the column HEADER of a Partner "
+                           "Center file; repeat for several")  # fmt: skip
+    importing.add_argument("--table", metavar="NAME", help="the marketplace table a table-csv file was exported from "
+                           "(default: MARKETPLACE_TABLE_NAME)")  # fmt: skip
+    importing.add_argument("--deliver", action="store_true",
+                           help="deliver leads older than LEADS_BACKFILL_DAYS too (default: store them, unsent)")
+    importing.add_argument("--dry-run", action="store_true",
+                           help="print the column mapping and the first rows as leads; store nothing")
+    importing.add_argument("--json", action="store_true", help="the report as JSON")
+
     for command in commands._choices_actions:  # `COMMAND --help` opens with what the command does
         commands.choices[command.dest].description = command.help
     args = parser.parse_args(argv)
@@ -82,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_local_settings(args.settings)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
-                "replay": _replay, "test-lead": _test_lead, "check": _check, "forget": _forget}  # fmt: skip
+                "replay": _replay, "test-lead": _test_lead, "check": _check, "forget": _forget,
+                "import": _import}  # fmt: skip
     return handlers[args.command](args)
 
 
@@ -274,6 +292,32 @@ def _poll(args: argparse.Namespace) -> int:
     print(json.dumps(asdict(result), default=str, indent=2) if args.json else result.summary()
           + (" (the marketplace table does not exist yet)" * result.table_missing))  # fmt: skip
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .imports import ImportError_, Progress, import_file
+
+    columns = {}
+    for item in args.column:
+        name, equals, header = item.partition("=")
+        if not equals or not name.strip() or not header.strip():
+            print(f"--column {item}: expected FIELD=HEADER, e.g. --column email='Work email'", file=sys.stderr)
+            return 2
+        columns[name.strip()] = header.strip()
+    size = Path(args.file).stat().st_size if Path(args.file).is_file() else 0
+    progress = Progress(size)
+    try:
+        report = import_file(args.file, format=args.format, columns=columns, dry_run=args.dry_run,
+                             deliver=args.deliver, table_name=args.table, progress=progress)  # fmt: skip
+    except ImportError_ as exc:
+        print(f"import: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        progress.done()
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.text())
+    return 1 if report.refused else 0
 
 
 def _describe_rejected(rejected: dict, as_json: bool) -> str:

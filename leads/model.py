@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-Channel = Literal["http", "table"]
+Channel = Literal["http", "table", "import"]
 
 # The marketplace's codes, with the words a sales team reads.
 SOURCES = {

@@ -1,0 +1,213 @@
+"""``python -m leads import``: each format, header matching and overrides, dedupe against leads
+the HTTP intake and the table poll took in, a second import of the same file, old leads held,
+bad rows refused with their reasons, and a 5,000-row file; against Azurite."""
+
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from leads.cli import main
+from leads.imports import ImportError_, import_file, map_columns
+from leads.intake import accept_http
+from leads.normalise import from_table_entity
+from leads.settings import get_settings
+from leads.store import LeadStore
+
+from .conftest import FIXTURES
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+OFFER = "contoso.contoso-crm"
+
+
+def body(email="jane.doe@fabrikam.com", created=NOW, **changes) -> dict:
+    lead = {"UserDetails": {"FirstName": "Jane", "LastName": "Doe", "Email": email, "Phone": "+44 20 7946 0958",
+                            "Country": "United Kingdom", "Company": "Fabrikam Ltd", "Title": "Buyer"},
+            "LeadSource": f"SPZA-PLT|{OFFER}", "OfferTitle": "Contoso CRM", "CreatedTime": created.isoformat()}  # fmt: skip
+    lead.update(changes)
+    return lead
+
+
+@pytest.fixture
+def store(storage, env):
+    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", EMAIL_TO="sales@contoso.com", WEBHOOK_URL="",
+        LEADS_BACKFILL_DAYS="7")  # fmt: skip
+    return LeadStore.from_settings()
+
+
+def write_jsonl(path, bodies):
+    path.write_text("".join(json.dumps(item) + "\n" for item in bodies))
+    return path
+
+
+def deliveries_of(store, lead_id):
+    return {d.destination: d for d in store.deliveries.for_lead(lead_id)}
+
+
+# --- the marketplace's own formats --------------------------------------------------------------
+
+
+def test_json_lines_are_imported_once_and_a_second_import_stores_nothing(store, tmp_path):
+    path = write_jsonl(tmp_path / "leads.jsonl", [body(email=f"buyer{i}@fabrikam.com") for i in range(3)])
+    first = import_file(path)
+    assert (first.format, first.read, first.imported, first.already_received, first.refused) == ("jsonl", 3, 3, 0, [])
+    stored = store.list(limit=10)
+    assert {lead.channel for lead in stored} == {"import"} and len(stored) == 3
+    assert all(deliveries_of(store, lead.lead_id)["email"].state == "pending" for lead in stored)
+    second = import_file(path)
+    assert (second.imported, second.already_received) == (0, 3)
+    assert len(store.list(limit=10)) == 3
+
+
+def test_a_json_array_is_read_item_by_item_and_a_bad_item_is_refused_with_its_number(store, tmp_path):
+    items = [body(email=f"buyer{i}@fabrikam.com", Description="x" * 50_000) for i in range(4)]
+    items.insert(2, [1, 2])  # not a lead
+    path = tmp_path / "leads.json"
+    path.write_text(json.dumps(items, indent=1))
+    report = import_file(path)
+    assert report.format == "json" and report.read == 5 and report.imported == 4
+    assert report.refused == [{"row": 3, "reason": "the lead must be a JSON object, got an array"}]
+
+
+def test_a_table_export_matches_the_rows_the_poll_took_in(store, tmp_path):
+    table = get_settings().marketplace_table_name
+    row = json.loads((FIXTURES / "marketplace" / "table-entity-test-lead.json").read_text())
+    polled = from_table_entity({**row, "Timestamp": NOW.isoformat()}, table)
+    store.add(polled)  # as the poll stores it
+    path = tmp_path / "export.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        names = ["PartitionKey", "RowKey", "Timestamp", "ActionCode", "ActionCode@type", "CustomerInfo",
+                 "CustomerInfo@type", "LeadSource", "LeadSource@type", "OfferDisplayName", "OfferDisplayName@type"]  # fmt: skip
+        writer.writerow(names)
+        info = json.loads(row["CustomerInfo"])
+        for index, row_key in enumerate([row["RowKey"], "new-row-1"]):
+            customer = json.dumps({**info, "Email": f"someone{index}@contoso.com"})
+            writer.writerow([row["PartitionKey"], row_key, NOW.isoformat().replace("+00:00", "Z"), "INS", "Edm.String",
+                             customer, "Edm.String", "AzureMarketplace", "Edm.String", "Contoso", "Edm.String"])  # fmt: skip
+    report = import_file(path)
+    assert (report.format, report.read, report.already_received, report.imported) == ("table-csv", 2, 1, 1)
+    imported = [lead for lead in store.list(limit=5) if lead.channel == "import"]
+    assert len(imported) == 1 and imported[0].email == "someone1@contoso.com"
+    assert "CustomerInfo@type" not in imported[0].raw
+
+
+# --- Partner Center's download --------------------------------------------------------------------
+
+
+PARTNER_CENTER_HEADERS = ["Lead ID", "Created Date", "First Name", "Last Name", "Email Address", "Phone Number",
+                          "Company Name", "Job Title", "Country/Region", "Offer Name", "Lead Source", "Action",
+                          "Comments"]  # fmt: skip
+
+
+def partner_center_file(path, rows):
+    with path.open("w", newline="", encoding="utf-8-sig") as handle:  # Excel-friendly, as downloads are
+        writer = csv.writer(handle)
+        writer.writerow(PARTNER_CENTER_HEADERS)
+        writer.writerows(rows)
+    return path
+
+
+def partner_center_row(index=0, email=None, created=NOW, **changes):
+    row = {"Lead ID": f"pc-{index}", "Created Date": created.strftime("%m/%d/%Y %I:%M:%S %p"), "First Name": "Ann",
+           "Last Name": f"Buyer{index}", "Email Address": f"ann{index}@northwind.example" if email is None else email,
+           "Phone Number": "+1 425 555 0100", "Company Name": "Northwind", "Job Title": "CTO", "Country/Region": "US",
+           "Offer Name": "Contoso CRM", "Lead Source": "AppSource", "Action": "PLT", "Comments": "Call me"}  # fmt: skip
+    row.update(changes)
+    return [row[name] for name in PARTNER_CENTER_HEADERS]
+
+
+def test_partner_center_headers_are_matched_ignoring_case_spaces_and_punctuation(store, tmp_path):
+    path = partner_center_file(tmp_path / "leads.csv", [partner_center_row(i) for i in range(3)])
+    report = import_file(path, dry_run=True)
+    assert report.format == "partner-center" and report.dry_run and report.read == 3
+    assert report.mapping == {"firstName": "First Name", "lastName": "Last Name", "email": "Email Address",
+                              "phone": "Phone Number", "company": "Company Name", "title": "Job Title",
+                              "country": "Country/Region", "offer": "Offer Name", "source": "Lead Source",
+                              "action": "Action", "createdAt": "Created Date", "description": "Comments"}  # fmt: skip
+    preview = report.preview[0]["lead"]
+    assert (preview["email"], preview["source"], preview["action"], preview["country"]) == (
+        "ann0@northwind.example", "AppSource", "PLT", "US")
+    assert store.list(limit=10) == []  # a dry run stores nothing
+
+
+def test_column_overrides_win_and_name_unknown_fields_or_headers(store, tmp_path):
+    headers = ["Contact", "Mail", "Org", "When"]
+    assert map_columns(headers, {"email": "mail", "company": "Org", "createdAt": "When"}) == {
+        "email": 1, "company": 2, "createdAt": 3}
+    with pytest.raises(ImportError_, match="--column shoe=Mail: unknown field"):
+        map_columns(headers, {"shoe": "Mail"})
+    with pytest.raises(ImportError_, match="the file has no such column"):
+        map_columns(headers, {"email": "E-mail"})
+
+
+def test_a_row_received_by_the_http_intake_is_already_received(store, tmp_path):
+    answer = accept_http(json.dumps(body(email="ann0@northwind.example", UserDetails={
+        "FirstName": "Ann", "LastName": "Buyer0", "Email": "ann0@northwind.example", "Company": "Northwind"},
+        LeadSource=f"SPZA-PLT|{OFFER}", OfferTitle="Contoso CRM")).encode())
+    assert answer.status == 202
+    rows = [partner_center_row(0, created=NOW + timedelta(hours=3)),  # the same person and offer, same day
+            partner_center_row(0, created=NOW + timedelta(days=3)),  # asked again three days later: a new lead
+            partner_center_row(1, email="", **{"Last Name": "Buyer0"})]  # no email: by name and company
+    report = import_file(partner_center_file(tmp_path / "leads.csv", rows))
+    assert (report.read, report.already_received, report.imported) == (3, 2, 1)
+
+
+def test_leads_older_than_the_backfill_limit_are_stored_unsent_unless_asked(store, tmp_path):
+    old = NOW - timedelta(days=30)
+    path = partner_center_file(tmp_path / "old.csv", [partner_center_row(0, created=old)])
+    report = import_file(path)
+    assert (report.imported, report.imported_not_sent) == (0, 1)
+    [lead] = store.list(limit=5)
+    email = deliveries_of(store, lead.lead_id)["email"]
+    assert email.state == "skipped" and "LEADS_BACKFILL_DAYS" in email.last_error
+    path = partner_center_file(tmp_path / "old2.csv", [partner_center_row(1, created=old)])
+    forced = import_file(path, deliver=True)
+    assert (forced.imported, forced.imported_not_sent) == (1, 0)
+
+
+def test_bad_rows_are_refused_with_their_reasons_and_nothing_else_is_lost(store, tmp_path):
+    rows = [partner_center_row(0), partner_center_row(1, **{"Created Date": "yesterday-ish"}),
+            partner_center_row(2, email="", **{"First Name": "", "Last Name": "", "Company Name": "", "Phone Number": "",
+                                               "Job Title": "", "Country/Region": "", "Comments": ""}),
+            partner_center_row(3)]  # fmt: skip
+    report = import_file(partner_center_file(tmp_path / "leads.csv", rows))
+    assert report.read == 4 and report.imported == 2
+    assert [item["row"] for item in report.refused] == [3, 4]
+    assert "'yesterday-ish' is not a date" in report.refused[0]["reason"]
+
+
+def test_a_file_with_no_customer_column_is_an_error_naming_its_headers(store, tmp_path):
+    path = tmp_path / "other.csv"
+    path.write_text("Colour,Size\nred,4\n")
+    with pytest.raises(ImportError_, match=r"no column .* reads as the customer's email.*--column email=HEADER"):
+        import_file(path)
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def test_the_command_prints_the_reconciliation_and_json(store, tmp_path, capsys):
+    path = partner_center_file(tmp_path / "leads.csv", [partner_center_row(0), partner_center_row(1, **{
+        "Created Date": "not a date"})])
+    assert main(["--settings", "none", "import", str(path), "--json"]) == 1  # a row was refused
+    report = json.loads(capsys.readouterr().out)
+    assert (report["read"], report["importedAndQueued"], len(report["refused"])) == (2, 1, 1)
+    assert main(["--settings", "none", "import", str(path)]) == 1
+    text = capsys.readouterr().out
+    assert "already received:           1" in text and "row 3:" in text
+    assert main(["--settings", "none", "import", str(path), "--column", "email"]) == 2
+    assert "expected FIELD=HEADER" in capsys.readouterr().err
+
+
+def test_a_5000_row_partner_center_file(store, tmp_path):
+    rows = [partner_center_row(i) for i in range(5000)]
+    path = partner_center_file(tmp_path / "big.csv", rows)
+    report = import_file(path)
+    assert (report.read, report.imported, report.refused) == (5000, 5000, [])
+    again = import_file(path, dry_run=True)
+    assert again.read == 5000 and len(again.preview) == 5

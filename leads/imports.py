@@ -179,8 +179,6 @@ def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = 
     from .deliver import enqueue
     from .routing import hold_backfill, plan
 
-    if store.get(lead.lead_id) is not None:
-        return Outcome(row, "already-received", lead.lead_id, matched=lead.lead_id)
     matched = store.identities.find(lead)
     if matched:
         return Outcome(row, "already-received", lead.lead_id, matched=matched)
@@ -334,7 +332,7 @@ def map_columns(headers: list[str], overrides: dict[str, str]) -> dict[str, int]
     mapping: dict[str, int] = {}
     for name, header in overrides.items():
         if name not in PARTNER_CENTER_FIELDS:
-            raise ImportError_(f"--column {name}=...: unknown field; fields: {', '.join(PARTNER_CENTER_FIELDS)}")
+            raise ImportError_(f"--column {name}={header}: unknown field; fields: {', '.join(PARTNER_CENTER_FIELDS)}")
         if _squash(header) not in squashed:
             raise ImportError_(f"--column {name}={header}: the file has no such column; headers: {headers}")
         mapping[name] = squashed.index(_squash(header))

@@ -84,7 +84,7 @@ class LeadStore:
         self.leads: TableClient = service.get_table_client(prefix)
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
         self.deliveries = DeliveryBook(self.leads)
-        self.identities = IdentityIndex(self.leads)
+        self.identities = IdentityIndex(service.get_table_client(f"{prefix}Identities"), self.leads)
         self._created = False
 
     @classmethod
@@ -98,7 +98,7 @@ class LeadStore:
             return
         from azure.core.exceptions import ResourceExistsError
 
-        for table in (self.leads, self.checkpoints):
+        for table in (self.leads, self.checkpoints, self.identities.table):
             try:
                 table.create_table()
             except ResourceExistsError:

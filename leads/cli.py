@@ -341,7 +341,7 @@ def _describe_rejected(rejected: dict, as_json: bool) -> str:
 
 
 def _describe(lead: Lead, duplicates: int, same_content: int = 1) -> str:
-    from .destinations.email import campaign_text
+    from .destinations.notice import campaign_text
 
     rows = [
         ("Lead", lead.lead_id),

@@ -32,6 +32,7 @@ no personal data in any of them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -242,6 +243,24 @@ _DROPPED_ATTRIBUTES = frozenset({"url.query", "db.statement", "db.query.text", "
 _SECRET_SETTING = re.compile(r"secret|token|password|key|connection|AzureWebJobsStorage$", re.IGNORECASE)
 _SECRET_PART = re.compile(r"(?:accountkey|accesskey|sharedaccesskey|sharedaccesssignature|password)=([^;]+)", re.I)
 _MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words
+# Settings holding URLs that carry their secret (a Slack hook's path, a Teams workflow's sig=):
+# every path segment and query value of theirs long enough to be one is masked.
+_SECRET_URL_SETTING = re.compile(r"WEBHOOK_URL|_CHANNELS$", re.IGNORECASE)
+
+
+def _secret_url_parts(value: str) -> set[str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        urls = list(json.loads(value).values()) if value.lstrip().startswith("{") else [value]
+    except (ValueError, AttributeError):
+        urls = [value]
+    parts: set[str] = set()
+    for url in urls:
+        split = urlsplit(str(url))
+        parts.update(segment for segment in split.path.split("/") if len(segment) >= 16)
+        parts.update(item for _, item in parse_qsl(split.query) if len(item) >= _MIN_SECRET_LENGTH)
+    return parts
 
 
 _secrets_of: tuple[Any, tuple[str, ...]] = (None, ())  # (the settings object, its secret values)
@@ -263,7 +282,11 @@ def secret_values(settings: Any = None) -> tuple[str, ...]:
         values: set[str] = set()
         for name, field in type(settings).model_fields.items():
             value = str(getattr(settings, name) or "")
-            if not _SECRET_SETTING.search(field.alias or name) or value.startswith("@Microsoft.KeyVault("):
+            if value.startswith("@Microsoft.KeyVault("):
+                continue
+            if _SECRET_URL_SETTING.search(field.alias or name):
+                values.update(_secret_url_parts(value))
+            if not _SECRET_SETTING.search(field.alias or name):
                 continue
             parts = _SECRET_PART.findall(value) if "=" in value and ";" in value else [value]
             values.update(part for part in parts if len(part) >= _MIN_SECRET_LENGTH)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from leads.azurite import free_port
 
@@ -24,7 +26,8 @@ class Fault:
 
 
 class FakeChannel:
-    """One webhook URL per channel name (``/hook/<channel>``)."""
+    """One webhook URL per channel name (``/hook/<channel>/<secret>``, and ``?sig=<secret>``):
+    like the real ones, each URL carries a secret, which the fake checks."""
 
     max_bytes = 28 * 1024
     ok_status, ok_body = 200, b""
@@ -34,12 +37,13 @@ class FakeChannel:
         self.messages: dict[str, list[dict]] = {}  # channel → the messages it shows
         self.requests = 0
         self.faults: list[Fault] = []
+        self.secret = uuid.uuid4().hex
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
 
     def url(self, channel: str = "general") -> str:
-        return f"http://127.0.0.1:{self.port}/hook/{channel}"
+        return f"http://127.0.0.1:{self.port}/hook/{channel}/{self.secret}?sig=sig{self.secret}"
 
     def __enter__(self):
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -88,7 +92,10 @@ class FakeChannel:
                 refused = fake.refusal(message)
                 if refused:
                     return self._answer(refused[0], refused[1].encode())
-                channel = self.path.rsplit("/", 1)[-1]
+                parts = urlsplit(self.path)
+                channel, _, secret = parts.path.removeprefix("/hook/").partition("/")
+                if secret != fake.secret or parts.query != f"sig=sig{fake.secret}":
+                    return self._answer(404, b"no_service")
                 with fake.lock:
                     fake.messages.setdefault(channel, []).append(message)
                 self._answer(fake.ok_status, fake.ok_body)

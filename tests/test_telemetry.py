@@ -364,3 +364,15 @@ def test_secret_values_are_the_configured_secrets_and_the_keys_in_connection_str
                         MARKETO_CLIENT_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/m)",
                         WEBHOOK_SECRET="short", EMAIL_TO="sales@contoso.com")  # fmt: skip
     assert set(telemetry.secret_values(settings)) == {"dyn-secret-123456", "pat-na1-abcdef12", "c3RvcmFnZWtleQ=="}
+
+
+def test_the_secret_parts_of_channel_urls_are_secret_values():
+    from leads.settings import Settings
+    from leads.telemetry import secret_values
+
+    settings = Settings(SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0001/B0001/XkQ2b7JmR9sLwE4tYp8vNa3C",
+                        TEAMS_CHANNELS='{"emea": "https://prod-1.westus.logic.azure.com/workflows/1/triggers/manual/'
+                        'paths/invoke?api-version=2016-06-01&sig=Zq8RkT2mW5xYb7NcLp3Vd6HsJf9Ga1Ue"}')  # fmt: skip
+    secrets = secret_values(settings)
+    assert "XkQ2b7JmR9sLwE4tYp8vNa3C" in secrets and "Zq8RkT2mW5xYb7NcLp3Vd6HsJf9Ga1Ue" in secrets
+    assert "hooks.slack.com" not in secrets and "services" not in secrets

@@ -33,6 +33,7 @@ from leads.store import LeadStore
 
 from .fake_acs import DEFAULT_SENDER, FakeAcs
 from .fake_app_insights import FakeAppInsights
+from .fake_chat import Fault, FakeSlack, FakeTeams
 from .fake_dynamics import FakeDynamics
 from .fake_hubspot import FakeHubSpot
 from .fake_marketo import FakeMarketo
@@ -99,6 +100,8 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
         FakeSalesforce(ca=fake_tls_ca, client_secret="sf-secret-" + uuid.uuid4().hex) as salesforce,
         FakeMarketo(client_id="mkto-id-" + uuid.uuid4().hex, client_secret="mkto-secret-" + uuid.uuid4().hex) as marketo,
         FakeHubSpot(token="pat-na1-" + uuid.uuid4().hex) as hubspot,
+        FakeTeams() as teams,
+        FakeSlack() as slack,
     ):
         hook_url = f"{webhook.url}?sig=hook-sig-{uuid.uuid4().hex}"  # a Teams workflow's URL carries its secret
         if salesforce_way == "web-to-lead":
@@ -117,6 +120,7 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
             "EMAIL_SENDER": DEFAULT_SENDER, "WEBHOOK_URL": hook_url, "WEBHOOK_SECRET": webhook.secret,
             "MARKETO_URL": marketo.url, "MARKETO_CLIENT_ID": marketo.client_id,
             "MARKETO_CLIENT_SECRET": marketo.client_secret, "HUBSPOT_URL": hubspot.url, "HUBSPOT_TOKEN": hubspot.token,
+            "TEAMS_WEBHOOK_URL": teams.url(), "SLACK_WEBHOOK_URL": slack.url(),
         }  # fmt: skip
         env(**settings)
         # Every destination fails first and is retried; the webhook then fails one lead for good.
@@ -128,17 +132,20 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
             salesforce.faults = []  # Web-to-Lead answers 200 whatever happens: nothing to retry
         marketo.faults = ["http500"]
         hubspot.faults = ["500"]
+        teams.fail_next(Fault(503))
+        slack.fail_next(Fault(500, "rollup_error"))
         secrets = {
             "function key": FUNCTION_KEY, "webhook URL's sig": hook_url.rsplit("=", 1)[1],
             "WEBHOOK_SECRET": webhook.secret, "ACS access key": acs.access_key,
             "DYNAMICS_CLIENT_SECRET": dynamics.client_secret, "SALESFORCE_CLIENT_SECRET": salesforce.client_secret,
             "MARKETO_CLIENT_ID": marketo.client_id, "MARKETO_CLIENT_SECRET": marketo.client_secret,
-            "HUBSPOT_TOKEN": hubspot.token,
+            "HUBSPOT_TOKEN": hubspot.token, "Teams workflow URL": teams.secret, "Slack hook URL": slack.secret,
             "storage account key": storage.connection_string.split("AccountKey=")[1].split(";")[0],
         }  # fmt: skip
 
         service_ports = {"webhook": webhook.port, "dynamics": dynamics.port, "salesforce": salesforce.port,
-                         "marketo": marketo.port, "hubspot": hubspot.port}  # fmt: skip
+                         "marketo": marketo.port, "hubspot": hubspot.port, "teams": teams.port,
+                         "slack": slack.port}  # fmt: skip
         port = free_port()
         code = ("import tests.loopback_only\nfrom leads.cli import main\n"
                 f"raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '{port}']))")  # fmt: skip
@@ -162,7 +169,7 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
             _, stderr = process.communicate(timeout=60)
 
     salesforce_name = "salesforce-w2l" if salesforce_way == "web-to-lead" else "salesforce"
-    destinations = {"email", "webhook", "dynamics", salesforce_name, "marketo", "hubspot"}
+    destinations = {"email", "webhook", "dynamics", salesforce_name, "marketo", "hubspot", "teams", "slack"}
     assert {name for name, state, _ in outcomes if state == "delivered"} == destinations, outcomes
     assert {name for name, state, _ in outcomes if state == "failed"} == {"webhook"}, outcomes
     retried = {name for name, state, again in outcomes if again}

@@ -39,11 +39,11 @@ class ChatDestination(Destination):
     max_bytes: ClassVar[int]
 
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
-        import requests
+        from ..http import session as deadline_session
 
         self.settings = settings
         self.timeout = (min(10.0, settings.http_timeout_seconds), settings.http_timeout_seconds)
-        self.session = session or requests.Session()
+        self.session = session or deadline_session()
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:

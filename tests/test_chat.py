@@ -223,7 +223,7 @@ def test_429_and_5xx_and_timeouts_are_retried_honouring_retry_after(fake_class, 
         assert limited.value.retry_after == 4.0
         with pytest.raises(TransientError, match="503"):
             send_as_the_worker_does(destination, lead_of(), Route(("default",)))
-        with pytest.raises(TransientError, match="no complete answer"):  # cut at its deadline
+        with pytest.raises(TransientError, match="no (complete )?answer"):  # a read timeout, or cut at its deadline
             send_as_the_worker_does(destination, lead_of(), Route(("default",)))
         assert fake.all_messages() == []
 

@@ -179,6 +179,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         log.info("content of rejected record %s erased", lead_id)
         return done
     lead = _from_entity(entity)
+    store.identities.forget(lead)  # digests of the email and name: personal data too
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
     values = [getattr(lead, name) for name in PERSONAL_FIELDS if getattr(lead, name)]
     blank = lead.model_copy(update={**dict.fromkeys(PERSONAL_FIELDS), "email_valid": None, "raw": None})

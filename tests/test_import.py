@@ -221,3 +221,15 @@ def test_a_5000_row_partner_center_file(store, tmp_path, env):
     assert (report.read, report.imported, report.refused) == (5000, 5000, [])
     again = import_file(path, dry_run=True)
     assert again.read == 5000 and len(again.preview) == 5
+
+
+def test_an_erased_person_is_not_found_by_their_identity(store, tmp_path):
+    from leads.erasure import forget_lead
+
+    path = partner_center_file(tmp_path / "leads.csv", [partner_center_row(0)])
+    assert import_file(path).imported == 1
+    [lead] = store.list(limit=5)
+    assert store.identities.find(lead.model_copy(update={"lead_id": "other"})) == lead.lead_id
+    forget_lead(lead.lead_id)
+    assert store.identities.find(lead.model_copy(update={"lead_id": "other"})) is None
+    assert list(store.identities.table.list_entities()) == []

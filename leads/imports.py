@@ -143,6 +143,7 @@ def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, st
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     pending: set = set()
+    matcher = store.identities.matcher() if store is not None else None
 
     def tally(done) -> None:
         for future in done:
@@ -166,7 +167,7 @@ def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, st
                 if len(report.preview) < preview_rows:
                     report.preview.append({"row": number, "lead": _preview(lead_or_error)})
                 continue
-            pending.add(pool.submit(take_in, store, lead_or_error, number, settings, deliver=deliver))
+            pending.add(pool.submit(take_in, store, lead_or_error, number, settings, deliver=deliver, matcher=matcher))
             if len(pending) >= WINDOW:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 tally(done)
@@ -174,12 +175,12 @@ def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, st
     return report
 
 
-def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = False) -> Outcome:
+def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = False, matcher=None) -> Outcome:
     """Store one imported lead unless it was received already; route it, or hold it if old."""
     from .deliver import enqueue
     from .routing import hold_backfill, plan
 
-    matched = store.identities.find(lead)
+    matched = (matcher or store.identities.matcher()).find(lead)
     if matched:
         return Outcome(row, "already-received", lead.lead_id, matched=matched)
     deliveries = plan(lead, settings)

@@ -7,14 +7,12 @@ to fail: ``429`` with ``Retry-After``, ``5xx``, an error code, or a slow answer 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from leads.azurite import free_port
+from .loopback import LoopbackHandler, LoopbackServer
 
 
 @dataclass
@@ -25,33 +23,52 @@ class Fault:
     delay: float = 0.0  # seconds before answering (longer than the client waits: a timeout)
 
 
-class FakeChannel:
+class _Handler(LoopbackHandler):
+    def do_POST(self):
+        fake: FakeChannel = self.fake
+        body = self.read_body()
+        with fake.lock:
+            fake.requests += 1
+            fault = fake.faults.pop(0) if fake.faults else None
+        if fault:
+            time.sleep(fault.delay)
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return self.answer(fault.status, fault.body, headers)
+        if len(body) > fake.max_bytes:
+            return self.answer(413, "request_too_large")
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return self.answer(400, "invalid_payload")
+        parts = urlsplit(self.path)
+        channel, _, secret = parts.path.removeprefix("/hook/").partition("/")
+        if secret != fake.secret or parts.query != f"sig=sig{fake.secret}":
+            return self.answer(404, "no_service")
+        refused = fake.refusal(message)
+        if refused:
+            return self.answer(refused[0], refused[1])
+        with fake.lock:
+            fake.messages.setdefault(channel, []).append(message)
+        self.answer(fake.ok_status, fake.ok_body)
+
+
+class FakeChannel(LoopbackServer):
     """One webhook URL per channel name (``/hook/<channel>/<secret>``, and ``?sig=<secret>``):
     like the real ones, each URL carries a secret, which the fake checks."""
 
+    handler = _Handler
     max_bytes = 28 * 1024
     ok_status, ok_body = 200, b""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        super().__init__()
         self.messages: dict[str, list[dict]] = {}  # channel → the messages it shows
         self.requests = 0
         self.faults: list[Fault] = []
         self.secret = uuid.uuid4().hex
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.server.daemon_threads = True
 
     def url(self, channel: str = "general") -> str:
-        return f"http://127.0.0.1:{self.port}/hook/{channel}/{self.secret}?sig=sig{self.secret}"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"{self.base_url}/hook/{channel}/{self.secret}?sig=sig{self.secret}"
 
     def fail_next(self, *faults: Fault) -> None:
         with self.lock:
@@ -65,59 +82,12 @@ class FakeChannel:
         """Why the service would refuse this body, or None."""
         return None
 
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with fake.lock:
-                    fake.requests += 1
-                    fault = fake.faults.pop(0) if fake.faults else None
-                if fault:
-                    time.sleep(fault.delay)
-                    headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                    return self._answer(fault.status, fault.body.encode(), headers)
-                if len(body) > fake.max_bytes:
-                    return self._answer(413, b"request_too_large")
-                try:
-                    message = json.loads(body)
-                except ValueError:
-                    return self._answer(400, b"invalid_payload")
-                refused = fake.refusal(message)
-                if refused:
-                    return self._answer(refused[0], refused[1].encode())
-                parts = urlsplit(self.path)
-                channel, _, secret = parts.path.removeprefix("/hook/").partition("/")
-                if secret != fake.secret or parts.query != f"sig=sig{fake.secret}":
-                    return self._answer(404, b"no_service")
-                with fake.lock:
-                    fake.messages.setdefault(channel, []).append(message)
-                self._answer(fake.ok_status, fake.ok_body)
-
-            def _answer(self, status: int, data: bytes, headers: dict | None = None) -> None:
-                try:
-                    self.send_response(status)
-                    for name, value in (headers or {}).items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass
-
-        return Handler
-
 
 class FakeTeams(FakeChannel):
     """A Teams Workflows trigger: a message with an Adaptive Card attachment, answered 202 with
     an empty body (the workflow posts the card to its channel afterwards)."""
 
+    name = "fake-teams"
     max_bytes = 28 * 1024
     ok_status, ok_body = 202, b""
 
@@ -137,6 +107,7 @@ class FakeTeams(FakeChannel):
 class FakeSlack(FakeChannel):
     """A Slack incoming webhook: ``text`` and/or ``blocks``, answered ``200 ok``."""
 
+    name = "fake-slack"
     max_bytes = 40_000
     ok_status, ok_body = 200, b"ok"
 

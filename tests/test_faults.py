@@ -21,6 +21,7 @@ import pytest
 from leads.azurite import Azurite
 from leads.deliver import handle_message
 from leads.intake import accept_http
+from leads.normalise import table_lead_id
 from leads.poll import _recently_stored, poll_marketplace
 from leads.settings import get_settings
 from leads.storage import table_service
@@ -189,3 +190,50 @@ def test_a_dying_worker_a_lost_digest_answer_and_a_dripping_server_still_deliver
         assert acs.repeats >= 1 and sum(1 for r in acs.requests if r.operation_id == digest) >= 2  # sent again as itself
         assert acs.dripped >= 1 and {"drip", "drop_after"} <= {r.fault for r in acs.requests}
         assert {d.state for d in LeadStore.from_settings().deliveries.all()} == {"delivered"}
+
+
+REFUSED_BODIES = (b"not json", b"[1, 2]", b"{}", b'{"a": ' + b"[" * 40 + b"1" + b"]" * 40 + b"}")  # the last: too deep
+
+
+def test_a_poisoned_row_among_a_thousand_and_refused_bodies_lose_nothing(flaky_webhook):
+    """1,000 good marketplace rows and one with a binary property, in one table; HTTP leads with
+    refused bodies among them; the webhook failing a third of its calls. Every good lead is
+    delivered once, the odd row stays with itself, and every refused body is kept."""
+    settings = get_settings()
+    table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
+    table.create_table()
+    for start in range(0, 1000, 100):
+        rows = [table_row(index) for index in range(start, start + 100)]
+        if start == 500:
+            rows[50] = {**rows[50], "RowKey": "poisoned", "Extra": b"\xff\x00\xfe"}
+        table.submit_transaction([("create", row) for row in rows])
+    http_ids, refused = [], []
+    for index in range(40):
+        answer = accept_http(json.dumps(http_body(index)).encode())
+        assert answer.status == 202
+        http_ids.append(answer.body["leadId"])
+        if index % 10 == 0:
+            for body in REFUSED_BODIES:
+                answer = accept_http(body)
+                assert answer.status == 400, answer.body
+                refused.append((answer.body["rejectedId"], body))
+    from leads import poll
+
+    for _ in range(poll.ROW_TRIES + 1):  # the odd row is tried on later polls, then kept as rejected
+        poll_marketplace()
+
+    drain(deadline=300, workers=6, sweep_every=10)
+
+    store = LeadStore.from_settings()
+    table_ids = {table_lead_id(settings.marketplace_table_name, table_row(index)["PartitionKey"],
+                               table_row(index)["RowKey"]) for index in range(1000) if index != 550}  # fmt: skip
+    expected = table_ids | set(http_ids)
+    assert all(store.get(lead_id) is not None for lead_id in expected)
+    assert set(flaky_webhook.leads) >= expected  # nothing lost
+    assert all(flaky_webhook.confirmed[lead_id] == 1 for lead_id in expected)  # nothing twice
+    poisoned = table_lead_id(settings.marketplace_table_name, table_row(550)["PartitionKey"], "poisoned")
+    assert store.get(poisoned) is not None or store.rejected(poisoned) is not None  # it stayed with itself
+    assert len(refused) == 4 * len(REFUSED_BODIES)
+    for record_id, body in refused:
+        kept = store.rejected(record_id)
+        assert kept is not None and kept["body"] == body, record_id

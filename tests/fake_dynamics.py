@@ -60,7 +60,6 @@ import json
 import math
 import re
 import secrets
-import socket
 import ssl
 import tempfile
 import threading
@@ -69,13 +68,14 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import trustme
+
+from .loopback import LoopbackHandler, LoopbackHTTPServer
 
 API = "/api/data/v9.2"
 FAULTS = ("429", "500", "503", "timeout", "drop", "lost", "expired")
@@ -153,8 +153,8 @@ class FakeDynamics:
         self.lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._recent: deque[float] = deque()
-        self._server: _Server | None = None
-        self._identity_server: _Server | None = None
+        self._server: LoopbackHTTPServer | None = None
+        self._identity_server: LoopbackHTTPServer | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-dynamics-")
         self.ca_file = str(Path(self._tmp.name) / "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
@@ -164,8 +164,8 @@ class FakeDynamics:
     def start(self) -> FakeDynamics:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server = _Server(("127.0.0.1", 0), _Handler, fake=self, context=context)
-        self._identity_server = _Server(("127.0.0.1", 0), _Handler, fake=self, context=None)  # plain HTTP, as the host's
+        self._server = LoopbackHTTPServer(_Handler, self, context)
+        self._identity_server = LoopbackHTTPServer(_Handler, self, None)  # plain HTTP, as the host's
         for server, name in ((self._server, "fake-dynamics"), (self._identity_server, "fake-identity-endpoint")):
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name,
                              daemon=True).start()
@@ -302,45 +302,8 @@ def dataverse_error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address, handler, *, fake: FakeDynamics, context: ssl.SSLContext | None) -> None:
-        super().__init__(address, handler)
-        self.fake = fake
-        self.context = context
-
-    def finish_request(self, request, client_address) -> None:
-        request.settimeout(30)
-        if self.context is None:  # the identity endpoint: plain HTTP, as on the host
-            return super().finish_request(request, client_address)
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        try:
-            super().finish_request(tls, client_address)
-        finally:
-            try:
-                tls.close()
-            except OSError:
-                pass
-
-    def handle_error(self, request, client_address) -> None:  # quiet: clients leave on purpose
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    @property
-    def fake(self) -> FakeDynamics:
-        return self.server.fake
+class _Handler(LoopbackHandler):
+    """Entra, Dataverse and the host's identity endpoint: one handler, routed by path."""
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -714,11 +677,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake._record(method, path, status, fault)
 
     def _drop(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.drop()
 
 
 # --- pytest fixtures ---------------------------------------------------------------------------------

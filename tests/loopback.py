@@ -33,7 +33,9 @@ from typing import Any
 DRIP, LOST, HANG, DROP = "drip", "lost", "hang", "drop"
 
 
-class _Server(ThreadingHTTPServer):
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """The threading server under every fake (a fake with several endpoints runs several)."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 64  # bursts of deliveries connect at once
@@ -88,7 +90,7 @@ class LoopbackServer:
             self.ca.cert_pem.write_to_path(self.ca_file)
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self.server = _Server(self.handler, self, context)
+        self.server = LoopbackHTTPServer(self.handler, self, context)
         self.scheme = "https" if tls else "http"
         self._thread: threading.Thread | None = None
 
@@ -130,7 +132,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # one answer, one segment: no 40 ms delayed-ACK stalls
-    server: _Server
+    server: LoopbackHTTPServer
     # The fault this request plays in :meth:`answer` ("drip", "lost"), set by :meth:`play`.
     pending_fault: str | None = None
 

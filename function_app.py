@@ -53,7 +53,7 @@ def deliver_lead(message: func.QueueMessage) -> None:
     handle_message(message.get_body())
 
 
-@app.timer_trigger(schedule="%LEADS_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=True)
+@app.timer_trigger(schedule="%LEADS_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def sweep_deliveries(timer: func.TimerRequest) -> None:
     from leads.operations import sweep
 

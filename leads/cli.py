@@ -29,9 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--function-key", metavar="KEY", help="require this key (?code= or x-functions-key) on "
                        "function-level routes, as Azure does; needed to serve beyond 127.0.0.1")  # fmt: skip
 
-    listing = commands.add_parser("list", help="stored leads, newest first")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
-    listing.add_argument("--json", action="store_true", help="the normalised leads as JSON")
+    listing = commands.add_parser("list", help="stored leads and rejected records, newest first, a page at a time")
+    listing.add_argument("--limit", type=_positive, default=50, help="leads per page (default: %(default)s)")
+    listing.add_argument("--since", type=_moment, metavar="TIME", help="only those received at or after TIME "
+                         "(UTC, e.g. 2026-11-01 or 2026-11-01T09:30)")  # fmt: skip
+    listing.add_argument("--until", type=_moment, metavar="TIME", help="only those received before TIME (UTC)")
+    listing.add_argument("--cursor", metavar="CURSOR", help="the page after the one that printed this cursor")
+    listing.add_argument("--json", action="store_true", help="the page as a JSON array (the next cursor on stderr)")
+    listing.add_argument("--all", action="store_true",
+                         help="every page, one JSON object per line (an export: memory stays one page)")  # fmt: skip
 
     show = commands.add_parser("show", help="one lead, normalised and as received")
     show.add_argument("lead_id", metavar="LEAD_ID", help="a lead id, from list or from the intake's answer")
@@ -42,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="read the whole table now (the hourly safety scan), not only the recent days")  # fmt: skip
     poll.add_argument("--json", action="store_true", help="the counts as JSON")
 
-    status = commands.add_parser("status", help="deliveries per destination and state, recent failures")
+    status = commands.add_parser("status", help="deliveries open and failed now, counts of recent days, "
+                                 "recent failures")  # fmt: skip
+    status.add_argument("--days", type=_positive, default=7, help="count the last DAYS days (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="the report as JSON")
 
     replay = commands.add_parser("replay", help="deliver failed deliveries again (never a delivered one)")
@@ -51,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--destination", metavar="NAME", choices=REGISTRY, help="only this destination's")
     replay.add_argument("--skipped", action="store_true",
                         help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
+
+    reindex = commands.add_parser("reindex", help="index the leads of a store written before the index (once)")
+    reindex.add_argument("--again", action="store_true", help="read the whole store once more")
 
     check = commands.add_parser("check", help="storage, routing and every enabled destination's settings and "
                                 "credentials, each ok, warning or problem, with the fix")  # fmt: skip
@@ -99,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_local_settings(args.settings)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
-                "replay": _replay, "test-lead": _test_lead, "check": _check, "forget": _forget,
-                "import": _import}  # fmt: skip
+                "replay": _replay, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
+                "forget": _forget, "import": _import}  # fmt: skip
     return handlers[args.command](args)
 
 
@@ -124,22 +135,53 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from itertools import islice
+
     from .store import LeadStore
 
-    leads = LeadStore.from_settings().list(limit=args.limit)
-    if args.json:
-        print(json.dumps([lead.to_dict() for lead in leads], indent=2, ensure_ascii=False))
+    store = LeadStore.from_settings()
+    store.ensure_tables()
+    if not store.index.built():
+        print("The index is still being built: older leads may be missing (python -m leads reindex).", file=sys.stderr)
+    # A page is read with one lead more than it shows, which tells whether there is a next one.
+    listed = store.newest(since=args.since, until=args.until, after=args.cursor, page=args.limit + (not args.all))
+    if args.all:
+        for item in listed:
+            print(json.dumps(_listed_dict(item.record), ensure_ascii=False), flush=False)
         return 0
-    if not leads:
-        print("No leads yet.")
+    page = list(islice(listed, args.limit + 1))
+    more, page = len(page) > args.limit, page[: args.limit]
+    next_page = f"Next page: python -m leads list --cursor {page[-1].cursor}" if more else None
+    if args.json:
+        print(json.dumps([_listed_dict(item.record) for item in page], indent=2, ensure_ascii=False))
+        if next_page:
+            print(next_page, file=sys.stderr)
+        return 0
+    if not page:
+        print("No leads yet." if not (args.since or args.until or args.cursor) else "No leads here.")
         return 0
     print(f"{'LEAD ID':<26} {'RECEIVED (UTC)':<19} {'VIA':<5} {'SOURCE':<17} {'ACTION':<14} {'OFFER':<28} COMPANY")
-    for lead in leads:
+    for item in page:
+        record = item.record
+        if isinstance(record, dict):
+            print(f"{record['leadId']:<26} {record['receivedAt'][:19].replace('T', ' ')} REJECTED: "
+                  f"{_cut(record['error'], 90)}")  # fmt: skip
+            continue
+        lead = record
         flags = " [TEST]" * lead.is_test + " [DO NOT CONTACT]" * lead.do_not_contact
         print(f"{lead.lead_id:<26} {lead.received_at:%Y-%m-%d %H:%M:%S} {lead.channel:<5} "
               f"{_cut(lead.source_words, 17):<17} {_cut(lead.action_words, 14):<14} "
               f"{_cut(lead.offer_title or lead.offer_id, 28):<28} {lead.company or '-'}{flags}")  # fmt: skip
+    if next_page:
+        print(f"\n{next_page}")
     return 0
+
+
+def _listed_dict(record) -> dict:
+    """A lead or a rejected record as JSON can hold it (a refused body as text, or base64)."""
+    if not isinstance(record, dict):
+        return record.to_dict()
+    return json.loads(_describe_rejected(dict(record), as_json=True))
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -181,14 +223,21 @@ def _delivery_line(delivery) -> str:
 def _status(args: argparse.Namespace) -> int:
     from .operations import status
 
-    report = status()
+    report = status(days=args.days)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    if not report.counts:
-        print("No deliveries yet.")
+    if not report.index_built:
+        print("The index is still being built (python -m leads reindex): deliveries from before it may be missing.\n")
+    destinations = sorted(set(report.open) | set(report.failed) | set(report.held_back))
+    print("Now:" if destinations else "Now: nothing open or failed.")
+    for name in destinations:
+        now = {"open": report.open.get(name, 0), "failed": report.failed.get(name, 0),
+               "held back": report.held_back.get(name, 0)}  # fmt: skip
+        print(f"  {name:<10} " + ", ".join(f"{state} {count}" for state, count in now.items() if count))
+    print(f"\nThe last {report.days} days:" if report.counts else f"\nThe last {report.days} days: nothing.")
     for name, counts in report.counts.items():
-        print(f"{name:<10} " + ", ".join(f"{state} {count}" for state, count in counts.items()))
+        print(f"  {name:<10} " + ", ".join(f"{state} {count}" for state, count in counts.items()))
     if report.oldest_pending:
         oldest = report.oldest_pending
         print(f"\nOldest open: {oldest.lead_id} to {oldest.destination}, {oldest.state} since "
@@ -197,6 +246,11 @@ def _status(args: argparse.Namespace) -> int:
         print("\nRecent failures:")
         for delivery in report.recent_failures:
             print(f"  {delivery.lead_id} {_delivery_line(delivery)}")
+    if report.recent_rejections:
+        print("\nRecently rejected (python -m leads show ID):")
+        for rejected in report.recent_rejections:
+            print(f"  {rejected['leadId']} {rejected['receivedAt'][:19].replace('T', ' ')} "
+                  f"{_cut(rejected['error'], 90)}")  # fmt: skip
     return 0
 
 
@@ -246,6 +300,15 @@ def _forget(args: argparse.Namespace) -> int:
         print(f"sent to {sent['destination']}" + (f" as {sent['externalId']}" if sent["externalId"] else "")
               + f" (lead {sent['leadId']}): erase it there")  # fmt: skip
     print(OUTSIDE_NOTE)
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from .operations import reindex
+
+    done = reindex(again=args.again)
+    print(f"Indexed {done['Leads']} leads and rejected records, {done['Deliveries']} open or failed deliveries."
+          if done else "The index is complete (use --again to read the whole store once more).")  # fmt: skip
     return 0
 
 
@@ -364,6 +427,25 @@ def _describe(lead: Lead, duplicates: int, same_content: int = 1) -> str:
         ("As received", json.dumps(lead.raw, ensure_ascii=False)),
     ]  # fmt: skip
     return "\n".join(f"{label + ':':<13} " + value.replace("\n", "\n" + " " * 14) for label, value in rows if value)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _moment(text: str):
+    """A UTC time from the command line: a date, or a date and time (ISO 8601)."""
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or time like 2026-11-01 "
+                                         "or 2026-11-01T09:30") from None  # fmt: skip
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _cut(text: str | None, width: int) -> str:

@@ -9,12 +9,13 @@ or finished, and does nothing.
 States: ``pending`` → ``sending`` → ``delivered``; ``sending`` → ``retrying`` → ``sending`` ...;
 ``sending`` → ``failed`` (permanent, or retried past ``LEADS_RETRY_HOURS``); ``skipped`` (nothing
 to send, e.g. no email recipients, or a lead older than ``LEADS_BACKFILL_DAYS``). ``replay`` turns
-``failed``, and ``skipped`` for age, back into ``pending``.
+``failed``, and ``skipped`` for age, back into ``pending`` (see :func:`replayable`). Each change also
+keeps the index (``leads/index.py``) in step: which deliveries are open, which ``replay`` can send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from .destinations.base import Route
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
+
+    from .index import LeadIndex
 
 ROW_PREFIX = "delivery|"
 STATES = ("pending", "sending", "delivered", "retrying", "failed", "skipped")
@@ -76,6 +79,14 @@ NO_RECIPIENTS = {
 }
 
 
+def replayable(delivery: Delivery) -> bool:
+    """Whether ``replay`` can send this delivery (again), and so whether the replay index lists it:
+    a failed delivery, or one held as older than ``LEADS_BACKFILL_DAYS`` (not owed nothing)."""
+    from .routing import held_for_backfill
+
+    return delivery.state == "failed" or held_for_backfill(delivery)
+
+
 def initial_state(destination: str, route: Route) -> str:
     """``skipped`` for a delivery with nothing to send (an email with no one to mail, a card with
     no channel) or held by routing (``route.skip_reason``), else ``pending``."""
@@ -94,8 +105,9 @@ def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datet
 class DeliveryBook:
     """Reads and conditionally changes delivery rows in the lead store's table."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, index: LeadIndex) -> None:
         self.table = table
+        self.index = index
 
     def get(self, lead_id: str, destination: str) -> Delivery | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -110,14 +122,6 @@ class DeliveryBook:
         entities = self.table.query_entities(query, parameters={"lead": lead_id, **_ROW_RANGE})
         return sorted((_from_entity(entity) for entity in entities), key=lambda d: d.destination)
 
-    def all(self, states: frozenset[str] | None = None) -> Iterator[Delivery]:
-        """Every delivery (in the given states), across all leads."""
-        query = "RowKey ge @low and RowKey lt @high"
-        for entity in self.table.query_entities(query, parameters=_ROW_RANGE):
-            delivery = _from_entity(entity)
-            if states is None or delivery.state in states:
-                yield delivery
-
     def change(self, delivery: Delivery, **changes: Any) -> Delivery | None:
         """Write ``changes`` if the row is still as ``delivery`` read it; None if it moved on."""
         from azure.core import MatchConditions
@@ -125,11 +129,13 @@ class DeliveryBook:
         from azure.data.tables import UpdateMode
 
         updated = replace(delivery, **changes, updated_at=changes.get("updated_at") or _now())
+        self.index.before_change(delivery, updated)
         try:
             metadata = self.table.update_entity(_to_entity(updated), mode=UpdateMode.REPLACE, etag=delivery.etag,
                                                 match_condition=MatchConditions.IfNotModified)  # fmt: skip
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
+        self.index.after_change(delivery, updated)
         return replace(updated, etag=metadata["etag"])
 
 

@@ -1,15 +1,19 @@
 """What operators do with deliveries: see their state, replay failures, and the sweep that
-re-queues deliveries whose message was lost."""
+re-queues deliveries whose message was lost.
+
+Each reads the index (``leads/index.py``): the open deliveries, the ones ``replay`` can send, and
+per-day counters, never the history of every lead ever stored.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .deliveries import OPEN, Delivery
+from .deliveries import FINAL, Delivery, replayable
+from .index import Entry, generation
 from .queue import delivery_queue
 from .settings import Settings, get_settings
 from .store import LeadStore
@@ -18,20 +22,33 @@ log = logging.getLogger(__name__)
 
 # A pending delivery this old, or a retry this overdue, has lost its message.
 STALE = timedelta(minutes=2)
+# How long one sweep spends indexing a store written before the index, before it sweeps.
+BUILD_SECONDS = 60.0
 
 
 def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
     """Queue again every open delivery that nothing will wake: pending or retrying long past
     due (the process died between storing and queueing, or the message was lost), or claimed by
-    a worker whose claim ran out. Returns how many were queued. Extra messages are harmless."""
+    a worker whose claim ran out. Returns how many were queued. Extra messages are harmless.
+
+    Reads the open deliveries' index only; an entry pointing at a finished or missing delivery
+    is dropped. While a store from before the index is being indexed, each sweep first indexes
+    for up to ``BUILD_SECONDS``."""
     settings = settings or get_settings()
     now = now or datetime.now(timezone.utc)
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
+    if not store.index.built():
+        progress = store.index.build(store.leads, seconds=BUILD_SECONDS)
+        log.warning("indexing leads stored before the index: %d leads, %d open or failed deliveries so far%s",
+                    progress["Leads"], progress["Deliveries"], ", done" if progress["Done"] else "")  # fmt: skip
     queue = delivery_queue(settings)
     count = 0
-    for delivery in store.deliveries.all(frozenset({"pending", "retrying", "sending"})):
-        if _stuck(delivery, now):
+    for entry in store.index.open():
+        delivery = _current(store, entry)
+        if delivery is None or delivery.state in FINAL:
+            store.index.drop(entry)
+        elif _stuck(delivery, now):
             queue.send(delivery.lead_id, delivery.destination)
             count += 1
     if count:
@@ -40,6 +57,12 @@ def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
 
     flush_alerts(store, settings, now)  # the failures of each closed window, one mail per destination
     return count
+
+
+def _current(store: LeadStore, entry: Entry) -> Delivery | None:
+    """The delivery an index entry points at, if it is still the round the entry was made for."""
+    delivery = store.deliveries.get(entry.lead_id, entry.destination)
+    return delivery if delivery is not None and generation(delivery) == entry.generation else None
 
 
 def _stuck(delivery: Delivery, now: datetime) -> bool:
@@ -54,13 +77,13 @@ def replay(lead_id: str | None = None, destination: str | None = None,
            settings: Settings | None = None, skipped: bool = False) -> list[Delivery]:  # fmt: skip
     """Deliver failed deliveries again (never a delivered one), with a fresh retry window; a
     lead's own (``lead_id``) also when held as older than ``LEADS_BACKFILL_DAYS``, and with
-    ``skipped`` only those held ones."""
+    ``skipped`` only those held ones. Without a lead, reads the replay index."""
     from .routing import held_for_backfill
 
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
-    candidates = store.deliveries.for_lead(lead_id) if lead_id else \
-        store.deliveries.all(frozenset({"skipped" if skipped else "failed"}))  # fmt: skip
+    store.ensure_tables()
+    candidates = store.deliveries.for_lead(lead_id) if lead_id else _replayable(store, destination)
     replayed = []
     now = datetime.now(timezone.utc)
     for delivery in candidates:
@@ -76,38 +99,82 @@ def replay(lead_id: str | None = None, destination: str | None = None,
     return replayed
 
 
+def _replayable(store: LeadStore, destination: str | None = None):
+    for entry in list(store.index.replayable()):
+        if destination and entry.destination != destination:
+            continue
+        delivery = _current(store, entry)
+        if delivery is None or not replayable(delivery):
+            store.index.drop(entry)
+        else:
+            yield delivery
+
+
 @dataclass
 class Status:
+    days: int = 7
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    open: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    held_back: dict[str, int] = field(default_factory=dict)
     oldest_pending: Delivery | None = None
     recent_failures: list[Delivery] = field(default_factory=list)
+    recent_rejections: list[dict[str, Any]] = field(default_factory=list)
+    index_built: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         oldest = self.oldest_pending
         return {
+            "days": self.days,
             "counts": self.counts,
+            "open": self.open,
+            "failed": self.failed,
+            "heldBack": self.held_back,
             "oldestPending": {"leadId": oldest.lead_id, **oldest.to_dict()} if oldest else None,
             "recentFailures": [{"leadId": d.lead_id, **d.to_dict()} for d in self.recent_failures],
+            "recentRejections": self.recent_rejections,
+            "indexBuilt": self.index_built,
         }
 
 
-def status(settings: Settings | None = None, failures: int = 10) -> Status:
-    """Counts per destination and state, the oldest open delivery, the latest failures."""
+def status(settings: Settings | None = None, failures: int = 10, days: int = 7, rejections: int = 5) -> Status:
+    """What changed over the last ``days`` days (day counters: delivered, failed, skipped per
+    destination, rejected records), what is open or failed now (the indexes), the oldest open
+    delivery, the latest failures and rejections."""
     store = LeadStore.from_settings(settings or get_settings())
-    counts: dict[str, Counter] = {}
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        deliveries = list(store.deliveries.all())
-    except ResourceNotFoundError:
-        deliveries = []
-    for delivery in deliveries:
-        counts.setdefault(delivery.destination, Counter())[delivery.state] += 1
+    store.ensure_tables()
+    report = Status(days=days, counts=store.index.counters.window(days), index_built=store.index.built())
+    open_entries, failed_entries = list(store.index.open()), list(store.index.replayable())
+    for entry in open_entries:
+        report.open[entry.destination] = report.open.get(entry.destination, 0) + 1
     never = datetime.max.replace(tzinfo=timezone.utc)
-    open_ = [d for d in deliveries if d.state in OPEN]
-    failed = [d for d in deliveries if d.state == "failed"]
-    return Status(
-        counts={name: dict(sorted(counter.items())) for name, counter in sorted(counts.items())},
-        oldest_pending=min(open_, key=lambda d: d.created_at or never, default=None),
-        recent_failures=sorted(failed, key=lambda d: d.updated_at or never, reverse=True)[:failures],
-    )
+    for entry in sorted(open_entries, key=lambda e: e.at or never):
+        report.oldest_pending = _current(store, entry)
+        if report.oldest_pending and report.oldest_pending.state not in FINAL:
+            break
+        report.oldest_pending = None
+    for entry in sorted(failed_entries, key=lambda e: e.at or never, reverse=True):
+        delivery = _current(store, entry)
+        if delivery is None or not replayable(delivery):
+            continue
+        tally = report.failed if delivery.state == "failed" else report.held_back
+        tally[delivery.destination] = tally.get(delivery.destination, 0) + 1
+        if delivery.state == "failed" and len(report.recent_failures) < failures:
+            report.recent_failures.append(delivery)
+    report.open, report.failed, report.held_back = (dict(sorted(d.items())) for d in
+                                                    (report.open, report.failed, report.held_back))  # fmt: skip
+    for entry in store.index.rejected(rejections):
+        rejected = store.rejected(entry.lead_id)
+        if rejected:
+            report.recent_rejections.append({key: rejected[key] for key in ("leadId", "receivedAt", "error")})
+    return report
+
+
+def reindex(settings: Settings | None = None, again: bool = False) -> dict[str, Any] | None:
+    """Index every lead and delivery of a store written before the index (once; ``again``
+    reads the whole store once more). Returns what was indexed, None if it was indexed already."""
+    store = LeadStore.from_settings(settings or get_settings())
+    store.ensure_tables()
+    if store.index.built() and not again:
+        return None
+    return store.index.build(store.leads, again=again)

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .deliveries import DeliveryBook, new_delivery_entity
 from .destinations.base import Route
 from .identities import IdentityIndex
+from .index import Entry, LeadIndex
 from .model import Lead
 from .normalise import http_lead_id, identifies_person
 from .settings import Settings, get_settings
@@ -46,6 +48,15 @@ _BINARY_CHUNK = 64 * 1024
 _CHUNK = 30_000
 _MAX_CHUNKS = 16
 _MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A lead, or a rejected record (a dict, as ``rejected`` gives it), with the cursor of the
+    page that starts after it."""
+
+    record: Lead | dict[str, Any]
+    cursor: str
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,8 @@ class LeadStore:
         self.service = service
         self.leads: TableClient = service.get_table_client(prefix)
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
-        self.deliveries = DeliveryBook(self.leads)
+        self.index = LeadIndex(*(service.get_table_client(prefix + name) for name in ("Index", "Timeline", "Counts")))
+        self.deliveries = DeliveryBook(self.leads, self.index)
         self.identities = IdentityIndex(service.get_table_client(f"{prefix}Identities"), self.leads)
         self._created = False
 
@@ -98,11 +110,15 @@ class LeadStore:
             return
         from azure.core.exceptions import ResourceExistsError
 
-        for table in (self.leads, self.checkpoints, self.identities.table):
+        created = set()
+        for table in (self.leads, self.checkpoints, self.identities.table, *self.index.tables):
             try:
                 table.create_table()
+                created.add(table.table_name)
             except ResourceExistsError:
                 pass
+        if {self.leads.table_name, self.index.table.table_name} <= created:
+            self.index.mark_built()  # a new store: no lead was stored before its index
         self._created = True
 
     def ping(self) -> None:
@@ -134,12 +150,15 @@ class LeadStore:
                                     for name, route in (deliveries or {}).items()]  # fmt: skip
         # Before the lead, so no stored lead lacks its identity rows (a row without its lead is ignored).
         self.identities.record(lead)
+        owed = rows[1 + len(beside):]
+        self.index.before_add(lead.lead_id, lead.received_at, owed)
         for attempt in range(3):
             try:
                 if len(rows) == 1:
                     self.leads.create_entity(entity)
                 else:
                     self.leads.submit_transaction([("create", row) for row in rows])
+                self.index.after_add(owed, now)
                 return Stored(lead.lead_id, duplicate=False)
             except ResourceExistsError:
                 pass
@@ -153,7 +172,11 @@ class LeadStore:
                 continue
             # The row exists. If this call wrote it (an earlier attempt here, or the SDK's own retry
             # of a POST answered 500/503/504 after it committed), the lead is new after all.
-            return Stored(lead.lead_id, duplicate=not self._written_by(lead.lead_id, write_id))
+            if self._written_by(lead.lead_id, write_id):
+                self.index.after_add(owed, now)
+                return Stored(lead.lead_id, duplicate=False)
+            self.index.after_duplicate(lead.lead_id, lead.received_at, owed, self._received_at(lead.lead_id))
+            return Stored(lead.lead_id, duplicate=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _written_by(self, lead_id: str, write_id: str) -> bool:
@@ -280,6 +303,7 @@ class LeadStore:
         (``raw``: its properties) or a refused HTTP body (``raw``: the bytes as received, of
         which the first :data:`MAX_KEPT_BYTES` are kept)."""
         self.ensure_tables()
+        self.index.before_reject(record_id, received_at)
         entity = {"PartitionKey": record_id, "RowKey": REJECTED_ROW, "ReceivedAt": received_at, "Error": error,
                   "Channel": channel}  # fmt: skip
         if isinstance(raw, bytes):
@@ -372,15 +396,37 @@ class LeadStore:
         return int(entity.get("Duplicates") or 0)
 
     def list(self, limit: int | None = 50) -> list[Lead]:
-        """Leads, newest first."""
+        """Leads (not rejected records), newest first."""
+        leads = (item.record for item in self.newest(page=min(limit or 1000, 1000)) if isinstance(item.record, Lead))
+        return list(islice(leads, limit))
+
+    def newest(self, since: datetime | None = None, until: datetime | None = None, after: str | None = None,
+               page: int = 50) -> Iterator[Listed]:  # fmt: skip
+        """Leads and rejected records received in [``since``, ``until``), newest first, after the
+        cursor ``after``, read from the time index a page at a time (memory stays one page)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        entries = self.index.newest(since, until, after, page)
+        with ThreadPoolExecutor(8) as pool:
+            while chunk := list(islice(entries, page)):
+                for entry, record in zip(chunk, pool.map(self._record, chunk), strict=True):
+                    if record is not None:
+                        yield Listed(record, self.index.cursor(entry))
+
+    def _record(self, entry: Entry) -> Lead | dict[str, Any] | None:
+        """What an entry of the time index points at, or None for an entry left over (its write
+        failed, or its lead was a duplicate stored under an earlier time)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            entities = list(self.leads.query_entities(f"RowKey eq '{LEAD_ROW}'"))
+            entity = self.leads.get_entity(entry.lead_id, REJECTED_ROW if entry.rejected else LEAD_ROW)
         except ResourceNotFoundError:
-            return []
-        entities.sort(key=lambda entity: entity["ReceivedAt"], reverse=True)
-        return [_from_entity(entity) for entity in entities[:limit]]
+            return None
+        if self.index.cursor(entry) != self.index.cursor_of(entry.lead_id, entity["ReceivedAt"]):
+            return None
+        if entry.rejected:
+            return {**(self.rejected(entry.lead_id) or {}), "rejected": True}
+        return _from_entity(entity)
 
 
 @lru_cache(maxsize=8)

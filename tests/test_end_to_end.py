@@ -127,7 +127,7 @@ def test_a_row_in_the_marketplace_table_is_taken_in_by_the_timer(app):
     table = table_service(env["AzureWebJobsStorage"]).get_table_client(env["MARKETPLACE_TABLE_NAME"])
     table.create_table()
     table.create_entity({**ENTITY, "RowKey": "e2e-row"})
-    listed = wait_for(lambda: [lead for lead in json.loads(cli(app, "list", "--json").stdout) if lead["channel"] == "table"])
+    listed = wait_for(lambda: [lead for lead in json.loads(cli(app, "list", "--json").stdout) if lead.get("channel") == "table"])
     assert listed[0]["isTest"] and listed[0]["offerTitle"] == "Contoso Test"
     wait_for(lambda: listed[0]["leadId"] in app["webhook"].leads)
 

@@ -56,8 +56,8 @@ def test_status_tells_the_key_holder_readiness_destinations_and_deliveries(stora
     assert {name: check["ok"] for name, check in body["readiness"].items()} == {"storage": True, "routing": True,
                                                                                  "settings": True}  # fmt: skip
     assert body["destinations"] == ["email", "webhook"] and body["marketplaceTable"].startswith("Marketplace")
-    assert body["counts"] == {"email": {"pending": 1}, "webhook": {"pending": 1}}  # as `status --json` says
-    assert {"oldestPending", "recentFailures"} <= set(body)
+    assert body["open"] == {"email": 1, "webhook": 1}  # as `status --json` says
+    assert {"counts", "failed", "oldestPending", "recentFailures", "recentRejections"} <= set(body)
 
 
 def test_status_names_what_is_down(env):

@@ -8,14 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 from azure.core.exceptions import AzureError
 
 from leads.deliver import handle_message
+from leads.deliveries import OPEN
 from leads.queue import delivery_queue
 from leads.settings import get_settings
 from leads.store import LeadStore
 
 
 def open_deliveries() -> int:
+    """Open deliveries, from the open index (each entry checked against its delivery's row)."""
     store = LeadStore.from_settings()
-    return sum(1 for _ in store.deliveries.all(frozenset({"pending", "sending", "retrying"})))
+    rows = (store.deliveries.get(entry.lead_id, entry.destination) for entry in store.index.open())
+    return sum(1 for delivery in rows if delivery is not None and delivery.state in OPEN)
 
 
 def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = None) -> None:

@@ -1,0 +1,208 @@
+"""History: routine work with 1,000 and with 50,000 stored, finished leads, side by side.
+
+    .venv/bin/python benchmarks/history.py [--sizes 1000,50000] [--repeats 7]
+
+An app that runs for years keeps every lead it took in; its timers and commands must not slow down
+with that. For each size, a store is made as the app leaves it: each lead (varied, from
+``leadgen``) with an email and a webhook delivery, both long delivered, 70 leads a day going back
+from yesterday, each lead's timeline entry (from ``leads.index.entries_for``, which ``python -m
+leads reindex`` uses too) and the day counters. Then, in this process, as the timer and the CLI
+call them, median of ``--repeats`` runs:
+
+- ``sweep``: the timer's ``sweep()``, nothing open;
+- ``status``: ``status()`` over its default 7 days;
+- ``replay``: ``replay()`` of all failures, nothing failed;
+- ``list``: ``python -m leads list --json``'s first page (50 leads), printed to /dev/null.
+
+Goal: each ratio (50,000 ÷ 1,000) within 1.3×.
+
+Seeding: one lead is one partition, so each is its own transaction, and Azurite takes some 10-30 ms
+for each on a busy machine: 50,000 would take a quarter of an hour. Instead the app creates its
+tables through the SDK in an Azurite that keeps its data in a folder; Azurite is stopped, the rows
+are added to its database file (LokiJS JSON: each entity as Azurite stores it, with the table's
+key indexes), and Azurite is started on it again. That takes seconds, and Azurite then serves
+those rows as any it took in itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import leadgen  # noqa: E402  (benchmarks/leadgen.py)
+
+LEADS_A_DAY = 70
+GOAL = 1.3
+ACCOUNT = "devstoreaccount1"
+
+
+def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(table suffix, entity) for ``count`` finished leads as the app leaves them."""
+    from leads.deliveries import new_delivery_entity
+    from leads.destinations.base import Route
+    from leads.index import entries_for
+    from leads.normalise import from_http_body
+    from leads.store import _to_entity
+
+    yesterday = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    bodies = leadgen.http_bodies(min(count, 2_000))
+    days: dict[datetime, int] = {}
+    for number in range(count):
+        received = yesterday - timedelta(days=number // LEADS_A_DAY, seconds=number % LEADS_A_DAY * 600)
+        lead = from_http_body({**bodies[number % len(bodies)], "Description": f"history lead {number}"},
+                              received_at=received)  # fmt: skip
+        yield "", {**_to_entity(lead), "WriteId": uuid.uuid4().hex}
+        for name, route in (("email", Route(("sales@contoso.example",))), ("webhook", Route())):
+            row = new_delivery_entity(lead.lead_id, name, route, received)
+            row.update(State="delivered", Attempts=1, ExternalId=f"x-{number}",
+                       UpdatedAt=received + timedelta(seconds=2))  # fmt: skip
+            yield "", row
+        for table, entry in entries_for({**_to_entity(lead), "RowKey": "lead"}):
+            yield {"timeline": "Timeline", "index": "Index"}[table], entry
+        days[received.date()] = days.get(received.date(), 0) + 1
+    for day, leads in days.items():
+        yield "Counts", {"PartitionKey": f"count|{day:%Y-%m-%d}", "RowKey": "00",
+                         "email_delivered": leads, "webhook_delivered": leads}  # fmt: skip
+
+
+def seed(location: Path, stores: dict[str, int]) -> float:
+    """Add each store's history (prefix: leads) to the database file of a stopped Azurite."""
+    started = time.perf_counter()
+    path = location / "__azurite_db_table__.json"
+    database = json.loads(path.read_text())
+    collections = {collection["name"]: collection for collection in database["collections"]}
+    stamp = datetime.now(UTC)
+    for prefix, count in stores.items():
+        for suffix, entity in history(count):
+            stamp += timedelta(microseconds=1)
+            collections[f"{ACCOUNT}${prefix}{suffix}"]["data"].append(_azurite_entity(entity, stamp))
+    for collection in collections.values():
+        if collection["name"].startswith(f"{ACCOUNT}$"):
+            _renumber(collection)
+    path.write_text(json.dumps(database))
+    return time.perf_counter() - started
+
+
+def _azurite_entity(entity: dict[str, Any], stamp: datetime) -> dict[str, Any]:
+    """An entity as Azurite's table store keeps it (what it writes for one it took in)."""
+    when = stamp.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    properties: dict[str, Any] = {}
+    for name, value in entity.items():
+        if isinstance(value, datetime):
+            properties[name] = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            properties[f"{name}@odata.type"] = "Edm.DateTime"
+        else:
+            properties[name] = value
+    properties.update({"Timestamp": when, "Timestamp@odata.type": "Edm.DateTime"})
+    return {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], "properties": properties,
+            "lastModifiedTime": when, "eTag": f"W/\"datetime'{quote(when)}'\"",
+            "meta": {"revision": 0, "created": int(stamp.timestamp() * 1000), "version": 0}}  # fmt: skip
+
+
+def _renumber(collection: dict[str, Any]) -> None:
+    """Ids and the key indexes (positions sorted by key) as LokiJS keeps them."""
+    data = collection["data"]
+    for number, document in enumerate(data, start=1):
+        document["$loki"] = number
+    collection["maxId"] = len(data)
+    for key in ("PartitionKey", "RowKey"):
+        order = sorted(range(len(data)), key=lambda position: data[position][key])
+        collection["binaryIndices"][key] = {"name": key, "dirty": False, "values": order}
+
+
+@contextlib.contextmanager
+def app_settings(connection: str, prefix: str):
+    from leads.settings import get_settings
+
+    values = {"AzureWebJobsStorage": connection, "LEADS_TABLE_PREFIX": prefix, "MARKETPLACE_TABLE_CONNECTION": "",
+              "LEADS_DELIVERY_QUEUE": f"history-{prefix.lower()}", "WEBHOOK_URL": "http://127.0.0.1:9/never",
+              "EMAIL_TO": "sales@contoso.example"}  # fmt: skip
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        get_settings.cache_clear()
+
+
+def measure(repeats: int) -> dict[str, float]:
+    from leads import cli
+    from leads.operations import replay, status, sweep
+
+    def first_page() -> None:
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+            assert cli.main(["--settings", "/nonexistent", "list", "--json"]) == 0
+        assert out.getvalue().count('"leadId"') == 50
+
+    def timed(call: Callable[[], object]) -> float:
+        call()  # warm: clients, connections, the tables created once per process
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    return {"sweep": timed(lambda: sweep()), "status": timed(lambda: status()),
+            "replay (nothing failed)": timed(lambda: replay()), "list (first page)": timed(first_page)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,50000", help="stored leads, small then large (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    small, large = (int(size) for size in args.sizes.split(","))
+    stores = {f"History{small}": small, f"History{large}": large}
+
+    from leads.azurite import Azurite
+    from leads.store import LeadStore
+
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="history-") as folder:
+        azurite = Azurite(location=Path(folder))
+        with azurite:
+            for prefix in stores:
+                with app_settings(azurite.connection_string, prefix):
+                    LeadStore.from_settings().ensure_tables()  # the app's own tables, and a built index
+            time.sleep(6)  # Azurite writes its database file every few seconds
+        seeding = seed(Path(folder), stores)
+        with azurite:
+            for prefix, size in stores.items():
+                with app_settings(azurite.connection_string, prefix):
+                    assert len(LeadStore.from_settings().list(limit=60)) == 60 or size < 60
+                    figures[size] = measure(args.repeats)
+
+    print(f"History: stored, finished leads (both stores seeded in {seeding:.0f} s); median of {args.repeats} runs\n")
+    print(f"| work | {small:,} leads | {large:,} leads | ratio | goal ≤ {GOAL}× |")
+    print("|---|---|---|---|---|")
+    worst = 0.0
+    for name in figures[small]:
+        ratio = figures[large][name] / figures[small][name]
+        worst = max(worst, ratio)
+        print(f"| {name} | {figures[small][name] * 1000:.1f} ms | {figures[large][name] * 1000:.1f} ms | "
+              f"{ratio:.2f}× | {'met' if ratio <= GOAL else 'MISSED'} |")  # fmt: skip
+    return 0 if worst <= GOAL else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""Indexes beside the lead store, so that routine work reads what is open, never history.
+
+The lead store keeps one partition per lead: a lead's whole story is one read, but nothing orders
+leads or finds the open ones without reading every row ever stored. Three tables beside it hold
+what the timers and commands need:
+
+- ``<prefix>Index``: what may need someone, in ``SHARDS`` partitions (``s0`` ... ``s3``) chosen by
+  lead id, so that one lead's entries share a partition and no partition takes every write:
+  ``o|<lead id>|<destination>|<generation>`` for each open delivery (the sweep, ``status``),
+  ``f|<lead id>|<destination>|<generation>`` for each delivery ``replay`` can send (failed, or
+  held back by the backfill limit), ``r|<inverted time>|<lead id>`` for each rejected record;
+- ``<prefix>Timeline``: every lead and rejected record, newest first (``<inverted time>|<lead
+  id>``, one partition), for ``list``;
+- ``<prefix>Counts``: per-day counters for ``status`` (one of ``COUNTER_SLOTS`` rows a day picked
+  at random per change, so concurrent workers rarely meet on one ETag) of what was delivered,
+  failed, skipped and rejected. They record changes, they are not a census: a process that dies
+  between a delivery's change and its count leaves the count one short.
+
+Keeping what grows with history (the timeline, the days) out of the table the sweep reads also
+keeps the sweep's cost flat on Azurite, which answers every query by reading its whole table.
+
+An entry is written before what it points at, and removed after that moved on. The generation
+(the delivery's ``retry_from``, renewed by each replay) keeps one round of a delivery's entries
+apart from the next, so removing an old round's entry never removes a newer one's. An entry left
+behind by a crash points at something missing, finished or of another generation: whoever reads
+it drops it, with its ETag, so an entry written again meanwhile stays.
+
+Stores written before the index are indexed once by :meth:`LeadIndex.build` (``python -m leads
+reindex``, or the first sweeps after the upgrade), which reads the lead store from start to end
+once, in bounded steps, and remembers where it stopped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from .deliveries import OPEN as OPEN_STATES
+from .deliveries import Delivery, _from_entity, replayable
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+log = logging.getLogger(__name__)
+
+SHARDS = 4
+COUNTER_SLOTS = 16
+REJECTED, OPEN, REPLAYABLE = "r|", "o|", "f|"
+TIMELINE = "leads"  # the timeline's one partition
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_INVERT = 10**18
+_BATCH = 100  # the most operations one table transaction may hold
+_META = ("meta", "reindex")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One index entry, as read."""
+
+    row_key: str
+    partition: str
+    lead_id: str
+    destination: str = ""
+    generation: str = ""
+    at: datetime | None = None
+    rejected: bool = False
+    etag: str | None = None
+
+
+def shard_of(lead_id: str) -> str:
+    return f"s{zlib.crc32(lead_id.encode()) % SHARDS}"
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since 1970 (naive datetimes are UTC), exact, for keys and comparisons."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def time_key(moment: datetime) -> str:
+    """The inverted-time part of a RowKey: newer sorts first."""
+    return f"{_INVERT - micros(moment):018d}"
+
+
+def generation(delivery: Delivery) -> str:
+    """Tells one round of a delivery (stored, or replayed) from the next."""
+    moment = delivery.retry_from or delivery.created_at
+    return str(micros(moment)) if moment else "0"
+
+
+def kind_of(delivery: Delivery) -> str | None:
+    """The index a delivery in its present state belongs in, if any."""
+    if delivery.state in OPEN_STATES:
+        return OPEN
+    return REPLAYABLE if replayable(delivery) else None
+
+
+def delivery_row_key(kind: str, delivery: Delivery) -> str:
+    return f"{kind}{delivery.lead_id}|{delivery.destination}|{generation(delivery)}"
+
+
+def _delivery_entry(kind: str, delivery: Delivery) -> dict[str, Any]:
+    return {"PartitionKey": shard_of(delivery.lead_id), "RowKey": delivery_row_key(kind, delivery),
+            "LeadId": delivery.lead_id, "Destination": delivery.destination,
+            "At": delivery.updated_at or delivery.created_at or _now()}  # fmt: skip
+
+
+def _timeline_entry(lead_id: str, received_at: datetime, rejected: bool = False) -> dict[str, Any]:
+    return {"PartitionKey": TIMELINE, "RowKey": f"{time_key(received_at)}|{lead_id}", "LeadId": lead_id,
+            "Rejected": rejected}  # fmt: skip
+
+
+def _rejected_entry(lead_id: str, received_at: datetime) -> dict[str, Any]:
+    return {"PartitionKey": shard_of(lead_id), "RowKey": f"{REJECTED}{time_key(received_at)}|{lead_id}",
+            "LeadId": lead_id}  # fmt: skip
+
+
+def _entry(entity: Mapping[str, Any]) -> Entry:
+    row_key: str = entity["RowKey"]
+    return Entry(
+        row_key=row_key,
+        partition=entity["PartitionKey"],
+        lead_id=entity["LeadId"],
+        destination=entity.get("Destination") or "",
+        generation=row_key.rsplit("|", 1)[-1] if row_key[:2] in (OPEN, REPLAYABLE) else "",
+        at=entity.get("At"),
+        rejected=bool(entity.get("Rejected")),
+        etag=getattr(entity, "metadata", {}).get("etag"),
+    )
+
+
+class LeadIndex:
+    """The index tables: entries written and dropped beside the lead store's writes, read by the
+    sweep, ``replay``, ``status`` and ``list``."""
+
+    def __init__(self, table: TableClient, timeline: TableClient, counts: TableClient) -> None:
+        self.table = table
+        self.timeline = timeline
+        self.counters = DayCounters(counts)
+
+    @property
+    def tables(self) -> tuple[TableClient, ...]:
+        return self.table, self.timeline, self.counters.table
+
+    # --- writing beside the lead store ------------------------------------------------------------
+
+    def before_add(self, lead_id: str, received_at: datetime, delivery_rows: Iterable[Mapping[str, Any]]) -> None:
+        """Index a lead about to be stored, and the deliveries it owes (their rows). Each entry is an
+        upsert of its own, which the SDK retries when an answer is lost (it retries no batch)."""
+        self.timeline.upsert_entity(_timeline_entry(lead_id, received_at))
+        for delivery in map(_from_entity, delivery_rows):
+            if kind := kind_of(delivery):
+                self.table.upsert_entity(_delivery_entry(kind, delivery))
+
+    def after_add(self, delivery_rows: Iterable[Mapping[str, Any]], at: datetime) -> None:
+        """Count the deliveries a newly stored lead owes nothing (skipped from the start)."""
+        skipped = [row["Destination"] for row in delivery_rows if row.get("State") == "skipped"]
+        if skipped:
+            self.counters.add({f"{name}_skipped": 1 for name in skipped}, at)
+
+    def after_duplicate(self, lead_id: str, received_at: datetime, delivery_rows: Iterable[Mapping[str, Any]],
+                        stored_received_at: datetime | None) -> None:  # fmt: skip
+        """Take back what :meth:`before_add` wrote for a lead that turned out to be stored
+        already: its deliveries' entries (their generation is this attempt's own), and its time
+        entry unless the stored lead has the same time (a marketplace row read twice)."""
+        from azure.core.exceptions import AzureError
+
+        keys = [delivery_row_key(kind, d) for d in map(_from_entity, delivery_rows) if (kind := kind_of(d))]
+        try:
+            for key in keys:
+                _delete(self.table, shard_of(lead_id), key)
+            if stored_received_at is None or micros(stored_received_at) != micros(received_at):
+                _delete(self.timeline, TIMELINE, f"{time_key(received_at)}|{lead_id}")
+        except AzureError as exc:  # left over, it is dropped by whoever reads it
+            log.info("index entries of duplicate %s left for the sweep (%s)", lead_id, type(exc).__name__)
+
+    def before_reject(self, lead_id: str, received_at: datetime) -> None:
+        """Index a rejected record about to be stored."""
+        self.timeline.upsert_entity(_timeline_entry(lead_id, received_at, rejected=True))
+        self.table.upsert_entity(_rejected_entry(lead_id, received_at))
+        self.counters.add({"intake_rejected": 1}, _now())
+
+    def before_change(self, old: Delivery, new: Delivery) -> None:
+        """Before a delivery's conditional write: the entry of the index it moves into."""
+        kind = kind_of(new)
+        if kind and (kind, generation(new)) != (kind_of(old), generation(old)):
+            self.table.upsert_entity(_delivery_entry(kind, new))
+
+    def after_change(self, old: Delivery, new: Delivery) -> None:
+        """After a delivery's conditional write succeeded: remove the entry it moved out of and
+        count a delivery that ended. Never raises: what is left over is dropped later."""
+        from azure.core.exceptions import AzureError
+
+        kind = kind_of(old)
+        try:
+            if kind and (kind, generation(old)) != (kind_of(new), generation(new)):
+                _delete(self.table, shard_of(old.lead_id), delivery_row_key(kind, old))
+        except AzureError as exc:
+            log.info("index entry of %s/%s left for the sweep (%s)", old.lead_id, old.destination, type(exc).__name__)
+        if new.state != old.state and new.state in ("delivered", "failed", "skipped"):
+            self.counters.add({f"{new.destination}_{new.state}": 1}, new.updated_at or _now())
+
+    def drop(self, entry: Entry) -> None:
+        """Remove an entry found pointing at nothing it should, unless it was written again."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self.table.delete_entity(entry.partition, entry.row_key, etag=entry.etag,
+                                     match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            pass
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def open(self) -> Iterator[Entry]:
+        """Every open delivery's entry (and any left over, for the reader to drop)."""
+        return self._kind(OPEN)
+
+    def replayable(self) -> Iterator[Entry]:
+        """Every entry of a delivery ``replay`` can send (and any left over)."""
+        return self._kind(REPLAYABLE)
+
+    def _kind(self, prefix: str) -> Iterator[Entry]:
+        for shard in _shards():
+            yield from _range(self.table, shard, prefix, _after(prefix))
+
+    def newest(self, since: datetime | None = None, until: datetime | None = None, after: str | None = None,
+               page: int = 50) -> Iterator[Entry]:  # fmt: skip
+        """Leads and rejected records received in [since, until), newest first, after the cursor
+        ``after`` (see :meth:`cursor`); read lazily, a page at a time."""
+        low = f"{_INVERT - micros(until) + 1:018d}" if until else ""
+        if after:
+            low = max(low, after)
+        high = f"{_INVERT - micros(since) + 1:018d}" if since else "~"
+        return _range(self.timeline, TIMELINE, low, high, page + 1)
+
+    def rejected(self, count: int) -> list[Entry]:
+        """The latest ``count`` rejected records' entries, newest first."""
+        shards = [_range(self.table, shard, REJECTED, _after(REJECTED), count) for shard in _shards()]
+        return list(islice(heapq.merge(*shards, key=lambda entry: entry.row_key), count))
+
+    @staticmethod
+    def cursor(entry: Entry) -> str:
+        """Where a page after ``entry`` starts (for ``list --cursor``)."""
+        return entry.row_key
+
+    @staticmethod
+    def cursor_of(lead_id: str, received_at: datetime) -> str:
+        """The cursor of the timeline entry of a lead received at ``received_at``."""
+        return f"{time_key(received_at)}|{lead_id}"
+
+    # --- indexing a store written before the index ------------------------------------------------
+
+    def built(self) -> bool:
+        """Whether every lead stored before the index existed has been indexed."""
+        return bool(self._meta().get("Done"))
+
+    def mark_built(self) -> None:
+        """A new store: nothing was stored before the index."""
+        self.table.upsert_entity({"PartitionKey": _META[0], "RowKey": _META[1], "Done": True, "DoneAt": _now()})
+
+    def _meta(self) -> dict[str, Any]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return dict(self.table.get_entity(*_META))
+        except ResourceNotFoundError:
+            return {}
+
+    def build(self, leads: TableClient, seconds: float | None = None, again: bool = False,
+              page: int = 1000) -> dict[str, Any]:  # fmt: skip
+        """Index every row of the lead store ``leads``, resuming where the last call stopped, for
+        at most ``seconds`` (None: to the end). Entries are written with upserts and the place
+        is saved after each page, so a build cut short, or two at once, only repeat work."""
+        meta = {} if again else self._meta()
+        if meta.get("Done"):
+            return meta
+        started = time.monotonic()
+        resume = meta.get("ResumeFrom") or ""
+        progress = {"Leads": int(meta.get("Leads") or 0), "Deliveries": int(meta.get("Deliveries") or 0)}
+        query = leads.query_entities("PartitionKey ge @resume", parameters={"resume": resume}, results_per_page=page)
+        last = resume
+        for page in query.by_page():
+            pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for entity in page:
+                last = entity["PartitionKey"]
+                entries = entries_for(entity)
+                if entries:
+                    progress["Deliveries" if entity["RowKey"].startswith("delivery|") else "Leads"] += 1
+                for table, entry in entries:
+                    pending.setdefault((table, entry["PartitionKey"]), []).append(entry)
+            self._write(pending)
+            self._save({"ResumeFrom": last, **progress})
+            if seconds is not None and time.monotonic() - started > seconds:
+                return {"ResumeFrom": last, **progress, "Done": False}
+        meta = {"ResumeFrom": last, **progress, "Done": True, "DoneAt": _now()}
+        self._save(meta)
+        return meta
+
+    def _write(self, pending: Mapping[tuple[str, str], list[dict[str, Any]]]) -> None:
+        for (table, _), entries in pending.items():
+            client = self.timeline if table == "timeline" else self.table
+            unique = list({entry["RowKey"]: entry for entry in entries}.values())
+            for start in range(0, len(unique), _BATCH):
+                client.submit_transaction([("upsert", entry) for entry in unique[start:start + _BATCH]])
+
+    def _save(self, values: Mapping[str, Any]) -> None:
+        self.table.upsert_entity({"PartitionKey": _META[0], "RowKey": _META[1], **values})
+
+
+def entries_for(entity: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The entries, as (``"timeline"`` or ``"index"``, entry), that a row of the lead store calls
+    for: none for a finished delivery, or a row of another kind."""
+    row_key: str = entity["RowKey"]
+    lead_id: str = entity["PartitionKey"]
+    if row_key == "lead" and entity.get("ReceivedAt"):
+        return [("timeline", _timeline_entry(lead_id, entity["ReceivedAt"]))]
+    if row_key == "rejected" and entity.get("ReceivedAt"):
+        return [("timeline", _timeline_entry(lead_id, entity["ReceivedAt"], rejected=True)),
+                ("index", _rejected_entry(lead_id, entity["ReceivedAt"]))]  # fmt: skip
+    if row_key.startswith("delivery|") and entity.get("State"):
+        delivery = _from_entity(entity)
+        kind = kind_of(delivery)
+        return [("index", _delivery_entry(kind, delivery))] if kind else []
+    return []
+
+
+class DayCounters:
+    """Per-day counts of changes (``<destination>_<state>``, ``intake_rejected``), kept in
+    ``COUNTER_SLOTS`` rows a day and changed with ETags; reading a window reads its rows only."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def add(self, counts: Mapping[str, int], at: datetime) -> None:
+        """Add ``counts`` to the day of ``at``. Never raises: a count is not worth a delivery."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        day = f"count|{at.astimezone(timezone.utc):%Y-%m-%d}"
+        try:
+            for _ in range(20):
+                slot = f"{random.randrange(COUNTER_SLOTS):02d}"
+                try:
+                    row = self.table.get_entity(day, slot)
+                except ResourceNotFoundError:
+                    try:
+                        self.table.create_entity({"PartitionKey": day, "RowKey": slot, **counts})
+                        return
+                    except ResourceExistsError:
+                        continue
+                added = {name: int(row.get(name) or 0) + n for name, n in counts.items()}
+                patch = {"PartitionKey": day, "RowKey": slot, **added}
+                try:
+                    self.table.update_entity(patch, mode=UpdateMode.MERGE, etag=row.metadata["etag"],
+                                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                    return
+                except ResourceModifiedError:
+                    continue
+            log.warning("a day counter kept changing under this update; %s not counted", ", ".join(counts))
+        except AzureError as exc:
+            log.warning("day counters not updated (%s)", type(exc).__name__)
+
+    def window(self, days: int, now: datetime | None = None) -> dict[str, dict[str, int]]:
+        """``{group: {state: count}}`` over the last ``days`` days (today included)."""
+        now = (now or _now()).astimezone(timezone.utc)
+        low, high = f"count|{now - timedelta(days=days - 1):%Y-%m-%d}", f"count|{now:%Y-%m-%d}"
+        totals: dict[str, dict[str, int]] = {}
+        query = "PartitionKey ge @low and PartitionKey le @high"
+        for row in self.table.query_entities(query, parameters={"low": low, "high": high}):
+            for name, value in row.items():
+                if name in ("PartitionKey", "RowKey") or "_" not in name or not isinstance(value, int):
+                    continue
+                group, state = name.rsplit("_", 1)
+                totals.setdefault(group, {}).setdefault(state, 0)
+                totals[group][state] += value
+        return {group: dict(sorted(states.items())) for group, states in sorted(totals.items())}
+
+
+def _range(table: TableClient, partition: str, low: str, high: str, page: int | None = None) -> Iterator[Entry]:
+    """The entries of one partition with keys strictly between ``low`` and ``high``, in order."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    query = "PartitionKey eq @partition and RowKey gt @low and RowKey lt @high"
+    entities = table.query_entities(query, parameters={"partition": partition, "low": low, "high": high},
+                                    results_per_page=page)  # fmt: skip
+    try:
+        for entity in entities:
+            yield _entry(entity)
+    except ResourceNotFoundError:
+        return  # no table yet: nothing stored yet
+
+
+def _delete(table: TableClient, partition: str, row_key: str) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        table.delete_entity(partition, row_key)
+    except ResourceNotFoundError:
+        pass
+
+
+def _shards() -> list[str]:
+    return [f"s{number}" for number in range(SHARDS)]
+
+
+def _after(prefix: str) -> str:
+    """The first key past every key that starts with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -358,8 +358,6 @@ def _poll(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .imports import ImportError_, Progress, import_file
 
     columns = {}
@@ -369,8 +367,7 @@ def _import(args: argparse.Namespace) -> int:
             print(f"--column {item}: expected FIELD=HEADER, e.g. --column email='Work email'", file=sys.stderr)
             return 2
         columns[name.strip()] = header.strip()
-    size = Path(args.file).stat().st_size if Path(args.file).is_file() else 0
-    progress = Progress(size)
+    progress = Progress()
     try:
         report = import_file(args.file, format=args.format, columns=columns, dry_run=args.dry_run,
                              deliver=args.deliver, table_name=args.table, progress=progress)  # fmt: skip

@@ -73,7 +73,6 @@ class Outcome:
     row: int
     state: str  # imported, imported-not-sent, already-received, refused
     lead_id: str | None = None
-    reason: str | None = None
     matched: str | None = None  # the stored lead an already-received row matched
 
 
@@ -421,8 +420,8 @@ def _preview(lead: Lead) -> dict[str, Any]:
 class Progress:
     """A one-line progress count on a terminal (standard error), every ``every`` rows."""
 
-    def __init__(self, total_bytes: int, stream=sys.stderr, every: int = 100) -> None:
-        self.stream, self.every, self.total = stream, every, total_bytes
+    def __init__(self, stream=sys.stderr, every: int = 100) -> None:
+        self.stream, self.every = stream, every
         self.active = hasattr(stream, "isatty") and stream.isatty()
 
     def __call__(self, rows: int) -> None:

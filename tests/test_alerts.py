@@ -16,6 +16,7 @@ from leads.operations import sweep
 from leads.store import LeadStore
 
 from .fake_webhook import FakeWebhook
+from .personal import leaked
 
 
 def body(index: int) -> dict:
@@ -58,8 +59,7 @@ def test_an_outage_sends_one_alert_per_window_with_the_count_ids_error_and_fix(g
     assert all(lead_id in text for lead_id in lead_ids[:5])
     assert "410 Gone" in text and "set WEBHOOK_URL" in text
     assert "python -m leads replay --destination webhook" in text
-    for value in ("Jo", "Doe", "fabrikam", "7946", "0958"):
-        assert value not in mail["subject"] + text + mail["html"], value
+    assert leaked(("Jo", "Doe", "fabrikam", "7946", "0958"), mail["subject"] + text + mail["html"]) == []
 
     sweep(now=start + ALERT_WINDOW + timedelta(minutes=4))  # sent once
     assert len(fake_acs.mails) == 1

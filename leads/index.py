@@ -37,7 +37,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import islice
@@ -262,59 +262,85 @@ class LeadIndex:
 
     def built(self) -> bool:
         """Whether every lead stored before the index existed has been indexed."""
-        return bool(self._meta().get("Done"))
+        return bool(checkpoint_of(self.table, _META).get("Done"))
 
     def mark_built(self) -> None:
         """A new store: nothing was stored before the index."""
-        self.table.upsert_entity({"PartitionKey": _META[0], "RowKey": _META[1], "Done": True, "DoneAt": _now()})
-
-    def _meta(self) -> dict[str, Any]:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return dict(self.table.get_entity(*_META))
-        except ResourceNotFoundError:
-            return {}
+        mark_done(self.table, _META)
 
     def build(self, leads: TableClient, seconds: float | None = None, again: bool = False,
               page: int = 1000) -> dict[str, Any]:  # fmt: skip
-        """Index every row of the lead store ``leads``, resuming where the last call stopped, for
-        at most ``seconds`` (None: to the end). Entries are written with upserts and the place
-        is saved after each page, so a build cut short, or two at once, only repeat work."""
-        meta = {} if again else self._meta()
-        if meta.get("Done"):
-            return meta
-        started = time.monotonic()
-        resume = meta.get("ResumeFrom") or ""
-        progress = {"Leads": int(meta.get("Leads") or 0), "Deliveries": int(meta.get("Deliveries") or 0)}
-        query = leads.query_entities("PartitionKey ge @resume", parameters={"resume": resume}, results_per_page=page)
-        last = resume
-        for page in query.by_page():
-            pending: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for entity in page:
-                last = entity["PartitionKey"]
-                entries = entries_for(entity)
-                if entries:
-                    progress["Deliveries" if entity["RowKey"].startswith("delivery|") else "Leads"] += 1
-                for table, entry in entries:
-                    pending.setdefault((table, entry["PartitionKey"]), []).append(entry)
-            self._write(pending)
-            self._save({"ResumeFrom": last, **progress})
-            if seconds is not None and time.monotonic() - started > seconds:
-                return {"ResumeFrom": last, **progress, "Done": False}
-        meta = {"ResumeFrom": last, **progress, "Done": True, "DoneAt": _now()}
-        self._save(meta)
+        """Index every row of the lead store ``leads`` (see :func:`read_store_once`)."""
+        return read_store_once(leads, self.table, _META, self._index_page, ("Leads", "Deliveries"), seconds, again,
+                               page)  # fmt: skip
+
+    def _index_page(self, entities: list[Mapping[str, Any]]) -> dict[str, int]:
+        counts = {"Leads": 0, "Deliveries": 0}
+        pending: dict[str, list[dict[str, Any]]] = {"timeline": [], "index": []}
+        for entity in entities:
+            entries = entries_for(entity)
+            if entries:
+                counts["Deliveries" if entity["RowKey"].startswith("delivery|") else "Leads"] += 1
+            for table, entry in entries:
+                pending[table].append(entry)
+        upsert_batched(self.timeline, pending["timeline"])
+        upsert_batched(self.table, pending["index"])
+        return counts
+
+
+def read_store_once(leads: TableClient, checkpoints: TableClient, key: tuple[str, str],
+                    index_page: Callable[[list[Mapping[str, Any]]], Mapping[str, int]], counts: Iterable[str],
+                    seconds: float | None = None, again: bool = False, page: int = 1000) -> dict[str, Any]:  # fmt: skip
+    """Hand every row of the lead store ``leads`` to ``index_page``, a page at a time, from start to
+    end once, resuming where the last call stopped, for at most ``seconds`` (None: to the end).
+    ``index_page`` writes with upserts and returns what it indexed (``counts`` names them); the
+    place and the totals are saved in the row ``key`` of ``checkpoints`` after each page, so a
+    build cut short, or two at once, only repeat work. ``again``: from the start once more."""
+    meta = {} if again else checkpoint_of(checkpoints, key)
+    if meta.get("Done"):
         return meta
+    started = time.monotonic()
+    last = meta.get("ResumeFrom") or ""
+    progress = {name: int(meta.get(name) or 0) for name in counts}
+    query = leads.query_entities("PartitionKey ge @resume", parameters={"resume": last}, results_per_page=page)
+    for entities in query.by_page():
+        entities = list(entities)
+        for name, count in index_page(entities).items():
+            progress[name] += count
+        last = entities[-1]["PartitionKey"] if entities else last
+        checkpoints.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], "ResumeFrom": last, **progress})
+        if seconds is not None and time.monotonic() - started > seconds:
+            return {"ResumeFrom": last, **progress, "Done": False}
+    meta = {"ResumeFrom": last, **progress, "Done": True, "DoneAt": _now()}
+    checkpoints.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], **meta})
+    return meta
 
-    def _write(self, pending: Mapping[tuple[str, str], list[dict[str, Any]]]) -> None:
-        for (table, _), entries in pending.items():
-            client = self.timeline if table == "timeline" else self.table
-            unique = list({entry["RowKey"]: entry for entry in entries}.values())
-            for start in range(0, len(unique), _BATCH):
-                client.submit_transaction([("upsert", entry) for entry in unique[start:start + _BATCH]])
 
-    def _save(self, values: Mapping[str, Any]) -> None:
-        self.table.upsert_entity({"PartitionKey": _META[0], "RowKey": _META[1], **values})
+def checkpoint_of(table: TableClient, key: tuple[str, str]) -> dict[str, Any]:
+    """A build's checkpoint row (see :func:`read_store_once`); empty if it never ran."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return dict(table.get_entity(*key))
+    except ResourceNotFoundError:
+        return {}
+
+
+def mark_done(table: TableClient, key: tuple[str, str]) -> None:
+    """Record a build as complete (a new store has nothing from before to index)."""
+    table.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], "Done": True, "DoneAt": _now()})
+
+
+def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:
+    """Upsert ``entities``, in one transaction per partition and :data:`_BATCH` rows (the last
+    of two with one key wins)."""
+    partitions: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for entity in entities:
+        partitions.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
+    for rows in partitions.values():
+        unique = list(rows.values())
+        for start in range(0, len(unique), _BATCH):
+            table.submit_transaction([("upsert", entity) for entity in unique[start:start + _BATCH]])
 
 
 def entries_for(entity: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:

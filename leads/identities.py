@@ -1,24 +1,46 @@
-"""Who a lead is about, findable without reading history: one small row per lead.
+"""Who a lead is about, findable without reading history: small rows beside the lead store.
 
-A lead is identified by its email, or by first and last name with company, together with its
-offer (the same person asking about two offers is two leads). Each stored lead that carries such
-an identity gets one row in the app's ``<prefix>Identities`` table, in the partition of the day it
-arrived: PartitionKey ``<received day, YYYY-MM-DD>``, RowKey ``<lead id>``, ``Who`` the digests of
-its identities. "Was a lead from this person about this offer received within a day of then?"
-reads the three day partitions around then, whatever the store holds; :class:`Matcher` keeps the
-last few days it read, so a file of leads sorted by date reads each day once.
+**Identities, for ``import``.** A lead is identified by its email, or by first and last name with
+company, together with its offer (the same person asking about two offers is two leads). Each
+stored lead that carries such an identity gets one row in the app's ``<prefix>Identities`` table,
+in the partition of the day it arrived: PartitionKey ``<received day, YYYY-MM-DD>``, RowKey ``<lead
+id>``, ``Who`` the digests of its identities. "Was a lead from this person about this offer
+received within a day of then?" reads the three day partitions around then, whatever the store
+holds; :class:`Matcher` keeps the last few days it read, so a file of leads sorted by date reads
+each day once.
 
-The row costs one write per lead (a PUT, which the SDK retries safely), at intake. The rows hold
-no personal data in clear, but a digest of an email is still personal data: erasing a person
-erases their rows too (:meth:`IdentityIndex.forget`). A row is written before its lead, so it
-can point at a lead that was never stored (a crash between the two): a match is checked to exist.
+**Email addresses, for ``forget --email``.** Every address a lead or rejected record holds (the
+lead's email, and any address anywhere in its normalised fields or raw input, found by
+:data:`ADDRESS`) gets a row in the same table: PartitionKey ``email|<digest of the address>``,
+RowKey ``<record id>|lead`` or ``<record id>|rejected``. Finding a person's rows is one partition
+query of their address (:meth:`IdentityIndex.holding`), however many leads others sent. The lookup
+is by address, so each address is a partition of its own and a record's rows cannot share one
+transaction: a lead with one address (nearly all) costs one write more at intake, a PUT each
+(which the SDK retries safely). A record holding more than :data:`MAX_ADDRESSES` addresses (a
+refused body full of them) gets that many rows and one in ``email|crowded``, which every lookup
+also reads and checks by content, so a flood of addresses in one body costs a bounded number of
+writes and no lookup misses it.
+
+The rows hold no personal data in clear (SHA-256 digests), but a digest of an email is still
+personal data: erasing a record deletes its rows (:meth:`IdentityIndex.forget`,
+:meth:`IdentityIndex.forget_addresses`). Rows are written before the record they point at, so one
+can point at a record that was never stored (a crash between the two): a match is checked to exist.
+
+Stores written before these rows existed are indexed once by :meth:`IdentityIndex.build` (``python
+-m leads reindex``); its checkpoint row (``reindex``/``identities`` in ``<prefix>Checkpoints``) says
+when every stored record is in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .index import checkpoint_of, mark_done, read_store_once, upsert_batched
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -26,6 +48,17 @@ if TYPE_CHECKING:
     from .model import Lead
 
 MATCH_WINDOW = timedelta(days=1)
+# An email address in free text: the HTML standard's "valid email address" (what browsers accept
+# in <input type=email>), widened from ASCII to Unicode letters and digits, with the local part
+# bounded to RFC 5321's 64 characters so that a long run of text without an "@" is read in linear
+# time. Found addresses are compared case-folded, as `forget --email` always did.
+ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[^\W_](?:[\w-]{0,61}[^\W_])?(?:\.[^\W_](?:[\w-]{0,61}[^\W_])?)*")
+# A backslash escape of JSON text (a body that did not parse): "a\nx@y" holds x@y, not nx@y.
+_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)")
+MAX_ADDRESSES = 20
+EMAIL_PARTITION = "email|"
+CROWDED = EMAIL_PARTITION + "crowded"
+_META = ("reindex", "identities")  # in the checkpoints table
 
 
 def identity_keys(lead: Lead) -> list[str]:
@@ -38,23 +71,144 @@ def identity_keys(lead: Lead) -> list[str]:
     if lead.first_name and lead.last_name and lead.company:
         people.append("name|" + "|".join(part.casefold() for part in (lead.first_name, lead.last_name, lead.company)))
     offers = list(dict.fromkeys(offer.casefold() for offer in (lead.offer_id, lead.offer_title) if offer)) or [""]
-    return [hashlib.sha256(f"{person}|{offer}".encode()).hexdigest()[:32] for person in people for offer in offers]
+    return [_digest(f"{person}|{offer}") for person in people for offer in offers]
+
+
+def address_partition(address: str) -> str:
+    """The partition of the rows of the records holding ``address`` (any case)."""
+    return EMAIL_PARTITION + _digest(address.strip().casefold())
+
+
+def addresses_of(entity: Mapping[str, Any]) -> list[str]:
+    """Every email address a row of the lead store holds, case-folded: a lead's normalised fields
+    and raw input, a rejected marketplace row's properties, a refused body's bytes."""
+    from .store import _join
+
+    if "Size" in entity:  # a refused body, as received
+        chunks = {int(key[4:]): value for key, value in entity.items()
+                  if key.startswith("Body") and key[4:].isdigit() and isinstance(value, bytes)}  # fmt: skip
+        body = b"".join(chunks[index] for index in sorted(chunks))
+        return _addresses([body.decode("utf-8", "replace")])
+    return _addresses([_join(name, entity) for name in ("Lead", "Raw") if name in entity])
+
+
+def _addresses(values: list[Any]) -> list[str]:
+    """The addresses in ``values`` and in everything they hold; text that is JSON is read as JSON
+    as well (a marketplace row's ``CustomerInfo``, a lead row's chunks, a refused body)."""
+    found: set[str] = set()
+    stack = list(values)
+    while stack:  # not recursive: a refused body may nest deeper than Python recurses
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            stack += value
+        elif isinstance(value, str) and "@" in value:
+            for text in _around_ats(value):
+                found.update(match.casefold() for match in ADDRESS.findall(text))
+                if "\\" in text:
+                    found.update(match.casefold() for match in ADDRESS.findall(_ESCAPE.sub(" ", text)))
+            if value.lstrip()[:1] in ("{", "["):
+                try:
+                    stack.append(json.loads(value))
+                except (ValueError, RecursionError):
+                    pass
+    return sorted(found)
+
+
+def _around_ats(text: str) -> list[str]:
+    """The stretches of ``text`` an address in it can span (64 characters before an "@", 253
+    after): a long text is read near its "@"s only, so a refused body of half a megabyte of
+    letters costs a scan, not a regex attempt at every one of its characters."""
+    if len(text) <= 4096:
+        return [text]
+    spans: list[list[int]] = []
+    for at in re.finditer("@", text):
+        low, high = max(0, at.start() - 64), at.start() + 254
+        if spans and low <= spans[-1][1]:
+            spans[-1][1] = high
+        else:
+            spans.append([low, high])
+    return [text[low:high] for low, high in spans]
 
 
 class IdentityIndex:
-    def __init__(self, table: TableClient, leads: TableClient) -> None:
+    def __init__(self, table: TableClient, leads: TableClient, checkpoints: TableClient) -> None:
         self.table = table
         self.leads = leads
+        self.checkpoints = checkpoints
 
-    def record(self, lead: Lead) -> None:
-        """Index a lead under its identities (a replace: recording it again changes nothing)."""
+    def record(self, lead: Lead, addresses: Iterable[str] = ()) -> None:
+        """Index a lead under its identities and the email ``addresses`` it holds
+        (:func:`addresses_of` its row); upserts: recording it again changes nothing."""
         from azure.data.tables import UpdateMode
 
-        keys = identity_keys(lead)
-        if keys:
-            self.table.upsert_entity({"PartitionKey": _day(lead.received_at), "RowKey": lead.lead_id,
-                                      "Who": " ".join(keys), "ReceivedAt": lead.received_at},
-                                     mode=UpdateMode.REPLACE)  # fmt: skip
+        if row := _identity_row(lead):
+            self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
+        self.record_addresses(lead.lead_id, "lead", addresses)
+
+    def record_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
+        """Index the lead store's row ``record_id``/``row_key`` under each of ``addresses``."""
+        for row in _address_rows(record_id, row_key, list(addresses)):
+            self.table.upsert_entity(row)
+
+    def holding(self, address: str) -> Iterator[tuple[str, str, bool]]:
+        """The rows of the lead store that hold ``address``, as (record id, row key, crowded?): one
+        partition query, and one of the crowded records (whose rows the caller checks by content)."""
+        for partition in (address_partition(address), CROWDED):
+            for row in self.table.query_entities("PartitionKey eq @p", parameters={"p": partition},
+                                                 select=["RowKey"]):  # fmt: skip
+                record_id, row_key = row["RowKey"].rsplit("|", 1)
+                yield record_id, row_key, partition == CROWDED
+
+    def forget_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
+        """Delete the rows that index the record under ``addresses`` (and its crowded row if
+        it has that many)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        addresses = list(addresses)
+        partitions = [address_partition(address) for address in addresses[:MAX_ADDRESSES]]
+        for partition in partitions + ([CROWDED] if len(addresses) > MAX_ADDRESSES else []):
+            try:
+                self.table.delete_entity(partition, f"{record_id}|{row_key}")
+            except ResourceNotFoundError:
+                pass
+
+    # --- indexing a store written before these rows ---------------------------------------------
+
+    def built(self) -> bool:
+        """Whether every record stored before the email rows existed has been indexed."""
+        return bool(checkpoint_of(self.checkpoints, _META).get("Done"))
+
+    def mark_built(self) -> None:
+        """A new store: nothing was stored before the email rows."""
+        mark_done(self.checkpoints, _META)
+
+    def build(self, seconds: float | None = None, again: bool = False, page: int = 1000) -> dict[str, Any]:
+        """Write the identity and email rows of every lead and rejected record in the store, once
+        (see :func:`leads.index.read_store_once`); erased records hold nothing to index."""
+        counts = ("Leads", "Rejected", "Addresses")
+        return read_store_once(self.leads, self.checkpoints, _META, self._index_page, counts, seconds, again, page)
+
+    def _index_page(self, entities: list[Mapping[str, Any]]) -> dict[str, int]:
+        from .store import LEAD_ROW, REJECTED_ROW, _from_entity
+
+        counts, rows = {"Leads": 0, "Rejected": 0, "Addresses": 0}, []
+        for entity in entities:
+            row_key = entity["RowKey"]
+            if row_key not in (LEAD_ROW, REJECTED_ROW) or entity.get("ErasedAt") is not None:
+                continue
+            addresses = addresses_of(entity)
+            if row_key == LEAD_ROW:
+                try:
+                    rows += [row] if (row := _identity_row(_from_entity(dict(entity)))) else []
+                except ValueError:  # a row no version could read back: its addresses are still indexed
+                    pass
+            rows += _address_rows(entity["PartitionKey"], row_key, addresses)
+            counts["Leads" if row_key == LEAD_ROW else "Rejected"] += 1
+            counts["Addresses"] += len(addresses)
+        upsert_batched(self.table, rows)
+        return counts
 
     def matcher(self, days_kept: int = 7) -> Matcher:
         return Matcher(self, days_kept)
@@ -130,6 +284,26 @@ class Matcher:
             while len(self._days) > self.days_kept:
                 self._days.popitem(last=False)
         return rows
+
+
+def _identity_row(lead: Lead) -> dict[str, Any] | None:
+    keys = identity_keys(lead)
+    if not keys:
+        return None
+    return {"PartitionKey": _day(lead.received_at), "RowKey": lead.lead_id, "Who": " ".join(keys),
+            "ReceivedAt": lead.received_at}  # fmt: skip
+
+
+def _address_rows(record_id: str, row_key: str, addresses: list[str]) -> list[dict[str, Any]]:
+    rows = [{"PartitionKey": address_partition(address), "RowKey": f"{record_id}|{row_key}"}
+            for address in addresses[:MAX_ADDRESSES]]  # fmt: skip
+    if len(addresses) > MAX_ADDRESSES:
+        rows.append({"PartitionKey": CROWDED, "RowKey": f"{record_id}|{row_key}"})
+    return rows
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _day(when: datetime) -> str:

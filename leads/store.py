@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .deliveries import DeliveryBook, new_delivery_entity
 from .destinations.base import Route
-from .identities import IdentityIndex
+from .identities import IdentityIndex, addresses_of
 from .index import Entry, LeadIndex
 from .model import Lead
 from .normalise import http_lead_id, identifies_person
@@ -96,7 +96,7 @@ class LeadStore:
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
         self.index = LeadIndex(*(service.get_table_client(prefix + name) for name in ("Index", "Timeline", "Counts")))
         self.deliveries = DeliveryBook(self.leads, self.index)
-        self.identities = IdentityIndex(service.get_table_client(f"{prefix}Identities"), self.leads)
+        self.identities = IdentityIndex(service.get_table_client(f"{prefix}Identities"), self.leads, self.checkpoints)
         self._created = False
 
     @classmethod
@@ -119,6 +119,8 @@ class LeadStore:
                 pass
         if {self.leads.table_name, self.index.table.table_name} <= created:
             self.index.mark_built()  # a new store: no lead was stored before its index
+        if {self.leads.table_name, self.identities.table.table_name} <= created:
+            self.identities.mark_built()  # nor before its identity and email rows
         self._created = True
 
     def ping(self) -> None:
@@ -149,7 +151,7 @@ class LeadStore:
         rows = [entity, *beside] + [new_delivery_entity(lead.lead_id, name, route, now)
                                     for name, route in (deliveries or {}).items()]  # fmt: skip
         # Before the lead, so no stored lead lacks its identity rows (a row without its lead is ignored).
-        self.identities.record(lead)
+        self.identities.record(lead, addresses_of(entity))
         owed = rows[1 + len(beside):]
         self.index.before_add(lead.lead_id, lead.received_at, owed)
         for attempt in range(3):
@@ -313,6 +315,7 @@ class LeadStore:
                            for index, start in enumerate(range(0, len(kept), _BINARY_CHUNK))})  # fmt: skip
         else:
             entity.update(_split("Raw", json.dumps(raw, ensure_ascii=False, default=str)))
+        self.identities.record_addresses(record_id, REJECTED_ROW, addresses_of(entity))
         self.leads.upsert_entity(entity)
         return Rejected(record_id, channel, error, received_at)
 

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--skipped", action="store_true",
                         help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
 
-    reindex = commands.add_parser("reindex", help="index the leads of a store written before the index (once)")
+    reindex = commands.add_parser("reindex", help="index the leads of a store written before the indexes (once)")
     reindex.add_argument("--again", action="store_true", help="read the whole store once more")
 
     check = commands.add_parser("check", help="storage, routing and every enabled destination's settings and "
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     forget = commands.add_parser("forget", help="erase one person's personal data from every row and outbox mail "
                                  "that holds it, keeping ids, times and delivery outcomes")  # fmt: skip
     who = forget.add_mutually_exclusive_group(required=True)
-    who.add_argument("--email", metavar="ADDRESS", help="every lead and rejected record holding this address (reads "
-                     "every lead row once: a manual command)")  # fmt: skip
+    who.add_argument("--email", metavar="ADDRESS", help="every lead and rejected record holding this address (found "
+                     "by the email index; until reindex completes it, by reading every row)")  # fmt: skip
     who.add_argument("--lead", metavar="LEAD_ID", help="this lead or rejected record only (point reads)")
     forget.add_argument("--json", action="store_true", help="what was erased, as JSON")
 
@@ -276,6 +276,10 @@ def _forget(args: argparse.Namespace) -> int:
         print(f"forget: --email {args.email!r} is not an email address", file=sys.stderr)
         return 2
     done = forget_email(args.email) if args.email is not None else forget_lead(args.lead)
+    if done is not None and done.read_every_row:
+        print("forget: the email index is not complete yet (a store from before it): every lead and rejected "
+              "row was read to find the address; run python -m leads reindex once to index them.",
+              file=sys.stderr)  # fmt: skip
     if done is None:
         print(f"forget: no lead or rejected record with id {args.lead}", file=sys.stderr)
         return 1
@@ -307,8 +311,13 @@ def _reindex(args: argparse.Namespace) -> int:
     from .operations import reindex
 
     done = reindex(again=args.again)
-    print(f"Indexed {done['Leads']} leads and rejected records, {done['Deliveries']} open or failed deliveries."
-          if done else "The index is complete (use --again to read the whole store once more).")  # fmt: skip
+    if not done:
+        print("The index is complete (use --again to read the whole store once more).")
+    if done and (index := done["index"]):
+        print(f"Indexed {index['Leads']} leads and rejected records, {index['Deliveries']} open or failed deliveries.")
+    if done and (identities := done["identities"]):
+        print(f"Indexed the email addresses of {identities['Leads']} leads and {identities['Rejected']} rejected "
+              f"records ({identities['Addresses']} addresses): forget --email reads that index now.")  # fmt: skip
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .deliveries import OPEN
+from .identities import addresses_of
 from .settings import Settings, get_settings
 from .store import LEAD_ROW, REJECTED_ROW, LeadStore, _from_entity, _to_entity
 
@@ -61,19 +62,20 @@ class Erased:
     outbox_files: list[str] = field(default_factory=list)
     sent_elsewhere: list[dict[str, Any]] = field(default_factory=list)
     scanned: int = 0
+    read_every_row: bool = False  # forget --email before the email index was complete
 
     def add(self, other: Erased) -> None:
         for name, value in asdict(other).items():
             if isinstance(value, list):
                 getattr(self, name).extend(value)
-            else:
+            elif not isinstance(value, bool):
                 setattr(self, name, getattr(self, name) + value)
 
     def to_dict(self) -> dict[str, Any]:
         return {"erasedLeads": self.leads, "alreadyErased": self.already_erased, "erasedRejected": self.rejected,
                 "deliveriesSkipped": self.deliveries_skipped, "deliveryErrorsErased": self.errors_erased,
                 "outboxFilesDeleted": self.outbox_files, "sentElsewhere": self.sent_elsewhere,
-                "rowsScanned": self.scanned, "note": OUTSIDE_NOTE}  # fmt: skip
+                "rowsScanned": self.scanned, "readEveryRow": self.read_every_row, "note": OUTSIDE_NOTE}  # fmt: skip
 
 
 def is_erased(entity: Any) -> bool:
@@ -97,22 +99,47 @@ def forget_lead(lead_id: str, settings: Settings | None = None, now: datetime | 
 
 
 def forget_email(address: str, settings: Settings | None = None, now: datetime | None = None) -> Erased:
-    """Erase every lead whose email is ``address`` or whose raw input holds it, and every rejected
-    record whose content holds it. No index finds leads by email yet: this reads every lead and
-    rejected row once, page by page, so it is a manual command, never run on a schedule."""
+    """Erase every lead whose email is ``address`` or whose fields or raw input hold it, and every
+    rejected record whose content holds it (any case). The email index (``leads/identities.py``)
+    names them: one partition query, then point reads of the person's rows. Until that index is
+    complete (a store from before it, not yet through ``reindex``), every lead and rejected row is
+    read once instead, page by page, and the result says so (``read_every_row``)."""
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
-    needle = address.strip().lower()
+    needle = address.strip().casefold()
     done, now = Erased(), now or _now()
-    query = "RowKey eq @lead or RowKey eq @rejected"
-    for entity in store.leads.query_entities(query, parameters={"lead": LEAD_ROW, "rejected": REJECTED_ROW},
-                                             results_per_page=500):  # fmt: skip
-        done.scanned += 1
-        if _holds(entity, needle):
-            done.add(_erase_row(store, entity, settings, now))
+    if store.identities.built():
+        for record_id, row_key, crowded in list(store.identities.holding(needle)):
+            entity = _get(store, record_id, row_key)
+            done.scanned += entity is not None
+            if entity is not None and crowded and not _holds(entity, needle):
+                continue  # a record with many addresses, none of them this one
+            if entity is None or needle not in addresses_of(entity):
+                # Missing (its write never happened), or erased already and so no longer saying
+                # which addresses it held: the row it was found by goes now.
+                store.identities.forget_addresses(record_id, row_key, [needle])
+            if entity is not None:
+                done.add(_erase_row(store, entity, settings, now))
+    else:
+        done.read_every_row = True
+        query = "RowKey eq @lead or RowKey eq @rejected"
+        for entity in store.leads.query_entities(query, parameters={"lead": LEAD_ROW, "rejected": REJECTED_ROW},
+                                                 results_per_page=500):  # fmt: skip
+            done.scanned += 1
+            if _holds(entity, needle):
+                done.add(_erase_row(store, entity, settings, now))
     done.outbox_files += [name for name in _forget_outbox([("", [needle])], settings) if name not in done.outbox_files]
     return done
+
+
+def _get(store: LeadStore, record_id: str, row_key: str) -> Any:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return store.leads.get_entity(record_id, row_key)
+    except ResourceNotFoundError:
+        return None
 
 
 def apply_retention(settings: Settings | None = None, now: datetime | None = None) -> Erased:
@@ -168,6 +195,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
 
     done = Erased()
     lead_id = entity["PartitionKey"]
+    addresses = addresses_of(entity)  # read before the row is erased: the rows to delete with it
     if entity["RowKey"] == REJECTED_ROW:
         kept = {key: entity[key] for key in _REJECTED_KEPT if key in entity}
         erased = {"PartitionKey": lead_id, "RowKey": REJECTED_ROW, **kept, "Error": ERASED_ERROR,
@@ -175,6 +203,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         if "Size" not in erased:
             erased["Raw"] = "null"  # a marketplace row's properties: nothing of it is kept
         store.leads.upsert_entity(erased, mode=UpdateMode.REPLACE)
+        store.identities.forget_addresses(lead_id, REJECTED_ROW, addresses)
         done.rejected.append(lead_id)
         log.info("content of rejected record %s erased", lead_id)
         return done
@@ -187,6 +216,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
               "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
     # REPLACE drops every chunk (Lead1.., Raw1..) the personal row had.
     store.leads.upsert_entity(erased, mode=UpdateMode.REPLACE)
+    store.identities.forget_addresses(lead_id, LEAD_ROW, addresses)
     for delivery in store.deliveries.for_lead(lead_id):
         changes: dict[str, Any] = {}
         if delivery.state in OPEN:
@@ -216,10 +246,10 @@ def _holds(entity: Any, needle: str) -> bool:
     """Whether a lead or rejected row holds the address (its email, or anywhere in its input)."""
     if "Size" in entity:  # a refused body: match the bytes as received, as text
         body = b"".join(value for key, value in entity.items() if key.startswith("Body") and isinstance(value, bytes))
-        return needle in body.decode("utf-8", "replace").lower()
-    text = " ".join(str(value) for key, value in entity.items() if key.startswith(("Lead", "Raw")))
+        return needle in body.decode("utf-8", "replace").casefold()
+    text = " ".join(str(value) for key, value in entity.items() if key.startswith(("Lead", "Raw"))).casefold()
     # json.dumps escapes nothing in an address but '"' and '\\', which an address rarely holds
-    return needle in text.lower() or json.dumps(needle)[1:-1] in text.lower()
+    return needle in text or json.dumps(needle)[1:-1] in text
 
 
 # --- the local outbox ----------------------------------------------------------------------------

@@ -171,10 +171,12 @@ def status(settings: Settings | None = None, failures: int = 10, days: int = 7, 
 
 
 def reindex(settings: Settings | None = None, again: bool = False) -> dict[str, Any] | None:
-    """Index every lead and delivery of a store written before the index (once; ``again``
-    reads the whole store once more). Returns what was indexed, None if it was indexed already."""
+    """Index every lead and delivery of a store written before the index, and write the identity
+    and email rows (``leads/identities.py``) of every lead and rejected record stored before those
+    existed (each once; ``again`` reads the whole store once more). Returns what each build
+    indexed (``index``, ``identities``: None for one complete already), None if both were."""
     store = LeadStore.from_settings(settings or get_settings())
     store.ensure_tables()
-    if store.index.built() and not again:
-        return None
-    return store.index.build(store.leads, again=again)
+    done = {"index": None if store.index.built() and not again else store.index.build(store.leads, again=again),
+            "identities": None if store.identities.built() and not again else store.identities.build(again=again)}
+    return done if any(done.values()) else None

@@ -20,16 +20,18 @@ from leads import erasure
 from leads.cli import main as cli
 from leads.deliver import deliver
 from leads.erasure import ERASED_REASON, apply_retention
+from leads.imports import import_file
 from leads.intake import accept_http
 from leads.normalise import from_http_body
 from leads.poll import _recently_stored, poll_marketplace
 from leads.routing import plan
 from leads.settings import get_settings
 from leads.storage import table_service
-from leads.store import LeadStore
+from leads.store import LeadStore, _to_entity
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
+from .storage_reads import counting_table_reads
 from .workers import drain
 
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
@@ -250,3 +252,98 @@ def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fak
     assert (book.get(lead_ids[3], "email").state, book.get(lead_ids[3], "email").last_error) == ("skipped",
                                                                                                  ERASED_REASON)  # fmt: skip
     assert {book.get(lead_id, "email").state for lead_id in (lead_ids[2], lead_ids[4])} == {"delivered"}
+
+
+# --- finding a person's rows by email without reading history ------------------------------------
+
+
+def test_forget_email_reads_the_persons_rows_and_none_of_anyone_elses(app):
+    now = datetime.now(timezone.utc)
+    leads_table = get_settings().table_prefix
+
+    def rows_read_to_forget_one(others: int) -> int:
+        for _ in range(others):
+            store_received(person(), now)
+        who = person()
+        lead_id = take_in(http_body(who))
+        with counting_table_reads() as reads:
+            done = erasure.forget_email(who["Email"])
+        assert done.leads == [lead_id] and left_behind(personal_values(who), outbox()) == []
+        return reads.of(leads_table)
+
+    few = rows_read_to_forget_one(others=3)
+    many = rows_read_to_forget_one(others=20)
+    assert few == many, (few, many)  # the person's lead row and deliveries, however many others are stored
+
+
+def test_forget_email_finds_an_address_in_a_description_and_in_a_refused_body(app):
+    who, mentioned, bystander = person(), person(), person()
+    body = http_body(who)
+    body["Description"] = f"Please mail me at {mentioned['Email'].upper()}, not at the office."
+    lead_id = take_in(body)
+    refused = accept_http(b'{"Note": "write to\\n' + mentioned["Email"].encode() + b'", "UserDetails": 7}')
+    assert refused.status == 400
+    bystander_id = take_in(http_body(bystander))
+
+    done = erasure.forget_email(mentioned["Email"])
+    assert (done.leads, done.rejected) == ([lead_id], [refused.body["rejectedId"]])
+    assert done.scanned == 2  # the two rows the index names, nothing else
+    assert left_behind([mentioned["Email"], *personal_values(who)], outbox()) == []
+    assert LeadStore.from_settings().get(bystander_id).email == bystander["Email"]
+    again = erasure.forget_email(who["Email"])  # every index row of the erased lead went with it
+    assert (again.leads, again.already_erased, again.scanned) == ([], [], 0)
+
+
+def store_the_old_way(who: dict[str, str], received_at: datetime) -> str:
+    """A lead as a version before the identity and email indexes stored it: its row and
+    deliveries in one transaction, nothing beside them."""
+    from leads.deliveries import new_delivery_entity
+
+    lead = from_http_body({**http_body(who), "CreatedTime": received_at.isoformat()}, received_at=received_at)
+    lead = lead.model_copy(update={"lead_id": uuid.uuid4().hex})
+    settings = get_settings()
+    table = table_service(settings.storage_connection).create_table_if_not_exists(settings.table_prefix)
+    rows = [{**_to_entity(lead), "WriteId": "old"}] + [new_delivery_entity(lead.lead_id, name, route, received_at)
+                                                       for name, route in plan(lead, settings).items()]  # fmt: skip
+    table.submit_transaction([("create", row) for row in rows])
+    return lead.lead_id
+
+
+def test_an_old_store_is_erased_by_reading_it_all_until_reindex_then_through_the_index(app, capsys):
+    now = datetime.now(timezone.utc)
+    old = [person() for _ in range(3)]
+    old_ids = [store_the_old_way(who, now - timedelta(days=400 - index)) for index, who in enumerate(old)]
+    settings = get_settings()
+    table = table_service(settings.storage_connection).get_table_client(settings.table_prefix)
+    body = b'{"UserDetails": {"Email": "' + old[0]["Email"].encode() + b'", "FirstName": 7}'
+    table.create_entity({"PartitionKey": "hrefused-old", "RowKey": "rejected", "ReceivedAt": now, "Error": "bad",
+                         "Channel": "http", "Size": len(body), "Truncated": False, "Body0": body})  # fmt: skip
+
+    assert cli(["forget", "--email", old[0]["Email"], "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "email index is not complete" in err and "python -m leads reindex" in err
+    report = json.loads(out)
+    assert (report["erasedLeads"], report["erasedRejected"]) == ([old_ids[0]], ["hrefused-old"])
+    assert left_behind(personal_values(old[0]), outbox()) == []
+
+    assert cli(["reindex"]) == 0
+    assert "email addresses of 2 leads" in capsys.readouterr().out
+    assert cli(["forget", "--email", old[1]["Email"], "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["erasedLeads"] == [old_ids[1]] and json.loads(out)["rowsScanned"] == 1
+    assert left_behind(personal_values(old[1]), outbox()) == []
+    assert LeadStore.from_settings().get(old_ids[2]).email == old[2]["Email"]
+    assert cli(["reindex"]) == 0
+    assert "complete" in capsys.readouterr().out
+
+
+def test_import_matches_a_lead_stored_before_the_identities_once_reindexed(app, tmp_path):
+    who = person()
+    received = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    old_id = store_the_old_way(who, received)
+    assert cli(["reindex"]) == 0
+    path = tmp_path / "leads.jsonl"
+    path.write_text(json.dumps({**http_body(who), "CreatedTime": (received + timedelta(hours=2)).isoformat()}) + "\n")
+    report = import_file(path)
+    assert (report.already_received, report.imported, report.imported_not_sent) == (1, 0, 0)
+    assert [lead.lead_id for lead in LeadStore.from_settings().list(limit=None)] == [old_id]

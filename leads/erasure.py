@@ -4,7 +4,8 @@ lead older than ``LEADS_RETENTION_DAYS``, by a daily timer).
 What is erased, in the lead store's table: the lead row's normalised lead (name, email, phone,
 company, title, description) and its raw input, every chunk; a rejected record's raw row or refused
 body, and its reason (which may quote a value); the last error of each of the lead's deliveries
-(services echo values back). What is kept, so that counts and audit survive: the lead id, its
+(services echo values back); the record's rows in the identities table (digests of its identities
+and of every address it held, ``leads/identities.py``). What is kept, so that counts and audit survive: the lead id, its
 times, channel, offer, source, action, flags, duplicate count, and each delivery's destination,
 state, attempts and external id. The lead row is marked ``ErasedAt``; the delivery worker skips
 an erased lead's open deliveries (``skipped``, with :data:`ERASED_REASON`), and nothing writes an

@@ -294,6 +294,23 @@ def test_forget_email_finds_an_address_in_a_description_and_in_a_refused_body(ap
     assert (again.leads, again.already_erased, again.scanned) == ([], [], 0)
 
 
+def test_a_refused_body_full_of_addresses_costs_bounded_rows_and_each_address_still_finds_it(app):
+    from leads.identities import MAX_ADDRESSES
+
+    tag = uuid.uuid4().hex[:6]
+    addresses = [f"crowd{index:02d}{tag}@fabrikam.example" for index in range(MAX_ADDRESSES + 5)]
+    refused = accept_http(json.dumps({"UserDetails": 7, "Note": " ".join(addresses)}).encode())
+    assert refused.status == 400
+    identities = LeadStore.from_settings().identities.table
+    rows_of_it = {"key": f"{refused.body['rejectedId']}|rejected"}
+    assert len(list(identities.query_entities("RowKey eq @key", parameters=rows_of_it))) == MAX_ADDRESSES + 1
+
+    done = erasure.forget_email(addresses[-1].upper())  # one of those past the bound: found as crowded
+    assert done.rejected == [refused.body["rejectedId"]]
+    assert list(identities.query_entities("RowKey eq @key", parameters=rows_of_it)) == []
+    assert left_behind(addresses, outbox()) == []
+
+
 def store_the_old_way(who: dict[str, str], received_at: datetime) -> str:
     """A lead as a version before the identity and email indexes stored it: its row and
     deliveries in one transaction, nothing beside them."""

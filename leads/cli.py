@@ -455,5 +455,6 @@ def _moment(text: str):
 
 
 def _cut(text: str | None, width: int) -> str:
-    text = text or "-"
-    return text if len(text) <= width else text[: width - 1] + "…"
+    from .destinations.notice import within
+
+    return within(text or "-", width)

@@ -28,13 +28,14 @@ _SEPARATORS = r"[\s().-]*"
 def mask_personal(text: str, leads: Lead | Iterable[Lead | None] | None = None, limit: int = TEXT_MAX) -> str:
     """``text`` without the personal values of ``leads``, nor any email address or phone number,
     on one line and at most ``limit`` characters."""
+    from .destinations.notice import within
     from .telemetry import redact
 
     text = " ".join(str(text or "").split())
     for pattern in _patterns(leads):
         text = pattern.sub(MASK, text)
     text = redact(text)
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    return within(text, limit)
 
 
 def _patterns(leads: Lead | Iterable[Lead | None] | None) -> list[re.Pattern[str]]:

@@ -17,12 +17,12 @@ from leads.alerts import alert_text
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.email import (
     EmailDestination,
-    one_line,
     operation_id,
     render_digest,
     render_lead,
     send_operator_mail,
 )
+from leads.destinations.notice import one_line, within
 from leads.normalise import from_http_body
 from leads.settings import Settings
 from tests import fake_acs as fake_acs_plugin
@@ -124,7 +124,8 @@ def test_subject_cannot_carry_header_injection(tmp_path):
     lead = lead_from(body()).model_copy(update={"company": "Evil\r\nBcc: victim@example.com\r\n\r\n<b>x"})
     mail = render_lead(lead, Route(SALES), settings())
     assert "\r" not in mail.subject and "\n" not in mail.subject
-    assert one_line("a\r\nb\x00c\u2028d") == "a b c d"
+    assert one_line("a\r\nb\x00c\u2028d", 200) == "a b c d"
+    assert one_line("one two three", 9) == within("one two three", 9) == "one two…"  # cut, with no space left before the …
     destination = EmailDestination(settings(EMAIL_OUTBOX_DIR=str(tmp_path)))
     destination.send(lead, Route(SALES))
     message = BytesParser(policy=policy.default).parsebytes((tmp_path / f"{lead.lead_id}.eml").read_bytes())

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ..settings import DEFAULT_CHANNEL
 from .base import Check, Destination, PermanentError, Route, Sent, from_status
+from .notice import one_line
 
 if TYPE_CHECKING:
     import requests
@@ -77,7 +78,7 @@ class ChatDestination(Destination):
 
     def refusal(self, response: requests.Response) -> tuple[str, str | None]:
         """What a refused post says (the service's error code, never the message) and its fix."""
-        return _short(response.text), None
+        return one_line(response.text or "", 120), None
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -141,11 +142,6 @@ class ChatDestination(Destination):
         plural = "s" if len(channels) != 1 else ""
         return Check(True, f"{len(channels)} channel{plural} configured ({', '.join(channels)}); nothing was "
                      "posted: python -m leads test-lead posts a test card")  # fmt: skip
-
-
-def _short(text: str, limit: int = 120) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def cut(text: str, limit: int = DESCRIPTION_MAX) -> str:

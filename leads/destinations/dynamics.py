@@ -61,6 +61,7 @@ from .base import (
     from_status,
     parse_retry_after,
 )
+from .notice import within
 
 if TYPE_CHECKING:
     import msal
@@ -261,8 +262,8 @@ class DynamicsDestination(Destination):
         }
         record = {column: value for column, value in record.items() if value not in (None, "")}
         for column, limit in MAX_LENGTHS.items():
-            if isinstance(record.get(column), str) and len(record[column]) > limit:
-                record[column] = record[column][: limit - 1] + "…"
+            if isinstance(record.get(column), str):
+                record[column] = within(record[column], limit)
         if lead.do_not_contact:
             record.update(dict.fromkeys(DO_NOT_CONTACT_COLUMNS, True))
         return record

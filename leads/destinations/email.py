@@ -37,7 +37,7 @@ from .base import (
     classify_error,
     from_status,
 )
-from .notice import headline, lead_view, offer_name
+from .notice import headline, lead_view, offer_name, one_line
 
 if TYPE_CHECKING:
     from ..model import Lead
@@ -109,7 +109,7 @@ def send_operator_mail(settings: Settings, to: tuple[str, ...], subject: str, te
                        key: str | None = None) -> Sent:  # fmt: skip
     """A plain mail to the app's operators (alerts), through the same transport as lead mails.
     ``key`` makes a repeated call the same mail (same ACS operation, same outbox file)."""
-    subject = one_line(subject)
+    subject = one_line(subject, SUBJECT_MAX)
     html = _environment().get_template("email/operator.html").render(subject=subject, text=text)
     key = key or json.dumps([sorted(to), subject, text])
     operation = str(uuid.uuid5(OPERATION_NAMESPACE, "operator|" + key + "|" + settings.email_sender))
@@ -139,7 +139,7 @@ def render_lead(lead: Lead, route: Route, settings: Settings) -> Mail:
     test = lead.is_test or route.test
     title = headline(lead, settings.email_pii)
     view = lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=title)
-    subject = one_line(("[TEST] " if test else "") + title)
+    subject = one_line(("[TEST] " if test else "") + title, SUBJECT_MAX)
     mail = _mail([view], subject, intro=None, route=route, settings=settings, lead_ids=(lead.lead_id,),
                  filename=_safe_name(lead.lead_id) + ".eml")  # fmt: skip
     return replace(mail, reply_to=reply_to(lead, settings.email_pii, test))
@@ -164,7 +164,7 @@ def render_digest(leads: list[Lead], route: Route, settings: Settings) -> Mail:
     shown = ", ".join(offers[:3]) + (f" and {len(offers) - 3} more" if len(offers) > 3 else "")
     dnc = sum(lead.do_not_contact for lead in leads)
     subject = one_line(("[TEST] " if test else "") + f"{len(leads)} new leads"
-                       + (f" ({dnc} do not contact)" if dnc else "") + f": {shown}")  # fmt: skip
+                       + (f" ({dnc} do not contact)" if dnc else "") + f": {shown}", SUBJECT_MAX)  # fmt: skip
     intro = (f"{len(leads)} leads arrived while the mail service's sending limit was reached, so they are "
              "listed together in this one mail.")
     if dnc:
@@ -209,15 +209,6 @@ def _environment():
     )
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
-
-
-def one_line(text: str, limit: int = SUBJECT_MAX) -> str:
-    """A header value: no line breaks or control characters (no header injection), bounded."""
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 def _safe_name(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", value)[:120] or "lead"
 
@@ -251,9 +242,9 @@ class OutboxTransport:
         message = EmailMessage()
         message["From"] = self.sender
         message["To"] = ", ".join(mail.to)
-        message["Subject"] = one_line(mail.subject)
+        message["Subject"] = one_line(mail.subject, SUBJECT_MAX)
         if mail.reply_to:
-            message["Reply-To"] = ", ".join(one_line(address) for address in mail.reply_to)
+            message["Reply-To"] = ", ".join(one_line(address, SUBJECT_MAX) for address in mail.reply_to)
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = f"<{mail.operation_id}@leads.localhost>"
         if mail.lead_ids:
@@ -318,7 +309,7 @@ class AcsTransport:
         message = {
             "senderAddress": self.sender,
             "recipients": {"to": [_address(address) for address in mail.to]},
-            "content": {"subject": one_line(mail.subject), "plainText": mail.text, "html": mail.html},
+            "content": {"subject": one_line(mail.subject, SUBJECT_MAX), "plainText": mail.text, "html": mail.html},
             "userEngagementTrackingDisabled": True,
         }
         if mail.reply_to:

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, classify_error
+from .notice import within
 
 if TYPE_CHECKING:
     import requests
@@ -542,7 +543,7 @@ def details(lead: Lead, route: Route, limit: int = NOTE_MAX) -> str:
         lines.append(f"Notes: {lead.description}")
     lines.append(f"Lead id: {lead.lead_id}")
     text = "\n".join(lines)
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+    return within(text, limit)
 
 
 def visitor_data(lead: Lead, route: Route) -> dict[str, str]:

@@ -10,7 +10,8 @@ a lead reads alike in every channel and ``EMAIL_PII`` means the same everywhere:
 - ``none``: no personal data at all (not name, email, phone, company, title, description); the
   notice says where to find the lead instead (``LEADS_PORTAL_URL``, or ``python -m leads show``).
 
-Values are returned as plain text: each renderer escapes them for its own format.
+Values are returned as plain text: each renderer escapes them for its own format, and bounds
+them with :func:`within` (a Slack section, a Teams error code) or :func:`one_line` (a mail header).
 """
 
 from __future__ import annotations
@@ -124,6 +125,21 @@ def lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) -
         else:
             find = {"text": f"{what}: show the lead with", "link": f"python -m leads show {lead.lead_id}", "href": None}
     return {"heading": heading, "banners": banners, "rows": rows, "next_step": next_step, "find": find}
+
+
+# Line breaks and the other control characters, which a header or a one-line text must not carry.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+
+
+def within(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: a longer one is cut, and ends in ``…``."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` on one line (control characters and runs of white space made one space, so that a
+    mail header cannot be split into two), in at most ``limit`` characters."""
+    return within(" ".join(_CONTROL.sub(" ", text).split()), limit)
 
 
 def banner(text: str, colour: str, background: str) -> dict[str, str]:

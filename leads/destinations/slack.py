@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .chat import ChatDestination, cut
-from .notice import headline, lead_view
+from .notice import headline, lead_view, within
 
 if TYPE_CHECKING:
     import requests
@@ -94,17 +94,13 @@ def slack_message(leads: list[Lead], route: Route, pii: str, portal_url: str) ->
             find = view["find"]
             target = f"<{find['href']}|{escape(find['link'])}>" if find["href"] else f"`{escape(find['link'])}`"
             lines.append(f"{escape(find['text'])} {target}")
-        sections.append(_within("\n".join(lines), SECTION_MAX))
+        sections.append(within("\n".join(lines), SECTION_MAX))
     # Pack the leads' sections into at most the blocks Slack allows.
     room = BLOCKS_MAX - len(blocks)
     per_block = -(-len(sections) // room)
     for start in range(0, len(sections), per_block):
-        text = _within("\n\n".join(sections[start:start + per_block]), SECTION_MAX)
+        text = within("\n\n".join(sections[start:start + per_block]), SECTION_MAX)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
     text = ("[TEST] " if test and len(leads) > 1 else "") + \
         (fallback[0] if len(leads) == 1 else f"{len(leads)} new leads: " + "; ".join(fallback))  # fmt: skip
-    return {"text": _within(escape(text), FALLBACK_MAX), "blocks": blocks}
-
-
-def _within(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return {"text": within(escape(text), FALLBACK_MAX), "blocks": blocks}

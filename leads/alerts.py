@@ -22,6 +22,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .deliveries import Delivery
     from .settings import Settings
     from .store import LeadStore
@@ -38,19 +40,18 @@ ERRORS = 3  # distinct errors listed in a mail
 
 def record_failure(store: LeadStore, delivery: Delivery, now: datetime) -> None:
     """Count a failed ``delivery`` into its destination's group for the window of ``now``."""
-    from azure.core import MatchConditions
-    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+    from .storage import RowKeptChanging, change_row
 
     start = _window_start(now)
     key = f"{delivery.destination}|{start:%Y%m%dT%H%M}"
     reason, _, fix = (delivery.last_error or "no error was recorded").partition(" — ")
-    for _ in range(20):
-        try:
-            entity = store.checkpoints.get_entity(PARTITION, key)
-            group, etag = json.loads(entity["Group"]), entity.metadata["etag"]
-        except ResourceNotFoundError:
-            group, etag = {"destination": delivery.destination, "start": start.isoformat(), "count": 0,
-                           "leads": [], "errors": []}, None  # fmt: skip
+
+    def counted(entity: Mapping[str, Any] | None) -> dict[str, str]:
+        if entity is None:
+            group = {"destination": delivery.destination, "start": start.isoformat(), "count": 0, "leads": [],
+                     "errors": []}  # fmt: skip
+        else:
+            group = json.loads(entity["Group"])
         group["count"] += 1
         if len(group["leads"]) < FIRST_IDS and delivery.lead_id not in group["leads"]:
             group["leads"].append(delivery.lead_id)
@@ -59,17 +60,13 @@ def record_failure(store: LeadStore, delivery: Delivery, now: datetime) -> None:
             known["count"] += 1
         elif len(group["errors"]) < ERRORS:
             group["errors"].append({"error": reason.strip(), "fix": fix.strip(), "count": 1})
-        row = {"PartitionKey": PARTITION, "RowKey": key, "Group": json.dumps(group)}
-        try:
-            if etag is None:
-                store.checkpoints.create_entity(row)
-            else:
-                store.checkpoints.update_entity(row, etag=etag, match_condition=MatchConditions.IfNotModified)
-            return
-        except (ResourceExistsError, ResourceModifiedError):
-            continue
-    log.warning("failure of lead %s to %s not counted for an alert (the group kept changing)",
-                delivery.lead_id, delivery.destination)  # fmt: skip
+        return {"Group": json.dumps(group)}
+
+    try:
+        change_row(store.checkpoints, PARTITION, key, counted, tries=20)
+    except RowKeptChanging:
+        log.warning("failure of lead %s to %s not counted for an alert (the group kept changing)",
+                    delivery.lead_id, delivery.destination)  # fmt: skip
 
 
 def flush_alerts(store: LeadStore, settings: Settings, now: datetime) -> int:

@@ -357,30 +357,23 @@ class RateLimiter:
     def acquire(self, now: datetime) -> float | None:
         import json
 
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from .storage import RowKeptChanging, change_row
 
-        for _ in range(20):
-            try:
-                entity = self.table.get_entity(*self.key)
-                sends, etag = json.loads(entity["Sends"]), entity.metadata["etag"]
-            except ResourceNotFoundError:
-                sends, etag = [], None
-            stamp = now.timestamp()
-            sends = [s for s in sends if s > stamp - self.period]
+        stamp, wait = now.timestamp(), None
+
+        def taken(entity: Mapping[str, object] | None) -> dict[str, str] | None:
+            nonlocal wait
+            sends = [s for s in json.loads(entity["Sends"]) if s > stamp - self.period] if entity else []
             if len(sends) >= self.limit:
-                return max(1.0, min(sends) + self.period - stamp)
-            sends.append(stamp)
-            row = {"PartitionKey": self.key[0], "RowKey": self.key[1], "Sends": json.dumps(sends)}
-            try:
-                if etag is None:
-                    self.table.create_entity(row)
-                else:
-                    self.table.update_entity(row, etag=etag, match_condition=MatchConditions.IfNotModified)
+                wait = max(1.0, min(sends) + self.period - stamp)
                 return None
-            except (ResourceExistsError, ResourceModifiedError):
-                continue
-        return 1.0
+            return {"Sends": json.dumps([*sends, stamp])}
+
+        try:
+            change_row(self.table, *self.key, taken, tries=20)
+        except RowKeptChanging:
+            return 1.0
+        return wait
 
 
 def _now() -> datetime:

@@ -369,30 +369,18 @@ class DayCounters:
 
     def add(self, counts: Mapping[str, int], at: datetime) -> None:
         """Add ``counts`` to the day of ``at``. Never raises: a count is not worth a delivery."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
+        from azure.core.exceptions import AzureError
 
-        day = f"count|{at.astimezone(timezone.utc):%Y-%m-%d}"
+        from .storage import RowKeptChanging, change_row
+
+        def added(row: Mapping[str, Any] | None) -> dict[str, int]:
+            return {name: int((row or {}).get(name) or 0) + n for name, n in counts.items()}
+
+        # The day's writers are spread over its slots, so that they seldom meet on one row.
+        day, slot = f"count|{at.astimezone(timezone.utc):%Y-%m-%d}", f"{random.randrange(COUNTER_SLOTS):02d}"
         try:
-            for _ in range(20):
-                slot = f"{random.randrange(COUNTER_SLOTS):02d}"
-                try:
-                    row = self.table.get_entity(day, slot)
-                except ResourceNotFoundError:
-                    try:
-                        self.table.create_entity({"PartitionKey": day, "RowKey": slot, **counts})
-                        return
-                    except ResourceExistsError:
-                        continue
-                added = {name: int(row.get(name) or 0) + n for name, n in counts.items()}
-                patch = {"PartitionKey": day, "RowKey": slot, **added}
-                try:
-                    self.table.update_entity(patch, mode=UpdateMode.MERGE, etag=row.metadata["etag"],
-                                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
-                    return
-                except ResourceModifiedError:
-                    continue
+            change_row(self.table, day, slot, added, tries=20)
+        except RowKeptChanging:
             log.warning("a day counter kept changing under this update; %s not counted", ", ".join(counts))
         except AzureError as exc:
             log.warning("day counters not updated (%s)", type(exc).__name__)

@@ -5,15 +5,19 @@ connection string, or nothing, with identity-based settings beside it
 (``AzureWebJobsStorage__tableServiceUri``, ``__queueServiceUri`` or ``__accountName``, and
 ``__clientId`` for a user-assigned identity). The SDKs are imported here, when first used, so that
 importing ``function_app`` stays cheap.
+
+:func:`change_row` is the one read, change and conditional write of a row that several writers
+may change at once (counters, the rate limiter's slots, alert groups).
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from azure.data.tables import TableServiceClient
+    from azure.data.tables import TableClient, TableEntity, TableServiceClient
 
 
 # The SDKs' own retry policy, bounded so that a caller waiting on an answer (the marketplace's POST)
@@ -87,3 +91,49 @@ def queue_service(connection_string: str, setting_name: str = "AzureWebJobsStora
             f"{setting_name}__queueServiceUri (or __accountName) for a managed identity"
         )
     return QueueServiceClient(account_url=uri, credential=_identity_credential(setting_name), **_client_options())
+
+
+class RowKeptChanging(RuntimeError):
+    """Other writers changed the row before every one of :func:`change_row`'s tries."""
+
+
+def change_row(table: TableClient, partition: str, row_key: str,
+               change: Callable[[TableEntity | None], Mapping[str, Any] | None], *, tries: int,
+               select: list[str] | None = None) -> Mapping[str, Any] | None:  # fmt: skip
+    """Read a row, ``change(row)`` (``None`` when there is none) says what to write, and it is
+    written only if nobody wrote the row in between: merged into the row under ``If-Match`` of the
+    ETag that was read (Merge Entity), or inserted, which fails if another writer inserted it first
+    (Insert Entity). Either refusal (412 Precondition Failed, 409 Conflict) means someone else's
+    change landed: the row is read again and ``change`` asked again, so no change is lost and none
+    is applied twice. (https://learn.microsoft.com/rest/api/storageservices/merge-entity,
+    https://learn.microsoft.com/rest/api/storageservices/insert-entity)
+
+    Returns what was written, or None when ``change`` returned None (nothing to write). ``select``
+    limits the columns read. ``tries`` bounds the reads and writes one call may cost: each refusal
+    is a write that landed, so a row refused that often is written faster than it can be read and
+    written back, and wants its writers spread over more rows (as the day counters are) rather
+    than more tries. Then :class:`RowKeptChanging` is raised.
+    """
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+    from azure.data.tables import UpdateMode
+
+    for _ in range(tries):
+        try:
+            row = table.get_entity(partition, row_key, select=select)
+        except ResourceNotFoundError:
+            row = None
+        fields = change(row)
+        if fields is None:
+            return None
+        entity = {"PartitionKey": partition, "RowKey": row_key, **fields}
+        try:
+            if row is None:
+                table.create_entity(entity)
+            else:
+                table.update_entity(entity, mode=UpdateMode.MERGE, etag=row.metadata["etag"],
+                                    match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            return fields
+        except (ResourceExistsError, ResourceModifiedError):
+            continue
+    raise RowKeptChanging(f"the row {partition}/{row_key} of {table.table_name} kept changing over {tries} tries")

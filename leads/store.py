@@ -31,7 +31,7 @@ from .index import Entry, LeadIndex
 from .model import Lead
 from .normalise import http_lead_id, identifies_person
 from .settings import Settings, get_settings
-from .storage import table_service
+from .storage import RowKeptChanging, change_row, table_service
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
@@ -337,27 +337,18 @@ class LeadStore:
 
     def _count_duplicate(self, lead_id: str, seen_at: datetime) -> bool:
         """Count a repeat on the lead; False (nothing counted) if its personal data was erased."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError
-        from azure.data.tables import UpdateMode
+        def counted(entity: Mapping[str, Any] | None) -> dict[str, Any] | None:
+            # A lead row is never deleted (erasure marks it), and the content row names a lead only
+            # once it is stored: no row is as good as erased.
+            if entity is None or entity.get("ErasedAt") is not None:
+                return None
+            return {"Duplicates": int(entity.get("Duplicates") or 0) + 1, "LastDuplicateAt": seen_at}
 
-        for _ in range(5):
-            entity = self.leads.get_entity(lead_id, LEAD_ROW, select=["Duplicates", "ErasedAt"])
-            if entity.get("ErasedAt") is not None:
-                return False
-            patch = {
-                "PartitionKey": lead_id,
-                "RowKey": LEAD_ROW,
-                "Duplicates": int(entity.get("Duplicates") or 0) + 1,
-                "LastDuplicateAt": seen_at,
-            }
-            try:
-                self.leads.update_entity(patch, mode=UpdateMode.MERGE, etag=entity.metadata["etag"],
-                                         match_condition=MatchConditions.IfNotModified)  # fmt: skip
-                return True
-            except ResourceModifiedError:
-                continue
-        return True
+        try:
+            return change_row(self.leads, lead_id, LEAD_ROW, counted, tries=5,
+                              select=["Duplicates", "ErasedAt"]) is not None  # fmt: skip
+        except RowKeptChanging:
+            return True  # a repeat all the same: only its count is short
 
     # --- reading --------------------------------------------------------------------------------
 

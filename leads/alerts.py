@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -152,6 +152,6 @@ def _send(group: dict[str, Any], key: str, to: tuple[str, ...], settings: Settin
 
 
 def _window_start(now: datetime) -> datetime:
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     seconds = int(ALERT_WINDOW.total_seconds())
-    return datetime.fromtimestamp(int(now.timestamp()) // seconds * seconds, timezone.utc)
+    return datetime.fromtimestamp(int(now.timestamp()) // seconds * seconds, UTC)

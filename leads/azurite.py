@@ -105,7 +105,7 @@ class Azurite:
     def connection_string(self) -> str:
         return connection_string(self.blob_port, self.queue_port, self.table_port)
 
-    def start(self, timeout: float = 30.0) -> "Azurite":
+    def start(self, timeout: float = 30.0) -> Azurite:
         args = [
             _executable(),
             "--silent",
@@ -169,7 +169,7 @@ class Azurite:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "Azurite":
+    def __enter__(self) -> Azurite:
         return self.start()
 
     def __exit__(self, *exc) -> None:

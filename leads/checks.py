@@ -22,8 +22,8 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
                ("settings", key_vault_check(settings)), ("function keys", function_keys_check(settings))]  # fmt: skip
     names = enabled_names(settings)
     if not names:
-        results.append(("destinations", Check(False, "no destination is enabled",
-                                              "set EMAIL_TO, WEBHOOK_URL or a CRM's settings (see docs/settings.md)")))  # fmt: skip
+        results.append(("destinations", Check(False, "no destination is enabled", "set EMAIL_TO, WEBHOOK_URL "
+                                              "or a CRM's settings (see docs/settings.md)")))  # fmt: skip
     for name in names:
         destination = get_destination(name, settings)
         try:

@@ -444,14 +444,14 @@ def _positive(text: str) -> int:
 
 def _moment(text: str):
     """A UTC time from the command line: a date, or a date and time (ISO 8601)."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date or time like 2026-11-01 "
                                          "or 2026-11-01T09:30") from None  # fmt: skip
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _cut(text: str | None, width: int) -> str:

@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from .deliveries import FINAL, Delivery, backoff, initial_state
 from .destinations import DeliveryError, Destination, PermanentError, Route, Sent, get_destination
@@ -341,7 +341,8 @@ def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest |
         members, sender = members[1:], members[0]
     route = sender.route
     digest = Digest(digest_id, sender.destination, tuple(m.lead_id for m in [sender, *members]),
-                    Route(route.recipients, route.test, route.generation, operation=digest_id), claimed_until=until)  # fmt: skip
+                    Route(route.recipients, route.test, route.generation, operation=digest_id),
+                    claimed_until=until)  # fmt: skip
     return DigestBook(store.leads).create(digest)
 
 
@@ -377,4 +378,4 @@ class RateLimiter:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

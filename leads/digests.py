@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .destinations.base import Route
@@ -91,7 +91,7 @@ def _to_entity(digest: Digest) -> dict[str, Any]:
         "Test": digest.route.test,
         "Generation": digest.route.generation,
         "State": digest.state,
-        "UpdatedAt": datetime.now(timezone.utc),
+        "UpdatedAt": datetime.now(UTC),
     }
     if digest.claimed_until is not None:
         entity["ClaimedUntil"] = digest.claimed_until
@@ -104,9 +104,10 @@ def _from_entity(entity: Mapping[str, Any]) -> Digest:
     digest_id = entity["PartitionKey"][len(PARTITION_PREFIX):]
     claimed = entity.get("ClaimedUntil")
     if claimed is not None and claimed.tzinfo is None:
-        claimed = claimed.replace(tzinfo=timezone.utc)
+        claimed = claimed.replace(tzinfo=UTC)
     route = Route(recipients=tuple(r for r in (entity.get("Recipients") or "").split(";") if r),
-                  test=bool(entity.get("Test")), generation=entity.get("Generation") or "", operation=digest_id)  # fmt: skip
+                  test=bool(entity.get("Test")), generation=entity.get("Generation") or "",
+                  operation=digest_id)  # fmt: skip
     return Digest(id=digest_id, destination=entity["Destination"], members=tuple(json.loads(entity["Members"])),
                   route=route, state=entity.get("State") or OPEN, claimed_until=claimed,
                   external_id=entity.get("ExternalId"), etag=getattr(entity, "metadata", {}).get("etag"))  # fmt: skip

@@ -65,10 +65,12 @@ def function_keys_check(settings: Settings, credential: Any = None, arm_url: str
     app_id = settings.function_app_id.strip().rstrip("/")
     if not app_id:
         return Check(True, "key names not listed: LEADS_FUNCTION_APP_ID is not set (locally no key is checked)",
-                     f"to list them, set LEADS_FUNCTION_APP_ID=$({FIND_APP_ID}) and run check signed in with az login")  # fmt: skip
+                     f"to list them, set LEADS_FUNCTION_APP_ID=$({FIND_APP_ID}) and run check signed in with "
+                     "az login")  # fmt: skip
     if not _APP_ID.fullmatch(app_id):
         return Check(False, "LEADS_FUNCTION_APP_ID is not a function app's resource id",
-                     f"set it to /subscriptions/.../resourceGroups/.../providers/Microsoft.Web/sites/<app>: {FIND_APP_ID}")  # fmt: skip
+                     "set it to /subscriptions/.../resourceGroups/.../providers/Microsoft.Web/sites/<app>: "
+                     f"{FIND_APP_ID}")  # fmt: skip
     from azure.core.exceptions import ClientAuthenticationError
 
     try:
@@ -80,14 +82,17 @@ def function_keys_check(settings: Settings, credential: Any = None, arm_url: str
     except ClientAuthenticationError:
         return Check(False, "the function keys cannot be listed: no Azure sign-in was found", "run az login")
     except KeyListingError as error:
-        fix = ("your account needs a role with Microsoft.Web/sites/functions/listkeys/action on the app "
-               "(Website Contributor, or Contributor)") if error.status == 403 else f"check LEADS_FUNCTION_APP_ID: {FIND_APP_ID}"  # fmt: skip
+        fix = f"check LEADS_FUNCTION_APP_ID: {FIND_APP_ID}"
+        if error.status == 403:
+            fix = ("your account needs a role with Microsoft.Web/sites/functions/listkeys/action on the app "
+                   "(Website Contributor, or Contributor)")  # fmt: skip
         return Check(False, f"the function keys cannot be listed: {error}", fix)
     except Exception as error:  # noqa: BLE001 - a check reports, never crashes the others
         return Check(False, f"the function keys cannot be listed ({type(error).__name__})", "run check again")
     if not own and not host:
         return Check(False, f"no key opens {INTAKE_FUNCTION}: the marketplace cannot deliver",
-                     "create one: az functionapp function keys set ... --function-name ingest_lead --key-name partner-center")  # fmt: skip
+                     "create one: az functionapp function keys set ... --function-name ingest_lead "
+                     "--key-name partner-center")  # fmt: skip
     message = f"{INTAKE_FUNCTION} keys: {', '.join(own) or 'none'}; app-wide function keys: {', '.join(host) or 'none'}"
     return Check(True, message)
 

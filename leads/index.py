@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ SHARDS = 4
 COUNTER_SLOTS = 16
 REJECTED, OPEN, REPLAYABLE = "r|", "o|", "f|"
 TIMELINE = "leads"  # the timeline's one partition
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INVERT = 10**18
 _BATCH = 100  # the most operations one table transaction may hold
 _META = ("meta", "reindex")
@@ -81,7 +81,7 @@ def shard_of(lead_id: str) -> str:
 
 def micros(moment: datetime) -> int:
     """Microseconds since 1970 (naive datetimes are UTC), exact, for keys and comparisons."""
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
@@ -377,7 +377,7 @@ class DayCounters:
             return {name: int((row or {}).get(name) or 0) + n for name, n in counts.items()}
 
         # The day's writers are spread over its slots, so that they seldom meet on one row.
-        day, slot = f"count|{at.astimezone(timezone.utc):%Y-%m-%d}", f"{random.randrange(COUNTER_SLOTS):02d}"
+        day, slot = f"count|{at.astimezone(UTC):%Y-%m-%d}", f"{random.randrange(COUNTER_SLOTS):02d}"
         try:
             change_row(self.table, day, slot, added, tries=20)
         except RowKeptChanging:
@@ -387,7 +387,7 @@ class DayCounters:
 
     def window(self, days: int, now: datetime | None = None) -> dict[str, dict[str, int]]:
         """``{group: {state: count}}`` over the last ``days`` days (today included)."""
-        now = (now or _now()).astimezone(timezone.utc)
+        now = (now or _now()).astimezone(UTC)
         low, high = f"count|{now - timedelta(days=days - 1):%Y-%m-%d}", f"count|{now:%Y-%m-%d}"
         totals: dict[str, dict[str, int]] = {}
         query = "PartitionKey ge @low and PartitionKey le @high"
@@ -434,4 +434,4 @@ def _after(prefix: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

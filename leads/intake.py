@@ -14,7 +14,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .deliver import enqueue
@@ -84,7 +84,7 @@ def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:
 
     record_id = "r" + uuid.uuid4().hex[:24]
     try:
-        rejected = LeadStore.from_settings(settings).reject(record_id, error, body, datetime.now(timezone.utc),
+        rejected = LeadStore.from_settings(settings).reject(record_id, error, body, datetime.now(UTC),
                                                             channel="http")  # fmt: skip
     except AzureError as exc:
         # Still the caller's bad input, answered as such; the operator hears that it was not kept.
@@ -97,8 +97,9 @@ def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:
 def tell_operator(rejected: Rejected) -> None:
     """One log line per rejected record: its id and reason, never its content. Alerts group
     these records (per channel and window) rather than mail one each."""
-    log.warning("%s input refused, kept as rejected record %s: %s", rejected.channel, rejected.record_id, rejected.error,
-                extra=lead_extra(rejected.record_id, outcome="rejected", channel=rejected.channel))  # fmt: skip
+    log.warning("%s input refused, kept as rejected record %s: %s", rejected.channel, rejected.record_id,
+                rejected.error, extra=lead_extra(rejected.record_id, outcome="rejected",
+                                                 channel=rejected.channel))  # fmt: skip
 
 
 def _not_json(name: str) -> float:

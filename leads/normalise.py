@@ -21,11 +21,11 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from .model import Channel, Lead
+from .model import Lead
 
 TEST_MARKER = "MSFT_TEST_"
 USER_FIELDS = ("firstname", "lastname", "email", "phone", "country", "company", "title")
@@ -395,7 +395,7 @@ def _json_type(value: Any) -> str:
 
 def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, str):
         try:
             return _as_datetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
@@ -405,4 +405,4 @@ def _as_datetime(value: Any) -> datetime | None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .deliveries import FINAL, Delivery, replayable
@@ -35,7 +35,7 @@ def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
     is dropped. While a store from before the index is being indexed, each sweep first indexes
     for up to ``BUILD_SECONDS``."""
     settings = settings or get_settings()
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
     if not store.index.built():
@@ -85,7 +85,7 @@ def replay(lead_id: str | None = None, destination: str | None = None,
     store.ensure_tables()
     candidates = store.deliveries.for_lead(lead_id) if lead_id else _replayable(store, destination)
     replayed = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for delivery in candidates:
         wanted = held_for_backfill(delivery) if skipped else \
             delivery.state == "failed" or (lead_id is not None and held_for_backfill(delivery))  # fmt: skip
@@ -147,7 +147,7 @@ def status(settings: Settings | None = None, failures: int = 10, days: int = 7, 
     open_entries, failed_entries = list(store.index.open()), list(store.index.replayable())
     for entry in open_entries:
         report.open[entry.destination] = report.open.get(entry.destination, 0) + 1
-    never = datetime.max.replace(tzinfo=timezone.utc)
+    never = datetime.max.replace(tzinfo=UTC)
     for entry in sorted(open_entries, key=lambda e: e.at or never):
         report.oldest_pending = _current(store, entry)
         if report.oldest_pending and report.oldest_pending.state not in FINAL:

@@ -38,7 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from threading import Lock
 from typing import Any
 
@@ -123,7 +123,7 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
     source = marketplace_table(settings)
     checkpoint = Checkpoint(store, settings.marketplace_table_name)
     checkpoint.read()
-    marks, now = checkpoint.marks, datetime.now(timezone.utc)
+    marks, now = checkpoint.marks, datetime.now(UTC)
     mode = _mode(marks, settings, now, full_scan)
     result = PollResult(watermark=marks.watermark, mode=mode)
     seen = Marks(full_scan_from=now if mode != "days" else None)

@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
@@ -134,7 +134,8 @@ def _rule(item: Any, index: int, where: str) -> Rule:
         raise RoutingError(f"{label}: test must be true or false")
     email = item.get("email")
     destinations = item.get("destinations")
-    if destinations is not None and not (isinstance(destinations, list) and all(isinstance(d, str) for d in destinations)):
+    named = isinstance(destinations, list) and all(isinstance(d, str) for d in destinations)
+    if destinations is not None and not named:
         raise RoutingError(f"{label}: destinations must be a list of destination names")
     channels = {}
     for destination in CHANNEL_DESTINATIONS:
@@ -210,7 +211,7 @@ def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
     time: stored ``skipped`` with the reason, delivered only by ``replay``. The first poll of a
     table holding years of rows takes them all in without mailing sales about each. The one place
     this is decided, whatever the intake (an HTTP lead is received now: never held)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now - lead.received_at <= timedelta(days=settings.backfill_days):
         return dict(routes)
     reason = (f"{BACKFILL_REASON} ({settings.backfill_days:g}) when taken in: received "

@@ -212,7 +212,9 @@ class Settings(BaseSettings):
         "", alias="DYNAMICS_CLIENT_SECRET", description="An app registration's secret; empty: the managed identity."
     )
     dynamics_authority: str = Field(
-        "https://login.microsoftonline.com", alias="DYNAMICS_AUTHORITY", description="Entra login host (sovereign clouds)."
+        "https://login.microsoftonline.com",
+        alias="DYNAMICS_AUTHORITY",
+        description="Entra login host (sovereign clouds).",
     )
 
     # --- Salesforce -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -147,7 +147,7 @@ class LeadStore:
         # Tells this call's write from another's when an answer was lost and the row is found.
         write_id = uuid.uuid4().hex
         entity = {**_to_entity(lead), "WriteId": write_id}
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [entity, *beside] + [new_delivery_entity(lead.lead_id, name, route, now)
                                     for name, route in (deliveries or {}).items()]  # fmt: skip
         # Before the lead, so no stored lead lacks its identity rows (a row without its lead is ignored).
@@ -337,6 +337,7 @@ class LeadStore:
 
     def _count_duplicate(self, lead_id: str, seen_at: datetime) -> bool:
         """Count a repeat on the lead; False (nothing counted) if its personal data was erased."""
+
         def counted(entity: Mapping[str, Any] | None) -> dict[str, Any] | None:
             # A lead row is never deleted (erasure marks it), and the content row names a lead only
             # once it is stored: no row is as good as erased.

@@ -426,7 +426,8 @@ def configure_telemetry(environ: Mapping[str, str] | None = None) -> bool:
 
         span_scrubber, log_scrubber = scrubbing_processors()
         options: dict[str, Any] = {"connection_string": connection_string, "logger_name": APP_LOGGER,
-                                   "span_processors": [span_scrubber], "log_record_processors": [log_scrubber]}  # fmt: skip
+                                   "span_processors": [span_scrubber],
+                                   "log_record_processors": [log_scrubber]}  # fmt: skip
         uses_aad, client_id = _aad_client_id(env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""))
         if uses_aad:
             from azure.identity import ManagedIdentityCredential

@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .deliveries import FINAL
@@ -73,8 +73,8 @@ def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads
     }
     report["ok"] = lead is not None and all(d["state"] in ("delivered", "skipped") for d in report["deliveries"])
     if lead is None:
-        report["problem"] = (f"the lead was not stored within {timeout:g}s: is the app running"
-                             + (" and polling the marketplace table?" if via == "table" else f" at {url}?"))  # fmt: skip
+        where = " and polling the marketplace table?" if via == "table" else f" at {url}?"
+        report["problem"] = f"the lead was not stored within {timeout:g}s: is the app running{where}"
     return report
 
 
@@ -84,7 +84,7 @@ def _poll_timing() -> str:
 
     schedule = get_settings().poll_schedule
     try:
-        due = croniter(schedule, datetime.now(timezone.utc), second_at_beginning=True).get_next(datetime)
+        due = croniter(schedule, datetime.now(UTC), second_at_beginning=True).get_next(datetime)
     except (ValueError, KeyError):
         return f"LEADS_POLL_SCHEDULE is {schedule!r}"
     return f"LEADS_POLL_SCHEDULE {schedule!r}: next poll at {due:%H:%M:%S} UTC"
@@ -112,7 +112,7 @@ def _write_row(marker: str) -> str:
         table.create_table()
     except ResourceExistsError:
         pass
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     row = {
         "PartitionKey": now.strftime("%Y-%m-%d"),
         "RowKey": str(uuid.uuid4()),

@@ -182,8 +182,6 @@ class DynamicsDestination(Destination):
     def __init__(self, url: str, tenant_id: str, client_id: str, client_secret: str,
                  authority: str = "https://login.microsoftonline.com", timeout: float = 30.0,
                  session: requests.Session | None = None) -> None:  # fmt: skip
-        import requests
-
         self.url = _environment_url(url)
         self.tenant_id = tenant_id.strip()
         self.client_id = client_id.strip()

@@ -103,8 +103,6 @@ class HubSpotDestination(Destination):
 
     def __init__(self, token: str, url: str = "https://api.hubapi.com", timeout: float = 30.0,
                  session: requests.Session | None = None, limiter: CallLimiter | None = None) -> None:  # fmt: skip
-        import requests
-
         self.token = token.strip()
         self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
         self.timeout = timeout
@@ -235,7 +233,8 @@ class HubSpotDestination(Destination):
             rules = [(code, name, rule) for code, name, rule in rule_messages(body, lead)
                      if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")]  # fmt: skip
             if rules:
-                named = "; ".join(f"{name or '?'} ({code}{': ' + rule if rule else ''})" for code, name, rule in rules[:5])
+                named = "; ".join(f"{name or '?'} ({code}{': ' + rule if rule else ''})"
+                                  for code, name, rule in rules[:5])  # fmt: skip
                 return PermanentError(f"{label}: the portal's validation rules reject the contact: {named}",
                                       fix=RULES_FIX)  # fmt: skip
             if problems:

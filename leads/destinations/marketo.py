@@ -190,8 +190,6 @@ class MarketoDestination(Destination):
 
     def __init__(self, url: str, client_id: str, client_secret: str, form_id: str = "", timeout: float = 30.0,
                  session: requests.Session | None = None, limiter: CallLimiter | None = None) -> None:  # fmt: skip
-        import requests
-
         self.url = base_url(url)
         self.client_id = client_id
         self.client_secret = client_secret

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timezone
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -107,7 +107,7 @@ def lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) -
     if pii == "full":
         row("Description", lead.description, multiline=True)
     row("Lead id", lead.lead_id)
-    row("Received", f"{lead.received_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    row("Received", f"{lead.received_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
 
     if lead.do_not_contact:
         next_step = NEXT_STEP_DNC

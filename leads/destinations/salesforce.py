@@ -406,8 +406,6 @@ class SalesforceDestination(Destination):
     def __init__(self, url: str, client_id: str, client_secret: str, external_id_field: str = "",
                  timeout: float = 30.0, session: requests.Session | None = None,
                  web_to_lead_also_set: bool = False) -> None:  # fmt: skip
-        import requests
-
         self.url = url.strip().rstrip("/")
         self.client_id = client_id.strip()
         self.client_secret = client_secret.strip()
@@ -680,8 +678,6 @@ class SalesforceWebToLeadDestination(Destination):
     name = "salesforce-w2l"
 
     def __init__(self, oid: str, url: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
-        import requests
-
         self.oid = oid.strip()
         self.url = url.strip()
         self.timeout = timeout

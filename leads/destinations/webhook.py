@@ -45,8 +45,6 @@ class WebhookDestination(Destination):
     name = "webhook"
 
     def __init__(self, url: str, secret: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
-        import requests
-
         self.url = url
         self.secret = secret
         self.timeout = timeout

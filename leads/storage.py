@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableEntity, TableServiceClient
+    from azure.storage.queue import QueueServiceClient
 
 
 # The SDKs' own retry policy, bounded so that a caller waiting on an answer (the marketplace's POST)
@@ -67,30 +68,27 @@ def table_service(connection_string: str, setting_name: str = "AzureWebJobsStora
     named ``<setting_name>__...`` when the string is empty."""
     from azure.data.tables import TableServiceClient
 
-    if connection_string:
-        return TableServiceClient.from_connection_string(connection_string, **_client_options())
-    uri = _service_uri(setting_name, "table")
-    if not uri:
-        raise StorageNotConfigured(
-            f"{setting_name} is not set: give it a connection string, or set "
-            f"{setting_name}__tableServiceUri (or __accountName) for a managed identity"
-        )
-    return TableServiceClient(endpoint=uri, credential=_identity_credential(setting_name), **_client_options())
+    return _service(TableServiceClient, "table", connection_string, setting_name)
 
 
-def queue_service(connection_string: str, setting_name: str = "AzureWebJobsStorage"):
+def queue_service(connection_string: str, setting_name: str = "AzureWebJobsStorage") -> QueueServiceClient:
     """A queue service client, resolved like :func:`table_service`."""
     from azure.storage.queue import QueueServiceClient
 
+    return _service(QueueServiceClient, "queue", connection_string, setting_name)
+
+
+def _service(client_class: type, service: str, connection_string: str, setting_name: str):
     if connection_string:
-        return QueueServiceClient.from_connection_string(connection_string, **_client_options())
-    uri = _service_uri(setting_name, "queue")
+        return client_class.from_connection_string(connection_string, **_client_options())
+    uri = _service_uri(setting_name, service)
     if not uri:
         raise StorageNotConfigured(
             f"{setting_name} is not set: give it a connection string, or set "
-            f"{setting_name}__queueServiceUri (or __accountName) for a managed identity"
+            f"{setting_name}__{service}ServiceUri (or __accountName) for a managed identity"
         )
-    return QueueServiceClient(account_url=uri, credential=_identity_credential(setting_name), **_client_options())
+    # Both clients take the service's URL first (``endpoint``, ``account_url``).
+    return client_class(uri, credential=_identity_credential(setting_name), **_client_options())
 
 
 class RowKeptChanging(RuntimeError):

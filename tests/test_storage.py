@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from leads.storage import RowKeptChanging, change_row, table_service
+from leads.storage import RowKeptChanging, StorageNotConfigured, change_row, queue_service, table_service
 
 
 @pytest.fixture
@@ -70,3 +70,23 @@ def test_a_change_that_declines_writes_nothing(table):
     assert change_row(table, "p", "r", plus_one, tries=3) == {"Count": 1}
     assert change_row(table, "p", "r", plus_one, tries=3, select=["Count"]) == {"Count": 2}
     assert table.get_entity("p", "r")["Count"] == 2
+
+
+@pytest.mark.parametrize("service, make", [("table", table_service), ("queue", queue_service)])
+def test_a_connection_with_neither_a_string_nor_identity_settings_names_what_to_set(service, make, monkeypatch):
+    for name in ("__tableServiceUri", "__queueServiceUri", "__accountName"):
+        monkeypatch.delenv(f"LEADS_TEST_STORAGE{name}", raising=False)
+    with pytest.raises(StorageNotConfigured, match=rf"LEADS_TEST_STORAGE is not set: .* LEADS_TEST_STORAGE__"
+                                                   rf"{service}ServiceUri \(or __accountName\)"):  # fmt: skip
+        make("", "LEADS_TEST_STORAGE")
+
+
+@pytest.mark.parametrize("service, make", [("table", table_service), ("queue", queue_service)])
+def test_identity_settings_give_a_client_of_the_accounts_endpoint(service, make, monkeypatch):
+    # Nothing is sent: a client is made, and a token asked for only at its first request.
+    monkeypatch.setenv("LEADS_TEST_STORAGE__accountName", "contoso")
+    monkeypatch.setenv("LEADS_TEST_STORAGE__clientId", "00000000-0000-0000-0000-000000000001")
+    client = make("", "LEADS_TEST_STORAGE")
+    assert client.url.startswith(f"https://contoso.{service}.core.windows.net")
+    monkeypatch.setenv(f"LEADS_TEST_STORAGE__{service}ServiceUri", f"https://127.0.0.1:1/{service}")
+    assert make("", "LEADS_TEST_STORAGE").url.startswith(f"https://127.0.0.1:1/{service}")

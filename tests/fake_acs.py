@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import trustme
 
-from .loopback import DRIP, LOST, LoopbackHandler, LoopbackServer
+from .loopback import DRIP, LOST, LoopbackHandler, LoopbackServer, trust
 
 DEFAULT_SENDER = "DoNotReply@contoso.azurecomm.net"
 FAULT_KINDS = ("429", "500", "503", "delay", "drop", "drop_after", "drip")
@@ -81,13 +81,7 @@ class Request:
 
 
 class _Handler(LoopbackHandler):
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def _handle(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         fake: FakeAcs = self.fake
         body = self.read_body()
         url = urlsplit(self.path)
@@ -380,6 +374,5 @@ def fake_tls_ca() -> trustme.CA:
 def fake_acs(monkeypatch, fake_tls_ca):
     """A running :class:`FakeAcs` that the SDK trusts (``REQUESTS_CA_BUNDLE`` names its CA)."""
     with FakeAcs(ca=fake_tls_ca) as fake:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        trust(monkeypatch, fake.ca_file)
         yield fake

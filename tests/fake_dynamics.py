@@ -75,7 +75,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import trustme
 
-from .loopback import LoopbackHandler, LoopbackHTTPServer
+from .loopback import LoopbackHandler, LoopbackHTTPServer, trust
 
 API = "/api/data/v9.2"
 FAULTS = ("429", "500", "503", "timeout", "drop", "lost", "expired")
@@ -305,18 +305,11 @@ def dataverse_error(code: str, message: str) -> dict[str, Any]:
 class _Handler(LoopbackHandler):
     """Entra, Dataverse and the host's identity endpoint: one handler, routed by path."""
 
-    def do_GET(self) -> None:
-        self._handle("GET")
+    methods = ("GET", "POST", "PATCH")
 
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def _handle(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         fake = self.fake
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = self.read_body()
         if fake.latency:
             time.sleep(fake.latency)
         url = urlsplit(self.path)
@@ -695,8 +688,7 @@ def dynamics(monkeypatch, env, dynamics_tls_ca):
     """A running :class:`FakeDynamics`, trusted by requests (``REQUESTS_CA_BUNDLE``), with the
     ``DYNAMICS_*`` settings of an app registration pointing at it."""
     with FakeDynamics(ca=dynamics_tls_ca) as fake:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        trust(monkeypatch, fake.ca_file)
         for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):  # this machine is no Azure host
             monkeypatch.delenv(name, raising=False)
         env(**fake.settings())

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .loopback import LoopbackHandler, LoopbackServer
+from .loopback import LoopbackHandler, LoopbackServer, send_in_turn
 
 DEFAULT_PROPERTIES = {"email", "firstname", "lastname", "phone", "mobilephone", "company", "jobtitle", "country",
                       "city", "state", "website", "message", "hs_lead_status", "lifecyclestage"}  # fmt: skip
@@ -49,17 +49,9 @@ CONTACTS_PATH = re.compile(r"^/crm/objects/(?P<version>\d{4}-\d{2})/contacts(?P<
 
 
 class _Handler(LoopbackHandler):
-
-    def do_GET(self):
-        self._serve("GET")
-
-    def do_POST(self):
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         fake = self.fake
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self.read_body()
         parts = urlsplit(self.path)
         if fake.latency:
             time.sleep(fake.latency)
@@ -252,30 +244,15 @@ def benchmark(count: int = 200, latency: float = 0.05) -> dict:
     """``count`` leads sent one after another through HubSpotDestination.send to the fake with
     ``latency`` seconds per call, under HubSpot's real limit (100 calls per 10 s), which the
     destination keeps on its side. A private app token needs no token request: 0 per 1,000."""
-    from leads.destinations.base import Route, TransientError
     from leads.destinations.hubspot import HubSpotDestination
 
     from .fake_marketo import sample_lead
 
     with FakeHubSpot(latency=latency) as fake:
         destination = HubSpotDestination(fake.token, fake.url, timeout=10)
-        leads = [sample_lead(n) for n in range(count)]
-        held_back = 0
-        start = time.perf_counter()
-        burst = None
-        for n, lead in enumerate(leads):
-            if n == min(count, 90):
-                burst = n / (time.perf_counter() - start)
-            while True:
-                try:
-                    destination.send(lead, Route())
-                    break
-                except TransientError as error:  # the worker would re-queue it after retry_after
-                    held_back += 1
-                    time.sleep(error.retry_after or 1.0)
-        elapsed = time.perf_counter() - start
+        elapsed, burst, held_back = send_in_turn(destination, [sample_lead(n) for n in range(count)])
         assert len(fake.contacts) == count
         return {"leads_per_second": round(count / elapsed, 2), "token_requests_per_1000": 0.0,
                 "calls": fake.requests, "paced_seconds": round(destination.limiter.waited, 2), "held_back": held_back,
-                "burst_leads_per_second": round(burst or count / elapsed, 2),
+                "burst_leads_per_second": round(burst, 2),
                 "rate_limited_429": fake.rate_limited}  # fmt: skip

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .loopback import LoopbackHandler, LoopbackServer
+from .loopback import LoopbackHandler, LoopbackServer, send_in_turn
 
 # Marketo's standard person fields: REST name → (label, data type).
 STANDARD_FIELDS = {
@@ -51,13 +51,7 @@ JSON = "application/json;charset=UTF-8"
 
 
 class _Handler(LoopbackHandler):
-    def do_GET(self):
-        self._serve("GET")
-
-    def do_POST(self):
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         fake: FakeMarketo = self.fake
         raw = self.read_body()
         parts = urlsplit(self.path)
@@ -299,32 +293,17 @@ def benchmark(count: int = 200, latency: float = 0.05) -> dict:
     so past the first hundred leads the figure is Marketo's ceiling, not the app's; the first 90
     leads give ``burst_leads_per_second``. A token lasts an hour, so a run shorter than 1,000 leads
     counts as 1,000 for ``token_requests_per_1000``."""
-    from leads.destinations.base import Route, TransientError
     from leads.destinations.marketo import MarketoDestination
 
     with FakeMarketo(latency=latency) as fake:
         destination = MarketoDestination(fake.url, fake.client_id, fake.client_secret, timeout=10)
-        leads = [sample_lead(n) for n in range(count)]
-        held_back = 0
-        start = time.perf_counter()
-        burst = None
-        for n, lead in enumerate(leads):
-            if n == min(count, 90):
-                burst = n / (time.perf_counter() - start)
-            while True:
-                try:
-                    destination.send(lead, Route())
-                    break
-                except TransientError as error:  # the worker would re-queue it after retry_after
-                    held_back += 1
-                    time.sleep(error.retry_after or 1.0)
-        elapsed = time.perf_counter() - start
+        elapsed, burst, held_back = send_in_turn(destination, [sample_lead(n) for n in range(count)])
         assert len(fake.persons) == count
         return {"leads_per_second": round(count / elapsed, 2),
                 "token_requests": fake.token_requests,
                 "token_requests_per_1000": round(fake.token_requests * 1000 / max(count, 1000), 2),
                 "calls": fake.calls, "paced_seconds": round(destination.limiter.waited, 2), "held_back": held_back,
-                "burst_leads_per_second": round(burst or count / elapsed, 2),
+                "burst_leads_per_second": round(burst, 2),
                 "rate_limited_606": fake.errors["606"]}  # fmt: skip
 
 

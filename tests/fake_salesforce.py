@@ -60,20 +60,11 @@ def picklist(values: list[str]) -> list[dict[str, Any]]:
 
 
 class _Handler(LoopbackHandler):
+    methods = ("GET", "POST", "PATCH")
 
-    def do_GET(self):
-        self._serve("GET")
-
-    def do_POST(self):
-        self._serve("POST")
-
-    def do_PATCH(self):
-        self._serve("PATCH")
-
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         fake = self.fake
-        length = int(self.headers.get("Content-Length") or 0)
-        self.body = self.rfile.read(length) if length else b""
+        self.body = self.read_body()
         parsed = urlparse(self.path)
         self.query_args = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         path = parsed.path

@@ -4,6 +4,8 @@
 the request's own thread so a slow client never blocks the accept loop) and :class:`LoopbackHandler`
 gives each fake the same ways of answering and of misbehaving, defined here once:
 
+- one dispatch: every method a fake lists in ``methods`` goes to its :meth:`LoopbackHandler.serve`
+  (which routes by path), any other is answered 501;
 - :meth:`LoopbackHandler.answer` (JSON, text or bytes, with headers), :meth:`LoopbackHandler.drop`
   (close the connection without a word);
 - ``drip``: the answer goes out one byte every ``drip_interval`` seconds (a service that answers
@@ -25,6 +27,7 @@ import ssl
 import tempfile
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,21 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     server: LoopbackHTTPServer
     # The fault this request plays in :meth:`answer` ("drip", "lost"), set by :meth:`play`.
     pending_fault: str | None = None
+    # The HTTP methods :meth:`serve` answers; the others get 501, as from a server without them.
+    methods: tuple[str, ...] = ("GET", "POST")
+
+    def serve(self, method: str) -> None:
+        """Answer one request of ``method`` (one of :attr:`methods`): the fake's routes."""
+        raise NotImplementedError
+
+    def _dispatch(self) -> None:
+        if self.command not in self.methods:
+            self.read_body()
+            self.answer(501, {"error": f"{self.command} is not served here"})
+            return
+        self.serve(self.command)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _dispatch
 
     @property
     def fake(self) -> Any:
@@ -200,3 +218,47 @@ class LoopbackHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def send_in_turn(destination, leads: list, burst_of: int = 90) -> tuple[float, float, int]:
+    """Send ``leads`` one after another through ``destination`` as the worker would (a lead held
+    back by the CRM's limit is sent again after its ``retry_after``), for the fakes' benchmarks.
+    Returns (seconds, leads per second over the first ``burst_of``, sends held back)."""
+    from leads.destinations.base import Route, TransientError
+
+    held_back, burst = 0, None
+    start = time.perf_counter()
+    for n, lead in enumerate(leads):
+        if n == min(len(leads), burst_of):
+            burst = n / (time.perf_counter() - start)
+        while True:
+            try:
+                destination.send(lead, Route())
+                break
+            except TransientError as error:
+                held_back += 1
+                time.sleep(error.retry_after or 1.0)
+    elapsed = time.perf_counter() - start
+    return elapsed, burst or len(leads) / elapsed, held_back
+
+
+def trust(monkeypatch, ca_file: str) -> None:
+    """For one test, requests (and every SDK on it) trusts the CA in ``ca_file`` and reaches
+    loopback directly, whatever proxy the machine sets."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_file)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+# Each HTTP destination's settings with every URL at one loopback server: for tests that play one
+# misbehaviour on every destination alike (tests/test_deadlines.py, tests/test_retry_after.py).
+DESTINATION_SETTINGS = {
+    "webhook": lambda url: {"WEBHOOK_URL": url + "/hook", "WEBHOOK_SECRET": "s"},
+    # A new app registration each time: no token is cached from another test's fake.
+    "dynamics": lambda url: {"DYNAMICS_URL": url, "DYNAMICS_TENANT_ID": str(uuid.uuid4()),
+                             "DYNAMICS_CLIENT_ID": str(uuid.uuid4()), "DYNAMICS_CLIENT_SECRET": "secret",
+                             "DYNAMICS_AUTHORITY": url},  # fmt: skip
+    "salesforce": lambda url: {"SALESFORCE_URL": url, "SALESFORCE_CLIENT_ID": "id", "SALESFORCE_CLIENT_SECRET": "s"},
+    "salesforce-w2l": lambda url: {"SALESFORCE_OID": "00D000000000001", "SALESFORCE_WEB_TO_LEAD_URL": url + "/w2l"},
+    "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},
+    "hubspot": lambda url: {"HUBSPOT_TOKEN": "pat-na1-x", "HUBSPOT_URL": url},
+}

@@ -21,7 +21,7 @@ from leads.settings import Settings
 from leads.store import LeadStore
 
 from .conftest import FIXTURES
-from .loopback import DRIP, LoopbackHandler, LoopbackServer
+from .loopback import DESTINATION_SETTINGS, DRIP, LoopbackHandler, LoopbackServer, trust
 
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
@@ -51,8 +51,7 @@ class DripServer(LoopbackServer):
 @pytest.fixture
 def drip(fake_tls_ca, monkeypatch):
     with DripServer(fake_tls_ca) as server:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_file)
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        trust(monkeypatch, server.ca_file)
         yield server
 
 
@@ -73,22 +72,10 @@ def test_calls_of_one_send_end_with_the_send(drip):
     assert time.monotonic() - start < 3.5
 
 
-DESTINATIONS = {
-    "webhook": lambda url: {"WEBHOOK_URL": url + "/hook", "WEBHOOK_SECRET": "s"},
-    "dynamics": lambda url: {"DYNAMICS_URL": url, "DYNAMICS_TENANT_ID": str(uuid.uuid4()),
-                             "DYNAMICS_CLIENT_ID": str(uuid.uuid4()), "DYNAMICS_CLIENT_SECRET": "secret",
-                             "DYNAMICS_AUTHORITY": url},  # fmt: skip
-    "salesforce": lambda url: {"SALESFORCE_URL": url, "SALESFORCE_CLIENT_ID": "id", "SALESFORCE_CLIENT_SECRET": "s"},
-    "salesforce-w2l": lambda url: {"SALESFORCE_OID": "00D000000000001", "SALESFORCE_WEB_TO_LEAD_URL": url + "/w2l"},
-    "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},
-    "hubspot": lambda url: {"HUBSPOT_TOKEN": "pat-na1-x", "HUBSPOT_URL": url},
-}
-
-
-@pytest.mark.parametrize("name", sorted(DESTINATIONS))
+@pytest.mark.parametrize("name", sorted(DESTINATION_SETTINGS))
 def test_every_crm_and_the_webhook_end_a_dripping_send_and_retry_it(storage, env, drip, name):
     env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="",
-        **DESTINATIONS[name](drip.base_url))
+        **DESTINATION_SETTINGS[name](drip.base_url))
     answer = accept_http(json.dumps(EXAMPLE).encode())
     lead_id = answer.body["leadId"]
     start = time.monotonic()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from azure.core.exceptions import AzureError
 
@@ -23,7 +23,9 @@ def open_deliveries() -> int:
 
 def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = None) -> None:
     """Handle queue messages until no delivery is open, or fail after ``deadline`` seconds. A
-    message whose handling raises stays on the queue and comes back, as with the Functions host."""
+    message whose handling raises stays on the queue and comes back, as with the Functions host.
+    As the host does, a worker that is free takes the next message: one slow send holds up no
+    other message (each received message is handled at once, well within its visibility)."""
     from leads.operations import sweep
 
     settings = get_settings()
@@ -39,11 +41,20 @@ def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = 
         except AzureError:
             pass  # the host leaves it on the queue; it reappears after its visibility timeout
 
+    running: set[Future] = set()
     with ThreadPoolExecutor(workers) as pool:
         while time.monotonic() < end:
-            batch = list(client.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=5))
+            for future in [future for future in running if future.done()]:
+                running.discard(future)
+                future.result()  # anything but a storage error fails the test
+            idle = workers - len(running)
+            batch = list(client.receive_messages(messages_per_page=idle, max_messages=idle,
+                                                 visibility_timeout=5)) if idle else []  # fmt: skip
+            running |= {pool.submit(handle, message) for message in batch}
             if batch:
-                list(pool.map(handle, batch))
+                continue
+            if running:
+                wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
                 continue
             if open_deliveries() == 0:
                 return

@@ -38,6 +38,8 @@ BENCHMARKS = {
     "webhook": "webhook",
     "crm": "crm",
     "erasure": "erasure",
+    "poll_history": "poll_history",
+    "import": "imports",
 }
 
 

@@ -14,7 +14,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from leads.azurite import ACCOUNT, free_port
+from leads.azurite import ACCOUNT
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
 
@@ -26,12 +26,14 @@ class _Server(ThreadingHTTPServer):
 class StorageProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = free_port()
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request seen
         self.lost: list[tuple[str, str]] = []  # requests that committed with their answer lost
         self._faults: list[tuple[str, re.Pattern[str]]] = []
-        self.server = _Server(("127.0.0.1", self.port), self._handler())
+        # Port 0: the kernel picks a free port as it binds (a port chosen first could be taken,
+        # by another run's client or server, before the bind).
+        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.port = self.server.server_address[1]
 
     @property
     def table_endpoint(self) -> str:

@@ -214,8 +214,26 @@ def test_the_command_prints_the_reconciliation_and_json(store, tmp_path, capsys)
 
 
 # Several times the rows an import holds in flight (imports.WINDOW), so the window turns over; the
-# 5,000-row figure (Partner Center's largest download) is benchmarks/imports.py's.
+# 5,000-row figure (Partner Center's largest download) is benchmarks/imports.py's. Each row's long
+# comment makes the file large beside the reader's buffers.
 LARGE_FILE_ROWS = 200
+COMMENT = "Please call me about pricing for our team. " * 50
+
+
+def read_position(path) -> int | None:
+    """Where the kernel says this process's open handle on ``path`` has read to; None when no
+    handle is open (Linux's /proc)."""
+    import os
+    import re
+
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                with open(f"/proc/self/fdinfo/{fd}") as info:
+                    return int(re.search(r"pos:\s+(\d+)", info.read()).group(1))
+        except OSError:  # closed meanwhile
+            continue
+    return None
 
 
 def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_stores_nothing(
@@ -229,7 +247,9 @@ def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_st
         env(EMAIL_TO="", AzureWebJobsStorage=proxy.connection_string(azurite))
         leads_table = LeadStore.from_settings().leads.table_name
         LeadStore.from_settings().ensure_tables()
-        path = partner_center_file(tmp_path / "big.csv", [partner_center_row(i) for i in range(LARGE_FILE_ROWS)])
+        rows = [partner_center_row(i, Comments=COMMENT) for i in range(LARGE_FILE_ROWS)]
+        path = partner_center_file(tmp_path / "big.csv", rows)
+        row_bytes = path.stat().st_size // LARGE_FILE_ROWS + 1
 
         def lead_writes() -> int:
             with proxy.lock:
@@ -237,17 +257,22 @@ def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_st
                            where.split("?")[0].endswith(f"/{leads_table}"))  # fmt: skip
 
         ahead = []  # at each row read: rows read whose lead write has not started yet
+        read_past = []  # at each row read: bytes of the file read past that row
 
         def progress(read: int) -> None:
             ahead.append(read - 1 - lead_writes())
+            position = read_position(path)
+            read_past.append(None if position is None else position - (read + 1) * row_bytes)
 
         before = proxy.count()
         report = import_file(path, progress=progress)
         first_requests = proxy.count() - before
         assert (report.read, report.imported, report.refused) == (LARGE_FILE_ROWS, LARGE_FILE_ROWS, [])
         assert len(ahead) == LARGE_FILE_ROWS  # progress is told of every row as it is read
-        # Rows are stored while the file is read, never more than a window of them held: memory
-        # stays flat whatever the file's size.
+        # Rows are stored while the file is read: the file is read no further than the row being
+        # taken (give or take the reader's 64 KiB of buffers), and never more than a window of
+        # rows is read and not yet being stored. Memory stays flat whatever the file's size.
+        assert None not in read_past and max(read_past) <= 64 * 1024, read_past
         assert max(ahead) <= imports.WINDOW, max(ahead)
         assert lead_writes() == LARGE_FILE_ROWS
         # Storage calls a row, whatever the file's size: the identity row, the timeline entry, the

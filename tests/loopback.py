@@ -262,3 +262,15 @@ DESTINATION_SETTINGS = {
     "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},
     "hubspot": lambda url: {"HUBSPOT_TOKEN": "pat-na1-x", "HUBSPOT_URL": url},
 }
+
+
+def send_error(destination, lead, route=None):
+    """What ``destination`` makes of the error its send against a fake raises (its ``classify``);
+    AssertionError if the send succeeds."""
+    from leads.destinations.base import Route
+
+    try:
+        destination.send(lead, route or Route())
+    except Exception as exc:  # noqa: BLE001 - whatever it raised is what classify sees
+        return destination.classify(exc)
+    raise AssertionError("the send succeeded")

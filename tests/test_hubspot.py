@@ -18,6 +18,7 @@ from leads.store import LeadStore
 from . import fake_hubspot
 from .fake_hubspot import FakeHubSpot
 from .fake_marketo import sample_lead
+from .loopback import send_error
 from .workers import drain
 
 hubspot = fake_hubspot.hubspot  # the fixture
@@ -29,14 +30,6 @@ WRITE = "crm.objects.contacts.write"
 def destination(fake: FakeHubSpot, token: str | None = None, **limits) -> HubSpotDestination:
     limiter = CallLimiter(**limits) if limits else None
     return HubSpotDestination(fake.token if token is None else token, fake.url, timeout=5, limiter=limiter)
-
-
-def send_error(dest: HubSpotDestination, lead, route: Route = ROUTE):
-    try:
-        dest.send(lead, route)
-    except Exception as exc:  # noqa: BLE001
-        return dest.classify(exc)
-    raise AssertionError("the send succeeded")
 
 
 # --- mapping ----------------------------------------------------------------------------------

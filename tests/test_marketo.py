@@ -18,6 +18,7 @@ from leads.store import LeadStore
 
 from . import fake_marketo
 from .fake_marketo import FakeMarketo, sample_lead
+from .loopback import send_error
 from .workers import drain
 
 marketo = fake_marketo.marketo  # the fixture
@@ -28,14 +29,6 @@ ROUTE = Route()
 def destination(fake: FakeMarketo, form_id: str = "", **limits) -> MarketoDestination:
     limiter = CallLimiter(**limits) if limits else CallLimiter(calls=10_000, period=20)
     return MarketoDestination(fake.url, fake.client_id, fake.client_secret, form_id, timeout=5, limiter=limiter)
-
-
-def send_error(dest: MarketoDestination, lead, route: Route = ROUTE):
-    try:
-        dest.send(lead, route)
-    except Exception as exc:  # noqa: BLE001
-        return dest.classify(exc)
-    raise AssertionError("the send succeeded")
 
 
 # --- mapping ----------------------------------------------------------------------------------

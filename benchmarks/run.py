@@ -45,7 +45,7 @@ BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (about 4 minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="where the figures go as JSON")
     args = parser.parse_args(argv)

@@ -2,7 +2,8 @@
 rows a second and storage requests a row, for the first import and for the same file again.
 
 - **first import**: every row new, routed nowhere (``EMAIL_TO`` empty), so each row is its
-  identity row, its timeline entry and the lead; the matcher reads each day's identities once.
+  identity row, its email index row, its timeline entry and the lead; the matcher reads each
+  day's identities once.
 - **the same file again**: every row already received; the import stores nothing.
 - **dry run, peak memory**: the file read and mapped, nothing stored, with ``tracemalloc``: rows
   are read one at a time, so the peak does not grow with the file (the first row's imports and
@@ -61,7 +62,7 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
         env = {**app_env(azurite.connection_string, uuid.uuid4().hex[:8]), "EMAIL_TO": "", "WEBHOOK_URL": "",
                "LEADS_ROUTING": "", "LEADS_BACKFILL_DAYS": "7"}  # fmt: skip
         with app_environment(env):
-            for name, note in (("first import", "every row new: identity, timeline entry, lead"),
+            for name, note in (("first import", "every row new: identity, email index, timeline entry, lead"),
                                ("the same file again", "every row already received; nothing stored")):  # fmt: skip
                 if budget.over():
                     break

@@ -48,6 +48,10 @@ _BINARY_CHUNK = 64 * 1024
 _CHUNK = 30_000
 _MAX_CHUNKS = 16
 _MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
+# The lead row's look-up columns (source, action, offer), for a query in Storage Explorer, hold at
+# most this many characters: the values whole are in the lead's JSON, and a column of any length
+# would make the row unstorable (a marketplace value is a few dozen characters; a body is 64 KiB).
+_COLUMN = 1_000
 
 
 @dataclass(frozen=True)
@@ -446,10 +450,10 @@ def _to_entity(lead: Lead) -> dict[str, Any]:
         "RowKey": LEAD_ROW,
         "ReceivedAt": lead.received_at,
         "Channel": lead.channel,
-        "Source": lead.source or "",
-        "Action": lead.action or "",
-        "OfferId": lead.offer_id or "",
-        "OfferTitle": lead.offer_title or "",
+        "Source": (lead.source or "")[:_COLUMN],
+        "Action": (lead.action or "")[:_COLUMN],
+        "OfferId": (lead.offer_id or "")[:_COLUMN],
+        "OfferTitle": (lead.offer_title or "")[:_COLUMN],
         "IsTest": lead.is_test,
         "DoNotContact": lead.do_not_contact,
     }

@@ -47,6 +47,9 @@ _LEAD_KEPT = ("Duplicates", "LastDuplicateAt", "WriteId")
 RETENTION_PAGE = 200
 RETENTION_PAGES_PER_RUN = 10
 _RETENTION_KEY = ("retention", "leads")
+# How long after its index rows a record's own write may still be on its way (intake's retries
+# take seconds): an index row naming a missing record is left alone this long.
+_IN_FLIGHT = timedelta(minutes=10)
 OUTSIDE_NOTE = ("Records already sent to CRMs (Dynamics 365, Salesforce, Marketo, HubSpot), the webhook's "
                 "receiver or a mailbox are not erased by this: erase the person there too.")  # fmt: skip
 
@@ -111,17 +114,25 @@ def forget_email(address: str, settings: Settings | None = None, now: datetime |
     needle = address.strip().casefold()
     done, now = Erased(), now or _now()
     if store.identities.built():
-        for record_id, row_key, crowded in list(store.identities.holding(needle)):
+        for record_id, row_key, crowded, written in list(store.identities.holding(needle)):
             entity = _get(store, record_id, row_key)
             done.scanned += entity is not None
-            if entity is not None and crowded and not _holds(entity, needle):
-                continue  # a record with many addresses, none of them this one
-            if entity is None or needle not in addresses_of(entity):
-                # Missing (its write never happened), or erased already and so no longer saying
-                # which addresses it held: the row it was found by goes now.
+            if entity is None:
+                # Its write never happened, or has not yet: a lead is written seconds after its
+                # index rows, so only a row older than that is left over from a crash.
+                if written is None or now - written > _IN_FLIGHT:
+                    store.identities.forget_addresses(record_id, row_key, [needle])
+                continue
+            if not is_erased(entity) and needle not in addresses_of(entity) and not _holds(entity, needle):
+                # A record that does not hold the address: a crowded record's row names many, and a
+                # repeat of a lead writes rows for what it held, which its first may not. Never erase
+                # a record for a row that says so; a misleading row goes (a crowded one is shared).
+                if not crowded:
+                    store.identities.forget_addresses(record_id, row_key, [needle])
+                continue
+            if is_erased(entity):  # no longer saying which addresses it held: the row goes now
                 store.identities.forget_addresses(record_id, row_key, [needle])
-            if entity is not None:
-                done.add(_erase_row(store, entity, settings, now))
+            done.add(_erase_row(store, entity, settings, now))
     else:
         done.read_every_row = True
         query = "RowKey eq @lead or RowKey eq @rejected"

@@ -89,13 +89,18 @@ def addresses_of(entity: Mapping[str, Any]) -> list[str]:
                   if key.startswith("Body") and key[4:].isdigit() and isinstance(value, bytes)}  # fmt: skip
         body = b"".join(chunks[index] for index in sorted(chunks))
         return _addresses([body.decode("utf-8", "replace")])
-    return _addresses([_join(name, entity) for name in ("Lead", "Raw") if name in entity])
+    found = _addresses([_join(name, entity) for name in ("Lead", "Raw") if name in entity])
+    if "Lead" in entity:  # a lead's own address, whatever its length (the regex bounds a local part)
+        email = (json.loads(_join("Lead", entity)).get("email") or "").strip().casefold()
+        if email and email not in found:
+            found = sorted([*found, email])
+    return found
 
 
 def _addresses(values: list[Any]) -> list[str]:
     """The addresses in ``values`` and in everything they hold; text that is JSON is read as JSON
     as well (a marketplace row's ``CustomerInfo``, a lead row's chunks, a refused body)."""
-    found: set[str] = set()
+    found: set[tuple[str, ...]] = set()
     stack = list(values)
     while stack:  # not recursive: a refused body may nest deeper than Python recurses
         value = stack.pop()
@@ -105,15 +110,24 @@ def _addresses(values: list[Any]) -> list[str]:
             stack += value
         elif isinstance(value, str) and "@" in value:
             for text in _around_ats(value):
-                found.update(match.casefold() for match in ADDRESS.findall(text))
+                found.update(_with_tails(match) for match in ADDRESS.findall(text))
                 if "\\" in text:
-                    found.update(match.casefold() for match in ADDRESS.findall(_ESCAPE.sub(" ", text)))
+                    found.update(_with_tails(match) for match in ADDRESS.findall(_ESCAPE.sub(" ", text)))
             if value.lstrip()[:1] in ("{", "["):
                 try:
                     stack.append(json.loads(value))
                 except (ValueError, RecursionError):
                     pass
-    return sorted(found)
+    return sorted(address for tails in found for address in tails)
+
+
+def _with_tails(match: str) -> tuple[str, ...]:
+    """A found address, case-folded, and each tail of it that starts after a mark in its local
+    part: the local part may hold ``' = / ? { .`` and so takes in the text before an address
+    ("'ann@x.com'", "?email=ann@x.com"), and the address the person gives is one of its tails."""
+    address = match.casefold()
+    local = address.partition("@")[0]
+    return (address, *(address[at + 1:] for at, mark in enumerate(local) if not mark.isalnum() and at + 1 < len(local)))
 
 
 def _around_ats(text: str) -> list[str]:
@@ -152,14 +166,16 @@ class IdentityIndex:
         for row in _address_rows(record_id, row_key, list(addresses)):
             self.table.upsert_entity(row)
 
-    def holding(self, address: str) -> Iterator[tuple[str, str, bool]]:
-        """The rows of the lead store that hold ``address``, as (record id, row key, crowded?): one
-        partition query, and one of the crowded records (whose rows the caller checks by content)."""
+    def holding(self, address: str) -> Iterator[tuple[str, str, bool, datetime | None]]:
+        """The rows of the lead store said to hold ``address``, as (record id, row key, crowded?,
+        when the index row was written): one partition query, and one of the crowded records. The
+        caller checks each record by content: a row may name a record that does not hold the
+        address (written for a repeat that held it in its raw input) or that was never stored."""
         for partition in (address_partition(address), CROWDED):
             for row in self.table.query_entities("PartitionKey eq @p", parameters={"p": partition},
-                                                 select=["RowKey"]):  # fmt: skip
+                                                 select=["RowKey", "Timestamp"]):  # fmt: skip
                 record_id, row_key = row["RowKey"].rsplit("|", 1)
-                yield record_id, row_key, partition == CROWDED
+                yield record_id, row_key, partition == CROWDED, row.metadata.get("timestamp")
 
     def forget_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
         """Delete the rows that index the record under ``addresses`` (and its crowded row if

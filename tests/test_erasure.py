@@ -294,6 +294,50 @@ def test_forget_email_finds_an_address_in_a_description_and_in_a_refused_body(ap
     assert (again.leads, again.already_erased, again.scanned) == ([], [], 0)
 
 
+def test_forget_email_leaves_a_lead_that_does_not_hold_the_address_whatever_its_index_rows_say(app):
+    # A repeat is told by its normalised content, not its raw input: a second POST of the same lead
+    # naming another address only in an extra field is a repeat of the first, which never held it.
+    who, forwarder = person(), person()
+    lead_id = take_in(http_body(who))
+    again = accept_http(json.dumps({**http_body(who), "Referrer": f"forwarded by {forwarder['Email']}"}).encode())
+    assert (again.status, again.body["leadId"]) == (200, lead_id)
+    book = LeadStore.from_settings().deliveries
+    before = {delivery.destination: delivery.state for delivery in book.for_lead(lead_id)}
+
+    done = erasure.forget_email(forwarder["Email"])
+    assert (done.leads, done.deliveries_skipped) == ([], [])
+    assert LeadStore.from_settings().get(lead_id).email == who["Email"]
+    assert {delivery.destination: delivery.state for delivery in book.for_lead(lead_id)} == before
+    assert erasure.forget_email(forwarder["Email"]).scanned == 0  # the row that misled it is gone
+
+
+def test_an_index_row_of_a_lead_still_being_written_is_left_and_one_left_by_a_crash_goes(app):
+    store, address = LeadStore.from_settings(), person()["Email"].casefold()
+    store.ensure_tables()
+    store.identities.record_addresses("h" + uuid.uuid4().hex[:24], "lead", [address])  # its lead not yet written
+    assert erasure.forget_email(address).leads == []
+    assert len(list(store.identities.holding(address))) == 1  # a lead on its way stays findable
+    erasure.forget_email(address, now=datetime.now(timezone.utc) + timedelta(hours=1))
+    assert list(store.identities.holding(address)) == []  # long after: a crash's leftover, deleted
+
+
+@pytest.mark.parametrize("mention", ["'{address}'", "https://x.example/c?email={address}", "{{{address}}}",
+                                     "see...{address}", "<mailto:{address}>"])  # fmt: skip
+def test_forget_email_finds_an_address_however_the_text_around_it_is_punctuated(app, mention):
+    who, mentioned = person(), person()
+    body = http_body(who)
+    body["Description"] = "write to " + mention.format(address=mentioned["Email"])
+    lead_id = take_in(body)
+    assert erasure.forget_email(mentioned["Email"]).leads == [lead_id]
+
+
+def test_forget_email_finds_a_lead_whose_address_is_longer_than_rfc_5321_allows(app):
+    who = {**person(), "Email": "a" * 70 + f"{uuid.uuid4().hex[:6]}@fabrikam.example"}
+    lead_id = take_in(http_body(who))
+    assert LeadStore.from_settings().get(lead_id).email == who["Email"]  # the normaliser keeps it
+    assert erasure.forget_email(who["Email"]).leads == [lead_id]
+
+
 def test_a_refused_body_full_of_addresses_costs_bounded_rows_and_each_address_still_finds_it(app):
     from leads.identities import MAX_ADDRESSES
 

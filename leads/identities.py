@@ -54,6 +54,8 @@ MATCH_WINDOW = timedelta(days=1)
 # time. Found addresses are compared case-folded, as `forget --email` always did.
 ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[^\W_](?:[\w-]{0,61}[^\W_])?(?:\.[^\W_](?:[\w-]{0,61}[^\W_])?)*")
 # A backslash escape of JSON text (a body that did not parse): "a\nx@y" holds x@y, not nx@y.
+# What text puts before an address and a local part may also hold (see _with_tails).
+_LEADING_MARKS = frozenset("'\"=/?{}|`~!#$%&*^")
 _ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)")
 MAX_ADDRESSES = 20
 EMAIL_PARTITION = "email|"
@@ -123,11 +125,15 @@ def _addresses(values: list[Any]) -> list[str]:
 
 def _with_tails(match: str) -> tuple[str, ...]:
     """A found address, case-folded, and each tail of it that starts after a mark in its local
-    part: the local part may hold ``' = / ? { .`` and so takes in the text before an address
-    ("'ann@x.com'", "?email=ann@x.com"), and the address the person gives is one of its tails."""
+    part that text puts before an address ("'ann@x.com'", "?email=ann@x.com", "see...ann@x.com"):
+    the local part may hold these marks, so the regex takes in that text, and the address the
+    person gives is a tail. The marks real local parts are made of (``. - _ +``, a dot doubled
+    aside, which an address cannot hold) start no tail: "jane.doe@x.com" is one row, not two."""
     address = match.casefold()
     local = address.partition("@")[0]
-    return (address, *(address[at + 1:] for at, mark in enumerate(local) if not mark.isalnum() and at + 1 < len(local)))
+    cuts = [at + 1 for at, mark in enumerate(local[:-1])
+            if mark in _LEADING_MARKS or (mark == "." and at and local[at - 1] == ".")]  # fmt: skip
+    return (address, *(address[cut:] for cut in cuts))
 
 
 def _around_ats(text: str) -> list[str]:

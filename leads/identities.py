@@ -37,7 +37,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .index import checkpoint_of, mark_done, read_store_once, upsert_batched
@@ -329,4 +329,4 @@ def _digest(text: str) -> str:
 
 
 def _day(when: datetime) -> str:
-    return f"{when.astimezone(timezone.utc):%Y-%m-%d}"
+    return f"{when.astimezone(UTC):%Y-%m-%d}"

@@ -38,6 +38,7 @@ BENCHMARKS = {
     "webhook": "webhook",
     "crm": "crm",
     "erasure": "erasure",
+    "history": "history",
     "poll_history": "poll_history",
     "import": "imports",
 }

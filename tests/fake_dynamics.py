@@ -60,22 +60,19 @@ import json
 import math
 import re
 import secrets
-import ssl
-import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import trustme
 
-from .loopback import LoopbackHandler, LoopbackHTTPServer, trust
+from .loopback import LoopbackHandler, LoopbackHTTPServer, LoopbackServer, trust
 
 API = "/api/data/v9.2"
 FAULTS = ("429", "500", "503", "timeout", "drop", "lost", "expired")
@@ -108,12 +105,18 @@ class Request:
     at: float = field(default_factory=time.time)
 
 
-class FakeDynamics:
-    """Start it with ``with FakeDynamics() as fake:``; point the destination at :meth:`settings`."""
+class FakeDynamics(LoopbackServer):
+    """Start it with ``with FakeDynamics() as fake:``; point the destination at :meth:`settings`.
+    Entra ID and Dataverse answer on the base's HTTPS server; the host's managed identity
+    endpoint on a second, plain HTTP server of the same fake, as App Service serves it."""
+
+    name = "fake-dynamics"
 
     def __init__(self, *, ca: trustme.CA | None = None, latency: float = 0.0, token_lifetime: int = 3599,
                  timeout_after: float = 2.0) -> None:  # fmt: skip
-        self.ca = ca or trustme.CA()
+        self.handler = _Handler
+        super().__init__(tls=True, ca=ca)
+        self._identity_server = LoopbackHTTPServer(_Handler, self, None)
         self.latency = latency
         self.token_lifetime = token_lifetime
         self.timeout_after = timeout_after  # how long a "timeout" fault holds the request
@@ -150,62 +153,36 @@ class FakeDynamics:
         self.identity_requests = 0
         self.identity_calls: list[dict[str, str]] = []  # the query and header of each identity request
         self.requests: list[Request] = []
-        self.lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._recent: deque[float] = deque()
-        self._server: LoopbackHTTPServer | None = None
-        self._identity_server: LoopbackHTTPServer | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="fake-dynamics-")
-        self.ca_file = str(Path(self._tmp.name) / "ca.pem")
-        self.ca.cert_pem.write_to_path(self.ca_file)
 
-    # --- lifecycle -----------------------------------------------------------------------------
+    # --- lifecycle: the base's server, and the identity endpoint's beside it ---------------------
 
     def start(self) -> FakeDynamics:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server = LoopbackHTTPServer(_Handler, self, context)
-        self._identity_server = LoopbackHTTPServer(_Handler, self, None)  # plain HTTP, as the host's
-        for server, name in ((self._server, "fake-dynamics"), (self._identity_server, "fake-identity-endpoint")):
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name,
-                             daemon=True).start()
-        return self
+        threading.Thread(target=self._identity_server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="fake-identity-endpoint", daemon=True).start()  # fmt: skip
+        return super().start()
 
     def stop(self) -> None:
-        for server in (self._server, self._identity_server):
-            if server is not None:
-                server.shutdown()
-                server.server_close()
-        self._server = self._identity_server = None
-        self._tmp.cleanup()
-
-    def __enter__(self) -> FakeDynamics:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self._identity_server.shutdown()
+        self._identity_server.server_close()
+        super().stop()
 
     # --- addresses and settings ----------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        assert self._server is not None, "not started"
-        return self._server.server_address[1]
-
-    @property
     def url(self) -> str:
         """The environment URL (DYNAMICS_URL)."""
-        return f"https://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def authority(self) -> str:
         """The login host (DYNAMICS_AUTHORITY)."""
-        return f"https://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def identity_endpoint(self) -> str:
         """The host's managed identity endpoint (IDENTITY_ENDPOINT)."""
-        assert self._identity_server is not None, "not started"
         return f"http://127.0.0.1:{self._identity_server.server_address[1]}/msi/token"
 
     def settings(self, *, managed_identity: bool = False, **overrides: str) -> dict[str, str]:

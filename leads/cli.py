@@ -301,6 +301,9 @@ def _forget(args: argparse.Namespace) -> int:
     if not (done.leads or done.already_erased or done.rejected or done.outbox_files):
         print("Nothing found to erase" + (f" ({done.scanned} rows read)." if args.email is not None else "."))
     for sent in done.sent_elsewhere:
+        if sent.get("inFlight"):
+            print(f"being sent to {sent['destination']} (lead {sent['leadId']}): it may have arrived; erase it there")
+            continue
         print(f"sent to {sent['destination']}" + (f" as {sent['externalId']}" if sent["externalId"] else "")
               + f" (lead {sent['leadId']}): erase it there")  # fmt: skip
     print(OUTSIDE_NOTE)

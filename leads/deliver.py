@@ -6,13 +6,20 @@ message seen twice, or two workers racing on one delivery, send once. Transient 
 retried with exponential backoff and jitter (at least as long as the service's ``Retry-After``)
 by re-enqueueing the message with a visibility delay, never by sleeping; permanent ones, and
 transient ones past ``LEADS_RETRY_HOURS``, end ``failed`` with the reason and one alert mail.
+
+A claim is checked again just before the send, by renewing it with a conditional write: the
+storage calls between the claim and the send (rate limiter, fold, lead read, each up to a minute
+or more under the SDK's retries) may outlast it, and another worker may own the delivery by then.
+The record of a send is retried while the claim lasts; if the lead store refuses it throughout,
+a note of the send goes on the queue, and its handling records it (:func:`record_sent`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +37,8 @@ log = logging.getLogger(__name__)
 CLAIM = timedelta(minutes=5)
 # A message arriving this much before its delivery's next attempt is a stray duplicate.
 EARLY = timedelta(seconds=5)
+# How many times the record of a send is written, within its claim, before a note of it is queued.
+RECORD_TRIES = 5
 # The most leads one digest lists.
 DIGEST_MAX = 50
 
@@ -62,6 +71,8 @@ def handle_message(text: str | bytes, settings: Settings | None = None) -> Outco
     except ValueError as exc:
         log.error("delivery message dropped: %s", exc)
         return Outcome("ignored", str(exc))
+    if message.sent is not None:
+        return record_sent(message.lead_id, message.destination, message.sent, settings)
     return deliver(message.lead_id, message.destination, settings)
 
 
@@ -73,12 +84,16 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     store.ensure_tables()
     book = store.deliveries
     now = now or _now()
+    clock = _clock_from(now)
     delivery = book.get(lead_id, name)
     if delivery is None:
         return Outcome("ignored", "no such delivery")
     if delivery.state in FINAL:
         return Outcome(delivery.state, "already finished")
     if delivery.state == "sending" and delivery.claimed_until and delivery.claimed_until > now:
+        # Not consumed: the holder may stop without a record (killed, or its record refused).
+        # This message comes back as the claim ends, to find what the holder left.
+        delivery_queue(settings).send(lead_id, name, (delivery.claimed_until - now).total_seconds() + 1)
         return Outcome("sending", "claimed by another worker")
     if delivery.state == "retrying" and delivery.next_attempt_at and delivery.next_attempt_at - EARLY > now:
         return Outcome("retrying", "not due yet")
@@ -111,8 +126,12 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
             if digest.claimed_until is None or digest.claimed_until <= now else None  # fmt: skip
         if claimed_digest is None:
             return Outcome("sending", "its digest is claimed by another worker")
-        return _send_digest(store, destination, claimed_digest, settings, now)
+        return _send_digest(store, destination, claimed_digest, settings, now, clock)
 
+    if delivery.state == "sending":  # its claim ran out, and nothing says what that attempt did
+        log.warning("lead %s to %s: attempt %d's outcome was never recorded (its worker stopped, or the lead "
+                    "store refused its record): sending again, under the same key", lead_id, name,
+                    delivery.attempts)  # fmt: skip
     claimed = book.change(delivery, state="sending", attempts=delivery.attempts + 1,
                           claimed_until=now + CLAIM, waiting_for=None, digest=None)  # fmt: skip
     if claimed is None:
@@ -122,7 +141,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     if destination.can_digest and delivery.attempts == 0:
         folded = _fold_waiting(store, claimed, now)
         if folded is not None:
-            return _send_digest(store, destination, folded, settings, now)
+            return _send_digest(store, destination, folded, settings, now, clock)
     lead, erased = store.get_for_delivery(claimed.lead_id)
     if lead is None:
         _fail(book, claimed, LEAD_GONE, settings, now)
@@ -130,6 +149,9 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     if erased:  # never sent with its fields emptied
         _skip_erased(book, claimed)
         return Outcome("skipped", "lead erased")
+    claimed = book.change(claimed, claimed_until=clock() + CLAIM)  # still ours? then a whole claim from now
+    if claimed is None:
+        return Outcome("sending", "claimed by another worker before the send")
     try:
         with deadline(SEND_DEADLINE_SECONDS):  # every call of the send ends well inside the claim
             sent = destination.send(lead, claimed.route)
@@ -137,7 +159,8 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         error = _told(destination.classify(exc), [lead], claimed)
         _after_failure(book, claimed, error, settings, now)
         return Outcome("retrying" if error.transient else "failed", error.explain())
-    _delivered(book, claimed, sent)
+    if not _delivered(book, claimed, sent, settings, clock):
+        return Outcome("sending", "sent; the lead store refused its record, which is recorded from the queue")
     return Outcome("delivered", sent.external_id or "")
 
 
@@ -150,13 +173,74 @@ def _skip_erased(book, delivery: Delivery) -> None:
     book.change(delivery, state="skipped", last_error=ERASED_REASON, claimed_until=None, next_attempt_at=None)
 
 
-def _delivered(book, delivery: Delivery, sent: Sent, digest_size: int = 1) -> None:
-    done = book.change(delivery, state="delivered", external_id=sent.external_id, last_error=None,
-                       claimed_until=None, next_attempt_at=None)  # fmt: skip
+def _delivered(book, delivery: Delivery, sent: Sent, settings: Settings, clock: Callable[[], datetime],
+               digest_size: int = 1) -> bool:  # fmt: skip
+    """Record a send of ``delivery`` (claimed by this worker). The destination has the lead: a
+    record lost here would have it sent again when the claim runs out. So the write is tried again
+    while the claim lasts (each try is the SDK's own retries), and if the lead store refuses it
+    throughout, a note of the send goes on the queue (another service), whose handling records it.
+    False when only that note holds it; raises when the queue refuses the note too."""
+    from azure.core.exceptions import AzureError
+
+    refused: AzureError | None = None
+    for _ in range(RECORD_TRIES):
+        try:
+            done = _record_sent(book, delivery, sent.external_id)
+        except AzureError as exc:
+            refused = exc
+            if delivery.claimed_until is None or clock() >= delivery.claimed_until:
+                break
+            continue
+        if done is None:
+            log.warning("delivery %s/%s sent but its row changed under the claim", delivery.lead_id,
+                        delivery.destination)  # fmt: skip
+        log.info("lead %s delivered to %s (attempt %d%s)", delivery.lead_id, delivery.destination, delivery.attempts,
+                 f", digest of {digest_size}" if digest_size > 1 else "")  # fmt: skip
+        return True
+    log.warning("lead %s sent to %s (attempt %d) but its record was refused (%s): recording it from the queue",
+                delivery.lead_id, delivery.destination, delivery.attempts, type(refused).__name__)  # fmt: skip
+    note = {"attempt": delivery.attempts, "externalId": sent.external_id}
+    delivery_queue(settings).send(delivery.lead_id, delivery.destination, sent=note)
+    return False
+
+
+def _record_sent(book, delivery: Delivery, external_id: str | None) -> Delivery | None:
+    """Write ``delivery`` delivered; after a write whose answer was lost (the row moved on, to
+    what this write made it), the row as it is."""
+    done = book.change(delivery, state="delivered", external_id=external_id, last_error=None, claimed_until=None,
+                       next_attempt_at=None)  # fmt: skip
     if done is None:
-        log.warning("delivery %s/%s sent but its row changed under the claim", delivery.lead_id, delivery.destination)
-    log.info("lead %s delivered to %s (attempt %d%s)", delivery.lead_id, delivery.destination, delivery.attempts,
-             f", digest of {digest_size}" if digest_size > 1 else "")  # fmt: skip
+        now = book.get(delivery.lead_id, delivery.destination)
+        return now if now is not None and now.state == "delivered" else None
+    return done
+
+
+def record_sent(lead_id: str, name: str, note: Mapping[str, object], settings: Settings | None = None) -> Outcome:
+    """Act on a note of a send (see :func:`_delivered`): record it, unless the delivery moved on
+    (finished, or claimed again by a later attempt, which then sends it again). While the lead
+    store still refuses the record, the note is put back for half a minute on."""
+    from azure.core.exceptions import AzureError
+
+    settings = settings or get_settings()
+    book = LeadStore.from_settings(settings).deliveries
+    try:
+        delivery = book.get(lead_id, name)
+        if delivery is None:
+            return Outcome("ignored", "no such delivery")
+        if delivery.state in FINAL:
+            return Outcome(delivery.state, "already finished")
+        if delivery.state != "sending" or delivery.attempts != note["attempt"]:
+            return Outcome(delivery.state, "a later attempt holds it")
+        done = _record_sent(book, delivery, note.get("externalId"))  # type: ignore[arg-type]
+    except AzureError as exc:
+        log.warning("record of the send of lead %s to %s refused again (%s): tried again in 30 s", lead_id, name,
+                    type(exc).__name__)  # fmt: skip
+        delivery_queue(settings).send(lead_id, name, 30, sent=dict(note))
+        return Outcome("sending", "its record waits")
+    if done is None:
+        return Outcome("sending", "changed under the note")
+    log.info("lead %s delivered to %s (attempt %d), recorded from the queue", lead_id, name, done.attempts)
+    return Outcome("delivered", done.external_id or "")
 
 
 def _digest_of(store: LeadStore, delivery: Delivery) -> Digest | None:
@@ -171,7 +255,7 @@ def _digest_of(store: LeadStore, delivery: Delivery) -> Digest | None:
 
 
 def _send_digest(store: LeadStore, destination: Destination, digest: Digest, settings: Settings,
-                 now: datetime) -> Outcome:  # fmt: skip
+                 now: datetime, clock: Callable[[], datetime]) -> Outcome:  # fmt: skip
     """Send ``digest`` (claimed by this worker) with its own Operation-Id and record the outcome
     on it and on every member."""
     from .http import deadline
@@ -197,6 +281,10 @@ def _send_digest(store: LeadStore, destination: Destination, digest: Digest, set
         digests.change(digest, state=FAILED, claimed_until=None)
         return Outcome("failed", "lead not found")
     members, leads = [member for member, _ in present], [lead for _, lead in present]
+    renewed = digests.change(digest, claimed_until=clock() + CLAIM)  # as for one lead: still ours, just before
+    if renewed is None:
+        return Outcome("sending", "its digest was claimed by another worker before the send")
+    digest = renewed
     try:
         with deadline(SEND_DEADLINE_SECONDS):
             sent = destination.send_digest(leads, digest.route)
@@ -210,7 +298,7 @@ def _send_digest(store: LeadStore, destination: Destination, digest: Digest, set
     # Sent first on the digest: a worker dying after this leaves members that are marked, not resent.
     digests.change(digest, state=SENT, external_id=sent.external_id, claimed_until=None)
     for member in members:
-        _delivered(book, member, sent, len(members))
+        _delivered(book, member, sent, settings, clock, len(members))
     return Outcome("delivered", sent.external_id or "")
 
 
@@ -375,6 +463,12 @@ class RateLimiter:
         except RowKeptChanging:
             return 1.0
         return wait
+
+
+def _clock_from(start: datetime) -> Callable[[], datetime]:
+    """The time now, on the clock that read ``start`` (a test's given time runs on from there)."""
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
 
 
 def _now() -> datetime:

@@ -15,7 +15,14 @@ repeat of an erased lead's content in as a new lead. Mails in the local outbox
 or a mailbox are outside the app and must be erased there.
 
 Erasing is idempotent: an erased row is rewritten to the same erased shape, and a second run finds
-nothing personal left.
+nothing personal left. An erasure cut short is finished by the next: the erased row names the
+email-index rows still to delete (:data:`PENDING_INDEX_ROWS`, their partitions: digests, no address)
+until they are gone, and retention and ``forget`` finish a row that does.
+
+A delivery being sent as the lead is erased (``sending`` under a live claim) is left to its worker:
+turned ``skipped`` under it, the send would still reach the destination and be recorded as never
+made. The worker records what happened; its next attempt, if any, finds the lead erased and skips.
+The report names its destination with those the lead was delivered to (``inFlight``).
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .deliveries import OPEN
-from .identities import addresses_of
+from .deliveries import OPEN, Delivery
+from .identities import address_partitions, addresses_of
 from .settings import Settings, get_settings
 from .store import LEAD_ROW, REJECTED_ROW, LeadStore, _from_entity, _to_entity
 
@@ -42,6 +49,8 @@ PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone", "company", "titl
 _REJECTED_KEPT = ("ReceivedAt", "Channel", "Size", "Truncated")
 # Properties of a lead row outside its JSON that are not personal (the JSON is rebuilt erased).
 _LEAD_KEPT = ("Duplicates", "LastDuplicateAt", "WriteId")
+# On an erased row until its email-index rows are deleted: their partitions, as JSON.
+PENDING_INDEX_ROWS = "PendingIndexRows"
 # Retention erases at most this many rows per run: a backlog (the first run over a long history)
 # is worked off over the next runs, from where the last one stopped.
 RETENTION_PAGE = 200
@@ -185,7 +194,7 @@ def apply_retention(settings: Settings | None = None, now: datetime | None = Non
             break
         for entity in page:
             done.scanned += 1
-            if not is_erased(entity):
+            if not is_erased(entity) or PENDING_INDEX_ROWS in entity:  # new, or an erasure cut short
                 done.add(_erase_row(store, entity, settings, now))
         mark.token = pages.continuation_token
         if mark.token is None:
@@ -203,19 +212,19 @@ def apply_retention(settings: Settings | None = None, now: datetime | None = Non
 
 
 def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Erased:
-    from azure.data.tables import UpdateMode
-
     done = Erased()
     lead_id = entity["PartitionKey"]
-    addresses = addresses_of(entity)  # read before the row is erased: the rows to delete with it
+    # Read before the row is erased: the email-index rows to delete with it (and those an erasure
+    # cut short left to delete).
+    pending = json.loads(entity.get(PENDING_INDEX_ROWS) or "[]")
+    index_rows = sorted({*address_partitions(addresses_of(entity)), *pending})
     if entity["RowKey"] == REJECTED_ROW:
         kept = {key: entity[key] for key in _REJECTED_KEPT if key in entity}
         erased = {"PartitionKey": lead_id, "RowKey": REJECTED_ROW, **kept, "Error": ERASED_ERROR,
                   "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
         if "Size" not in erased:
             erased["Raw"] = "null"  # a marketplace row's properties: nothing of it is kept
-        store.leads.upsert_entity(erased, mode=UpdateMode.REPLACE)
-        store.identities.forget_addresses(lead_id, REJECTED_ROW, addresses)
+        _write_erased(store, erased, index_rows)
         done.rejected.append(lead_id)
         log.info("content of rejected record %s erased", lead_id)
         return done
@@ -226,11 +235,15 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
     blank = lead.model_copy(update={**dict.fromkeys(PERSONAL_FIELDS), "email_valid": None, "raw": None})
     erased = {**_to_entity(blank), **{key: entity[key] for key in _LEAD_KEPT if key in entity},
               "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
-    # REPLACE drops every chunk (Lead1.., Raw1..) the personal row had.
-    store.leads.upsert_entity(erased, mode=UpdateMode.REPLACE)
-    store.identities.forget_addresses(lead_id, LEAD_ROW, addresses)
+    _write_erased(store, erased, index_rows)
     for delivery in store.deliveries.for_lead(lead_id):
         changes: dict[str, Any] = {}
+        if _in_flight(delivery, now):
+            # Its worker may be sending it now: left to the worker, named for the operator.
+            if delivery.destination != "email":
+                done.sent_elsewhere.append({"leadId": lead_id, "destination": delivery.destination,
+                                            "externalId": delivery.external_id, "inFlight": True})  # fmt: skip
+            continue
         if delivery.state in OPEN:
             changes = {"state": "skipped", "last_error": ERASED_REASON, "claimed_until": None, "next_attempt_at": None,
                        "waiting_for": None}  # fmt: skip
@@ -248,10 +261,31 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         if delivery.state == "delivered" and delivery.destination != "email":
             done.sent_elsewhere.append({"leadId": lead_id, "destination": delivery.destination,
                                         "externalId": delivery.external_id})  # fmt: skip
+        elif delivery.state == "sending" and delivery.destination != "email":
+            # Its worker stopped mid-send (the claim ran out): the send may have arrived.
+            done.sent_elsewhere.append({"leadId": lead_id, "destination": delivery.destination,
+                                        "externalId": delivery.external_id, "inFlight": True})  # fmt: skip
     if values:
         done.outbox_files = _forget_outbox([(lead_id, values)], settings)
     log.info("personal data of lead %s erased", lead_id)  # the audit trail: the id, never the person
     return done
+
+
+def _write_erased(store: LeadStore, erased: dict[str, Any], index_rows: list[str]) -> None:
+    """Write the erased row (REPLACE drops every chunk, ``Lead1``.., ``Raw1``.., the personal row
+    had), then delete its email-index rows. Until they are deleted the row names them, so that an
+    erasure killed between the two is finished by the next run; then it is written without them."""
+    from azure.data.tables import UpdateMode
+
+    if index_rows:
+        store.leads.upsert_entity({**erased, PENDING_INDEX_ROWS: json.dumps(index_rows)}, mode=UpdateMode.REPLACE)
+        store.identities.forget_partitions(erased["PartitionKey"], erased["RowKey"], index_rows)
+    store.leads.upsert_entity(erased, mode=UpdateMode.REPLACE)
+
+
+def _in_flight(delivery: Delivery, now: datetime) -> bool:
+    """Whether a worker holds ``delivery`` for its send now (a live claim)."""
+    return delivery.state == "sending" and delivery.claimed_until is not None and delivery.claimed_until > now
 
 
 def _holds(entity: Any, needle: str) -> bool:

@@ -81,6 +81,13 @@ def address_partition(address: str) -> str:
     return EMAIL_PARTITION + _digest(address.strip().casefold())
 
 
+def address_partitions(addresses: Iterable[str]) -> list[str]:
+    """The partitions of the rows that index a record holding ``addresses`` (digests only)."""
+    addresses = list(addresses)
+    partitions = [address_partition(address) for address in addresses[:MAX_ADDRESSES]]
+    return partitions + ([CROWDED] if len(addresses) > MAX_ADDRESSES else [])
+
+
 def addresses_of(entity: Mapping[str, Any]) -> list[str]:
     """Every email address a row of the lead store holds, case-folded: a lead's normalised fields
     and raw input, a rejected marketplace row's properties, a refused body's bytes."""
@@ -186,11 +193,13 @@ class IdentityIndex:
     def forget_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
         """Delete the rows that index the record under ``addresses`` (and its crowded row if
         it has that many)."""
+        self.forget_partitions(record_id, row_key, address_partitions(addresses))
+
+    def forget_partitions(self, record_id: str, row_key: str, partitions: Iterable[str]) -> None:
+        """Delete the record's rows in ``partitions`` (:func:`address_partitions`)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        addresses = list(addresses)
-        partitions = [address_partition(address) for address in addresses[:MAX_ADDRESSES]]
-        for partition in partitions + ([CROWDED] if len(addresses) > MAX_ADDRESSES else []):
+        for partition in partitions:
             try:
                 self.table.delete_entity(partition, f"{record_id}|{row_key}")
             except ResourceNotFoundError:
@@ -317,11 +326,8 @@ def _identity_row(lead: Lead) -> dict[str, Any] | None:
 
 
 def _address_rows(record_id: str, row_key: str, addresses: list[str]) -> list[dict[str, Any]]:
-    rows = [{"PartitionKey": address_partition(address), "RowKey": f"{record_id}|{row_key}"}
-            for address in addresses[:MAX_ADDRESSES]]  # fmt: skip
-    if len(addresses) > MAX_ADDRESSES:
-        rows.append({"PartitionKey": CROWDED, "RowKey": f"{record_id}|{row_key}"})
-    return rows
+    key = f"{record_id}|{row_key}"
+    return [{"PartitionKey": partition, "RowKey": key} for partition in address_partitions(addresses)]
 
 
 def _digest(text: str) -> str:

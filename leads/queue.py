@@ -2,7 +2,8 @@
 
 Messages are base64 text, as the Functions queue trigger expects by default. A message only says
 which delivery to look at; the delivery row holds the truth, so a duplicated, early or late message
-does no harm.
+does no harm. A *note of a send* (``sent``: the attempt and the destination's id) also says that
+attempt went out, for a worker whose record of it the lead store refused (``leads/deliver.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ MAX_DELAY_SECONDS = 7 * 24 * 3600
 class DeliveryMessage:
     lead_id: str
     destination: str
+    sent: dict | None = None  # a note of a send: {"attempt": n, "externalId": id or None}
 
     def to_json(self) -> str:
-        return json.dumps({"leadId": self.lead_id, "destination": self.destination})
+        message = {"leadId": self.lead_id, "destination": self.destination}
+        return json.dumps({**message, "sent": self.sent} if self.sent else message)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DeliveryMessage:
@@ -34,7 +37,10 @@ class DeliveryMessage:
         if not isinstance(data, dict) or not isinstance(data.get("leadId"), str) \
                 or not isinstance(data.get("destination"), str):  # fmt: skip
             raise ValueError("a delivery message is {\"leadId\": ..., \"destination\": ...}")
-        return cls(data["leadId"], data["destination"])
+        sent = data.get("sent")
+        if sent is not None and not (isinstance(sent, dict) and isinstance(sent.get("attempt"), int)):
+            raise ValueError("a note of a send is {\"sent\": {\"attempt\": n, \"externalId\": ...}}")
+        return cls(data["leadId"], data["destination"], sent)
 
 
 def delivery_queue(settings: Settings | None = None) -> DeliveryQueue:
@@ -52,11 +58,11 @@ class DeliveryQueue:
         )
         self._created = False
 
-    def send(self, lead_id: str, destination: str, delay: float = 0) -> None:
-        """Enqueue a delivery, visible after ``delay`` seconds. Messages never expire: a
-        delivery waiting through an outage must still be found."""
+    def send(self, lead_id: str, destination: str, delay: float = 0, sent: dict | None = None) -> None:
+        """Enqueue a delivery (or, with ``sent``, a note of its send), visible after ``delay``
+        seconds. Messages never expire: a delivery waiting through an outage must still be found."""
         self._ensure()
-        self.client.send_message(DeliveryMessage(lead_id, destination).to_json(),
+        self.client.send_message(DeliveryMessage(lead_id, destination, sent).to_json(),
                                  visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
                                  time_to_live=-1)  # fmt: skip
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -205,3 +205,112 @@ def test_a_delivery_whose_lead_is_gone_fails_plainly(webhook):
     LeadStore.from_settings().leads.delete_entity(lead_id, "lead")
     assert deliver(lead_id, "webhook").state == "failed"
     assert "not in the lead store" in webhook_delivery(lead_id).last_error
+
+
+# --- claims on the paths between the claim and the record -----------------------------------------
+
+
+def stored_not_queued():
+    store = LeadStore.from_settings()
+    lead = from_http_body(EXAMPLE)
+    store.add(lead, plan(lead, get_settings()))  # stored, not queued: the test plays every worker
+    return store, lead
+
+
+def test_a_claim_that_runs_out_before_the_send_is_renewed_or_lost_never_sent_twice(webhook, monkeypatch):
+    """Worker 1's storage calls between its claim and its send (rate limiter, fold, lead read) take
+    the whole claim; meanwhile the sweep re-queues and worker 2 claims and sends. Worker 1 checks
+    its claim just before the send (a conditional renewal) and does not send."""
+    store, lead = stored_not_queued()
+    read, worker_2 = LeadStore.get_for_delivery, {}
+
+    def slow_read(self, lead_id):
+        if not worker_2:
+            worker_2["started"] = True
+            later = webhook_delivery(lead_id).claimed_until + timedelta(seconds=1)
+            assert sweep(now=later) == 1
+            worker_2["outcome"] = deliver(lead_id, "webhook", now=later)
+        return read(self, lead_id)
+
+    monkeypatch.setattr(LeadStore, "get_for_delivery", slow_read)
+    first = deliver(lead.lead_id, "webhook")
+    assert worker_2["outcome"].state == "delivered"
+    assert webhook.requests == 1, "worker 1 sent after its claim ran out"
+    assert (first.state, first.detail) == ("sending", "claimed by another worker before the send")
+    delivery = webhook_delivery(lead.lead_id)
+    assert (delivery.state, delivery.attempts) == ("delivered", 2)
+
+
+
+def test_a_delivered_write_that_fails_once_is_retried_within_the_claim(webhook, monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+
+    from leads.deliveries import DeliveryBook
+
+    store, lead = stored_not_queued()
+    change, failures = DeliveryBook.change, []
+
+    def flaky(self, delivery, **changes):
+        if changes.get("state") == "delivered" and not failures:
+            failures.append(1)
+            raise ServiceRequestError("storage blip")  # after the SDK's own retries
+        return change(self, delivery, **changes)
+
+    monkeypatch.setattr(DeliveryBook, "change", flaky)
+    assert deliver(lead.lead_id, "webhook").state == "delivered"
+    assert failures and webhook.requests == 1
+    assert webhook_delivery(lead.lead_id).state == "delivered"
+
+
+def test_a_send_whose_record_keeps_failing_is_recorded_from_the_queue_and_never_sent_again(webhook, monkeypatch):
+    """The lead store refuses every write of "delivered" for the whole claim: the worker puts a
+    note of the send on the queue (another service than the table), whose handling records it; the
+    host's retry of the message and the sweep after the claim find it delivered, and send nothing."""
+    from azure.core.exceptions import ServiceRequestError
+
+    from leads.deliveries import DeliveryBook
+
+    store, lead = stored_not_queued()
+    change, refused = DeliveryBook.change, []
+
+    def down(self, delivery, **changes):
+        if changes.get("state") == "delivered" and len(refused) < 50:
+            refused.append(1)
+            raise ServiceRequestError("the lead store is unavailable")
+        return change(self, delivery, **changes)
+
+    monkeypatch.setattr(DeliveryBook, "change", down)
+    outcome = deliver(lead.lead_id, "webhook")
+    assert outcome.state == "sending" and "recorded from the queue" in outcome.detail
+    assert webhook.requests == 1 and 1 < len(refused) < 50  # retried, a bounded number of times
+    assert webhook_delivery(lead.lead_id).state == "sending"
+    monkeypatch.undo()  # the lead store is back
+    drain()
+    delivery = webhook_delivery(lead.lead_id)
+    assert (delivery.state, delivery.external_id) == ("delivered", f"wh-{lead.lead_id}")
+    assert sweep(now=datetime.now(UTC) + timedelta(minutes=10)) == 0
+    assert deliver(lead.lead_id, "webhook").detail == "already finished"
+    assert webhook.requests == 1
+
+
+def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_says_so(webhook, caplog):
+    """A second message for a delivery another worker holds is not consumed: it is put back to
+    be seen when the claim ends. A worker that then finds the claim run out (its holder stopped
+    without a record) sends again under the same key, and says so in the log."""
+    from leads.deliver import CLAIM
+
+    store, lead = stored_not_queued()
+    delivery = webhook_delivery(lead.lead_id)
+    start = datetime.now(UTC)
+    held = store.deliveries.change(delivery, state="sending", attempts=1, claimed_until=start + CLAIM)  # a worker died
+    delivery_queue()._ensure()
+    queue = delivery_queue().client
+    before = queue.get_queue_properties().approximate_message_count
+    assert deliver(lead.lead_id, "webhook", now=start).detail == "claimed by another worker"
+    assert queue.get_queue_properties().approximate_message_count == before + 1
+    assert list(queue.peek_messages()) == [], "not visible before the claim ends"
+
+    with caplog.at_level("WARNING", logger="leads.deliver"):
+        assert deliver(lead.lead_id, "webhook", now=held.claimed_until + timedelta(seconds=1)).state == "delivered"
+    assert "attempt 1's outcome was never recorded" in caplog.text and lead.lead_id in caplog.text
+    assert webhook.requests == 1 and webhook_delivery(lead.lead_id).attempts == 2

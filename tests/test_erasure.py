@@ -408,3 +408,91 @@ def test_import_matches_a_lead_stored_before_the_identities_once_reindexed(app, 
     report = import_file(path)
     assert (report.already_received, report.imported, report.imported_not_sent) == (1, 0, 0)
     assert [lead.lead_id for lead in LeadStore.from_settings().list(limit=None)] == [old_id]
+
+
+# --- erasure beside a send, and an erasure cut short ---------------------------------------------
+
+
+def test_forget_during_a_send_leaves_the_claim_to_its_worker_and_names_the_destination(app, monkeypatch):
+    """forget lands while a worker is sending the lead: the delivery it holds is not turned
+    skipped under it; the worker records what happened, and the report names the webhook, which
+    has the person's data, so the operator erases it there too."""
+    from leads.destinations.webhook import WebhookDestination
+
+    who = person()
+    lead = from_http_body(http_body(who))
+    store = LeadStore.from_settings()
+    store.add(lead, plan(lead, get_settings()))  # stored, not queued: this test is the worker
+    report, send = {}, WebhookDestination.send
+
+    def send_while_forgotten(self, lead_obj, route):
+        sent = send(self, lead_obj, route)  # it reached the receiver
+        report["erased"] = erasure.forget_lead(lead.lead_id)  # the operator's forget lands meanwhile
+        return sent
+
+    monkeypatch.setattr(WebhookDestination, "send", send_while_forgotten)
+    assert deliver(lead.lead_id, "webhook").state == "delivered"
+    assert lead.lead_id in app.leads
+    assert store.deliveries.get(lead.lead_id, "webhook").state == "delivered"  # recorded as it happened
+    done = report["erased"]
+    assert f"{lead.lead_id}/webhook" not in done.deliveries_skipped
+    assert [(sent["leadId"], sent["destination"], sent.get("inFlight")) for sent in done.sent_elsewhere] == [
+        (lead.lead_id, "webhook", True)]  # fmt: skip
+    assert left_behind(personal_values(who), outbox()) == []
+
+
+def test_forget_names_a_destination_an_earlier_attempt_may_have_reached(app, capsys):
+    """A delivery whose worker stopped mid-send (its claim ran out) may have reached the
+    destination: it is skipped, and named among the places to erase at."""
+    who = person()
+    lead_id = take_in(http_body(who))
+    store = LeadStore.from_settings()
+    delivery = store.deliveries.get(lead_id, "webhook")
+    store.deliveries.change(delivery, state="sending", attempts=1,
+                            claimed_until=datetime.now(timezone.utc) - timedelta(minutes=1))  # fmt: skip
+    assert cli(["forget", "--lead", lead_id, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert f"{lead_id}/webhook" in report["deliveriesSkipped"]
+    assert [(sent["destination"], sent.get("inFlight")) for sent in report["sentElsewhere"]] == [("webhook", True)]
+    assert store.deliveries.get(lead_id, "webhook").state == "skipped"
+
+
+class Killed(BaseException):
+    """The host ending a run (a timeout, a scale-in): nothing in the app catches it."""
+
+
+@pytest.mark.parametrize("rerun", ["retention", "forget --lead"])
+def test_an_erasure_killed_before_its_email_rows_went_is_finished_by_the_next_run(app, env, monkeypatch, rerun):
+    from azure.data.tables import TableClient
+
+    from leads.identities import address_partition
+
+    env(LEADS_RETENTION_DAYS="30")
+    who = person()
+    lead_id = store_received(who, datetime.now(timezone.utc) - timedelta(days=60))
+    store = LeadStore.from_settings()
+    partition = address_partition(who["Email"])
+    email_rows = lambda: list(store.identities.table.query_entities("PartitionKey eq @p", parameters={"p": partition}))
+    assert email_rows()
+    delete, killed = TableClient.delete_entity, []
+
+    def killed_at_the_first_email_row(self, *args, **kwargs):
+        key = args[0] if args else kwargs.get("partition_key", "")
+        if isinstance(key, str) and key.startswith("email|") and not killed:
+            killed.append(key)
+            raise Killed()
+        return delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(TableClient, "delete_entity", killed_at_the_first_email_row)
+    with pytest.raises(Killed):
+        apply_retention()
+    assert store.get_for_delivery(lead_id)[1] is True, "killed after the lead row was erased"
+    if rerun == "retention":
+        assert apply_retention().already_erased == [lead_id]
+    else:
+        assert erasure.forget_lead(lead_id).already_erased == [lead_id]
+    assert email_rows() == []
+    assert not any(key.startswith("Pending") for key in store.leads.get_entity(lead_id, "lead")), \
+        "the rows' digests stay on the erased row only until the rerun"  # fmt: skip
+    assert left_behind(personal_values(who), outbox()) == []
+    assert apply_retention().scanned <= 1 and email_rows() == []  # nothing left to finish

@@ -314,3 +314,33 @@ def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_say
         assert deliver(lead.lead_id, "webhook", now=held.claimed_until + timedelta(seconds=1)).state == "delivered"
     assert "attempt 1's outcome was never recorded" in caplog.text and lead.lead_id in caplog.text
     assert webhook.requests == 1 and webhook_delivery(lead.lead_id).attempts == 2
+
+
+def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(storage, env, fake_acs, monkeypatch):
+    """As for one lead: a digest's claim is renewed on its own row just before the send, and a
+    worker that finds another took the digest meanwhile sends nothing."""
+    from leads.deliver import CLAIM
+
+    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    lead_ids = [take_in({**EXAMPLE, "OfferTitle": f"Offer {index}"}) for index in range(4)]
+    start = LeadStore.from_settings().deliveries.get(lead_ids[0], "email").created_at
+    assert [deliver(lead_id, "email", now=start).state for lead_id in lead_ids] == [
+        "delivered", "delivered", "retrying", "retrying"]  # fmt: skip
+    read, worker_2 = LeadStore.get_for_delivery, {}
+
+    def slow_read(self, lead_id):
+        if not worker_2:
+            worker_2["started"] = True
+            later = start + timedelta(seconds=61) + CLAIM + timedelta(seconds=1)
+            worker_2["outcome"] = deliver(lead_ids[3], "email", now=later)
+        return read(self, lead_id)
+
+    monkeypatch.setattr(LeadStore, "get_for_delivery", slow_read)
+    first = deliver(lead_ids[2], "email", now=start + timedelta(seconds=61))
+    assert worker_2["outcome"].state == "delivered"
+    assert first.detail == "its digest was claimed by another worker before the send"
+    sends = [request for request in fake_acs.requests if request.method == "POST"]
+    assert len(sends) == 3, "two workers sent the digest"
+    assert all(len(fake_acs.mails_about(lead_id)) == 1 for lead_id in lead_ids)

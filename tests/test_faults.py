@@ -225,7 +225,6 @@ def test_a_poisoned_row_among_good_ones_and_refused_bodies_lose_nothing(flaky_we
         if start <= POISONED < start + 100:
             rows[POISONED - start] = {**rows[POISONED - start], "RowKey": "poisoned", "Extra": b"\xff\x00\xfe"}
         table.submit_transaction([("create", row) for row in rows])
-    import time as _t; _0=_t.monotonic()
     http_ids, refused = [], []
     for index in range(40):
         answer = accept_http(json.dumps(http_body(index)).encode())
@@ -238,14 +237,11 @@ def test_a_poisoned_row_among_good_ones_and_refused_bodies_lose_nothing(flaky_we
                 refused.append((answer.body["rejectedId"], body))
     from leads import poll
 
-    _a=_t.monotonic()
     first = poll_marketplace()
     assert (first.read, first.stored, first.retrying) == (GOOD_ROWS + 1, GOOD_ROWS, 1)  # both pages, all but one
     for _ in range(poll.ROW_TRIES):  # the odd row is tried on later polls, then kept as rejected
         poll_marketplace()
-    _b=_t.monotonic()
     drain(deadline=300, workers=6, sweep_every=10)
-    print("PHASE http", _a-_0, "poll", _b-_a, "drain", _t.monotonic()-_b)
 
     store = LeadStore.from_settings()
     table_ids = {table_lead_id(settings.marketplace_table_name, table_row(index)["PartitionKey"],

@@ -5,7 +5,9 @@ an Azure Table (whose ``CustomerInfo`` is a JSON *string*). Keys are matched cas
 codes the marketplace may add later pass through unchanged, and a value that cannot be cleaned is
 kept as received. The only exception raised is :class:`LeadValidationError`, for input that holds
 no lead at all or has a structure the marketplace never sends (nesting deeper than
-:data:`MAX_NESTING`, text that is not valid Unicode); it names what is wrong.
+:data:`MAX_NESTING`, text that is not valid Unicode); it names what is wrong. Of a table row, only
+the properties a lead is made of (:data:`TABLE_FIELDS`) must be sound; any other is kept in the raw
+record in a form JSON carries (:func:`storable_row`).
 
 An HTTP lead's id is a digest of its normalised content when the lead names a person (see
 :func:`identifies_person`), so that the same lead POSTed again is recognised; a lead that names no
@@ -15,6 +17,7 @@ two such leads with the same content may well be two customers.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -28,6 +31,9 @@ from typing import Any
 from .model import Lead
 
 TEST_MARKER = "MSFT_TEST_"
+# The properties of a marketplace row a lead is made of (lower-cased); the others are only kept.
+TABLE_FIELDS = frozenset({"partitionkey", "rowkey", "timestamp", "customerinfo", "leadsource", "actioncode",
+                          "offertitle", "offerdisplayname", "description"})  # fmt: skip
 USER_FIELDS = ("firstname", "lastname", "email", "phone", "country", "company", "title")
 PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone")
 # The marketplace's JSON is two levels deep; pydantic cannot serialise much past 250.
@@ -91,12 +97,38 @@ def from_table_entity(entity: Mapping[str, Any], table_name: str,
             raise LeadValidationError(f"CustomerInfo is not valid JSON: {exc.msg}") from None
     if info is not None and info != "" and not isinstance(info, Mapping):
         raise LeadValidationError(f"CustomerInfo must hold a JSON object, got {_json_type(info)}")
-    check_json(entity, "the table entity")
+    # Only the properties a lead is made of must be sound: an odd value elsewhere in the row is
+    # kept in the raw record in a form JSON carries (storable_row), and the lead taken in.
+    for key, value in entity.items():
+        if str(key).lower() in TABLE_FIELDS:
+            check_json(value, str(key))
     check_json(info, "CustomerInfo")
     parts = _lead_parts(fields, _lower_keys(info or {}), user_prefix="CustomerInfo.")
     lead_id = table_lead_id(table_name, partition, row)
     received = received_at or _as_datetime(fields.get("timestamp")) or _now()
-    return Lead(lead_id=lead_id, received_at=received, channel="table", raw=dict(entity), **parts)
+    return Lead(lead_id=lead_id, received_at=received, channel="table", raw=storable_row(entity), **parts)
+
+
+def storable_row(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """A marketplace row as its raw record keeps it: the properties as read, but for the values
+    JSON in UTF-8 cannot carry, written as the Table service's own JSON writes them (its OData
+    payload format): binary as base64 text and a not-finite number as ``NaN``, ``Infinity`` or
+    ``-Infinity``, each with a ``<name>@odata.type`` property beside it naming its type
+    (``Edm.Binary``, ``Edm.Double``). A lone surrogate, which is no character, becomes U+FFFD, the
+    replacement character."""
+    row: dict[str, Any] = {}
+    for key, value in entity.items():
+        key = _unicode(str(key))
+        if isinstance(value, (bytes, bytearray)):
+            row[key], row[f"{key}@odata.type"] = base64.b64encode(value).decode("ascii"), "Edm.Binary"
+        elif isinstance(value, float) and not math.isfinite(value):
+            row[key] = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+            row[f"{key}@odata.type"] = "Edm.Double"
+        elif isinstance(value, str):
+            row[key] = _unicode(value)
+        else:
+            row[key] = value
+    return row
 
 
 def identifies_person(lead: Lead | Mapping[str, Any]) -> bool:
@@ -363,6 +395,14 @@ def check_json(value: Any, name: str) -> None:
             stack.extend((child, depth + 1) for child in children)
         elif isinstance(item, float) and not math.isfinite(item):
             raise LeadValidationError(f"{name} holds a number JSON cannot carry ({item})")
+
+
+def _unicode(text: str) -> str:
+    """``text`` as valid Unicode: surrogates in pairs joined (as UTF-16 reads them), each lone
+    one replaced by U+FFFD."""
+    if text.isascii() or _is_unicode(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _is_unicode(text: str) -> bool:

@@ -266,6 +266,31 @@ def test_table_entity_with_broken_customer_info():
         from_table_entity({**entity, "CustomerInfo": "{broken"}, "T")
 
 
+@pytest.mark.parametrize("extra, kept", [
+    (b"\xff\x00\xfe", {"Extra": "/wD+", "Extra@odata.type": "Edm.Binary"}),  # binary that is not UTF-8
+    (float("nan"), {"Extra": "NaN", "Extra@odata.type": "Edm.Double"}),
+    (float("-inf"), {"Extra": "-Infinity", "Extra@odata.type": "Edm.Double"}),
+    ("a\ud800b", {"Extra": "a\ufffdb"}),  # a lone surrogate
+])  # fmt: skip
+def test_an_odd_extra_property_keeps_the_lead_and_its_raw_record_can_be_written(extra, kept):
+    entity = fixture("table-entity-test-lead.json")
+    lead = from_table_entity({**entity, "Extra": extra}, "T")
+    assert lead.email.endswith("@test.com")
+    assert {key: lead.raw[key] for key in kept} == kept
+    assert Lead.from_json(lead.to_json().encode().decode()) == lead  # UTF-8 JSON, read back the same
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("Description", "a\ud800b", "Description holds text that is not valid Unicode"),
+    ("LeadSource", float("nan"), "LeadSource holds a number JSON cannot carry"),
+    ("CustomerInfo", '{"FirstName": "Ann\\ud800"}', "CustomerInfo holds text that is not valid Unicode"),
+])  # fmt: skip
+def test_a_lead_field_that_cannot_be_read_still_rejects_the_row(field, value, message):
+    entity = fixture("table-entity-test-lead.json")
+    with pytest.raises(LeadValidationError, match=message):
+        from_table_entity({**entity, field: value}, "T")
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6),

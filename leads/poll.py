@@ -15,8 +15,11 @@ writers do not arrive in order).
 
 A guess about keys must never lose a row. So the poll reads the whole table by Timestamp (a *safety
 scan*, from the previous one's start on) every ``LEADS_POLL_FULL_SCAN_MINUTES``, while it knows no
-date format yet, and for a day after it saw a row whose key fits none; the first poll of a table
-reads every row.
+date format yet, and for a day after it saw a row whose key fits none (unless none has fit for a
+day: then the keys changed for good, and the hourly scan alone takes them in); the first poll of a
+table reads every row. Such a *pass* saves its place on the checkpoint after each page and reads at
+most :data:`PASS_PAGES_PER_POLL` pages a poll: the next poll goes on where it stopped, so a poll
+ended part-way loses at most a page, and a table of any size is read through.
 
 **Each row stands alone.** Rows are stored a page at a time, so memory is bounded by a page, each as
 a lead whose id comes from the row's identity: a row read twice is stored once. A row that holds no
@@ -32,18 +35,19 @@ write that merges what two racing polls saw: no mark ever moves back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from threading import Lock
 from typing import Any
 
 from .deliver import enqueue
-from .normalise import LeadValidationError, from_table_entity, table_lead_id
+from .normalise import LeadValidationError, from_table_entity, storable_row, table_lead_id
 from .routing import hold_backfill, plan
 from .settings import Settings, get_settings
 from .storage import table_service
@@ -57,7 +61,13 @@ _RETRY_MARK = "|retry|"
 ROW_TRIES = 3
 # After a row whose key fits no known format, polls read the whole table for this long, so that
 # more rows like it are taken in at once rather than by the next safety scan.
+# A whole format change (every row fits none for this long since the last that fit) ends that:
+# the new rows are left to the hourly safety scan rather than a whole-table read every poll.
 UNFIT_KEYS_SCAN_FOR = timedelta(days=1)
+PAGE_SIZE = 1000  # rows per request: the service's most
+# A first poll or safety scan reads at most this many pages per poll and saves its place after
+# each; the next polls go on from there until it is done.
+PASS_PAGES_PER_POLL = 50
 _WORKERS = 8
 
 
@@ -114,7 +124,7 @@ class PollResult:
 
 def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) -> PollResult:
     """Read the marketplace table from the checkpoint on and store every new row; with
-    ``full_scan``, run the safety scan now."""
+    ``full_scan``, run the safety scan now (a pass under way goes on first)."""
     from azure.core.exceptions import ResourceNotFoundError
 
     settings = settings or get_settings()
@@ -124,14 +134,16 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
     checkpoint = Checkpoint(store, settings.marketplace_table_name)
     checkpoint.read()
     marks, now = checkpoint.marks, datetime.now(UTC)
-    mode = _mode(marks, settings, now, full_scan)
+    overlap = timedelta(minutes=settings.poll_overlap_minutes)
+    under_way = checkpoint.under_way or _begin_pass(_mode(marks, settings, now, full_scan), marks, now, overlap)
+    mode = under_way.mode if under_way else "days"
     result = PollResult(watermark=marks.watermark, mode=mode)
-    seen = Marks(full_scan_from=now if mode != "days" else None)
+    seen = Marks()
 
     with ThreadPoolExecutor(_WORKERS) as pool:
         retried = _retry_failed_rows(checkpoint, source, store, settings, now, result)
-        pages = _pages(source, mode, marks, timedelta(minutes=settings.poll_overlap_minutes), now)
-        while True:
+        pages = _pass_pages(source, under_way) if under_way else _pages(source, marks, overlap, now)
+        for number in itertools.count(1):
             try:
                 page = list(next(pages))
             except StopIteration:
@@ -140,6 +152,7 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
                 # The marketplace creates its table with the first lead it writes: nothing to do yet.
                 result.table_missing = True
                 return result
+            page_marks = Marks()
             if retried:
                 page = [entity for entity in page if _lead_id(entity, settings) not in retried]
             # One page at a time: a page is all this poll ever holds. Only an outage raises here.
@@ -149,14 +162,33 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
                 _count(result, taken)
                 if taken.outcome == "failed":
                     checkpoint.remember_failure(taken, entity)
-                seen = seen.merged(_marks_of(entity))
+                page_marks = page_marks.merged(_marks_of(entity))
+            seen = seen.merged(page_marks)
+            if under_way:
+                # Every row of the page is stored, rejected or remembered: save the pass's place.
+                under_way = under_way.went_on(pages.continuation_token, page_marks.watermark)
+                if under_way.done:
+                    checkpoint.advance(replace(page_marks, watermark=under_way.newest,
+                                               full_scan_from=under_way.began), finished=under_way)  # fmt: skip
+                    break
+                checkpoint.advance(replace(page_marks, watermark=None), under_way=under_way)
+                if number >= PASS_PAGES_PER_POLL:
+                    break  # the next poll goes on from here
 
-    if seen.watermark or seen.full_scan_from or seen.key_formats:
-        result.watermark = checkpoint.advance(seen).watermark
+    if not under_way and (seen.watermark or seen.key_formats):
+        checkpoint.advance(seen)
+    result.watermark = checkpoint.marks.watermark
     if seen.unfit_key_at and (marks.unfit_key_at is None or seen.unfit_key_at > marks.unfit_key_at):
-        log.warning("poll of %s: a row written at %s has a PartitionKey in no date format the poll knows; polls "
-                    "read the whole table for a day after such a row", settings.marketplace_table_name,
-                    seen.unfit_key_at.isoformat())  # fmt: skip
+        since = checkpoint.marks.unfit_keys_since(now)
+        if since:
+            log.warning("poll of %s: no row has had a PartitionKey in a date format the poll knows since %s (the "
+                        "newest was written at %s): the marketplace may have changed its format; such rows are "
+                        "taken in by the hourly safety scan only (LEADS_POLL_FULL_SCAN_MINUTES)",
+                        settings.marketplace_table_name, since.isoformat(), seen.unfit_key_at.isoformat())  # fmt: skip
+        else:
+            log.warning("poll of %s: a row written at %s has a PartitionKey in no date format the poll knows; "
+                        "polls read the whole table for a day after such a row", settings.marketplace_table_name,
+                        seen.unfit_key_at.isoformat())  # fmt: skip
     log.info("poll of %s: %s", settings.marketplace_table_name, result.summary())
     if result.held:
         log.warning(
@@ -172,19 +204,33 @@ def _mode(marks: Marks, settings: Settings, now: datetime, forced: bool) -> str:
         return "all"
     interval = timedelta(minutes=settings.poll_full_scan_minutes)
     due = marks.full_scan_from is None or now - marks.full_scan_from >= interval
-    unfit = marks.unfit_key_at is not None and now - marks.unfit_key_at < UNFIT_KEYS_SCAN_FOR
-    return "full" if forced or due or unfit or not marks.key_formats else "days"
+    unfit = (marks.unfit_key_at is not None and now - marks.unfit_key_at < UNFIT_KEYS_SCAN_FOR
+             and marks.unfit_keys_since(now) is None)  # fmt: skip
+    # No format known and no row yet (a new, empty table): a scan costs little and finds the first.
+    unknown = not marks.key_formats and marks.watermark is None
+    return "full" if forced or due or unfit or unknown else "days"
 
 
-def _pages(source: Any, mode: str, marks: Marks, overlap: timedelta, now: datetime) -> Iterator[Iterator[Any]]:
-    """The pages of entities this poll reads (see the module's docstring)."""
-    if mode == "all":
-        yield from source.list_entities().by_page()
-        return
-    if mode == "full":
-        since = (marks.full_scan_from or marks.watermark) - overlap
-        yield from source.query_entities("Timestamp ge @since", parameters={"since": since}).by_page()
-        return
+def _begin_pass(mode: str, marks: Marks, now: datetime, overlap: timedelta) -> Pass | None:
+    if mode == "days":
+        return None
+    since = None if mode == "all" else (marks.full_scan_from or marks.watermark) - overlap
+    return Pass(mode, began=now, since=since)
+
+
+def _pass_pages(source: Any, under_way: Pass) -> Any:
+    """The pages of a first poll (every row) or a safety scan (the whole table by Timestamp), from
+    where the pass stopped; ``continuation_token`` is the next page's place."""
+    if under_way.mode == "all":
+        query = source.list_entities(results_per_page=PAGE_SIZE)
+    else:
+        query = source.query_entities("Timestamp ge @since", parameters={"since": under_way.since},
+                                      results_per_page=PAGE_SIZE)  # fmt: skip
+    return query.by_page(continuation_token=under_way.next_page)
+
+
+def _pages(source: Any, marks: Marks, overlap: timedelta, now: datetime) -> Iterator[Iterator[Any]]:
+    """The pages of a routine poll: the recent day partitions (see the module's docstring)."""
     since = max(marks.watermark, marks.full_scan_from) - overlap
     # The key's date may be the marketplace's local day, a few hours either side of UTC.
     first, last = since.date() - timedelta(days=1), now.date() + timedelta(days=1)
@@ -201,7 +247,7 @@ def _pages(source: Any, mode: str, marks: Marks, overlap: timedelta, now: dateti
     queries += [("PartitionKey eq @key and Timestamp ge @since", {"key": key, "since": since})
                 for key in sorted(single_days)]  # fmt: skip
     for query, parameters in queries:
-        yield from source.query_entities(query, parameters=parameters).by_page()
+        yield from source.query_entities(query, parameters=parameters, results_per_page=PAGE_SIZE).by_page()
 
 
 # --- one row ------------------------------------------------------------------------------------
@@ -223,8 +269,8 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
     """Store one row as a lead (or as rejected). Raises only when the app's storage is out."""
     row, timestamp = _row(entity), entity.metadata["timestamp"]
     table = settings.marketplace_table_name
-    lead_id = table_lead_id(table, row["PartitionKey"], row["RowKey"])
-    if _recently_stored.contains(lead_id):
+    lead_id, version = table_lead_id(table, row["PartitionKey"], row["RowKey"]), entity.metadata.get("etag")
+    if _recently_stored.contains(lead_id, version):
         return Taken("already_stored", lead_id, timestamp)
     stage = "normalising"
     try:
@@ -232,7 +278,7 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
             lead = from_table_entity(row, table, received_at=timestamp)
         except LeadValidationError as exc:
             stage = "keeping it as rejected"
-            return _reject_once(store, lead_id, str(exc), row, timestamp)
+            return _reject_once(store, lead_id, version, str(exc), row, timestamp)
         stage = "storing"
         deliveries = hold_backfill(lead, plan(lead, settings), settings, now)
         stored = store.add(lead, deliveries)
@@ -240,21 +286,22 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         if _storage_outage(exc):
             raise
         return Taken("failed", lead_id, timestamp, failure=f"{type(exc).__name__} while {stage}", detail=str(exc)[:500])
-    _recently_stored.add(lead_id)
+    _recently_stored.add(lead_id, version)
     if stored.duplicate:
         return Taken("already_stored", lead_id, timestamp)
     enqueue(lead_id, deliveries, settings)
     return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in deliveries.values()))
 
 
-def _reject_once(store: LeadStore, lead_id: str, reason: str, row: dict[str, Any], timestamp: datetime) -> Taken:
+def _reject_once(store: LeadStore, lead_id: str, version: str | None, reason: str, row: dict[str, Any],
+                 timestamp: datetime) -> Taken:  # fmt: skip
     """Keep a row as rejected, unless an earlier poll (of any process) did."""
     outcome = "already_stored"
     if store.rejected(lead_id) is None:
-        store.reject(lead_id, reason, row, received_at=timestamp)
+        store.reject(lead_id, reason, storable_row(row), received_at=timestamp)
         log.warning("marketplace row taken in as rejected lead %s: %s", lead_id, reason)
         outcome = "rejected"
-    _recently_stored.add(lead_id)
+    _recently_stored.add(lead_id, version)
     return Taken(outcome, lead_id, timestamp)
 
 
@@ -291,7 +338,9 @@ def _count(result: PollResult, taken: Taken) -> None:
 def _marks_of(entity: Any) -> Marks:
     timestamp = entity.metadata["timestamp"]
     formats = key_formats(entity["PartitionKey"])
-    return Marks(watermark=timestamp, key_formats=formats, unfit_key_at=None if formats else timestamp)
+    if formats:
+        return Marks(watermark=timestamp, key_formats=formats, fit_key_at=timestamp)
+    return Marks(watermark=timestamp, unfit_key_at=timestamp, unfit_since=timestamp)
 
 
 def _retry_failed_rows(checkpoint: Checkpoint, source: Any, store: LeadStore, settings: Settings, now: datetime,
@@ -328,14 +377,14 @@ def _retry_failed_rows(checkpoint: Checkpoint, source: Any, store: LeadStore, se
 def _give_up(store: LeadStore, taken: Taken, entity: Any, tries: int) -> None:
     reason = f"could not be taken in after {tries} tries: {taken.failure}: {taken.detail}"
     try:
-        store.reject(taken.lead_id, reason, _row(entity), received_at=taken.timestamp)
+        store.reject(taken.lead_id, reason, storable_row(_row(entity)), received_at=taken.timestamp)
     except Exception as exc:
         if _storage_outage(exc):
             raise
         log.error("marketplace row %s could not be taken in (%s) nor kept as rejected (%s): it is only in the "
                   "marketplace table", taken.lead_id, taken.failure, type(exc).__name__)  # fmt: skip
         return
-    _recently_stored.add(taken.lead_id)
+    _recently_stored.add(taken.lead_id, entity.metadata.get("etag"))
     log.warning("marketplace row %s kept as rejected after %d tries: %s (`python -m leads show %s` tells more)",
                 taken.lead_id, tries, taken.failure, taken.lead_id)  # fmt: skip
 
@@ -345,43 +394,96 @@ def _give_up(store: LeadStore, taken: Taken, entity: Any, tries: int) -> None:
 
 @dataclass(frozen=True)
 class Marks:
-    """What the polls of one table have established, each mark only ever moving forward."""
+    """What the polls of one table have established, each mark only ever moving one way."""
 
     watermark: datetime | None = None  # the newest Timestamp taken in
     full_scan_from: datetime | None = None  # when the last completed safety scan (or first poll) began
     key_formats: frozenset[str] = field(default_factory=frozenset)  # the date formats keys have shown
     unfit_key_at: datetime | None = None  # the Timestamp of the newest row whose key fits none
+    fit_key_at: datetime | None = None  # the Timestamp of the newest row whose key fits one
+    unfit_since: datetime | None = None  # the Timestamp of the oldest row whose key fits none
 
     def merged(self, other: Marks) -> Marks:
         return Marks(_later(self.watermark, other.watermark), _later(self.full_scan_from, other.full_scan_from),
-                     self.key_formats | other.key_formats, _later(self.unfit_key_at, other.unfit_key_at))  # fmt: skip
+                     self.key_formats | other.key_formats, _later(self.unfit_key_at, other.unfit_key_at),
+                     _later(self.fit_key_at, other.fit_key_at),
+                     _earlier(self.unfit_since, other.unfit_since))  # fmt: skip
+
+    def unfit_keys_since(self, now: datetime) -> datetime | None:
+        """Since when no row's key has fit a known format, when that is longer than
+        :data:`UNFIT_KEYS_SCAN_FOR`: the marketplace's keys have changed for good, not one odd row."""
+        if self.unfit_key_at is None or (self.fit_key_at and self.fit_key_at > self.unfit_key_at):
+            return None
+        since = _later(self.fit_key_at, self.unfit_since)  # the last row that fit, or the first unfit
+        return since if since and now - since >= UNFIT_KEYS_SCAN_FOR else None
 
     def to_entity(self) -> dict[str, Any]:
         values = {"Watermark": self.watermark, "FullScanFrom": self.full_scan_from,
-                  "KeyFormats": ",".join(sorted(self.key_formats)), "UnfitKeyAt": self.unfit_key_at}  # fmt: skip
+                  "KeyFormats": ",".join(sorted(self.key_formats)), "UnfitKeyAt": self.unfit_key_at,
+                  "FitKeyAt": self.fit_key_at, "UnfitSince": self.unfit_since}  # fmt: skip
         return {name: value for name, value in values.items() if value not in (None, "")}
 
     @classmethod
     def from_entity(cls, entity: dict[str, Any]) -> Marks:
         # A checkpoint of an earlier version holds only Watermark: the safety scan is then due at
-        # once, reads from the watermark on as that version did, and learns the key formats.
+        # once, reads from the watermark on as that version did, and learns the key formats. One
+        # without FitKeyAt and UnfitSince learns them from the rows read next.
         formats = frozenset(name for name in (entity.get("KeyFormats") or "").split(",") if name)
-        return cls(entity.get("Watermark"), entity.get("FullScanFrom"), formats, entity.get("UnfitKeyAt"))
+        return cls(entity.get("Watermark"), entity.get("FullScanFrom"), formats, entity.get("UnfitKeyAt"),
+                   entity.get("FitKeyAt"), entity.get("UnfitSince"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A first poll (``all``: every row) or safety scan (``full``: every row by Timestamp from
+    ``since``) under way, kept on the checkpoint after each page so that a poll ended part-way
+    (a timeout, a scale-in, a restart) is gone on with by the next rather than begun again."""
+
+    mode: str
+    began: datetime  # when its first poll began: FullScanFrom once it is done
+    since: datetime | None = None
+    next_page: dict[str, str] | None = None  # the service's continuation token: the next page's keys
+    newest: datetime | None = None  # the newest Timestamp it has read: the watermark once it is done
+    done: bool = False
+
+    def went_on(self, next_page: dict[str, str] | None, newest: datetime | None) -> Pass:
+        return replace(self, next_page=next_page, newest=_later(self.newest, newest), done=not next_page)
+
+    def to_entity(self) -> dict[str, Any]:
+        page = self.next_page or {}
+        values = {"PassMode": self.mode, "PassBegan": self.began, "PassSince": self.since,
+                  "PassNextPartitionKey": page.get("PartitionKey"), "PassNextRowKey": page.get("RowKey"),
+                  "PassNewest": self.newest}  # fmt: skip
+        return {name: value for name, value in values.items() if value is not None}
+
+    @classmethod
+    def from_entity(cls, entity: dict[str, Any]) -> Pass | None:
+        if not entity.get("PassMode"):
+            return None
+        page = {"PartitionKey": entity.get("PassNextPartitionKey"), "RowKey": entity.get("PassNextRowKey")}
+        return cls(entity["PassMode"], entity["PassBegan"], entity.get("PassSince"),
+                   page if any(page.values()) else None, entity.get("PassNewest"))  # fmt: skip
 
 
 def _later(first: datetime | None, second: datetime | None) -> datetime | None:
     return max(first, second) if first and second else first or second
 
 
+def _earlier(first: datetime | None, second: datetime | None) -> datetime | None:
+    return min(first, second) if first and second else first or second
+
+
 class Checkpoint:
-    """The marks of one marketplace table's polls, and the rows being tried again, in one partition
-    of the checkpoints table. Marks are written merged with what is stored, with a conditional
-    write: of two polls racing, the later writer re-reads and keeps the newer of each mark."""
+    """The marks of one marketplace table's polls, the pass under way, and the rows being tried
+    again, in one partition of the checkpoints table. Marks are written merged with what is stored,
+    with a conditional write: of two polls racing, the later writer re-reads and keeps the newer of
+    each mark. Of two passes, the one stored first is kept; any pass done ends the one stored."""
 
     def __init__(self, store: LeadStore, table_name: str) -> None:
         self.table = store.checkpoints
         self.key = {"PartitionKey": CHECKPOINT_PARTITION, "RowKey": table_name}
         self.marks = Marks()
+        self.under_way: Pass | None = None
         self.retries: list[Any] = []
         self._etag: str | None = None
 
@@ -392,36 +494,52 @@ class Checkpoint:
             "PartitionKey eq @partition and RowKey ge @low and RowKey le @high",
             parameters={"partition": CHECKPOINT_PARTITION, "low": name, "high": name + _RETRY_MARK + "~"},
         )
-        self.marks, self.retries, self._etag = Marks(), [], None
+        self.marks, self.under_way, self.retries, self._etag = Marks(), None, [], None
         for entity in entities:
             if entity["RowKey"] == name:
                 self.marks, self._etag = Marks.from_entity(entity), entity.metadata["etag"]
+                self.under_way = Pass.from_entity(entity)
             elif entity["RowKey"].startswith(name + _RETRY_MARK):
                 self.retries.append(entity)
         return self.marks.watermark
 
-    def advance(self, marks: Marks) -> Marks:
-        """Store ``marks`` merged with the stored ones; returns what is stored."""
+    def advance(self, marks: Marks, under_way: Pass | None = None, finished: Pass | None = None) -> Marks:
+        """Store ``marks`` merged with the stored ones, and the place of the pass ``under_way``, or
+        that the pass ``finished`` is done; returns what is stored."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
 
         for _ in range(10):
-            merged = self.marks.merged(marks)
-            if merged == self.marks and self._etag is not None:
+            merged, stored_pass = self.marks.merged(marks), self._pass_after(under_way, finished)
+            if merged == self.marks and stored_pass == self.under_way and self._etag is not None:
                 return merged
-            entity = {**self.key, **merged.to_entity()}
+            entity = {**self.key, **merged.to_entity(), **(stored_pass.to_entity() if stored_pass else {})}
             try:
                 if self._etag is None:
                     metadata = self.table.create_entity(entity)
                 else:
                     metadata = self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=self._etag,
                                                         match_condition=MatchConditions.IfNotModified)  # fmt: skip
-                self.marks, self._etag = merged, metadata["etag"]
+                self.marks, self.under_way, self._etag = merged, stored_pass, metadata["etag"]
                 return merged
             except (ResourceExistsError, ResourceModifiedError):
                 self.read()
         raise RuntimeError("the poll checkpoint kept changing under this poll")
+
+    def _pass_after(self, under_way: Pass | None, finished: Pass | None) -> Pass | None:
+        """The pass to store. Any place a pass saved is safe to go on from (every row before it is
+        taken in), so of the same pass the latest place is kept; a pass done (this poll's or a
+        racing one's) read everything the stored one would, so it ends it."""
+        stored = self.under_way
+        if finished or under_way is None:
+            return None if finished else stored
+        if stored is None:
+            ended = self.marks.full_scan_from is not None and self.marks.full_scan_from >= under_way.began
+            return None if ended else under_way  # ended: a racing poll's pass begun later is done
+        if (stored.mode, stored.began) == (under_way.mode, under_way.began):
+            return replace(under_way, newest=_later(stored.newest, under_way.newest))
+        return stored
 
     def remember_failure(self, taken: Taken, entity: Any, record: Any = None, tries: int = 1) -> None:
         """Keep a row that failed, to be tried by the next polls (``tries`` so far)."""
@@ -463,21 +581,24 @@ def marketplace_table(settings: Settings):
 
 
 class _RecentLeadIds:
-    """Lead ids this process stored or saw stored, so that rows the overlap window reads again
-    cost no write. Only a saving: the store's insert-if-absent is what makes a re-read harmless."""
+    """Rows this process stored, saw stored or kept as rejected, by lead id with the row's ETag, so
+    that rows the overlap window reads again cost no write. Only a saving: the store's
+    insert-if-absent is what makes a re-read harmless. A row the marketplace rewrote in place has a
+    new ETag and is taken in again (a rejected row it corrected becomes its lead)."""
 
     def __init__(self, size: int = 200_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, str | None] = OrderedDict()
         self._size = size
         self._lock = Lock()
 
-    def contains(self, lead_id: str) -> bool:
+    def contains(self, lead_id: str, version: str | None) -> bool:
         with self._lock:
-            return lead_id in self._ids
+            return lead_id in self._ids and self._ids[lead_id] == version
 
-    def add(self, lead_id: str) -> None:
+    def add(self, lead_id: str, version: str | None) -> None:
         with self._lock:
-            self._ids[lead_id] = None
+            self._ids[lead_id] = version
+            self._ids.move_to_end(lead_id)
             if len(self._ids) > self._size:
                 self._ids.popitem(last=False)
 

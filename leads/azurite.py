@@ -1,8 +1,10 @@
 """Start Azurite (the Azure Storage emulator from npm) on loopback ports.
 
-The tests and the benchmarks start it on free ports; ``make run`` (``leads/local_run.py``) on the
-usual ones, 10000 to 10002, or those it is told. Azurite comes from ``node_modules`` (``npm
-install`` with the repo's package.json).
+The tests and the benchmarks start it on port 0: Azurite takes free ports itself and says which, so
+no other process can take a port between its choice and Azurite's listen (a port chosen by a probe
+and bound later can be, and the kernel may hand one probe's port to the next). ``make run``
+(``leads/local_run.py``) starts it on the usual ones, 10000 to 10002, or those it is told. Azurite
+comes from ``node_modules`` (``npm install`` with the repo's package.json).
 
 A port that answers is not proof that *this* Azurite listens on it: another emulator may hold it
 while ours exits with ``EADDRINUSE``. So :meth:`Azurite.start` waits for Azurite's own
@@ -11,6 +13,7 @@ while ours exits with ``EADDRINUSE``. So :meth:`Azurite.start` waits for Azurite
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -29,8 +32,9 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-# Azurite prints one of these per service once it listens, then nothing more with --silent.
-_LISTENING = re.compile(r"successfully listening at https?://[^\s:]+:(\d+)")
+# Azurite prints one of these per service once it listens (the port it took, when given 0), then
+# nothing more with --silent.
+_LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at https?://[^\s:]+:(\d+)")
 _IN_USE = re.compile(r"EADDRINUSE\b.*?:(\d+)\s*$", re.MULTILINE)
 
 
@@ -44,9 +48,17 @@ class AzuriteError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports free now. Held together while chosen: one at a time, the kernel
+    may hand out the port it just took back (about one group of four in 2,000 had a repeat)."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -83,7 +95,8 @@ def _executable() -> str:
 
 @dataclass
 class Azurite:
-    """One Azurite process. ``stop()`` and ``start()`` again keep its ports (and, with a
+    """One Azurite process, on the ports it is given; a port left 0 is one Azurite chooses, known
+    once :meth:`start` returns. ``stop()`` and ``start()`` again keep its ports (and, with a
     ``location``, its data), which lets tests take storage away and bring it back."""
 
     location: Path | None = None
@@ -96,13 +109,10 @@ class Azurite:
     own_session: bool = False
     process: subprocess.Popen | None = None
 
-    def __post_init__(self) -> None:
-        self.blob_port = self.blob_port or free_port()
-        self.queue_port = self.queue_port or free_port()
-        self.table_port = self.table_port or free_port()
-
     @property
     def connection_string(self) -> str:
+        if 0 in (self.blob_port, self.queue_port, self.table_port):
+            raise RuntimeError("Azurite chooses its ports when it starts: start it first")
         return connection_string(self.blob_port, self.queue_port, self.table_port)
 
     def start(self, timeout: float = 30.0) -> Azurite:
@@ -136,9 +146,10 @@ class Azurite:
         return self
 
     def _wait_until_listening(self, timeout: float) -> None:
-        """Return once Azurite says it listens on each of its ports; AzuriteError if it exits."""
+        """Return once Azurite says it listens for each of its services, with the ports it took;
+        AzuriteError if it exits."""
         assert self.process is not None and self.process.stdout is not None
-        waiting = {self.blob_port, self.queue_port, self.table_port}
+        waiting = {"Blob", "Queue", "Table"}
         deadline = time.monotonic() + timeout
         output = b""
         with selectors.DefaultSelector() as selector:
@@ -146,7 +157,7 @@ class Azurite:
             while waiting:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"Azurite did not listen on ports {sorted(waiting)} within {timeout:g}s")
+                    raise TimeoutError(f"Azurite's {', '.join(sorted(waiting))} did not listen within {timeout:g}s")
                 if not selector.select(remaining):
                     continue
                 chunk = os.read(self.process.stdout.fileno(), 65536)
@@ -157,7 +168,9 @@ class Azurite:
                     reason = errors.splitlines()[-1] if errors else f"exit code {self.process.returncode}"
                     raise AzuriteError(f"Azurite exited: {reason}", int(in_use.group(1)) if in_use else None)
                 output += chunk
-                waiting -= {int(port) for port in _LISTENING.findall(output.decode(errors="replace"))}
+                for service, port in _LISTENING.findall(output.decode(errors="replace")):
+                    setattr(self, f"{service.lower()}_port", int(port))
+                    waiting.discard(service)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

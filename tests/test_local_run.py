@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from leads.azurite import connection_string, free_port, port_is_free
+from leads import azurite as azurite_module
+from leads.azurite import Azurite, connection_string, free_ports, port_is_free
 from leads.local_run import RunError, lock_data_folder, start_azurite
 from leads.settings import Settings
+from leads.storage import table_service
 from leads.store import LeadStore
 
 from .conftest import FIXTURES
@@ -61,7 +63,7 @@ def finished(process: subprocess.Popen) -> tuple[int, str, str]:
 
 def test_a_taken_app_port_is_named_with_the_way_to_choose_another(tmp_path):
     with held_port() as port:
-        code, out, err = finished(make_run(tmp_path, port, free_port(), free_port(), free_port()))
+        code, out, err = finished(make_run(tmp_path, port, *free_ports(3)))
     assert code == 1
     assert f"port {port} is already in use" in err
     # The suggestion is the next port free at that moment: port + 1 unless another test holds it.
@@ -73,8 +75,8 @@ def test_a_taken_app_port_is_named_with_the_way_to_choose_another(tmp_path):
 
 
 def test_taken_azurite_ports_stop_the_run_naming_them_and_the_variables_that_move_them(tmp_path):
-    app_port, blob, queue = free_port(), free_port(), free_port()
     with held_port() as table:
+        app_port, blob, queue = free_ports(3)  # chosen while the table's port is held: four different ports
         code, out, err = finished(make_run(tmp_path, app_port, blob, queue, table))
     assert code == 1
     assert f"port {table} (table, AZURITE_TABLE_PORT)" in err
@@ -86,17 +88,30 @@ def test_taken_azurite_ports_stop_the_run_naming_them_and_the_variables_that_mov
 def test_an_azurite_that_cannot_take_its_port_is_reported_with_the_port(tmp_path):
     # The port is taken after the check: Azurite's own EADDRINUSE is read, not a traceback.
     with held_port() as queue:
-        ports = {"blob": free_port(), "queue": queue, "table": free_port()}
+        blob, table = free_ports(2)
+        ports = {"blob": blob, "queue": queue, "table": table}
         with pytest.raises(RunError, match=rf"port {queue} \(queue, AZURITE_QUEUE_PORT\)"):
             start_azurite(tmp_path / "azurite", ports)
     assert port_is_free(ports["blob"]) and port_is_free(ports["table"])  # the half-started Azurite is gone
+
+
+def test_an_azurite_given_no_ports_takes_free_ones_itself(monkeypatch):
+    # A port probed free and bound later can be taken in between (or handed out twice by the
+    # kernel): here every probe names a port someone listens on by the time Azurite starts.
+    with held_port() as taken:
+        monkeypatch.setattr(azurite_module, "free_port", lambda: taken)
+        with Azurite() as server:
+            ports = {server.blob_port, server.queue_port, server.table_port}
+            assert len(ports) == 3 and taken not in ports and not any(port_is_free(port) for port in ports)
+            table = f"Ports{uuid.uuid4().hex[:8]}"
+            assert table_service(server.connection_string).create_table(table).table_name == table
 
 
 def test_a_second_make_run_of_the_same_clone_on_other_ports_is_refused(tmp_path):
     # Ports apart, both would run an Azurite on the one data folder, and corrupt it.
     lock = lock_data_folder(tmp_path / "azurite")  # as the first `make run` holds it
     try:
-        ports = [free_port() for _ in range(4)]
+        ports = free_ports(4)
         code, out, err = finished(make_run(tmp_path, *ports))
     finally:
         lock.close()
@@ -128,7 +143,7 @@ def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
     settings_file = tmp_path / "local.settings.json"
     values = {"AzureWebJobsStorage": azurite.connection_string, "LEADS_TABLE_PREFIX": prefix, "EMAIL_TO": "a@b.com"}
     settings_file.write_text(json.dumps({"Values": values}))
-    app_port, ports = free_port(), (free_port(), free_port(), free_port())
+    app_port, *ports = free_ports(4)
     process = make_run(tmp_path, app_port, *ports, start_new_session=True)
     try:
         lead_id = _post_when_up(f"http://127.0.0.1:{app_port}/api/leads", process)

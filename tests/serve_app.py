@@ -26,13 +26,16 @@ ticks_running = 0
 most_ticks_running = 0
 _lock = threading.Lock()
 release_held = threading.Event()  # a "hold" queue message's invocation runs until this is set
+_together = threading.Condition()  # invocations of "together" waiting for each other
+together_running, together_gave_up = 0, False
 
 
 def reset() -> None:
-    global tick_seconds, tick_raises, ticks_running, most_ticks_running
+    global tick_seconds, tick_raises, ticks_running, most_ticks_running, together_running, together_gave_up
     seen.clear()
     release_held.clear()
     tick_seconds, tick_raises, ticks_running, most_ticks_running = 0.0, False, 0, 0
+    together_running, together_gave_up = 0, False
 
 
 @app.route(route="echo/{name}/{number:int?}", methods=["GET", "POST", "PUT"])
@@ -61,6 +64,20 @@ def slow(req: func.HttpRequest) -> str:
     return "done"
 
 
+@app.route(route="together")
+def together(req: func.HttpRequest) -> str:
+    """Answers "met" once ``count`` invocations of it run at the same time, "alone" if they do not
+    within 10 s (a host that runs requests one after another: then every later one gives up at once)."""
+    global together_running, together_gave_up
+    count = int(req.params["count"])
+    with _together:
+        together_running += 1
+        _together.notify_all()
+        met = _together.wait_for(lambda: together_running >= count or together_gave_up, timeout=10)
+        together_gave_up = together_gave_up or not met
+        return "met" if met and not together_gave_up else "alone"
+
+
 @app.route(route="settings/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def setting(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(os.environ.get(req.route_params["name"], "<unset>"))
@@ -73,7 +90,7 @@ def tick(timer: func.TimerRequest) -> None:
         ticks_running += 1
         most_ticks_running = max(most_ticks_running, ticks_running)
     try:
-        seen["tick"].append((time.monotonic(), timer))
+        seen["tick"].append((time.time(), timer))
         time.sleep(tick_seconds)
         if tick_raises:
             raise RuntimeError("tick failed")

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from leads.azurite import free_port
 from leads.storage import table_service
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
+from .served import Served
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
@@ -40,7 +40,7 @@ def wait_for(condition, timeout: float = 30.0, every: float = 0.2):
 
 @pytest.fixture(scope="module")
 def app(azurite, tmp_path_factory):
-    """The app served by ``python -m leads serve`` on a free port, with its own tables and queue."""
+    """The app served by ``python -m leads serve`` on a port it chose, with its own tables and queue."""
     outbox = tmp_path_factory.mktemp("outbox")
     with FakeWebhook() as webhook:
         suffix = uuid.uuid4().hex[:8]
@@ -57,18 +57,13 @@ def app(azurite, tmp_path_factory):
             "EMAIL_OUTBOX_DIR": str(outbox),
             "LEADS_TEST_LEADS": "deliver",
         }
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "leads", "--settings", "/nonexistent", "serve", "--port", str(port)],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
+        served = Served([sys.executable, "-m", "leads", "--settings", "/nonexistent", "serve", "--port", "0"],
+                        cwd=REPO, env=env)  # fmt: skip
         try:
-            wait_for(lambda: _healthy(base), timeout=60)
-            yield {"base": base, "env": env, "webhook": webhook, "outbox": outbox, "azurite": azurite}
+            wait_for(lambda: _healthy(served.url), timeout=60)
+            yield {"base": served.url, "env": env, "webhook": webhook, "outbox": outbox, "azurite": azurite}
         finally:
-            process.terminate()
-            process.wait(20)
+            served.stop(20)
 
 
 def _healthy(base: str) -> bool:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -28,7 +26,6 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from leads.azurite import free_port
 from leads.store import LeadStore
 
 from .fake_acs import DEFAULT_SENDER, FakeAcs
@@ -39,6 +36,7 @@ from .fake_hubspot import FakeHubSpot
 from .fake_marketo import FakeMarketo
 from .fake_salesforce import FakeSalesforce
 from .fake_webhook import FakeWebhook
+from .served import Served
 from .workers import open_deliveries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,13 +144,11 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
         service_ports = {"webhook": webhook.port, "dynamics": dynamics.port, "salesforce": salesforce.port,
                          "marketo": marketo.port, "hubspot": hubspot.port, "teams": teams.port,
                          "slack": slack.port}  # fmt: skip
-        port = free_port()
         code = ("import tests.loopback_only\nfrom leads.cli import main\n"
-                f"raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '{port}']))")  # fmt: skip
-        process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                "raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '0']))")  # fmt: skip
+        served = Served([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ))
         try:
-            base = f"http://127.0.0.1:{port}/api"
+            base = f"{served.url}/api"
             wait_for(lambda: _answers(f"{base}/health"), 60, "the app answering")
             lead_ids = []
             for person, description in zip((PERSON, OTHER), DESCRIPTIONS, strict=True):
@@ -165,8 +161,8 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
                      "every delivery ending")  # fmt: skip
             outcomes = {(d.destination, d.state, d.attempts > 1) for lead in lead_ids for d in store.deliveries.for_lead(lead)}
         finally:
-            process.send_signal(signal.SIGTERM)  # a graceful stop: the OpenTelemetry providers flush at exit
-            _, stderr = process.communicate(timeout=60)
+            served.stop()  # SIGTERM, a graceful stop: the OpenTelemetry providers flush at exit
+            stderr = served.text
 
     salesforce_name = "salesforce-w2l" if salesforce_way == "web-to-lead" else "salesforce"
     destinations = {"email", "webhook", "dynamics", salesforce_name, "marketo", "hubspot", "teams", "slack"}

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 from email_validator import EmailNotValidError, validate_email
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leads.model import Lead
@@ -189,7 +189,7 @@ def test_email_domain_lower_cased_and_invalid_kept_and_marked():
     assert lead.email == "bad@@example" and lead.email_valid is False
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(st.one_of(st.emails(), st.text(max_size=40), st.from_regex(r"[a-zA-Z0-9._%+-]{1,20}@[a-zA-Z0-9.-]{1,20}", fullmatch=True)))
 def test_email_fast_path_agrees_with_email_validator(value):
     try:
@@ -305,7 +305,7 @@ lead_like = st.recursive(
 )
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500)
 @given(st.one_of(json_values, lead_like))
 def test_any_json_gives_a_lead_or_a_clean_validation_error(body):
     try:

@@ -8,7 +8,6 @@ would let a call outlive the claim are refused.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -33,8 +32,9 @@ class _Dripping(LoopbackHandler):
         self.read_body()
         self.fake.requests += 1
         self.play(DRIP)
-        self.answer(200, {"access_token": "t", "token_type": "Bearer", "expires_in": 3600, "id": "x",
-                          "success": True, "result": [{"id": 1, "status": "created"}]})  # fmt: skip
+        if self.answer(200, {"access_token": "t", "token_type": "Bearer", "expires_in": 3600, "id": "x",
+                             "success": True, "result": [{"id": 1, "status": "created"}]}):  # fmt: skip
+            self.fake.answered += 1
 
     do_GET = do_POST = do_PATCH = do_PUT = _drip
 
@@ -46,6 +46,7 @@ class DripServer(LoopbackServer):
     def __init__(self, ca) -> None:
         super().__init__(tls=True, ca=ca, drip_interval=0.2)
         self.requests = 0
+        self.answered = 0  # answers dripped to their last byte (about a minute each)
 
 
 @pytest.fixture
@@ -57,19 +58,20 @@ def drip(fake_tls_ca, monkeypatch):
 
 def test_a_call_is_cut_at_its_total_deadline_though_bytes_keep_coming(drip):
     session = http.session()
-    start = time.monotonic()
+    # A byte every 0.2 s: no read ever waits 1 s, and the whole answer takes about a minute. (No
+    # stopwatch here: a loaded machine makes any bound on the time taken a coin toss.)
     with pytest.raises(http.DeadlineExceeded, match=r"127\.0\.0\.1:\d+ within 1 s"):
-        session.get(drip.base_url + "/", timeout=1)  # a byte every 0.2 s: no read ever waits 1 s
-    assert time.monotonic() - start < 3
+        session.get(drip.base_url + "/", timeout=1)
+    assert drip.requests == 1 and drip.answered == 0  # cut while the answer was still coming
 
 
 def test_calls_of_one_send_end_with_the_send(drip):
     session = http.session()
-    start = time.monotonic()
     with http.deadline(1.5), pytest.raises(http.DeadlineExceeded):
         for _ in range(3):
             session.get(drip.base_url + "/", timeout=30)
-    assert time.monotonic() - start < 3.5
+    # The first call was cut when the send's 1.5 s ran out, not at its own 30 s: no other call went out.
+    assert drip.requests == 1 and drip.answered == 0
 
 
 @pytest.mark.parametrize("name", sorted(DESTINATION_SETTINGS))
@@ -78,13 +80,12 @@ def test_every_crm_and_the_webhook_end_a_dripping_send_and_retry_it(storage, env
         **DESTINATION_SETTINGS[name](drip.base_url))
     answer = accept_http(json.dumps(EXAMPLE).encode())
     lead_id = answer.body["leadId"]
-    start = time.monotonic()
     outcome = deliver(lead_id, name)
-    took = time.monotonic() - start
-    assert drip.requests >= 1
     assert outcome.state == "retrying", outcome
     assert "within 1 s" in outcome.detail and "127.0.0.1" in outcome.detail
-    assert took < 8, f"{name} took {took:.1f} s"
+    # Its first call (a token, a look-up or the lead) took the send's whole second: the send ended
+    # there, with no retry inside it and no call after it.
+    assert drip.requests == 1 and drip.answered == 0
     assert LeadStore.from_settings().deliveries.get(lead_id, name).state == "retrying"
 
 
@@ -95,11 +96,10 @@ def test_email_through_acs_ends_a_dripping_send_and_retries_it(storage, env, fak
     fake_acs.drip_interval = 0.2
     lead_id = accept_http(json.dumps(EXAMPLE).encode()).body["leadId"]
     fake_acs.fail_next("drip", on="send")
-    start = time.monotonic()
     outcome = deliver(lead_id, "email")
     assert outcome.state == "retrying", outcome
-    assert time.monotonic() - start < 5
     assert "within 1 s" in outcome.detail
+    assert [(request.method, request.fault) for request in fake_acs.requests] == [("POST", "drip")]  # ended there
     # The mail was accepted before its answer dripped: the retry is the same operation, one mail.
     assert deliver(lead_id, "email", now=LeadStore.from_settings().deliveries.get(lead_id, "email")
                    .next_attempt_at).state == "delivered"  # fmt: skip

@@ -203,16 +203,17 @@ def newest_timestamp(table: TableClient) -> datetime:
 
 
 def test_a_row_with_a_binary_property_does_not_stop_the_intake(marketplace):
-    marketplace.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": "binary", "Extra": b"\xff\x00\xfe"})
-    good = write_rows(marketplace, 3)
+    day = today()  # once: a test that runs across midnight UTC still knows its rows' partition
+    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "binary", "Extra": b"\xff\x00\xfe"})
+    good = write_rows(marketplace, 3, partition=day)
     first = poll_marketplace()
     assert first.watermark == newest_timestamp(marketplace)  # moved past the odd row
-    good += write_rows(marketplace, 1, start=3)
+    good += write_rows(marketplace, 1, start=3, partition=day)
     for _ in range(poll.ROW_TRIES):
         poll_marketplace()
     store = LeadStore.from_settings()
-    assert all(store.get(lead_id_of(today(), key)) for key in good)
-    binary = lead_id_of(today(), "binary")
+    assert all(store.get(lead_id_of(day, key)) for key in good)
+    binary = lead_id_of(day, "binary")
     assert store.get(binary) is not None and store.rejected(binary) is None  # its lead is fine: stored
 
 
@@ -238,9 +239,10 @@ def buggy_normaliser(monkeypatch, env):
 def test_a_row_that_keeps_failing_is_tried_on_later_polls_then_kept_as_rejected(marketplace, buggy_normaliser,
                                                                                  caplog):  # fmt: skip
     buggy_normaliser["poison"] = 99
-    marketplace.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": "poison"})
-    write_rows(marketplace, 2)
-    poison = lead_id_of(today(), "poison")
+    day = today()
+    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "poison"})
+    write_rows(marketplace, 2, partition=day)
+    poison = lead_id_of(day, "poison")
     with caplog.at_level(logging.INFO, logger="leads.poll"):
         first = poll_marketplace()
         assert (first.stored, first.retrying, first.rejected) == (2, 1, 0)
@@ -262,14 +264,16 @@ def test_a_row_that_keeps_failing_is_tried_on_later_polls_then_kept_as_rejected(
 
 def test_a_row_whose_failure_passes_is_stored_by_a_later_poll(marketplace, buggy_normaliser):
     buggy_normaliser["flaky"] = 1
-    marketplace.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": "flaky"})
-    write_rows(marketplace, 1)
+    day = today()
+    flaky = lead_id_of(day, "flaky")
+    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "flaky"})
+    write_rows(marketplace, 1, partition=day)
     assert poll_marketplace().retrying == 1
     second = poll_marketplace()
     assert (second.stored, second.retrying) == (1, 0)
     store = LeadStore.from_settings()
-    assert store.get(lead_id_of(today(), "flaky")) is not None
-    assert store.rejected(lead_id_of(today(), "flaky")) is None
+    assert store.get(flaky) is not None
+    assert store.rejected(flaky) is None
 
 
 def test_a_storage_outage_never_moves_the_watermark_past_rows_not_stored(marketplace, env, tmp_path, monkeypatch):
@@ -312,7 +316,8 @@ def test_a_table_with_history_is_stored_whole_but_only_recent_leads_are_delivere
         env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, EMAIL_TO="", LEADS_TEST_LEADS="deliver",
             LEADS_BACKFILL_DAYS="0.000001",
             LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
-        old = [lead_id_of(today(), key) for key in write_rows(marketplace, 3)]
+        day = today()
+        old = [lead_id_of(day, key) for key in write_rows(marketplace, 3, partition=day)]
         written = newest_timestamp(marketplace)
         deadline = datetime.now(timezone.utc) + timedelta(seconds=5)
         while datetime.now(timezone.utc) - written < timedelta(days=0.000002) and datetime.now(timezone.utc) < deadline:
@@ -329,7 +334,8 @@ def test_a_table_with_history_is_stored_whole_but_only_recent_leads_are_delivere
         assert list(queue.client.peek_messages(max_messages=32)) == []  # nothing queued
 
         env(LEADS_BACKFILL_DAYS="7")
-        new = lead_id_of(today(), write_rows(marketplace, 1, start=3)[0])
+        day = today()
+        new = lead_id_of(day, write_rows(marketplace, 1, start=3, partition=day)[0])
         assert poll_marketplace().held == 0
         assert store.deliveries.get(new, "webhook").state == "pending"
 
@@ -424,12 +430,13 @@ def poll_until_done(budget: dict, rows_per_poll: int, full_scan: bool = False) -
 
 def test_a_first_poll_cut_short_goes_on_where_it_stopped_and_reaches_the_newest_rows(marketplace, killed_after):
     write_rows(marketplace, 200, partition="2024-01-15")  # history: sorts before today
-    newest = write_rows(marketplace, 1, start=200)  # today's lead: the last page
+    day = today()
+    newest = write_rows(marketplace, 1, start=200, partition=day)  # today's lead: the last page
     # Each poll has time for 60 rows: a page and a bit. Without saved progress each starts at row one.
     endings = poll_until_done(killed_after, rows_per_poll=60)
     # 5 pages of 50 (the last holds 1): each poll stores one more page before it is ended.
     assert [ending for ending, _ in endings] == ["killed"] * 3 + ["all"]
-    assert LeadStore.from_settings().get(lead_id_of(today(), newest[0])) is not None
+    assert LeadStore.from_settings().get(lead_id_of(day, newest[0])) is not None
     assert stored_leads() == 201
     marks = Checkpoint(LeadStore.from_settings(), get_settings().marketplace_table_name)
     marks.read()
@@ -482,14 +489,15 @@ def test_a_checkpoint_of_an_earlier_version_goes_on_as_before(marketplace):
 def test_a_rejected_row_corrected_in_place_is_taken_in(marketplace):
     from azure.data.tables import UpdateMode
 
-    key = {"PartitionKey": today(), "RowKey": "corrected"}
+    day = today()
+    key = {"PartitionKey": day, "RowKey": "corrected"}
     marketplace.create_entity({**ENTITY, **key, "CustomerInfo": "{not json"})
     assert poll_marketplace().rejected == 1
     marketplace.update_entity({**ENTITY, **key, "CustomerInfo": json.dumps(
         {"FirstName": "Ann", "Email": "ann@contoso.com", "Company": "Contoso"})}, mode=UpdateMode.REPLACE)
     again = poll_marketplace()  # the same process: its cache knows the row's earlier version only
     assert (again.read, again.stored) == (1, 1)
-    lead = LeadStore.from_settings().get(lead_id_of(today(), "corrected"))
+    lead = LeadStore.from_settings().get(lead_id_of(day, "corrected"))
     assert lead is not None and lead.email == "ann@contoso.com"
     assert poll_marketplace().stored == 0  # an unchanged row costs no write again
 
@@ -498,11 +506,12 @@ def test_a_rejected_row_corrected_in_place_is_taken_in(marketplace):
 
 
 def test_odd_extra_properties_keep_the_lead_and_are_kept_in_its_raw_record(marketplace):
-    marketplace.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": "odd", "Binary": b"\xff\x00\xfe",
+    day = today()
+    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "odd", "Binary": b"\xff\x00\xfe",
                                "NotANumber": float("nan"), "Surrogate": "a\ud800b"})  # fmt: skip
     result = poll_marketplace()
     assert (result.stored, result.rejected, result.retrying) == (1, 0, 0)
-    lead = LeadStore.from_settings().get(lead_id_of(today(), "odd"))
+    lead = LeadStore.from_settings().get(lead_id_of(day, "odd"))
     assert lead.email.endswith("@test.com")  # the lead's own fields, as ever
     raw = lead.raw
     assert (raw["Binary"], raw["Binary@odata.type"]) == ("/wD+", "Edm.Binary")  # base64, as the service sends it
@@ -513,10 +522,11 @@ def test_odd_extra_properties_keep_the_lead_and_are_kept_in_its_raw_record(marke
 
 def test_a_row_whose_own_fields_cannot_be_read_stays_rejected(marketplace):
     info = json.dumps({"FirstName": "Ann\ud800", "Email": "ann@contoso.com"})  # a lone surrogate, escaped
-    marketplace.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": "bad", "CustomerInfo": info,
+    day = today()
+    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "bad", "CustomerInfo": info,
                                "Extra": b"\xff"})  # fmt: skip
     assert poll_marketplace().rejected == 1
-    rejected = LeadStore.from_settings().rejected(lead_id_of(today(), "bad"))
+    rejected = LeadStore.from_settings().rejected(lead_id_of(day, "bad"))
     assert "not valid Unicode" in rejected["error"]
     assert rejected["raw"]["Extra@odata.type"] == "Edm.Binary"
 

@@ -50,15 +50,17 @@ def env(monkeypatch):
 
 @pytest.fixture
 def storage(azurite, env, tmp_path):
-    """The app's storage in Azurite, with table names unique to this test (and mails, if any,
-    in the test's own outbox)."""
-    suffix = uuid.uuid4().hex[:8]
+    """The app's storage in Azurite, with table and queue names unique to this test (and mails,
+    if any, in the test's own outbox): nothing an earlier test left in the session's Azurite is
+    seen, whichever tests ran before."""
+    suffix = uuid.uuid4().hex[:16]  # with 8 hex digits, two of ~700 tests shared tables once in ~16,000 runs
     env(
         EMAIL_OUTBOX_DIR=str(tmp_path / "outbox"),
         AzureWebJobsStorage=azurite.connection_string,
         MARKETPLACE_TABLE_CONNECTION="",
         MARKETPLACE_TABLE_NAME=f"Marketplace{suffix}",
         LEADS_TABLE_PREFIX=f"t{suffix}",
+        LEADS_DELIVERY_QUEUE=f"q{suffix}",
     )
     return azurite
 

@@ -57,7 +57,12 @@ def make_run(tmp_path: Path, port: int, blob: int, queue: int, table: int, **pop
 
 
 def finished(process: subprocess.Popen) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=60)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()  # a hung run fails this test, and leaves no app on its ports for the next one
+        process.communicate()
+        raise
     return process.returncode, out, err
 
 

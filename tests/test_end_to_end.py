@@ -68,8 +68,8 @@ def app(azurite, tmp_path_factory):
 
 def _healthy(base: str) -> bool:
     try:
-        return requests.get(f"{base}/api/health", timeout=2).status_code == 200
-    except requests.ConnectionError:
+        return requests.get(f"{base}/api/health", timeout=10).status_code == 200
+    except (requests.ConnectionError, requests.Timeout):  # a first health check on a loaded machine can take seconds
         return False
 
 

@@ -214,6 +214,9 @@ POISONED = 150  # the row among GOOD_ROWS + 1 that has a binary property
 GOOD_ROWS = 1000  # the issue's count; with the odd row they fill the poll's first page and start a second
 
 
+# 1,041 leads through a third of calls failing: 170 s measured at a load average of 11. Its own bound,
+# so the suite's 300 s guard against a hang does not turn a slow machine into a failure.
+@pytest.mark.timeout(600)
 def test_a_poisoned_row_among_good_ones_and_refused_bodies_lose_nothing(flaky_webhook):
     """A thousand good marketplace rows and one with a binary property among them, in one table:
     the odd row is in the poll's first page (a page holds 1,000) and must hold back neither its page
@@ -244,7 +247,7 @@ def test_a_poisoned_row_among_good_ones_and_refused_bodies_lose_nothing(flaky_we
     assert (first.read, first.stored, first.retrying) == (GOOD_ROWS + 1, GOOD_ROWS + 1, 0)  # both pages, every lead
     for _ in range(poll.ROW_TRIES):  # later polls: nothing is left to try again
         poll_marketplace()
-    drain(deadline=300, workers=6, sweep_every=10)
+    drain(deadline=540, workers=6, sweep_every=10)
 
     store = LeadStore.from_settings()
     table_ids = {table_lead_id(settings.marketplace_table_name, table_row(index)["PartitionKey"],

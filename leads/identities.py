@@ -23,8 +23,12 @@ writes and no lookup misses it.
 
 The rows hold no personal data in clear (SHA-256 digests), but a digest of an email is still
 personal data: erasing a record deletes its rows (:meth:`IdentityIndex.forget`,
-:meth:`IdentityIndex.forget_addresses`). Rows are written before the record they point at, so one
-can point at a record that was never stored (a crash between the two): a match is checked to exist.
+:meth:`IdentityIndex.forget_addresses`), and a lead that arrives again once erased (its marketplace
+row read again, its content posted again) has the rows just written for it taken back
+(:meth:`IdentityIndex.take_back`). Rows are written before the record they point at, so one can
+point at a record that was never stored (a crash between the two): a match is checked to exist. A
+record whose rows could not be written at all is still stored; the index is then marked incomplete
+(:meth:`IdentityIndex.mark_incomplete`) until ``reindex`` has read the store again.
 
 Stores written before these rows existed are indexed once by :meth:`IdentityIndex.build` (``python
 -m leads reindex``); its checkpoint row (``reindex``/``identities`` in ``<prefix>Checkpoints``) says
@@ -174,6 +178,28 @@ class IdentityIndex:
             self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
         self.record_addresses(lead.lead_id, "lead", addresses)
 
+    def take_back(self, lead: Lead, addresses: Iterable[str], stored_received_at: datetime | None,
+                  erased: bool) -> None:  # fmt: skip
+        """Undo what :meth:`record` wrote for ``lead``, which turned out to be stored already
+        (received at ``stored_received_at``), where it is not that lead's own: every row when that
+        lead was erased (nothing may name an erased lead again: a row read again, a repeat posted);
+        else the identity row of a repeat, deleted when it fell on another day than the stored
+        lead's (erasing a lead deletes its own day's row only), written back with the stored
+        lead's time when it replaced that lead's row. One request for a repeat, whatever its day."""
+        from azure.data.tables import UpdateMode
+
+        if erased:
+            self.forget(lead)
+            self.forget_addresses(lead.lead_id, "lead", addresses)
+            return
+        row = _identity_row(lead)
+        if row is None or stored_received_at is None or stored_received_at == lead.received_at:
+            return
+        if _day(stored_received_at) != _day(lead.received_at):
+            self.forget(lead)
+        else:
+            self.table.upsert_entity({**row, "ReceivedAt": stored_received_at}, mode=UpdateMode.REPLACE)
+
     def record_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
         """Index the lead store's row ``record_id``/``row_key`` under each of ``addresses``."""
         for row in _address_rows(record_id, row_key, list(addresses)):
@@ -214,6 +240,12 @@ class IdentityIndex:
     def mark_built(self) -> None:
         """A new store: nothing was stored before the email rows."""
         mark_done(self.checkpoints, _META)
+
+    def mark_incomplete(self) -> None:
+        """A record was stored without its rows (their writes failed, before it and after): until
+        :meth:`build` has read the store again (``reindex``), ``forget --email`` reads every row
+        rather than miss it."""
+        self.checkpoints.upsert_entity({"PartitionKey": _META[0], "RowKey": _META[1], "Done": False, "ResumeFrom": ""})
 
     def build(self, seconds: float | None = None, again: bool = False, page: int = 1000) -> dict[str, Any]:
         """Write the identity and email rows of every lead and rejected record in the store, once

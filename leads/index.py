@@ -152,13 +152,17 @@ class LeadIndex:
 
     # --- writing beside the lead store ------------------------------------------------------------
 
-    def before_add(self, lead_id: str, received_at: datetime, delivery_rows: Iterable[Mapping[str, Any]]) -> None:
-        """Index a lead about to be stored, and the deliveries it owes (their rows). Each entry is an
+    def before_add(self, delivery_rows: Iterable[Mapping[str, Any]]) -> None:
+        """Index the deliveries a lead about to be stored owes (their rows). Each entry is an
         upsert of its own, which the SDK retries when an answer is lost (it retries no batch)."""
-        self.timeline.upsert_entity(_timeline_entry(lead_id, received_at))
         for delivery in map(_from_entity, delivery_rows):
             if kind := kind_of(delivery):
                 self.table.upsert_entity(_delivery_entry(kind, delivery))
+
+    def add_to_timeline(self, lead_id: str, received_at: datetime) -> None:
+        """The time entry of a lead about to be stored (one that is missing, ``reindex --again``
+        writes)."""
+        self.timeline.upsert_entity(_timeline_entry(lead_id, received_at))
 
     def after_add(self, delivery_rows: Iterable[Mapping[str, Any]], at: datetime) -> None:
         """Count the deliveries a newly stored lead owes nothing (skipped from the start)."""
@@ -168,8 +172,8 @@ class LeadIndex:
 
     def after_duplicate(self, lead_id: str, received_at: datetime, delivery_rows: Iterable[Mapping[str, Any]],
                         stored_received_at: datetime | None) -> None:  # fmt: skip
-        """Take back what :meth:`before_add` wrote for a lead that turned out to be stored
-        already: its deliveries' entries (their generation is this attempt's own), and its time
+        """Take back what :meth:`before_add` and :meth:`add_to_timeline` wrote for a lead that
+        turned out to be stored already: its deliveries' entries (their generation is this attempt's own), and its time
         entry unless the stored lead has the same time (a marketplace row read twice)."""
         from azure.core.exceptions import AzureError
 

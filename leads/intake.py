@@ -1,8 +1,10 @@
 """Taking in a lead POSTed by the marketplace: parse, normalise, store, answer.
 
-The answer is given only after the lead is durably stored. Bad input is answered 400 or 413 with
-an error naming the problem; a storage failure is 503 (the lead was not stored, say so), never
-blamed on the caller. A refused body is kept as a rejected record (the reason, the bytes as
+The answer is given only after the lead is durably stored, and once it is, it is 202 with the
+lead queued, whatever else fails (a count, an index row: see ``LeadStore.add``). Bad input is
+answered 400 or 413 with an error naming the problem; a storage failure before the lead's own write
+committed is 503 (the lead was not stored, say so), never blamed on the caller. A refused body (and
+that of a 503, when storage still answers) is kept as a rejected record (the reason, the bytes as
 received, the time) under an id of its own, which the answer names, so that nothing the
 marketplace sent disappears unseen; the operator is told in one log line (:func:`tell_operator`).
 """
@@ -58,7 +60,7 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
     except LeadValidationError as exc:
         return _refuse(400, str(exc), body, settings)
 
-    from azure.core.exceptions import AzureError
+    from azure.core.exceptions import AzureError, ServiceRequestError
 
     store = LeadStore.from_settings(settings)
     deliveries = plan(lead, settings)
@@ -66,7 +68,12 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
         stored = store.add_http(lead, timedelta(hours=settings.dedupe_window_hours), deliveries)
     except AzureError as exc:
         log.error("lead %s not stored: storage failed (%s)", lead.lead_id, type(exc).__name__)
-        return Answer(503, {"error": "the lead could not be stored right now; send it again"})
+        error = f"the lead could not be stored right now (storage failed: {type(exc).__name__}); send it again"
+        if isinstance(exc, ServiceRequestError):  # storage unreachable: keeping the body would wait as long again
+            return Answer(503, {"error": error})
+        # Storage answered, with an error: the body may still be kept, so that a lead not sent
+        # again is not lost unseen (show prints it, import takes it in).
+        return _refuse(503, error, body, settings)
     if not stored.duplicate:
         enqueue(stored.lead_id, deliveries, settings)
     log.info(

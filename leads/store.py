@@ -16,8 +16,9 @@ is kept as the row ``rejected`` of its own partition.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -36,6 +37,8 @@ from .storage import RowKeptChanging, change_row, table_service
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
 
+log = logging.getLogger(__name__)
+
 LEAD_ROW = "lead"
 REJECTED_ROW = "rejected"
 CONTENT_ROW = "content"
@@ -52,6 +55,13 @@ _MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
 # most this many characters: the values whole are in the lead's JSON, and a column of any length
 # would make the row unstorable (a marketplace value is a few dozen characters; a body is 64 KiB).
 _COLUMN = 1_000
+# The rows written before a lead that it can be stored without, and what their absence means.
+_IDENTITY_ROWS, _TIMELINE_ENTRY = "identity and email rows", "timeline entry"
+_REPAIRABLE = {
+    _IDENTITY_ROWS: "import does not match it, and forget --email reads every row until python -m leads reindex "
+                    "has written them",
+    _TIMELINE_ENTRY: "list does not show it (show does) until python -m leads reindex --again writes it",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,14 @@ class LeadStore:
             beside: Sequence[dict[str, Any]] = ()) -> Stored:  # fmt: skip
         """Store a lead, and the deliveries it owes (and ``beside`` it, other new rows of its
         partition), in one atomic write, unless a lead with its id exists. Table leads have ids
-        from their row, so a row read twice is stored once."""
+        from their row, so a row read twice is stored once.
+
+        Before that write, what points at the lead: the open deliveries' index entries, without
+        which it is not stored (a delivery whose queue message is lost is found by them alone), then
+        the rows that can be written later (:data:`_REPAIRABLE`), written first so that a crash
+        leaves no stored lead without them; one of these failing does not refuse the lead, it is
+        written again once the lead is stored (:meth:`_stored`). Once the lead's write committed,
+        nothing raises."""
         from azure.core.exceptions import ResourceExistsError, ServiceResponseError
         from azure.data.tables import TableTransactionError
 
@@ -154,18 +171,17 @@ class LeadStore:
         now = datetime.now(UTC)
         rows = [entity, *beside] + [new_delivery_entity(lead.lead_id, name, route, now)
                                     for name, route in (deliveries or {}).items()]  # fmt: skip
-        # Before the lead, so no stored lead lacks its identity rows (a row without its lead is ignored).
-        self.identities.record(lead, addresses_of(entity))
         owed = rows[1 + len(beside):]
-        self.index.before_add(lead.lead_id, lead.received_at, owed)
+        addresses = addresses_of(entity)
+        self.index.before_add(owed)
+        missed = self._write_repairable(lead, addresses, _REPAIRABLE)
         for attempt in range(3):
             try:
                 if len(rows) == 1:
                     self.leads.create_entity(entity)
                 else:
                     self.leads.submit_transaction([("create", row) for row in rows])
-                self.index.after_add(owed, now)
-                return Stored(lead.lead_id, duplicate=False)
+                return self._stored(lead, addresses, owed, now, missed)
             except ResourceExistsError:
                 pass
             except TableTransactionError as exc:
@@ -178,20 +194,75 @@ class LeadStore:
                 continue
             # The row exists. If this call wrote it (an earlier attempt here, or the SDK's own retry
             # of a POST answered 500/503/504 after it committed), the lead is new after all.
-            if self._written_by(lead.lead_id, write_id):
-                self.index.after_add(owed, now)
-                return Stored(lead.lead_id, duplicate=False)
-            self.index.after_duplicate(lead.lead_id, lead.received_at, owed, self._received_at(lead.lead_id))
+            existing = self._lead_row(lead.lead_id, ["WriteId", "ReceivedAt", "ErasedAt"])
+            if existing is not None and existing.get("WriteId") == write_id:
+                return self._stored(lead, addresses, owed, now, missed)
+            self._take_back(lead, addresses, owed, existing)
             return Stored(lead.lead_id, duplicate=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _written_by(self, lead_id: str, write_id: str) -> bool:
+    def _write_repairable(self, lead: Lead, addresses: Sequence[str], names: Iterable[str]) -> dict[str, str]:
+        """Write the rows :data:`_REPAIRABLE` names of a lead; those that failed, with the error."""
+        from azure.core.exceptions import AzureError
+
+        writes = {_IDENTITY_ROWS: lambda: self.identities.record(lead, addresses),
+                  _TIMELINE_ENTRY: lambda: self.index.add_to_timeline(lead.lead_id, lead.received_at)}  # fmt: skip
+        missed = {}
+        for name in names:
+            try:
+                writes[name]()
+            except AzureError as exc:
+                missed[name] = type(exc).__name__
+        return missed
+
+    def _stored(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Mapping[str, Any]], now: datetime,
+                missed: Mapping[str, str]) -> Stored:  # fmt: skip
+        """The lead is stored: write again what failed before it, count what it owes nothing;
+        a failure is logged (the lead's id, never its content), never raised."""
+        from azure.core.exceptions import AzureError
+
+        for name, error in self._write_repairable(lead, addresses, missed).items():
+            log.warning("lead %s stored without its %s (%s): %s", lead.lead_id, name, error, _REPAIRABLE[name])
+            if name == _IDENTITY_ROWS:
+                try:
+                    self.identities.mark_incomplete()
+                except AzureError as exc:
+                    log.error("the email index could not be marked incomplete (%s): run python -m leads reindex "
+                              "--again before the next forget --email", type(exc).__name__)  # fmt: skip
+        self.index.after_add(owed, now)
+        return Stored(lead.lead_id, duplicate=False)
+
+    def _take_back(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Mapping[str, Any]],
+                   existing: Mapping[str, Any] | None) -> None:  # fmt: skip
+        """Take back what was written before the insert for a lead stored already (the stored
+        lead's row ``existing``, or None when another row of the write was there): its index
+        entries, and the identity and email rows that are not the stored lead's own."""
+        from azure.core.exceptions import AzureError
+
+        stored_at = existing.get("ReceivedAt") if existing is not None else None
+        self.index.after_duplicate(lead.lead_id, lead.received_at, owed, stored_at)
+        try:
+            self.identities.take_back(lead, addresses, stored_at, erased=bool(existing and existing.get("ErasedAt")))
+        except AzureError as exc:  # an erased lead's: forget --email of the address deletes them
+            log.warning("rows written for lead %s, stored already, left (%s)", lead.lead_id, type(exc).__name__)
+
+    def _lead_row(self, lead_id: str, select: list[str]) -> Mapping[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self.leads.get_entity(lead_id, LEAD_ROW, select=["WriteId"]).get("WriteId") == write_id
-        except ResourceNotFoundError:  # another row of the write was there, not the lead
-            return False
+            return self.leads.get_entity(lead_id, LEAD_ROW, select=select)
+        except ResourceNotFoundError:
+            return None
+
+    def _after_stored(self, lead_id: str, what: str, write: Callable[[], object]) -> None:
+        """A write about a lead once it is stored, which must not turn the answer into a failure:
+        one that fails is logged (the lead's id and ``what`` it leaves short), never raised."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            write()
+        except AzureError as exc:
+            log.warning("lead %s stored; %s (%s)", lead_id, what, type(exc).__name__)
 
     def add_http(self, lead: Lead, dedupe_window: timedelta,
                  deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip
@@ -204,7 +275,9 @@ class LeadStore:
         digest = http_lead_id(lead)
         if not identifies_person(lead):
             stored = self.add(lead, deliveries)
-            self._count_content(digest, stored.lead_id, lead.received_at)
+            count = lambda: self._count_content(digest, stored.lead_id, lead.received_at)  # noqa: E731
+            self._after_stored(stored.lead_id, "not counted on its content (show's count of its content's leads is "
+                               "one short)", count)  # fmt: skip
             return stored
         # Most content arrives once: write its first lead and its content row together, and look
         # further only if that lead is there already.
@@ -220,12 +293,15 @@ class LeadStore:
                 latest_erased = False
                 candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
                 stored = self.add(candidate, deliveries)
-                # Already there: a racing arrival made it, or one that died before moving the row on.
-                made_at = self._received_at(candidate.lead_id) if stored.duplicate else lead.received_at
-                content = self._advance(replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
-                                                latest_at=made_at or lead.received_at))  # fmt: skip
+                made = replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
+                               latest_at=lead.received_at)  # fmt: skip
                 if not stored.duplicate:
+                    self._after_stored(stored.lead_id, "its content's row not moved on to it (the next arrival of the "
+                                       "content does that)", lambda made=made: self._advance(made))  # fmt: skip
                     return stored
+                # Already there: a racing arrival made it, or one that died before moving the row on.
+                made_at = self._received_at(candidate.lead_id) or lead.received_at
+                content = self._advance(replace(made, latest_at=made_at))
             if self._count_duplicate(content.latest_id, lead.received_at):
                 return Stored(content.latest_id, duplicate=True)
             # A repeat of an erased lead is a new lead: its person sent it again (leads/erasure.py).
@@ -295,12 +371,8 @@ class LeadStore:
         return self._advance(_Content(digest, low + 1, http_lead_id(lead, low), latest_at))
 
     def _received_at(self, lead_id: str) -> datetime | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return self.leads.get_entity(lead_id, LEAD_ROW, select=["ReceivedAt"])["ReceivedAt"]
-        except ResourceNotFoundError:
-            return None
+        row = self._lead_row(lead_id, ["ReceivedAt"])
+        return row["ReceivedAt"] if row is not None else None
 
     def reject(self, record_id: str, error: str, raw: dict[str, Any] | bytes, received_at: datetime,
                channel: str = "table") -> Rejected:  # fmt: skip

@@ -470,3 +470,174 @@ def test_a_lead_whose_write_committed_before_its_answer_was_lost_is_a_new_lead(s
         if write == "transaction":
             messages = delivery_queue(get_settings()).client.peek_messages(max_messages=5)
             assert len(messages) == 1  # queued now, not left for the sweep
+
+
+
+# --- what storage failing around the lead's own write does (review findings 5a, 5b, 8) ------------
+
+ANN = {"UserDetails": {"FirstName": "Ann", "LastName": "Lee", "Email": "ann.lee@contoso.example.com",
+                       "Company": "Contoso"}, "LeadSource": "SPZA-PLT|contoso.crm"}  # fmt: skip
+
+
+def refuse(monkeypatch, table, method: str, row_key: str | None = None, prefix: str = "",
+           times: int | None = None) -> list:  # fmt: skip
+    """Make the SDK client ``table``'s ``method`` fail as storage does once the SDK's own retries
+    are spent, for the rows whose RowKey is ``row_key`` or starts with ``prefix``, ``times``
+    times (or always); the list of the calls refused."""
+    from azure.core.exceptions import HttpResponseError
+
+    real, refused = getattr(table, method), []
+
+    def refusing(*args, **kwargs):
+        entity = args[0] if args and isinstance(args[0], dict) else kwargs.get("entity")
+        key = entity["RowKey"] if entity is not None else (args[1] if len(args) > 1 else kwargs.get("row_key"))
+        if (key == row_key or (row_key is None and key.startswith(prefix))) and (times is None or len(refused) < times):
+            refused.append(key)
+            raise HttpResponseError("The server is busy (503 ServerBusy)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(table, method, refusing)
+    return refused
+
+
+@pytest.fixture
+def queued(storage, env):
+    """A webhook route (never called: nothing drains the queue); the lead ids queued."""
+    env(WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET="s3cret", EMAIL_TO="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+
+    def messages() -> list[str]:
+        delivery_queue(get_settings())._ensure()  # none made yet when nothing was queued
+        peeked = delivery_queue(get_settings()).client.peek_messages(max_messages=32)
+        return [json.loads(message.content)["leadId"] for message in peeked]
+
+    return messages
+
+
+@pytest.mark.parametrize("case", ["naming no one", "after the window"])
+def test_a_count_failing_after_the_lead_committed_is_202_with_the_lead_queued(queued, monkeypatch, caplog, case):
+    store = LeadStore.from_settings()
+    store.ensure_tables()
+    if case == "naming no one":  # its content row counts it once it is stored
+        body = {"UserDetails": {"Company": "Contoso"}, "LeadSource": "AppSource"}
+        refused = refuse(monkeypatch, store.leads, "get_entity", row_key="content")
+    else:  # its content row is moved on to the new lead once it is stored
+        body = ANN
+        window = timedelta(hours=get_settings().dedupe_window_hours)
+        store.add_http(from_http_body(body, received_at=datetime.now(timezone.utc) - 2 * window), window)
+        refused = refuse(monkeypatch, store.leads, "update_entity", row_key="content")
+    result = accept_http(json.dumps(body).encode())
+    assert refused, "no count was refused: the test tested nothing"
+    assert (result.status, result.body.get("duplicate")) == (202, False), result.body
+    assert store.get(result.body["leadId"]) is not None
+    assert queued().count(result.body["leadId"]) == 1  # queued now, once
+    assert result.body["leadId"] in caplog.text and leaked(("Ann", "ann.lee@", "Lee"), caplog.text) == []
+
+
+def email_rows(store: LeadStore, address: str) -> list[str]:
+    """The RowKeys of the email index's rows for ``address``."""
+    from leads.identities import address_partition
+
+    rows = store.identities.table.query_entities("PartitionKey eq @p", parameters={"p": address_partition(address)})
+    return sorted(row["RowKey"] for row in rows)
+
+
+def identity_rows(store: LeadStore, lead_id: str) -> list[str]:
+    """The day partitions holding an identity row of ``lead_id`` (a test may scan the table)."""
+    rows = store.identities.table.query_entities("RowKey eq @id", parameters={"id": lead_id})
+    return sorted(row["PartitionKey"] for row in rows)
+
+
+@pytest.mark.parametrize("row", ["timeline entry", "identity rows", "identity rows once"])
+def test_a_row_that_can_be_repaired_failing_before_the_lead_does_not_refuse_it(queued, monkeypatch, caplog, row):
+    from leads.erasure import forget_email
+
+    store = LeadStore.from_settings()
+    store.ensure_tables()
+    if row == "timeline entry":  # `list` reads it; `reindex --again` writes it
+        refused = refuse(monkeypatch, store.index.timeline, "upsert_entity")
+    else:  # `import` and `forget --email` read them; `reindex` writes them
+        refused = refuse(monkeypatch, store.identities.table, "upsert_entity", times=1 if "once" in row else None)
+    result = accept_http(json.dumps(ANN).encode())
+    assert refused, "no write was refused: the test tested nothing"
+    assert (result.status, result.body.get("duplicate")) == (202, False), result.body
+    lead_id = result.body["leadId"]
+    assert store.get(lead_id) is not None and queued() == [lead_id]
+    assert leaked(("Ann", "ann.lee@", "Lee"), caplog.text) == []
+    monkeypatch.undo()
+    if row == "timeline entry":
+        assert f"{lead_id} stored without its timeline entry" in caplog.text
+    elif row == "identity rows once":  # written again once the lead was stored
+        assert email_rows(store, "ann.lee@contoso.example.com") == [f"{lead_id}|lead"]
+        assert store.identities.built()
+    else:  # until `reindex` writes them, `forget --email` reads every row rather than miss this lead
+        assert f"{lead_id} stored without its identity and email rows" in caplog.text
+        assert not store.identities.built()
+        erased = forget_email("ann.lee@contoso.example.com")
+        assert erased.read_every_row and erased.leads == [lead_id]
+
+
+def test_a_lead_whose_open_delivery_entry_cannot_be_written_is_503_and_its_body_kept(queued, monkeypatch, caplog):
+    from leads.erasure import forget_email
+
+    store = LeadStore.from_settings()
+    store.ensure_tables()
+    # Without its entry a delivery whose message is lost is never found again: no lead without it.
+    refused = refuse(monkeypatch, store.index.table, "upsert_entity", prefix="o|")
+    body = json.dumps(ANN).encode()
+    result = accept_http(body)
+    assert refused, "no write was refused: the test tested nothing"
+    assert result.status == 503 and "could not be stored" in result.body["error"] and "again" in result.body["error"]
+    assert store.get(http_lead_id(from_http_body(ANN))) is None and queued() == []
+    kept = store.rejected(result.body["rejectedId"])  # what the marketplace sent is not lost unseen
+    assert (kept["body"], kept["channel"], kept["error"]) == (body, "http", result.body["error"])
+    assert leaked(("Ann", "ann.lee@", "Lee"), caplog.text) == []
+    monkeypatch.undo()
+    assert forget_email("ann.lee@contoso.example.com").rejected == [result.body["rejectedId"]]
+
+
+@pytest.mark.parametrize("again", ["table row read again", "posted again"])
+def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back(storage, env, again):
+    from leads.erasure import forget_lead
+    from leads.normalise import from_table_entity
+
+    env(EMAIL_TO="", WEBHOOK_URL="")
+    store = LeadStore.from_settings()
+    address = "ann.lee@contoso.example.com"
+    # A table row read again: the poll's hourly safety scan, or another process's poll.
+    row = {**json.loads((FIXTURES / "marketplace" / "table-entity-test-lead.json").read_text()),
+               "CustomerInfo": json.dumps({"FirstName": "Ann", "LastName": "Lee", "Email": address,
+                                           "Company": "Contoso"})}  # fmt: skip
+
+    window = timedelta(hours=get_settings().dedupe_window_hours)
+
+    def arrive():
+        if again == "table row read again":
+            return store.add(from_table_entity(row, "Marketplace", received_at=datetime.now(timezone.utc)))
+        return store.add_http(from_http_body(ANN), window)
+
+    first = arrive()
+    assert email_rows(store, address) == [f"{first.lead_id}|lead"] and identity_rows(store, first.lead_id)
+    forget_lead(first.lead_id)
+    assert email_rows(store, address) == [] and identity_rows(store, first.lead_id) == []
+    second = arrive()
+    assert store.get_for_delivery(first.lead_id)[1] is True  # still erased ...
+    assert identity_rows(store, first.lead_id) == []  # ... and nothing names it again
+    if again == "posted again":  # the person sent it again: a new lead, indexed as any other
+        assert not second.duplicate and email_rows(store, address) == [f"{second.lead_id}|lead"]
+    else:
+        assert second.duplicate and email_rows(store, address) == []
+
+
+def test_a_repeat_on_the_next_day_leaves_no_identity_row_once_the_lead_is_forgotten(storage, env):
+    from leads.erasure import forget_lead
+
+    env(EMAIL_TO="", WEBHOOK_URL="", LEADS_DEDUPE_WINDOW_HOURS="24")
+    store = LeadStore.from_settings()
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = store.add_http(from_http_body(ANN, received_at=midnight - timedelta(minutes=10)), timedelta(hours=24))
+    repeat = store.add_http(from_http_body(ANN, received_at=midnight + timedelta(minutes=10)), timedelta(hours=24))
+    assert (repeat.lead_id, repeat.duplicate) == (first.lead_id, True)
+    assert identity_rows(store, first.lead_id) == [f"{midnight - timedelta(minutes=10):%Y-%m-%d}"]
+    forget_lead(first.lead_id)
+    assert identity_rows(store, first.lead_id) == []

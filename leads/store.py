@@ -11,6 +11,10 @@ ETag. The repeat check reads that one row, so it costs the same on the thousandt
 the first. Stores written before it existed are carried forward on first touch (see
 :meth:`LeadStore._carry_forward`). What holds no usable lead (a marketplace row, a refused body)
 is kept as the row ``rejected`` of its own partition.
+
+What is written beside a lead before its insert and after it, and what the failure of each means
+for the answer (only what the lead cannot do without makes it a 503), is in docs/contract.md
+(*When storage fails*).
 """
 
 from __future__ import annotations
@@ -254,13 +258,13 @@ class LeadStore:
         except ResourceNotFoundError:
             return None
 
-    def _after_stored(self, lead_id: str, what: str, write: Callable[[], object]) -> None:
-        """A write about a lead once it is stored, which must not turn the answer into a failure:
-        one that fails is logged (the lead's id and ``what`` it leaves short), never raised."""
+    def _after_stored(self, lead_id: str, what: str, write: Callable[..., object], *args: Any) -> None:
+        """``write(*args)``, about a lead once it is stored, which must not turn the answer into a
+        failure: one that fails is logged (the lead's id and ``what`` it leaves short), never raised."""
         from azure.core.exceptions import AzureError
 
         try:
-            write()
+            write(*args)
         except AzureError as exc:
             log.warning("lead %s stored; %s (%s)", lead_id, what, type(exc).__name__)
 
@@ -275,9 +279,8 @@ class LeadStore:
         digest = http_lead_id(lead)
         if not identifies_person(lead):
             stored = self.add(lead, deliveries)
-            count = lambda: self._count_content(digest, stored.lead_id, lead.received_at)  # noqa: E731
             self._after_stored(stored.lead_id, "not counted on its content (show's count of its content's leads is "
-                               "one short)", count)  # fmt: skip
+                               "one short)", self._count_content, digest, stored.lead_id, lead.received_at)  # fmt: skip
             return stored
         # Most content arrives once: write its first lead and its content row together, and look
         # further only if that lead is there already.
@@ -297,7 +300,7 @@ class LeadStore:
                                latest_at=lead.received_at)  # fmt: skip
                 if not stored.duplicate:
                     self._after_stored(stored.lead_id, "its content's row not moved on to it (the next arrival of the "
-                                       "content does that)", lambda made=made: self._advance(made))  # fmt: skip
+                                       "content does that)", self._advance, made)  # fmt: skip
                     return stored
                 # Already there: a racing arrival made it, or one that died before moving the row on.
                 made_at = self._received_at(candidate.lead_id) or lead.received_at

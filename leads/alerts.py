@@ -11,7 +11,12 @@ the history.
 
 An alert carries no personal data: the errors were masked of the leads' values when recorded, and
 are masked again of anything shaped like an email or a phone number. A failure to send an alert is
-logged and retried at the next sweep: an alert never breaks the delivery it reports.
+logged and retried at the next sweep, ``ALERT_TRIES`` times in all: then the group is dropped with
+a log line saying what it would have said (count, destination, window, first lead ids, why the mail
+failed), so that a mail that can never go out (ACS refusing the sender, the key, the role) neither
+stays forever nor takes a slot of the email rate limit at every sweep. Nothing is lost with it: the
+failed deliveries stay failed, in ``status`` (its recent failures), until replayed. An alert never
+breaks the delivery it reports.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ GRACE = timedelta(seconds=30)
 PARTITION = "alerts"
 FIRST_IDS = 10  # lead ids listed in a mail
 ERRORS = 3  # distinct errors listed in a mail
+# Sweeps that try to mail a group before it is dropped: at one sweep every 2 minutes, about 10
+# minutes of an ACS outage, or of a mail ACS refuses for good, each try taking a rate-limit slot.
+ALERT_TRIES = 5
 
 
 def record_failure(store: LeadStore, delivery: Delivery, now: datetime) -> None:
@@ -71,9 +79,11 @@ def record_failure(store: LeadStore, delivery: Delivery, now: datetime) -> None:
 
 def flush_alerts(store: LeadStore, settings: Settings, now: datetime) -> int:
     """Mail every group whose window has closed; returns how many were mailed. A group stays
-    for the next sweep when the rate limiter has no slot or the mail could not be sent."""
+    for the next sweep when the rate limiter has no slot, or when the mail could not be sent and
+    it has had fewer than ``ALERT_TRIES`` tries; after the last it is dropped (logged)."""
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+    from azure.data.tables import UpdateMode
 
     from .deliver import RateLimiter
     from .routing import split_addresses
@@ -87,9 +97,21 @@ def flush_alerts(store: LeadStore, settings: Settings, now: datetime) -> int:
         if to:
             if RateLimiter(store, "email", settings.email_per_minute, 60.0).acquire(now) is not None:
                 break  # no slot: lead mails and alerts wait alike
-            if not _send(group, entity["RowKey"], to, settings):
+            failure = _send(group, entity["RowKey"], to, settings)
+            tries = int(entity.get("Tries") or 0) + 1
+            if failure is not None and tries < ALERT_TRIES:
+                try:  # under the ETag read: two sweeps racing on one group count one try (one mail key)
+                    store.checkpoints.update_entity({"PartitionKey": PARTITION, "RowKey": entity["RowKey"],
+                                                     "Tries": tries}, mode=UpdateMode.MERGE,
+                                                    etag=entity.metadata["etag"],
+                                                    match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    pass
                 continue
-            sent += 1
+            if failure is not None:
+                _log_dropped(group, tries, failure)
+            else:
+                sent += 1
         try:
             store.checkpoints.delete_entity(PARTITION, entity["RowKey"], etag=entity.metadata["etag"],
                                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
@@ -134,7 +156,8 @@ def alert_text(group: dict[str, Any]) -> tuple[str, str]:
     return subject, "\n".join(lines) + "\n"
 
 
-def _send(group: dict[str, Any], key: str, to: tuple[str, ...], settings: Settings) -> bool:
+def _send(group: dict[str, Any], key: str, to: tuple[str, ...], settings: Settings) -> str | None:
+    """Mail one group; None once ACS took it, else why not (masked of personal data)."""
     subject, text = alert_text(group)
     try:
         from .destinations.email import send_operator_mail
@@ -146,9 +169,18 @@ def _send(group: dict[str, Any], key: str, to: tuple[str, ...], settings: Settin
         explain = getattr(exc, "explain", None)
         reason = mask_personal(explain()) if callable(explain) else type(exc).__name__
         log.warning("alert about %d failures to %s not sent: %s", group["count"], group["destination"], reason)
-        return False
+        return reason
     log.info("alert sent about %d failures to %s", group["count"], group["destination"])
-    return True
+    return None
+
+
+def _log_dropped(group: dict[str, Any], tries: int, failure: str) -> None:
+    """What a group that could not be mailed would have said, in the log (ids only, no one's data)."""
+    start = datetime.fromisoformat(group["start"])
+    log.error("alert about %d failures to %s between %s and %s UTC dropped after %d tries (%s); first leads: %s; "
+              "the deliveries stay failed until replayed: python -m leads status", group["count"],
+              group["destination"], f"{start:%Y-%m-%d %H:%M}", f"{start + ALERT_WINDOW:%H:%M}", tries, failure,
+              ", ".join(group["leads"]) or "none")  # fmt: skip
 
 
 def _window_start(now: datetime) -> datetime:

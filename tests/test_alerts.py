@@ -76,3 +76,28 @@ def test_alerts_wait_for_the_email_rate_like_any_mail(gone_webhook, fake_acs, en
     assert fake_acs.mails == []  # the alert waits for the limit, as lead mails do
     sweep(now=due + timedelta(seconds=70))
     assert len(fake_acs.mails) == 1 and "3 leads" in fake_acs.mails[0]["text"]
+
+
+def test_an_alert_whose_mail_fails_for_good_is_tried_a_bounded_number_of_times_then_dropped(gone_webhook, fake_acs,
+                                                                                          env, caplog):  # fmt: skip
+    from leads.alerts import ALERT_TRIES, PARTITION
+    from leads.operations import status
+
+    env(EMAIL_SENDER="DoNotReply@unlinked.example")  # ACS answers 400 DomainNotLinked: never accepted
+    lead_ids, start = fail_many(gone_webhook, 3)
+    store = LeadStore.from_settings()
+
+    def sends() -> int:
+        return sum(1 for request in fake_acs.requests if request.method == "POST")
+
+    due = start + ALERT_WINDOW + timedelta(minutes=2)
+    for sweep_number in range(ALERT_TRIES + 3):  # every 2 minutes, as the timer does
+        sweep(now=due + timedelta(minutes=2 * sweep_number))
+    assert fake_acs.mails == [] and sends() == ALERT_TRIES  # one try a sweep, then no more
+    assert list(store.checkpoints.query_entities("PartitionKey eq @p", parameters={"p": PARTITION})) == []
+    dropped = [record.getMessage() for record in caplog.records if "dropped" in record.getMessage()]
+    assert len(dropped) == 1 and "3 failures to webhook" in dropped[0] and "DomainNotLinked" in dropped[0]
+    assert leaked(("Jo", "Doe", "fabrikam", "7946", "0958", "ops@contoso.com"), dropped[0]) == []
+    # What it said stays visible: the failed deliveries, in status, until replayed.
+    report = status()
+    assert report.failed == {"webhook": 3} and {d.lead_id for d in report.recent_failures} == set(lead_ids)

@@ -1,29 +1,40 @@
 """Indexes beside the lead store, so that routine work reads what is open, never history.
 
 The lead store keeps one partition per lead: a lead's whole story is one read, but nothing orders
-leads or finds the open ones without reading every row ever stored. Three tables beside it hold
+leads or finds the open ones without reading every row ever stored. Four tables beside it hold
 what the timers and commands need:
 
 - ``<prefix>Index``: what may need someone, in ``SHARDS`` partitions (``s0`` ... ``s3``) chosen by
   lead id, so that one lead's entries share a partition and no partition takes every write:
   ``o|<lead id>|<destination>|<generation>`` for each open delivery (the sweep, ``status``),
-  ``f|<lead id>|<destination>|<generation>`` for each delivery ``replay`` can send (failed, or
-  held back by the backfill limit), ``r|<inverted time>|<lead id>`` for each rejected record;
+  ``f|<lead id>|<destination>|<generation>`` for each failed delivery (``replay``, ``status``),
+  ``r|<inverted time>|<lead id>`` for each rejected record;
+- ``<prefix>Held``: ``h|<lead id>|<destination>|<generation>`` (same shards) for each delivery
+  held back by the backfill limit (``skipped`` as older than ``LEADS_BACKFILL_DAYS``). Those are
+  history until someone replays them (the first poll of a table holding years of rows holds every
+  one), so only ``replay --skipped`` reads them, a page at a time; ``status`` takes their number
+  from a tally (below);
 - ``<prefix>Timeline``: every lead and rejected record, newest first (``<inverted time>|<lead
   id>``, one partition), for ``list``;
 - ``<prefix>Counts``: per-day counters for ``status`` (one of ``COUNTER_SLOTS`` rows a day picked
   at random per change, so concurrent workers rarely meet on one ETag) of what was delivered,
-  failed, skipped and rejected. They record changes, they are not a census: a process that dies
-  between a delivery's change and its count leaves the count one short.
+  failed, skipped and rejected, and in the partition ``held`` (as many slots) the held-back tally
+  per destination: +1 for each held entry this app created, -1 for each it deleted, so it follows
+  the held index without reading it. Both record changes, they are not a census: a process that
+  dies between a change and its count leaves the count one off.
 
-Keeping what grows with history (the timeline, the days) out of the table the sweep reads also
-keeps the sweep's cost flat on Azurite, which answers every query by reading its whole table.
+Keeping what grows with history (the timeline, the days, the held deliveries) out of the table
+the sweep reads also keeps the sweep's cost flat on Azurite, which answers every query by reading
+its whole table.
 
 An entry is written before what it points at, and removed after that moved on. The generation
 (the delivery's ``retry_from``, renewed by each replay) keeps one round of a delivery's entries
 apart from the next, so removing an old round's entry never removes a newer one's. An entry left
 behind by a crash points at something missing, finished or of another generation: whoever reads
-it drops it, with its ETag, so an entry written again meanwhile stays.
+it drops it, with its ETag, so an entry written again meanwhile stays. A version before the held
+index kept held deliveries' entries under ``f|``: whoever reads one there (``status``, ``replay``,
+``replay --skipped``, each of which reads every ``f|`` entry) moves it to the held index
+(:meth:`LeadIndex.carry_forward`), once; ``reindex`` writes held entries there too.
 
 Stores written before the index are indexed once by :meth:`LeadIndex.build` (``python -m leads
 reindex``, or the first sweeps after the upgrade), which reads the lead store from start to end
@@ -44,7 +55,8 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .deliveries import OPEN as OPEN_STATES
-from .deliveries import Delivery, _from_entity, replayable
+from .deliveries import Delivery, _from_entity
+from .routing import held_for_backfill
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -53,7 +65,8 @@ log = logging.getLogger(__name__)
 
 SHARDS = 4
 COUNTER_SLOTS = 16
-REJECTED, OPEN, REPLAYABLE = "r|", "o|", "f|"
+REJECTED, OPEN, REPLAYABLE, HELD = "r|", "o|", "f|", "h|"
+HELD_TALLY = "held"  # the partition of the held-back tally in the counts table
 TIMELINE = "leads"  # the timeline's one partition
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INVERT = 10**18
@@ -100,7 +113,9 @@ def kind_of(delivery: Delivery) -> str | None:
     """The index a delivery in its present state belongs in, if any."""
     if delivery.state in OPEN_STATES:
         return OPEN
-    return REPLAYABLE if replayable(delivery) else None
+    if held_for_backfill(delivery):
+        return HELD
+    return REPLAYABLE if delivery.state == "failed" else None
 
 
 def delivery_row_key(kind: str, delivery: Delivery) -> str:
@@ -130,7 +145,7 @@ def _entry(entity: Mapping[str, Any]) -> Entry:
         partition=entity["PartitionKey"],
         lead_id=entity["LeadId"],
         destination=entity.get("Destination") or "",
-        generation=row_key.rsplit("|", 1)[-1] if row_key[:2] in (OPEN, REPLAYABLE) else "",
+        generation=row_key.rsplit("|", 1)[-1] if row_key[:2] in (OPEN, REPLAYABLE, HELD) else "",
         at=entity.get("At"),
         rejected=bool(entity.get("Rejected")),
         etag=getattr(entity, "metadata", {}).get("etag"),
@@ -141,23 +156,28 @@ class LeadIndex:
     """The index tables: entries written and dropped beside the lead store's writes, read by the
     sweep, ``replay``, ``status`` and ``list``."""
 
-    def __init__(self, table: TableClient, timeline: TableClient, counts: TableClient) -> None:
+    def __init__(self, table: TableClient, timeline: TableClient, counts: TableClient, held: TableClient) -> None:
         self.table = table
         self.timeline = timeline
         self.counters = DayCounters(counts)
+        self.held_table = held
 
     @property
     def tables(self) -> tuple[TableClient, ...]:
-        return self.table, self.timeline, self.counters.table
+        return self.table, self.timeline, self.counters.table, self.held_table
 
     # --- writing beside the lead store ------------------------------------------------------------
 
     def before_add(self, delivery_rows: Iterable[Mapping[str, Any]]) -> None:
         """Index the deliveries a lead about to be stored owes (their rows). Each entry is an
         upsert of its own, which the SDK retries when an answer is lost (it retries no batch)."""
+        held = []
         for delivery in map(_from_entity, delivery_rows):
-            if kind := kind_of(delivery):
+            if (kind := kind_of(delivery)) == HELD:
+                held.append(_delivery_entry(kind, delivery))
+            elif kind:
                 self.table.upsert_entity(_delivery_entry(kind, delivery))
+        self._hold(held)
 
     def add_to_timeline(self, lead_id: str, received_at: datetime) -> None:
         """The time entry of a lead about to be stored (one that is missing, ``reindex --again``
@@ -177,10 +197,10 @@ class LeadIndex:
         entry unless the stored lead has the same time (a marketplace row read twice)."""
         from azure.core.exceptions import AzureError
 
-        keys = [delivery_row_key(kind, d) for d in map(_from_entity, delivery_rows) if (kind := kind_of(d))]
+        owed = [(kind, d) for d in map(_from_entity, delivery_rows) if (kind := kind_of(d))]
         try:
-            for key in keys:
-                _delete(self.table, shard_of(lead_id), key)
+            for kind, delivery in owed:
+                self._remove(kind, delivery.destination, shard_of(lead_id), delivery_row_key(kind, delivery))
             if stored_received_at is None or micros(stored_received_at) != micros(received_at):
                 _delete(self.timeline, TIMELINE, f"{time_key(received_at)}|{lead_id}")
         except AzureError as exc:  # left over, it is dropped by whoever reads it
@@ -195,7 +215,9 @@ class LeadIndex:
     def before_change(self, old: Delivery, new: Delivery) -> None:
         """Before a delivery's conditional write: the entry of the index it moves into."""
         kind = kind_of(new)
-        if kind and (kind, generation(new)) != (kind_of(old), generation(old)):
+        if kind == HELD and (kind, generation(new)) != (kind_of(old), generation(old)):
+            self._hold([_delivery_entry(kind, new)])
+        elif kind and (kind, generation(new)) != (kind_of(old), generation(old)):
             self.table.upsert_entity(_delivery_entry(kind, new))
 
     def after_change(self, old: Delivery, new: Delivery) -> None:
@@ -206,7 +228,7 @@ class LeadIndex:
         kind = kind_of(old)
         try:
             if kind and (kind, generation(old)) != (kind_of(new), generation(new)):
-                _delete(self.table, shard_of(old.lead_id), delivery_row_key(kind, old))
+                self._remove(kind, old.destination, shard_of(old.lead_id), delivery_row_key(kind, old))
         except AzureError as exc:
             log.info("index entry of %s/%s left for the sweep (%s)", old.lead_id, old.destination, type(exc).__name__)
         if new.state != old.state and new.state in ("delivered", "failed", "skipped"):
@@ -214,14 +236,34 @@ class LeadIndex:
 
     def drop(self, entry: Entry) -> None:
         """Remove an entry found pointing at nothing it should, unless it was written again."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        self._remove(entry.row_key[:2], entry.destination, entry.partition, entry.row_key, entry.etag)
 
-        try:
-            self.table.delete_entity(entry.partition, entry.row_key, etag=entry.etag,
-                                     match_condition=MatchConditions.IfNotModified)  # fmt: skip
-        except (ResourceModifiedError, ResourceNotFoundError):
-            pass
+    def carry_forward(self, entry: Entry, delivery: Delivery) -> None:
+        """Move the entry of a held ``delivery`` that a version before the held index kept among
+        the failed ones (``f|``) into the held index. Repeated or raced, it moves it once."""
+        self._hold([_delivery_entry(HELD, delivery)])
+        self.drop(entry)
+
+    def _hold(self, entries: list[dict[str, Any]]) -> None:
+        """Create held entries and add the ones created to the tally. An entry that exists was
+        counted when it was created (a retried call, ``reindex --again``, a second carry forward)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        added: dict[str, int] = {}
+        for entry in entries:
+            try:
+                self.held_table.create_entity(entry)
+            except ResourceExistsError:
+                continue
+            added[entry["Destination"]] = added.get(entry["Destination"], 0) + 1
+        if added:
+            self.counters.add_held(added)
+
+    def _remove(self, kind: str, destination: str, partition: str, row_key: str, etag: str | None = None) -> None:
+        """Delete an entry (if still as read, with ``etag``); a held one deleted leaves the tally."""
+        table = self.held_table if kind == HELD else self.table
+        if _delete(table, partition, row_key, etag) and kind == HELD:
+            self.counters.add_held({destination: -1})
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -230,12 +272,21 @@ class LeadIndex:
         return self._kind(OPEN)
 
     def replayable(self) -> Iterator[Entry]:
-        """Every entry of a delivery ``replay`` can send (and any left over)."""
+        """Every failed delivery's entry (and any left over, and held ones an earlier version put
+        here: see :meth:`carry_forward`)."""
         return self._kind(REPLAYABLE)
 
-    def _kind(self, prefix: str) -> Iterator[Entry]:
+    def held(self, page: int = 100) -> Iterator[Entry]:
+        """Every held delivery's entry (and any left over), read lazily, ``page`` at a time."""
+        return self._kind(HELD, self.held_table, page)
+
+    def held_back(self) -> dict[str, int]:
+        """How many deliveries are held back now, per destination, from the tally."""
+        return self.counters.held()
+
+    def _kind(self, prefix: str, table: TableClient | None = None, page: int | None = None) -> Iterator[Entry]:
         for shard in _shards():
-            yield from _range(self.table, shard, prefix, _after(prefix))
+            yield from _range(table or self.table, shard, prefix, _after(prefix), page)
 
     def newest(self, since: datetime | None = None, until: datetime | None = None, after: str | None = None,
                page: int = 50) -> Iterator[Entry]:  # fmt: skip
@@ -280,7 +331,7 @@ class LeadIndex:
 
     def _index_page(self, entities: list[Mapping[str, Any]]) -> dict[str, int]:
         counts = {"Leads": 0, "Deliveries": 0}
-        pending: dict[str, list[dict[str, Any]]] = {"timeline": [], "index": []}
+        pending: dict[str, list[dict[str, Any]]] = {"timeline": [], "index": [], "held": []}
         for entity in entities:
             entries = entries_for(entity)
             if entries:
@@ -289,6 +340,7 @@ class LeadIndex:
                 pending[table].append(entry)
         upsert_batched(self.timeline, pending["timeline"])
         upsert_batched(self.table, pending["index"])
+        self._hold(pending["held"])  # one by one: the tally counts only the entries created
         return counts
 
 
@@ -348,8 +400,8 @@ def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) ->
 
 
 def entries_for(entity: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The entries, as (``"timeline"`` or ``"index"``, entry), that a row of the lead store calls
-    for: none for a finished delivery, or a row of another kind."""
+    """The entries, as (``"timeline"``, ``"index"`` or ``"held"``, entry), that a row of the lead
+    store calls for: none for a finished delivery, or a row of another kind."""
     row_key: str = entity["RowKey"]
     lead_id: str = entity["PartitionKey"]
     if row_key == "lead" and entity.get("ReceivedAt"):
@@ -360,19 +412,36 @@ def entries_for(entity: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if row_key.startswith("delivery|") and entity.get("State"):
         delivery = _from_entity(entity)
         kind = kind_of(delivery)
-        return [("index", _delivery_entry(kind, delivery))] if kind else []
+        return [("held" if kind == HELD else "index", _delivery_entry(kind, delivery))] if kind else []
     return []
 
 
 class DayCounters:
     """Per-day counts of changes (``<destination>_<state>``, ``intake_rejected``), kept in
-    ``COUNTER_SLOTS`` rows a day and changed with ETags; reading a window reads its rows only."""
+    ``COUNTER_SLOTS`` rows a day and changed with ETags; reading a window reads its rows only.
+    Beside them, the held-back tally (``<destination>``), in ``COUNTER_SLOTS`` rows of its own."""
 
     def __init__(self, table: TableClient) -> None:
         self.table = table
 
     def add(self, counts: Mapping[str, int], at: datetime) -> None:
         """Add ``counts`` to the day of ``at``. Never raises: a count is not worth a delivery."""
+        self._add(f"count|{at.astimezone(UTC):%Y-%m-%d}", counts)
+
+    def add_held(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (negative: taken away) to the held-back tally. Never raises."""
+        self._add(HELD_TALLY, counts)
+
+    def held(self) -> dict[str, int]:
+        """The held-back tally per destination (those above zero): ``COUNTER_SLOTS`` rows at most."""
+        totals: dict[str, int] = {}
+        for row in self.table.query_entities("PartitionKey eq @held", parameters={"held": HELD_TALLY}):
+            for name, value in row.items():
+                if name not in ("PartitionKey", "RowKey") and isinstance(value, int):
+                    totals[name] = totals.get(name, 0) + value
+        return {name: count for name, count in sorted(totals.items()) if count > 0}
+
+    def _add(self, partition: str, counts: Mapping[str, int]) -> None:
         from azure.core.exceptions import AzureError
 
         from .storage import RowKeptChanging, change_row
@@ -380,14 +449,14 @@ class DayCounters:
         def added(row: Mapping[str, Any] | None) -> dict[str, int]:
             return {name: int((row or {}).get(name) or 0) + n for name, n in counts.items()}
 
-        # The day's writers are spread over its slots, so that they seldom meet on one row.
-        day, slot = f"count|{at.astimezone(UTC):%Y-%m-%d}", f"{random.randrange(COUNTER_SLOTS):02d}"
+        # The writers are spread over the slots, so that they seldom meet on one row.
+        slot = f"{random.randrange(COUNTER_SLOTS):02d}"
         try:
-            change_row(self.table, day, slot, added, tries=20)
+            change_row(self.table, partition, slot, added, tries=20)
         except RowKeptChanging:
-            log.warning("a day counter kept changing under this update; %s not counted", ", ".join(counts))
+            log.warning("a counter kept changing under this update; %s not counted", ", ".join(counts))
         except AzureError as exc:
-            log.warning("day counters not updated (%s)", type(exc).__name__)
+            log.warning("counters not updated (%s)", type(exc).__name__)
 
     def window(self, days: int, now: datetime | None = None) -> dict[str, dict[str, int]]:
         """``{group: {state: count}}`` over the last ``days`` days (today included)."""
@@ -419,13 +488,17 @@ def _range(table: TableClient, partition: str, low: str, high: str, page: int | 
         return  # no table yet: nothing stored yet
 
 
-def _delete(table: TableClient, partition: str, row_key: str) -> None:
-    from azure.core.exceptions import ResourceNotFoundError
+def _delete(table: TableClient, partition: str, row_key: str, etag: str | None = None) -> bool:
+    """Delete a row (only if unchanged since read, given its ``etag``); whether this call deleted it."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
+    condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
     try:
-        table.delete_entity(partition, row_key)
-    except ResourceNotFoundError:
-        pass
+        table.delete_entity(partition, row_key, **condition)
+    except (ResourceModifiedError, ResourceNotFoundError):
+        return False
+    return True
 
 
 def _shards() -> list[str]:

@@ -1,8 +1,9 @@
 """What operators do with deliveries: see their state, replay failures, and the sweep that
 re-queues deliveries whose message was lost.
 
-Each reads the index (``leads/index.py``): the open deliveries, the ones ``replay`` can send, and
-per-day counters, never the history of every lead ever stored.
+Each reads the index (``leads/index.py``): the open deliveries, the failed ones, per-day counters
+and the held-back tally, never the history of every lead ever stored. Deliveries held back by
+``LEADS_BACKFILL_DAYS`` are history until replayed: only ``replay --skipped`` reads their index.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .deliveries import FINAL, Delivery, replayable
+from .deliveries import FINAL, Delivery
 from .index import Entry, generation
 from .queue import delivery_queue
+from .routing import held_for_backfill
 from .settings import Settings, get_settings
 from .store import LeadStore
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +82,15 @@ def replay(lead_id: str | None = None, destination: str | None = None,
            settings: Settings | None = None, skipped: bool = False) -> list[Delivery]:  # fmt: skip
     """Deliver failed deliveries again (never a delivered one), with a fresh retry window; a
     lead's own (``lead_id``) also when held as older than ``LEADS_BACKFILL_DAYS``, and with
-    ``skipped`` only those held ones. Without a lead, reads the replay index."""
-    from .routing import held_for_backfill
-
+    ``skipped`` only those held ones. Without a lead, reads the failed index, or with ``skipped``
+    the held one, a page at a time."""
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
-    candidates = store.deliveries.for_lead(lead_id) if lead_id else _replayable(store, destination)
+    if lead_id:
+        candidates = store.deliveries.for_lead(lead_id)
+    else:
+        candidates = _held(store, destination) if skipped else _failed(store, destination)
     replayed = []
     now = datetime.now(UTC)
     for delivery in candidates:
@@ -99,12 +106,30 @@ def replay(lead_id: str | None = None, destination: str | None = None,
     return replayed
 
 
-def _replayable(store: LeadStore, destination: str | None = None):
+def _failed(store: LeadStore, destination: str | None = None) -> Iterator[Delivery]:
+    """The failed deliveries, from their index. A held one found there was indexed by a version
+    before the held index: it moves there, so it is read here this once."""
     for entry in list(store.index.replayable()):
         if destination and entry.destination != destination:
             continue
         delivery = _current(store, entry)
-        if delivery is None or not replayable(delivery):
+        if delivery is not None and held_for_backfill(delivery):
+            store.index.carry_forward(entry, delivery)
+        elif delivery is None or delivery.state != "failed":
+            store.index.drop(entry)
+        else:
+            yield delivery
+
+
+def _held(store: LeadStore, destination: str | None = None) -> Iterator[Delivery]:
+    """The held deliveries, from their index, a page at a time (each replayed leaves it)."""
+    for _ in _failed(store):  # first, any an earlier version indexed among the failed ones
+        pass
+    for entry in store.index.held():
+        if destination and entry.destination != destination:
+            continue
+        delivery = _current(store, entry)
+        if delivery is None or not held_for_backfill(delivery):
             store.index.drop(entry)
         else:
             yield delivery
@@ -139,12 +164,12 @@ class Status:
 
 def status(settings: Settings | None = None, failures: int = 10, days: int = 7, rejections: int = 5) -> Status:
     """What changed over the last ``days`` days (day counters: delivered, failed, skipped per
-    destination, rejected records), what is open or failed now (the indexes), the oldest open
-    delivery, the latest failures and rejections."""
+    destination, rejected records), what is open or failed now (the indexes), how many are held
+    back (the tally), the oldest open delivery, the latest failures and rejections."""
     store = LeadStore.from_settings(settings or get_settings())
     store.ensure_tables()
     report = Status(days=days, counts=store.index.counters.window(days), index_built=store.index.built())
-    open_entries, failed_entries = list(store.index.open()), list(store.index.replayable())
+    open_entries = list(store.index.open())
     for entry in open_entries:
         report.open[entry.destination] = report.open.get(entry.destination, 0) + 1
     never = datetime.max.replace(tzinfo=UTC)
@@ -153,16 +178,12 @@ def status(settings: Settings | None = None, failures: int = 10, days: int = 7, 
         if report.oldest_pending and report.oldest_pending.state not in FINAL:
             break
         report.oldest_pending = None
-    for entry in sorted(failed_entries, key=lambda e: e.at or never, reverse=True):
-        delivery = _current(store, entry)
-        if delivery is None or not replayable(delivery):
-            continue
-        tally = report.failed if delivery.state == "failed" else report.held_back
-        tally[delivery.destination] = tally.get(delivery.destination, 0) + 1
-        if delivery.state == "failed" and len(report.recent_failures) < failures:
-            report.recent_failures.append(delivery)
-    report.open, report.failed, report.held_back = (dict(sorted(d.items())) for d in
-                                                    (report.open, report.failed, report.held_back))  # fmt: skip
+    failed = sorted(_failed(store), key=lambda d: d.updated_at or never, reverse=True)
+    for delivery in failed:
+        report.failed[delivery.destination] = report.failed.get(delivery.destination, 0) + 1
+    report.recent_failures = failed[:failures]
+    report.held_back = store.index.held_back()
+    report.open, report.failed = dict(sorted(report.open.items())), dict(sorted(report.failed.items()))
     for entry in store.index.rejected(rejections):
         rejected = store.rejected(entry.lead_id)
         if rejected:

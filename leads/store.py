@@ -112,7 +112,8 @@ class LeadStore:
         self.service = service
         self.leads: TableClient = service.get_table_client(prefix)
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
-        self.index = LeadIndex(*(service.get_table_client(prefix + name) for name in ("Index", "Timeline", "Counts")))
+        self.index = LeadIndex(*(service.get_table_client(prefix + name)
+                                 for name in ("Index", "Timeline", "Counts", "Held")))  # fmt: skip
         self.deliveries = DeliveryBook(self.leads, self.index)
         self.identities = IdentityIndex(service.get_table_client(f"{prefix}Identities"), self.leads, self.checkpoints)
         self._created = False

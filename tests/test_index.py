@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,6 +18,7 @@ from azure.data.tables import TableServiceClient
 
 from leads import cli
 from leads.deliveries import new_delivery_entity
+from leads.index import OPEN, delivery_row_key, shard_of
 from leads.normalise import from_http_body
 from leads.operations import STALE, replay, status, sweep
 from leads.queue import delivery_queue
@@ -152,7 +155,8 @@ def test_deliveries_held_back_by_the_backfill_limit_are_replayed_from_the_index(
     app.add(lead, plan(lead, get_settings()))
     held = app.deliveries.change(app.deliveries.get(lead.lead_id, "webhook"), state="skipped",
                                  last_error=f"{BACKFILL_REASON} (7) when taken in")  # fmt: skip
-    assert held and [entry.lead_id for entry in app.index.replayable()] == [lead.lead_id]
+    assert held and [entry.lead_id for entry in app.index.held()] == [lead.lead_id]
+    assert list(app.index.replayable()) == []
     report = status()
     assert report.held_back == {"webhook": 1} and report.failed == {} and report.open == {}
 
@@ -160,6 +164,95 @@ def test_deliveries_held_back_by_the_backfill_limit_are_replayed_from_the_index(
     assert [d.lead_id for d in replay(destination="webhook", skipped=True)] == [lead.lead_id]
     assert app.deliveries.get(lead.lead_id, "webhook").state == "pending"
     assert queued() == [(lead.lead_id, "webhook")]
+
+
+def hold(store: LeadStore, count: int) -> list[str]:
+    """Take in ``count`` leads older than LEADS_BACKFILL_DAYS, as the first poll of a table holding
+    years of rows does: stored, each delivery held back (``skipped`` with the backfill reason)."""
+    from leads.routing import hold_backfill
+
+    settings, ids = get_settings(), []
+    for _ in range(count):
+        lead = from_http_body({**EXAMPLE, "OfferTitle": f"Offer {uuid.uuid4().hex}"},
+                              received_at=datetime.now(timezone.utc) - timedelta(days=400))  # fmt: skip
+        store.add(lead, hold_backfill(lead, plan(lead, settings), settings))
+        ids.append(lead.lead_id)
+    return ids
+
+
+def test_status_and_replay_read_no_held_back_history(app):
+    leads_table, held_table = app.leads.table_name, f"{get_settings().table_prefix}Held"
+    reads, held = {}, []
+    for count in (10, 40):
+        held += hold(app, count - len(held))
+        with counting_table_reads() as reported:
+            report = status()
+        with counting_table_reads() as replayed:
+            assert replay() == []  # a plain replay sends failures only
+        assert report.held_back == {"webhook": count} and report.failed == {} and report.open == {}
+        # Held-back leads are history until replayed: status and replay read none of them, nor
+        # their index; status reads the tally, at most COUNTER_SLOTS rows.
+        assert (reported.of(leads_table), replayed.of(leads_table)) == (0, 0)
+        assert (reported.of(held_table), replayed.of(held_table)) == (0, 0)
+        reads[count] = (sum(reported.requests.values()), replayed.total)
+    assert reads[10] == reads[40]
+
+    assert sorted(d.lead_id for d in replay(skipped=True)) == sorted(held)  # read from the held index
+    assert queued() == sorted((lead_id, "webhook") for lead_id in held)
+    assert status().held_back == {} and list(app.index.held()) == []
+
+
+def test_a_held_lead_taken_in_twice_is_counted_once(app):
+    from leads.routing import hold_backfill
+
+    settings = get_settings()
+    lead = lead_at(1, received_at=datetime.now(timezone.utc) - timedelta(days=400))
+    for _ in range(2):  # a marketplace row read again by the poll's overlap
+        app.add(lead, hold_backfill(lead, plan(lead, settings), settings))
+    assert status().held_back == {"webhook": 1} and [e.lead_id for e in app.index.held()] == [lead.lead_id]
+    assert [d.lead_id for d in replay(lead_id=lead.lead_id)] == [lead.lead_id]  # replay --lead sends it too
+    assert status().held_back == {} and list(app.index.held()) == []
+
+
+def test_held_entries_an_earlier_version_kept_among_the_failed_ones_are_moved_to_the_held_index(app):
+    from leads.deliveries import _to_entity as delivery_entity
+    from leads.index import REPLAYABLE, _delivery_entry
+    from leads.routing import BACKFILL_REASON
+
+    ids = []
+    for index in range(3):  # as the version before the held index left them: held, entry under f|
+        lead = lead_at(index)
+        app.add(lead, plan(lead, get_settings()))
+        pending = app.deliveries.get(lead.lead_id, "webhook")
+        held = replace(pending, state="skipped", last_error=f"{BACKFILL_REASON} (7) when taken in")
+        app.leads.update_entity(delivery_entity(held))
+        app.index.table.delete_entity(shard_of(lead.lead_id), delivery_row_key(OPEN, pending))
+        app.index.table.upsert_entity(_delivery_entry(REPLAYABLE, held))
+        ids.append(lead.lead_id)
+
+    assert status().held_back == {"webhook": 3}  # the first status moves them, reading each once
+    assert list(app.index.replayable()) == [] and sorted(e.lead_id for e in app.index.held()) == sorted(ids)
+    with counting_table_reads() as reported:
+        assert status().held_back == {"webhook": 3}
+    assert reported.of(app.leads.table_name) == 0  # moved: not read again
+    assert sorted(d.lead_id for d in replay(skipped=True)) == sorted(ids)
+    assert status().held_back == {}
+
+
+def test_replay_skipped_also_finds_held_entries_not_moved_yet(app):
+    from leads.deliveries import _to_entity as delivery_entity
+    from leads.index import REPLAYABLE, _delivery_entry
+    from leads.routing import BACKFILL_REASON
+
+    lead = lead_at(1)
+    app.add(lead, plan(lead, get_settings()))
+    pending = app.deliveries.get(lead.lead_id, "webhook")
+    held = replace(pending, state="skipped", last_error=f"{BACKFILL_REASON} (7) when taken in")
+    app.leads.update_entity(delivery_entity(held))
+    app.index.table.delete_entity(shard_of(lead.lead_id), delivery_row_key(OPEN, pending))
+    app.index.table.upsert_entity(_delivery_entry(REPLAYABLE, held))
+    assert [d.lead_id for d in replay(skipped=True)] == [lead.lead_id]  # no status ran in between
+    assert queued() == [(lead.lead_id, "webhook")] and status().held_back == {}
 
 
 def test_a_duplicate_leaves_no_entries_behind(app):

@@ -214,21 +214,25 @@ def test_a_held_lead_taken_in_twice_is_counted_once(app):
     assert status().held_back == {} and list(app.index.held()) == []
 
 
-def test_held_entries_an_earlier_version_kept_among_the_failed_ones_are_moved_to_the_held_index(app):
+def held_the_old_way(store: LeadStore, index: int) -> str:
+    """A lead held back as the version before the held index left it: its delivery ``skipped``
+    with the backfill reason, its entry among the failed ones (``f|``). Returns its id."""
     from leads.deliveries import _to_entity as delivery_entity
     from leads.index import REPLAYABLE, _delivery_entry
     from leads.routing import BACKFILL_REASON
 
-    ids = []
-    for index in range(3):  # as the version before the held index left them: held, entry under f|
-        lead = lead_at(index)
-        app.add(lead, plan(lead, get_settings()))
-        pending = app.deliveries.get(lead.lead_id, "webhook")
-        held = replace(pending, state="skipped", last_error=f"{BACKFILL_REASON} (7) when taken in")
-        app.leads.update_entity(delivery_entity(held))
-        app.index.table.delete_entity(shard_of(lead.lead_id), delivery_row_key(OPEN, pending))
-        app.index.table.upsert_entity(_delivery_entry(REPLAYABLE, held))
-        ids.append(lead.lead_id)
+    lead = lead_at(index)
+    store.add(lead, plan(lead, get_settings()))
+    pending = store.deliveries.get(lead.lead_id, "webhook")
+    held = replace(pending, state="skipped", last_error=f"{BACKFILL_REASON} (7) when taken in")
+    store.leads.update_entity(delivery_entity(held))
+    store.index.table.delete_entity(shard_of(lead.lead_id), delivery_row_key(OPEN, pending))
+    store.index.table.upsert_entity(_delivery_entry(REPLAYABLE, held))
+    return lead.lead_id
+
+
+def test_held_entries_an_earlier_version_kept_among_the_failed_ones_are_moved_to_the_held_index(app):
+    ids = [held_the_old_way(app, index) for index in range(3)]
 
     assert status().held_back == {"webhook": 3}  # the first status moves them, reading each once
     assert list(app.index.replayable()) == [] and sorted(e.lead_id for e in app.index.held()) == sorted(ids)
@@ -240,19 +244,9 @@ def test_held_entries_an_earlier_version_kept_among_the_failed_ones_are_moved_to
 
 
 def test_replay_skipped_also_finds_held_entries_not_moved_yet(app):
-    from leads.deliveries import _to_entity as delivery_entity
-    from leads.index import REPLAYABLE, _delivery_entry
-    from leads.routing import BACKFILL_REASON
-
-    lead = lead_at(1)
-    app.add(lead, plan(lead, get_settings()))
-    pending = app.deliveries.get(lead.lead_id, "webhook")
-    held = replace(pending, state="skipped", last_error=f"{BACKFILL_REASON} (7) when taken in")
-    app.leads.update_entity(delivery_entity(held))
-    app.index.table.delete_entity(shard_of(lead.lead_id), delivery_row_key(OPEN, pending))
-    app.index.table.upsert_entity(_delivery_entry(REPLAYABLE, held))
-    assert [d.lead_id for d in replay(skipped=True)] == [lead.lead_id]  # no status ran in between
-    assert queued() == [(lead.lead_id, "webhook")] and status().held_back == {}
+    lead_id = held_the_old_way(app, 1)
+    assert [d.lead_id for d in replay(skipped=True)] == [lead_id]  # no status ran in between
+    assert queued() == [(lead_id, "webhook")] and status().held_back == {}
 
 
 def test_a_duplicate_leaves_no_entries_behind(app):

@@ -9,8 +9,8 @@ or finished, and does nothing.
 States: ``pending`` → ``sending`` → ``delivered``; ``sending`` → ``retrying`` → ``sending`` ...;
 ``sending`` → ``failed`` (permanent, or retried past ``LEADS_RETRY_HOURS``); ``skipped`` (nothing
 to send, e.g. no email recipients, or a lead older than ``LEADS_BACKFILL_DAYS``). ``replay`` turns
-``failed``, and ``skipped`` for age, back into ``pending`` (see :func:`replayable`). Each change also
-keeps the index (``leads/index.py``) in step: which deliveries are open, which ``replay`` can send.
+``failed``, and ``skipped`` for age, back into ``pending``. Each change also keeps the index
+(``leads/index.py``, :func:`~leads.index.kind_of`) in step: which deliveries are open, failed or held.
 """
 
 from __future__ import annotations
@@ -77,14 +77,6 @@ NO_RECIPIENTS = {
     "teams": "no Teams channel: set TEAMS_WEBHOOK_URL, or a teams channel in the matching routing rule",
     "slack": "no Slack channel: set SLACK_WEBHOOK_URL, or a slack channel in the matching routing rule",
 }
-
-
-def replayable(delivery: Delivery) -> bool:
-    """Whether ``replay`` can send this delivery (again), and so whether the replay index lists it:
-    a failed delivery, or one held as older than ``LEADS_BACKFILL_DAYS`` (not owed nothing)."""
-    from .routing import held_for_backfill
-
-    return delivery.state == "failed" or held_for_backfill(delivery)
 
 
 def initial_state(destination: str, route: Route) -> str:

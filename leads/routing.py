@@ -32,12 +32,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .destinations.base import Route
-from .model import Lead
+from .model import Lead, Route
+from .rows import BACKFILL_REASON
 from .settings import DEFAULT_CHANNEL
 
 if TYPE_CHECKING:
-    from .deliveries import Delivery
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -202,9 +201,6 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
     return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads, defaults)
 
 
-BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"
-
-
 def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
                   now: datetime | None = None) -> dict[str, Route]:  # fmt: skip
     """``routes``, each held when the lead is older than ``LEADS_BACKFILL_DAYS`` by its received
@@ -218,8 +214,3 @@ def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
               f"{lead.received_at:%Y-%m-%d %H:%M} UTC; stored, not delivered. `python -m leads replay "
               f"--lead {lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
-
-
-def held_for_backfill(delivery: Delivery) -> bool:
-    """Whether a delivery was stored skipped by :func:`hold_backfill` (``replay`` delivers it)."""
-    return delivery.state == "skipped" and (delivery.last_error or "").startswith(BACKFILL_REASON)

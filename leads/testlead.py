@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .deliveries import FINAL
 from .normalise import table_lead_id
+from .rows import FINAL
 from .settings import get_settings
 from .store import LeadStore
 

@@ -60,6 +60,13 @@ def sweep_deliveries(timer: func.TimerRequest) -> None:
     sweep()
 
 
+@app.timer_trigger(schedule="%LEADS_VERIFY_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def maintain_store(timer: func.TimerRequest) -> None:
+    from leads.operations import maintain
+
+    maintain()
+
+
 @app.timer_trigger(schedule="%LEADS_RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def erase_expired_leads(timer: func.TimerRequest) -> None:
     from leads.erasure import apply_retention

@@ -60,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--skipped", action="store_true",
                         help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
 
+    verify = commands.add_parser("verify", help="compare every index entry, count, identity and email row with the "
+                                 "leads and deliveries they describe; report each difference by kind")  # fmt: skip
+    verify.add_argument("--since", type=_positive, metavar="DAYS", dest="since_days",
+                        help="only the leads of the last DAYS days (and every open or failed delivery); default: "
+                        "the whole store")  # fmt: skip
+    verify.add_argument("--repair", action="store_true", help="mend each difference found")
+    verify.add_argument("--json", action="store_true", help="the report as JSON, each difference with its ids")
+
     reindex = commands.add_parser("reindex", help="index the leads of a store written before the indexes (once)")
     reindex.add_argument("--again", action="store_true", help="read the whole store once more")
 
@@ -110,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_local_settings(args.settings)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
-                "replay": _replay, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
+                "replay": _replay, "verify": _verify, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
                 "forget": _forget, "import": _import}  # fmt: skip
     return handlers[args.command](args)
 
@@ -229,6 +237,9 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     if not report.index_built:
         print("The index is still being built (python -m leads reindex): deliveries from before it may be missing.\n")
+    if not report.held_back_counted:
+        print("Held-back deliveries are still being counted (a store from before their tally): the figure grows "
+              "until the maintenance run or python -m leads reindex has counted them.\n")  # fmt: skip
     destinations = sorted(set(report.open) | set(report.failed) | set(report.held_back))
     print("Now:" if destinations else "Now: nothing open or failed.")
     for name in destinations:
@@ -251,7 +262,35 @@ def _status(args: argparse.Namespace) -> int:
         for rejected in report.recent_rejections:
             print(f"  {rejected['leadId']} {rejected['receivedAt'][:19].replace('T', ' ')} "
                   f"{_cut(rejected['error'], 90)}")  # fmt: skip
+    if verified := report.verified:
+        found = ", ".join(f"{kind} {n}" for kind, n in verified["differences"].items()) or "no difference"
+        print(f"\nLast verify ({verified['at'][:19].replace('T', ' ')} UTC): {found}"
+              + (f", {verified['repaired']} repaired" if verified["repaired"] else ""))  # fmt: skip
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    def progress(report) -> None:
+        print(f"\rverified {sum(report.checked.values())} rows...", end="", file=sys.stderr, flush=True)
+
+    report = verify(since_days=args.since_days, repair=args.repair,
+                    progress=progress if sys.stderr.isatty() else None)  # fmt: skip
+    if sys.stderr.isatty():
+        print("\r", end="", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 1 if report.differences and not args.repair else 0
+    scope = f"the last {args.since_days} days and the open work" if args.since_days else "the whole store"
+    print(f"Verified {scope}: " + ", ".join(f"{n} {what}" for what, n in sorted(report.checked.items())) + ".")
+    for difference in report.differences:
+        print(f"  {difference.kind}: {difference.about}" + (" (repaired)" if difference.repaired else ""))
+    if not report.differences:
+        print("No difference: every derived row agrees with what it describes.")
+    elif not args.repair:
+        print(f"{len(report.differences)} differences; python -m leads verify --repair mends them.")
+    return 1 if report.differences and not args.repair else 0
 
 
 def _replay(args: argparse.Namespace) -> int:

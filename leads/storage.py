@@ -7,13 +7,17 @@ connection string, or nothing, with identity-based settings beside it
 importing ``function_app`` stays cheap.
 
 :func:`change_row` is the one read, change and conditional write of a row that several writers
-may change at once (counters, the rate limiter's slots, alert groups).
+may change at once (counters, the rate limiter's slots, alert groups); :func:`delete_row` the one
+delete that says whether it found the row; :func:`read_store_once` the one resumable read of a
+whole table (``reindex``, ``verify``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -135,3 +139,80 @@ def change_row(table: TableClient, partition: str, row_key: str,
         except (ResourceExistsError, ResourceModifiedError):
             continue
     raise RowKeptChanging(f"the row {partition}/{row_key} of {table.table_name} kept changing over {tries} tries")
+
+
+# The most operations one entity group transaction may hold.
+TRANSACTION_LIMIT = 100
+
+
+def delete_row(table: TableClient, partition: str, row_key: str, etag: str | None = None) -> bool:
+    """Delete a row (only if unchanged since read, given its ``etag``); whether this call found and
+    deleted it. ``TableClient.delete_entity`` returns on a 404 without saying so (azure-data-tables
+    12.x, tested in tests/test_storage.py), so the delete goes as a one-operation transaction, which
+    fails on a missing row and on a changed one."""
+    from azure.core import MatchConditions
+    from azure.data.tables import TableTransactionError
+
+    condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+    try:
+        table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row_key}, condition)])
+    except TableTransactionError as exc:
+        if exc.status_code in (404, 412):
+            return False
+        raise
+    return True
+
+
+def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:
+    """Upsert ``entities``, in one transaction per partition and :data:`TRANSACTION_LIMIT` rows
+    (the last of two with one key wins)."""
+    partitions: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for entity in entities:
+        partitions.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
+    for rows in partitions.values():
+        unique = list(rows.values())
+        for start in range(0, len(unique), TRANSACTION_LIMIT):
+            table.submit_transaction([("upsert", entity) for entity in unique[start:start + TRANSACTION_LIMIT]])
+
+
+def checkpoint_of(table: TableClient, key: tuple[str, str]) -> dict[str, Any]:
+    """A checkpoint row (see :func:`read_store_once`); empty if there is none."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return dict(table.get_entity(*key))
+    except ResourceNotFoundError:
+        return {}
+
+
+def mark_done(table: TableClient, key: tuple[str, str]) -> None:
+    """Record a read of the whole store as complete (a new store has nothing from before)."""
+    table.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], "Done": True, "DoneAt": datetime.now(UTC)})
+
+
+def read_store_once(leads: TableClient, checkpoints: TableClient, key: tuple[str, str],
+                    read_page: Callable[[list[Mapping[str, Any]]], Mapping[str, int]], counts: Iterable[str],
+                    seconds: float | None = None, again: bool = False, page: int = 1000) -> dict[str, Any]:  # fmt: skip
+    """Hand every row of the table ``leads`` to ``read_page``, a page at a time, from start to end
+    once, resuming where the last call stopped, for at most ``seconds`` (None: to the end).
+    ``read_page`` returns what it did (``counts`` names the figures); the place and the totals are
+    saved in the row ``key`` of ``checkpoints`` after each page, so a read cut short, or two at
+    once, only repeat work. ``again``: from the start once more."""
+    meta = {} if again else checkpoint_of(checkpoints, key)
+    if meta.get("Done"):
+        return meta
+    started = time.monotonic()
+    last = meta.get("ResumeFrom") or ""
+    progress = {name: int(meta.get(name) or 0) for name in counts}
+    query = leads.query_entities("PartitionKey ge @resume", parameters={"resume": last}, results_per_page=page)
+    for entities in query.by_page():
+        entities = list(entities)
+        for name, count in read_page(entities).items():
+            progress[name] += count
+        last = entities[-1]["PartitionKey"] if entities else last
+        checkpoints.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], "ResumeFrom": last, **progress})
+        if seconds is not None and time.monotonic() - started > seconds:
+            return {"ResumeFrom": last, **progress, "Done": False}
+    meta = {"ResumeFrom": last, **progress, "Done": True, "DoneAt": datetime.now(UTC)}
+    checkpoints.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], **meta})
+    return meta

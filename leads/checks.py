@@ -38,10 +38,13 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
 def storage_check(settings: Settings) -> Check:
     from azure.core.exceptions import AzureError
 
+    from .deadlines import PROBE_SECONDS
+    from .http import deadline
     from .store import LeadStore
 
     try:
-        LeadStore.from_settings(settings).ping()
+        with deadline(PROBE_SECONDS):  # /api/health, /api/status and check answer in seconds all the same
+            LeadStore.from_settings(settings).ping()
     except (AzureError, ValueError) as exc:
         return Check(False, f"the app's storage cannot be used ({type(exc).__name__})",
                      "check AzureWebJobsStorage (or its __tableServiceUri and the identity's roles)")  # fmt: skip

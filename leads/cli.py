@@ -112,7 +112,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
                 "replay": _replay, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
                 "forget": _forget, "import": _import}  # fmt: skip
+    if args.command in ("list", "show", "status") and not getattr(args, "all", False):
+        return _waited_on(handlers[args.command], args)
     return handlers[args.command](args)
+
+
+def _waited_on(handler, args: argparse.Namespace) -> int:
+    """A command a person waits on, read within ``COMMAND_SECONDS`` (``list --all``, an export,
+    and the commands that do work rather than read it, take what their storage calls take)."""
+    from azure.core.exceptions import AzureError
+
+    from .deadlines import COMMAND_SECONDS
+    from .http import deadline, remaining
+
+    with deadline(COMMAND_SECONDS):
+        try:
+            return handler(args)
+        except AzureError as exc:
+            late = f"no answer within {COMMAND_SECONDS:g} s, " if remaining() == 0 else ""
+            print(f"{args.command}: the app's storage failed ({late}{type(exc).__name__}); try again, or see "
+                  "`python -m leads check`", file=sys.stderr)  # fmt: skip
+            return 1
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 # (``leads/http.py``).
 TABLE_RETRY = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 2}
 QUEUE_RETRY = {"retry_total": 3, "initial_backoff": 0, "increment_base": 1.25, "random_jitter_range": 0.25}
-# The managed identity's token endpoint (App Service's, on the host): 2 retries, waiting 0 and 1 s.
-IDENTITY_RETRY = {"retry_total": 2, "retry_backoff_factor": 0.5, "retry_backoff_max": 2}
+# The managed identity's token endpoint (App Service's, on the host): one retry, at once (azure-core
+# waits before the second retry only). Its policy cannot be swapped for one that stops waiting at
+# the deadline (azure-identity builds it), so it has no wait to stop: a storage call retried after
+# the deadline asks for a token again, and a wait there would be paid once per retry.
+IDENTITY_RETRY = {"retry_total": 1}
 # Seconds to connect, and to wait for the next byte. A client given a transport uses it as built
 # (its own connection_timeout and read_timeout options never reach it; requests' default is 300 s),
 # so the transport is given them.

@@ -4,7 +4,7 @@ client itself, not from the options the app passes.
 Each SDK reads its own options (``leads/retries.py``): the Storage Queues SDK ignores azure-core's
 ``retry_backoff_factor`` and waited 18, 24 and 42 s (± 3 s) between its tries by default; a client
 given a transport ignores its own ``connection_timeout``/``read_timeout`` (the transport kept
-requests' 300 s); azure-identity's credentials retry 10 times. So each client's pipeline is taken
+requests' 300 s); azure-identity's credentials retry 10 times, waiting up to 2 minutes. So each client's pipeline is taken
 from the built client and its retry policy run against a service that answers 503 every time:
 the tries it makes and the waits it asks for are what the SDK will really do.
 """
@@ -80,9 +80,9 @@ BOUNDS = {
     "table": (4, 3.0, (5, 20)),
     "queue service": (4, 6.0, (5, 20)),
     "delivery queue": (4, 6.0, (5, 20)),
-    "storage identity (user-assigned)": (3, 1.0, (2, 5)),
-    "storage identity (default credential)": (3, 1.0, (2, 5)),
-    "ACS email identity": (3, 1.0, (2, 5)),
+    "storage identity (user-assigned)": (2, 0.0, (2, 5)),
+    "storage identity (default credential)": (2, 0.0, (2, 5)),
+    "ACS email identity": (2, 0.0, (2, 5)),
     "ACS email": (1, 0.0, (5, 20)),
     "Dynamics identity": (2, 0.0, (10, 10)),
 }

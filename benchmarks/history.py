@@ -63,8 +63,8 @@ ACCOUNT = "devstoreaccount1"
 def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """(table suffix, entity) for ``count`` stored leads as the app leaves them (see the top)."""
     from leads.deliveries import new_delivery_entity
-    from leads.destinations.base import Route
     from leads.derived import TALLY_ROW
+    from leads.destinations.base import Route
     from leads.index import entries_for, shard_of, shards
     from leads.normalise import from_http_body
     from leads.rows import BACKFILL_REASON, lead_entity

@@ -50,11 +50,14 @@ def storage_check(settings: Settings) -> Check:
     from azure.core.exceptions import AzureError
 
     from .advice import storage_failure, storage_fix
+    from .deadlines import PROBE_SECONDS
+    from .http import deadline
     from .storage import StorageNotConfigured
     from .store import LeadStore
 
     try:
-        LeadStore.from_settings(settings).ping()
+        with deadline(PROBE_SECONDS):  # /api/health, /api/status and check answer in seconds all the same
+            LeadStore.from_settings(settings).ping()
     except (AzureError, ValueError, StorageNotConfigured) as exc:
         return Check(False, f"the app's storage cannot be used: {storage_failure(exc)}", storage_fix(settings))
     return Check(True, "reachable")

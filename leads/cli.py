@@ -125,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
                 "replay": _replay, "verify": _verify, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
                 "forget": _forget, "import": _import}  # fmt: skip
-    return _told(handlers[args.command], args)
+    handler = handlers[args.command]
+    if args.command in ("list", "show", "status") and not getattr(args, "all", False):
+        handler = _waited_on(handler)
+    return _told(handler, args)
 
 
 def _told(handler, args: argparse.Namespace) -> int:
@@ -151,6 +154,20 @@ def _told(handler, args: argparse.Namespace) -> int:
 
         print(storage_message(args.command, error, get_settings()), file=sys.stderr)
         return 1
+
+
+def _waited_on(handler):
+    """A command a person waits on, its reads cut at ``COMMAND_SECONDS`` (``list --all``, an
+    export, and the commands that do work rather than read it, take what their storage calls
+    take); storage that did not answer in time ends it as :func:`_told` says."""
+    from .deadlines import COMMAND_SECONDS
+    from .http import deadline
+
+    def within(args: argparse.Namespace) -> int:
+        with deadline(COMMAND_SECONDS):
+            return handler(args)
+
+    return within
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -52,18 +52,24 @@ class Outcome:
 
 
 def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | None = None) -> None:
-    """Queue the deliveries of a stored lead that have something to send. A failure here loses
-    nothing: the rows exist and the sweep queues them again."""
+    """Queue the deliveries of a stored lead that have something to send: one try, within
+    ``ENQUEUE_SECONDS``, and none after a refusal. A failure here loses nothing: the rows exist
+    and the sweep queues them again, so it delays neither the answer to the POST nor the poll."""
     from azure.core.exceptions import AzureError
 
+    from .deadlines import ENQUEUE_SECONDS
+    from .http import deadline
+
     queue = delivery_queue(settings)
-    for name, route in deliveries.items():
-        if initial_state(name, route) != "pending":
-            continue
-        try:
-            queue.send(lead_id, name)
-        except AzureError as exc:
-            log.warning("delivery %s/%s not queued (%s); the sweep will", lead_id, name, type(exc).__name__)
+    pending = [name for name, route in deliveries.items() if initial_state(name, route) == "pending"]
+    with deadline(ENQUEUE_SECONDS):
+        for name in pending:
+            try:
+                queue.send(lead_id, name, once=True)
+            except AzureError as exc:
+                log.warning("deliveries of %s not queued (%s: %s); the sweep will", lead_id, ", ".join(pending),
+                            type(exc).__name__)  # fmt: skip
+                return
 
 
 def handle_message(text: str | bytes, settings: Settings | None = None) -> Outcome:

@@ -82,7 +82,9 @@ def function_keys_check(settings: Settings, credential: Any = None, arm_url: str
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
-            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+            from .storage import identity_options
+
+            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True, **identity_options())
         own, host = key_names(app_id, credential, arm_url, settings.http_timeout_seconds)
     except ClientAuthenticationError:
         return Check(False, "the function keys cannot be listed: no Azure sign-in was found", "run az login")

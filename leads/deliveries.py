@@ -50,12 +50,13 @@ class Delivery:
     claimed_until: datetime | None = None
     waiting_for: str | None = None
     digest: str | None = None  # the durable digest it was folded into (leads/digests.py)
+    mapping: str = ""  # the field mapping its routing rule picked (a row without one: the default)
     etag: str | None = None
 
     @property
     def route(self) -> Route:
         generation = self.retry_from.isoformat() if self.retry_from and self.retry_from != self.created_at else ""
-        return Route(recipients=self.recipients, test=self.test, generation=generation)
+        return Route(recipients=self.recipients, test=self.test, generation=generation, mapping=self.mapping)
 
     def to_dict(self) -> dict[str, Any]:
         """The operator's view (``show --json``, ``status --json``)."""
@@ -91,7 +92,8 @@ def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datet
     state = initial_state(destination, route)
     error = (route.skip_reason or NO_RECIPIENTS[destination]) if state == "skipped" else None
     return _to_entity(Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
-                               test=route.test, created_at=now, updated_at=now, retry_from=now))  # fmt: skip
+                               test=route.test, created_at=now, updated_at=now, retry_from=now,
+                               mapping=route.mapping))  # fmt: skip
 
 
 class DeliveryBook:
@@ -154,6 +156,7 @@ def _to_entity(delivery: Delivery) -> dict[str, Any]:
         "ClaimedUntil": delivery.claimed_until,
         "WaitingFor": delivery.waiting_for,
         "Digest": delivery.digest,
+        "Mapping": delivery.mapping or None,
     }
     entity.update({key: value for key, value in optional.items() if value is not None})
     return entity
@@ -176,6 +179,7 @@ def _from_entity(entity: Mapping[str, Any]) -> Delivery:
         claimed_until=_utc(entity.get("ClaimedUntil")),
         waiting_for=entity.get("WaitingFor"),
         digest=entity.get("Digest"),
+        mapping=entity.get("Mapping") or "",
         etag=getattr(entity, "metadata", {}).get("etag"),
     )
 

@@ -14,7 +14,9 @@ source and test-ness; every condition it names must hold. For example::
 A rule without ``destinations`` sends to every enabled destination; without ``email`` it uses
 ``EMAIL_TO``. ``teams`` and ``slack`` name a channel (``"teams": "sales-emea"``), whose webhook URL
 is in the setting ``TEAMS_CHANNELS``: URLs carry their secret, so they live in settings, never
-here; without one, the default channel (``TEAMS_WEBHOOK_URL``) is used. With no rule
+here; without one, the default channel (``TEAMS_WEBHOOK_URL``) is used. ``mapping`` names the field
+mapping the CRMs use for the rule's leads (``"mapping": "partner"``: each CRM's mapping of that
+name in its ``<CRM>_MAPPING``, or its default where it has none; leads/destinations/mapping.py). With no rule
 matching (or no routing set) every enabled destination gets the lead. Test leads then follow
 ``LEADS_TEST_LEADS``: ``notify`` (the notifications only: email, Teams, Slack), ``deliver``, ``drop``.
 """
@@ -47,7 +49,10 @@ NOTIFICATIONS = ("email", "teams", "slack")
 # Destinations whose rule names a channel, its URL in a setting (Settings.channel_webhook).
 CHANNEL_DESTINATIONS = ("teams", "slack")
 _CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", *CHANNEL_DESTINATIONS}
+# Destinations whose records a field mapping shapes (their classes name their mapping setting).
+MAPPED_DESTINATIONS = ("dynamics", "salesforce", "marketo", "hubspot")
+_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", "mapping", *CHANNEL_DESTINATIONS}
+_MAPPING_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
 class RoutingError(ValueError):
@@ -64,6 +69,7 @@ class Rule:
     email: tuple[str, ...] | None = None
     destinations: tuple[str, ...] | None = None
     channels: Mapping[str, str] = field(default_factory=dict)  # "teams" → "sales-emea"
+    mapping: str = ""  # the CRMs' named field mapping for these leads
 
     def matches(self, lead: Lead) -> bool:
         if self.test is not None and lead.is_test != self.test:
@@ -146,6 +152,10 @@ def _rule(item: Any, index: int, where: str) -> Rule:
             raise RoutingError(f"{label}: {destination} must name a channel (letters, digits, - and _) whose "
                                f"webhook URL is in the setting {destination.upper()}_CHANNELS, not a URL")  # fmt: skip
         channels[destination] = channel.strip().lower()
+    mapping = item.get("mapping")
+    if mapping is not None and (not isinstance(mapping, str) or not _MAPPING_NAME.match(mapping.strip())):
+        raise RoutingError(f"{label}: mapping must name a field mapping (lower-case letters, digits, - and _) "
+                           "defined in a CRM's mapping setting, e.g. SALESFORCE_MAPPING's \"mappings\"")  # fmt: skip
     return Rule(
         name=str(item.get("name") or f"rule {index}"),
         offers=texts("offer"),
@@ -155,6 +165,7 @@ def _rule(item: Any, index: int, where: str) -> Rule:
         email=split_addresses(email) if email is not None else None,
         destinations=tuple(d.strip().lower() for d in destinations) if destinations is not None else None,
         channels=channels,
+        mapping=mapping.strip() if mapping else "",
     )
 
 
@@ -184,7 +195,9 @@ def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: s
             return (channel,) if channel else ((DEFAULT_CHANNEL,) if name in default_channels else ())
         return ()
 
-    return {name: Route(recipients=who(name), test=lead.is_test) for name in names}
+    mapping = rule.mapping if rule is not None else ""
+    return {name: Route(recipients=who(name), test=lead.is_test, mapping=mapping if name in MAPPED_DESTINATIONS else "")
+            for name in names}  # fmt: skip
 
 
 def plan(lead: Lead, settings: Settings) -> dict[str, Route]:

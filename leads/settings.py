@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MAX_CALL_SECONDS = 60.0
 SEND_DEADLINE_SECONDS = 120.0
 DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_URL
+MAPPING = "Field mapping: the {crm} fields a lead fills beyond the built-in ones (JSON, or a JSON file's path)."
 
 
 class Settings(BaseSettings):
@@ -216,6 +217,7 @@ class Settings(BaseSettings):
         alias="DYNAMICS_AUTHORITY",
         description="Entra login host (sovereign clouds).",
     )
+    dynamics_mapping: str = Field("", alias="DYNAMICS_MAPPING", description=MAPPING.format(crm="lead row's"))
 
     # --- Salesforce -----------------------------------------------------------------------------
     salesforce_oid: str = Field("", alias="SALESFORCE_OID", description="Web-to-Lead organisation id.")
@@ -226,16 +228,19 @@ class Settings(BaseSettings):
     salesforce_client_id: str = Field("", alias="SALESFORCE_CLIENT_ID")
     salesforce_client_secret: str = Field("", alias="SALESFORCE_CLIENT_SECRET")
     salesforce_external_id_field: str = Field("", alias="SALESFORCE_EXTERNAL_ID_FIELD")
+    salesforce_mapping: str = Field("", alias="SALESFORCE_MAPPING", description=MAPPING.format(crm="Lead's"))
 
     # --- Marketo --------------------------------------------------------------------------------
     marketo_url: str = Field("", alias="MARKETO_URL", description="REST base, https://<munchkin>.mktorest.com")
     marketo_client_id: str = Field("", alias="MARKETO_CLIENT_ID")
     marketo_client_secret: str = Field("", alias="MARKETO_CLIENT_SECRET")
     marketo_form_id: str = Field("", alias="MARKETO_FORM_ID")
+    marketo_mapping: str = Field("", alias="MARKETO_MAPPING", description=MAPPING.format(crm="person's"))
 
     # --- HubSpot --------------------------------------------------------------------------------
     hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Service Key (or a private app's token).")
     hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
+    hubspot_mapping: str = Field("", alias="HUBSPOT_MAPPING", description=MAPPING.format(crm="contact's"))
 
     @field_validator("http_timeout_seconds")
     @classmethod

@@ -142,7 +142,7 @@ class HubSpotDestination(Destination):
 
     @staticmethod
     def builtin_record(lead: Lead, route: Route) -> dict[str, str]:
-        return contact_properties(lead, route)
+        return {"email": lead.email, **contact_properties(lead, route)}
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:

@@ -534,3 +534,30 @@ def sample_lead() -> Lead:
                                            "Title": "CTO"},
                            "LeadSource": "AzureMarketplace-PLT|contoso.contoso-crm", "OfferTitle": "Contoso CRM",
                            "Description": description})  # fmt: skip
+
+
+def preview(destination: str, settings: Any, name: str = "") -> tuple[str, list[dict[str, Any]]]:
+    """``(heading, rows)`` of ``python -m leads mapping DESTINATION``: what each CRM field gets,
+    and from where, for :func:`sample_lead`, as the setting maps it (no call to the CRM: values
+    as their sources give them, before conversion to the CRM's types). Raises :class:`MappingError`."""
+    from . import destination_class
+
+    cls = destination_class(destination)
+    setting = cls.mapping_setting
+    text = next(getattr(settings, key) for key, info in type(settings).model_fields.items() if info.alias == setting)
+    mappings = Mappings(setting, text)
+    loaded = mappings.load()
+    if name and name not in loaded:
+        raise MappingError(f"{setting} has no mapping {name!r}" + (f"; it has {', '.join(sorted(loaded))}"))
+    mapping = loaded[name or DEFAULT]
+    lead, route = sample_lead(), _route(mapping.name)
+    record = apply(mapping, lead, cls.builtin_record(lead, route), None, destination, setting)
+    shown = f"mapping {mapping.name!r} of {setting}" if text.strip() else f"the built-in mapping ({setting} is not set)"
+    return f"{destination}: {shown}, for a sample lead ({lead.lead_id})", described(cls.builtin_fields, mapping,
+                                                                                    record, setting)  # fmt: skip
+
+
+def _route(mapping: str) -> Any:
+    from .base import Route
+
+    return Route(mapping="" if mapping == DEFAULT else mapping)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 BLOCKS_MAX = 50  # Slack takes at most 50 blocks a message
 SECTION_MAX = 3000  # characters of a section's text
 FALLBACK_MAX = 3000
-DIGEST_ROWS = ("Name", "Company", "Email", "Phone", "Offer", "Action", "Lead id")  # what a digest shows of each
+DIGEST_ROWS = ("Name", "Company", "Email", "Phone", "Offer", "Action", "Campaign", "Lead id")  # what a digest shows of each
 
 # Slack's error codes for an incoming webhook, and what to do about them.
 FIXES = {

@@ -96,7 +96,7 @@ def mapping_names_problem(rules, settings: Settings, enabled: set[str]) -> Check
                                                                                   defined.values())})  # fmt: skip
     if not missing:
         return None
-    return Check(False, f"rules name field mappings that no enabled CRM's mapping setting defines: {', '.join(missing)}",
+    return Check(False, f"rules name field mappings no enabled CRM's mapping setting defines: {', '.join(missing)}",
                  "define them under \"mappings\" in SALESFORCE_MAPPING, HUBSPOT_MAPPING, DYNAMICS_MAPPING or "
                  "MARKETO_MAPPING (docs/settings.md, Field mapping), or correct the rule's \"mapping\"")  # fmt: skip
 

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from .destinations import REGISTRY
-from .routing import MAPPED_DESTINATIONS
 from .model import Lead
+from .routing import MAPPED_DESTINATIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,7 +87,8 @@ LEAD_ATTRIBUTES = "/EntityDefinitions(LogicalName='lead')/Attributes"
 ATTRIBUTES_EVERY = 3600.0  # seconds the table definitions are trusted
 # Attribute types → the mapping's kinds.
 KINDS = {"String": "text", "Memo": "text", "Picklist": "picklist", "Boolean": "boolean", "Integer": "integer",
-         "BigInt": "integer", "Decimal": "number", "Double": "number", "Money": "number", "DateTime": "datetime"}  # fmt: skip
+         "BigInt": "integer", "Decimal": "number", "Double": "number", "Money": "number",
+         "DateTime": "datetime"}  # fmt: skip
 # What the built-in mapping puts in each column (python -m leads mapping dynamics).
 BUILTIN_FIELDS = {"leadid": "a GUID derived from lead_id (the row is created once)",
                   "subject": "offer, action and source ([TEST] for a test lead)", "firstname": "first_name",

@@ -164,8 +164,8 @@ class HubSpotDestination(Destination):
                                  fix="nothing to change in the settings: this lead (often a customer whose data "
                                  "the marketplace withholds) cannot go to HubSpot; find it with python -m leads "
                                  "show")  # fmt: skip
-        properties = mapped_record(self.mappings, route, lead, contact_properties(lead, route), self.property_specs, CRM,
-                                   as_text=True)  # fmt: skip
+        builtin = contact_properties(lead, route)
+        properties = mapped_record(self.mappings, route, lead, builtin, self.property_specs, CRM, as_text=True)
         properties.pop("email", None)  # the upsert's key is the lead's email, whatever a mapping says
         body = {"inputs": [{"idProperty": "email", "id": lead.email, "properties": properties}]}
         response = self._request("POST", f"{CONTACTS}/batch/upsert", json=body)

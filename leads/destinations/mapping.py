@@ -486,16 +486,15 @@ def options_of(items: Iterable[tuple[Any, str]]) -> tuple[tuple[Any, str], ...]:
     return tuple(dict.fromkeys((value, label or "") for value, label in items if value not in (None, "")))
 
 
-__all__ = ["DEFAULT", "LEAD_FIELDS", "FieldMapping", "FieldSpec", "Mappings", "MappingError", "Problem", "Source", "ValueRefused",
-           "apply", "convert", "described", "encode", "facts_of", "names", "options_of", "problems",
-           "summary"]  # fmt: skip
-
 
 # --- what every mapped destination does with it ---------------------------------------------------------
 
 
-def mapped_record(mappings: Mappings, route: Any, lead: Lead, builtin: dict[str, Any],
-                  schema: Callable[[], Mapping[str, FieldSpec]], crm: str, as_text: bool = False) -> dict[str, Any]:  # fmt: skip
+Schema = Callable[[], Mapping[str, FieldSpec]]  # a destination's reader of its CRM's field definitions
+
+
+def mapped_record(mappings: Mappings, route: Any, lead: Lead, builtin: dict[str, Any], schema: Schema, crm: str,
+                  as_text: bool = False) -> dict[str, Any]:  # fmt: skip
     """The record a CRM destination sends: ``builtin`` with the mapping ``route`` names applied.
     ``schema`` is called (the CRM's own field definitions, cached by the destination) only when
     the mapping maps fields of its own; an unusable setting is a :class:`PermanentError`."""
@@ -506,7 +505,7 @@ def mapped_record(mappings: Mappings, route: Any, lead: Lead, builtin: dict[str,
     return apply(mapping, lead, builtin, schema() if mapping.mapped else None, crm, mappings.setting, as_text)
 
 
-def check_mapping(mappings: Mappings, schema: Callable[[], Mapping[str, FieldSpec]], crm: str) -> tuple[str | None, list[str]]:  # fmt: skip
+def check_mapping(mappings: Mappings, schema: Schema, crm: str) -> tuple[str | None, list[str]]:
     """``(problem, notes)`` for a destination's ``check``: the first problem of its mapping against
     the CRM's schema (None when leads get through), and notes (what it maps, warnings). Reads the
     schema only when the setting maps fields of its own."""

@@ -248,7 +248,8 @@ class MarketoDestination(Destination):
         if not cls.is_enabled(settings):
             return None
         return cls(settings.marketo_url, settings.marketo_client_id, settings.marketo_client_secret,
-                   settings.marketo_form_id, settings.http_timeout_seconds, mapping=settings.marketo_mapping)  # fmt: skip
+                   settings.marketo_form_id, settings.http_timeout_seconds,
+                   mapping=settings.marketo_mapping)  # fmt: skip
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -548,7 +549,8 @@ def field_specs(fields: dict[str, dict[str, Any]], form: list[dict[str, Any]] | 
         options: tuple = ()
         if entry is not None and entry.get("dataType") == "select":
             values = (entry.get("fieldMetaData") or {}).get("values") or []
-            options = options_of((value.get("value"), value.get("label")) for value in values if isinstance(value, dict))
+            options = options_of((value.get("value"), value.get("label")) for value in values
+                                 if isinstance(value, dict))  # fmt: skip
             kind = "multipicklist" if (entry.get("fieldMetaData") or {}).get("multiSelect") else "picklist"
         why = "Marketo sets it (read-only)" if item.get("readOnly") else ""
         if form is not None and entry is None:

@@ -73,9 +73,9 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "59.0"
 CRM = "Salesforce's Lead"
-MAPPING_FIX = ("correct the field's API name or value in SALESFORCE_MAPPING, or the field in Salesforce (Setup → Object "
-               "Manager → Lead → Fields & Relationships: its picklist values, its Field-Level Security for the Run As "
-               "user)")  # fmt: skip
+MAPPING_FIX = ("correct the field's API name or value in SALESFORCE_MAPPING, or the field in Salesforce (Setup → "
+               "Object Manager → Lead → Fields & Relationships: its picklist values, its Field-Level Security for the "
+               "Run As user)")  # fmt: skip
 PLACEHOLDER = "[not provided]"  # LastName and Company are required on every Lead
 MARKER = "Marketplace lead id: "
 DESCRIBE_EVERY = 3600.0  # seconds a describe of Lead is trusted
@@ -140,7 +140,8 @@ BUILTIN_FIELDS = {
 KINDS = {"string": "text", "textarea": "text", "email": "text", "phone": "text", "url": "text",
          "encryptedstring": "text", "reference": "text", "picklist": "picklist", "combobox": "picklist",
          "multipicklist": "multipicklist", "boolean": "boolean", "int": "integer", "long": "integer",
-         "double": "number", "currency": "number", "percent": "number", "date": "date", "datetime": "datetime"}  # fmt: skip
+         "double": "number", "currency": "number", "percent": "number", "date": "date",
+         "datetime": "datetime"}  # fmt: skip
 
 
 def field_specs(describe: dict[str, Any], upsert: bool = False) -> dict[str, FieldSpec]:

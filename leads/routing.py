@@ -23,7 +23,6 @@ matching (or no routing set) every enabled destination gets the lead. Test leads
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -31,12 +30,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .destinations.base import Route
 from .model import Lead
-from .settings import DEFAULT_CHANNEL
+from .settings import DEFAULT_CHANNEL, json_setting
 
 if TYPE_CHECKING:
     from .deliveries import Delivery
@@ -99,19 +97,7 @@ def load_rules(setting: str) -> tuple[Rule, ...]:
     setting = setting.strip()
     if not setting:
         return ()
-    if setting[0] in "[{":
-        text, where = setting, "LEADS_ROUTING"
-    else:
-        path = Path(setting)
-        if not path.is_file():
-            # A relative path is read from the working directory: say which file that was.
-            raise RoutingError(f"LEADS_ROUTING names {setting}, which is not a file (or is not JSON); "
-                               f"looked for {path.absolute()}")  # fmt: skip
-        text, where = path.read_text(encoding="utf-8"), str(path)
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise RoutingError(f"{where} is not valid JSON: {exc}") from None
+    document, where = json_setting("LEADS_ROUTING", setting, RoutingError)
     rules = document.get("rules") if isinstance(document, Mapping) else document
     if not isinstance(rules, list):
         raise RoutingError(f'{where} must be a list of rules or {{"rules": [...]}}')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -251,6 +252,22 @@ class Settings(BaseSettings):
             raise ValueError(f"LEADS_HTTP_TIMEOUT_SECONDS is {value:g}, but a call must end well inside the 5-minute "
                              f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)")
         return value
+
+
+def json_setting(name: str, text: str, error: type[ValueError]) -> tuple[object, str]:
+    """``(document, where)`` of a setting that holds JSON or the path of a JSON file (``LEADS_ROUTING``,
+    ``SALESFORCE_MAPPING``, ...); ``where`` names the setting or the file. Raises ``error`` saying why."""
+    text, where = text.strip(), name
+    if text[:1] not in ("{", "["):
+        path = Path(text)
+        if not path.is_file():
+            # A relative path is read from the working directory: say which file that was.
+            raise error(f"{name} names {text}, which is not a file (or is not JSON); looked for {path.absolute()}")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    try:
+        return json.loads(text), where
+    except ValueError as exc:
+        raise error(f"{where} is not valid JSON: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -83,6 +83,8 @@ if TYPE_CHECKING:
 
 API = "/api/data/v9.2"
 CRM = "Dataverse's lead table"
+MAPPING_FIX = ("correct DYNAMICS_MAPPING, or the column in Power Apps (Tables → Lead → Columns: its logical name, e.g. "
+               "new_offer, its choices)")  # fmt: skip
 LEAD_ATTRIBUTES = "/EntityDefinitions(LogicalName='lead')/Attributes"
 ATTRIBUTES_EVERY = 3600.0  # seconds the table definitions are trusted
 # Attribute types → the mapping's kinds.
@@ -327,14 +329,10 @@ class DynamicsDestination(Destination):
         if secured:
             notes.append("Lead Source (leadsourcecode) is a secured column: the application user needs a column "
                          "security profile that allows Create on it (only a created lead can prove it)")
-        try:
-            self._specs = None
-            problem, mapped = check_mapping(self.mappings, self.attribute_specs, CRM)
-        except DeliveryError as error:
-            return Check.failed(error)
-        if problem:
-            return Check(False, problem, fix="correct DYNAMICS_MAPPING, or the column in Power Apps (Tables → Lead → "
-                         "Columns: its logical name, e.g. new_offer, its choices)")  # fmt: skip
+        self._specs = None
+        mapped = check_mapping(self.mappings, self.attribute_specs, CRM, MAPPING_FIX)
+        if isinstance(mapped, Check):
+            return mapped
         return Check(True, "; ".join([message, *notes, *mapped]), None)
 
     def attribute_specs(self) -> dict[str, FieldSpec]:

@@ -90,6 +90,8 @@ PROPERTIES = f"/crm/properties/{API_VERSION}/contacts"
 SCHEMA_SCOPE = "crm.schemas.contacts.read"  # reading the property definitions, for the field mapping
 PROPERTIES_EVERY = 3600.0  # seconds the property definitions are trusted
 CRM = "HubSpot's contact"
+MAPPING_FIX = ("correct HUBSPOT_MAPPING, or the property in HubSpot (Settings > Properties > Contact properties: its "
+               "internal name, its options)")  # fmt: skip
 # What the built-in mapping puts in each contact property (python -m leads mapping hubspot).
 BUILTIN_FIELDS = {"email": "email (the upsert's key)", "firstname": "first_name", "lastname": "last_name",
                   "phone": "phone", "company": "company", "jobtitle": "title", "country": "country's name",
@@ -200,14 +202,10 @@ class HubSpotDestination(Destination):
         result = self._check_access()
         if not result.ok:
             return result
-        try:
-            self._specs = None
-            problem, notes = check_mapping(self.mappings, self.property_specs, CRM)
-        except DeliveryError as error:
-            return Check.failed(error)
-        if problem:
-            return Check(False, problem, fix="correct HUBSPOT_MAPPING, or the property in HubSpot (Settings > "
-                         "Properties > Contact properties: its internal name, its options)")  # fmt: skip
+        self._specs = None
+        notes = check_mapping(self.mappings, self.property_specs, CRM, MAPPING_FIX)
+        if isinstance(notes, Check):
+            return notes
         return Check(True, "; ".join([result.message, *notes]))
 
 

@@ -32,10 +32,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import PermanentError
+from .base import Check, DeliveryError, PermanentError
 
 if TYPE_CHECKING:
     from ..model import Lead
@@ -153,17 +152,9 @@ class Mappings:
 def _load(setting: str, text: str) -> dict[str, FieldMapping]:
     if not text:
         return {DEFAULT: FieldMapping(DEFAULT, {})}
-    where = setting
-    if text[0] != "{":
-        path = Path(text)
-        if not path.is_file():
-            raise MappingError(f"{setting} names {text}, which is not a file (or is not JSON); looked for "
-                               f"{path.absolute()}")  # fmt: skip
-        text, where = path.read_text(encoding="utf-8"), str(path)
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise MappingError(f"{where} is not valid JSON: {exc}") from None
+    from ..settings import json_setting
+
+    document, where = json_setting(setting, text, MappingError)
     unknown = set(document) - {"fields", "mappings"} if isinstance(document, dict) else None
     if unknown is None or unknown:
         raise MappingError(f'{where} must be {{"fields": {{"<CRM field>": <source>, ...}}, "mappings": {{"<name>": '
@@ -505,20 +496,25 @@ def mapped_record(mappings: Mappings, route: Any, lead: Lead, builtin: dict[str,
     return apply(mapping, lead, builtin, schema() if mapping.mapped else None, crm, mappings.setting, as_text)
 
 
-def check_mapping(mappings: Mappings, schema: Schema, crm: str) -> tuple[str | None, list[str]]:
-    """``(problem, notes)`` for a destination's ``check``: the first problem of its mapping against
-    the CRM's schema (None when leads get through), and notes (what it maps, warnings). Reads the
-    schema only when the setting maps fields of its own."""
+def check_mapping(mappings: Mappings, schema: Schema, crm: str, fix: str) -> Check | list[str]:
+    """What a destination's ``check`` says of its mapping against the CRM's schema: a failed
+    :class:`Check` (with ``fix``) when leads would fail on it or the schema cannot be read, else
+    notes (what it maps, warnings) to add to its line. Reads the schema only when the setting maps
+    fields of its own."""
+
     error = mappings.error()
     if error:
-        return str(error), []
+        return Check.failed(error)
     if not mappings.custom:
-        return None, []
-    found = problems(mappings, schema(), crm, sample_lead())
+        return []
+    try:
+        found = problems(mappings, schema(), crm, sample_lead())
+    except DeliveryError as exc:
+        return Check.failed(exc)
     worst = [p.message for p in found if p.state == "problem"]
-    notes = [summary(mappings) + " proven against the CRM's schema" if not worst else summary(mappings)]
-    notes += [p.message for p in found if p.state == "warning"]
-    return ("; ".join(worst) if worst else None), notes
+    if worst:
+        return Check(False, "; ".join(worst), fix=fix)
+    return [summary(mappings) + " proven against the CRM's schema"] + [p.message for p in found]
 
 
 def sample_lead() -> Lead:

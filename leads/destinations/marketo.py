@@ -95,6 +95,8 @@ NOTE_LABELS = ("lead description", "description", "comments", "comment", "person
 NOTE_MAX = 2000  # characters of details when the field's length is not given
 
 CRM = "Marketo's person"
+MAPPING_FIX = ("correct MARKETO_MAPPING (fields by their REST API name, Admin > Field Management), or the field in "
+               "Marketo: on form MARKETO_FORM_ID (a hidden field is enough), a select field's values")  # fmt: skip
 # describe's data types → the mapping's kinds.
 KINDS = {"string": "text", "text": "text", "textarea": "text", "email": "text", "phone": "text", "url": "text",
          "reference": "text", "boolean": "boolean", "integer": "integer", "score": "integer", "percent": "integer",
@@ -366,16 +368,9 @@ class MarketoDestination(Destination):
         return self._check_mapping(parts)
 
     def _check_mapping(self, parts: list[str]) -> Check:
-        try:
-            self._specs = None
-            problem, notes = check_mapping(self.mappings, self.field_specs, CRM)
-        except DeliveryError as error:
-            return Check.failed(error)
-        if problem:
-            return Check(False, problem, fix="correct MARKETO_MAPPING (fields by their REST API name, Admin > Field "
-                         "Management), or the field in Marketo: on form MARKETO_FORM_ID (a hidden field is enough), "
-                         "a select field's values")  # fmt: skip
-        return Check(True, "; ".join([*parts, *notes]))
+        self._specs = None
+        notes = check_mapping(self.mappings, self.field_specs, CRM, MAPPING_FIX)
+        return notes if isinstance(notes, Check) else Check(True, "; ".join([*parts, *notes]))
 
     def _require_settings(self) -> None:
         missing = [name for name, value in (("MARKETO_CLIENT_ID", self.client_id),

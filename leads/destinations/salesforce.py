@@ -728,9 +728,9 @@ class SalesforceDestination(Destination):
         if "LeadSource" in fields and not self._fields.lead_sources.keys() & {"azure marketplace", "appsource"}:
             notes.append("Lead Source left empty: add 'Azure Marketplace', 'AppSource', 'Azure portal' and "
                          "'Test Drive' to its picklist to have it filled")  # fmt: skip
-        problem, mapped = check_mapping(self.mappings, lambda: self._fields.specs, CRM)
-        if problem:
-            return Check(False, problem, fix=MAPPING_FIX)
+        mapped = check_mapping(self.mappings, lambda: self._fields.specs, CRM, MAPPING_FIX)
+        if isinstance(mapped, Check):
+            return mapped
         notes += mapped
         usage = getattr(self._client, "api_usage", {}).get("api-usage") if self._client is not None else None
         if usage is not None:

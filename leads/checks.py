@@ -166,7 +166,32 @@ def routing_check(settings: Settings) -> Check:
     if unknown:
         return Check(False, f"rules name destinations that are not enabled: {', '.join(unknown)}",
                      "enable them with their settings, or remove them from LEADS_ROUTING")  # fmt: skip
+    problem = mapping_names_problem(rules, settings, enabled)
+    if problem:
+        return problem
     return Check(True, f"{len(rules)} rules" if rules else "no rules: every enabled destination gets every lead")
+
+
+def mapping_names_problem(rules, settings: Settings, enabled: set[str]) -> Check | None:
+    """A rule's ``mapping`` that no enabled CRM's mapping setting defines (a typo would send its
+    leads with the default mappings unnoticed)."""
+    from .destinations import destination_class
+    from .destinations.mapping import Mappings, names
+    from .routing import MAPPED_DESTINATIONS
+
+    defined: dict[str, set[str]] = {}
+    for name in MAPPED_DESTINATIONS:
+        if name in enabled:
+            setting = destination_class(name).mapping_setting
+            text = getattr(settings, setting.lower())
+            defined[name] = names(Mappings(setting, text))
+    missing = sorted({rule.mapping for rule in rules if rule.mapping and not any(rule.mapping in found for found in
+                                                                                  defined.values())})  # fmt: skip
+    if not missing:
+        return None
+    return Check(False, f"rules name field mappings no enabled CRM's mapping setting defines: {', '.join(missing)}",
+                 "define them under \"mappings\" in SALESFORCE_MAPPING, HUBSPOT_MAPPING, DYNAMICS_MAPPING or "
+                 "MARKETO_MAPPING (docs/settings.md, Field mapping), or correct the rule's \"mapping\"")  # fmt: skip
 
 
 STATES = {

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .destinations import REGISTRY
 from .model import Lead
+from .routing import MAPPED_DESTINATIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "credentials, each ok, warning or problem, with the fix")  # fmt: skip
     check.add_argument("--json", action="store_true", help="each line as JSON, with its state")
 
+    mapping = commands.add_parser("mapping", help="what each CRM field gets, and from where, for a sample lead: the "
+                                  "built-in mapping and the destination's <CRM>_MAPPING setting")  # fmt: skip
+    mapping.add_argument("destination", metavar="DESTINATION", choices=MAPPED_DESTINATIONS,
+                         help=f"one of {', '.join(MAPPED_DESTINATIONS)}")  # fmt: skip
+    mapping.add_argument("--mapping", metavar="NAME", default="", help="a named mapping of the setting (the one a "
+                         "routing rule's \"mapping\" picks); default: its default")  # fmt: skip
+    mapping.add_argument("--json", action="store_true", help="the fields as JSON")
+
     test_lead = commands.add_parser("test-lead", help="send an MSFT_TEST_ lead as the marketplace's Validate "
                                     "button does, wait for it, and report each destination's outcome")  # fmt: skip
     test_lead.add_argument("--via", choices=("http", "table"), default="http",
@@ -124,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_local_settings(args.settings_file)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
                 "replay": _replay, "verify": _verify, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
-                "forget": _forget, "import": _import}  # fmt: skip
+                "forget": _forget, "import": _import, "mapping": _mapping}  # fmt: skip
     handler = handlers[args.command]
     if args.command in ("list", "show", "status") and not getattr(args, "all", False):
         handler = _waited_on(handler)
@@ -476,6 +485,27 @@ def _check(args: argparse.Namespace) -> int:
                     print(f"{'':<23} {label}: {text}")
         print("\n" + "; ".join(f"{state}: {meaning}" for state, meaning in STATES.items()) + ".")
     return 0 if all(result.ok for _, result in results) else 1
+
+
+def _mapping(args: argparse.Namespace) -> int:
+    from .destinations.mapping import MappingError, preview
+    from .settings import get_settings
+
+    try:
+        heading, rows = preview(args.destination, get_settings(), args.mapping)
+    except MappingError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return 0
+    print(heading)
+    width = max(len(row["field"]) for row in rows) + 2
+    for row in rows:
+        value = "(none)" if row["value"] is None else json.dumps(row["value"], ensure_ascii=False, default=str)
+        print(f"  {row['field']:<{width}}{_cut(value, 70)}")
+        print(f"  {'':<{width}}from {row['from']}" + (f" ({row['source']})" if row["source"] == "setting" else ""))
+    return 0
 
 
 def _test_lead(args: argparse.Namespace) -> int:

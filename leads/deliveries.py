@@ -52,7 +52,7 @@ def new_delivery(lead_id: str, destination: str, route: Route, now: datetime,
     error = (route.skip_reason or NO_RECIPIENTS[destination]) if state == "skipped" else None
     return Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
                     test=route.test, created_at=now, updated_at=now, retry_from=now,
-                    day=day_of(received_at or now))  # fmt: skip
+                    day=day_of(received_at or now), mapping=route.mapping)  # fmt: skip
 
 
 def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime,

@@ -98,3 +98,5 @@ class Route:
     # The idempotency key fixed when a durable digest was claimed (leads/digests.py): a retry of
     # that digest names the same operation, whatever else changed.
     operation: str = ""
+    # The named field mapping a routing rule picked for a CRM (leads/destinations/mapping.py); "" the default.
+    mapping: str = ""

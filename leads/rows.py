@@ -172,12 +172,13 @@ class Delivery:
     waiting_for: str | None = None
     digest: str | None = None  # the durable digest it was folded into (leads/digests.py)
     day: str | None = None  # the day its lead was received (YYYY-MM-DD), which counts it
+    mapping: str = ""  # the field mapping its routing rule picked (a row without one: the default)
     etag: str | None = None
 
     @property
     def route(self) -> Route:
         generation = self.retry_from.isoformat() if self.retry_from and self.retry_from != self.created_at else ""
-        return Route(recipients=self.recipients, test=self.test, generation=generation)
+        return Route(recipients=self.recipients, test=self.test, generation=generation, mapping=self.mapping)
 
     @property
     def held(self) -> bool:
@@ -224,6 +225,7 @@ def delivery_entity(delivery: Delivery) -> dict[str, Any]:
         "WaitingFor": delivery.waiting_for,
         "Digest": delivery.digest,
         "Day": delivery.day,
+        "Mapping": delivery.mapping or None,
     }
     entity.update({key: value for key, value in optional.items() if value is not None})
     return entity
@@ -247,6 +249,7 @@ def delivery_from_entity(entity: Mapping[str, Any]) -> Delivery:
         waiting_for=entity.get("WaitingFor"),
         digest=entity.get("Digest"),
         day=entity.get("Day"),
+        mapping=entity.get("Mapping") or "",
         etag=getattr(entity, "metadata", {}).get("etag"),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -19,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MAX_CALL_SECONDS = 60.0
 SEND_DEADLINE_SECONDS = 120.0
 DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_URL
+MAPPING = "Field mapping: the {crm} fields a lead fills beyond the built-in ones (JSON, or a JSON file's path)."
 
 
 class Settings(BaseSettings):
@@ -228,6 +230,7 @@ class Settings(BaseSettings):
         alias="DYNAMICS_AUTHORITY",
         description="Entra login host (sovereign clouds).",
     )
+    dynamics_mapping: str = Field("", alias="DYNAMICS_MAPPING", description=MAPPING.format(crm="lead row's"))
 
     # --- Salesforce -----------------------------------------------------------------------------
     salesforce_oid: str = Field("", alias="SALESFORCE_OID", description="Web-to-Lead organisation id.")
@@ -238,16 +241,19 @@ class Settings(BaseSettings):
     salesforce_client_id: str = Field("", alias="SALESFORCE_CLIENT_ID")
     salesforce_client_secret: str = Field("", alias="SALESFORCE_CLIENT_SECRET")
     salesforce_external_id_field: str = Field("", alias="SALESFORCE_EXTERNAL_ID_FIELD")
+    salesforce_mapping: str = Field("", alias="SALESFORCE_MAPPING", description=MAPPING.format(crm="Lead's"))
 
     # --- Marketo --------------------------------------------------------------------------------
     marketo_url: str = Field("", alias="MARKETO_URL", description="REST base, https://<munchkin>.mktorest.com")
     marketo_client_id: str = Field("", alias="MARKETO_CLIENT_ID")
     marketo_client_secret: str = Field("", alias="MARKETO_CLIENT_SECRET")
     marketo_form_id: str = Field("", alias="MARKETO_FORM_ID")
+    marketo_mapping: str = Field("", alias="MARKETO_MAPPING", description=MAPPING.format(crm="person's"))
 
     # --- HubSpot --------------------------------------------------------------------------------
     hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Service Key (or a private app's token).")
     hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
+    hubspot_mapping: str = Field("", alias="HUBSPOT_MAPPING", description=MAPPING.format(crm="contact's"))
 
     @field_validator("http_timeout_seconds")
     @classmethod
@@ -258,6 +264,22 @@ class Settings(BaseSettings):
             raise ValueError(f"LEADS_HTTP_TIMEOUT_SECONDS is {value:g}, but a call must end well inside the 5-minute "
                              f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)")
         return value
+
+
+def json_setting(name: str, text: str, error: type[ValueError]) -> tuple[object, str]:
+    """``(document, where)`` of a setting that holds JSON or the path of a JSON file (``LEADS_ROUTING``,
+    ``SALESFORCE_MAPPING``, ...); ``where`` names the setting or the file. Raises ``error`` saying why."""
+    text, where = text.strip(), name
+    if text[:1] not in ("{", "["):
+        path = Path(text)
+        if not path.is_file():
+            # A relative path is read from the working directory: say which file that was.
+            raise error(f"{name} names {text}, which is not a file (or is not JSON); looked for {path.absolute()}")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    try:
+        return json.loads(text), where
+    except ValueError as exc:
+        raise error(f"{where} is not valid JSON: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -176,6 +176,7 @@ class RequestCounter:
 
     def __init__(self, ports: dict[int, str] | None = None) -> None:
         self.calls: Counter[str] = Counter()
+        self.rows = 0  # table rows the answers to GETs carried (a query's page, or one entity)
         self.ports = ports or {}
         self._lock = threading.Lock()
 
@@ -198,8 +199,14 @@ class RequestCounter:
         def send(transport, request, **kwargs):
             response = original(transport, request, **kwargs)
             service = counter.ports.get(urlsplit(request.url).port, "")
+            rows = 0
+            if request.method == "GET" and response.status_code == 200 and "json" in response.headers.get(
+                    "Content-Type", ""):  # fmt: skip
+                body = response.internal_response.json()
+                rows = len(body["value"]) if "value" in body else 1
             with counter._lock:
                 counter.calls[f"{service} {request.method} {response.status_code}".strip()] += 1
+                counter.rows += rows
             return response
 
         RequestsTransport.send = send

@@ -203,6 +203,7 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
 
 
 BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"
+UNDATED_REASON = "imported from a row without a created date"
 
 
 def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
@@ -220,6 +221,15 @@ def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
 
 
+def hold_undated(lead: Lead, routes: Mapping[str, Route]) -> dict[str, Route]:
+    """``routes``, each held as :func:`hold_backfill` holds an old lead's, for a lead imported from
+    a row with no created date: how old it is cannot be told, so it is not sent unless asked."""
+    reason = (f"{UNDATED_REASON}: its age cannot be told; stored, not delivered. `python -m leads replay --lead "
+              f"{lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
+    return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
+
+
 def held_for_backfill(delivery: Delivery) -> bool:
-    """Whether a delivery was stored skipped by :func:`hold_backfill` (``replay`` delivers it)."""
-    return delivery.state == "skipped" and (delivery.last_error or "").startswith(BACKFILL_REASON)
+    """Whether a delivery was stored skipped by :func:`hold_backfill` or :func:`hold_undated`
+    (``replay`` delivers it)."""
+    return delivery.state == "skipped" and (delivery.last_error or "").startswith((BACKFILL_REASON, UNDATED_REASON))

@@ -40,6 +40,7 @@ from .identities import identity_keys
 from .import_formats import FORMATS, ImportError_, Refused, Row, Source, map_columns, open_source
 from .matching import MATCH_WINDOW, UNDATED_WINDOW, Matcher
 from .model import Lead
+from .pseudonyms import SETTING, key_changed
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -197,6 +198,10 @@ def import_files(paths: Iterable[str | Path], *, format: str = "auto",  # noqa: 
         store = LeadStore.from_settings(settings)
         store.ensure_tables()
         matcher = Matcher(store)
+        if key_changed(store.checkpoints):
+            sources[0].warnings = [*(sources[0].warnings or []), f"{SETTING} is not the key this store's leads were "
+                                   "stored with: rows of leads stored before it changed are not recognised (see "
+                                   "python -m leads check)"]  # fmt: skip
     seen = _Seen()
     now = datetime.now(UTC)
     for source in sources:

@@ -83,6 +83,7 @@ def use_only(azurite: Azurite, settings_file: Path) -> list[str]:
 
     storage = os.environ["AzureWebJobsStorage"] = azurite.connection_string
     notes = [note] if (note := keep_local_settings_in_step(settings_file, storage)) else []
+    notes += [note] if (note := give_an_id_key(settings_file)) else []
     load_local_settings(settings_file)
     marketplace = os.environ.get("MARKETPLACE_TABLE_CONNECTION", "")
     if _is_local_emulator(marketplace) and marketplace != storage:
@@ -180,6 +181,24 @@ def keep_local_settings_in_step(path: Path, storage: str) -> str | None:
     values["AzureWebJobsStorage"] = storage
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return f"{path} now points AzureWebJobsStorage at this Azurite, so `python -m leads ...` reads the same leads."
+
+
+def give_an_id_key(path: Path) -> str | None:
+    """Write a fresh random ``LEADS_ID_KEY`` into ``local.settings.json`` when it has none (every
+    digest of personal data is keyed with it, leads/pseudonyms.py); what the terminal is told, or
+    None when it had one. The file is the developer's own and never committed."""
+    import secrets
+
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text(encoding="utf-8"))
+    values = document.setdefault("Values", {})
+    if str(values.get("LEADS_ID_KEY") or "").strip() or os.environ.get("LEADS_ID_KEY", "").strip():
+        return None
+    values["LEADS_ID_KEY"] = secrets.token_urlsafe(32)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return (f"{path} had no LEADS_ID_KEY: a random one is written into it. Keep it: the ids of the leads stored "
+            "here are made with it.")
 
 
 def _is_local_emulator(value: str) -> bool:

@@ -161,8 +161,23 @@ def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
         code, out, err = finished(process)
     assert code == 0, err
     assert "now points AzureWebJobsStorage at this Azurite" in out
+    assert "had no LEADS_ID_KEY" in out and len(json.loads(settings_file.read_text())["Values"]["LEADS_ID_KEY"]) >= 32
     assert f"{tmp_path / 'outbox'}/ as .eml files" in out and "Ctrl+C" in out
     assert all(port_is_free(port) for port in ports)  # Azurite stopped with the app
+
+
+def test_make_run_gives_a_settings_file_without_an_id_key_a_random_one_and_keeps_it(tmp_path, monkeypatch):
+    from leads.local_run import give_an_id_key
+
+    monkeypatch.delenv("LEADS_ID_KEY", raising=False)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for path in (first, second):
+        path.write_text(json.dumps({"Values": {"LEADS_ID_KEY": "", "EMAIL_TO": "a@b.com"}}))
+    assert "had no LEADS_ID_KEY" in give_an_id_key(first) and give_an_id_key(second)
+    keys = [json.loads(path.read_text())["Values"]["LEADS_ID_KEY"] for path in (first, second)]
+    assert len(keys[0]) >= 32 and keys[0] != keys[1]  # random, one per clone
+    assert give_an_id_key(first) is None  # kept from then on
+    assert json.loads(first.read_text())["Values"] == {"LEADS_ID_KEY": keys[0], "EMAIL_TO": "a@b.com"}
 
 
 def _settings(storage: str, prefix: str) -> Settings:

@@ -65,7 +65,7 @@ class Matcher:
 
     def __init__(self, store: LeadStore, days_kept: int = 7) -> None:
         self.store, self.days_kept = store, days_kept
-        self._days: OrderedDict[str, list[Known]] = OrderedDict()
+        self._days: OrderedDict[str, dict[str, list[Known]]] = OrderedDict()  # day → digest → rows
         self._window: dict[str, list[Known]] | None = None
         self._window_since: datetime | None = None
         self._lock = Lock()
@@ -77,13 +77,13 @@ class Matcher:
         email_keys, name_keys = identity_key_forms(by_email), identity_key_forms(by_name)
         if dated:
             low, high = lead.received_at - MATCH_WINDOW, lead.received_at + MATCH_WINDOW
-            candidates = [known for day in _days_between(low, high) for known in self._rows(day)]
+            indexes = [self._rows(day) for day in _days_between(low, high)]
         else:
             now = now or datetime.now(UTC)
             low, high = now - UNDATED_WINDOW, now + MATCH_WINDOW
-            index = self._undated(low, high)
-            candidates = list({id(known): known for key in email_keys | name_keys for known in index.get(key, ())}
-                              .values())  # fmt: skip
+            indexes = [self._undated(low, high)]
+        candidates = list({id(known): known for index in indexes for key in email_keys | name_keys
+                           for known in index.get(key, ())}.values())  # fmt: skip
         found = []
         for known in candidates:
             if not low <= known.received <= high:
@@ -120,19 +120,18 @@ class Matcher:
             return
         known = Known(frozenset(keys), lead.lead_id, lead.received_at, bool(lead.email), erased=False)
         with self._lock:
-            if (day := _day(lead.received_at)) in self._days:
-                self._days[day] = [*self._days[day], known]
-            if self._window is not None:
-                for key in keys:
-                    self._window.setdefault(key, []).append(known)
+            for index in (self._days.get(_day(lead.received_at)), self._window):
+                for key in keys if index is not None else ():
+                    index[key] = [*index.get(key, ()), known]
 
-    def _rows(self, day: str) -> list[Known]:
+    def _rows(self, day: str) -> dict[str, list[Known]]:
+        """The identity rows and tombstones of one day, by digest."""
         with self._lock:
             if day in self._days:
                 self._days.move_to_end(day)
                 return self._days[day]
-        rows = [_known(row) for row in self.store.identities.table.query_entities(
-            "PartitionKey eq @day", parameters={"day": day}, select=_SELECT)]  # fmt: skip
+        rows = _by_digest(self.store.identities.table.query_entities(
+            "PartitionKey eq @day", parameters={"day": day}, select=_SELECT))  # fmt: skip
         with self._lock:
             self._days[day] = rows
             while len(self._days) > self.days_kept:
@@ -145,16 +144,11 @@ class Matcher:
         with self._lock:
             if self._window is not None and self._window_since is not None and self._window_since <= low:
                 return self._window
-            index: dict[str, list[Known]] = {}
             query = "PartitionKey ge @low and PartitionKey le @high"
             rows = self.store.identities.table.query_entities(query, parameters={"low": _day(low), "high": _day(high)},
                                                               select=_SELECT, results_per_page=1000)  # fmt: skip
-            for row in rows:
-                known = _known(row)
-                for key in known.who:
-                    index.setdefault(key, []).append(known)
-            self._window, self._window_since = index, low
-            return index
+            self._window, self._window_since = _by_digest(rows), low
+            return self._window
 
     def stored_state(self, lead_id: str) -> bool | None:
         """Whether the lead ``lead_id`` was erased; None when there is no such lead."""
@@ -174,6 +168,15 @@ class Matcher:
             return None
         erased = entity.get("ErasedAt") is not None
         return erased, (_from_entity(dict(entity)).email if full and not erased else None)
+
+
+def _by_digest(rows) -> dict[str, list[Known]]:
+    index: dict[str, list[Known]] = {}
+    for row in rows:
+        known = _known(row)
+        for key in known.who:
+            index.setdefault(key, []).append(known)
+    return index
 
 
 def _known(row) -> Known:

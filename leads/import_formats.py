@@ -158,19 +158,22 @@ class Source:
 
     # --- CSV --------------------------------------------------------------------------------------
 
-    def _records(self) -> Iterator[tuple[int, list[str] | str]]:
-        """(line, cells) of each record after the header, or (line, why it cannot be read)."""
+    def _records(self) -> Iterator[tuple[int, list[str]] | Refused]:
+        """(line, cells) of each record after the header, but blank ones, or why it cannot be read."""
         for number, text, error in islice(_records(self.path, self.encoding), self.skip, None):
-            yield number, error or _cells(text, self.delimiter)
+            cells = error or _cells(text, self.delimiter)
+            if isinstance(cells, str):
+                yield Refused(number, cells)
+            elif any(cell.strip() for cell in cells):
+                yield number, cells
 
     def _from_table_csv(self, table: str) -> Iterator[Row | Refused]:
         headers = self.headers or []
-        for number, cells in self._records():
-            if isinstance(cells, str):
-                yield Refused(number, cells)
+        for record in self._records():
+            if isinstance(record, Refused):
+                yield record
                 continue
-            if not any(cell.strip() for cell in cells):
-                continue
+            number, cells = record
             entity = {name: value for name, value in zip(headers, cells, strict=False)
                       if name and not name.endswith("@type")}  # fmt: skip
             try:
@@ -185,15 +188,14 @@ class Source:
 
     def _from_partner_center(self) -> Iterator[Row | Refused]:
         mapping = self.mapping or {}
-        for number, cells in self._records():
-            if isinstance(cells, str):
-                yield Refused(number, cells)
+        for record in self._records():
+            if isinstance(record, Refused):
+                yield record
                 continue
-            if not any(cell.strip() for cell in cells):
-                continue
-            row = {name: cells[index].strip() for name, index in mapping.items() if index < len(cells)}
+            number, cells = record
             try:
-                yield _partner_center_row(number, row)
+                yield _partner_center_row(number, {name: cells[index].strip() for name, index in mapping.items()
+                                                   if index < len(cells)})  # fmt: skip
             except LeadValidationError as exc:
                 yield Refused(number, str(exc))
 

@@ -478,3 +478,13 @@ def test_rows_an_earlier_version_wrote_with_plain_digests_are_matched_and_erased
     assert [row["RowKey"] for row in store.identities.table.query_entities("")] == [f"erased|{old_id}"]
     assert import_file(path).erased == 1
 
+
+
+def test_excels_sep_line_names_the_delimiter(store, tmp_path):
+    who = person()
+    path = tmp_path / "leads.csv"
+    path.write_text(f"sep=;\nFirst Name;Last Name;Email;Company;Offer Name;Created Date\n"
+                    f"{who['FirstName']};{who['LastName']};{who['Email']};{who['Company']};Contoso CRM;{NOW:%Y-%m-%d}\n")
+    report = import_file(path)
+    assert (report.files[0].delimiter, report.mapping["email"], report.imported) == (";", "Email", 1)
+    assert emails_stored(store) == [who["Email"]]

@@ -83,6 +83,10 @@ param leadsRetentionSchedule string = '0 30 3 * * *'
 param leadsDeliveryQueue string = 'leads-deliveries'
 @description('LEADS_SWEEP_SCHEDULE: NCRONTAB of the sweep that re-enqueues lost delivery messages.')
 param leadsSweepSchedule string = '0 */2 * * * *'
+@description('LEADS_VERIFY_SCHEDULE: NCRONTAB of the maintenance run that verifies and repairs the recent days.')
+param leadsVerifySchedule string = '0 */15 * * * *'
+@description('LEADS_VERIFY_DAYS: how many recent days each maintenance run verifies.')
+param leadsVerifyDays string = '2'
 @description('LEADS_ROUTING: which leads go to which destinations; empty uses the code default.')
 param leadsRouting string = ''
 @description('LEADS_TEST_LEADS: what to do with the marketplace\'s MSFT_TEST_ validation leads.')
@@ -292,6 +296,8 @@ var coreSettings = {
   LEADS_TABLE_PREFIX: leadsTablePrefix
   LEADS_POLL_SCHEDULE: leadsPollSchedule
   LEADS_SWEEP_SCHEDULE: leadsSweepSchedule
+  LEADS_VERIFY_SCHEDULE: leadsVerifySchedule
+  LEADS_VERIFY_DAYS: leadsVerifyDays
   LEADS_RETENTION_SCHEDULE: leadsRetentionSchedule
   LEADS_DELIVERY_QUEUE: leadsDeliveryQueue
   LEADS_POLL_OVERLAP_MINUTES: leadsPollOverlapMinutes

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .deliveries import Delivery
+    from .rows import Delivery
     from .settings import Settings
     from .store import LeadStore
 
@@ -85,7 +85,7 @@ def flush_alerts(store: LeadStore, settings: Settings, now: datetime) -> int:
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
     from azure.data.tables import UpdateMode
 
-    from .deliver import RateLimiter
+    from .ratelimit import RateLimiter
     from .routing import split_addresses
 
     to = split_addresses(settings.alert_to)

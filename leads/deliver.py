@@ -23,10 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .deliveries import FINAL, Delivery, backoff, initial_state
+from .deliveries import backoff, initial_state
 from .destinations import DeliveryError, Destination, PermanentError, Route, Sent, get_destination
 from .digests import FAILED, OPEN, SENT, Digest, DigestBook
 from .queue import DeliveryMessage, delivery_queue
+from .ratelimit import RateLimiter
+from .rows import FINAL, Delivery
 from .settings import SEND_DEADLINE_SECONDS, Settings, get_settings
 from .store import LeadStore
 
@@ -50,18 +52,24 @@ class Outcome:
 
 
 def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | None = None) -> None:
-    """Queue the deliveries of a stored lead that have something to send. A failure here loses
-    nothing: the rows exist and the sweep queues them again."""
+    """Queue the deliveries of a stored lead that have something to send: one try, within
+    ``ENQUEUE_SECONDS``, and none after a refusal. A failure here loses nothing: the rows exist
+    and the sweep queues them again, so it delays neither the answer to the POST nor the poll."""
     from azure.core.exceptions import AzureError
 
+    from .deadlines import ENQUEUE_SECONDS
+    from .http import deadline
+
     queue = delivery_queue(settings)
-    for name, route in deliveries.items():
-        if initial_state(name, route) != "pending":
-            continue
-        try:
-            queue.send(lead_id, name)
-        except AzureError as exc:
-            log.warning("delivery %s/%s not queued (%s); the sweep will", lead_id, name, type(exc).__name__)
+    pending = [name for name, route in deliveries.items() if initial_state(name, route) == "pending"]
+    with deadline(ENQUEUE_SECONDS):
+        for name in pending:
+            try:
+                queue.send(lead_id, name, once=True)
+            except AzureError as exc:
+                log.warning("deliveries of %s not queued (%s: %s); the sweep will", lead_id, ", ".join(pending),
+                            type(exc).__name__)  # fmt: skip
+                return
 
 
 def handle_message(text: str | bytes, settings: Settings | None = None) -> Outcome:
@@ -432,37 +440,6 @@ def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest |
                     Route(route.recipients, route.test, route.generation, operation=digest_id),
                     claimed_until=until)  # fmt: skip
     return DigestBook(store.leads).create(digest)
-
-
-class RateLimiter:
-    """A sliding window of sends per destination, shared by every instance through one row
-    written with ETags. ``acquire`` takes a slot, or says how many seconds until one frees."""
-
-    def __init__(self, store: LeadStore, name: str, limit: int, period: float) -> None:
-        self.table = store.checkpoints
-        self.key = ("rate", name)
-        self.limit, self.period = limit, period
-
-    def acquire(self, now: datetime) -> float | None:
-        import json
-
-        from .storage import RowKeptChanging, change_row
-
-        stamp, wait = now.timestamp(), None
-
-        def taken(entity: Mapping[str, object] | None) -> dict[str, str] | None:
-            nonlocal wait
-            sends = [s for s in json.loads(entity["Sends"]) if s > stamp - self.period] if entity else []
-            if len(sends) >= self.limit:
-                wait = max(1.0, min(sends) + self.period - stamp)
-                return None
-            return {"Sends": json.dumps([*sends, stamp])}
-
-        try:
-            change_row(self.table, *self.key, taken, tries=20)
-        except RowKeptChanging:
-            return 1.0
-        return wait
 
 
 def _clock_from(start: datetime) -> Callable[[], datetime]:

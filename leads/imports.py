@@ -31,7 +31,7 @@ import csv
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -145,14 +145,15 @@ class ImportReport:
             lines += [f"  warning: {warning}" for warning in report.warnings]
         if self.dry_run:
             lines.append("dry run: nothing was stored; the first rows read as:")
-            lines += [f"  row {item['row']}: {json.dumps(item['lead'], ensure_ascii=False)}" for item in self.preview]
-        else:
-            if len(self.files) > 1:
-                lines.append(f"all {len(self.files)} files: {self.read} rows read")
-            lines += [f"  {'already received:':<28}{self.already_received}",
-                      f"  {'erased, not taken in:':<28}{self.erased}",
-                      f"  {'imported and queued:':<28}{self.imported}",
-                      f"  {'imported, not sent (old):':<28}{self.imported_not_sent}"]  # fmt: skip
+            lines += [f"  row {item['row']} ({item.get('outcome')}): {json.dumps(item['lead'], ensure_ascii=False)}"
+                      for item in self.preview]  # fmt: skip
+            lines.append("a real run would take them in as:")
+        if len(self.files) > 1:
+            lines.append(f"all {len(self.files)} files: {self.read} rows read")
+        lines += [f"  {'already received:':<28}{self.already_received}",
+                  f"  {'erased, not taken in:':<28}{self.erased}",
+                  f"  {'imported and queued:':<28}{self.imported}",
+                  f"  {'imported, not sent (old):':<28}{self.imported_not_sent}"]  # fmt: skip
         refused = self.refused
         lines.append(f"  {'refused:':<28}{len(refused)}")
         where = (lambda item: f" of {item['file']}") if len(self.files) > 1 else (lambda item: "")
@@ -191,30 +192,29 @@ def import_files(paths: Iterable[str | Path], *, format: str = "auto",  # noqa: 
         if len(sources) > 1 and not any(source.mapping and name in source.mapping for source in sources):
             raise ImportError_(f"--column {name}={header}: none of the files has such a column")
     report = ImportReport(dry_run=dry_run)
-    store = matcher = None
-    if not dry_run:
-        from .store import LeadStore
+    from .store import LeadStore
 
-        store = LeadStore.from_settings(settings)
-        store.ensure_tables()
-        matcher = Matcher(store)
-        if key_changed(store.checkpoints):
-            sources[0].warnings = [*(sources[0].warnings or []), f"{SETTING} is not the key this store's leads were "
-                                   "stored with: rows of leads stored before it changed are not recognised (see "
-                                   "python -m leads check)"]  # fmt: skip
+    # A dry run reads the store as the real run does, through take_in, and writes no lead.
+    store = LeadStore.from_settings(settings)
+    store.ensure_tables()
+    matcher = Matcher(store)
+    if key_changed(store.checkpoints):
+        sources[0].warnings = [*(sources[0].warnings or []), f"{SETTING} is not the key this store's leads were "
+                               "stored with: rows of leads stored before it changed are not recognised (see "
+                               "python -m leads check)"]  # fmt: skip
     seen = _Seen()
     now = datetime.now(UTC)
     for source in sources:
         part, before = _report_of(source), report.read
         report.files.append(part)
         told = (lambda rows, before=before: progress(before + rows)) if progress else None
-        _import_source(source, part, store, matcher, settings, now, deliver, table_name, seen, told,
+        _import_source(source, part, store, matcher, settings, now, deliver, dry_run, table_name, seen, told,
                        preview_rows, on_outcome)  # fmt: skip
         if part.undated and source.format in ("jsonl", "json", "table-csv"):
             part.warnings.append(f"{part.undated} rows have no created time: they are matched against the leads of "
                                  "the last 6 months (as long as Partner Center keeps them), and new ones are stored "
                                  "unsent unless --deliver")  # fmt: skip
-    if store is not None and seen.rows:
+    if seen.rows:
         report.in_store_only = in_store_only(store, seen, now)
     return report
 
@@ -238,6 +238,7 @@ class _Seen:
     first: datetime | None = None
     last: datetime | None = None
     undated: bool = False
+    planned: set[str] = field(default_factory=set)  # a dry run's new leads
 
     def add(self, row: Row, outcome: Outcome) -> None:
         self.rows += 1
@@ -251,8 +252,8 @@ class _Seen:
         self.last = at if self.last is None else max(self.last, at)
 
 
-def _import_source(source: Source, part: FileReport, store: LeadStore | None, matcher: Matcher | None,
-                   settings: Settings, now: datetime, deliver: bool, table_name: str | None, seen: _Seen,
+def _import_source(source: Source, part: FileReport, store: LeadStore, matcher: Matcher, settings: Settings,
+                   now: datetime, deliver: bool, dry_run: bool, table_name: str | None, seen: _Seen,
                    progress: Callable[[int], None] | None, preview_rows: int,
                    on_outcome: Callable[[Outcome], None] | None) -> None:  # fmt: skip
     """Take in the rows of one file, a few threads storing at most WINDOW rows in flight (memory
@@ -262,11 +263,19 @@ def _import_source(source: Source, part: FileReport, store: LeadStore | None, ma
 
     table = table_name or settings.marketplace_table_name
     pending: dict = {}
+    previewed = {item["row"]: item for item in part.preview}
 
     def tally(done) -> None:
         for future in done:
             row = pending.pop(future)
             outcome = future.result()
+            if dry_run and outcome.state.startswith("imported"):
+                if outcome.lead_id in seen.planned:  # the same row twice, both in flight: the real run stores one
+                    outcome = replace(outcome, state="already-received", matched=outcome.lead_id)
+                seen.planned.add(outcome.lead_id)
+            if row.number in previewed:
+                as_ = f", as {outcome.matched}" if outcome.matched else ""
+                previewed[row.number]["outcome"] = outcome.state + as_
             part.count(outcome)
             seen.add(row, outcome)
             if on_outcome:
@@ -284,12 +293,11 @@ def _import_source(source: Source, part: FileReport, store: LeadStore | None, ma
                     on_outcome(outcome)
                 continue
             part.undated += not item.dated
-            if store is None:
-                if len(part.preview) < preview_rows:
-                    part.preview.append({"row": item.number, "lead": _preview(item.lead)})
-                continue
+            if dry_run and len(part.preview) < preview_rows:
+                previewed[item.number] = {"row": item.number, "lead": _preview(item.lead)}
+                part.preview.append(previewed[item.number])
             pending[pool.submit(take_in, store, item, settings, deliver=deliver, matcher=matcher, now=now,
-                                file=part.file)] = item  # fmt: skip
+                                file=part.file, dry_run=dry_run)] = item  # fmt: skip
             if len(pending) >= WINDOW:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 tally(done)
@@ -297,9 +305,9 @@ def _import_source(source: Source, part: FileReport, store: LeadStore | None, ma
 
 
 def take_in(store: LeadStore, row: Row, settings: Settings, *, deliver: bool = False, matcher: Matcher | None = None,
-            now: datetime | None = None, file: str = "") -> Outcome:  # fmt: skip
+            now: datetime | None = None, file: str = "", dry_run: bool = False) -> Outcome:  # fmt: skip
     """Store one imported lead unless it was received already or erased; route it, or hold it if
-    old or undated."""
+    old or undated. With ``dry_run``, the same decision, with nothing stored or sent."""
     from .deliver import enqueue
     from .routing import hold_backfill, hold_undated, plan
 
@@ -318,6 +326,12 @@ def take_in(store: LeadStore, row: Row, settings: Settings, *, deliver: bool = F
     if not deliver:
         deliveries = hold_backfill(lead, deliveries, settings) if row.dated else hold_undated(lead, deliveries)
     held = any(route.skip_reason for route in deliveries.values())
+    if dry_run:  # what store.add would find: a lead under this id (imported before, or the poll's row)
+        if (stored_erased := matcher.stored_state(lead.lead_id)) is not None:
+            return Outcome(file, row.number, "erased" if stored_erased else "already-received", lead.lead_id,
+                           lead.lead_id, offer=offer)  # fmt: skip
+        matcher.plan(lead)
+        return Outcome(file, row.number, "imported-not-sent" if held else "imported", lead.lead_id, offer=offer)
     try:
         stored = store.add(lead, deliveries)
     except ValueError as exc:  # more than a lead row can hold
@@ -343,7 +357,8 @@ def in_store_only(store: LeadStore, seen: _Seen, now: datetime, page: int = 200)
 
     from azure.core.exceptions import ResourceNotFoundError
 
-    from .store import LEAD_ROW
+    from .index import cursor_of
+    from .rows import LEAD_ROW
 
     since = now - UNDATED_WINDOW if seen.undated else None
     if seen.first is not None:
@@ -369,7 +384,7 @@ def in_store_only(store: LeadStore, seen: _Seen, now: datetime, page: int = 200)
     with ThreadPoolExecutor(8) as pool:
         while chunk := list(islice(entries, page)):
             for entry, row in zip(chunk, pool.map(look_up, [entry.lead_id for entry in chunk]), strict=True):
-                if row is None or store.index.cursor(entry) != store.index.cursor_of(entry.lead_id, row["ReceivedAt"]):
+                if row is None or entry.row_key != cursor_of(entry.lead_id, row["ReceivedAt"]):
                     continue  # an entry left over: its lead is not there, or was stored under another time
                 offers = {(row.get(name) or "").casefold() for name in ("OfferTitle", "OfferId")} - {""}
                 if seen.offers and not offers & seen.offers:

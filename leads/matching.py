@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from threading import Lock
 from typing import TYPE_CHECKING
 
-from .identities import _day, identity_key_forms, identity_keys, identity_texts
+from .identities import identity_key_forms, identity_keys, identity_texts
+from .rows import day_of as _day
 from .tombstones import buried
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Matcher:
         self._days: OrderedDict[str, dict[str, list[Known]]] = OrderedDict()  # day → digest → rows
         self._window: dict[str, list[Known]] | None = None
         self._window_since: datetime | None = None
+        self._planned: dict[str, str | None] = {}  # a dry run's new leads, as if stored: id → email
         self._lock = Lock()
 
     def find(self, lead: Lead, dated: bool = True, now: datetime | None = None) -> Match | None:
@@ -124,6 +126,12 @@ class Matcher:
                 for key in keys if index is not None else ():
                     index[key] = [*index.get(key, ()), known]
 
+    def plan(self, lead: Lead) -> None:
+        """A lead a dry run would store: rows read later match it as if it were stored."""
+        with self._lock:
+            self._planned[lead.lead_id] = lead.email
+        self.remember(lead)
+
     def _rows(self, day: str) -> dict[str, list[Known]]:
         """The identity rows and tombstones of one day, by digest."""
         with self._lock:
@@ -160,14 +168,16 @@ class Matcher:
         there."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        from .store import LEAD_ROW, _from_entity
+        from .rows import LEAD_ROW, lead_from_entity
 
+        if lead_id in self._planned:
+            return False, self._planned[lead_id]
         try:
             entity = self.store.leads.get_entity(lead_id, LEAD_ROW, select=None if full else ["ErasedAt"])
         except ResourceNotFoundError:
             return None
         erased = entity.get("ErasedAt") is not None
-        return erased, (_from_entity(dict(entity)).email if full and not erased else None)
+        return erased, (lead_from_entity(entity).email if full and not erased else None)
 
 
 def _by_digest(rows) -> dict[str, list[Known]]:

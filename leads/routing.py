@@ -32,12 +32,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .destinations.base import Route
-from .model import Lead
+from .model import Lead, Route
+from .rows import BACKFILL_REASON, UNDATED_REASON
 from .settings import DEFAULT_CHANNEL
 
 if TYPE_CHECKING:
-    from .deliveries import Delivery
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -202,10 +201,6 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
     return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads, defaults)
 
 
-BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"
-UNDATED_REASON = "imported from a row without a created date"
-
-
 def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
                   now: datetime | None = None) -> dict[str, Route]:  # fmt: skip
     """``routes``, each held when the lead is older than ``LEADS_BACKFILL_DAYS`` by its received
@@ -227,9 +222,3 @@ def hold_undated(lead: Lead, routes: Mapping[str, Route]) -> dict[str, Route]:
     reason = (f"{UNDATED_REASON}: its age cannot be told; stored, not delivered. `python -m leads replay --lead "
               f"{lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
-
-
-def held_for_backfill(delivery: Delivery) -> bool:
-    """Whether a delivery was stored skipped by :func:`hold_backfill` or :func:`hold_undated`
-    (``replay`` delivers it)."""
-    return delivery.state == "skipped" and (delivery.last_error or "").startswith((BACKFILL_REASON, UNDATED_REASON))

@@ -117,6 +117,18 @@ class Settings(BaseSettings):
         alias="LEADS_SWEEP_SCHEDULE",
         description="NCRONTAB of the sweep that re-enqueues deliveries whose message was lost.",
     )
+    verify_schedule: str = Field(
+        "0 */15 * * * *",
+        alias="LEADS_VERIFY_SCHEDULE",
+        description="NCRONTAB of the maintenance run that verifies and repairs the recent days' derived rows.",
+    )
+    verify_days: int = Field(
+        2,
+        alias="LEADS_VERIFY_DAYS",
+        ge=1,
+        le=31,
+        description="How many recent days of leads (today included) each maintenance run verifies.",
+    )
     routing: str = Field("", alias="LEADS_ROUTING", description="Routing rules: JSON, or a JSON file's path.")
     test_leads: Literal["notify", "deliver", "drop"] = Field(
         "notify",

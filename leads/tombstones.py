@@ -24,7 +24,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .identities import _day, identity_keys
+from .identities import identity_keys
+from .rows import day_of as _day
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient

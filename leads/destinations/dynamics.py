@@ -402,12 +402,12 @@ class DynamicsDestination(Destination):
             from azure.identity import ManagedIdentityCredential
 
             # One quick retry of the host-local endpoint; longer waits are the delivery worker's.
-            # Its calls go through the destination's deadline session (leads/http.py).
-            self._identity = ManagedIdentityCredential(client_id=self.client_id, connection_timeout=self.timeout,
-                                                       read_timeout=self.timeout, retry_total=1,
-                                                       retry_backoff_factor=0.5,
-                                                       transport=RequestsTransport(session=self.session,
-                                                                                   session_owner=False))  # fmt: skip
+            # Its calls go through the destination's deadline session (leads/http.py), with the
+            # timeouts on the transport: a client given one never passes it its own.
+            transport = RequestsTransport(session=self.session, session_owner=False, connection_timeout=self.timeout,
+                                          read_timeout=self.timeout)  # fmt: skip
+            self._identity = ManagedIdentityCredential(client_id=self.client_id, retry_total=1,
+                                                       retry_backoff_factor=0.5, transport=transport)  # fmt: skip
         return self._identity
 
     def _secret_token(self) -> str:

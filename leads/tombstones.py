@@ -12,7 +12,8 @@ A tombstone holds no personal data: the keyed digests of the lead's identities (
 offer, its name, company and offer: ``Who``, as its identity row held them; :mod:`leads.pseudonyms`),
 whether it named an email, when the lead arrived and when it was erased. Without the key nobody can
 test a digest against a guess; with it, only a person's details presented again (a row of a file)
-are recognised as an erased lead's. docs/security.md says why keeping it is allowed.
+are recognised as an erased lead's. docs/security.md says why keeping it is allowed. It is no
+derived row (nothing else says what it says): ``verify`` leaves it alone.
 
 The HTTP intake and the table poll need no tombstone: an HTTP lead's id is the keyed digest of its
 content and a table lead's comes from its row's keys, and the erased lead row keeps its id, so a

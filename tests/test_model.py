@@ -236,11 +236,14 @@ def test_the_store_keeps_its_promises_in_every_interleaving_and_crash(storage, e
         assert owed <= set(receiver.leads), label  # each stored once by its Idempotency-Key
         assert sum(receiver.received.values()) - len(receiver.leads) <= (1 if scheduler.crashed else 0), label
         assert verify(run.settings, since_days=None, now=now).by_kind() == {}, label
-        if seed % PLANT_EVERY == 0 and len(owed) >= 2:  # and what is planted there is found, exactly
+        # ... and what is planted there is found, exactly. (A schedule may end with fewer than two
+        # leads of today delivered: one posted again after its forget is erased, not a new lead.)
+        if seed % PLANT_EVERY == 0 and len(finished_leads(run.store, 2)) == 2:
             planted = plant(run.store, now=now)
             assert Counter(verify(run.settings, now=now, repair=True).by_kind()) == planted, label
             assert verify(run.settings, now=now).by_kind() == {}, label
             plants += 1
+    assert plants >= len(seeds) // PLANT_EVERY // 2, plants  # most planting seeds had leads to plant around
     with capsys.disabled():
         print(f"\nmodel: {len(calls)} schedules, {sum(calls)} scheduled storage calls "
               f"({min(calls)}-{max(calls)} a schedule), {sum(crashed.values())} crashes at {len(crashed)} distinct "

@@ -322,6 +322,7 @@ def serve_env(connection: str, tag: str, outbox: str) -> dict[str, str]:
         # The timers would poll or sweep mid-measurement; here they fire once a year.
         "LEADS_POLL_SCHEDULE": "0 0 0 1 1 *",
         "LEADS_SWEEP_SCHEDULE": "0 0 0 1 1 *",
+        "LEADS_VERIFY_SCHEDULE": "0 0 0 1 1 *",
         # Mail the app writes without ACS goes to a temporary folder, not into the repo.
         "EMAIL_OUTBOX_DIR": outbox,
     }

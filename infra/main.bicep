@@ -318,6 +318,8 @@ var coreSettings = {
   EMAIL_SENDER: empty(emailSender) ? communication.outputs.sender : emailSender
   EMAIL_PII: emailPii
   EMAIL_PER_MINUTE: !empty(emailPerMinute) ? emailPerMinute : (sendsFromCustomDomain ? '30' : '5')
+  // The key of every digest of personal data: a secret the vault module creates once (never rotated).
+  LEADS_ID_KEY: '${secretRef}${keyVault.outputs.idKeySecretName})'
 }
 
 var appSettings = union(coreSettings,

@@ -27,7 +27,8 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
 
     storage = storage_check(settings)
     results = [*refused, ("storage", storage), ("routing", routing_check(settings)),
-               ("settings", key_vault_check(settings)), ("function keys", function_keys_check(settings))]  # fmt: skip
+               ("settings", key_vault_check(settings)), ("id key", id_key_check(settings, storage.ok)),
+               ("function keys", function_keys_check(settings))]  # fmt: skip
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled", "set EMAIL_TO, WEBHOOK_URL "
@@ -154,6 +155,39 @@ def key_vault_check(settings: Settings) -> Check:
                      "give the app's identity 'Key Vault Secrets User' on the vault, check the secret exists, "
                      "and that keyVaultReferenceIdentity names that identity")  # fmt: skip
     return Check(True, "no unresolved Key Vault references")
+
+
+def id_key_check(settings: Settings, storage_ok: bool = True) -> Check:
+    """``LEADS_ID_KEY``: set, long enough, and the key this store first ran with (leads/pseudonyms.py)."""
+    from azure.core.exceptions import AzureError
+
+    from .pseudonyms import SETTING, key_changed, key_problem
+    from .store import LeadStore
+
+    if problem := key_problem():
+        return Check.warn(problem[1], problem[2])
+    if settings.id_key.strip().startswith("@Microsoft.KeyVault("):
+        return Check.warn(f"{SETTING} is an unresolved Key Vault reference: digests are plain until it resolves",
+                          "see the settings line")  # fmt: skip
+    if not storage_ok:
+        return Check.warn(f"{SETTING} is set; whether it is the store's cannot be read (see the storage line)")
+    from .deadlines import PROBE_SECONDS
+    from .http import deadline
+    from .storage import StorageNotConfigured
+
+    try:
+        with deadline(PROBE_SECONDS):
+            store = LeadStore.from_settings(settings)
+            store.ensure_tables()
+            changed = key_changed(store.checkpoints)
+    except (AzureError, ValueError, StorageNotConfigured) as exc:
+        return Check.warn(f"{SETTING} is set; whether it is the store's could not be read ({type(exc).__name__})")
+    if changed:
+        return Check.warn(f"{SETTING} is not the key this store's ids and rows were made with: import no longer "
+                          "matches the leads stored before, and forget --email misses their email rows",
+                          "set it back to the earlier key (Key Vault keeps every version of the secret "
+                          "leads-id-key); never change it once leads are stored")  # fmt: skip
+    return Check(True, f"{SETTING} is set, the key this store's ids are made with")
 
 
 def routing_check(settings: Settings) -> Check:

@@ -107,14 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     forget.add_argument("--json", action="store_true", help="what was erased, as JSON")
 
     importing = commands.add_parser(
-        "import", help="recover leads from a file: a Partner Center Leads download, JSON bodies, or the "
-        "marketplace table as CSV; prints what was already received, imported or refused")  # fmt: skip
-    importing.add_argument("file", metavar="FILE")
+        "import", help="recover leads from files: Partner Center Leads downloads, JSON bodies, or the "
+        "marketplace table as CSV; prints what was already received, erased, imported or refused, and what "
+        "the store has that the files do not")  # fmt: skip
+    importing.add_argument("files", nargs="+", metavar="FILE", help="one or more files (Partner Center downloads "
+                           "hold 5,000 rows at most: download the rest by date and give them all)")  # fmt: skip
     importing.add_argument("--format", default="auto", choices=("auto", "jsonl", "json", "table-csv", "partner-center"),
                            help="the file's format (default: told from its name and first line)")  # fmt: skip
     importing.add_argument("--column", action="append", default=[], metavar="FIELD=HEADER",
                            help="read FIELD (email, firstName, createdAt, ...) from the column HEADER of a Partner "
                            "Center file; repeat for several")  # fmt: skip
+    importing.add_argument("--encoding", metavar="CODEC", help="the files' text encoding (default: told from "
+                           "a BOM or a trial decode: UTF-8, UTF-16, Windows-1252)")  # fmt: skip
     importing.add_argument("--table", metavar="NAME", help="the marketplace table a table-csv file was exported from "
                            "(default: MARKETPLACE_TABLE_NAME)")  # fmt: skip
     importing.add_argument("--deliver", action="store_true",
@@ -122,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     importing.add_argument("--dry-run", action="store_true",
                            help="print the column mapping and the first rows as leads; store nothing")
     importing.add_argument("--json", action="store_true", help="the report as JSON")
+    importing.add_argument("--csv", metavar="PATH",
+                           help="also write each row's outcome, and the leads only the store has, to a CSV file "
+                           "(cells a spreadsheet would run as formulas start with ')")  # fmt: skip
 
     for command in commands._choices_actions:  # `COMMAND --help` opens with what the command does
         commands.choices[command.dest].description = command.help
@@ -546,7 +553,7 @@ def _poll(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .imports import ImportError_, Progress, import_file
+    from .imports import CsvReport, ImportError_, Progress, import_files
 
     columns = {}
     for item in args.column:
@@ -556,14 +563,21 @@ def _import(args: argparse.Namespace) -> int:
             return 2
         columns[name.strip()] = header.strip()
     progress = Progress()
+    out = open(args.csv, "w", newline="", encoding="utf-8-sig") if args.csv else None  # noqa: SIM115
+    written = CsvReport(out) if out else None
     try:
-        report = import_file(args.file, format=args.format, columns=columns, dry_run=args.dry_run,
-                             deliver=args.deliver, table_name=args.table, progress=progress)  # fmt: skip
+        report = import_files(args.files, format=args.format, columns=columns, encoding=args.encoding,
+                              dry_run=args.dry_run, deliver=args.deliver, table_name=args.table, progress=progress,
+                              on_outcome=written)  # fmt: skip
+        if written and report.in_store_only:
+            written.in_store_only(report.in_store_only)
     except ImportError_ as exc:
         print(f"import: {exc}", file=sys.stderr)
         return 2
     finally:
         progress.done()
+        if out:
+            out.close()
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.text())
     return 1 if report.refused else 0
 

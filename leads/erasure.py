@@ -5,14 +5,17 @@ What is erased, in the lead store's table: the lead row's normalised lead (name,
 company, title, description) and its raw input, every chunk; a rejected record's raw row or refused
 body, and its reason (which may quote a value); the last error of each of the lead's deliveries
 (services echo values back); the record's rows in the identities table (digests of its identities
-and of every address it held, ``leads/identities.py``). What is kept, so that counts and audit survive: the lead id, its
+and of every address it held, ``leads/identities.py``, in either form, :mod:`leads.pseudonyms`);
+an HTTP lead's content row. What is kept, so that counts and audit survive: the lead id, its
 times, channel, offer, source, action, flags, duplicate count, and each delivery's destination,
-state, attempts and external id. The lead row is marked ``ErasedAt``; the delivery worker skips
-an erased lead's open deliveries (``skipped``, with :data:`ERASED_REASON`), and nothing writes an
-erased row again: the store inserts a lead only if its row is absent, and the HTTP intake takes a
-repeat of an erased lead's content in as a new lead. Mails in the local outbox
-(``EMAIL_OUTBOX_DIR``) that name the person are deleted. Records already sent to CRMs, the webhook
-or a mailbox are outside the app and must be erased there.
+state, attempts and external id; and, written first, the lead's tombstone (keyed digests of its
+identities, :mod:`leads.tombstones`), so that an import of a file holding it takes nothing in.
+The lead row is marked ``ErasedAt``; the delivery worker skips an erased lead's open deliveries
+(``skipped``, with :data:`ERASED_REASON`), and nothing writes an erased row again: the store
+inserts a lead only if its row is absent, and the HTTP intake takes nothing of a repeat of an
+erased lead's content within the dedupe window. Mails in the local outbox (``EMAIL_OUTBOX_DIR``)
+that name the person are deleted. Records already sent to CRMs, the webhook or a mailbox are
+outside the app and must be erased there.
 
 Erasing is idempotent: an erased row is rewritten to the same erased shape, and a second run finds
 nothing personal left. An erasure cut short is finished by the next: the erased row names the
@@ -36,9 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from .identities import address_partitions, addresses_of
-from .rows import LEAD_ROW, OPEN, REJECTED_ROW, Delivery, lead_entity, lead_from_entity
+from .model import Lead
+from .normalise import http_lead_id_forms
+from .rows import CONTENT_ROW, LEAD_ROW, OPEN, REJECTED_ROW, Delivery, lead_entity, lead_from_entity
 from .settings import Settings, get_settings
 from .store import LeadStore
+from .tombstones import bury
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +223,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
     # Read before the row is erased: the email-index rows to delete with it (and those an erasure
     # cut short left to delete).
     pending = json.loads(entity.get(PENDING_INDEX_ROWS) or "[]")
-    index_rows = sorted({*address_partitions(addresses_of(entity)), *pending})
+    index_rows = sorted({*address_partitions(addresses_of(entity), every_form=True), *pending})
     if entity["RowKey"] == REJECTED_ROW:
         kept = {key: entity[key] for key in _REJECTED_KEPT if key in entity}
         erased = {"PartitionKey": lead_id, "RowKey": REJECTED_ROW, **kept, "Error": ERASED_ERROR,
@@ -229,7 +235,13 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         log.info("content of rejected record %s erased", lead_id)
         return done
     lead = lead_from_entity(entity)
+    if not is_erased(entity):
+        # First what keeps the erased lead from being taken in again (an import of the Partner
+        # Center download, which keeps it for six months), then what names the person.
+        bury(store.identities.table, lead, now)
     store.identities.forget(lead)  # digests of the email and name: personal data too
+    if lead.channel == "http":
+        _forget_content(store, lead)
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
     values = [getattr(lead, name) for name in PERSONAL_FIELDS if getattr(lead, name)]
     blank = lead.model_copy(update={**dict.fromkeys(PERSONAL_FIELDS), "email_valid": None, "raw": None})
@@ -269,6 +281,19 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         done.outbox_files = _forget_outbox([(lead_id, values)], settings)
     log.info("personal data of lead %s erased", lead_id)  # the audit trail: the id, never the person
     return done
+
+
+def _forget_content(store: LeadStore, lead: Lead) -> None:
+    """Delete the content row of an HTTP lead's content (a count under a digest of the content),
+    under the digest an earlier version gave it too. A later arrival of the same content builds it
+    again from the leads themselves (``LeadStore._carry_forward``)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    for partition in http_lead_id_forms(lead):
+        try:
+            store.leads.delete_entity(partition, CONTENT_ROW)
+        except ResourceNotFoundError:
+            pass
 
 
 def _write_erased(store: LeadStore, erased: dict[str, Any], index_rows: list[str]) -> None:

@@ -4,10 +4,11 @@
 company, together with its offer (the same person asking about two offers is two leads). Each
 stored lead that carries such an identity gets one row in the app's ``<prefix>Identities`` table,
 in the partition of the day it arrived: PartitionKey ``<received day, YYYY-MM-DD>``, RowKey ``<lead
-id>``, ``Who`` the digests of its identities. "Was a lead from this person about this offer
-received within a day of then?" reads the three day partitions around then, whatever the store
-holds; :class:`Matcher` keeps the last few days it read, so a file of leads sorted by date reads
-each day once.
+id>``, ``Who`` the digests of its identities, ``HasEmail`` whether it names an email (two leads
+naming different emails are two people, whatever their names). "Was a lead from this person about
+this offer received within a day of then?" reads the three day partitions around then, whatever
+the store holds (:mod:`leads.matching`, which also reads the tombstones of erased leads kept in
+the same partitions, :mod:`leads.tombstones`).
 
 **Email addresses, for ``forget --email``.** Every address a lead or rejected record holds (the
 lead's email, and any address anywhere in its normalised fields or raw input, found by
@@ -21,8 +22,10 @@ refused body full of them) gets that many rows and one in ``email|crowded``, whi
 also reads and checks by content, so a flood of addresses in one body costs a bounded number of
 writes and no lookup misses it.
 
-The rows hold no personal data in clear (SHA-256 digests), but a digest of an email is still
-personal data: erasing a record deletes its rows (:meth:`IdentityIndex.forget`,
+The rows hold no personal data in clear: keyed digests (:mod:`leads.pseudonyms`), which no one
+without the key can check against a guess. Rows written before the key hold plain SHA-256 digests:
+they are read and deleted under both forms. Still, the rows say who a lead is about: erasing a
+record deletes its rows (:meth:`IdentityIndex.forget`,
 :meth:`IdentityIndex.forget_addresses`), and a lead that arrives again once erased (its marketplace
 row read again, its content posted again) has the rows just written for it taken back
 (:meth:`IdentityIndex.take_back`). Rows are written before the record they point at, so one can
@@ -37,13 +40,13 @@ when every stored record is in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .pseudonyms import digest, forms
 from .rows import LEAD_ROW, REJECTED_ROW, join_text, lead_from_entity
 from .storage import checkpoint_of, mark_done, read_store_once, upsert_batched
 
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
 
     from .model import Lead
 
-MATCH_WINDOW = timedelta(days=1)
 # An email address in free text: the HTML standard's "valid email address" (what browsers accept
 # in <input type=email>), widened from ASCII to Unicode letters and digits, with the local part
 # bounded to RFC 5321's 64 characters so that a long run of text without an "@" is read in linear
@@ -68,17 +70,29 @@ CROWDED = EMAIL_PARTITION + "crowded"
 _META = ("reindex", "identities")  # in the checkpoints table
 
 
-def identity_keys(lead: Lead) -> list[str]:
-    """The identities of a lead: by email, and by name with company, each with the offer's id and
-    with its title (a Partner Center download may name the offer by either); none when neither
-    person is known (the marketplace withheld them), since such leads cannot be told apart."""
-    people = []
-    if lead.email:
-        people.append(f"email|{lead.email.casefold()}")
-    if lead.first_name and lead.last_name and lead.company:
-        people.append("name|" + "|".join(part.casefold() for part in (lead.first_name, lead.last_name, lead.company)))
+def identity_texts(lead: Lead) -> tuple[list[str], list[str]]:
+    """The identities of a lead before they are digested, by email and by name with company, each
+    with the offer's id and with its title (a Partner Center download may name the offer by
+    either); none when neither person is known (the marketplace withheld them), since such leads
+    cannot be told apart."""
     offers = list(dict.fromkeys(offer.casefold() for offer in (lead.offer_id, lead.offer_title) if offer)) or [""]
-    return [_digest(f"{person}|{offer}") for person in people for offer in offers]
+    by_email = [f"email|{lead.email.casefold()}|{offer}" for offer in offers] if lead.email else []
+    by_name = []
+    if lead.first_name and lead.last_name and lead.company:
+        person = "|".join(part.casefold() for part in (lead.first_name, lead.last_name, lead.company))
+        by_name = [f"name|{person}|{offer}" for offer in offers]
+    return by_email, by_name
+
+
+def identity_keys(lead: Lead) -> list[str]:
+    """The keyed digests of a lead's identities (:func:`identity_texts`), as its row holds them."""
+    by_email, by_name = identity_texts(lead)
+    return [_digest(text) for text in by_email + by_name]
+
+
+def identity_key_forms(texts: Iterable[str]) -> set[str]:
+    """Every digest ``texts`` may be stored under: keyed, and plain as earlier versions wrote them."""
+    return {form for text in texts for form in forms(text, 32)}
 
 
 def address_partition(address: str) -> str:
@@ -86,10 +100,17 @@ def address_partition(address: str) -> str:
     return EMAIL_PARTITION + _digest(address.strip().casefold())
 
 
-def address_partitions(addresses: Iterable[str]) -> list[str]:
-    """The partitions of the rows that index a record holding ``addresses`` (digests only)."""
+def address_partition_forms(address: str) -> list[str]:
+    """The partitions rows of ``address`` may be in: keyed, and plain as earlier versions wrote them."""
+    return [EMAIL_PARTITION + form for form in forms(address.strip().casefold(), 32)]
+
+
+def address_partitions(addresses: Iterable[str], every_form: bool = False) -> list[str]:
+    """The partitions of the rows that index a record holding ``addresses`` (digests only): where
+    they are written, or with ``every_form`` where they may be (to delete them)."""
     addresses = list(addresses)
-    partitions = [address_partition(address) for address in addresses[:MAX_ADDRESSES]]
+    partition = address_partition_forms if every_form else lambda address: [address_partition(address)]
+    partitions = [form for address in addresses[:MAX_ADDRESSES] for form in partition(address)]
     return partitions + ([CROWDED] if len(addresses) > MAX_ADDRESSES else [])
 
 
@@ -232,16 +253,16 @@ class IdentityIndex:
         when the index row was written): one partition query, and one of the crowded records. The
         caller checks each record by content: a row may name a record that does not hold the
         address (written for a repeat that held it in its raw input) or that was never stored."""
-        for partition in (address_partition(address), CROWDED):
+        for partition in (*address_partition_forms(address), CROWDED):
             for row in self.table.query_entities("PartitionKey eq @p", parameters={"p": partition},
                                                  select=["RowKey", "Timestamp"]):  # fmt: skip
                 record_id, row_key = row["RowKey"].rsplit("|", 1)
                 yield record_id, row_key, partition == CROWDED, row.metadata.get("timestamp")
 
     def forget_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
-        """Delete the rows that index the record under ``addresses`` (and its crowded row if
-        it has that many)."""
-        self.forget_partitions(record_id, row_key, address_partitions(addresses))
+        """Delete the rows that index the record under ``addresses``, in either form (and its
+        crowded row if it has that many)."""
+        self.forget_partitions(record_id, row_key, address_partitions(addresses, every_form=True))
 
     def forget_partitions(self, record_id: str, row_key: str, partitions: Iterable[str]) -> None:
         """Delete the record's rows in ``partitions`` (:func:`address_partitions`)."""
@@ -287,14 +308,6 @@ class IdentityIndex:
         upsert_batched(self.table, rows)
         return counts
 
-    def matcher(self, days_kept: int = 7) -> Matcher:
-        return Matcher(self, days_kept)
-
-    def find(self, lead: Lead, window: timedelta = MATCH_WINDOW) -> str | None:
-        """The id of a stored lead with one of ``lead``'s identities that arrived within
-        ``window`` of it, or None."""
-        return self.matcher().find(lead, window)
-
     def forget(self, lead: Lead) -> bool:
         """Delete the row of ``lead``'s identities; whether there was one."""
         from azure.core.exceptions import ResourceNotFoundError
@@ -304,61 +317,6 @@ class IdentityIndex:
         except ResourceNotFoundError:
             return False
         return True
-
-    def day(self, day: str) -> list[tuple[frozenset[str], str, datetime]]:
-        """Every row of one day: (identities, lead id, received)."""
-        rows = self.table.query_entities("PartitionKey eq @day", parameters={"day": day},
-                                         select=["RowKey", "Who", "ReceivedAt"])  # fmt: skip
-        return [(frozenset(row["Who"].split()), row["RowKey"], row["ReceivedAt"]) for row in rows]
-
-    def exists(self, lead_id: str) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            self.leads.get_entity(lead_id, LEAD_ROW, select=["PartitionKey"])
-        except ResourceNotFoundError:
-            return False
-        return True
-
-
-class Matcher:
-    """Finds stored leads by identity for many leads in a row, keeping the rows of the last
-    ``days_kept`` days it read (memory bounded by a week's leads, whatever the file's size)."""
-
-    def __init__(self, index: IdentityIndex, days_kept: int) -> None:
-        from collections import OrderedDict
-        from threading import Lock
-
-        self.index, self.days_kept = index, days_kept
-        self._days: OrderedDict[str, list[tuple[frozenset[str], str, datetime]]] = OrderedDict()
-        self._lock = Lock()
-
-    def find(self, lead: Lead, window: timedelta = MATCH_WINDOW) -> str | None:
-        keys = set(identity_keys(lead))
-        if not keys:
-            return None
-        low, high = lead.received_at - window, lead.received_at + window
-        day, days = low, []
-        while _day(day) <= _day(high):
-            days.append(_day(day))
-            day += timedelta(days=1)
-        for name in days:
-            for who, lead_id, received in self._rows(name):
-                if who & keys and lead_id != lead.lead_id and low <= received <= high and self.index.exists(lead_id):
-                    return lead_id
-        return None
-
-    def _rows(self, day: str) -> list[tuple[frozenset[str], str, datetime]]:
-        with self._lock:
-            if day in self._days:
-                self._days.move_to_end(day)
-                return self._days[day]
-        rows = self.index.day(day)
-        with self._lock:
-            self._days[day] = rows
-            while len(self._days) > self.days_kept:
-                self._days.popitem(last=False)
-        return rows
 
 
 def rows_for(entity: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -385,7 +343,8 @@ def _identity_row(lead: Lead, addresses: list[str]) -> dict[str, Any] | None:
     if not keys and not addresses:
         return None
     return {"PartitionKey": _day(lead.received_at), "RowKey": lead.lead_id, "Who": " ".join(keys),
-            "Addresses": json.dumps(address_partitions(addresses)), "ReceivedAt": lead.received_at}  # fmt: skip
+            "HasEmail": bool(lead.email), "Addresses": json.dumps(address_partitions(addresses)),
+            "ReceivedAt": lead.received_at}  # fmt: skip
 
 
 def _address_rows(record_id: str, row_key: str, addresses: list[str]) -> list[dict[str, Any]]:
@@ -394,7 +353,7 @@ def _address_rows(record_id: str, row_key: str, addresses: list[str]) -> list[di
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return digest(text)[:32]
 
 
 def _day(when: datetime) -> str:

@@ -1,12 +1,13 @@
-"""``python -m leads import FILE``: recover leads the marketplace never delivered.
+"""``python -m leads import FILE...``: recover leads the marketplace never delivered.
 
 The marketplace hands a lead over once. When a destination was down, Microsoft's answer is to
 download the leads from Partner Center (Referrals → Leads → Download: the last six months, up to
-5,000 rows) and enter them again by hand. This reads such a file, or one in the marketplace's own
-formats, and takes each row in as a lead with channel ``import``:
+5,000 rows a file, so filter by date for the rest) and enter them again by hand. This reads such
+files, or ones in the marketplace's own formats, several in one run, and takes each row in as a
+lead with channel ``import``:
 
 - ``jsonl`` / ``json``: JSON lines, or a JSON array, of HTTPS-endpoint bodies as the marketplace
-  POSTs them;
+  POSTs them (which carry no created time);
 - ``table-csv``: the marketplace table exported as CSV by Azure Storage Explorer (PartitionKey,
   RowKey, Timestamp, the lead columns, ``CustomerInfo`` as a JSON string; ``<name>@type`` columns
   are ignored). A row keeps the id the table poll gives it, so one the poll took in is found;
@@ -14,414 +15,419 @@ formats, and takes each row in as a lead with channel ``import``:
   so headers are matched to lead fields ignoring case, spaces and punctuation, with
   ``--column FIELD=HEADER`` to override; ``--dry-run`` shows the mapping chosen.
 
-A row that matches a lead already stored (the same email, or name and company when there is no
-email, about the same offer, received within a day of it: :mod:`leads.identities`) is reported as
-already received and not stored again, and a row imported before has the same id again, so
-importing a file twice stores nothing the second time. New leads follow routing, except that
-leads older than ``LEADS_BACKFILL_DAYS`` are stored without being sent unless ``deliver`` is
-asked for. Rows are read and stored one at a time: memory stays flat whatever the file's size.
+How a file is read (encodings, delimiters, rows refused with their line) is
+:mod:`leads.import_formats`; how a row is told to be a lead already received, an erased lead or a
+new one is :mod:`leads.matching`. A row imported before has the same id again, so importing a file
+twice stores nothing the second time. New leads follow routing, except that leads older than
+``LEADS_BACKFILL_DAYS``, and leads of rows without a created date, are stored without being sent
+unless ``deliver`` is asked for. Rows are read and stored a few at a time: memory stays flat
+whatever the files' size (but for the ids of the leads the files account for, kept to tell what
+the store has that the files do not).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import json
-import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+from .identities import identity_keys
+from .import_formats import FORMATS, ImportError_, Refused, Row, Source, map_columns, open_source
+from .matching import MATCH_WINDOW, UNDATED_WINDOW, Matcher
 from .model import Lead
-from .normalise import LeadValidationError, from_http_body, from_table_entity, table_lead_id
+from .pseudonyms import SETTING, key_changed
 from .settings import Settings, get_settings
 
-FORMATS = ("jsonl", "json", "table-csv", "partner-center")
+if TYPE_CHECKING:
+    from .store import LeadStore
+
+__all__ = ["FORMATS", "ImportError_", "ImportReport", "import_file", "import_files", "map_columns"]
+
 WORKERS, WINDOW = 8, 64
-
-# Lead fields a Partner Center export can fill, and the header names (case, spaces and punctuation
-# ignored) that mean them. Partner Center does not document its columns: these are the names its
-# Leads page shows and the ones other exports use; --column covers the rest.
-PARTNER_CENTER_FIELDS: dict[str, tuple[str, ...]] = {
-    "firstName": ("firstname", "givenname", "customerfirstname", "contactfirstname"),
-    "lastName": ("lastname", "surname", "familyname", "customerlastname", "contactlastname"),
-    "email": ("email", "emailaddress", "customeremail", "contactemail", "businessemail", "workemail"),
-    "phone": ("phone", "phonenumber", "telephone", "customerphone", "contactphone", "businessphone"),
-    "company": ("company", "companyname", "organization", "organisation", "customercompany", "account"),
-    "title": ("title", "jobtitle", "customertitle", "role"),
-    "country": ("country", "countryregion", "countryorregion", "customercountry", "region"),
-    "offer": ("offer", "offername", "offertitle", "offerdisplayname", "product", "productname", "listing"),
-    "offerId": ("offerid", "productid"),
-    "source": ("leadsource", "source", "marketplace", "storefront"),
-    "action": ("action", "actioncode", "leadaction", "actiontaken", "leadtype"),
-    "createdAt": ("createddate", "created", "createdon", "createdtime", "createdat", "date", "leaddate",
-                  "datecreated", "timestamp", "receiveddate"),  # fmt: skip
-    "description": ("description", "comments", "comment", "notes", "message", "details"),
-}
-
-
-class ImportError_(ValueError):  # noqa: N801 - "ImportError" is Python's own
-    """The file or an option cannot be used; the message says which and why."""
+_LISTED = 50  # refused rows and leads only in the store the text report lists (--json: all)
 
 
 @dataclass
 class Outcome:
+    file: str
     row: int
-    state: str  # imported, imported-not-sent, already-received, refused
+    state: str  # imported, imported-not-sent, already-received, erased, refused
     lead_id: str | None = None
-    matched: str | None = None  # the stored lead an already-received row matched
+    matched: str | None = None  # the stored (or erased) lead an already-received or erased row matched
+    reason: str | None = None
+    offer: str | None = None
+
+
+@dataclass
+class FileReport:
+    file: str
+    format: str
+    encoding: str
+    delimiter: str | None = None
+    read: int = 0
+    already_received: int = 0
+    erased: int = 0
+    imported: int = 0
+    imported_not_sent: int = 0
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    mapping: dict[str, str] | None = None
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    undated: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome.state == "refused":
+            self.refused.append({"file": self.file, "row": outcome.row, "reason": outcome.reason})
+        else:
+            name = outcome.state.replace("-", "_")
+            setattr(self, name, getattr(self, name) + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {"file": self.file, "format": self.format, "encoding": self.encoding, "read": self.read,
+                "alreadyReceived": self.already_received, "erased": self.erased, "importedAndQueued": self.imported,
+                "importedNotSent": self.imported_not_sent, "refused": len(self.refused), "undated": self.undated,
+                "warnings": self.warnings}  # fmt: skip
+        if self.delimiter is not None:
+            body["delimiter"] = self.delimiter
+        if self.mapping is not None:
+            body["mapping"] = self.mapping
+        return body
 
 
 @dataclass
 class ImportReport:
-    file: str
-    format: str
-    read: int = 0
-    already_received: int = 0
-    imported: int = 0
-    imported_not_sent: int = 0
-    refused: list[dict[str, Any]] = field(default_factory=list)
+    """What became of every row of every file, and (``in_store_only``) the leads the store has for
+    the files' offers and days that no row of them accounts for."""
+
+    files: list[FileReport] = field(default_factory=list)
     dry_run: bool = False
-    mapping: dict[str, str] | None = None
-    preview: list[dict[str, Any]] = field(default_factory=list)
+    in_store_only: list[dict[str, Any]] | None = None
+
+    def _sum(self, name: str) -> int:
+        return sum(getattr(report, name) for report in self.files)
+
+    read = property(lambda self: self._sum("read"))
+    already_received = property(lambda self: self._sum("already_received"))
+    erased = property(lambda self: self._sum("erased"))
+    imported = property(lambda self: self._sum("imported"))
+    imported_not_sent = property(lambda self: self._sum("imported_not_sent"))
+    refused = property(lambda self: [item for report in self.files for item in report.refused])
+    warnings = property(lambda self: [warning for report in self.files for warning in report.warnings])
+    preview = property(lambda self: [item for report in self.files for item in report.preview])
+    # Of the first file (the one of a run of one).
+    format = property(lambda self: self.files[0].format)
+    mapping = property(lambda self: self.files[0].mapping)
 
     def to_dict(self) -> dict[str, Any]:
-        body = {"file": self.file, "format": self.format, "read": self.read, "alreadyReceived": self.already_received,
-                "importedAndQueued": self.imported, "importedNotSent": self.imported_not_sent,
-                "refused": self.refused, "dryRun": self.dry_run}  # fmt: skip
-        if self.mapping is not None:
-            body["mapping"] = self.mapping
+        body = {"files": [report.to_dict() for report in self.files], "read": self.read,
+                "alreadyReceived": self.already_received, "erased": self.erased, "importedAndQueued": self.imported,
+                "importedNotSent": self.imported_not_sent, "refused": self.refused, "dryRun": self.dry_run}  # fmt: skip
         if self.dry_run:
             body["preview"] = self.preview
+        if self.in_store_only is not None:
+            body["inStoreNotInFiles"] = self.in_store_only
         return body
 
     def text(self) -> str:
-        lines = [f"{self.file} ({self.format}): {self.read} rows read"]
-        if self.mapping is not None:
-            lines.append("columns: " + ", ".join(f"{field} ← {header!r}" for field, header in self.mapping.items()))
+        lines = []
+        for report in self.files:
+            how = ", ".join(part for part in (report.format, report.encoding,
+                                              report.delimiter and f"fields separated by {report.delimiter!r}") if part)
+            lines.append(f"{report.file} ({how}): {report.read} rows read")
+            if report.mapping is not None:
+                names = (f"{name} ← {header!r}" for name, header in report.mapping.items())
+                lines.append("  columns: " + ", ".join(names))
+            lines += [f"  warning: {warning}" for warning in report.warnings]
         if self.dry_run:
             lines.append("dry run: nothing was stored; the first rows read as:")
             lines += [f"  row {item['row']} ({item.get('outcome')}): {json.dumps(item['lead'], ensure_ascii=False)}"
                       for item in self.preview]  # fmt: skip
             lines.append("a real run would take them in as:")
-        lines += [f"  already received:           {self.already_received}",
-                  f"  imported and queued:        {self.imported}",
-                  f"  imported, not sent (old):   {self.imported_not_sent}"]  # fmt: skip
-        lines.append(f"  refused:                    {len(self.refused)}")
-        lines += [f"    row {item['row']}: {item['reason']}" for item in self.refused[:50]]
-        if len(self.refused) > 50:
-            lines.append(f"    ... and {len(self.refused) - 50} more (--json lists them all)")
+        if len(self.files) > 1:
+            lines.append(f"all {len(self.files)} files: {self.read} rows read")
+        lines += [f"  {'already received:':<28}{self.already_received}",
+                  f"  {'erased, not taken in:':<28}{self.erased}",
+                  f"  {'imported and queued:':<28}{self.imported}",
+                  f"  {'imported, not sent (old):':<28}{self.imported_not_sent}"]  # fmt: skip
+        refused = self.refused
+        lines.append(f"  {'refused:':<28}{len(refused)}")
+        where = (lambda item: f" of {item['file']}") if len(self.files) > 1 else (lambda item: "")
+        lines += [f"    row {item['row']}{where(item)}: {item['reason']}" for item in refused[:_LISTED]]
+        if len(refused) > _LISTED:
+            lines.append(f"    ... and {len(refused) - _LISTED} more (--json lists them all)")
+        if self.in_store_only is not None:
+            lines.append(f"  {'in the store, not in files:':<28}{len(self.in_store_only)} (leads of the files' offers "
+                         "and days that no row accounts for: a test lead, or another app writing to the endpoint?)")
+            lines += [f"    {item['leadId']} received {item['receivedAt']} via {item['channel']}, {item['offer']}"
+                      + "".join(f" [{flag}]" for flag in ("erased", "test") if item[flag])
+                      for item in self.in_store_only[:_LISTED]]  # fmt: skip
+            if len(self.in_store_only) > _LISTED:
+                lines.append(f"    ... and {len(self.in_store_only) - _LISTED} more (--json lists them all)")
         return "\n".join(lines)
 
 
-def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, str] | None = None,  # noqa: A002
-                dry_run: bool = False, deliver: bool = False, table_name: str | None = None,
-                settings: Settings | None = None, progress: Callable[[int], None] | None = None,
-                preview_rows: int = 5) -> ImportReport:  # fmt: skip
-    """Read ``path`` and take its rows in; the reconciliation report says what became of each."""
+def import_file(path: str | Path, **options: Any) -> ImportReport:
+    """:func:`import_files` of one file."""
+    return import_files([path], **options)
+
+
+def import_files(paths: Iterable[str | Path], *, format: str = "auto",  # noqa: A002
+                 columns: dict[str, str] | None = None, encoding: str | None = None, dry_run: bool = False,
+                 deliver: bool = False, table_name: str | None = None, settings: Settings | None = None,
+                 progress: Callable[[int], None] | None = None, preview_rows: int = 5,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> ImportReport:  # fmt: skip
+    """Read ``paths`` and take their rows in; the reconciliation report says what became of each
+    row (``on_outcome`` is told of each as it is decided), and what the store has that they lack.
+    Every file is opened and its header read before anything is stored, so a file that cannot be
+    used (or a ``--column`` no file has) stops the run before it changed anything."""
     settings = settings or get_settings()
-    path = Path(path)
-    if not path.is_file():
-        raise ImportError_(f"{path} is not a file")
-    chosen = detect_format(path) if format == "auto" else format
-    if chosen not in FORMATS:
-        raise ImportError_(f"unknown format {format!r}; one of: auto, {', '.join(FORMATS)}")
-    report = ImportReport(file=str(path), format=chosen, dry_run=dry_run)
-    table = table_name or settings.marketplace_table_name
-    leads = _read(path, chosen, columns or {}, table, report)
+    paths = [Path(path) for path in paths]
+    sources = [open_source(path, format, columns, encoding, lenient=len(paths) > 1) for path in paths]
+    for name, header in (columns or {}).items():
+        if len(sources) > 1 and not any(source.mapping and name in source.mapping for source in sources):
+            raise ImportError_(f"--column {name}={header}: none of the files has such a column")
+    report = ImportReport(dry_run=dry_run)
     from .store import LeadStore
 
     # A dry run reads the store as the real run does, through take_in, and writes no lead.
     store = LeadStore.from_settings(settings)
     store.ensure_tables()
-    # Rows are stored by a few threads, at most WINDOW rows in flight: memory stays flat.
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    pending: set = set()
-    matcher = store.identities.matcher()
-    planned: set[str] = set()  # a dry run's new ids: the same row again in the file is then received already
-
-    def tally(done) -> None:
-        for future in done:
-            outcome = future.result()
-            if dry_run:
-                if outcome.state != "already-received" and outcome.lead_id in planned:
-                    outcome = Outcome(outcome.row, "already-received", outcome.lead_id, matched=outcome.lead_id)
-                planned.add(outcome.lead_id)
-                for item in report.preview:
-                    if item["row"] == outcome.row:
-                        item["outcome"] = outcome.state + (f", as {outcome.matched}" if outcome.matched else "")
-            if outcome.state == "already-received":
-                report.already_received += 1
-            elif outcome.state == "imported":
-                report.imported += 1
-            elif outcome.state == "imported-not-sent":
-                report.imported_not_sent += 1
-
-    with ThreadPoolExecutor(WORKERS) as pool:
-        for number, lead_or_error in leads:
-            report.read += 1
-            if progress:
-                progress(report.read)
-            if isinstance(lead_or_error, str):
-                report.refused.append({"row": number, "reason": lead_or_error})
-                continue
-            if dry_run and len(report.preview) < preview_rows:
-                report.preview.append({"row": number, "lead": _preview(lead_or_error)})
-            pending.add(pool.submit(take_in, store, lead_or_error, number, settings, deliver=deliver, matcher=matcher,
-                                    dry_run=dry_run))  # fmt: skip
-            if len(pending) >= WINDOW:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                tally(done)
-        tally(wait(pending).done)
+    matcher = Matcher(store)
+    if key_changed(store.checkpoints):
+        sources[0].warnings = [*(sources[0].warnings or []), f"{SETTING} is not the key this store's leads were "
+                               "stored with: rows of leads stored before it changed are not recognised (see "
+                               "python -m leads check)"]  # fmt: skip
+    seen = _Seen()
+    now = datetime.now(UTC)
+    for source in sources:
+        part, before = _report_of(source), report.read
+        report.files.append(part)
+        told = (lambda rows, before=before: progress(before + rows)) if progress else None
+        _import_source(source, part, store, matcher, settings, now, deliver, dry_run, table_name, seen, told,
+                       preview_rows, on_outcome)  # fmt: skip
+        if part.undated and source.format in ("jsonl", "json", "table-csv"):
+            part.warnings.append(f"{part.undated} rows have no created time: they are matched against the leads of "
+                                 "the last 6 months (as long as Partner Center keeps them), and new ones are stored "
+                                 "unsent unless --deliver")  # fmt: skip
+    if seen.rows:
+        report.in_store_only = in_store_only(store, seen, now)
     return report
 
 
-def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = False, matcher=None,
-            dry_run: bool = False) -> Outcome:  # fmt: skip
-    """Store one imported lead unless it was received already; route it, or hold it if old. With
-    ``dry_run``, the same decision, with nothing stored or sent."""
-    from .deliver import enqueue
-    from .routing import hold_backfill, plan
+def _report_of(source: Source) -> FileReport:
+    mapping = None
+    if source.mapping is not None and source.headers is not None:
+        mapping = {name: source.headers[index] for name, index in source.mapping.items()}
+    delimiter = source.delimiter if source.format in ("table-csv", "partner-center") else None
+    return FileReport(str(source.path), source.format, source.encoding_note, delimiter, mapping=mapping,
+                      warnings=list(source.warnings or []))  # fmt: skip
 
-    matched = (matcher or store.identities.matcher()).find(lead)
-    if matched:
-        return Outcome(row, "already-received", lead.lead_id, matched=matched)
+
+@dataclass
+class _Seen:
+    """What the rows of a run account for, to tell what the store has that they do not."""
+
+    rows: int = 0
+    accounted: set[str] = field(default_factory=set)  # lead ids matched or stored
+    offers: set[str] = field(default_factory=set)
+    first: datetime | None = None
+    last: datetime | None = None
+    undated: bool = False
+    planned: set[str] = field(default_factory=set)  # a dry run's new leads
+
+    def add(self, row: Row, outcome: Outcome) -> None:
+        self.rows += 1
+        self.accounted.update(lead_id for lead_id in (outcome.lead_id, outcome.matched) if lead_id)
+        self.offers.update(offer.casefold() for offer in (row.lead.offer_title, row.lead.offer_id) if offer)
+        if not row.dated:
+            self.undated = True
+            return
+        at = row.lead.received_at
+        self.first = at if self.first is None else min(self.first, at)
+        self.last = at if self.last is None else max(self.last, at)
+
+
+def _import_source(source: Source, part: FileReport, store: LeadStore, matcher: Matcher, settings: Settings,
+                   now: datetime, deliver: bool, dry_run: bool, table_name: str | None, seen: _Seen,
+                   progress: Callable[[int], None] | None, preview_rows: int,
+                   on_outcome: Callable[[Outcome], None] | None) -> None:  # fmt: skip
+    """Take in the rows of one file, a few threads storing at most WINDOW rows in flight (memory
+    stays flat), all of them done before the next file begins (so that a row of the next file
+    that repeats one of this file finds it)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    table = table_name or settings.marketplace_table_name
+    pending: dict = {}
+    previewed = {item["row"]: item for item in part.preview}
+
+    def tally(done) -> None:
+        for future in done:
+            row = pending.pop(future)
+            outcome = future.result()
+            if dry_run and outcome.state.startswith("imported"):
+                if outcome.lead_id in seen.planned:  # the same row twice, both in flight: the real run stores one
+                    outcome = replace(outcome, state="already-received", matched=outcome.lead_id)
+                seen.planned.add(outcome.lead_id)
+            if row.number in previewed:
+                as_ = f", as {outcome.matched}" if outcome.matched else ""
+                previewed[row.number]["outcome"] = outcome.state + as_
+            part.count(outcome)
+            seen.add(row, outcome)
+            if on_outcome:
+                on_outcome(outcome)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for item in source.rows(table):
+            part.read += 1
+            if progress:
+                progress(part.read)
+            if isinstance(item, Refused):
+                outcome = Outcome(part.file, item.number, "refused", reason=item.reason)
+                part.count(outcome)
+                if on_outcome:
+                    on_outcome(outcome)
+                continue
+            part.undated += not item.dated
+            if dry_run and len(part.preview) < preview_rows:
+                previewed[item.number] = {"row": item.number, "lead": _preview(item.lead)}
+                part.preview.append(previewed[item.number])
+            pending[pool.submit(take_in, store, item, settings, deliver=deliver, matcher=matcher, now=now,
+                                file=part.file, dry_run=dry_run)] = item  # fmt: skip
+            if len(pending) >= WINDOW:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                tally(done)
+        tally(wait(pending).done)
+
+
+def take_in(store: LeadStore, row: Row, settings: Settings, *, deliver: bool = False, matcher: Matcher | None = None,
+            now: datetime | None = None, file: str = "", dry_run: bool = False) -> Outcome:  # fmt: skip
+    """Store one imported lead unless it was received already or erased; route it, or hold it if
+    old or undated. With ``dry_run``, the same decision, with nothing stored or sent."""
+    from .deliver import enqueue
+    from .routing import hold_backfill, hold_undated, plan
+
+    lead, matcher = row.lead, matcher or Matcher(store)
+    offer = lead.offer_title or lead.offer_id
+    match = matcher.find(lead, dated=row.dated, now=now)
+    if match:
+        return Outcome(file, row.number, "erased" if match.erased else "already-received", lead.lead_id, match.lead_id,
+                       offer=offer)  # fmt: skip
+    if row.plain_id and not identity_keys(lead) and (stored := matcher.stored_state(row.plain_id)) is not None:
+        # Imported by a version before LEADS_ID_KEY, under the plain digest of the same row; one
+        # that names someone has an identity row, which the matcher finds in either form.
+        return Outcome(file, row.number, "erased" if stored else "already-received", lead.lead_id, row.plain_id,
+                       offer=offer)  # fmt: skip
     deliveries = plan(lead, settings)
     if not deliver:
-        deliveries = hold_backfill(lead, deliveries, settings)
-    old = any(route.skip_reason for route in deliveries.values())
+        deliveries = hold_backfill(lead, deliveries, settings) if row.dated else hold_undated(lead, deliveries)
+    held = any(route.skip_reason for route in deliveries.values())
     if dry_run:  # what store.add would find: a lead under this id (imported before, or the poll's row)
-        if store.identities.exists(lead.lead_id):
-            return Outcome(row, "already-received", lead.lead_id, matched=lead.lead_id)
-        return Outcome(row, "imported-not-sent" if old else "imported", lead.lead_id)
-    stored = store.add(lead, deliveries)
-    if stored.duplicate:
-        return Outcome(row, "already-received", lead.lead_id, matched=stored.lead_id)
-    if not old:
-        enqueue(lead.lead_id, deliveries, settings)
-    return Outcome(row, "imported-not-sent" if old else "imported", lead.lead_id)
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-
-def detect_format(path: Path) -> str:
-    """The format of a file, from its name and first bytes."""
-    with path.open("rb") as handle:
-        head = handle.read(4096).decode("utf-8-sig", errors="replace")
-    stripped = head.lstrip()
-    if path.suffix.lower() in (".jsonl", ".ndjson") or (stripped.startswith("{") and path.suffix.lower() != ".csv"):
-        return "jsonl"
-    if stripped.startswith("["):
-        return "json"
-    first_line = next(csv.reader(io.StringIO(stripped.splitlines()[0] if stripped else "")), [])
-    headers = {_squash(name) for name in first_line}
-    if {"partitionkey", "rowkey"} <= headers:
-        return "table-csv"
-    if path.suffix.lower() == ".csv" or len(first_line) > 1:
-        return "partner-center"
-    raise ImportError_(f"cannot tell the format of {path}: give --format ({', '.join(FORMATS)})")
-
-
-def _read(path: Path, fmt: str, columns: dict[str, str], table: str,
-          report: ImportReport) -> Iterator[tuple[int, Lead | str]]:  # fmt: skip
-    if fmt == "jsonl":
-        return _from_bodies(_json_lines(path))
-    if fmt == "json":
-        return _from_bodies(_json_array(path))
-    if fmt == "table-csv":
-        return _from_table_csv(path, table)
-    return _from_partner_center(path, columns, report)
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except ValueError as exc:
-                yield number, ImportError_(f"not JSON: {exc}")
-
-
-def _json_array(path: Path, chunk: int = 1 << 16) -> Iterator[tuple[int, Any]]:
-    """The items of a JSON array, one at a time, without reading the whole file."""
-    decoder = json.JSONDecoder()
-    buffer, number, started = "", 0, False
-    with path.open(encoding="utf-8-sig") as handle:
-        while True:
-            data = handle.read(chunk)
-            buffer += data
-            while True:
-                buffer = buffer.lstrip()
-                if not started:
-                    if not buffer:
-                        break
-                    if buffer[0] != "[":
-                        raise ImportError_(f"{path} does not hold a JSON array")
-                    buffer, started = buffer[1:], True
-                    continue
-                if buffer.startswith(","):
-                    buffer = buffer[1:]
-                    continue
-                if buffer.startswith("]") or not buffer:
-                    break
-                try:
-                    item, end = decoder.raw_decode(buffer)
-                except ValueError as exc:
-                    if data:  # the item may continue in the next chunk
-                        break
-                    raise ImportError_(f"item {number + 1} of the JSON array is not valid JSON: {exc}") from None
-                number += 1
-                buffer = buffer[end:]
-                yield number, item
-            if not data:
-                return
-
-
-def _from_bodies(items: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Lead | str]]:
-    for number, body in items:
-        if isinstance(body, ImportError_):
-            yield number, str(body)
-            continue
-        try:
-            lead = from_http_body(body, received_at=_created(body))
-        except LeadValidationError as exc:
-            yield number, str(exc)
-            continue
-        yield number, _as_import(lead, json.dumps(body, sort_keys=True, ensure_ascii=False, default=str))
-
-
-def _from_table_csv(path: Path, table: str) -> Iterator[tuple[int, Lead | str]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for number, row in enumerate(reader, 2):  # row 1 is the header
-            entity = {name: value for name, value in row.items() if name and not name.endswith("@type")}
-            try:
-                received = _parse_time(entity.get("Timestamp") or entity.get("CreatedTime"))
-                lead = from_table_entity(entity, table, received_at=received)
-            except LeadValidationError as exc:
-                yield number, str(exc)
-                continue
-            # The id the table poll gives this row: a row it already took in is the same lead.
-            yield number, lead.model_copy(update={"channel": "import",
-                                                  "lead_id": table_lead_id(table, entity["PartitionKey"],
-                                                                           entity["RowKey"])})  # fmt: skip
-
-
-def _from_partner_center(path: Path, columns: dict[str, str],
-                         report: ImportReport) -> Iterator[tuple[int, Lead | str]]:  # fmt: skip
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        try:
-            headers = next(reader)
-        except StopIteration:
-            raise ImportError_(f"{path} is empty") from None
-        mapping = map_columns(headers, columns)
-        report.mapping = {name: headers[index] for name, index in mapping.items()}
-        if not any(name in mapping for name in ("email", "lastName", "company")):
-            raise ImportError_(f"no column of {path} reads as the customer's email, last name or company; headers: "
-                               f"{headers}; name them with --column email=HEADER")  # fmt: skip
-        for number, values in enumerate(reader, 2):
-            if not any(value.strip() for value in values):
-                continue
-            row = {name: values[index].strip() for name, index in mapping.items() if index < len(values)}
-            try:
-                yield number, _partner_center_lead(row)
-            except LeadValidationError as exc:
-                yield number, str(exc)
-
-
-def map_columns(headers: list[str], overrides: dict[str, str]) -> dict[str, int]:
-    """Lead field → column index: the ``--column`` overrides, then header names matched ignoring
-    case, spaces and punctuation."""
-    squashed = [_squash(header) for header in headers]
-    mapping: dict[str, int] = {}
-    for name, header in overrides.items():
-        if name not in PARTNER_CENTER_FIELDS:
-            raise ImportError_(f"--column {name}={header}: unknown field; fields: {', '.join(PARTNER_CENTER_FIELDS)}")
-        if _squash(header) not in squashed:
-            raise ImportError_(f"--column {name}={header}: the file has no such column; headers: {headers}")
-        mapping[name] = squashed.index(_squash(header))
-    taken = set(mapping.values())
-    for name, names in PARTNER_CENTER_FIELDS.items():
-        if name in mapping:
-            continue
-        for candidate in names:
-            if candidate in squashed and squashed.index(candidate) not in taken:
-                mapping[name] = squashed.index(candidate)
-                taken.add(mapping[name])
-                break
-    return mapping
-
-
-def _partner_center_lead(row: dict[str, str]) -> Lead:
-    source, action = row.get("source") or "", row.get("action") or ""
-    body = {
-        "UserDetails": {"FirstName": row.get("firstName"), "LastName": row.get("lastName"), "Email": row.get("email"),
-                        "Phone": row.get("phone"), "Country": row.get("country"), "Company": row.get("company"),
-                        "Title": row.get("title")},  # fmt: skip
-        "LeadSource": source + (f"-{action}" if action and "-" not in source else "") +
-        (f"|{row['offerId']}" if row.get("offerId") else ""),
-        "ActionCode": action,
-        "OfferTitle": row.get("offer"),
-        "Description": row.get("description"),
-    }
-    received = _parse_time(row.get("createdAt"))
-    if row.get("createdAt") and received is None:
-        raise LeadValidationError(f"the created date {row['createdAt']!r} is not a date")
-    lead = from_http_body(body, received_at=received)
-    return _as_import(lead, json.dumps(row, sort_keys=True, ensure_ascii=False))
-
-
-def _as_import(lead: Lead, identity: str) -> Lead:
-    """The lead as imported: channel ``import``, and an id from the row itself, so the same row
-    imported again is the same lead."""
-    lead_id = "i" + hashlib.sha256(identity.encode()).hexdigest()[:24]
-    return lead.model_copy(update={"channel": "import", "lead_id": lead_id})
-
-
-def _created(body: Any) -> datetime | None:
-    if isinstance(body, dict):
-        for key, value in body.items():
-            if _squash(key) in ("createdtime", "createddate", "createdat", "timestamp"):
-                return _parse_time(value)
-    return None
-
-
-_DATE_FORMATS = ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d.%m.%Y %H:%M",
-                 "%d.%m.%Y", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d")  # fmt: skip
-
-
-def _parse_time(value: Any) -> datetime | None:
-    """A time as the marketplace, Storage Explorer or Partner Center write it; UTC when no zone is given."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip()
-    iso = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+        if (stored_erased := matcher.stored_state(lead.lead_id)) is not None:
+            return Outcome(file, row.number, "erased" if stored_erased else "already-received", lead.lead_id,
+                           lead.lead_id, offer=offer)  # fmt: skip
+        matcher.plan(lead)
+        return Outcome(file, row.number, "imported-not-sent" if held else "imported", lead.lead_id, offer=offer)
     try:
-        parsed = datetime.fromisoformat(iso)
-    except ValueError:
-        parsed = None
-        for pattern in _DATE_FORMATS:
-            try:
-                parsed = datetime.strptime(text, pattern)
-                break
-            except ValueError:
-                continue
-    if parsed is None:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        stored = store.add(lead, deliveries)
+    except ValueError as exc:  # more than a lead row can hold
+        return Outcome(file, row.number, "refused", reason=str(exc))
+    if stored.duplicate:
+        return Outcome(file, row.number, "erased" if stored.erased else "already-received", lead.lead_id,
+                       stored.lead_id, offer=offer)  # fmt: skip
+    matcher.remember(lead)
+    if not held:
+        enqueue(lead.lead_id, deliveries, settings)
+    return Outcome(file, row.number, "imported-not-sent" if held else "imported", lead.lead_id, offer=offer)
 
 
-def _squash(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.casefold())
+# --- reconciliation the other way ----------------------------------------------------------------
+
+
+def in_store_only(store: LeadStore, seen: _Seen, now: datetime, page: int = 200) -> list[dict[str, Any]]:
+    """The leads the store has for the files' offers, received on the files' days (over the last 6
+    months for rows without a date), that no row accounts for: the timeline of those days, and
+    each lead's look-up columns (no personal data) read by key."""
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from .index import cursor_of
+    from .rows import LEAD_ROW
+
+    since = now - UNDATED_WINDOW if seen.undated else None
+    if seen.first is not None:
+        since = min(since or seen.first, seen.first)
+    until = now + MATCH_WINDOW if seen.undated else None
+    if seen.last is not None:
+        until = max(until or seen.last, seen.last)
+    if since is None or until is None:
+        return []
+    since = since.replace(hour=0, minute=0, second=0, microsecond=0)
+    until = until.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    columns = ["ReceivedAt", "Channel", "OfferTitle", "OfferId", "IsTest", "ErasedAt"]
+
+    def look_up(lead_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(store.leads.get_entity(lead_id, LEAD_ROW, select=columns))
+        except ResourceNotFoundError:
+            return None
+
+    found = []
+    entries = (entry for entry in store.index.newest(since, until, None, page)
+               if not entry.rejected and entry.lead_id not in seen.accounted)  # fmt: skip
+    with ThreadPoolExecutor(8) as pool:
+        while chunk := list(islice(entries, page)):
+            for entry, row in zip(chunk, pool.map(look_up, [entry.lead_id for entry in chunk]), strict=True):
+                if row is None or entry.row_key != cursor_of(entry.lead_id, row["ReceivedAt"]):
+                    continue  # an entry left over: its lead is not there, or was stored under another time
+                offers = {(row.get(name) or "").casefold() for name in ("OfferTitle", "OfferId")} - {""}
+                if seen.offers and not offers & seen.offers:
+                    continue
+                found.append({"leadId": entry.lead_id, "receivedAt": row["ReceivedAt"].isoformat(),
+                              "channel": row.get("Channel") or "", "offer": row.get("OfferTitle") or row.get("OfferId"),
+                              "erased": row.get("ErasedAt") is not None, "test": bool(row.get("IsTest"))})  # fmt: skip
+    return found
+
+
+# --- the report as CSV -----------------------------------------------------------------------------
+
+CSV_COLUMNS = ("file", "row", "outcome", "leadId", "matched", "offer", "reason")
+# A cell a spreadsheet would run as a formula (OWASP's "CSV injection"): written with a leading '.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """A value as a cell of a CSV file the app writes: text that starts as a formula does is
+    kept as text by a leading apostrophe, as spreadsheets read it."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+class CsvReport:
+    """The per-row outcomes, written as they are decided, then the leads only the store has."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.writer = csv.writer(stream, quoting=csv.QUOTE_ALL)
+        self.writer.writerow(CSV_COLUMNS)
+
+    def __call__(self, outcome: Outcome) -> None:
+        self._write(outcome.file, outcome.row, outcome.state, outcome.lead_id, outcome.matched, outcome.offer,
+                    outcome.reason)
+
+    def in_store_only(self, leads: list[dict[str, Any]]) -> None:
+        for lead in leads:
+            state = "in-store-not-in-files" + "".join(f" ({flag})" for flag in ("erased", "test") if lead[flag])
+            self._write("", "", state, lead["leadId"], "", lead["offer"],
+                        f"received {lead['receivedAt']} via {lead['channel']}")
+
+    def _write(self, *values: Any) -> None:
+        self.writer.writerow([csv_cell(value) for value in values])
 
 
 def _preview(lead: Lead) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Taking in a lead POSTed by the marketplace: parse, normalise, store, answer.
 
 The answer is given only after the lead is durably stored, and once it is, it is 202 with the
-lead queued, whatever else fails (a count, an index row: see ``LeadStore.add``). Bad input is
-answered 400 or 413 with an error naming the problem; a storage failure before the lead's own write
+lead queued, whatever else fails (a count, an index row: see ``LeadStore.add``); a repeat is 200,
+and a repeat of a lead whose personal data was erased 200 with ``"erased": true``, nothing of it
+kept. Bad input is answered 400 or 413 with an error naming the problem; a storage failure before the lead's own write
 committed is 503 (the lead was not stored, say so), never blamed on the caller. A refused body (and
 that of a 503, when storage still answers) is kept as a rejected record (the reason, the bytes as
 received, the time) under an id of its own, which the answer names, so that nothing the
@@ -86,13 +87,13 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
         return _refuse(503, error, body, settings)
     if not stored.duplicate:
         enqueue(stored.lead_id, deliveries, settings)
+    outcome = "erased, not taken in" if stored.erased else "duplicate" if stored.duplicate else "stored"
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",
-        stored.lead_id, "duplicate" if stored.duplicate else "stored",
-        lead.source, lead.action, lead.is_test,
+        stored.lead_id, outcome, lead.source, lead.action, lead.is_test,
     )  # fmt: skip
-    return Answer(200 if stored.duplicate else 202,
-                  {"leadId": stored.lead_id, "duplicate": stored.duplicate})  # fmt: skip
+    answer = {"leadId": stored.lead_id, "duplicate": stored.duplicate}
+    return Answer(200 if stored.duplicate else 202, {**answer, "erased": True} if stored.erased else answer)
 
 
 def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:

@@ -85,6 +85,7 @@ def use_only(azurite: Azurite, settings_file: Path, port: int = 7071) -> list[st
 
     storage = os.environ["AzureWebJobsStorage"] = azurite.connection_string
     notes = keep_local_settings_in_step(settings_file, storage, port)
+    notes += [note] if (note := give_an_id_key(settings_file)) else []
     load_local_settings(settings_file)
     marketplace = os.environ.get("MARKETPLACE_TABLE_CONNECTION", "")
     if is_local_emulator(marketplace) and marketplace != storage:
@@ -194,6 +195,24 @@ def keep_local_settings_in_step(path: Path, storage: str, port: int = 7071) -> l
         notes.insert(0, f"{path} now names this run ({'; '.join(changed)}), so that `python -m leads ...` reaches "
                         "the same app and reads the same leads.")  # fmt: skip
     return notes
+
+
+def give_an_id_key(path: Path) -> str | None:
+    """Write a fresh random ``LEADS_ID_KEY`` into ``local.settings.json`` when it has none (every
+    digest of personal data is keyed with it, leads/pseudonyms.py); what the terminal is told, or
+    None when it had one. The file is the developer's own and never committed."""
+    import secrets
+
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text(encoding="utf-8"))
+    values = document.setdefault("Values", {})
+    if str(values.get("LEADS_ID_KEY") or "").strip() or os.environ.get("LEADS_ID_KEY", "").strip():
+        return None
+    values["LEADS_ID_KEY"] = secrets.token_urlsafe(32)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return (f"{path} had no LEADS_ID_KEY: a random one is written into it. Keep it: the ids of the leads stored "
+            "here are made with it.")
 
 
 def banner(port: int, azurite: Azurite, location: str, notes: list[str]) -> str:

@@ -12,7 +12,8 @@ record in a form JSON carries (:func:`storable_row`).
 An HTTP lead's id is a digest of its normalised content when the lead names a person (see
 :func:`identifies_person`), so that the same lead POSTed again is recognised; a lead that names no
 one (the marketplace withholds personal data for ``.edu`` customers) gets an id of its own, since
-two such leads with the same content may well be two customers.
+two such leads with the same content may well be two customers. The digest is keyed
+(:mod:`leads.pseudonyms`): the id cannot be recomputed from the person's details.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 from .model import Lead
+from .pseudonyms import digest, forms
 
 TEST_MARKER = "MSFT_TEST_"
 # The properties of a marketplace row a lead is made of (lower-cased); the others are only kept.
@@ -150,11 +152,20 @@ def new_http_lead_id() -> str:
     return "h" + uuid.uuid4().hex[:24]
 
 
+def http_lead_id_forms(lead: Lead, occurrence: int = 0) -> list[str]:
+    """The ids :func:`http_lead_id` gives now and gave before ``LEADS_ID_KEY`` (its plain
+    SHA-256), for finding rows an earlier version wrote under a content's digest."""
+    content = _content(lead.model_dump(exclude={"lead_id", "received_at", "channel", "raw"}), occurrence)
+    return ["h" + form[:24] for form in forms(content)]
+
+
 def _content_id(parts: Mapping[str, Any], occurrence: int = 0) -> str:
+    return "h" + digest(_content(parts, occurrence))[:24]
+
+
+def _content(parts: Mapping[str, Any], occurrence: int) -> str:
     content = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    if occurrence:
-        content += f"#{occurrence}"
-    return "h" + hashlib.sha256(content.encode()).hexdigest()[:24]
+    return content + f"#{occurrence}" if occurrence else content
 
 
 def table_lead_id(table_name: str, partition_key: str, row_key: str) -> str:

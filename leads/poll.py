@@ -115,13 +115,15 @@ class PollResult:
     rejected: int = 0
     retrying: int = 0  # rows that failed, to be tried again by the next polls
     held: int = 0  # leads stored with their deliveries skipped: older than LEADS_BACKFILL_DAYS
+    erased: int = 0  # rows of leads whose personal data was erased: not taken in again
     mode: str = ""  # "all" (first poll), "full" (safety scan) or "days" (the recent day partitions)
     table_missing: bool = False
     watermark: datetime | None = None
 
     def summary(self) -> str:
         return (f"read {self.read}, stored {self.stored}, already stored {self.already_stored}, "
-                f"rejected {self.rejected}, retrying {self.retrying}, held {self.held} ({self.mode})")  # fmt: skip
+                f"rejected {self.rejected}, retrying {self.retrying}, held {self.held}"
+                + (f", erased (not taken in) {self.erased}" if self.erased else "") + f" ({self.mode})")  # fmt: skip
 
 
 def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) -> PollResult:
@@ -268,7 +270,7 @@ def _pages(source: Any, marks: Marks, overlap: timedelta, now: datetime) -> Iter
 class Taken:
     """What became of one row."""
 
-    outcome: str  # stored, already_stored, rejected, failed
+    outcome: str  # stored, already_stored, erased, rejected, failed
     lead_id: str
     timestamp: datetime
     held: bool = False
@@ -299,7 +301,8 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         return Taken("failed", lead_id, timestamp, failure=f"{type(exc).__name__} while {stage}", detail=str(exc)[:500])
     _recently_stored.add(lead_id, version)
     if stored.duplicate:
-        return Taken("already_stored", lead_id, timestamp)
+        # A row read again (or rewritten) of a lead erased since: its erased row is the tombstone.
+        return Taken("erased" if stored.erased else "already_stored", lead_id, timestamp)
     enqueue(lead_id, deliveries, settings)
     return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in deliveries.values()))
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .model import Lead, Route
-from .rows import BACKFILL_REASON
+from .rows import BACKFILL_REASON, UNDATED_REASON
 from .settings import DEFAULT_CHANNEL, json_setting
 
 if TYPE_CHECKING:
@@ -212,4 +212,12 @@ def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
     reason = (f"{BACKFILL_REASON} ({settings.backfill_days:g}) when taken in: received "
               f"{lead.received_at:%Y-%m-%d %H:%M} UTC; stored, not delivered. `python -m leads replay "
               f"--lead {lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
+    return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
+
+
+def hold_undated(lead: Lead, routes: Mapping[str, Route]) -> dict[str, Route]:
+    """``routes``, each held as :func:`hold_backfill` holds an old lead's, for a lead imported from
+    a row with no created date: how old it is cannot be told, so it is not sent unless asked."""
+    reason = (f"{UNDATED_REASON}: its age cannot be told; stored, not delivered. `python -m leads replay --lead "
+              f"{lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}

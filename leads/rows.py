@@ -152,6 +152,8 @@ FINAL = frozenset({"delivered", "failed", "skipped"})
 OPEN = frozenset({"pending", "sending", "retrying"})
 # The reason a delivery held back by LEADS_BACKFILL_DAYS is stored skipped with (routing.hold_backfill).
 BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"
+# ... and one imported from a row without a created date (routing.hold_undated): held the same way.
+UNDATED_REASON = "imported from a row without a created date"
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,8 @@ class Delivery:
 
     @property
     def held(self) -> bool:
-        """Stored skipped by the backfill limit: ``replay`` delivers it."""
-        return self.state == "skipped" and (self.last_error or "").startswith(BACKFILL_REASON)
+        """Stored skipped by the backfill limit (or undated): ``replay`` delivers it."""
+        return self.state == "skipped" and (self.last_error or "").startswith((BACKFILL_REASON, UNDATED_REASON))
 
     @property
     def lead_day(self) -> str:

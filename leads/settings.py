@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         description="The same HTTP lead arriving again within this window is a duplicate.",
     )
 
+    id_key: str = Field(
+        "",
+        alias="LEADS_ID_KEY",
+        description="The secret every digest made of personal data is keyed with (HMAC-SHA-256): HTTP and import "
+        "lead ids, identity, email-index, content and tombstone rows. At least 32 random characters; never change it. "
+        "Azure: a Key Vault secret the template creates once; `make run` generates one into local.settings.json.",
+    )
+
     retention_days: float | None = Field(
         None,
         alias="LEADS_RETENTION_DAYS",

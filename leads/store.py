@@ -80,10 +80,12 @@ class Listed:
 
 @dataclass(frozen=True)
 class Stored:
-    """The outcome of storing a lead: its id (for a repeat, the id of the lead it repeats)."""
+    """The outcome of storing a lead: its id (for a repeat, the id of the lead it repeats), and
+    whether that lead's personal data was erased (then nothing of this one was kept)."""
 
     lead_id: str
     duplicate: bool
+    erased: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ class LeadStore:
         if existing is None:
             return self._settle(lead, addresses, owed, missed)
         self._take_back(lead, addresses, owed, existing)
-        return Stored(lead.lead_id, duplicate=True)
+        return Stored(lead.lead_id, duplicate=True, erased=existing.get("ErasedAt") is not None)
 
     def _commit(self, rows: list[dict[str, Any]]) -> Mapping[str, Any] | None:
         """Create ``rows`` (the first the lead's) in one transaction. None when this call created
@@ -274,9 +276,10 @@ class LeadStore:
         """Store an HTTP lead. A lead that names a person (:func:`identifies_person`) arriving
         within ``dedupe_window`` of the latest lead with its content is a repeat of it (counted
         on that lead); after the window it is a new lead with a new id. A lead that names no one
-        is always a new lead; its content's row only counts it. A first arrival is one storage
-        call, a later one five at most, however often the content came before; no count refuses
-        a lead."""
+        is always a new lead; its content's row only counts it. A repeat within the window of a
+        lead whose personal data was erased is not taken in (``erased``): nothing of it is kept. A
+        first arrival is one storage call, a later one five at most, however often the content
+        came before; no count refuses a lead."""
         digest = http_lead_id(lead)
         if not identifies_person(lead):
             stored = self.add(lead, deliveries)
@@ -289,27 +292,24 @@ class LeadStore:
         stored = self.add(lead.model_copy(update={"lead_id": digest}), deliveries, beside=[first])
         if not stored.duplicate:
             return stored
-        # No content row beside it: the version before stored it (or one arrival got that far).
+        # No content row beside it: the version before stored it, its lead was erased (the row goes
+        # with it), or one arrival got that far.
         content = self._content(digest) or self._carry_forward(lead, digest)
-        latest_erased = False
-        while True:
-            while latest_erased or lead.received_at - content.latest_at >= dedupe_window:
-                latest_erased = False
-                candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
-                stored = self.add(candidate, deliveries)
-                made = replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
-                               latest_at=lead.received_at)  # fmt: skip
-                if not stored.duplicate:
-                    self._after_stored(stored.lead_id, "its content's row not moved on to it (the next arrival of the "
-                                       "content does that)", self._advance, made)  # fmt: skip
-                    return stored
-                # Already there: a racing arrival made it, or one that died before moving the row on.
-                made_at = self._received_at(candidate.lead_id) or lead.received_at
-                content = self._advance(replace(made, latest_at=made_at))
-            if self._count_duplicate(content.latest_id, lead.received_at):
-                return Stored(content.latest_id, duplicate=True)
-            # A repeat of an erased lead is a new lead: its person sent it again (leads/erasure.py).
-            latest_erased = True
+        while lead.received_at - content.latest_at >= dedupe_window:
+            candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
+            stored = self.add(candidate, deliveries)
+            made = replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
+                           latest_at=lead.received_at)  # fmt: skip
+            if not stored.duplicate:
+                self._after_stored(stored.lead_id, "its content's row not moved on to it (the next arrival of the "
+                                   "content does that)", self._advance, made)  # fmt: skip
+                return stored
+            # Already there: a racing arrival made it, or one that died before moving the row on.
+            made_at = self._received_at(candidate.lead_id) or lead.received_at
+            content = self._advance(replace(made, latest_at=made_at))
+        # A repeat of an erased lead is not taken in: the erasure stands (leads/tombstones.py).
+        return Stored(content.latest_id, duplicate=True,
+                      erased=not self._count_duplicate(content.latest_id, lead.received_at))
 
     def _content(self, digest: str) -> Content | None:
         from azure.core.exceptions import ResourceNotFoundError

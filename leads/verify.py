@@ -45,6 +45,7 @@ from .index import (
 from .rows import LEAD_ROW, REJECTED_ROW, Delivery, day_of, delivery_from_entity, is_delivery_row
 from .settings import Settings, get_settings
 from .storage import delete_row
+from .tombstones import buried
 
 if TYPE_CHECKING:
     from .store import LeadStore
@@ -397,8 +398,8 @@ class _Checker:
         """Identity and email rows: each must point at a record, not erased, that calls for it."""
         for row in rows:
             is_email = row["PartitionKey"].startswith(EMAIL_PARTITION)
-            if not is_email and not _is_day(row["PartitionKey"]):
-                continue  # not an identity or email row
+            if not is_email and not _is_day(row["PartitionKey"]) or buried(row):
+                continue  # not an identity or email row (a tombstone is no derived row: leads/tombstones.py)
             self._tick()
             record_id, row_key = row["RowKey"].rsplit("|", 1) if is_email else (row["RowKey"], LEAD_ROW)
             self.report.checked["email rows" if is_email else "identity rows"] += 1

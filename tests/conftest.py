@@ -61,6 +61,8 @@ def storage(azurite, env, tmp_path):
         MARKETPLACE_TABLE_NAME=f"Marketplace{suffix}",
         LEADS_TABLE_PREFIX=f"t{suffix}",
         LEADS_DELIVERY_QUEUE=f"q{suffix}",
+        # Every digest of personal data is keyed with it (leads/pseudonyms.py); a test key, not a secret.
+        LEADS_ID_KEY="test-key-of-the-suite-0123456789abcdef",
     )
     return azurite
 

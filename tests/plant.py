@@ -22,7 +22,10 @@ def plant(store: LeadStore, now: datetime | None = None) -> Counter:
     many of each kind ``verify`` should find."""
     now = now or datetime.now(UTC)
     planted: Counter = Counter()
-    lead, other = _finished_leads(store, 2)
+    found = finished_leads(store, 2)
+    if len(found) < 2:
+        raise AssertionError("fewer than 2 finished leads of today to plant differences around")
+    lead, other = found
     lead_id, received = lead["PartitionKey"], lead["ReceivedAt"]
     old = now - GRACE - timedelta(minutes=1)
 
@@ -61,16 +64,16 @@ def plant(store: LeadStore, now: datetime | None = None) -> Counter:
     return planted
 
 
-def _finished_leads(store: LeadStore, count: int) -> list:
-    """``count`` leads of today, not erased, with an email and a delivered delivery."""
+def finished_leads(store: LeadStore, count: int) -> list:
+    """Up to ``count`` leads of today, not erased, with an email and a delivered delivery."""
     today, found = day_of(datetime.now(UTC)), []
     for row in store.leads.query_entities("RowKey eq 'lead'"):
         if day_of(row["ReceivedAt"]) == today and row.get("ErasedAt") is None and json.loads(row["Lead"]).get("email"):
             if any(d.state == "delivered" for d in _deliveries(store, row["PartitionKey"])):
                 found.append(row)
                 if len(found) == count:
-                    return found
-    raise AssertionError(f"fewer than {count} finished leads of today to plant differences around")
+                    break
+    return found
 
 
 def _deliveries(store: LeadStore, lead_id: str):

@@ -51,3 +51,18 @@ def test_storage_not_configured_names_the_azure_settings(env, monkeypatch):
     storage = by_name(run_checks())["storage"]
     assert not storage.ok and "AzureWebJobsStorage is not set" in storage.message
     assert "AzureWebJobsStorage__accountName" in storage.fix and "make run" not in storage.fix
+
+
+def test_the_id_key_is_reported_missing_short_or_changed(storage, env):
+    env(EMAIL_TO="sales@contoso.com")
+    ok = by_name(run_checks())["id key"]
+    assert ok.state == "ok" and "LEADS_ID_KEY is set" in ok.message
+    env(LEADS_ID_KEY="")
+    missing = by_name(run_checks())["id key"]
+    assert missing.state == "warning" and "LEADS_ID_KEY is not set" in missing.message and "make run" in missing.fix
+    env(LEADS_ID_KEY="short")
+    assert "5 characters" in by_name(run_checks())["id key"].message
+    env(LEADS_ID_KEY="another-key-than-the-store-first-ran-with-0123456789")  # a redeploy that made a new key
+    changed = by_name(run_checks())["id key"]
+    assert changed.state == "warning" and "not the key this store" in changed.message
+    assert "Key Vault keeps every version" in changed.fix

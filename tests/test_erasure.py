@@ -180,15 +180,22 @@ def test_an_erased_lead_stays_erased_when_its_marketplace_row_is_read_again(app)
     assert left_behind(personal_values(who), outbox()) == []
 
 
-def test_an_http_repeat_of_an_erased_lead_is_a_new_lead_not_a_repeat_of_the_empty_one(app):
-    body = http_body(person())
+def test_an_http_repeat_of_an_erased_lead_is_not_taken_in_and_after_the_window_is_a_new_lead(app):
+    who = person()
+    body = http_body(who)
     erased = take_in(body)
     assert cli(["forget", "--lead", erased]) == 0
-    answer = accept_http(json.dumps(body).encode())
-    assert answer.status == 202 and answer.body["leadId"] != erased
+    answer = accept_http(json.dumps(body).encode())  # a retried POST, within the dedupe window
+    assert (answer.status, answer.body) == (200, {"leadId": erased, "duplicate": True, "erased": True})
     store = LeadStore.from_settings()
-    assert store.get(answer.body["leadId"]).email == body["UserDetails"]["Email"]
+    assert [lead.lead_id for lead in store.list(limit=None)] == [erased]
     assert store.get(erased).email is None and store.duplicates(erased) == 0
+    assert left_behind(personal_values(who), outbox()) == []
+    # After the window the same content is the person asking again: a new lead, as any content.
+    window = timedelta(hours=get_settings().dedupe_window_hours)
+    later = from_http_body(body, received_at=datetime.now(timezone.utc) + window)
+    again = store.add_http(later, window, plan(later, get_settings()))
+    assert not again.duplicate and store.get(again.lead_id).email == who["Email"]
 
 
 def store_received(who: dict[str, str], received_at: datetime) -> str:

@@ -632,10 +632,13 @@ def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back
     second = arrive()
     assert store.get_for_delivery(first.lead_id)[1] is True  # still erased ...
     assert identity_rows(store, first.lead_id) == []  # ... and nothing names it again
-    if again == "posted again":  # the person sent it again: a new lead, indexed as any other
-        assert not second.duplicate and email_rows(store, address) == [f"{second.lead_id}|lead"]
-    else:
-        assert second.duplicate and email_rows(store, address) == []
+    # A repeat of the erased lead (its row read again, its content posted again within the
+    # window) is reported erased and nothing of it is kept.
+    assert (second.lead_id, second.duplicate, second.erased) == (first.lead_id, True, True)
+    assert email_rows(store, address) == [] and len(store.list(limit=None)) == 1
+    if again == "posted again":  # after the window, the person sent it again: a new lead, indexed as any other
+        later = store.add_http(from_http_body(ANN, received_at=datetime.now(timezone.utc) + window), window)
+        assert not later.duplicate and email_rows(store, address) == [f"{later.lead_id}|lead"]
 
 
 def test_a_repeat_on_the_next_day_leaves_no_identity_row_once_the_lead_is_forgotten(storage, env):

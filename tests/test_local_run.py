@@ -187,6 +187,7 @@ def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
     assert f"Host.LocalHttpPort: {app_port})" in out
     assert "Leads go to: email (a@b.com)." in out  # the banner names the enabled destinations
     assert "LEADS_ALERT_TO is not set: a delivery that fails for good alerts nobody" in out
+    assert "had no LEADS_ID_KEY" in out and len(json.loads(settings_file.read_text())["Values"]["LEADS_ID_KEY"]) >= 32
     assert f"{tmp_path / 'outbox'}/ as .eml files" in out and "Ctrl+C" in out
     assert all(port_is_free(port) for port in ports)  # Azurite stopped with the app
 
@@ -214,6 +215,20 @@ def _in_parallel(tmp_path: Path, commands: list[list[str]]) -> dict[tuple[str, .
 
     with ThreadPoolExecutor(4) as pool:
         return dict(zip(map(tuple, commands), pool.map(lambda args: cli(tmp_path, *args), commands), strict=True))
+
+
+def test_make_run_gives_a_settings_file_without_an_id_key_a_random_one_and_keeps_it(tmp_path, monkeypatch):
+    from leads.local_run import give_an_id_key
+
+    monkeypatch.delenv("LEADS_ID_KEY", raising=False)
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for path in (first, second):
+        path.write_text(json.dumps({"Values": {"LEADS_ID_KEY": "", "EMAIL_TO": "a@b.com"}}))
+    assert "had no LEADS_ID_KEY" in give_an_id_key(first) and give_an_id_key(second)
+    keys = [json.loads(path.read_text())["Values"]["LEADS_ID_KEY"] for path in (first, second)]
+    assert len(keys[0]) >= 32 and keys[0] != keys[1]  # random, one per clone
+    assert give_an_id_key(first) is None  # kept from then on
+    assert json.loads(first.read_text())["Values"] == {"LEADS_ID_KEY": keys[0], "EMAIL_TO": "a@b.com"}
 
 
 def _settings(storage: str, prefix: str) -> Settings:

@@ -5,7 +5,7 @@
 // versionless @Microsoft.KeyVault(SecretUri=...) references, so a new secret version (a rotated
 // Dynamics client secret) is picked up without a template change.
 //
-// A secret is written only when its value is given here. An empty parameter leaves the vault
+// A secret is written only when its value is given here (but for leads-id-key, created once: id-key.bicep). An empty parameter leaves the vault
 // alone, so a secret set with `az keyvault secret set` survives the next `azd provision`.
 
 param name string
@@ -61,6 +61,14 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       defaultAction: 'Allow'
       bypass: 'AzureServices'
     }
+  }
+}
+
+// LEADS_ID_KEY's secret, created once and never written again (id-key.bicep says why and how).
+module idKey 'id-key.bicep' = {
+  name: 'secret-leads-id-key'
+  params: {
+    vaultName: vault.name
   }
 }
 
@@ -127,6 +135,7 @@ module slackWebhookUrlValue 'keyvault-secret.bicep' = if (!empty(slackWebhookUrl
   }
 }
 
+output idKeySecretName string = idKey.outputs.name
 output name string = vault.name
 output id string = vault.id
 output uri string = vault.properties.vaultUri

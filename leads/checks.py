@@ -10,15 +10,22 @@ from __future__ import annotations
 
 from .destinations import Check, enabled_names, get_destination
 from .routing import RoutingError, load_rules
-from .settings import Settings, get_settings
+from .settings import Settings, SettingsError, get_settings
 from .telemetry import mask_urls
+
+VALUES = "setting values"
+VALUES_FIX = "set each named setting within its range (docs/settings.md), then restart the app"
 
 
 def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
-    settings = settings or get_settings()
+    try:
+        settings = settings or get_settings()
+    except SettingsError as refused:  # nothing else can be checked with settings the app refuses
+        return [(VALUES, Check(False, str(refused), VALUES_FIX))]
     from .function_keys import function_keys_check
 
     results = [("storage", storage_check(settings)), ("routing", routing_check(settings)),
+               (VALUES, Check(True, "every numeric setting is finite and within its range")),
                ("settings", key_vault_check(settings)), ("function keys", function_keys_check(settings))]  # fmt: skip
     names = enabled_names(settings)
     if not names:
@@ -91,6 +98,8 @@ def what_it_means(name: str, check: Check) -> str | None:
         "storage": "no lead can be stored: POST /api/leads answers 503 and the table poll waits",
         "routing": "leads take the default route, or skip destinations a rule names but that are not enabled",
         "settings": "deliveries to the destinations these settings belong to fail",
+        VALUES: "the app refuses these settings where it starts: no lead is taken in (POST /api/leads fails, the "
+                "table poll does not run) until they are fixed",
         "destinations": "leads are stored, and sent nowhere",
     }.get(name, f"leads are stored but not delivered to {name} (retried for LEADS_RETRY_HOURS where that may "
                 "help); once fixed, `python -m leads replay` sends those that failed")  # fmt: skip

@@ -112,7 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
                 "replay": _replay, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
                 "forget": _forget, "import": _import}  # fmt: skip
-    return handlers[args.command](args)
+    from .settings import SettingsError
+
+    try:
+        return handlers[args.command](args)
+    except SettingsError as refused:  # a setting out of its range: named, with its range (docs/settings.md)
+        print(f"{args.command}: {refused}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -122,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         serve(port=args.port, host=args.host, settings_file=args.settings, function_key=args.function_key)
-    except ValueError as problem:  # serving beyond loopback without a key
+    except ValueError as problem:  # serving beyond loopback without a key, or a setting out of its range
         print(f"serve: {problem}", file=sys.stderr)
         return 2
     except OSError as exc:

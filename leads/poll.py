@@ -133,7 +133,9 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
     source = marketplace_table(settings)
     checkpoint = Checkpoint(store, settings.marketplace_table_name)
     checkpoint.read()
-    marks, now = checkpoint.marks, datetime.now(UTC)
+    # Storage's clock, never this process's: every time the poll compares (a scan's start, the day
+    # partitions, the backfill age) meets the rows' server-set Timestamps.
+    marks, now = checkpoint.marks, checkpoint.storage_time()
     overlap = timedelta(minutes=settings.poll_overlap_minutes)
     under_way = checkpoint.under_way or _begin_pass(_mode(marks, settings, now, full_scan), marks, now, overlap)
     mode = under_way.mode if under_way else "days"
@@ -486,6 +488,7 @@ class Checkpoint:
         self.under_way: Pass | None = None
         self.retries: list[Any] = []
         self._etag: str | None = None
+        self._date: datetime | None = None  # the storage service's clock at the last read
 
     def read(self) -> datetime | None:
         """Read the marks and the rows being tried again, in one request; returns the watermark."""
@@ -493,6 +496,7 @@ class Checkpoint:
         entities = self.table.query_entities(
             "PartitionKey eq @partition and RowKey ge @low and RowKey le @high",
             parameters={"partition": CHECKPOINT_PARTITION, "low": name, "high": name + _RETRY_MARK + "~"},
+            raw_response_hook=self._note_date,
         )
         self.marks, self.under_way, self.retries, self._etag = Marks(), None, [], None
         for entity in entities:
@@ -502,6 +506,28 @@ class Checkpoint:
             elif entity["RowKey"].startswith(name + _RETRY_MARK):
                 self.retries.append(entity)
         return self.marks.watermark
+
+    def _note_date(self, response: Any) -> None:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            self._date = parsedate_to_datetime(response.http_response.headers["Date"]).astimezone(UTC)
+        except (KeyError, TypeError, ValueError):
+            pass
+
+    def storage_time(self) -> datetime:
+        """The time on the storage service's clock, from the ``Date`` header of the last read (to
+        the second): what the poll compares the marketplace's ``Timestamp``s with. A process whose
+        own clock runs ahead would otherwise start a scan "later" than rows written after it, and
+        never read them. Without the header (no service omits it), the newest storage time the marks
+        hold; only a first poll with neither falls back to this process's clock."""
+        if self._date is not None:
+            return self._date
+        known = _later(_later(self.marks.watermark, self.marks.full_scan_from), self.under_way and self.under_way.began)
+        if known is not None:
+            return known
+        log.warning("the storage service's answer carried no Date header: the first poll goes by this process's clock")
+        return datetime.now(UTC)
 
     def advance(self, marks: Marks, under_way: Pass | None = None, finished: Pass | None = None) -> Marks:
         """Store ``marks`` merged with the stored ones, and the place of the pass ``under_way``, or

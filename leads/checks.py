@@ -31,6 +31,10 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled", "set EMAIL_TO, WEBHOOK_URL "
                                               "or a CRM's settings (see docs/settings.md)")))  # fmt: skip
+    if "email" in names and (settings.email_connection_string or settings.email_endpoint):
+        from .destinations.email import limits_check
+
+        results.append(("email limits", limits_check(settings)))
     for name in names:
         destination = get_destination(name, settings)
         try:

@@ -114,7 +114,8 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         return Outcome("delivered" if done else delivery.state, f"sent in digest {digest.id}")
 
     if destination.rate_limit:
-        wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period).acquire(now)
+        wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period,
+                           *destination.more_rate_limits).acquire(now)  # fmt: skip
         if wait is not None:
             if digest is not None:  # the digest waits as one: its members join nothing else
                 delivery_queue(settings).send(delivery.lead_id, name, wait)
@@ -435,13 +436,23 @@ def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest |
 
 
 class RateLimiter:
-    """A sliding window of sends per destination, shared by every instance through one row
-    written with ETags. ``acquire`` takes a slot, or says how many seconds until one frees."""
+    """Sliding windows of sends per destination, one for each of its limits (``limit`` sends in
+    ``period`` seconds, and ``more`` such pairs: ACS's minute and hour), shared by every instance
+    through one row written with ETags. ``acquire`` takes a slot in every window, or says how many
+    seconds until each has one.
 
-    def __init__(self, store: LeadStore, name: str, limit: int, period: float) -> None:
+    A window counts its sends in buckets of a sixtieth of its period, so the row stays a few hundred
+    bytes whatever the limit (an hour of exact send times at a raised ACS quota would not fit a table
+    property). The oldest bucket counts whole while any of it is inside the window: the limiter may
+    wait up to a bucket longer than exact counting would, never send more. A row of an earlier
+    version holds the exact times (``Sends``): they are counted into the buckets at its first write."""
+
+    BUCKETS = 60
+
+    def __init__(self, store: LeadStore, name: str, limit: int, period: float, *more: tuple[int, float]) -> None:
         self.table = store.checkpoints
         self.key = ("rate", name)
-        self.limit, self.period = limit, period
+        self.limits = ((limit, period), *more)
 
     def acquire(self, now: datetime) -> float | None:
         import json

@@ -26,8 +26,8 @@ def clock_ahead_by(skew: timedelta) -> type[datetime]:
 
 
 def write(table, key: str) -> None:
-    table.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": key,
-                         "CustomerInfo": json.dumps({"FirstName": key, "LastName": "X", "Email": f"{key}@contoso.com"})})  # fmt: skip
+    person = {"FirstName": key, "LastName": "X", "Email": f"{key}@contoso.com"}
+    table.create_entity({**ENTITY, "PartitionKey": today(), "RowKey": key, "CustomerInfo": json.dumps(person)})
 
 
 @pytest.mark.parametrize("skew", [timedelta(minutes=15), timedelta(days=8)], ids=["15 minutes", "8 days"])
@@ -45,5 +45,5 @@ def test_a_process_clock_ahead_of_storage_loses_no_row(marketplace, monkeypatch,
     # No mark is later than the storage service's own time; none of the fresh leads is held as history.
     marks = store.checkpoints.get_entity(CHECKPOINT_PARTITION, marketplace.table_name)
     assert marks["FullScanFrom"] <= datetime.now(UTC) + timedelta(minutes=1)
-    held = [d for item in store.newest() for d in store.deliveries.for_lead(item.record.lead_id) if d.state == "skipped"]
-    assert held == []
+    deliveries = [d for item in store.newest() for d in store.deliveries.for_lead(item.record.lead_id)]
+    assert [d for d in deliveries if d.state == "skipped"] == []

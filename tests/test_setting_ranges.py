@@ -82,9 +82,10 @@ def test_an_infinite_backfill_leaves_marketplace_rows_untouched_until_it_is_fixe
 
     table = table_service(storage.connection_string).get_table_client(get_settings().marketplace_table_name)
     table.create_table()
+    person = json.dumps({"FirstName": "H", "LastName": "I", "Email": "h@i.com"})
     table.create_entity({"PartitionKey": datetime.now(UTC).strftime("%Y-%m-%d"), "RowKey": "row-1",
                          "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferDisplayName": "CRM",
-                         "CustomerInfo": json.dumps({"FirstName": "H", "LastName": "I", "Email": "h@i.com"})})  # fmt: skip
+                         "CustomerInfo": person})  # fmt: skip
     _recently_stored.clear()
     env(LEADS_BACKFILL_DAYS="inf")
     for _ in range(4):

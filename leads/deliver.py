@@ -64,8 +64,14 @@ def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | 
             log.warning("delivery %s/%s not queued (%s); the sweep will", lead_id, name, type(exc).__name__)
 
 
-def handle_message(text: str | bytes, settings: Settings | None = None) -> Outcome:
-    """Act on one queue message."""
+def handle_message(text: str | bytes, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
+    """Act on one queue message: a delivery, a note of a send, or an alert's wake-up."""
+    from .alerts import flush_alerts, woken_destination
+
+    if (woken := woken_destination(text)) is not None:
+        settings = settings or get_settings()
+        sent = flush_alerts(LeadStore.from_settings(settings), settings, now or _now(), destination=woken)
+        return Outcome("alerted" if sent else "waiting", woken)
     try:
         message = DeliveryMessage.from_json(text)
     except ValueError as exc:
@@ -73,7 +79,7 @@ def handle_message(text: str | bytes, settings: Settings | None = None) -> Outco
         return Outcome("ignored", str(exc))
     if message.sent is not None:
         return record_sent(message.lead_id, message.destination, message.sent, settings)
-    return deliver(message.lead_id, message.destination, settings)
+    return deliver(message.lead_id, message.destination, settings, now)
 
 
 def deliver(lead_id: str, name: str, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
@@ -363,7 +369,7 @@ def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, no
         from .alerts import record_failure
 
         try:
-            record_failure(LeadStore.from_settings(settings), failed, now or _now())
+            record_failure(LeadStore.from_settings(settings), failed, now or _now(), settings)
         except Exception as exc:  # noqa: BLE001 - an alert must never break the delivery it reports
             log.warning("failure of lead %s to %s not counted for an alert (%s)", delivery.lead_id,
                         delivery.destination, type(exc).__name__)  # fmt: skip
@@ -463,11 +469,29 @@ class RateLimiter:
 
         def taken(entity: Mapping[str, object] | None) -> dict[str, str] | None:
             nonlocal wait
-            sends = [s for s in json.loads(entity["Sends"]) if s > stamp - self.period] if entity else []
-            if len(sends) >= self.limit:
-                wait = max(1.0, min(sends) + self.period - stamp)
+            windows = json.loads(str(entity.get("Windows") or "{}")) if entity else {}
+            earlier = json.loads(str(entity.get("Sends") or "[]")) if entity and not windows else []
+            kept, waits = {}, []
+            for limit, period in self.limits:
+                width = period / self.BUCKETS
+                current, oldest = int(stamp // width), int((stamp - period) // width)
+                buckets = {int(b): n for b, n in windows.get(f"{period:g}", {}).items()}
+                for sent in earlier:  # a row of an earlier version: its exact send times
+                    buckets[int(sent // width)] = buckets.get(int(sent // width), 0) + 1
+                buckets = {b: n for b, n in sorted(buckets.items()) if oldest <= b <= current}
+                excess = sum(buckets.values()) - limit + 1
+                if excess > 0:  # the slot frees as the oldest buckets holding the excess leave
+                    for bucket, count in buckets.items():
+                        excess -= count
+                        if excess <= 0:
+                            waits.append((bucket + 1) * width + period - stamp)
+                            break
+                buckets[current] = buckets.get(current, 0) + 1
+                kept[f"{period:g}"] = buckets
+            if waits:
+                wait = max(1.0, *waits)
                 return None
-            return {"Sends": json.dumps([*sends, stamp])}
+            return {"Windows": json.dumps(kept, separators=(",", ":")), **({"Sends": "[]"} if earlier else {})}
 
         try:
             change_row(self.table, *self.key, taken, tries=20)

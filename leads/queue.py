@@ -66,6 +66,13 @@ class DeliveryQueue:
                                  visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
                                  time_to_live=-1)  # fmt: skip
 
+    def send_text(self, text: str, delay: float = 0) -> None:
+        """Enqueue a message of another kind than a delivery (an alert's wake-up: leads/alerts.py),
+        visible after ``delay`` seconds."""
+        self._ensure()
+        self.client.send_message(text, visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
+                                 time_to_live=-1)  # fmt: skip
+
     def _ensure(self) -> None:
         if self._created:
             return

@@ -27,6 +27,7 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     results = [("storage", storage_check(settings)), ("routing", routing_check(settings)),
                (VALUES, Check(True, "every numeric setting is finite and within its range")),
                ("settings", key_vault_check(settings)), ("function keys", function_keys_check(settings))]  # fmt: skip
+    results.append(("lead arrivals", arrivals_check(settings)))
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled", "set EMAIL_TO, WEBHOOK_URL "
@@ -57,6 +58,18 @@ def storage_check(settings: Settings) -> Check:
         return Check(False, f"the app's storage cannot be used ({type(exc).__name__})",
                      "check AzureWebJobsStorage (or its __tableServiceUri and the identity's roles)")  # fmt: skip
     return Check(True, "reachable")
+
+
+def arrivals_check(settings: Settings) -> Check:
+    """Whether leads arrive as their history says they should (leads/silence.py)."""
+    from azure.core.exceptions import AzureError
+
+    from .silence import arrivals_check as arrivals
+
+    try:
+        return arrivals(settings)
+    except (AzureError, ValueError) as exc:
+        return Check.warn(f"the silence watch could not be read ({type(exc).__name__})", "see the storage line")
 
 
 def key_vault_check(settings: Settings) -> Check:
@@ -105,5 +118,6 @@ def what_it_means(name: str, check: Check) -> str | None:
         VALUES: "the app refuses these settings where it starts: no lead is taken in (POST /api/leads fails, the "
                 "table poll does not run) until they are fixed",
         "destinations": "leads are stored, and sent nowhere",
+        "lead arrivals": "leads the marketplace sends are not taken in until it is fixed (it sends each lead once)",
     }.get(name, f"leads are stored but not delivered to {name} (retried for LEADS_RETRY_HOURS where that may "
                 "help); once fixed, `python -m leads replay` sends those that failed")  # fmt: skip

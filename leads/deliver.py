@@ -203,6 +203,7 @@ def _delivered(book, delivery: Delivery, sent: Sent, settings: Settings, clock: 
                         delivery.destination)  # fmt: skip
         log.info("lead %s delivered to %s (attempt %d%s)", delivery.lead_id, delivery.destination, delivery.attempts,
                  f", digest of {digest_size}" if digest_size > 1 else "")  # fmt: skip
+        _told_outcome(delivery, "delivered", clock())
         return True
     log.warning("lead %s sent to %s (attempt %d) but its record was refused (%s): recording it from the queue",
                 delivery.lead_id, delivery.destination, delivery.attempts, type(refused).__name__)  # fmt: skip
@@ -352,6 +353,7 @@ def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Set
             if retrying:
                 log.warning("lead %s to %s: attempt %d failed, retry in %ds: %s", delivery.lead_id,
                             delivery.destination, delivery.attempts, delay.total_seconds(), error)  # fmt: skip
+                _told_outcome(delivery, "retrying", now, error.explain())
                 delivery_queue(settings).send(delivery.lead_id, delivery.destination, delay.total_seconds())
             return
         error = PermanentError(f"gave up after {delivery.attempts} attempts over {settings.retry_hours:g} hours: "
@@ -365,6 +367,7 @@ def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, no
     if failed is None:
         return
     log.error("lead %s to %s failed: %s", delivery.lead_id, delivery.destination, error.explain())
+    _told_outcome(delivery, "failed", now or _now(), error.explain())
     if settings.alert_to:
         from .alerts import record_failure
 
@@ -373,6 +376,16 @@ def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, no
         except Exception as exc:  # noqa: BLE001 - an alert must never break the delivery it reports
             log.warning("failure of lead %s to %s not counted for an alert (%s)", delivery.lead_id,
                         delivery.destination, type(exc).__name__)  # fmt: skip
+
+
+def _told_outcome(delivery: Delivery, outcome: str, now: datetime, error: str | None = None) -> None:
+    """The ``DeliveryOutcome`` event: what the workbook and the failed-deliveries alert count. The
+    error is the recorded one, already masked of the lead's values."""
+    from .telemetry import event
+
+    took = (now - delivery.created_at).total_seconds() if delivery.created_at and outcome == "delivered" else None
+    event("DeliveryOutcome", leadId=delivery.lead_id, destination=delivery.destination, outcome=outcome,
+          attempt=delivery.attempts, secondsToDeliver=took and round(took, 3), error=error and error[:300])  # fmt: skip
 
 
 # --- rate limits and digests ---------------------------------------------------------------------

@@ -76,6 +76,9 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
         return _refuse(503, error, body, settings)
     if not stored.duplicate:
         enqueue(stored.lead_id, deliveries, settings)
+    from .silence import arrived
+
+    arrived(store, lead, stored.lead_id, stored.duplicate)  # the silence watch; 0 requests but once a day
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",
         stored.lead_id, "duplicate" if stored.duplicate else "stored",

@@ -58,9 +58,9 @@ def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
             count += 1
     if count:
         log.warning("sweep queued %d stuck deliveries again", count)
-    from .alerts import flush_alerts
+    from .alerts import after_sweep
 
-    flush_alerts(store, settings, now)  # the failures of each closed window, one mail per destination
+    after_sweep(store, settings, now, count)  # due alerts, silences, the poison queue (leads/alerts.py)
     return count
 
 
@@ -146,10 +146,12 @@ class Status:
     recent_failures: list[Delivery] = field(default_factory=list)
     recent_rejections: list[dict[str, Any]] = field(default_factory=list)
     index_built: bool = True
+    watch: dict[str, Any] = field(default_factory=dict)  # arrivals, poll health, poison queue: leads/silence.py
 
     def to_dict(self) -> dict[str, Any]:
         oldest = self.oldest_pending
         return {
+            **self.watch,
             "days": self.days,
             "counts": self.counts,
             "open": self.open,
@@ -166,9 +168,13 @@ def status(settings: Settings | None = None, failures: int = 10, days: int = 7, 
     """What changed over the last ``days`` days (day counters: delivered, failed, skipped per
     destination, rejected records), what is open or failed now (the indexes), how many are held
     back (the tally), the oldest open delivery, the latest failures and rejections."""
-    store = LeadStore.from_settings(settings or get_settings())
+    settings = settings or get_settings()
+    store = LeadStore.from_settings(settings)
     store.ensure_tables()
-    report = Status(days=days, counts=store.index.counters.window(days), index_built=store.index.built())
+    from .silence import status_report
+
+    report = Status(days=days, counts=store.index.counters.window(days), index_built=store.index.built(),
+                    watch=status_report(store, settings, datetime.now(UTC)))  # fmt: skip
     open_entries = list(store.index.open())
     for entry in open_entries:
         report.open[entry.destination] = report.open.get(entry.destination, 0) + 1

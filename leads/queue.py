@@ -85,6 +85,19 @@ class DeliveryQueue:
         self._created = True
 
 
+def poison_messages(settings: Settings | None = None) -> int:
+    """How many messages the Functions host moved to ``<queue>-poison`` (each failed
+    ``maxDequeueCount`` times): the service's approximate count, one request; 0 with no such queue."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    settings = settings or get_settings()
+    client = queue_service(settings.storage_connection).get_queue_client(f"{settings.delivery_queue}-poison")
+    try:
+        return client.get_queue_properties().approximate_message_count or 0
+    except ResourceNotFoundError:
+        return 0
+
+
 @lru_cache(maxsize=8)
 def _delivery_queue(connection: str, name: str) -> DeliveryQueue:
     return DeliveryQueue(connection, name)

@@ -13,8 +13,8 @@ import pytest
 from leads.checks import run_checks
 from leads.intake import accept_http
 from leads.normalise import from_http_body
-from leads.operations import sweep
 from leads.operations import status as status_of
+from leads.operations import sweep
 from leads.silence import arrived
 from leads.store import LeadStore
 

@@ -233,17 +233,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    if not report.index_built:
-        print("The index is still being built (python -m leads reindex): deliveries from before it may be missing.\n")
-    destinations = sorted(set(report.open) | set(report.failed) | set(report.held_back))
-    print("Now:" if destinations else "Now: nothing open or failed.")
-    for name in destinations:
-        now = {"open": report.open.get(name, 0), "failed": report.failed.get(name, 0),
-               "held back": report.held_back.get(name, 0)}  # fmt: skip
-        print(f"  {name:<10} " + ", ".join(f"{state} {count}" for state, count in now.items() if count))
-    print(f"\nThe last {report.days} days:" if report.counts else f"\nThe last {report.days} days: nothing.")
-    for name, counts in report.counts.items():
-        print(f"  {name:<10} " + ", ".join(f"{state} {count}" for state, count in counts.items()))
+    from .dashboard import daily, render
+    from .store import LeadStore
+
+    print(render(report, daily(LeadStore.from_settings(), report.days)))
     if report.oldest_pending:
         oldest = report.oldest_pending
         print(f"\nOldest open: {oldest.lead_id} to {oldest.destination}, {oldest.state} since "

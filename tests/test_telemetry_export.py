@@ -144,12 +144,8 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
         service_ports = {"webhook": webhook.port, "dynamics": dynamics.port, "salesforce": salesforce.port,
                          "marketo": marketo.port, "hubspot": hubspot.port, "teams": teams.port,
                          "slack": slack.port}  # fmt: skip
-        code = ("import tests.loopback_only\nfrom leads.cli import main\n"
-                "raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '0']))")  # fmt: skip
-        served = Served([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ))
+        served, base = _served_app()
         try:
-            base = f"{served.url}/api"
-            wait_for(lambda: _answers(f"{base}/health"), 60, "the app answering")
             lead_ids = []
             for person, description in zip((PERSON, OTHER), DESCRIPTIONS, strict=True):
                 answer = requests.post(f"{base}/leads?code={FUNCTION_KEY}", json=lead_body(person, description),
@@ -183,6 +179,21 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
     leaked_secrets = sorted(name for name, value in secrets.items() if any(form in sent for form in variants(value)))
     leaked_personal = sorted(value for value in PERSONAL if any(form in sent for form in variants(value)))
     assert not leaked_secrets and not leaked_personal, f"in the telemetry: {leaked_secrets} {leaked_personal}"
+
+
+def _served_app() -> tuple[Served, str]:
+    """The app served as in Azure by a process of its own (no connection beyond loopback), once it
+    answers: (the process, its /api base URL)."""
+    code = ("import tests.loopback_only\nfrom leads.cli import main\n"
+            "raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '0']))")  # fmt: skip
+    served = Served([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ))
+    base = f"{served.url}/api"
+    try:
+        wait_for(lambda: _answers(f"{base}/health"), 60, "the app answering")
+    except TimeoutError:
+        served.stop()
+        raise
+    return served, base
 
 
 def _answers(url: str) -> bool:
@@ -234,12 +245,8 @@ def test_the_alert_rules_and_the_workbook_name_only_what_the_app_sends(storage, 
                                    "Destination": "webhook"})  # fmt: skip
         delivery_queue().send("hbrokenrow000000000000000", "webhook")
 
-        code = ("import tests.loopback_only\nfrom leads.cli import main\n"
-                "raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '0']))")  # fmt: skip
-        served = Served([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ))
+        served, base = _served_app()
         try:
-            base = f"{served.url}/api"
-            wait_for(lambda: _answers(f"{base}/health"), 60, "the app answering")
             for person, description in zip((PERSON, OTHER), DESCRIPTIONS, strict=True):
                 answer = requests.post(f"{base}/leads", json=lead_body(person, description), timeout=10)
                 assert answer.status_code == 202

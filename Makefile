@@ -1,7 +1,11 @@
 # `make run`: install, start Azurite and the app locally. `make test`: install, run every test.
 # Each install step says what it installs and roughly how long it takes, and runs only when its
 # requirements changed. Ports: make run PORT=7072 AZURITE_BLOB_PORT=10010 AZURITE_QUEUE_PORT=10011 AZURITE_TABLE_PORT=10012
-PYTHON ?= python3
+# Azure runs the app on Python 3.12 (infra/app/api.bicep: functionAppConfig.runtime), so make uses
+# python3.12 where it is on the path, else python3 (with a warning). PYTHON=... picks another.
+DEPLOYED_PYTHON := 3.12
+PYTHON ?= $(if $(shell command -v python$(DEPLOYED_PYTHON) 2>/dev/null),python$(DEPLOYED_PYTHON),python3)
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 7071
@@ -14,11 +18,20 @@ STEP = step() { echo "==> $$1"; shift; started=$$(date +%s); "$$@" || exit 1; ec
 
 .PHONY: install run test bench clean
 
-$(BIN)/python:
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make: Python 3.11 or later is needed; $(PYTHON) is " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
-	@$(STEP) "Creating the virtualenv $(VENV)/ with $(PYTHON) (a few seconds)" $(PYTHON) -m venv $(VENV)
+# The virtualenv is stamped with its Python's version: one made by another version (an older
+# checkout's 3.11) is made again, since its packages were built for that version.
+VENV_STAMP := $(VENV)/.python-$(PYTHON_VERSION)
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV_STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else "make: Python 3.12 (what Azure runs) is needed; $(PYTHON) is " + sys.version.split()[0] + " (install python3.12, or set PYTHON=python3.12)")'
+	@if [ "$(PYTHON_VERSION)" != "$(DEPLOYED_PYTHON)" ]; then echo "==> Warning: Azure runs Python $(DEPLOYED_PYTHON) and $(PYTHON) is $(PYTHON_VERSION): what passes here may not pass there"; fi
+	@if [ -e $(VENV) ] && [ "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" != "$(PYTHON_VERSION)" ]; then \
+		echo "==> $(VENV)/ was made by another Python ($$($(BIN)/python --version 2>&1 || echo 'none that runs')): making it again with $(PYTHON) $(PYTHON_VERSION)"; \
+		rm -rf $(VENV); fi
+	@if [ ! -x $(BIN)/python ]; then $(STEP) "Creating the virtualenv $(VENV)/ with $(PYTHON) (Python $(PYTHON_VERSION); a few seconds)" $(PYTHON) -m venv $(VENV); fi
+	@rm -f $(VENV)/.python-* && touch $@
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(VENV_STAMP)
 	@$(STEP) "Installing the Python packages (requirements-dev.txt: the Azure SDKs, pydantic, pytest...) into $(VENV)/; a minute or two the first time" \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
@@ -48,7 +61,7 @@ run: install local.settings.json
 		--blob-port $(AZURITE_BLOB_PORT) --queue-port $(AZURITE_QUEUE_PORT) --table-port $(AZURITE_TABLE_PORT)
 
 test: install .venv-checkov/.installed
-	@echo "==> Running every test (they start Azurite on free ports themselves; a few minutes)"
+	@echo "==> Running every test with $$($(BIN)/python --version) ($(VENV)/, from $(PYTHON); Azure runs $(DEPLOYED_PYTHON)); they start Azurite on free ports themselves; a few minutes"
 	$(BIN)/python -m pytest
 
 bench: install

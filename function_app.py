@@ -47,9 +47,11 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 @app.timer_trigger(schedule="%LEADS_POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def poll_marketplace_table(timer: func.TimerRequest) -> None:
+    from leads.deadlines import run_timer
     from leads.poll import poll_marketplace
+    from leads.settings import get_settings
 
-    poll_marketplace()
+    run_timer("the poll", get_settings().poll_schedule, poll_marketplace)
 
 
 @app.queue_trigger(arg_name="message", queue_name="%LEADS_DELIVERY_QUEUE%", connection="AzureWebJobsStorage")
@@ -63,14 +65,26 @@ def deliver_lead(message: func.QueueMessage) -> None:
 @app.timer_trigger(schedule="%LEADS_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def sweep_deliveries(timer: func.TimerRequest) -> None:
+    from leads.deadlines import run_timer
     from leads.operations import sweep
+    from leads.settings import get_settings
 
-    sweep()
+    run_timer("the sweep", get_settings().sweep_schedule, sweep)
+
+
+@app.timer_trigger(schedule="%LEADS_VERIFY_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@reported
+def maintain_store(timer: func.TimerRequest) -> None:
+    from leads.operations import maintain
+
+    maintain()
 
 
 @app.timer_trigger(schedule="%LEADS_RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def erase_expired_leads(timer: func.TimerRequest) -> None:
+    from leads.deadlines import run_timer
     from leads.erasure import apply_retention
+    from leads.settings import get_settings
 
-    apply_retention()
+    run_timer("the retention run", get_settings().retention_schedule, apply_retention)

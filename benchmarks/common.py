@@ -261,14 +261,14 @@ class LeadWrites:
 def app_writes(leads: list, env: dict[str, str]) -> list[LeadWrites]:
     """For each lead, the writes the app makes, built with the app's own helpers (so their shape
     and size are the app's). Without a delivery layer, the lead entity alone."""
-    from leads.store import _to_entity
+    from leads.rows import lead_entity
 
     try:
         from leads.deliveries import new_delivery_entity
         from leads.queue import DeliveryMessage
         from leads.routing import plan
     except ImportError:
-        return [LeadWrites(_to_entity(lead), [], []) for lead in leads]
+        return [LeadWrites(lead_entity(lead), [], []) for lead in leads]
     now = datetime.now(UTC)
     writes = []
     with app_environment(env) as settings:
@@ -276,7 +276,7 @@ def app_writes(leads: list, env: dict[str, str]) -> list[LeadWrites]:
             deliveries = plan(lead, settings)
             writes.append(
                 LeadWrites(
-                    _to_entity(lead),
+                    lead_entity(lead),
                     [new_delivery_entity(lead.lead_id, name, route, now) for name, route in deliveries.items()],
                     [DeliveryMessage(lead.lead_id, name).to_json() for name in deliveries],
                 )

@@ -63,24 +63,24 @@ ACCOUNT = "devstoreaccount1"
 def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """(table suffix, entity) for ``count`` stored leads as the app leaves them (see the top)."""
     from leads.deliveries import new_delivery_entity
+    from leads.derived import TALLY_ROW
     from leads.destinations.base import Route
-    from leads.index import HELD_TALLY, entries_for
+    from leads.index import entries_for, shard_of, shards
     from leads.normalise import from_http_body
-    from leads.routing import BACKFILL_REASON
-    from leads.store import _to_entity
+    from leads.rows import BACKFILL_REASON, lead_entity
 
     yesterday = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
     bodies = leadgen.http_bodies(min(count, 2_000))
     tables = {"timeline": "Timeline", "index": "Index", "held": "Held"}
     days: dict[datetime, dict[str, int]] = {}
-    held = 0
+    held = {shard: 0 for shard in shards()}
     for number in range(count):
         received = yesterday - timedelta(days=number // LEADS_A_DAY, seconds=number % LEADS_A_DAY * 600)
         lead = from_http_body({**bodies[number % len(bodies)], "Description": f"history lead {number}"},
                               received_at=received)  # fmt: skip
-        yield "", {**_to_entity(lead), "WriteId": uuid.uuid4().hex}
+        yield "", {**lead_entity(lead), "WriteId": uuid.uuid4().hex}
         hold = number % HELD_EVERY == 0
-        held += hold
+        held[shard_of(lead.lead_id)] += hold
         reason = f"{BACKFILL_REASON} (30) when taken in: received {received:%Y-%m-%d %H:%M} UTC" if hold else ""
         for name, route in (("email", Route(("sales@contoso.example",))), ("webhook", Route())):
             row = new_delivery_entity(lead.lead_id, name, replace(route, skip_reason=reason), received)
@@ -90,14 +90,15 @@ def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
             yield "", row
             for table, entry in entries_for(row):
                 yield tables[table], entry
-        for table, entry in entries_for({**_to_entity(lead), "RowKey": "lead"}):
+        for table, entry in entries_for({**lead_entity(lead), "RowKey": "lead"}):
             yield tables[table], entry
         day = days.setdefault(received.date(), {"delivered": 0, "skipped": 0})
         day["skipped" if hold else "delivered"] += 1
     for day, states in days.items():
         counts = {f"{name}_{state}": n for name in ("email", "webhook") for state, n in states.items()}
         yield "Counts", {"PartitionKey": f"count|{day:%Y-%m-%d}", "RowKey": "00", **counts}
-    yield "Counts", {"PartitionKey": HELD_TALLY, "RowKey": "00", "email": held, "webhook": held}
+    for shard, count in held.items():  # the held tally, in each shard beside its entries
+        yield "Held", {"PartitionKey": shard, "RowKey": TALLY_ROW, "email": count, "webhook": count}
 
 
 def seed(location: Path, stores: dict[str, int]) -> float:

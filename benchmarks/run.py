@@ -33,6 +33,7 @@ BENCHMARKS = {
     "cold_start": "cold_start",
     "normalise": "normalise",
     "http": "http_intake",
+    "faults": "faults",
     "drain": "drain",
     "notify": "notify",
     "webhook": "webhook",

@@ -83,8 +83,20 @@ param leadsRetentionSchedule string = '0 30 3 * * *'
 param leadsDeliveryQueue string = 'leads-deliveries'
 @description('LEADS_SWEEP_SCHEDULE: NCRONTAB of the sweep that re-enqueues lost delivery messages.')
 param leadsSweepSchedule string = '0 */2 * * * *'
+@description('LEADS_VERIFY_SCHEDULE: NCRONTAB of the maintenance run that verifies and repairs the recent days.')
+param leadsVerifySchedule string = '0 */15 * * * *'
+@description('LEADS_VERIFY_DAYS: how many recent days each maintenance run verifies.')
+param leadsVerifyDays string = '2'
 @description('LEADS_ROUTING: which leads go to which destinations; empty uses the code default.')
 param leadsRouting string = ''
+@description('DYNAMICS_MAPPING: field mapping, the lead row\'s own columns a lead fills (JSON, docs/settings.md); empty: the built-in fields.')
+param dynamicsMapping string = ''
+@description('SALESFORCE_MAPPING: field mapping, the org\'s own Lead fields a lead fills (JSON, docs/settings.md); empty: the built-in fields.')
+param salesforceMapping string = ''
+@description('MARKETO_MAPPING: field mapping, the instance\'s own person fields a lead fills (JSON, docs/settings.md); empty: the built-in fields.')
+param marketoMapping string = ''
+@description('HUBSPOT_MAPPING: field mapping, the portal\'s own contact properties a lead fills (JSON, docs/settings.md); empty: the built-in fields.')
+param hubspotMapping string = ''
 @description('LEADS_TEST_LEADS: what to do with the marketplace\'s MSFT_TEST_ validation leads.')
 @allowed([
   'notify'
@@ -298,6 +310,8 @@ var coreSettings = {
   LEADS_TABLE_PREFIX: leadsTablePrefix
   LEADS_POLL_SCHEDULE: leadsPollSchedule
   LEADS_SWEEP_SCHEDULE: leadsSweepSchedule
+  LEADS_VERIFY_SCHEDULE: leadsVerifySchedule
+  LEADS_VERIFY_DAYS: leadsVerifyDays
   LEADS_RETENTION_SCHEDULE: leadsRetentionSchedule
   LEADS_DELIVERY_QUEUE: leadsDeliveryQueue
   LEADS_POLL_OVERLAP_MINUTES: leadsPollOverlapMinutes
@@ -317,6 +331,10 @@ var coreSettings = {
 var appSettings = union(coreSettings,
   readsSeparateTable ? { MARKETPLACE_TABLE_CONNECTION: '${secretRef}marketplace-table-connection)' } : {},
   empty(leadsRouting) ? {} : { LEADS_ROUTING: leadsRouting },
+  empty(dynamicsMapping) ? {} : { DYNAMICS_MAPPING: dynamicsMapping },
+  empty(salesforceMapping) ? {} : { SALESFORCE_MAPPING: salesforceMapping },
+  empty(marketoMapping) ? {} : { MARKETO_MAPPING: marketoMapping },
+  empty(hubspotMapping) ? {} : { HUBSPOT_MAPPING: hubspotMapping },
   empty(leadsRetentionDays) ? {} : { LEADS_RETENTION_DAYS: leadsRetentionDays },
   empty(leadsAlertTo) ? {} : { LEADS_ALERT_TO: leadsAlertTo },
   empty(emailTo) ? {} : { EMAIL_TO: emailTo },

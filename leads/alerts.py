@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .deliveries import Delivery
+    from .rows import Delivery
     from .settings import Settings
     from .store import LeadStore
 
@@ -161,8 +161,8 @@ def _mail(store: LeadStore, settings: Settings, entity: Mapping[str, Any], to: t
           now: datetime) -> tuple[str, float]:  # fmt: skip
     """Claim, mail and settle one due group: "sent", "failed", "claimed" (another sender has it)
     or "no slot" (the rate limiter had none, for the seconds given: the claim is given back)."""
-    from .deliver import RateLimiter
     from .destinations.email import email_limits
+    from .ratelimit import RateLimiter
     from .storage import change_row
 
     key = entity["RowKey"]

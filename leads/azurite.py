@@ -107,6 +107,12 @@ class Azurite:
     # first and the app stops Azurite after its last invocation; on Linux it also dies with the
     # thread that started it (PR_SET_PDEATHSIG), so a killed ``make run`` leaves no Azurite behind.
     own_session: bool = False
+    # HTTPS with this certificate and key (PEM files), and bearer tokens accepted (``--oauth basic``:
+    # Azurite checks a token's audience, issuer and lifetime, not its signature), for benchmarks
+    # of identity-based storage; the connection string then has no use.
+    cert: Path | None = None
+    key: Path | None = None
+    oauth: bool = False
     process: subprocess.Popen | None = None
 
     @property
@@ -126,6 +132,8 @@ class Azurite:
             "--queuePort", str(self.queue_port),
             "--tablePort", str(self.table_port),
         ]  # fmt: skip
+        if self.cert and self.key:
+            args += ["--cert", str(self.cert), "--key", str(self.key)] + ["--oauth", "basic"] * self.oauth
         if self.location is None:
             args.append("--inMemoryPersistence")
         else:

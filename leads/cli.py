@@ -14,17 +14,20 @@ from collections.abc import Sequence
 
 from .destinations import REGISTRY
 from .model import Lead
+from .routing import MAPPED_DESTINATIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leads", description=__doc__.splitlines()[0].replace("``", ""),
                                      epilog="Every command is described in docs/cli.md.")  # fmt: skip
-    parser.add_argument("--settings", default="local.settings.json",
-                        help="local settings file loaded into the environment (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--settings", default="local.settings.json", metavar="FILE",
+                        help="local settings file loaded into the environment, or none to read the environment "
+                        "alone (against Azure) (default: %(default)s)")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run function_app.py locally: HTTP routes, timers, queues")
-    serve.add_argument("--port", type=int, default=7071, help="HTTP port (default: %(default)s)")
+    serve.add_argument("--port", type=int, help="HTTP port (default: the settings file's Host.LocalHttpPort, "
+                       "which make run writes, else 7071)")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--function-key", metavar="KEY", help="require this key (?code= or x-functions-key) on "
                        "function-level routes, as Azure does; needed to serve beyond 127.0.0.1")  # fmt: skip
@@ -60,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--skipped", action="store_true",
                         help="instead: deliver the leads held as older than LEADS_BACKFILL_DAYS")  # fmt: skip
 
+    verify = commands.add_parser("verify", help="compare every index entry, count, identity and email row with the "
+                                 "leads and deliveries they describe; report each difference by kind")  # fmt: skip
+    verify.add_argument("--since", type=_positive, metavar="DAYS", dest="since_days",
+                        help="only the leads of the last DAYS days (and every open or failed delivery); default: "
+                        "the whole store")  # fmt: skip
+    verify.add_argument("--repair", action="store_true", help="mend each difference found")
+    verify.add_argument("--json", action="store_true", help="the report as JSON, each difference with its ids")
+
     reindex = commands.add_parser("reindex", help="index the leads of a store written before the indexes (once)")
     reindex.add_argument("--again", action="store_true", help="read the whole store once more")
 
@@ -67,14 +78,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "credentials, each ok, warning or problem, with the fix")  # fmt: skip
     check.add_argument("--json", action="store_true", help="each line as JSON, with its state")
 
+    mapping = commands.add_parser("mapping", help="what each CRM field gets, and from where, for a sample lead: the "
+                                  "built-in mapping and the destination's <CRM>_MAPPING setting")  # fmt: skip
+    mapping.add_argument("destination", metavar="DESTINATION", choices=MAPPED_DESTINATIONS,
+                         help=f"one of {', '.join(MAPPED_DESTINATIONS)}")  # fmt: skip
+    mapping.add_argument("--mapping", metavar="NAME", default="", help="a named mapping of the setting (the one a "
+                         "routing rule's \"mapping\" picks); default: its default")  # fmt: skip
+    mapping.add_argument("--json", action="store_true", help="the fields as JSON")
+
     test_lead = commands.add_parser("test-lead", help="send an MSFT_TEST_ lead as the marketplace's Validate "
                                     "button does, wait for it, and report each destination's outcome")  # fmt: skip
     test_lead.add_argument("--via", choices=("http", "table"), default="http",
                            help="http: POST it to --url; table: write it into the marketplace table and wait "
                            "for the app's table poll (LEADS_POLL_SCHEDULE, every 30 s by default) "
                            "(default: %(default)s)")  # fmt: skip
-    test_lead.add_argument("--url", default="http://127.0.0.1:7071/api/leads",
-                           help="the intake to POST to with --via http (default: %(default)s)")  # fmt: skip
+    test_lead.add_argument("--url", help="the intake to POST to with --via http (default: the local app, "
+                           "http://127.0.0.1:PORT/api/leads with the settings file's Host.LocalHttpPort, which make "
+                           "run writes, else 7071)")  # fmt: skip
     test_lead.add_argument("--timeout", type=float, default=120, help="seconds to wait (default: %(default)s)")
     test_lead.add_argument("--json", action="store_true", help="the report as JSON (progress still goes to stderr)")
 
@@ -108,27 +128,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .local_settings import load_local_settings
 
-    load_local_settings(args.settings)
+    args.settings_file = None if args.settings.lower() == "none" else args.settings
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    load_local_settings(args.settings_file)
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
-                "replay": _replay, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
-                "forget": _forget, "import": _import}  # fmt: skip
-    from .settings import SettingsError
+                "replay": _replay, "verify": _verify, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
+                "forget": _forget, "import": _import, "mapping": _mapping}  # fmt: skip
+    handler = handlers[args.command]
+    if args.command in ("list", "show", "status") and not getattr(args, "all", False):
+        handler = _waited_on(handler)
+    return _told(handler, args)
+
+
+def _told(handler, args: argparse.Namespace) -> int:
+    """Run a command; a setting it cannot read, or storage that does not answer, ends it with a
+    few lines saying what it tried and what to do (docs/cli.md), never a traceback."""
+    from azure.core.exceptions import AzureError
+    from pydantic import ValidationError
+
+    from .storage import StorageNotConfigured
 
     try:
-        return handlers[args.command](args)
-    except SettingsError as refused:  # a setting out of its range: named, with its range (docs/settings.md)
-        print(f"{args.command}: {refused}", file=sys.stderr)
+        return handler(args)
+    except ValidationError as error:
+        from .advice import SETTINGS_FIX, setting_problems
+
+        lines = [f"{args.command}: a setting's value cannot be used:"]
+        lines += [f"  {problem}" for _, problem in setting_problems(error)]
+        print("\n".join([*lines, f"  To do: {SETTINGS_FIX}."]), file=sys.stderr)
         return 2
+    except (AzureError, StorageNotConfigured) as error:
+        from .advice import storage_message
+        from .settings import get_settings
+
+        print(storage_message(args.command, error, get_settings()), file=sys.stderr)
+        return 1
+
+
+def _waited_on(handler):
+    """A command a person waits on, its reads cut at ``COMMAND_SECONDS`` (``list --all``, an
+    export, and the commands that do work rather than read it, take what their storage calls
+    take); storage that did not answer in time ends it as :func:`_told` says."""
+    from .deadlines import COMMAND_SECONDS
+    from .http import deadline
+
+    def within(args: argparse.Namespace) -> int:
+        with deadline(COMMAND_SECONDS):
+            return handler(args)
+
+    return within
 
 
 def _serve(args: argparse.Namespace) -> int:
     import errno
 
+    from pydantic import ValidationError
+
     from .serve import serve
 
     try:
-        serve(port=args.port, host=args.host, settings_file=args.settings, function_key=args.function_key)
-    except ValueError as problem:  # serving beyond loopback without a key, or a setting out of its range
+        from .local_settings import local_http_port
+
+        args.port = args.port or local_http_port(args.settings_file)
+        serve(port=args.port, host=args.host, settings_file=args.settings_file, function_key=args.function_key)
+    except ValidationError:
+        raise  # a setting the model refuses (one out of its range): _told names it and what it must be
+    except ValueError as problem:  # serving beyond loopback without a key
         print(f"serve: {problem}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -150,14 +215,15 @@ def _list(args: argparse.Namespace) -> int:
     if not store.index.built():
         print("The index is still being built: older leads may be missing (python -m leads reindex).", file=sys.stderr)
     # A page is read with one lead more than it shows, which tells whether there is a next one.
-    listed = store.newest(since=args.since, until=args.until, after=args.cursor, page=args.limit + (not args.all))
+    after = args.cursor and args.cursor.replace(CURSOR_SEPARATOR, "|")  # "|" too: the cursors of earlier versions
+    listed = store.newest(since=args.since, until=args.until, after=after, page=args.limit + (not args.all))
     if args.all:
         for item in listed:
             print(json.dumps(_listed_dict(item.record), ensure_ascii=False), flush=False)
         return 0
     page = list(islice(listed, args.limit + 1))
     more, page = len(page) > args.limit, page[: args.limit]
-    next_page = f"Next page: python -m leads list --cursor {page[-1].cursor}" if more else None
+    next_page = f"Next page: {_next_page_command(args, page[-1].cursor)}" if more else None
     if args.json:
         print(json.dumps([_listed_dict(item.record) for item in page], indent=2, ensure_ascii=False))
         if next_page:
@@ -181,6 +247,31 @@ def _list(args: argparse.Namespace) -> int:
     if next_page:
         print(f"\n{next_page}")
     return 0
+
+
+# The cursor printed for the next page: the index's own (``<time>|<lead id>``, digits and letters)
+# with "|" written as "." so that it pastes into a shell as it is.
+CURSOR_SEPARATOR = "."
+
+
+def _next_page_command(args: argparse.Namespace, cursor: str) -> str:
+    """This command as it was run, with the cursor of the next page: pasted, it prints that page."""
+    import shlex
+
+    launcher = ["python", "-m", "leads"]
+    typed = getattr(sys, "orig_argv", [])
+    if "-m" in typed and typed[typed.index("-m") + 1:typed.index("-m") + 2] == ["leads"]:
+        launcher = typed[: typed.index("-m") + 2]  # as typed: .venv/bin/python -m leads
+    given, options = args.argv, []
+    skip = False
+    for item in given:
+        if skip:
+            skip = False
+        elif item == "--cursor":
+            skip = True
+        elif not item.startswith("--cursor="):
+            options.append(item)
+    return shlex.join([*launcher, *options, "--cursor", cursor.replace("|", CURSOR_SEPARATOR)])
 
 
 def _listed_dict(record) -> dict:
@@ -218,7 +309,7 @@ def _delivery_line(delivery) -> str:
     if delivery.external_id:
         line += f", id {delivery.external_id}"
     if delivery.state == "retrying" and delivery.next_attempt_at:
-        line += f", next at {delivery.next_attempt_at:%H:%M:%S}"
+        line += f", next attempt at {delivery.next_attempt_at:%H:%M:%S} UTC"
     if delivery.last_error and delivery.state != "delivered":
         from .telemetry import mask_urls
 
@@ -250,7 +341,35 @@ def _status(args: argparse.Namespace) -> int:
         for rejected in report.recent_rejections:
             print(f"  {rejected['leadId']} {rejected['receivedAt'][:19].replace('T', ' ')} "
                   f"{_cut(rejected['error'], 90)}")  # fmt: skip
+    if verified := report.verified:
+        found = ", ".join(f"{kind} {n}" for kind, n in verified["differences"].items()) or "no difference"
+        print(f"\nLast verify ({verified['at'][:19].replace('T', ' ')} UTC): {found}"
+              + (f", {verified['repaired']} repaired" if verified["repaired"] else ""))  # fmt: skip
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    def progress(report) -> None:
+        print(f"\rverified {sum(report.checked.values())} rows...", end="", file=sys.stderr, flush=True)
+
+    report = verify(since_days=args.since_days, repair=args.repair,
+                    progress=progress if sys.stderr.isatty() else None)  # fmt: skip
+    if sys.stderr.isatty():
+        print("\r", end="", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 1 if report.differences and not args.repair else 0
+    scope = f"the last {args.since_days} days and the open work" if args.since_days else "the whole store"
+    print(f"Verified {scope}: " + ", ".join(f"{n} {what}" for what, n in sorted(report.checked.items())) + ".")
+    for difference in report.differences:
+        print(f"  {difference.kind}: {difference.about}" + (" (repaired)" if difference.repaired else ""))
+    if not report.differences:
+        print("No difference: every derived row agrees with what it describes.")
+    elif not args.repair:
+        print(f"{len(report.differences)} differences; python -m leads verify --repair mends them.")
+    return 1 if report.differences and not args.repair else 0
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -265,7 +384,29 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replaying {delivery.lead_id} to {delivery.destination}")
     kind = "held" if args.skipped else "failed"
     print(f"{len(replayed)} {kind} deliveries queued again." if replayed else f"No {kind} deliveries to replay.")
+    if not args.skipped:
+        _tell_retrying(LeadStore.from_settings(), args.lead, args.destination)
     return 0
+
+
+def _tell_retrying(store, lead_id: str | None, destination: str | None, most: int = 10) -> None:
+    """The deliveries still being retried (replay leaves them: each is sent again at its next
+    attempt), so that "nothing to replay" never hides one. Reads the lead's deliveries, or the
+    open deliveries' index: the open work, never the history."""
+    if lead_id:
+        open_ones = store.deliveries.for_lead(lead_id)
+    else:
+        pairs = dict.fromkeys((entry.lead_id, entry.destination) for entry in store.index.open())
+        open_ones = (store.deliveries.get(lead, name) for lead, name in pairs if not destination or name == destination)
+    retrying = [delivery for delivery in open_ones if delivery and delivery.state == "retrying"
+                and (not destination or delivery.destination == destination)]  # fmt: skip
+    for delivery in retrying[:most]:
+        print(f"still retrying: {delivery.lead_id} {_delivery_line(delivery)}")
+    if len(retrying) > most:
+        print(f"... and {len(retrying) - most} more being retried (python -m leads status)")
+    if retrying:
+        print("Replay leaves a delivery that is being retried: it is sent again at its next attempt, and once it "
+              "has failed for good (LEADS_RETRY_HOURS), replay sends it again.")  # fmt: skip
 
 
 def _forget(args: argparse.Namespace) -> int:
@@ -326,7 +467,7 @@ def _reindex(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from .checks import STATES, run_checks, what_it_means
 
-    results = run_checks()
+    results = run_checks()  # a refused setting is a problem line of its own
     if args.json:
         print(json.dumps([{"name": name, "state": c.state, "ok": c.ok, "message": c.message, "fix": c.fix,
                            "forALead": what_it_means(name, c)} for name, c in results], indent=2))  # fmt: skip
@@ -340,10 +481,32 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(result.ok for _, result in results) else 1
 
 
+def _mapping(args: argparse.Namespace) -> int:
+    from .destinations.mapping import MappingError, preview
+    from .settings import get_settings
+
+    try:
+        heading, rows = preview(args.destination, get_settings(), args.mapping)
+    except MappingError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return 0
+    print(heading)
+    width = max(len(row["field"]) for row in rows) + 2
+    for row in rows:
+        value = "(none)" if row["value"] is None else json.dumps(row["value"], ensure_ascii=False, default=str)
+        print(f"  {row['field']:<{width}}{_cut(value, 70)}")
+        print(f"  {'':<{width}}from {row['from']}" + (f" ({row['source']})" if row["source"] == "setting" else ""))
+    return 0
+
+
 def _test_lead(args: argparse.Namespace) -> int:
+    from .local_settings import local_intake_url
     from .testlead import run_test_lead
 
-    report = run_test_lead(via=args.via, url=args.url, timeout=args.timeout,
+    report = run_test_lead(via=args.via, url=args.url or local_intake_url(args.settings_file), timeout=args.timeout,
                            progress=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
@@ -363,8 +526,16 @@ def _poll(args: argparse.Namespace) -> int:
     from .poll import poll_marketplace
 
     result = poll_marketplace(full_scan=args.full_scan)
-    print(json.dumps(asdict(result), default=str, indent=2) if args.json else result.summary()
-          + (" (the marketplace table does not exist yet)" * result.table_missing))  # fmt: skip
+    if args.json:
+        print(json.dumps(asdict(result), default=str, indent=2))
+        return 0
+    print(result.summary() + (" (the marketplace table does not exist yet)" * result.table_missing))
+    if result.already_stored:
+        print(f"Already stored: {result.already_stored} rows read again: taken in by an earlier poll (each poll reads "
+              "again the last LEADS_POLL_OVERLAP_MINUTES, for rows whose Timestamp lands late).")  # fmt: skip
+    if result.mode == "days":
+        print("This poll read the recent days' partitions (PartitionKey: the day a row was written). A row keyed "
+              "by another day is read by the hourly safety scan, or now by: python -m leads poll --full-scan")
     return 0
 
 

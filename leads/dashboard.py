@@ -34,7 +34,7 @@ def daily(store: LeadStore, days: int, now: datetime | None = None) -> dict[str,
     series: dict[str, dict[str, list[int]]] = {}
     query = "PartitionKey ge @low and PartitionKey le @high"
     bounds = {"low": f"count|{dates[0]}", "high": f"count|{dates[-1]}"}
-    for row in store.index.counters.table.query_entities(query, parameters=bounds):
+    for row in store.counters.table.query_entities(query, parameters=bounds):
         day = row["PartitionKey"].removeprefix("count|")
         if day not in dates:
             continue
@@ -52,6 +52,9 @@ def render(report: Status, series: dict[str, dict[str, list[int]]]) -> str:
     if not report.index_built:
         lines.append("The index is still being built (python -m leads reindex): deliveries from before it may be "
                      "missing.")
+    if not report.held_back_counted:
+        lines.append("Held-back deliveries are still being counted (a store from before their tally): the figure "
+                     "grows until the maintenance run or python -m leads reindex has counted them.")
     names = sorted((set(series) - {"intake"}) | set(report.open) | set(report.failed) | set(report.held_back))
     width = max([11, *map(len, names)])
     days = report.days

@@ -23,10 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .deliveries import FINAL, Delivery, backoff, initial_state
+from .deliveries import backoff, initial_state
 from .destinations import DeliveryError, Destination, PermanentError, Route, Sent, get_destination
 from .digests import FAILED, OPEN, SENT, Digest, DigestBook
 from .queue import DeliveryMessage, delivery_queue
+from .ratelimit import RateLimiter
+from .rows import FINAL, Delivery
 from .settings import SEND_DEADLINE_SECONDS, Settings, get_settings
 from .store import LeadStore
 
@@ -50,18 +52,24 @@ class Outcome:
 
 
 def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | None = None) -> None:
-    """Queue the deliveries of a stored lead that have something to send. A failure here loses
-    nothing: the rows exist and the sweep queues them again."""
+    """Queue the deliveries of a stored lead that have something to send: one try, within
+    ``ENQUEUE_SECONDS``, and none after a refusal. A failure here loses nothing: the rows exist
+    and the sweep queues them again, so it delays neither the answer to the POST nor the poll."""
     from azure.core.exceptions import AzureError
 
+    from .deadlines import ENQUEUE_SECONDS
+    from .http import deadline
+
     queue = delivery_queue(settings)
-    for name, route in deliveries.items():
-        if initial_state(name, route) != "pending":
-            continue
-        try:
-            queue.send(lead_id, name)
-        except AzureError as exc:
-            log.warning("delivery %s/%s not queued (%s); the sweep will", lead_id, name, type(exc).__name__)
+    pending = [name for name, route in deliveries.items() if initial_state(name, route) == "pending"]
+    with deadline(ENQUEUE_SECONDS):
+        for name in pending:
+            try:
+                queue.send(lead_id, name, once=True)
+            except AzureError as exc:
+                log.warning("deliveries of %s not queued (%s: %s); the sweep will", lead_id, ", ".join(pending),
+                            type(exc).__name__)  # fmt: skip
+                return
 
 
 def handle_message(text: str | bytes, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
@@ -452,65 +460,6 @@ def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest |
                     Route(route.recipients, route.test, route.generation, operation=digest_id),
                     claimed_until=until)  # fmt: skip
     return DigestBook(store.leads).create(digest)
-
-
-class RateLimiter:
-    """Sliding windows of sends per destination, one for each of its limits (``limit`` sends in
-    ``period`` seconds, and ``more`` such pairs: ACS's minute and hour), shared by every instance
-    through one row written with ETags. ``acquire`` takes a slot in every window, or says how many
-    seconds until each has one.
-
-    A window counts its sends in buckets of a sixtieth of its period, so the row stays a few hundred
-    bytes whatever the limit (an hour of exact send times at a raised ACS quota would not fit a table
-    property). The oldest bucket counts whole while any of it is inside the window: the limiter may
-    wait up to a bucket longer than exact counting would, never send more. A row of an earlier
-    version holds the exact times (``Sends``): they are counted into the buckets at its first write."""
-
-    BUCKETS = 60
-
-    def __init__(self, store: LeadStore, name: str, limit: int, period: float, *more: tuple[int, float]) -> None:
-        self.table = store.checkpoints
-        self.key = ("rate", name)
-        self.limits = ((limit, period), *more)
-
-    def acquire(self, now: datetime) -> float | None:
-        import json
-
-        from .storage import RowKeptChanging, change_row
-
-        stamp, wait = now.timestamp(), None
-
-        def taken(entity: Mapping[str, object] | None) -> dict[str, str] | None:
-            nonlocal wait
-            windows = json.loads(str(entity.get("Windows") or "{}")) if entity else {}
-            earlier = json.loads(str(entity.get("Sends") or "[]")) if entity and not windows else []
-            kept, waits = {}, []
-            for limit, period in self.limits:
-                width = period / self.BUCKETS
-                current, oldest = int(stamp // width), int((stamp - period) // width)
-                buckets = {int(b): n for b, n in windows.get(f"{period:g}", {}).items()}
-                for sent in earlier:  # a row of an earlier version: its exact send times
-                    buckets[int(sent // width)] = buckets.get(int(sent // width), 0) + 1
-                buckets = {b: n for b, n in sorted(buckets.items()) if oldest <= b <= current}
-                excess = sum(buckets.values()) - limit + 1
-                if excess > 0:  # the slot frees as the oldest buckets holding the excess leave
-                    for bucket, count in buckets.items():
-                        excess -= count
-                        if excess <= 0:
-                            waits.append((bucket + 1) * width + period - stamp)
-                            break
-                buckets[current] = buckets.get(current, 0) + 1
-                kept[f"{period:g}"] = buckets
-            if waits:
-                wait = max(1.0, *waits)
-                return None
-            return {"Windows": json.dumps(kept, separators=(",", ":")), **({"Sends": "[]"} if earlier else {})}
-
-        try:
-            change_row(self.table, *self.key, taken, tries=20)
-        except RowKeptChanging:
-            return 1.0
-        return wait
 
 
 def _clock_from(start: datetime) -> Callable[[], datetime]:

@@ -1,75 +1,34 @@
-"""The durable state of each (lead, destination) delivery.
+"""The durable state of each (lead, destination) delivery, and its changes.
 
-A delivery is a row in its lead's partition of the lead store (``RowKey`` ``delivery|<name>``),
-written in the same transaction as the lead, so a lead is never stored without the deliveries it
-owes. Every change of state is a conditional (ETag) write: a worker calls a destination only after
-its claim of the row succeeded, so a duplicated message or a racing worker finds the row claimed,
-or finished, and does nothing.
+A delivery is a row in its lead's partition of the lead store (``leads/rows.py``), written in the
+same transaction as the lead, so a lead is never stored without the deliveries it owes. Every
+change of state is a conditional (ETag) write: a worker calls a destination only after its claim
+of the row succeeded, so a duplicated message or a racing worker finds the row claimed, or
+finished, and does nothing.
 
 States: ``pending`` → ``sending`` → ``delivered``; ``sending`` → ``retrying`` → ``sending`` ...;
 ``sending`` → ``failed`` (permanent, or retried past ``LEADS_RETRY_HOURS``); ``skipped`` (nothing
 to send, e.g. no email recipients, or a lead older than ``LEADS_BACKFILL_DAYS``). ``replay`` turns
-``failed``, and ``skipped`` for age, back into ``pending``. Each change also keeps the index
-(``leads/index.py``, :func:`~leads.index.kind_of`) in step: which deliveries are open, failed or held.
+``failed``, and ``skipped`` for age, back into ``pending``. Each change keeps the index in step by
+the derived-row protocol (the entry it moves into before the write, the one it leaves after) and
+moves the delivery between its day's counts (``leads/counts.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .destinations.base import Route
+from .counts import changes_of
+from .model import Route
+from .rows import DELIVERY_ROW, Delivery, day_of, delivery_entity, delivery_from_entity
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
+    from .counts import DayCounters
     from .index import LeadIndex
-
-ROW_PREFIX = "delivery|"
-STATES = ("pending", "sending", "delivered", "retrying", "failed", "skipped")
-FINAL = frozenset({"delivered", "failed", "skipped"})
-OPEN = frozenset({"pending", "sending", "retrying"})
-
-
-@dataclass(frozen=True)
-class Delivery:
-    lead_id: str
-    destination: str
-    state: str = "pending"
-    attempts: int = 0
-    last_error: str | None = None
-    external_id: str | None = None
-    recipients: tuple[str, ...] = ()
-    test: bool = False
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    retry_from: datetime | None = None
-    next_attempt_at: datetime | None = None
-    claimed_until: datetime | None = None
-    waiting_for: str | None = None
-    digest: str | None = None  # the durable digest it was folded into (leads/digests.py)
-    etag: str | None = None
-
-    @property
-    def route(self) -> Route:
-        generation = self.retry_from.isoformat() if self.retry_from and self.retry_from != self.created_at else ""
-        return Route(recipients=self.recipients, test=self.test, generation=generation)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The operator's view (``show --json``, ``status --json``)."""
-        return {
-            "destination": self.destination,
-            "state": self.state,
-            "attempts": self.attempts,
-            "lastError": self.last_error,
-            "externalId": self.external_id,
-            "createdAt": _iso(self.created_at),
-            "updatedAt": _iso(self.updated_at),
-            "nextAttemptAt": _iso(self.next_attempt_at) if self.state == "retrying" else None,
-        }
-
 
 # Why a delivery that names no one is skipped, for the destinations that must name someone.
 NO_RECIPIENTS = {
@@ -86,33 +45,42 @@ def initial_state(destination: str, route: Route) -> str:
     return "skipped" if route.skip_reason or addressed_to_no_one else "pending"
 
 
-def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime) -> dict[str, Any]:
-    """The row of a delivery owed, written beside its lead."""
+def new_delivery(lead_id: str, destination: str, route: Route, now: datetime,
+                 received_at: datetime | None = None) -> Delivery:  # fmt: skip
+    """A delivery owed by a lead received at ``received_at`` (its day counts it), as stored beside it."""
     state = initial_state(destination, route)
     error = (route.skip_reason or NO_RECIPIENTS[destination]) if state == "skipped" else None
-    return _to_entity(Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
-                               test=route.test, created_at=now, updated_at=now, retry_from=now))  # fmt: skip
+    return Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
+                    test=route.test, created_at=now, updated_at=now, retry_from=now,
+                    day=day_of(received_at or now), mapping=route.mapping)  # fmt: skip
+
+
+def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime,
+                        received_at: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """The row of :func:`new_delivery`."""
+    return delivery_entity(new_delivery(lead_id, destination, route, now, received_at))
 
 
 class DeliveryBook:
     """Reads and conditionally changes delivery rows in the lead store's table."""
 
-    def __init__(self, table: TableClient, index: LeadIndex) -> None:
+    def __init__(self, table: TableClient, index: LeadIndex, counters: DayCounters) -> None:
         self.table = table
         self.index = index
+        self.counters = counters
 
     def get(self, lead_id: str, destination: str) -> Delivery | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return _from_entity(self.table.get_entity(lead_id, ROW_PREFIX + destination))
+            return delivery_from_entity(self.table.get_entity(lead_id, DELIVERY_ROW + destination))
         except ResourceNotFoundError:
             return None
 
     def for_lead(self, lead_id: str) -> list[Delivery]:
         query = "PartitionKey eq @lead and RowKey ge @low and RowKey lt @high"
         entities = self.table.query_entities(query, parameters={"lead": lead_id, **_ROW_RANGE})
-        return sorted((_from_entity(entity) for entity in entities), key=lambda d: d.destination)
+        return sorted((delivery_from_entity(entity) for entity in entities), key=lambda d: d.destination)
 
     def change(self, delivery: Delivery, **changes: Any) -> Delivery | None:
         """Write ``changes`` if the row is still as ``delivery`` read it; None if it moved on."""
@@ -121,73 +89,21 @@ class DeliveryBook:
         from azure.data.tables import UpdateMode
 
         updated = replace(delivery, **changes, updated_at=changes.get("updated_at") or _now())
+        counted = changes_of(delivery, updated)
+        if counted:
+            self.counters.mark(updated.lead_day)
         self.index.before_change(delivery, updated)
         try:
-            metadata = self.table.update_entity(_to_entity(updated), mode=UpdateMode.REPLACE, etag=delivery.etag,
+            metadata = self.table.update_entity(delivery_entity(updated), mode=UpdateMode.REPLACE, etag=delivery.etag,
                                                 match_condition=MatchConditions.IfNotModified)  # fmt: skip
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
         self.index.after_change(delivery, updated)
+        self.counters.add(updated.lead_day, counted)
         return replace(updated, etag=metadata["etag"])
 
 
-_ROW_RANGE = {"low": ROW_PREFIX, "high": ROW_PREFIX[:-1] + chr(ord(ROW_PREFIX[-1]) + 1)}
-
-
-def _to_entity(delivery: Delivery) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": delivery.lead_id,
-        "RowKey": ROW_PREFIX + delivery.destination,
-        "Destination": delivery.destination,
-        "State": delivery.state,
-        "Attempts": delivery.attempts,
-        "Recipients": ";".join(delivery.recipients),
-        "Test": delivery.test,
-    }
-    optional = {
-        "LastError": delivery.last_error,
-        "ExternalId": delivery.external_id,
-        "CreatedAt": delivery.created_at,
-        "UpdatedAt": delivery.updated_at,
-        "RetryFrom": delivery.retry_from,
-        "NextAttemptAt": delivery.next_attempt_at,
-        "ClaimedUntil": delivery.claimed_until,
-        "WaitingFor": delivery.waiting_for,
-        "Digest": delivery.digest,
-    }
-    entity.update({key: value for key, value in optional.items() if value is not None})
-    return entity
-
-
-def _from_entity(entity: Mapping[str, Any]) -> Delivery:
-    return Delivery(
-        lead_id=entity["PartitionKey"],
-        destination=entity["Destination"],
-        state=entity["State"],
-        attempts=int(entity.get("Attempts") or 0),
-        last_error=entity.get("LastError"),
-        external_id=entity.get("ExternalId"),
-        recipients=tuple(r for r in (entity.get("Recipients") or "").split(";") if r),
-        test=bool(entity.get("Test")),
-        created_at=_utc(entity.get("CreatedAt")),
-        updated_at=_utc(entity.get("UpdatedAt")),
-        retry_from=_utc(entity.get("RetryFrom")),
-        next_attempt_at=_utc(entity.get("NextAttemptAt")),
-        claimed_until=_utc(entity.get("ClaimedUntil")),
-        waiting_for=entity.get("WaitingFor"),
-        digest=entity.get("Digest"),
-        etag=getattr(entity, "metadata", {}).get("etag"),
-    )
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+_ROW_RANGE = {"low": DELIVERY_ROW, "high": DELIVERY_ROW[:-1] + chr(ord(DELIVERY_ROW[-1]) + 1)}
 
 
 def _now() -> datetime:

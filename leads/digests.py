@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .destinations.base import Route
+from .model import Route
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient

@@ -35,10 +35,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .deliveries import OPEN, Delivery
 from .identities import address_partitions, addresses_of
+from .rows import LEAD_ROW, OPEN, REJECTED_ROW, Delivery, lead_entity, lead_from_entity
 from .settings import Settings, get_settings
-from .store import LEAD_ROW, REJECTED_ROW, LeadStore, _from_entity, _to_entity
+from .store import LeadStore
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +228,12 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         done.rejected.append(lead_id)
         log.info("content of rejected record %s erased", lead_id)
         return done
-    lead = _from_entity(entity)
+    lead = lead_from_entity(entity)
     store.identities.forget(lead)  # digests of the email and name: personal data too
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
     values = [getattr(lead, name) for name in PERSONAL_FIELDS if getattr(lead, name)]
     blank = lead.model_copy(update={**dict.fromkeys(PERSONAL_FIELDS), "email_valid": None, "raw": None})
-    erased = {**_to_entity(blank), **{key: entity[key] for key in _LEAD_KEPT if key in entity},
+    erased = {**lead_entity(blank), **{key: entity[key] for key in _LEAD_KEPT if key in entity},
               "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
     _write_erased(store, erased, index_rows)
     for delivery in store.deliveries.for_lead(lead_id):

@@ -62,7 +62,12 @@ class KeyListingError(Exception):
 
 def function_keys_check(settings: Settings, credential: Any = None, arm_url: str = ARM_URL) -> Check:
     """What ``check`` says of the keys that let the marketplace in."""
+    from .advice import runs_locally
+
     app_id = settings.function_app_id.strip().rstrip("/")
+    if not app_id and runs_locally(settings):
+        return Check(True, "not checked: a local run takes POST /api/leads without a key (in Azure the marketplace's "
+                     "URL carries one, ?code=)")  # fmt: skip
     if not app_id:
         return Check(True, "key names not listed: LEADS_FUNCTION_APP_ID is not set (locally no key is checked)",
                      f"to list them, set LEADS_FUNCTION_APP_ID=$({FIND_APP_ID}) and run check signed in with "
@@ -77,7 +82,9 @@ def function_keys_check(settings: Settings, credential: Any = None, arm_url: str
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
-            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+            from .storage import identity_options
+
+            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True, **identity_options())
         own, host = key_names(app_id, credential, arm_url, settings.http_timeout_seconds)
     except ClientAuthenticationError:
         return Check(False, "the function keys cannot be listed: no Azure sign-in was found", "run az login")

@@ -66,8 +66,12 @@ def status(settings: Settings | None = None) -> Answer:
         "marketplaceTable": settings.marketplace_table_name,
     }  # fmt: skip
     if checks["storage"].ok:
+        from .deadlines import STATUS_SECONDS
+        from .http import deadline
+
         try:
-            body.update(delivery_status(settings).to_dict())
+            with deadline(STATUS_SECONDS):
+                body.update(delivery_status(settings).to_dict())
         except AzureError as exc:  # storage went away between the probe and the read
             body["status"] = "unavailable"
             body["readiness"]["storage"] = {"ok": False, "fix": None,

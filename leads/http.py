@@ -1,4 +1,4 @@
-"""HTTP for destinations: a requests session whose every call ends by a total deadline.
+"""HTTP for destinations and storage: a requests session whose every call ends by a total deadline.
 
 requests' ``timeout`` bounds each wait for the next byte, not the call: a service that answers one
 byte a second keeps a call going as long as it likes, past the claim of the delivery it belongs
@@ -10,7 +10,10 @@ the call's socket down at that moment, which ends a blocked read at once; the ca
 :class:`DeadlineExceeded` (a ``requests.Timeout``), which every destination reads as a timeout.
 
 Every destination's HTTP goes through such a session: the webhook's, the CRMs' (MSAL and
-simple-salesforce get the destination's session) and the ACS SDK's (its requests transport).
+simple-salesforce get the destination's session) and the ACS SDK's (its requests transport). So do
+the storage clients and their identity's (``leads/storage.py``): a path a caller waits on (the
+marketplace's POST, ``/api/health``, a timer's run: ``leads/deadlines.py``) sets a deadline, and
+every storage call inside it, retries and the SDKs' waits between them included, ends by then.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -31,6 +35,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import Timeout
 
+T = TypeVar("T")
 _local = threading.local()  # .send_ends: when the current send must end; .call: the call running
 
 
@@ -49,10 +54,30 @@ def deadline(seconds: float) -> Iterator[None]:
         _local.send_ends = outer
 
 
-def session(pool_maxsize: int = 10) -> requests.Session:
-    """A requests session whose calls end by their total deadline."""
+def remaining() -> float:
+    """Seconds left of the innermost :func:`deadline` of this thread (``inf`` outside any): how
+    long a retry policy may still wait before its next try."""
+    return max(0.0, getattr(_local, "send_ends", math.inf) - time.monotonic())
+
+
+def carried(function: Callable[..., T]) -> Callable[..., T]:
+    """``function`` run, in whatever thread calls it, under the deadline of the thread that
+    wraps it here (a worker pool's tasks under the deadline of the run that hands them out)."""
+    ends = getattr(_local, "send_ends", math.inf)
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        with deadline(ends - time.monotonic()):
+            return function(*args, **kwargs)
+
+    return run
+
+
+def session(pool_maxsize: int = 10, *, pool_connections: int = 10, remember: bool = True) -> requests.Session:
+    """A requests session whose calls end by their total deadline. ``remember=False``: its answers'
+    ``Retry-After`` is not kept for :func:`last_retry_after` (storage's, so that a storage call never
+    hides a destination's)."""
     http = requests.Session()
-    adapter = DeadlineAdapter(pool_maxsize=pool_maxsize)
+    adapter = DeadlineAdapter(pool_connections=pool_connections, pool_maxsize=pool_maxsize, remember=remember)
     http.mount("http://", adapter)
     http.mount("https://", adapter)
     return http
@@ -168,6 +193,10 @@ class DeadlineAdapter(HTTPAdapter):
     """An adapter whose calls end by their total deadline: the longest of the call's timeouts,
     and never after the end of the current send."""
 
+    def __init__(self, *args: Any, remember: bool = True, **kwargs: Any) -> None:
+        self.remember = remember  # set before the base class builds the pool manager
+        super().__init__(*args, **kwargs)
+
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _DeadlinePool, "https": _DeadlineHTTPSPool}
@@ -180,10 +209,10 @@ class DeadlineAdapter(HTTPAdapter):
         host = (parts.hostname or "the service") + (f":{parts.port}" if parts.port else "")
         said = f"no complete answer from {host} within {ends - now:.3g} s (connect to last byte)"
         if ends == math.inf:
-            return _remember(super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
-                                          proxies=proxies))  # fmt: skip
+            return self._remember(super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
+                                               proxies=proxies))  # fmt: skip
         if ends <= now:
-            raise DeadlineExceeded(f"the send's time ran out before a call to {host}", request=request)
+            raise DeadlineExceeded(f"the deadline had passed before a call to {host}", request=request)
         call = _Call(ends)
         _local.call = call
         _watchdog.add(call)
@@ -201,7 +230,12 @@ class DeadlineAdapter(HTTPAdapter):
             _local.call = None
         if call.fired:  # cut mid-answer: what was read may look whole (headers end at the cut) but is not
             raise DeadlineExceeded(said, request=request)
-        return _remember(response)
+        return self._remember(response)
+
+    def _remember(self, response: requests.Response) -> requests.Response:
+        if self.remember:
+            _local.retry_after = response.headers.get("Retry-After")
+        return response
 
 
 def last_retry_after() -> str | None:
@@ -209,11 +243,6 @@ def last_retry_after() -> str | None:
     for clients that raise without the response (simple-salesforce's exceptions keep only the
     status and the body)."""
     return getattr(_local, "retry_after", None)
-
-
-def _remember(response: requests.Response) -> requests.Response:
-    _local.retry_after = response.headers.get("Retry-After")
-    return response
 
 
 def _total(timeout) -> float:

@@ -44,7 +44,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .index import checkpoint_of, mark_done, read_store_once, upsert_batched
+from .rows import LEAD_ROW, REJECTED_ROW, join_text, lead_from_entity
+from .storage import checkpoint_of, mark_done, read_store_once, upsert_batched
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -95,16 +96,14 @@ def address_partitions(addresses: Iterable[str]) -> list[str]:
 def addresses_of(entity: Mapping[str, Any]) -> list[str]:
     """Every email address a row of the lead store holds, case-folded: a lead's normalised fields
     and raw input, a rejected marketplace row's properties, a refused body's bytes."""
-    from .store import _join
-
     if "Size" in entity:  # a refused body, as received
         chunks = {int(key[4:]): value for key, value in entity.items()
                   if key.startswith("Body") and key[4:].isdigit() and isinstance(value, bytes)}  # fmt: skip
         body = b"".join(chunks[index] for index in sorted(chunks))
         return _addresses([body.decode("utf-8", "replace")])
-    found = _addresses([_join(name, entity) for name in ("Lead", "Raw") if name in entity])
+    found = _addresses([join_text(name, entity) for name in ("Lead", "Raw") if name in entity])
     if "Lead" in entity:  # a lead's own address, whatever its length (the regex bounds a local part)
-        email = (json.loads(_join("Lead", entity)).get("email") or "").strip().casefold()
+        email = (json.loads(join_text("Lead", entity)).get("email") or "").strip().casefold()
         if email and email not in found:
             found = sorted([*found, email])
     return found
@@ -171,11 +170,19 @@ class IdentityIndex:
 
     def record(self, lead: Lead, addresses: Iterable[str] = ()) -> None:
         """Index a lead under its identities and the email ``addresses`` it holds
-        (:func:`addresses_of` its row); upserts: recording it again changes nothing."""
-        from azure.data.tables import UpdateMode
+        (:func:`addresses_of` its row). The identity row goes first and names the email rows
+        (``Addresses``, their partitions: digests only), so that whoever finds it stale (its lead
+        never stored: the intake died in between) can remove them too, from the day's partition
+        alone. It is created, never replaced: one that exists is this lead's own (an earlier
+        attempt) or, for a repeat, the stored lead's, which a repeat must not overwrite."""
+        from azure.core.exceptions import ResourceExistsError
 
-        if row := _identity_row(lead):
-            self.table.upsert_entity(row, mode=UpdateMode.REPLACE)
+        addresses = list(addresses)
+        if row := _identity_row(lead, addresses):
+            try:
+                self.table.create_entity(row)
+            except ResourceExistsError:
+                pass
         self.record_addresses(lead.lead_id, "lead", addresses)
 
     def take_back(self, lead: Lead, addresses: Iterable[str], stored_received_at: datetime | None,
@@ -184,21 +191,36 @@ class IdentityIndex:
         (received at ``stored_received_at``), where it is not that lead's own: every row when that
         lead was erased (nothing may name an erased lead again: a row read again, a repeat posted);
         else the identity row of a repeat, deleted when it fell on another day than the stored
-        lead's (erasing a lead deletes its own day's row only), written back with the stored
-        lead's time when it replaced that lead's row. One request for a repeat, whatever its day."""
-        from azure.data.tables import UpdateMode
+        lead's (erasing a lead deletes its own day's row only), and the email rows of addresses
+        the stored lead does not hold."""
 
         if erased:
             self.forget(lead)
             self.forget_addresses(lead.lead_id, "lead", addresses)
             return
-        row = _identity_row(lead)
-        if row is None or stored_received_at is None or stored_received_at == lead.received_at:
+        if stored_received_at is None or stored_received_at == lead.received_at:
             return
         if _day(stored_received_at) != _day(lead.received_at):
-            self.forget(lead)
-        else:
-            self.table.upsert_entity({**row, "ReceivedAt": stored_received_at}, mode=UpdateMode.REPLACE)
+            self.forget(lead)  # this repeat's own row, in its own day
+        # The email rows of addresses the repeat holds and the stored lead does not (in its raw
+        # input only: its normalised content is the stored lead's) name a record that does not
+        # hold them. Only a repeat whose raw input names more costs the read of the stored row.
+        from .rows import lead_entity
+
+        content = address_partitions(addresses_of(lead_entity(lead.model_copy(update={"raw": None}))))
+        maybe = [partition for partition in address_partitions(addresses) if partition not in content]
+        stored = self._row(_day(stored_received_at), lead.lead_id) if maybe else None
+        if stored is not None and "Addresses" in stored:
+            own = set(json.loads(stored["Addresses"]))
+            self.forget_partitions(lead.lead_id, "lead", [partition for partition in maybe if partition not in own])
+
+    def _row(self, day: str, lead_id: str) -> Mapping[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.table.get_entity(day, lead_id)
+        except ResourceNotFoundError:
+            return None
 
     def record_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
         """Index the lead store's row ``record_id``/``row_key`` under each of ``addresses``."""
@@ -254,22 +276,14 @@ class IdentityIndex:
         return read_store_once(self.leads, self.checkpoints, _META, self._index_page, counts, seconds, again, page)
 
     def _index_page(self, entities: list[Mapping[str, Any]]) -> dict[str, int]:
-        from .store import LEAD_ROW, REJECTED_ROW, _from_entity
-
         counts, rows = {"Leads": 0, "Rejected": 0, "Addresses": 0}, []
         for entity in entities:
-            row_key = entity["RowKey"]
-            if row_key not in (LEAD_ROW, REJECTED_ROW) or entity.get("ErasedAt") is not None:
+            expected = rows_for(entity)
+            if expected is None:
                 continue
-            addresses = addresses_of(entity)
-            if row_key == LEAD_ROW:
-                try:
-                    rows += [row] if (row := _identity_row(_from_entity(dict(entity)))) else []
-                except ValueError:  # a row no version could read back: its addresses are still indexed
-                    pass
-            rows += _address_rows(entity["PartitionKey"], row_key, addresses)
-            counts["Leads" if row_key == LEAD_ROW else "Rejected"] += 1
-            counts["Addresses"] += len(addresses)
+            rows += expected
+            counts["Leads" if entity["RowKey"] == LEAD_ROW else "Rejected"] += 1
+            counts["Addresses"] += sum(1 for row in expected if row["PartitionKey"].startswith(EMAIL_PARTITION))
         upsert_batched(self.table, rows)
         return counts
 
@@ -299,8 +313,6 @@ class IdentityIndex:
 
     def exists(self, lead_id: str) -> bool:
         from azure.core.exceptions import ResourceNotFoundError
-
-        from .store import LEAD_ROW
 
         try:
             self.leads.get_entity(lead_id, LEAD_ROW, select=["PartitionKey"])
@@ -349,12 +361,31 @@ class Matcher:
         return rows
 
 
-def _identity_row(lead: Lead) -> dict[str, Any] | None:
+def rows_for(entity: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The identity and email rows a row of the lead store calls for (None: a row of another kind,
+    or an erased record, which holds nothing to index). One place for what intake writes,
+    ``reindex`` writes again and ``verify`` expects."""
+    row_key = entity["RowKey"]
+    if row_key not in (LEAD_ROW, REJECTED_ROW) or entity.get("ErasedAt") is not None:
+        return None
+    rows = []
+    addresses = addresses_of(entity)
+    if row_key == LEAD_ROW:
+        try:
+            rows += [row] if (row := _identity_row(lead_from_entity(entity), addresses)) else []
+        except ValueError:  # a row no version could read back: its addresses are still indexed
+            pass
+    return rows + _address_rows(entity["PartitionKey"], row_key, addresses)
+
+
+def _identity_row(lead: Lead, addresses: list[str]) -> dict[str, Any] | None:
+    """The row of a lead in its day's partition: its identities (``Who``, for ``import``) and the
+    partitions of its email rows (``Addresses``); none for a lead with neither."""
     keys = identity_keys(lead)
-    if not keys:
+    if not keys and not addresses:
         return None
     return {"PartitionKey": _day(lead.received_at), "RowKey": lead.lead_id, "Who": " ".join(keys),
-            "ReceivedAt": lead.received_at}  # fmt: skip
+            "Addresses": json.dumps(address_partitions(addresses)), "ReceivedAt": lead.received_at}  # fmt: skip
 
 
 def _address_rows(record_id: str, row_key: str, addresses: list[str]) -> list[dict[str, Any]]:

@@ -105,11 +105,12 @@ class ImportReport:
             lines.append("columns: " + ", ".join(f"{field} ← {header!r}" for field, header in self.mapping.items()))
         if self.dry_run:
             lines.append("dry run: nothing was stored; the first rows read as:")
-            lines += [f"  row {item['row']}: {json.dumps(item['lead'], ensure_ascii=False)}" for item in self.preview]
-        else:
-            lines += [f"  already received:           {self.already_received}",
-                      f"  imported and queued:        {self.imported}",
-                      f"  imported, not sent (old):   {self.imported_not_sent}"]  # fmt: skip
+            lines += [f"  row {item['row']} ({item.get('outcome')}): {json.dumps(item['lead'], ensure_ascii=False)}"
+                      for item in self.preview]  # fmt: skip
+            lines.append("a real run would take them in as:")
+        lines += [f"  already received:           {self.already_received}",
+                  f"  imported and queued:        {self.imported}",
+                  f"  imported, not sent (old):   {self.imported_not_sent}"]  # fmt: skip
         lines.append(f"  refused:                    {len(self.refused)}")
         lines += [f"    row {item['row']}: {item['reason']}" for item in self.refused[:50]]
         if len(self.refused) > 50:
@@ -132,21 +133,28 @@ def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, st
     report = ImportReport(file=str(path), format=chosen, dry_run=dry_run)
     table = table_name or settings.marketplace_table_name
     leads = _read(path, chosen, columns or {}, table, report)
-    store = None
-    if not dry_run:
-        from .store import LeadStore
+    from .store import LeadStore
 
-        store = LeadStore.from_settings(settings)
-        store.ensure_tables()
+    # A dry run reads the store as the real run does, through take_in, and writes no lead.
+    store = LeadStore.from_settings(settings)
+    store.ensure_tables()
     # Rows are stored by a few threads, at most WINDOW rows in flight: memory stays flat.
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     pending: set = set()
-    matcher = store.identities.matcher() if store is not None else None
+    matcher = store.identities.matcher()
+    planned: set[str] = set()  # a dry run's new ids: the same row again in the file is then received already
 
     def tally(done) -> None:
         for future in done:
             outcome = future.result()
+            if dry_run:
+                if outcome.state != "already-received" and outcome.lead_id in planned:
+                    outcome = Outcome(outcome.row, "already-received", outcome.lead_id, matched=outcome.lead_id)
+                planned.add(outcome.lead_id)
+                for item in report.preview:
+                    if item["row"] == outcome.row:
+                        item["outcome"] = outcome.state + (f", as {outcome.matched}" if outcome.matched else "")
             if outcome.state == "already-received":
                 report.already_received += 1
             elif outcome.state == "imported":
@@ -162,11 +170,10 @@ def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, st
             if isinstance(lead_or_error, str):
                 report.refused.append({"row": number, "reason": lead_or_error})
                 continue
-            if dry_run:
-                if len(report.preview) < preview_rows:
-                    report.preview.append({"row": number, "lead": _preview(lead_or_error)})
-                continue
-            pending.add(pool.submit(take_in, store, lead_or_error, number, settings, deliver=deliver, matcher=matcher))
+            if dry_run and len(report.preview) < preview_rows:
+                report.preview.append({"row": number, "lead": _preview(lead_or_error)})
+            pending.add(pool.submit(take_in, store, lead_or_error, number, settings, deliver=deliver, matcher=matcher,
+                                    dry_run=dry_run))  # fmt: skip
             if len(pending) >= WINDOW:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 tally(done)
@@ -174,8 +181,10 @@ def import_file(path: str | Path, *, format: str = "auto", columns: dict[str, st
     return report
 
 
-def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = False, matcher=None) -> Outcome:
-    """Store one imported lead unless it was received already; route it, or hold it if old."""
+def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = False, matcher=None,
+            dry_run: bool = False) -> Outcome:  # fmt: skip
+    """Store one imported lead unless it was received already; route it, or hold it if old. With
+    ``dry_run``, the same decision, with nothing stored or sent."""
     from .deliver import enqueue
     from .routing import hold_backfill, plan
 
@@ -186,6 +195,10 @@ def take_in(store, lead: Lead, row: int, settings: Settings, *, deliver: bool = 
     if not deliver:
         deliveries = hold_backfill(lead, deliveries, settings)
     old = any(route.skip_reason for route in deliveries.values())
+    if dry_run:  # what store.add would find: a lead under this id (imported before, or the poll's row)
+        if store.identities.exists(lead.lead_id):
+            return Outcome(row, "already-received", lead.lead_id, matched=lead.lead_id)
+        return Outcome(row, "imported-not-sent" if old else "imported", lead.lead_id)
     stored = store.add(lead, deliveries)
     if stored.duplicate:
         return Outcome(row, "already-received", lead.lead_id, matched=stored.lead_id)

@@ -7,6 +7,10 @@ committed is 503 (the lead was not stored, say so), never blamed on the caller. 
 that of a 503, when storage still answers) is kept as a rejected record (the reason, the bytes as
 received, the time) under an id of its own, which the answer names, so that nothing the
 marketplace sent disappears unseen; the operator is told in one log line (:func:`tell_operator`).
+
+Each of those waits on storage has a deadline (``leads/deadlines.py``), so the marketplace hears
+back within seconds whatever storage does: the lead's writes up to its transaction, keeping a body,
+and the enqueue (one try; the sweep queues what it missed).
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .deadlines import COMMIT_SECONDS, ENQUEUE_SECONDS, KEEP_SECONDS
 from .deliver import enqueue
+from .http import deadline
 from .normalise import LeadValidationError, from_http_body
 from .routing import plan
 from .settings import Settings, get_settings
@@ -64,11 +71,14 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
 
     store = LeadStore.from_settings(settings)
     deliveries = plan(lead, settings)
+    ends = time.monotonic() + COMMIT_SECONDS
     try:
-        stored = store.add_http(lead, timedelta(hours=settings.dedupe_window_hours), deliveries)
+        with deadline(COMMIT_SECONDS):
+            stored = store.add_http(lead, timedelta(hours=settings.dedupe_window_hours), deliveries)
     except AzureError as exc:
-        log.error("lead %s not stored: storage failed (%s)", lead.lead_id, type(exc).__name__)
-        error = f"the lead could not be stored right now (storage failed: {type(exc).__name__}); send it again"
+        failed = f"no answer within {COMMIT_SECONDS:g} s" if time.monotonic() >= ends else type(exc).__name__
+        log.error("lead %s not stored: storage failed (%s)", lead.lead_id, failed)
+        error = f"the lead could not be stored right now (storage failed: {failed}); send it again"
         if isinstance(exc, ServiceRequestError):  # storage unreachable: keeping the body would wait as long again
             return Answer(503, {"error": error})
         # Storage answered, with an error: the body may still be kept, so that a lead not sent
@@ -78,7 +88,8 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
         enqueue(stored.lead_id, deliveries, settings)
     from .silence import arrived
 
-    arrived(store, lead, stored.lead_id, stored.duplicate)  # the silence watch; 0 requests but once a day
+    with deadline(ENQUEUE_SECONDS):  # the silence watch: no request but once a day, and never holds the answer
+        arrived(store, lead, stored.lead_id, stored.duplicate)
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",
         stored.lead_id, "duplicate" if stored.duplicate else "stored",
@@ -94,8 +105,9 @@ def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:
 
     record_id = "r" + uuid.uuid4().hex[:24]
     try:
-        rejected = LeadStore.from_settings(settings).reject(record_id, error, body, datetime.now(UTC),
-                                                            channel="http")  # fmt: skip
+        with deadline(KEEP_SECONDS):
+            rejected = LeadStore.from_settings(settings).reject(record_id, error, body, datetime.now(UTC),
+                                                                channel="http")  # fmt: skip
     except AzureError as exc:
         # Still the caller's bad input, answered as such; the operator hears that it was not kept.
         log.error("refused body (%d) not kept: storage failed (%s): %s", status, type(exc).__name__, error)

@@ -5,8 +5,10 @@ taken port ends the run with what holds it and the variable that moves it (``mak
 ``AZURITE_TABLE_PORT=...``), never a traceback. Azurite is then started on its ports, and the app
 is served with that Azurite's connection string in ``AzureWebJobsStorage`` (the environment wins
 over ``local.settings.json``), so it can never poll another emulator's queue and tables. When the
-ports are not the ones ``local.settings.json`` names, the file is brought in step, so that
-``python -m leads list`` in another terminal reads the same leads. A lock on Azurite's data folder
+ports are not the ones ``local.settings.json`` names, the file is brought in step (its
+``AzureWebJobsStorage``, a ``MARKETPLACE_TABLE_CONNECTION`` naming a local emulator, and
+``Host.LocalHttpPort``, the app's port as Core Tools reads it), so that ``python -m leads ...`` in
+another terminal reads the same leads and posts to the same app. A lock on Azurite's data folder
 keeps a second ``make run`` of the same clone, on other ports, from sharing (and corrupting) it.
 """
 
@@ -20,11 +22,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .advice import is_local_emulator
 from .azurite import Azurite, AzuriteError, port_is_free
 
 # The `make` variable that sets each of Azurite's ports, named in every message about that port.
 PORT_VARIABLES = {"blob": "AZURITE_BLOB_PORT", "queue": "AZURITE_QUEUE_PORT", "table": "AZURITE_TABLE_PORT"}
-LOCAL_STORAGE_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class RunError(Exception):
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nmake run: {problem}", file=sys.stderr)
         return 1
     try:
-        notes = use_only(azurite, Path(args.settings))
+        notes = use_only(azurite, Path(args.settings), args.port)
         print(banner(args.port, azurite, args.location, notes), flush=True)
         from .serve import serve
 
@@ -76,16 +78,16 @@ def tcp_port(text: str) -> int:
     return port
 
 
-def use_only(azurite: Azurite, settings_file: Path) -> list[str]:
+def use_only(azurite: Azurite, settings_file: Path, port: int = 7071) -> list[str]:
     """Point the app's storage settings at ``azurite`` (the environment wins over the settings
     file, as with Core Tools); returns what the terminal should be told about it."""
     from .local_settings import load_local_settings
 
     storage = os.environ["AzureWebJobsStorage"] = azurite.connection_string
-    notes = [note] if (note := keep_local_settings_in_step(settings_file, storage)) else []
+    notes = keep_local_settings_in_step(settings_file, storage, port)
     load_local_settings(settings_file)
     marketplace = os.environ.get("MARKETPLACE_TABLE_CONNECTION", "")
-    if _is_local_emulator(marketplace) and marketplace != storage:
+    if is_local_emulator(marketplace) and marketplace != storage:
         os.environ["MARKETPLACE_TABLE_CONNECTION"] = storage
         notes.append("MARKETPLACE_TABLE_CONNECTION named another local emulator: the app polls this Azurite's table.")
     return notes
@@ -163,27 +165,35 @@ def start_azurite(location: Path, ports: dict[str, int]) -> Azurite:
         raise RunError(f"Azurite, the storage emulator, did not start: {exc}") from None
 
 
-def keep_local_settings_in_step(path: Path, storage: str) -> str | None:
-    """Point ``AzureWebJobsStorage`` in ``local.settings.json`` at this Azurite when it names a
-    local emulator on other ports, so the CLI reads what the app writes. Says what it did, or
-    why the CLI will read other storage; None when the file already agrees."""
+def keep_local_settings_in_step(path: Path, storage: str, port: int = 7071) -> list[str]:
+    """Point ``local.settings.json`` at this run: ``AzureWebJobsStorage`` (and a
+    ``MARKETPLACE_TABLE_CONNECTION`` naming a local emulator) at this Azurite when they name a
+    local emulator on other ports, and ``Host.LocalHttpPort`` at the app's port, so that the CLI
+    reads what the app writes and posts where it listens. Says what it changed, or why the CLI
+    will read other storage; nothing when the file already agrees."""
     if not path.is_file():
-        return None
+        return []
     document = json.loads(path.read_text(encoding="utf-8"))
-    values = document.setdefault("Values", {})
-    current = str(values.get("AzureWebJobsStorage") or "")
-    if current == storage:
-        return None
-    if current and not _is_local_emulator(current):
-        return (f"{path} sets AzureWebJobsStorage to other storage: the app uses this Azurite, but "
-                f"`python -m leads ...` reads what {path} names.")  # fmt: skip
-    values["AzureWebJobsStorage"] = storage
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return f"{path} now points AzureWebJobsStorage at this Azurite, so `python -m leads ...` reads the same leads."
-
-
-def _is_local_emulator(value: str) -> bool:
-    return "UseDevelopmentStorage=true" in value or any(f"//{host}:" in value for host in LOCAL_STORAGE_HOSTS)
+    values, host = document.setdefault("Values", {}), document.setdefault("Host", {})
+    notes, changed = [], []
+    for name in ("AzureWebJobsStorage", "MARKETPLACE_TABLE_CONNECTION"):
+        current = str(values.get(name) or "")
+        if current == storage or (name != "AzureWebJobsStorage" and not current):
+            continue  # an empty MARKETPLACE_TABLE_CONNECTION is the app's storage already
+        if current and not is_local_emulator(current):
+            notes.append(f"{path} sets {name} to other storage: the app uses this Azurite, but "
+                         f"`python -m leads ...` reads what {path} names.")  # fmt: skip
+            continue
+        values[name] = storage
+        changed.append(f"{name}: this Azurite")
+    if host.get("LocalHttpPort") != port:
+        host["LocalHttpPort"] = port
+        changed.append(f"Host.LocalHttpPort: {port}")
+    if changed:
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        notes.insert(0, f"{path} now names this run ({'; '.join(changed)}), so that `python -m leads ...` reaches "
+                        "the same app and reads the same leads.")  # fmt: skip
+    return notes
 
 
 def banner(port: int, azurite: Azurite, location: str, notes: list[str]) -> str:
@@ -201,10 +211,28 @@ def banner(port: int, azurite: Azurite, location: str, notes: list[str]) -> str:
         "-d @tests/fixtures/marketplace/https-documented-example.json",
         "  .venv/bin/python -m leads list",
     ]
+    lines.append(destinations_line(settings))
     if settings.email_to and not (settings.email_connection_string or settings.email_endpoint):
         lines.append(f"Mails are written to {settings.email_outbox_dir}/ as .eml files (ACS is not configured).")
+    if not settings.alert_to:
+        lines.append("LEADS_ALERT_TO is not set: a delivery that fails for good alerts nobody (see python -m leads "
+                     "status).")  # fmt: skip
     lines += ["Stop with Ctrl+C: the app finishes what it is doing, then Azurite stops; leads stay.", ""]
     return "\n".join(lines)
+
+
+def destinations_line(settings) -> str:
+    """Where leads go with these settings: each enabled destination, with where it sends."""
+    from .destinations import enabled_names
+    from .routing import split_addresses
+    from .telemetry import mask_urls
+
+    where = {"email": "; ".join(split_addresses(settings.email_to)), "webhook": mask_urls(settings.webhook_url)}
+    names = enabled_names(settings)
+    if not names:
+        return ("No destination is enabled: leads are stored and sent nowhere (set EMAIL_TO or WEBHOOK_URL in "
+                "local.settings.json, docs/settings.md).")  # fmt: skip
+    return "Leads go to: " + ", ".join(f"{name} ({where[name]})" if where.get(name) else name for name in names) + "."
 
 
 if __name__ == "__main__":

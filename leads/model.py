@@ -1,4 +1,5 @@
-"""The normalised lead: one shape for every lead, whichever way it came in.
+"""The normalised lead: one shape for every lead, whichever way it came in; and the route
+routing gives it to each destination.
 
 Its JSON form (camelCase, ``Lead.to_json()``) is part of the outside contract: the CLI prints it,
 the webhook posts it, and CRMs are mapped from it.
@@ -7,6 +8,7 @@ the webhook posts it, and CRMs are mapped from it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -80,3 +82,21 @@ class Lead(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> Lead:
         return cls.model_validate_json(text)
+
+
+@dataclass(frozen=True)
+class Route:
+    """What routing decided for one lead and one destination."""
+
+    recipients: tuple[str, ...] = ()
+    test: bool = False  # a test lead: destinations mark it as such
+    # Changes when an operator replays a failed delivery, so that a destination's idempotency key
+    # (e.g. the ACS Operation-Id) makes the replay a new send rather than a repeat of the old one.
+    generation: str = ""
+    # Why the delivery is stored skipped rather than sent (a lead older than LEADS_BACKFILL_DAYS).
+    skip_reason: str = ""
+    # The idempotency key fixed when a durable digest was claimed (leads/digests.py): a retry of
+    # that digest names the same operation, whatever else changed.
+    operation: str = ""
+    # The named field mapping a routing rule picked for a CRM (leads/destinations/mapping.py); "" the default.
+    mapping: str = ""

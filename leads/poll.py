@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,7 @@ from threading import Lock
 from typing import Any
 
 from .deliver import enqueue
+from .http import carried, remaining
 from .normalise import LeadValidationError, from_table_entity, storable_row, table_lead_id
 from .routing import hold_backfill, plan
 from .settings import Settings, get_settings
@@ -166,10 +168,18 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
     result = PollResult(watermark=marks.watermark, mode=mode)
     seen = Marks()
 
+    # The workers store rows under this run's deadline (a timer's period: leads/deadlines.py).
+    take_in = carried(lambda row: _take_in(store, row, settings, now))
+    longest_page = 0.0
     with ThreadPoolExecutor(_WORKERS) as pool:
         retried = _retry_failed_rows(checkpoint, source, store, settings, now, result)
         pages = _pass_pages(source, under_way) if under_way else _pages(source, marks, overlap, now)
         for number in itertools.count(1):
+            if under_way and remaining() < longest_page:
+                log.info("poll of %s: the pass stops after %d pages, before the run's deadline; the next poll "
+                         "goes on from here", settings.marketplace_table_name, number - 1)  # fmt: skip
+                break
+            started = time.monotonic()
             try:
                 page = list(next(pages))
             except StopIteration:
@@ -182,7 +192,7 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
             if retried:
                 page = [entity for entity in page if _lead_id(entity, settings) not in retried]
             # One page at a time: a page is all this poll ever holds. Only an outage raises here.
-            outcomes = pool.map(lambda row: _take_in(store, row, settings, now), page)
+            outcomes = pool.map(take_in, page)
             for entity, taken in zip(page, outcomes, strict=True):
                 result.read += 1
                 _count(result, taken)
@@ -200,6 +210,7 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
                 checkpoint.advance(replace(page_marks, watermark=None), under_way=under_way)
                 if number >= PASS_PAGES_PER_POLL:
                     break  # the next poll goes on from here
+            longest_page = max(longest_page, time.monotonic() - started)
 
     if not under_way and (seen.watermark or seen.key_formats):
         checkpoint.advance(seen)

@@ -58,13 +58,16 @@ class DeliveryQueue:
         )
         self._created = False
 
-    def send(self, lead_id: str, destination: str, delay: float = 0, sent: dict | None = None) -> None:
+    def send(self, lead_id: str, destination: str, delay: float = 0, sent: dict | None = None,
+             once: bool = False) -> None:  # fmt: skip
         """Enqueue a delivery (or, with ``sent``, a note of its send), visible after ``delay``
-        seconds. Messages never expire: a delivery waiting through an outage must still be found."""
-        self._ensure()
+        seconds; with ``once``, in one try (no retry). Messages never expire: a delivery waiting
+        through an outage must still be found."""
+        tries = {"retry_total": 0} if once else {}
+        self._ensure(**tries)
         self.client.send_message(DeliveryMessage(lead_id, destination, sent).to_json(),
                                  visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
-                                 time_to_live=-1)  # fmt: skip
+                                 time_to_live=-1, **tries)  # fmt: skip
 
     def send_text(self, text: str, delay: float = 0) -> None:
         """Enqueue a message of another kind than a delivery (an alert's wake-up: leads/alerts.py),
@@ -73,13 +76,13 @@ class DeliveryQueue:
         self.client.send_message(text, visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
                                  time_to_live=-1)  # fmt: skip
 
-    def _ensure(self) -> None:
+    def _ensure(self, **options) -> None:
         if self._created:
             return
         from azure.core.exceptions import ResourceExistsError
 
         try:
-            self.client.create_queue()
+            self.client.create_queue(**options)
         except ResourceExistsError:
             pass
         self._created = True

@@ -14,14 +14,15 @@ source and test-ness; every condition it names must hold. For example::
 A rule without ``destinations`` sends to every enabled destination; without ``email`` it uses
 ``EMAIL_TO``. ``teams`` and ``slack`` name a channel (``"teams": "sales-emea"``), whose webhook URL
 is in the setting ``TEAMS_CHANNELS``: URLs carry their secret, so they live in settings, never
-here; without one, the default channel (``TEAMS_WEBHOOK_URL``) is used. With no rule
+here; without one, the default channel (``TEAMS_WEBHOOK_URL``) is used. ``mapping`` names the field
+mapping the CRMs use for the rule's leads (``"mapping": "partner"``: each CRM's mapping of that
+name in its ``<CRM>_MAPPING``, or its default where it has none; leads/destinations/mapping.py). With no rule
 matching (or no routing set) every enabled destination gets the lead. Test leads then follow
 ``LEADS_TEST_LEADS``: ``notify`` (the notifications only: email, Teams, Slack), ``deliver``, ``drop``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -29,15 +30,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .destinations.base import Route
-from .model import Lead
-from .settings import DEFAULT_CHANNEL
+from .model import Lead, Route
+from .rows import BACKFILL_REASON
+from .settings import DEFAULT_CHANNEL, json_setting
 
 if TYPE_CHECKING:
-    from .deliveries import Delivery
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,10 @@ NOTIFICATIONS = ("email", "teams", "slack")
 # Destinations whose rule names a channel, its URL in a setting (Settings.channel_webhook).
 CHANNEL_DESTINATIONS = ("teams", "slack")
 _CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", *CHANNEL_DESTINATIONS}
+# Destinations whose records a field mapping shapes (their classes name their mapping setting).
+MAPPED_DESTINATIONS = ("dynamics", "salesforce", "marketo", "hubspot")
+_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", "mapping", *CHANNEL_DESTINATIONS}
+_MAPPING_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
 class RoutingError(ValueError):
@@ -64,6 +66,7 @@ class Rule:
     email: tuple[str, ...] | None = None
     destinations: tuple[str, ...] | None = None
     channels: Mapping[str, str] = field(default_factory=dict)  # "teams" → "sales-emea"
+    mapping: str = ""  # the CRMs' named field mapping for these leads
 
     def matches(self, lead: Lead) -> bool:
         if self.test is not None and lead.is_test != self.test:
@@ -93,19 +96,7 @@ def load_rules(setting: str) -> tuple[Rule, ...]:
     setting = setting.strip()
     if not setting:
         return ()
-    if setting[0] in "[{":
-        text, where = setting, "LEADS_ROUTING"
-    else:
-        path = Path(setting)
-        if not path.is_file():
-            # A relative path is read from the working directory: say which file that was.
-            raise RoutingError(f"LEADS_ROUTING names {setting}, which is not a file (or is not JSON); "
-                               f"looked for {path.absolute()}")  # fmt: skip
-        text, where = path.read_text(encoding="utf-8"), str(path)
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise RoutingError(f"{where} is not valid JSON: {exc}") from None
+    document, where = json_setting("LEADS_ROUTING", setting, RoutingError)
     rules = document.get("rules") if isinstance(document, Mapping) else document
     if not isinstance(rules, list):
         raise RoutingError(f'{where} must be a list of rules or {{"rules": [...]}}')
@@ -146,6 +137,10 @@ def _rule(item: Any, index: int, where: str) -> Rule:
             raise RoutingError(f"{label}: {destination} must name a channel (letters, digits, - and _) whose "
                                f"webhook URL is in the setting {destination.upper()}_CHANNELS, not a URL")  # fmt: skip
         channels[destination] = channel.strip().lower()
+    mapping = item.get("mapping")
+    if mapping is not None and (not isinstance(mapping, str) or not _MAPPING_NAME.match(mapping.strip())):
+        raise RoutingError(f"{label}: mapping must name a field mapping (lower-case letters, digits, - and _) "
+                           "defined in a CRM's mapping setting, e.g. SALESFORCE_MAPPING's \"mappings\"")  # fmt: skip
     return Rule(
         name=str(item.get("name") or f"rule {index}"),
         offers=texts("offer"),
@@ -155,6 +150,7 @@ def _rule(item: Any, index: int, where: str) -> Rule:
         email=split_addresses(email) if email is not None else None,
         destinations=tuple(d.strip().lower() for d in destinations) if destinations is not None else None,
         channels=channels,
+        mapping=mapping.strip() if mapping else "",
     )
 
 
@@ -184,7 +180,9 @@ def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: s
             return (channel,) if channel else ((DEFAULT_CHANNEL,) if name in default_channels else ())
         return ()
 
-    return {name: Route(recipients=who(name), test=lead.is_test) for name in names}
+    mapping = rule.mapping if rule is not None else ""
+    return {name: Route(recipients=who(name), test=lead.is_test, mapping=mapping if name in MAPPED_DESTINATIONS else "")
+            for name in names}  # fmt: skip
 
 
 def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
@@ -202,9 +200,6 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
     return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads, defaults)
 
 
-BACKFILL_REASON = "older than LEADS_BACKFILL_DAYS"
-
-
 def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
                   now: datetime | None = None) -> dict[str, Route]:  # fmt: skip
     """``routes``, each held when the lead is older than ``LEADS_BACKFILL_DAYS`` by its received
@@ -218,8 +213,3 @@ def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
               f"{lead.received_at:%Y-%m-%d %H:%M} UTC; stored, not delivered. `python -m leads replay "
               f"--lead {lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
-
-
-def held_for_backfill(delivery: Delivery) -> bool:
-    """Whether a delivery was stored skipped by :func:`hold_backfill` (``replay`` delivers it)."""
-    return delivery.state == "skipped" and (delivery.last_error or "").startswith(BACKFILL_REASON)

@@ -61,6 +61,7 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from croniter import croniter
 
+from .advice import is_loopback
 from .local_settings import load_local_settings
 from .settings import Settings, get_settings
 from .storage import queue_service
@@ -803,12 +804,12 @@ class LocalHost:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> LocalHost:
-        if self.function_key is None and not _is_loopback(self.host):
+        if self.function_key is None and not is_loopback(self.host):
             raise ValueError(f"serving on {self.host} exposes the app beyond this machine: "
                              "give it a key with --function-key, or serve on 127.0.0.1")  # fmt: skip
         load_local_settings(self.settings_file)
         get_settings.cache_clear()  # the app reads its settings afresh, with the file's values
-        get_settings()  # a setting out of its range stops the host here, named (SettingsError), before it serves
+        get_settings()  # a refused setting (one out of its range) stops the host here, named, before it serves
         module = importlib.import_module(self.app_module)
         options = HostOptions.read(self.host_file or Path(module.__file__).with_name("host.json"))
         routes = self._index(_function_app(module), options)
@@ -863,17 +864,6 @@ class LocalHost:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve(

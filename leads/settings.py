@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The longest one call to a destination may take (LEADS_HTTP_TIMEOUT_SECONDS), and the longest a
@@ -20,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MAX_CALL_SECONDS = 60.0
 SEND_DEADLINE_SECONDS = 120.0
 DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_URL
+MAPPING = "Field mapping: the {crm} fields a lead fills beyond the built-in ones (JSON, or a JSON file's path)."
 
 
 def number(default: Any, alias: str, low: float, high: float, unit: str, description: str = "", *,
@@ -118,6 +120,15 @@ class Settings(BaseSettings):
         "0 */2 * * * *",
         alias="LEADS_SWEEP_SCHEDULE",
         description="NCRONTAB of the sweep that re-enqueues deliveries whose message was lost.",
+    )
+    verify_schedule: str = Field(
+        "0 */15 * * * *",
+        alias="LEADS_VERIFY_SCHEDULE",
+        description="NCRONTAB of the maintenance run that verifies and repairs the recent days' derived rows.",
+    )
+    verify_days: int = number(
+        2, "LEADS_VERIFY_DAYS", 1, 31, "days",
+        description="How many recent days of leads (today included) each maintenance run verifies.",
     )
     routing: str = Field("", alias="LEADS_ROUTING", description="Routing rules: JSON, or a JSON file's path.")
     test_leads: Literal["notify", "deliver", "drop"] = Field(
@@ -231,6 +242,7 @@ class Settings(BaseSettings):
         alias="DYNAMICS_AUTHORITY",
         description="Entra login host (sovereign clouds).",
     )
+    dynamics_mapping: str = Field("", alias="DYNAMICS_MAPPING", description=MAPPING.format(crm="lead row's"))
 
     # --- Salesforce -----------------------------------------------------------------------------
     salesforce_oid: str = Field("", alias="SALESFORCE_OID", description="Web-to-Lead organisation id.")
@@ -241,16 +253,19 @@ class Settings(BaseSettings):
     salesforce_client_id: str = Field("", alias="SALESFORCE_CLIENT_ID")
     salesforce_client_secret: str = Field("", alias="SALESFORCE_CLIENT_SECRET")
     salesforce_external_id_field: str = Field("", alias="SALESFORCE_EXTERNAL_ID_FIELD")
+    salesforce_mapping: str = Field("", alias="SALESFORCE_MAPPING", description=MAPPING.format(crm="Lead's"))
 
     # --- Marketo --------------------------------------------------------------------------------
     marketo_url: str = Field("", alias="MARKETO_URL", description="REST base, https://<munchkin>.mktorest.com")
     marketo_client_id: str = Field("", alias="MARKETO_CLIENT_ID")
     marketo_client_secret: str = Field("", alias="MARKETO_CLIENT_SECRET")
     marketo_form_id: str = Field("", alias="MARKETO_FORM_ID")
+    marketo_mapping: str = Field("", alias="MARKETO_MAPPING", description=MAPPING.format(crm="person's"))
 
     # --- HubSpot --------------------------------------------------------------------------------
     hubspot_token: str = Field("", alias="HUBSPOT_TOKEN", description="Service Key (or a private app's token).")
     hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
+    hubspot_mapping: str = Field("", alias="HUBSPOT_MAPPING", description=MAPPING.format(crm="contact's"))
 
     @field_validator("http_timeout_seconds")
     @classmethod
@@ -275,31 +290,26 @@ class Settings(BaseSettings):
         return value
 
 
-class SettingsError(ValueError):
-    """Settings the app refuses to run with; the text names each one and what it must be."""
-
-
-def explain(error: ValidationError) -> str:
-    """One line per refused setting: its name, what it was, and what it must be."""
-    fields = {field.alias or name: (name, field) for name, field in Settings.model_fields.items()}
-    lines = []
-    for problem in error.errors():
-        alias = str(problem["loc"][0]) if problem["loc"] else ""
-        message = problem["msg"].removeprefix("Value error, ")
-        if alias in fields and not message.startswith(alias):
-            name, field = fields[alias]
-            must = range_text(field, Settings.model_fields[name].annotation is int)
-            message = f"{alias} is {problem.get('input')!r}: {message}" + (f"; it must be {must}" if must else "")
-        lines.append(message)
-    return "; ".join(lines)
+def json_setting(name: str, text: str, error: type[ValueError]) -> tuple[object, str]:
+    """``(document, where)`` of a setting that holds JSON or the path of a JSON file (``LEADS_ROUTING``,
+    ``SALESFORCE_MAPPING``, ...); ``where`` names the setting or the file. Raises ``error`` saying why."""
+    text, where = text.strip(), name
+    if text[:1] not in ("{", "["):
+        path = Path(text)
+        if not path.is_file():
+            # A relative path is read from the working directory: say which file that was.
+            raise error(f"{name} names {text}, which is not a file (or is not JSON); looked for {path.absolute()}")
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    try:
+        return json.loads(text), where
+    except ValueError as exc:
+        raise error(f"{where} is not valid JSON: {exc}") from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process, read once from the environment. Raises
-    :class:`SettingsError` naming each setting it refuses and what it must be, so that a bad value
-    stops the app where it starts rather than failing later, at its first use."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise SettingsError(f"the app's settings are refused: {explain(exc)}") from None
+    """The settings of this process, read once from the environment. A value the model refuses (a
+    numeric setting out of its range among them) raises pydantic's ValidationError naming it, where
+    the app starts: ``serve`` and every command say it in a few lines (leads/advice.py), ``check`` as
+    a problem line, and each function of the deployed app fails its first call with it."""
+    return Settings()

@@ -249,7 +249,7 @@ def likely_cause(store: LeadStore, settings: Settings, silence: Silence, now: da
         table = settings.marketplace_table_name
         return "table missing", f"the marketplace table {table} does not exist: {CAUSES['table']}"
     days = max(1, min(silence.silent_days, 31))
-    refused = store.index.counters.window(days, now).get("intake", {}).get("rejected", 0)
+    refused = store.counters.window(days, now).get("intake", {}).get("rejected", 0)
     if refused:
         return "bodies refused", (f"{refused} inputs were refused as no lead in the last {days} days (python -m leads "
                                   "status lists them): the marketplace may have changed what it sends")  # fmt: skip

@@ -3,7 +3,9 @@
 One partition per lead (``PartitionKey`` = lead id): the lead itself is the row ``lead``, and what
 happens to it later (deliveries) lives beside it, so one partition query shows a lead's whole
 story. A lead is written with an insert that fails if the row exists: that single atomic write is
-both the durable store and the duplicate check.
+both the durable store and the duplicate check. The rows' keys and codecs are in ``leads/rows.py``;
+what is derived from them (index, timeline, identity and email rows, counts) follows
+``leads/derived.py``.
 
 HTTP leads have one more row per normalised content (``PartitionKey`` = the content digest,
 ``RowKey`` ``content``): how many leads that content made and the latest of them, changed with an
@@ -19,7 +21,6 @@ for the answer (only what the lead cannot do without makes it a 503), is in docs
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,12 +30,28 @@ from functools import lru_cache
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from .deliveries import DeliveryBook, new_delivery_entity
-from .destinations.base import Route
+from .counts import REJECTED as REJECTED_COUNT
+from .counts import DayCounters
+from .deliveries import DeliveryBook, new_delivery
 from .identities import IdentityIndex, addresses_of
-from .index import Entry, LeadIndex
-from .model import Lead
+from .index import Entry, LeadIndex, cursor_of
+from .model import Lead, Route
 from .normalise import http_lead_id, identifies_person
+from .rows import (
+    CONTENT_ROW,
+    LEAD_ROW,
+    REJECTED_ROW,
+    Content,
+    Delivery,
+    content_entity,
+    content_from_entity,
+    day_of,
+    delivery_entity,
+    lead_entity,
+    lead_from_entity,
+    rejected_entity,
+    rejected_from_entity,
+)
 from .settings import Settings, get_settings
 from .storage import RowKeptChanging, change_row, table_service
 
@@ -43,28 +60,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEAD_ROW = "lead"
-REJECTED_ROW = "rejected"
-CONTENT_ROW = "content"
-# The most of a refused body a rejected record keeps: an entity holds 1 MiB, a binary property
-# 64 KiB. Bodies up to the 64 KiB limit (every 400) are kept whole, larger ones (413) up to this.
-MAX_KEPT_BYTES = 512 * 1024
-_BINARY_CHUNK = 64 * 1024
-# A table string property holds at most 64 KiB (32K UTF-16 code units); longer text is split
-# into chunks of at most this many code units.
-_CHUNK = 30_000
-_MAX_CHUNKS = 16
-_MAX_BODY_CHUNKS = -(-MAX_KEPT_BYTES // _BINARY_CHUNK)
-# The lead row's look-up columns (source, action, offer), for a query in Storage Explorer, hold at
-# most this many characters: the values whole are in the lead's JSON, and a column of any length
-# would make the row unstorable (a marketplace value is a few dozen characters; a body is 64 KiB).
-_COLUMN = 1_000
 # The rows written before a lead that it can be stored without, and what their absence means.
 _IDENTITY_ROWS, _TIMELINE_ENTRY = "identity and email rows", "timeline entry"
 _REPAIRABLE = {
     _IDENTITY_ROWS: "import does not match it, and forget --email reads every row until python -m leads reindex "
                     "has written them",
-    _TIMELINE_ENTRY: "list does not show it (show does) until python -m leads reindex --again writes it",
+    _TIMELINE_ENTRY: "list does not show it (show does) until verify --repair (or reindex --again) writes it",
 }  # fmt: skip
 
 
@@ -96,25 +97,14 @@ class Rejected:
     received_at: datetime
 
 
-@dataclass(frozen=True)
-class _Content:
-    """The row of one normalised HTTP content: how many leads it made, and the latest one."""
-
-    digest: str
-    leads: int
-    latest_id: str
-    latest_at: datetime
-    etag: str | None = None
-
-
 class LeadStore:
     def __init__(self, service: TableServiceClient, prefix: str = "Leads") -> None:
         self.service = service
         self.leads: TableClient = service.get_table_client(prefix)
         self.checkpoints: TableClient = service.get_table_client(f"{prefix}Checkpoints")
-        self.index = LeadIndex(*(service.get_table_client(prefix + name)
-                                 for name in ("Index", "Timeline", "Counts", "Held")))  # fmt: skip
-        self.deliveries = DeliveryBook(self.leads, self.index)
+        self.index = LeadIndex(*(service.get_table_client(prefix + name) for name in ("Index", "Timeline", "Held")))
+        self.counters = DayCounters(service.get_table_client(f"{prefix}Counts"))
+        self.deliveries = DeliveryBook(self.leads, self.index, self.counters)
         self.identities = IdentityIndex(service.get_table_client(f"{prefix}Identities"), self.leads, self.checkpoints)
         self._created = False
 
@@ -130,7 +120,7 @@ class LeadStore:
         from azure.core.exceptions import ResourceExistsError
 
         created = set()
-        for table in (self.leads, self.checkpoints, self.identities.table, *self.index.tables):
+        for table in (self.leads, self.checkpoints, self.identities.table, self.counters.table, *self.index.tables):
             try:
                 table.create_table()
                 created.add(table.table_name)
@@ -156,37 +146,47 @@ class LeadStore:
 
     def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None,
             beside: Sequence[dict[str, Any]] = ()) -> Stored:  # fmt: skip
-        """Store a lead, and the deliveries it owes (and ``beside`` it, other new rows of its
-        partition), in one atomic write, unless a lead with its id exists. Table leads have ids
-        from their row, so a row read twice is stored once.
+        """Store a lead and the deliveries it owes (and ``beside`` it, other new rows of its
+        partition) in one atomic write, unless a lead with its id exists: derived rows, the
+        transaction, then settle.
 
-        Before that write, what points at the lead: the open deliveries' index entries, without
-        which it is not stored (a delivery whose queue message is lost is found by them alone), then
-        the rows that can be written later (:data:`_REPAIRABLE`), written first so that a crash
-        leaves no stored lead without them; one of these failing does not refuse the lead, it is
-        written again once the lead is stored (:meth:`_stored`). Once the lead's write committed,
-        nothing raises."""
+        The derived rows go first (``leads/derived.py``): the deliveries' index entries, without
+        which the lead is not stored (a delivery whose queue message is lost is found by them
+        alone), then the rows it can be stored without (:data:`_REPAIRABLE`), written again once
+        it is stored if they failed. Settling counts what it owes nothing (skipped from the start)
+        or, for a lead stored already, takes back what this call wrote. Once the lead's write
+        committed, nothing raises."""
+        self.ensure_tables()
+        now = datetime.now(UTC)
+        owed = [new_delivery(lead.lead_id, name, route, now, lead.received_at)
+                for name, route in (deliveries or {}).items()]  # fmt: skip
+        # The write id tells this call's write from another's when an answer was lost.
+        entity = {**lead_entity(lead), "WriteId": uuid.uuid4().hex}
+        addresses = addresses_of(entity)
+        self.index.before_add(owed)
+        if any(delivery.state == "skipped" for delivery in owed):
+            self.counters.mark(day_of(lead.received_at))  # counted once stored: an old day is recounted
+        missed = self._write_repairable(lead, addresses, _REPAIRABLE)
+        existing = self._commit([entity, *beside, *map(delivery_entity, owed)])
+        if existing is None:
+            return self._settle(lead, addresses, owed, missed)
+        self._take_back(lead, addresses, owed, existing)
+        return Stored(lead.lead_id, duplicate=True)
+
+    def _commit(self, rows: list[dict[str, Any]]) -> Mapping[str, Any] | None:
+        """Create ``rows`` (the first the lead's) in one transaction. None when this call created
+        them; else the stored lead row that was there (empty if it was another row of the write)."""
         from azure.core.exceptions import ResourceExistsError, ServiceResponseError
         from azure.data.tables import TableTransactionError
 
-        self.ensure_tables()
-        # Tells this call's write from another's when an answer was lost and the row is found.
-        write_id = uuid.uuid4().hex
-        entity = {**_to_entity(lead), "WriteId": write_id}
-        now = datetime.now(UTC)
-        rows = [entity, *beside] + [new_delivery_entity(lead.lead_id, name, route, now)
-                                    for name, route in (deliveries or {}).items()]  # fmt: skip
-        owed = rows[1 + len(beside):]
-        addresses = addresses_of(entity)
-        self.index.before_add(owed)
-        missed = self._write_repairable(lead, addresses, _REPAIRABLE)
+        lead = rows[0]
         for attempt in range(3):
             try:
                 if len(rows) == 1:
-                    self.leads.create_entity(entity)
+                    self.leads.create_entity(lead)
                 else:
                     self.leads.submit_transaction([("create", row) for row in rows])
-                return self._stored(lead, addresses, owed, now, missed)
+                return None
             except ResourceExistsError:
                 pass
             except TableTransactionError as exc:
@@ -199,11 +199,10 @@ class LeadStore:
                 continue
             # The row exists. If this call wrote it (an earlier attempt here, or the SDK's own retry
             # of a POST answered 500/503/504 after it committed), the lead is new after all.
-            existing = self._lead_row(lead.lead_id, ["WriteId", "ReceivedAt", "ErasedAt"])
-            if existing is not None and existing.get("WriteId") == write_id:
-                return self._stored(lead, addresses, owed, now, missed)
-            self._take_back(lead, addresses, owed, existing)
-            return Stored(lead.lead_id, duplicate=True)
+            existing = self._lead_row(lead["PartitionKey"], ["WriteId", "ReceivedAt", "ErasedAt"])
+            if existing is not None and existing.get("WriteId") == lead["WriteId"]:
+                return None
+            return existing if existing is not None else {}
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write_repairable(self, lead: Lead, addresses: Sequence[str], names: Iterable[str]) -> dict[str, str]:
@@ -220,7 +219,7 @@ class LeadStore:
                 missed[name] = type(exc).__name__
         return missed
 
-    def _stored(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Mapping[str, Any]], now: datetime,
+    def _settle(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery],
                 missed: Mapping[str, str]) -> Stored:  # fmt: skip
         """The lead is stored: write again what failed before it, count what it owes nothing;
         a failure is logged (the lead's id, never its content), never raised."""
@@ -234,20 +233,21 @@ class LeadStore:
                 except AzureError as exc:
                     log.error("the email index could not be marked incomplete (%s): run python -m leads reindex "
                               "--again before the next forget --email", type(exc).__name__)  # fmt: skip
-        self.index.after_add(owed, now)
+        skipped = {f"{delivery.destination}_skipped": 1 for delivery in owed if delivery.state == "skipped"}
+        self.counters.add(day_of(lead.received_at), skipped)
         return Stored(lead.lead_id, duplicate=False)
 
-    def _take_back(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Mapping[str, Any]],
-                   existing: Mapping[str, Any] | None) -> None:  # fmt: skip
+    def _take_back(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery],
+                   existing: Mapping[str, Any]) -> None:  # fmt: skip
         """Take back what was written before the insert for a lead stored already (the stored
-        lead's row ``existing``, or None when another row of the write was there): its index
+        lead's row ``existing``, empty when another row of the write was there): its index
         entries, and the identity and email rows that are not the stored lead's own."""
         from azure.core.exceptions import AzureError
 
-        stored_at = existing.get("ReceivedAt") if existing is not None else None
-        self.index.after_duplicate(lead.lead_id, lead.received_at, owed, stored_at)
+        stored_at = existing.get("ReceivedAt")
+        self.index.take_back(lead.lead_id, lead.received_at, owed, stored_at)
         try:
-            self.identities.take_back(lead, addresses, stored_at, erased=bool(existing and existing.get("ErasedAt")))
+            self.identities.take_back(lead, addresses, stored_at, erased=existing.get("ErasedAt") is not None)
         except AzureError as exc:  # an erased lead's: forget --email of the address deletes them
             log.warning("rows written for lead %s, stored already, left (%s)", lead.lead_id, type(exc).__name__)
 
@@ -285,7 +285,7 @@ class LeadStore:
             return stored
         # Most content arrives once: write its first lead and its content row together, and look
         # further only if that lead is there already.
-        first = _content_entity(_Content(digest, 1, digest, lead.received_at))
+        first = content_entity(Content(digest, 1, digest, lead.received_at))
         stored = self.add(lead.model_copy(update={"lead_id": digest}), deliveries, beside=[first])
         if not stored.duplicate:
             return stored
@@ -311,17 +311,16 @@ class LeadStore:
             # A repeat of an erased lead is a new lead: its person sent it again (leads/erasure.py).
             latest_erased = True
 
-    def _content(self, digest: str) -> _Content | None:
+    def _content(self, digest: str) -> Content | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             entity = self.leads.get_entity(digest, CONTENT_ROW)
         except ResourceNotFoundError:
             return None
-        return _Content(digest, int(entity["Leads"]), entity["LatestLeadId"], entity["LatestAt"],
-                        entity.metadata["etag"])  # fmt: skip
+        return content_from_entity(entity)
 
-    def _advance(self, content: _Content) -> _Content:
+    def _advance(self, content: Content) -> Content:
         """Record ``content`` unless the stored row is as far on already; the row as it now is.
         Never raises for a race: the next arrival finds the lead made and moves the row on."""
         from azure.core import MatchConditions
@@ -329,7 +328,7 @@ class LeadStore:
         from azure.data.tables import UpdateMode
 
         for _ in range(5):
-            entity = _content_entity(content)
+            entity = content_entity(content)
             try:
                 if content.etag is None:
                     metadata = self.leads.create_entity(entity)
@@ -348,13 +347,13 @@ class LeadStore:
         """Count one more lead made from the content ``digest`` (a lead that names no one)."""
         current = self._content(digest)
         for _ in range(5):
-            counted = _Content(digest, (current.leads if current else 0) + 1, lead_id, received_at,
+            counted = Content(digest, (current.leads if current else 0) + 1, lead_id, received_at,
                                current.etag if current else None)  # fmt: skip
             if self._advance(counted).latest_id == lead_id:
                 return
             current = self._content(digest)
 
-    def _carry_forward(self, lead: Lead, digest: str) -> _Content:
+    def _carry_forward(self, lead: Lead, digest: str) -> Content:
         """The content row for leads stored before content rows existed: the version before gave
         the same content's leads the ids ``http_lead_id(lead, 0)``, ``(lead, 1)``, ... without gaps,
         so the latest is found by doubling then halving, with point reads (about 20 for 1,000)."""
@@ -372,7 +371,7 @@ class LeadStore:
             middle = (low + high) // 2
             low, high = (middle, high) if exists(middle) else (low, middle)
         latest_at = made[low] or lead.received_at
-        return self._advance(_Content(digest, low + 1, http_lead_id(lead, low), latest_at))
+        return self._advance(Content(digest, low + 1, http_lead_id(lead, low), latest_at))
 
     def _received_at(self, lead_id: str) -> datetime | None:
         row = self._lead_row(lead_id, ["ReceivedAt"])
@@ -383,37 +382,30 @@ class LeadStore:
         """Keep what came in but holds no usable lead, with the reason, so that nothing the
         marketplace sent disappears unseen (``show`` finds it by its id): a marketplace row
         (``raw``: its properties) or a refused HTTP body (``raw``: the bytes as received, of
-        which the first :data:`MAX_KEPT_BYTES` are kept)."""
+        which the first ``rows.MAX_KEPT_BYTES`` are kept). Counted on its day when new."""
+        from azure.core.exceptions import ResourceExistsError
+
         self.ensure_tables()
         self.index.before_reject(record_id, received_at)
-        entity = {"PartitionKey": record_id, "RowKey": REJECTED_ROW, "ReceivedAt": received_at, "Error": error,
-                  "Channel": channel}  # fmt: skip
-        if isinstance(raw, bytes):
-            kept = raw[:MAX_KEPT_BYTES]
-            entity.update({"Size": len(raw), "Truncated": len(kept) < len(raw)})
-            entity.update({f"Body{index}": kept[start:start + _BINARY_CHUNK]
-                           for index, start in enumerate(range(0, len(kept), _BINARY_CHUNK))})  # fmt: skip
-        else:
-            entity.update(_split("Raw", json.dumps(raw, ensure_ascii=False, default=str)))
+        self.counters.mark(day_of(received_at))
+        entity = rejected_entity(record_id, error, raw, received_at, channel)
         self.identities.record_addresses(record_id, REJECTED_ROW, addresses_of(entity))
-        self.leads.upsert_entity(entity)
+        try:
+            self.leads.create_entity(entity)
+        except ResourceExistsError:
+            self.leads.upsert_entity(entity)  # kept again, with the reason of now; counted once
+        else:
+            self.counters.add(day_of(received_at), {REJECTED_COUNT: 1})
         return Rejected(record_id, channel, error, received_at)
 
     def rejected(self, record_id: str) -> dict[str, Any] | None:
-        """A rejected record: its channel, time and reason, and the raw row (``raw``) or the
-        body as received (``body``, bytes, with its ``size`` and whether it was ``truncated``)."""
+        """A rejected record (``rows.rejected_from_entity``), or None."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            entity = self.leads.get_entity(record_id, REJECTED_ROW)
+            return rejected_from_entity(self.leads.get_entity(record_id, REJECTED_ROW))
         except ResourceNotFoundError:
             return None
-        record = {"leadId": record_id, "channel": entity.get("Channel") or "table",
-                  "receivedAt": entity["ReceivedAt"].isoformat(), "error": entity["Error"]}  # fmt: skip
-        if "Size" in entity:
-            body = b"".join(entity[f"Body{index}"] for index in range(_MAX_BODY_CHUNKS) if f"Body{index}" in entity)
-            return {**record, "body": body, "size": entity["Size"], "truncated": entity["Truncated"]}
-        return {**record, "raw": json.loads(_join("Raw", entity))}
 
     def _count_duplicate(self, lead_id: str, seen_at: datetime) -> bool:
         """Count a repeat on the lead; False (nothing counted) if its personal data was erased."""
@@ -440,7 +432,7 @@ class LeadStore:
             entity = self.leads.get_entity(lead_id, LEAD_ROW)
         except ResourceNotFoundError:
             return None
-        return _from_entity(entity)
+        return lead_from_entity(entity)
 
     def get_for_delivery(self, lead_id: str) -> tuple[Lead | None, bool]:
         """A lead and whether its personal data was erased (``forget``, retention), in one read."""
@@ -450,7 +442,7 @@ class LeadStore:
             entity = self.leads.get_entity(lead_id, LEAD_ROW)
         except ResourceNotFoundError:
             return None, False
-        return _from_entity(entity), entity.get("ErasedAt") is not None
+        return lead_from_entity(entity), entity.get("ErasedAt") is not None
 
     def same_content(self, lead_id: str) -> int:
         """How many leads were made from this HTTP lead's content (2 and more: it arrived again
@@ -486,7 +478,7 @@ class LeadStore:
             while chunk := list(islice(entries, page)):
                 for entry, record in zip(chunk, pool.map(self._record, chunk), strict=True):
                     if record is not None:
-                        yield Listed(record, self.index.cursor(entry))
+                        yield Listed(record, entry.row_key)
 
     def _record(self, entry: Entry) -> Lead | dict[str, Any] | None:
         """What an entry of the time index points at, or None for an entry left over (its write
@@ -497,73 +489,14 @@ class LeadStore:
             entity = self.leads.get_entity(entry.lead_id, REJECTED_ROW if entry.rejected else LEAD_ROW)
         except ResourceNotFoundError:
             return None
-        if self.index.cursor(entry) != self.index.cursor_of(entry.lead_id, entity["ReceivedAt"]):
+        if entry.row_key != cursor_of(entry.lead_id, entity["ReceivedAt"]):
             return None
         if entry.rejected:
-            return {**(self.rejected(entry.lead_id) or {}), "rejected": True}
-        return _from_entity(entity)
+            return {**rejected_from_entity(entity), "rejected": True}
+        return lead_from_entity(entity)
 
 
 @lru_cache(maxsize=8)
 def _store(connection: str, prefix: str) -> LeadStore:
     # One client per process and account: its connection pool is reused across invocations.
     return LeadStore(table_service(connection), prefix)
-
-
-# --- entity mapping ------------------------------------------------------------------------------
-
-
-def _content_entity(content: _Content) -> dict[str, Any]:
-    return {"PartitionKey": content.digest, "RowKey": CONTENT_ROW, "Leads": content.leads,
-            "LatestLeadId": content.latest_id, "LatestAt": content.latest_at}  # fmt: skip
-
-
-def _to_entity(lead: Lead) -> dict[str, Any]:
-    body = lead.to_dict()
-    raw = body.pop("raw")
-    entity = {
-        "PartitionKey": lead.lead_id,
-        "RowKey": LEAD_ROW,
-        "ReceivedAt": lead.received_at,
-        "Channel": lead.channel,
-        "Source": (lead.source or "")[:_COLUMN],
-        "Action": (lead.action or "")[:_COLUMN],
-        "OfferId": (lead.offer_id or "")[:_COLUMN],
-        "OfferTitle": (lead.offer_title or "")[:_COLUMN],
-        "IsTest": lead.is_test,
-        "DoNotContact": lead.do_not_contact,
-    }
-    entity.update(_split("Lead", json.dumps(body, ensure_ascii=False)))
-    entity.update(_split("Raw", json.dumps(raw, ensure_ascii=False, default=str)))
-    return entity
-
-
-def _from_entity(entity: dict[str, Any]) -> Lead:
-    body = json.loads(_join("Lead", entity))
-    body["raw"] = json.loads(_join("Raw", entity))
-    return Lead.model_validate(body)
-
-
-def _split(name: str, text: str) -> dict[str, str]:
-    chunks, start = [], 0
-    while start < len(text):
-        end = start + _CHUNK
-        # The limit is in UTF-16 code units: a character beyond the BMP (an emoji) takes two.
-        while (units := len(text[start:end].encode("utf-16-le")) // 2) > _CHUNK:
-            end -= units - _CHUNK
-        chunks.append(text[start:end])
-        start = end
-    chunks = chunks or [""]
-    if len(chunks) > _MAX_CHUNKS:
-        raise ValueError(f"{name} is {len(text)} characters, more than a lead row can hold")
-    return {name if index == 0 else f"{name}{index}": chunk for index, chunk in enumerate(chunks)}
-
-
-def _join(name: str, entity: dict[str, Any]) -> str:
-    parts = [entity[name]]
-    for index in range(1, _MAX_CHUNKS):
-        part = entity.get(f"{name}{index}")
-        if part is None:
-            break
-        parts.append(part)
-    return "".join(parts)

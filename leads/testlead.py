@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .deliveries import FINAL
 from .normalise import table_lead_id
+from .rows import FINAL
 from .settings import get_settings
 from .store import LeadStore
 
@@ -33,7 +33,9 @@ def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads
     started = time.monotonic()
     if via == "http":
         lead_id = _send_http(url, marker)
-        progress(f"Posted a test lead to {url}; it is {lead_id}.")
+        from .telemetry import mask_urls
+
+        progress(f"Posted a test lead to {mask_urls(url)}; it is {lead_id}.")
     else:
         lead_id = _write_row(marker)
         progress(f"Wrote a test row into the marketplace table; waiting for the app's table poll to take it in "
@@ -95,9 +97,22 @@ def _send_http(url: str, marker: str) -> str:
 
     body = {"UserDetails": test_lead_fields(marker), "LeadSource": "AzureMarketplace", "ActionCode": "INS",
             "OfferTitle": "Lead router validation", "Description": marker}  # fmt: skip
-    response = requests.post(url, json=body, timeout=30)
+    try:
+        response = requests.post(url, json=body, timeout=30)
+    except requests.RequestException as error:
+        from .destinations.base import classify_error
+        from .telemetry import mask_urls
+
+        raise SystemExit(f"test-lead: the lead could not be posted to {mask_urls(url)}: {classify_error(error)}.\n"
+                         "  To do: start the app with `make run` (it writes its port to local.settings.json, "
+                         "Host.LocalHttpPort, where test-lead reads it), or give the intake with --url (the "
+                         "deployed app's: https://<app>.azurewebsites.net/api/leads?code=<function key>).") from None
     if response.status_code not in (200, 202):
-        raise SystemExit(f"the intake at {url} answered {response.status_code}: {response.text[:500]}")
+        from .telemetry import mask_urls
+
+        raise SystemExit(f"test-lead: the intake at {mask_urls(url)} answered {response.status_code}: "
+                         f"{response.text[:500]}\n  Is it this app? make run writes the port it serves on to "
+                         "local.settings.json (Host.LocalHttpPort); --url names another intake.")
     return response.json()["leadId"]
 
 

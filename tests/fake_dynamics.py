@@ -77,14 +77,40 @@ from .loopback import LoopbackHandler, LoopbackHTTPServer, LoopbackServer, trust
 API = "/api/data/v9.2"
 FAULTS = ("429", "500", "503", "timeout", "drop", "lost", "expired")
 IDENTITY_API_VERSION = "2019-08-01"  # what App Service's and Functions' identity endpoint takes
-LEAD_COLUMNS = {
-    "leadid", "subject", "firstname", "lastname", "fullname", "emailaddress1", "telephone1", "mobilephone",
-    "jobtitle", "companyname", "address1_country", "description", "leadsourcecode", "donotemail", "donotphone",
-    "donotbulkemail", "donotpostalmail", "donotfax", "donotsendmm", "websiteurl", "industrycode",
-}  # fmt: skip
 MAX_LENGTHS = {"subject": 300, "firstname": 50, "lastname": 50, "emailaddress1": 100, "telephone1": 50,
                "jobtitle": 100, "companyname": 100, "address1_country": 80, "description": 2000}  # fmt: skip
 LEAD_SOURCE_CHOICES = range(1, 11)  # Advertisement ... Other
+LEAD_SOURCE_LABELS = ["Advertisement", "Employee Referral", "External Referral", "Partner", "Public Relations",
+                      "Seminar", "Trade Show", "Web", "Word of Mouth", "Other"]  # fmt: skip
+METADATA = "EntityDefinitions(LogicalName='lead')/Attributes"
+# Edm types of the attribute types a create's JSON must match, for Dataverse's "Cannot convert the literal".
+EDM = {"Integer": "Edm.Int32", "BigInt": "Edm.Int64", "Decimal": "Edm.Decimal", "Double": "Edm.Double",
+       "Money": "Edm.Decimal", "Boolean": "Edm.Boolean", "DateTime": "Edm.DateTimeOffset", "Picklist": "Edm.Int32"}
+
+
+def lead_attributes() -> dict[str, dict[str, Any]]:
+    """The lead table's standard columns the app meets, as its definitions describe them."""
+    found = {"leadid": attribute("leadid", "Uniqueidentifier"), "fullname": attribute("fullname", "String", 160,
+             create=False), "createdon": attribute("createdon", "DateTime", create=False),
+             "description": attribute("description", "Memo", 2000),
+             "leadsourcecode": attribute("leadsourcecode", "Picklist", options=list(zip(LEAD_SOURCE_CHOICES,
+                                                                                        LEAD_SOURCE_LABELS))),
+             "industrycode": attribute("industrycode", "Picklist", options=[(1, "Accounting"), (2, "Agriculture")]),
+             "campaignid": attribute("campaignid", "Lookup"), "websiteurl": attribute("websiteurl", "String", 200),
+             "mobilephone": attribute("mobilephone", "String", 50)}  # fmt: skip
+    for name, limit in MAX_LENGTHS.items():
+        found.setdefault(name, attribute(name, "String", limit))
+    for name in ("donotemail", "donotphone", "donotbulkemail", "donotpostalmail", "donotfax", "donotsendmm"):
+        found[name] = attribute(name, "Boolean")
+    return found
+
+
+def attribute(name: str, kind: str, max_length: int | None = None, options=(), create: bool = True) -> dict[str, Any]:
+    """One column: its AttributeType, MaxLength (String, Memo), choices (Picklist) and IsValidForCreate."""
+    return {"LogicalName": name, "AttributeType": kind, "MaxLength": max_length, "IsValidForCreate": create,
+            "Options": [{"Value": value, "Label": {"LocalizedLabels": [{"Label": label, "LanguageCode": 1033}],
+                                                   "UserLocalizedLabel": {"Label": label, "LanguageCode": 1033}}}
+                        for value, label in options]}  # fmt: skip
 GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 TENANT_FORMAT = re.compile(rf"^({GUID}|[a-z0-9-]+(\.[a-z0-9-]+)+)$", re.IGNORECASE)
 
@@ -142,6 +168,7 @@ class FakeDynamics(LoopbackServer):
         self.lead_source_secured = False  # column security on leadsourcecode
         self.lead_source_create = True  # the user's column security profile allows Create on it
         self.lead_table = True
+        self.attributes = lead_attributes()  # the lead table's columns; a test adds the environment's own
         self.not_dataverse = False  # answer /api/data like a web server that is not Dataverse
         self.rate_limit: int | None = None
         self.rate_window = 300.0
@@ -253,6 +280,36 @@ class FakeDynamics(LoopbackServer):
                 return max(1, math.ceil(self._recent[0] + self.rate_window - now))
             self._recent.append(now)
         return None
+
+
+def _refused_value(item: dict[str, Any], value: Any) -> tuple[str, str] | None:
+    """Dataverse's (code, message) for a value its column cannot take, or None."""
+    name, kind = item["LogicalName"], item["AttributeType"]
+    if value is None:
+        return None
+    if kind in EDM and kind != "Picklist":
+        wrong = {"Boolean": not isinstance(value, bool), "DateTime": not (isinstance(value, str) and re.fullmatch(
+                     r"\d{4}-\d\d-\d\d(T\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)?)?", value)),
+                 "Integer": isinstance(value, bool) or not isinstance(value, int),
+                 "BigInt": isinstance(value, bool) or not isinstance(value, int)}.get(
+            kind, isinstance(value, bool) or not isinstance(value, (int, float)))  # fmt: skip
+        if wrong:
+            return "0x80048d19", (f"Error identified in Payload provided by the user for Entity :'leads', For more "
+                                  f"information on this error please follow this help link https://go.microsoft.com/"
+                                  f"fwlink/?linkid=2195293  ---->  InnerException : Microsoft.OData.ODataException: "
+                                  f"Cannot convert the literal '{value}' to the expected type '{EDM[kind]}'.")  # fmt: skip
+    if kind in ("String", "Memo") and (not isinstance(value, str)):
+        return "0x80048d19", f"Cannot convert the literal '{value}' to the expected type 'Edm.String'."
+    if kind in ("String", "Memo") and item["MaxLength"] and len(value) > item["MaxLength"]:
+        return "0x80044331", (f"A validation error occurred. The length of the '{name}' attribute of the 'lead' "
+                              f"entity exceeded the maximum allowed length of '{item['MaxLength']}'.")  # fmt: skip
+    if kind == "Picklist":
+        accepted = [option["Value"] for option in item["Options"]]
+        if isinstance(value, bool) or value not in accepted:
+            return "0x80044331", (f"A validation error occurred. The value {value} of '{name}' on record of type "
+                                  f"'lead' is outside the valid range. Accepted Values: "
+                                  f"{','.join(map(str, accepted))}")  # fmt: skip
+    return None
 
 
 def _b64(value: dict) -> str:
@@ -516,6 +573,8 @@ class _Handler(LoopbackHandler):
                          "PicklistAttributeMetadata", "LogicalName": "leadsourcecode",
                          "MetadataId": "0d3ffa5e-0b5c-4b7f-9c57-7cb4a8f4b0e1",
                          "IsSecured": fake.lead_source_secured}, {}  # fmt: skip
+        if method == "GET" and path.startswith(METADATA):
+            return self._attributes(path[len(METADATA):], query)
         if path == "leads" and not fake.lead_table or path.startswith("leads(") and not fake.lead_table:
             return 404, dataverse_error("0x80060888", "Resource not found for the segment 'leads'."), {}
         if method == "POST" and path == "leads":
@@ -532,6 +591,34 @@ class _Handler(LoopbackHandler):
             return 200, {"@odata.context": f"{fake.url}{API}/$metadata#leads({select})/$entity",
                          **{name: row.get(name) for name in columns}}, {}  # fmt: skip
         return 404, dataverse_error("0x8006088a", f"Resource not found for the segment '{path.split('(')[0]}'."), {}
+
+    def _attributes(self, cast: str, query: dict) -> tuple[int, Any, dict[str, str]]:
+        """The lead table's column definitions: the common properties, or (cast to a metadata
+        type) only the columns of that type with its own properties, as $select and $expand ask."""
+        fake = self.fake
+        if not fake.lead_table:
+            return 404, dataverse_error("0x80040217", "Could not find an entity with name lead"), {}
+        types = {"": None, "/Microsoft.Dynamics.CRM.StringAttributeMetadata": "String",
+                 "/Microsoft.Dynamics.CRM.MemoAttributeMetadata": "Memo",
+                 "/Microsoft.Dynamics.CRM.PicklistAttributeMetadata": "Picklist"}  # fmt: skip
+        if cast not in types:
+            return 404, dataverse_error("0x8006088a", f"Resource not found for the segment '{cast.strip('/')}'."), {}
+        select = [name for name in (query.get("$select") or [""])[0].split(",") if name]
+        if "MaxLength" in select and types[cast] is None:  # a derived type's property on the base type
+            return 400, dataverse_error("0x0", "Could not find a property named 'MaxLength' on type "
+                                        "'Microsoft.Dynamics.CRM.AttributeMetadata'."), {}  # fmt: skip
+        rows = []
+        for item in fake.attributes.values():
+            if types[cast] is not None and item["AttributeType"] != types[cast]:
+                continue
+            row = {"@odata.type": f"#Microsoft.Dynamics.CRM.{item['AttributeType']}AttributeMetadata",
+                   "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_OID, item["LogicalName"])),
+                   **{name: item.get(name) for name in select or ("LogicalName", "AttributeType")}}  # fmt: skip
+            if "OptionSet" in (query.get("$expand") or [""])[0]:
+                row["OptionSet"] = {"Options": item["Options"]}
+                row["GlobalOptionSet"] = None
+            rows.append(row)
+        return 200, {"@odata.context": f"{fake.url}{API}/$metadata#EntityDefinitions('lead')/Attributes", "value": rows}, {}
 
     def _privilege(self, privilege: str, otc: int, entity: str) -> tuple[int, Any, dict] | None:
         fake = self.fake
@@ -551,20 +638,15 @@ class _Handler(LoopbackHandler):
             assert isinstance(row, dict)
         except (ValueError, AssertionError):
             return 400, dataverse_error("0x80040216", "The request body is not a valid lead."), {}
-        for name in row:
-            if name not in LEAD_COLUMNS:
+        for name, value in row.items():
+            item = fake.attributes.get(name)
+            if item is None or item["AttributeType"] in ("Lookup", "Customer", "Owner"):
                 return 400, dataverse_error("0x80060888", f"Invalid property '{name}' was found in entity "
                                             "'Microsoft.Dynamics.CRM.lead'."), {}  # fmt: skip
-        for name, limit in MAX_LENGTHS.items():
-            if isinstance(row.get(name), str) and len(row[name]) > limit:
-                return 400, dataverse_error("0x80044331", f"A validation error occurred. The length of the '{name}' "
-                                            f"attribute of the 'lead' entity exceeded the maximum allowed length of "
-                                            f"'{limit}'."), {}  # fmt: skip
+            refused = _refused_value(item, value)
+            if refused:
+                return 400, dataverse_error(*refused), {}
         source = row.get("leadsourcecode")
-        if source is not None and source not in LEAD_SOURCE_CHOICES:
-            return 400, dataverse_error("0x80044331", f"A validation error occurred. The value {source} of "
-                                        "'leadsourcecode' on record of type 'lead' is outside the valid range. "
-                                        "Accepted Values: 1,2,3,4,5,6,7,8,9,10"), {}  # fmt: skip
         if source is not None and fake.lead_source_secured and not fake.lead_source_create:
             return 403, dataverse_error("0x8004f502", "The user doesn't have permission to create attribute "
                                         "leadsourcecode in entity lead"), {}  # fmt: skip

@@ -46,6 +46,28 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 VERSIONS = ("2026-03", "2026-09")  # the date versions served
 RULES_ON_EVERY_WRITE = "2026-09"  # from this version on, the portal's record-creation rules apply to API writes
 CONTACTS_PATH = re.compile(r"^/crm/objects/(?P<version>\d{4}-\d{2})/contacts(?P<upsert>/batch/upsert)?$")
+PROPERTIES_PATH = re.compile(r"^/crm/properties/(?P<version>\d{4}-\d{2})/contacts$")
+SCHEMAS_READ = "crm.schemas.contacts.read"
+# Every portal's enumerations the app may meet, with their default options (value, label).
+LIFECYCLE_STAGES = [("subscriber", "Subscriber"), ("lead", "Lead"), ("marketingqualifiedlead", "Marketing Qualified "
+                    "Lead"), ("salesqualifiedlead", "Sales Qualified Lead"), ("opportunity", "Opportunity"),
+                    ("customer", "Customer"), ("evangelist", "Evangelist"), ("other", "Other")]  # fmt: skip
+LEAD_STATUSES = [("NEW", "New"), ("OPEN", "Open"), ("IN_PROGRESS", "In Progress"), ("OPEN_DEAL", "Open Deal"),
+                 ("UNQUALIFIED", "Unqualified"), ("ATTEMPTED_TO_CONTACT", "Attempted to contact"),
+                 ("CONNECTED", "Connected"), ("BAD_TIMING", "Bad Timing")]  # fmt: skip
+
+
+def definition(name: str, type_: str = "string", field_type: str = "text", options=(), read_only: bool = False,
+               label: str | None = None) -> dict:
+    """A property as ``GET /crm/properties/<version>/contacts`` answers it."""
+    return {"name": name, "label": label or name.replace("_", " ").title(), "type": type_, "fieldType": field_type,
+            "groupName": "contactinformation", "description": "", "hidden": False, "formField": True,
+            "calculated": False, "externalOptions": False, "hasUniqueValue": name == "email",
+            "hubspotDefined": not name.startswith("custom_"), "displayOrder": -1,
+            "modificationMetadata": {"archivable": True, "readOnlyDefinition": read_only, "readOnlyValue": read_only,
+                                     "readOnlyOptions": read_only},
+            "options": [{"value": value, "label": text, "hidden": False, "displayOrder": index, "description": ""}
+                        for index, (value, text) in enumerate(options)]}  # fmt: skip
 
 
 class _Handler(LoopbackHandler):
@@ -88,6 +110,13 @@ class _Handler(LoopbackHandler):
             return self._answer(500, error_body("INTERNAL_ERROR", "internal error"), headers)
         if fault == "409":
             return self._answer(409, error_body("CONFLICT", "Contact already exists. Existing ID: 51"), headers)
+        schema = PROPERTIES_PATH.match(parts.path)
+        if method == "GET" and schema and schema["version"] in VERSIONS:
+            if SCHEMAS_READ not in fake.scopes:
+                return self._answer(403, missing_scopes(SCHEMAS_READ), headers)
+            with fake.lock:
+                results = [dict(item) for item in fake.definitions().values()]
+            return self._answer(200, {"results": results}, headers)
         route = CONTACTS_PATH.match(parts.path)
         if not route or route["version"] not in VERSIONS:
             return self._answer(404, error_body("OBJECT_NOT_FOUND", "Unable to infer object type from: x"))
@@ -120,7 +149,7 @@ class FakeHubSpot(LoopbackServer):
     handler = _Handler
 
     def __init__(self, token: str = "pat-na1-00000000-fake", latency: float = 0.0,
-                 scopes: tuple[str, ...] = ("crm.objects.contacts.read", "crm.objects.contacts.write"),
+                 scopes: tuple[str, ...] = ("crm.objects.contacts.read", "crm.objects.contacts.write", SCHEMAS_READ),
                  per_window: int = 100, window: float = 10.0) -> None:  # fmt: skip
         super().__init__()
         self.token = token  # a legacy private app's access token
@@ -131,6 +160,7 @@ class FakeHubSpot(LoopbackServer):
         self.per_window, self.window = per_window, window
         self.daily_limit = 250_000
         self.properties = set(DEFAULT_PROPERTIES)
+        self.custom_properties: dict[str, dict] = {}  # the portal's own, as the properties API defines them
         # property → (code, the rule's text ("{value}" is the value), rejects(value))
         self.validation_rules: dict[str, tuple[str, str, object]] = {}
         self.required_on_create: dict[str, str] = {}  # property → the rule's text
@@ -148,6 +178,48 @@ class FakeHubSpot(LoopbackServer):
         return self.base_url
 
     # --- the service --------------------------------------------------------------------------
+
+    def add_property(self, name: str, type_: str = "string", field_type: str = "text", options=(), **extra) -> None:
+        """A custom contact property of the portal."""
+        self.custom_properties[name] = definition(name, type_, field_type, options, **extra)
+        self.properties.add(name)
+
+    def definitions(self) -> dict[str, dict]:
+        """Every contact property the portal has: the default ones (text, but for the lifecycle
+        stage and lead status enumerations), HubSpot's read-only ones, and the custom ones."""
+        found = {name: definition(name) for name in sorted(self.properties - set(self.custom_properties))}
+        found["lifecyclestage"] = definition("lifecyclestage", "enumeration", "radio", LIFECYCLE_STAGES,
+                                             label="Lifecycle Stage")  # fmt: skip
+        found["hs_lead_status"] = definition("hs_lead_status", "enumeration", "radio", LEAD_STATUSES,
+                                             label="Lead Status")  # fmt: skip
+        for name in (*READ_ONLY, "hs_analytics_source_data_1", "hs_analytics_source_data_2"):
+            found[name] = definition(name, read_only=True)
+        found.update(self.custom_properties)
+        return {name: item for name, item in found.items()
+                if name in self.properties or item["modificationMetadata"]["readOnlyValue"]}
+
+    def refuses(self, name: str, value: str) -> dict | None:
+        """HubSpot's own check of a value against its property's type (the embedded-list shape)."""
+        item = self.definitions().get(name)
+        if item is None:
+            return None
+        kind, options = item["type"], [option["value"] for option in item["options"]]
+        error = None
+        if kind == "enumeration":
+            chosen = value.split(";") if item["fieldType"] == "checkbox" else [value]
+            if not set(chosen) <= set(options):
+                error = "INVALID_OPTION", (f"{value} was not one of the allowed options: "
+                                           + ", ".join(f"[label: {o['label']!r} value: {o['value']!r}]"
+                                                       for o in item["options"]))  # fmt: skip
+        elif kind == "number" and not re.fullmatch(r"-?\d+(\.\d+)?", value):
+            error = "INVALID_DOUBLE", f"{value} is not a valid number"
+        elif kind == "bool" and value not in ("true", "false"):
+            error = "INVALID_BOOLEAN", f"{value} is not a valid boolean"
+        elif kind == "date" and not re.fullmatch(r"\d{4}-\d\d-\d\d|\d{12,13}", value):
+            error = "INVALID_DATE", f"{value} is not a valid date"
+        if error is None:
+            return None
+        return {"isValid": False, "message": error[1], "error": error[0], "name": name}
 
     def rate_headers(self, now: float) -> dict[str, str]:
         while self._stamps and self._stamps[0] <= now - self.window:
@@ -179,6 +251,8 @@ class FakeHubSpot(LoopbackServer):
                 elif not isinstance(value, str):
                     problems.append({"isValid": False, "message": f"{value!r} is not a valid string",
                                      "error": "INVALID_STRING", "name": name})  # fmt: skip
+                elif self.refuses(name, value):
+                    problems.append(self.refuses(name, value))
                 elif name in self.validation_rules and self.validation_rules[name][2](value):
                     code, rule, _ = self.validation_rules[name]  # HubSpot's messages may quote the value
                     problems.append({"isValid": False, "message": rule.format(value=value), "error": code,

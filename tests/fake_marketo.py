@@ -119,7 +119,11 @@ class _Handler(LoopbackHandler):
                         "warnings": ["No assets found for the given search criteria."]}  # fmt: skip
             if form.group(2):
                 known = [(name, *fake.fields.get(name, (name, "string"))) for name in fields]
-                result = [{"id": _soap(name), "label": f"{label}:", "dataType": kind}
+                result = [{"id": _soap(name), "label": f"{label}:", "dataType": kind} if name not in fake.selects else
+                          {"id": _soap(name), "label": f"{label}:", "dataType": "select", "fieldMetaData": {
+                              "multiSelect": False, "visibleLines": 1, "values": [
+                                  {"label": "Select...", "value": "", "isDefault": True, "selected": True},
+                                  *({"label": text, "value": value} for value, text in fake.selects[name])]}}
                           for name, label, kind in known]  # fmt: skip
             else:
                 result = [{"id": int(form.group(1)), "name": "Marketplace leads", "status": "approved"}]
@@ -147,6 +151,7 @@ class FakeMarketo(LoopbackServer):
         self.fields.update(custom_fields)
         # form id → the REST names of its fields (Marketo lists them under their SOAP-style ids)
         self.forms = {1001: [*STANDARD_FIELDS]} if forms is None else forms
+        self.selects: dict[str, list[tuple[str, str]]] = {}  # a form field of type select → its (value, label)s
         self.faults: list[str] = []
         self.denied: set[str] = set()
         self.retry_after_header = "5"  # what an "http429"/"http503" fault says in Retry-After
@@ -234,8 +239,15 @@ class FakeMarketo(LoopbackServer):
         if unknown:
             return _skipped("1006", f"Field '{unknown}' not found")
         for name, value in record.items():
-            if self.fields.get(name, ("", ""))[1] == "boolean" and not isinstance(value, bool):
+            kind = self.fields.get(name, ("", ""))[1]
+            if kind == "boolean" and not isinstance(value, bool):
                 return _skipped("1001", f"Invalid value '{value}'. Required of type 'boolean'")
+            if kind in ("integer", "score", "percent") and (isinstance(value, bool) or not isinstance(value, int)):
+                return _skipped("1001", f"Invalid value '{value}'. Required of type 'integer'")
+            if kind in ("float", "currency") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return _skipped("1001", f"Invalid value '{value}'. Required of type 'float'")
+            if kind == "date" and not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d\d-\d\d", value)):
+                return _skipped("1001", f"Invalid value '{value}'. Required of type 'date'")
         email = record.get("email")
         if not isinstance(email, str) or "@" not in email:
             return _skipped("1003", "Value for lookup field 'email' not specified")

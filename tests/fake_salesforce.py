@@ -289,6 +289,8 @@ class FakeSalesforce(LoopbackServer):
         self.lead_createable = True
         self.lead_visible = True  # False: the Run As user has no access to Leads at all
         self.external_id_fields: dict[str, dict[str, Any]] = {}
+        self.custom_fields: list[dict[str, Any]] = []  # the org's own Lead fields, as describe lists them
+        self.record_types: list[dict[str, Any]] = []  # Lead record types besides Master (recordTypeInfos)
         if external_id_field:
             self.external_id_fields[external_id_field] = {"externalId": True, "unique": True}
 
@@ -363,6 +365,9 @@ class FakeSalesforce(LoopbackServer):
             fields.append(field("Country", length=80))
         for name, flags in self.external_id_fields.items():
             fields.append(field(name, length=64, **flags))
+        fields += [dict(item) for item in self.custom_fields]
+        if self.record_types:
+            fields.append(field("RecordTypeId", "reference", 18, label="Record Type ID", referenceTo=["RecordType"]))
         fields = [f for f in fields if f["name"] not in self.hidden]
         for f in fields:
             if f["name"] in self.read_only:
@@ -370,9 +375,18 @@ class FakeSalesforce(LoopbackServer):
         return fields
 
     def describe(self) -> dict[str, Any]:
+        master = {"active": True, "available": True, "defaultRecordTypeMapping": not self.record_types,
+                  "developerName": "Master", "master": True, "name": "Master", "recordTypeId": "012000000000000AAA"}
         return {"name": "Lead", "label": "Lead", "keyPrefix": "00Q", "createable": self.lead_createable,
                 "updateable": self.lead_createable, "queryable": True, "fields": self.lead_fields(),
+                "recordTypeInfos": [*self.record_types, master],
                 "urls": {"describe": "/services/data/v59.0/sobjects/Lead/describe"}}  # fmt: skip
+
+    def record_type(self, name: str, record_type_id: str, available: bool = True) -> None:
+        """A Lead record type of the org (``available``: to the Run As user's profile)."""
+        self.record_types.append({"active": True, "available": available, "defaultRecordTypeMapping": False,
+                                  "developerName": name, "master": False, "name": name.replace("_", " "),
+                                  "recordTypeId": record_type_id})  # fmt: skip
 
     # -- what the org does
 
@@ -400,8 +414,18 @@ class FakeSalesforce(LoopbackServer):
             if info["type"] == "email" and value and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
                 return [{"message": f"{info['label']}: invalid email address: {value}",
                          "errorCode": "INVALID_EMAIL_ADDRESS", "fields": [name]}]  # fmt: skip
-            if info["type"] == "picklist" and info["restrictedPicklist"] and value is not None:
-                if value not in [item["value"] for item in info["picklistValues"]]:
+            refused = _type_refuses(info, value)
+            if refused:
+                return [{"message": f"Cannot deserialize instance of {refused} from {type(value).__name__} value "
+                         f"{value} or request may be missing a required field at [line:1, column:2]",
+                         "errorCode": "JSON_PARSER_ERROR"}]  # fmt: skip
+            if name == "RecordTypeId" and value is not None and value not in [
+                    info["recordTypeId"] for info in self.describe()["recordTypeInfos"] if info["available"]]:
+                return [{"message": f"Record Type ID: this ID value isn't valid for the user: {value}",
+                         "errorCode": "INVALID_CROSS_REFERENCE_KEY", "fields": [name]}]  # fmt: skip
+            chosen = value.split(";") if info["type"] == "multipicklist" and isinstance(value, str) else [value]
+            if info["type"] in ("picklist", "multipicklist") and info["restrictedPicklist"] and value is not None:
+                if not set(chosen) <= {item["value"] for item in info["picklistValues"]}:
                     return [{"message": f"{info['label']}: bad value for restricted picklist field: {value}",
                              "errorCode": "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", "fields": [name]}]  # fmt: skip
         if self.country_picklists and body.get("Country") and body["Country"] not in COUNTRIES.values():
@@ -478,6 +502,22 @@ class FakeSalesforce(LoopbackServer):
         return 200, {"totalSize": len(records), "done": True, "records": records}
 
     # -- HTTP
+
+
+def _type_refuses(info: dict[str, Any], value: Any) -> str | None:
+    """The JSON type Salesforce's parser wanted when ``value`` cannot be read as the field's type."""
+    if value is None:
+        return None
+    kind = info["type"]
+    if kind in ("double", "currency", "percent", "int") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "double" if kind != "int" else "int"
+    if kind == "boolean" and not isinstance(value, bool):
+        return "boolean"
+    if kind in ("date", "datetime"):
+        pattern = r"\d{4}-\d\d-\d\d" if kind == "date" else r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)"
+        if not isinstance(value, str) or not re.fullmatch(pattern, value):
+            return kind
+    return None
 
 
 @pytest.fixture(name="fake_salesforce")

@@ -70,7 +70,7 @@ def test_an_outage_sends_one_alert_per_window_with_the_count_ids_error_and_fix(g
 def test_alerts_wait_for_the_email_rate_like_any_mail(gone_webhook, fake_acs, env):
     env(EMAIL_PER_MINUTE="1")
     _, start = fail_many(gone_webhook, 3)
-    from leads.deliver import RateLimiter
+    from leads.ratelimit import RateLimiter
 
     due = start + ALERT_WINDOW + timedelta(minutes=2)
     assert RateLimiter(LeadStore.from_settings(), "email", 1, 60).acquire(due) is None  # a lead mail took the slot

@@ -493,3 +493,77 @@ def test_python_m_leads_check_passes_in_both_modes(storage, dynamics_mi, env, ca
     report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
     assert report["dynamics"]["ok"] and "can create leads" in report["dynamics"]["message"]
     assert (dynamics_mi.identity_requests, dynamics_mi.token_requests) == ((1, 0) if managed_identity else (0, 1))
+
+
+# --- the environment's own columns (DYNAMICS_MAPPING) -------------------------------------------------------
+
+DV_MAPPING = {"fields": {"new_marketplaceoffer": "Marketplace: {offer_title} ({action})",
+                         "new_leadchannel": {"value": "Marketplace"},
+                         "new_campaigncode": "campaign.mktcmpid"},
+              "mappings": {"partner": {"new_leadchannel": {"value": "partner"}, "leadsourcecode": {"value": "Partner"}}}}  # fmt: skip
+
+
+def environment_with_its_own_columns(fake, env, mapping: dict) -> None:
+    """Custom columns (text, a choice, a campaign code) and DYNAMICS_MAPPING naming them."""
+    from .fake_dynamics import attribute
+
+    fake.attributes["new_marketplaceoffer"] = attribute("new_marketplaceoffer", "String", 60)
+    fake.attributes["new_leadchannel"] = attribute("new_leadchannel", "Picklist", options=[
+        (100000000, "Marketplace"), (100000001, "Partner"), (100000002, "Event")])  # fmt: skip
+    fake.attributes["new_campaigncode"] = attribute("new_campaigncode", "String", 40)
+    env(DYNAMICS_MAPPING=json.dumps(mapping))
+
+
+def test_the_environments_own_columns_and_a_campaign_value_land_on_the_row(dynamics, env):
+    environment_with_its_own_columns(dynamics, env, DV_MAPPING)
+    lead = lead_of(CONTACT_ME)
+    destination().send(lead, Route())
+    row = dynamics.leads[lead_guid(lead.lead_id)]
+    assert (row["new_marketplaceoffer"], row["new_leadchannel"], row["new_campaigncode"], row["leadsourcecode"]) == \
+        ("Marketplace: Contoso CRM (PLT)", 100000000, "spring-24", 8)  # fmt: skip
+    partner = lead_of(CONTACT_ME, lead_id="partner-lead")
+    destination().send(partner, Route(mapping="partner"))
+    row = dynamics.leads[lead_guid("partner-lead")]
+    assert (row["new_leadchannel"], row["leadsourcecode"]) == (100000001, 4)  # choices by label, any case
+
+
+def test_dataverse_refuses_a_choice_removed_after_the_definitions_were_read(dynamics, env):
+    environment_with_its_own_columns(dynamics, env, DV_MAPPING)
+    sender = destination()
+    sender.send(lead_of(CONTACT_ME), Route())
+    dynamics.attributes["new_leadchannel"]["Options"] = dynamics.attributes["new_leadchannel"]["Options"][1:]
+    with pytest.raises(PermanentError) as caught:
+        sender.send(lead_of(CONTACT_ME, lead_id="second"), Route())
+    assert "new_leadchannel" in str(caught.value) and "outside the valid range" in str(caught.value)
+    assert sender._specs is None and lead_guid("second") not in dynamics.leads
+
+
+def test_a_lookup_column_is_not_mapped_and_says_why(dynamics, env):
+    env(DYNAMICS_MAPPING=json.dumps({"fields": {"campaignid": {"value": "9f6d7c2e-0000-0000-0000-000000000001"}}}))
+    result = destination().check()
+    assert not result.ok and "campaignid" in result.message and "lookup" in result.message, result
+
+
+def test_check_proves_the_mapping_against_the_table_definitions(dynamics, env):
+    environment_with_its_own_columns(dynamics, env, DV_MAPPING)
+    result = destination().check()
+    assert result.ok, result
+    assert "DYNAMICS_MAPPING: 3 fields of its own, mappings partner proven" in result.message
+    assert {r.path for r in dynamics.requests if "EntityDefinitions" in r.path and r.path.endswith("Metadata")} == {
+        f"EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.{cast}AttributeMetadata"
+        for cast in ("String", "Memo", "Picklist")}  # fmt: skip
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"new_marketplaceofer": "offer_title"},
+     "DYNAMICS_MAPPING maps new_marketplaceofer: Dataverse's lead table has no field new_marketplaceofer (did you mean "
+     "new_marketplaceoffer?)"),
+    ({"new_leadchannel": {"value": "Webinar"}},
+     "new_leadchannel cannot take the constant \"Webinar\": the value is not one of its picklist's values (Marketplace "
+     "(100000000), Partner (100000001), Event (100000002))"),
+], ids=["misspelt", "choice"])  # fmt: skip
+def test_check_finds_what_dataverse_would_refuse(dynamics, env, fields, says):
+    environment_with_its_own_columns(dynamics, env, {"fields": fields})
+    result = destination().check()
+    assert not result.ok and says in result.message, result
+    assert "DYNAMICS_MAPPING" in result.fix and not dynamics.leads

@@ -9,7 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from leads.deliver import RateLimiter, deliver
+from leads.deliver import deliver
+from leads.ratelimit import RateLimiter
 from leads.store import LeadStore
 
 from .test_digests import SENDER, email_of, sends, take_in

@@ -27,7 +27,8 @@ from leads.poll import _recently_stored, poll_marketplace
 from leads.routing import plan
 from leads.settings import get_settings
 from leads.storage import table_service
-from leads.store import LeadStore, _to_entity
+from leads.rows import lead_entity
+from leads.store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -364,7 +365,7 @@ def store_the_old_way(who: dict[str, str], received_at: datetime) -> str:
     lead = lead.model_copy(update={"lead_id": uuid.uuid4().hex})
     settings = get_settings()
     table = table_service(settings.storage_connection).create_table_if_not_exists(settings.table_prefix)
-    rows = [{**_to_entity(lead), "WriteId": "old"}] + [new_delivery_entity(lead.lead_id, name, route, received_at)
+    rows = [{**lead_entity(lead), "WriteId": "old"}] + [new_delivery_entity(lead.lead_id, name, route, received_at)
                                                        for name, route in plan(lead, settings).items()]  # fmt: skip
     table.submit_transaction([("create", row) for row in rows])
     return lead.lead_id

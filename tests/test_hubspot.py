@@ -295,3 +295,84 @@ def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, mon
         assert len(fake.contacts) == 1
         delivery = LeadStore.from_settings().deliveries.get(answer.body["leadId"], "hubspot")
         assert (delivery.state, delivery.external_id, delivery.attempts) == ("delivered", contact["id"], 3)
+
+
+# --- the portal's own properties (HUBSPOT_MAPPING) ----------------------------------------------------------
+
+HS_MAPPING = {"fields": {"marketplace_offer": "Marketplace: {offer_title} ({action})",
+                         "lead_channel": {"value": "Marketplace"},
+                         "campaign_code": "campaign.mktcmpid",
+                         "lifecyclestage": {"value": "lead"}},
+              "mappings": {"partner": {"lead_channel": {"value": "partner"}}}}  # fmt: skip
+
+
+def portal_with_its_own_properties(fake: FakeHubSpot) -> FakeHubSpot:
+    """A portal with a text property, an enumeration (dropdown) and a campaign property."""
+    fake.add_property("marketplace_offer", label="Marketplace offer")
+    fake.add_property("lead_channel", "enumeration", "select", [("marketplace", "Marketplace"), ("partner", "Partner"),
+                                                                 ("event", "Event")])  # fmt: skip
+    fake.add_property("campaign_code")
+    return fake
+
+
+def mapped(fake: FakeHubSpot, mapping: dict) -> HubSpotDestination:
+    return HubSpotDestination(fake.token, fake.url, timeout=5, mapping=json.dumps(mapping))
+
+
+def test_the_portals_own_properties_and_a_campaign_value_land_on_the_contact(hubspot):
+    portal_with_its_own_properties(hubspot)
+    mapped(hubspot, HS_MAPPING).send(sample_lead(1, Description='{"mktcmpid": "winter-26"}'), ROUTE)
+    properties = hubspot.contacts["ada1@contoso.com"]["properties"]
+    # The enumeration takes its option's value, matched on the label; the built-in properties stay.
+    assert {name: properties[name] for name in ("marketplace_offer", "lead_channel", "campaign_code",
+                                                "lifecyclestage", "lastname")} == {  # fmt: skip
+        "marketplace_offer": "Marketplace: Contoso CRM (PLT)", "lead_channel": "marketplace",
+        "campaign_code": "winter-26", "lifecyclestage": "lead", "lastname": "Lovelace1"}  # fmt: skip
+    mapped(hubspot, HS_MAPPING).send(sample_lead(2), Route(mapping="partner"))
+    assert hubspot.contacts["ada2@contoso.com"]["properties"]["lead_channel"] == "partner"
+
+
+def test_hubspot_refuses_an_option_the_enumeration_lacks_as_the_portal_would(hubspot):
+    portal_with_its_own_properties(hubspot)
+    destination = mapped(hubspot, HS_MAPPING)
+    destination.send(sample_lead(1), ROUTE)  # the property definitions are read and kept
+    hubspot.custom_properties["lead_channel"]["options"] = hubspot.custom_properties["lead_channel"]["options"][1:]
+    error = send_error(destination, sample_lead(2))
+    assert not error.transient and "lead_channel (INVALID_OPTION)" in str(error)
+    assert destination._specs is None and "ada2@contoso.com" not in hubspot.contacts
+
+
+def test_a_source_property_is_read_only_and_a_mapping_of_it_fails_before_any_write(hubspot):
+    error = send_error(mapped(hubspot, {"fields": {"hs_analytics_source_data_1": "campaign.utm_source"}}),
+                       sample_lead(1, Description='{"utm_source": "newsletter"}'))
+    assert "hs_analytics_source_data_1 cannot be written: HubSpot sets it" in str(error)
+    assert not hubspot.contacts and hubspot.upserts == 0
+
+
+def test_check_proves_the_mapping_against_the_properties_api(hubspot):
+    portal_with_its_own_properties(hubspot)
+    result = mapped(hubspot, HS_MAPPING).check()
+    assert result.ok, result
+    assert "HUBSPOT_MAPPING: 4 fields of its own, mappings partner proven" in result.message
+    assert any(path.startswith(f"/crm/properties/{API_VERSION}/contacts") for path in hubspot.paths)
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"marketplace_ofer": "offer_title"},
+     "HUBSPOT_MAPPING maps marketplace_ofer: HubSpot's contact has no field marketplace_ofer (did you mean "
+     "marketplace_offer?)"),
+    ({"lead_channel": {"value": "webinar"}},
+     "lead_channel cannot take the constant \"webinar\": the value is not one of its picklist's values (Marketplace "
+     "(marketplace), Partner (partner), Event (event))"),
+], ids=["misspelt", "option"])  # fmt: skip
+def test_check_finds_what_the_portal_would_refuse(hubspot, fields, says):
+    portal_with_its_own_properties(hubspot)
+    result = mapped(hubspot, {"fields": fields}).check()
+    assert not result.ok and says in result.message, result
+    assert "HUBSPOT_MAPPING" in result.fix
+
+
+def test_check_names_the_scope_the_properties_api_needs(hubspot):
+    hubspot.scopes.discard("crm.schemas.contacts.read")
+    result = mapped(hubspot, {"fields": {"campaign_code": "campaign.mktcmpid"}}).check()
+    assert not result.ok and "crm.schemas.contacts.read" in result.message, result

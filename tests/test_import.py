@@ -305,3 +305,37 @@ def test_an_erased_person_is_not_found_by_their_identity(store, tmp_path):
     forget_lead(lead.lead_id)
     assert store.identities.find(lead.model_copy(update={"lead_id": "other"})) is None
     assert list(store.identities.table.list_entities()) == []
+
+
+def test_a_dry_run_predicts_what_the_real_run_does_with_the_same_matching(store, tmp_path):
+    """Through the real CLI: a row that matches a stored lead by identity, a row imported twice in
+    the file, an old row and a new one: the dry run's counts are the real run's."""
+    import os
+    import subprocess
+    import sys
+
+    def person(name: str, **changes) -> dict:  # no name, company or email in common with Ann's
+        return body(UserDetails={"FirstName": name, "LastName": "Buyer", "Email": f"{name}@northwind.example",
+                                 "Company": f"{name} Ltd"}, **changes)  # fmt: skip
+
+    accept_http(json.dumps(body(email="ann@northwind.example")).encode())  # received over HTTP
+    path = write_jsonl(tmp_path / "leads.jsonl", [
+        body(email="ann@northwind.example", Description="the same person, about the same offer"),
+        person("new"), person("new"),  # twice in the file
+        person("old", created=NOW - timedelta(days=30))])  # fmt: skip
+
+    def run(*extra: str) -> dict:
+        command = [sys.executable, "-m", "leads", "--settings", "none", "import", str(path), "--json", *extra]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=90, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    counts = ("read", "alreadyReceived", "importedAndQueued", "importedNotSent")
+    dry = run("--dry-run")
+    assert [dry[name] for name in counts] == [4, 2, 1, 1]
+    assert dry["preview"][0]["outcome"].startswith("already-received, as h")  # the HTTP lead it matched
+    assert len(store.list(limit=10)) == 1  # nothing stored
+    real = run()
+    assert [real[name] for name in counts] == [dry[name] for name in counts]
+    again = run("--dry-run")  # and after it, a dry run says the file is in
+    assert [again[name] for name in counts] == [4, 4, 0, 0]

@@ -434,7 +434,7 @@ def test_function_app_runs_as_the_user_assigned_identity():
     assert properties["siteConfig"]["minTlsVersion"] == "1.2"
     assert properties["siteConfig"]["ftpsState"] == "Disabled"
     config = properties["functionAppConfig"]
-    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert config["runtime"] == {"name": "python", "version": "3.12"}
     assert config["deployment"]["storage"]["type"] == "blobContainer"
     assert config["deployment"]["storage"]["authentication"] == {
         "type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "identityId"}  # fmt: skip

@@ -24,8 +24,9 @@ from leads.queue import delivery_queue
 from leads.serve import LocalHost
 from leads.settings import get_settings
 from leads.storage import table_service
-from leads.store import MAX_KEPT_BYTES, LeadStore
-from leads.store import _to_entity as lead_entity
+from leads.rows import MAX_KEPT_BYTES
+from leads.store import LeadStore
+from leads.rows import lead_entity
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -242,7 +243,12 @@ def test_the_repeat_check_costs_the_same_on_every_occurrence(storage, azurite):
     assert [duplicate for duplicate, _ in outcomes] == [False, True] * 40
     new_costs = {cost for (duplicate, cost) in outcomes[2:] if not duplicate}
     repeat_costs = {cost for (duplicate, cost) in outcomes if duplicate}
-    assert len(new_costs) == 1 and len(repeat_costs) == 1, (new_costs, repeat_costs)
+    # One request less when an attempt's identity row falls on its stored lead's own day (it finds
+    # the row there, and has nothing to take back), so the costs differ by one with the day, and
+    # never grow with the occurrences: the last ones cost what the first ones did.
+    for costs in (new_costs, repeat_costs):
+        assert max(costs) - min(costs) <= 1, (new_costs, repeat_costs)
+    assert {cost for _, cost in outcomes[-20:]} <= {cost for _, cost in outcomes[2:40]}
     # A first arrival: its identity row (leads/identities.py, for `import`), its address's row
     # (the same module: the email index, for `forget --email`; one partition per address, so no
     # transaction can hold it), its timeline entry (leads/index.py) and the lead's transaction;
@@ -281,7 +287,10 @@ def test_a_content_that_arrived_a_thousand_times_before_is_taken_in_at_the_cost_
         later = arrivals(store, proxy, EXAMPLE, [now + timedelta(hours=1), now + every], window)
         fresh = arrivals(store, proxy, other, [now, now + timedelta(hours=1), now + every], window)
     assert [duplicate for duplicate, _ in later] == [True, False]
-    assert later == fresh[1:]  # the 1,002nd costs what the second arrival of new content costs
+    # The 1,002nd costs what the second arrival of new content costs, but for one request: its
+    # first attempt's identity row, on another day than the old lead it finds, is taken back.
+    assert [duplicate for duplicate, _ in later] == [duplicate for duplicate, _ in fresh[1:]]
+    assert all(0 <= cost - again <= 1 for (_, cost), (_, again) in zip(later, fresh[1:], strict=True))
 
 
 def test_a_repeat_of_a_lead_stored_by_the_version_before_is_still_a_repeat(storage):

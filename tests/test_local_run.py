@@ -40,14 +40,26 @@ def held_port():
         yield other.getsockname()[1]
 
 
-def make_run(tmp_path: Path, port: int, blob: int, queue: int, table: int, **popen) -> subprocess.Popen:
-    """What `make run` runs, with its data and settings in ``tmp_path``."""
+def run_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a terminal on this machine: no storage settings but the file's."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("AzureWebJobsStorage", "MARKETPLACE_"))
     }
     env["EMAIL_OUTBOX_DIR"] = str(tmp_path / "outbox")
+    return env
+
+
+def cli(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """``python -m leads ARGS`` in another terminal, reading the settings file make run was given."""
+    command = [sys.executable, "-m", "leads", "--settings", str(tmp_path / "local.settings.json"), *args]
+    return subprocess.run(command, cwd=REPO, env=run_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+def make_run(tmp_path: Path, port: int, blob: int, queue: int, table: int, **popen) -> subprocess.Popen:
+    """What `make run` runs, with its data and settings in ``tmp_path``."""
+    env = run_env(tmp_path)
     command = [sys.executable, "-m", "leads.local_run", "--port", str(port), "--location", str(tmp_path / "azurite"),
                "--settings", str(tmp_path / "local.settings.json"),
                "--blob-port", str(blob), "--queue-port", str(queue), "--table-port", str(table)]  # fmt: skip
@@ -142,12 +154,15 @@ def test_make_run_passes_its_port_variables_on():
 
 
 def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
-    """Another Azurite (the session's) is running, and local.settings.json names it: the app
-    stores leads in its own, and the settings file follows, so the CLI reads the same."""
+    """Another Azurite (the session's) is running, and local.settings.json names it, for the app
+    and for the marketplace table: the app stores leads in its own, and the settings file
+    follows, with the app's port, so that the CLI in another terminal reads the same leads and
+    posts to the same app (make run PORT=... on other ports than the defaults)."""
     prefix = f"Run{uuid.uuid4().hex[:8]}"
     settings_file = tmp_path / "local.settings.json"
-    values = {"AzureWebJobsStorage": azurite.connection_string, "LEADS_TABLE_PREFIX": prefix, "EMAIL_TO": "a@b.com"}
-    settings_file.write_text(json.dumps({"Values": values}))
+    values = {"AzureWebJobsStorage": azurite.connection_string, "MARKETPLACE_TABLE_CONNECTION":
+              azurite.connection_string, "LEADS_TABLE_PREFIX": prefix, "EMAIL_TO": "a@b.com"}  # fmt: skip
+    settings_file.write_text(json.dumps({"Values": values, "Host": {"LocalHttpPort": 7071}}))
     app_port, *ports = free_ports(4)
     process = make_run(tmp_path, app_port, *ports, start_new_session=True)
     try:
@@ -155,14 +170,50 @@ def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
         ours = connection_string(*ports)
         assert LeadStore.from_settings(_settings(ours, prefix)).get(lead_id) is not None
         assert LeadStore.from_settings(_settings(azurite.connection_string, prefix)).get(lead_id) is None
-        assert json.loads(settings_file.read_text())["Values"]["AzureWebJobsStorage"] == ours
+        written = json.loads(settings_file.read_text())
+        assert written["Values"]["AzureWebJobsStorage"] == written["Values"]["MARKETPLACE_TABLE_CONNECTION"] == ours
+        assert written["Host"]["LocalHttpPort"] == app_port
+        # test-lead, with no --url, posts to the app make run started, wherever it listens.
+        sent = cli(tmp_path, "test-lead", "--json", "--timeout", "60")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert f"Posted a test lead to http://127.0.0.1:{app_port}/api/leads" in sent.stderr
+        test_lead = json.loads(sent.stdout)["leadId"]
+        assert LeadStore.from_settings(_settings(ours, prefix)).get(test_lead) is not None
     finally:
         os.killpg(process.pid, signal.SIGINT)  # Ctrl+C in the terminal
         code, out, err = finished(process)
     assert code == 0, err
-    assert "now points AzureWebJobsStorage at this Azurite" in out
+    assert f"{settings_file} now names this run (AzureWebJobsStorage: this Azurite;" in out
+    assert f"Host.LocalHttpPort: {app_port})" in out
+    assert "Leads go to: email (a@b.com)." in out  # the banner names the enabled destinations
+    assert "LEADS_ALERT_TO is not set: a delivery that fails for good alerts nobody" in out
     assert f"{tmp_path / 'outbox'}/ as .eml files" in out and "Ctrl+C" in out
     assert all(port_is_free(port) for port in ports)  # Azurite stopped with the app
+
+    # make run stopped: every command says the emulator does not answer and to start make run.
+    commands = [["list"], ["show", lead_id], ["status"], ["replay"], ["poll"], ["reindex"], ["check"],
+                ["forget", "--lead", lead_id], ["test-lead", "--via", "table", "--timeout", "5"], ["test-lead"],
+                ["import", str(FIXTURES / "marketplace" / "https-documented-example.json")]]  # fmt: skip
+    results = _in_parallel(tmp_path, commands)
+    for args, result in results.items():
+        told = result.stdout + result.stderr
+        assert result.returncode == 1 and "Traceback" not in told, (args, told)
+        assert "make run" in told, (args, told)
+        if args[0] not in ("check", "test-lead") or "table" in args:
+            assert result.stderr.startswith(f"{args[0]}: the local storage emulator that AzureWebJobsStorage")
+            assert f"could not reach 127.0.0.1:{ports[2]}: connection refused" in result.stderr, (args, told)
+            assert len(result.stderr.splitlines()) <= 3, (args, told)
+    check = results[("check",)].stdout
+    assert re.search(r"^problem\s+storage\s+the app's storage cannot be used: could not reach", check, re.M)
+    assert f"could not be posted to http://127.0.0.1:{app_port}/api/leads" in results[("test-lead",)].stderr
+
+
+def _in_parallel(tmp_path: Path, commands: list[list[str]]) -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    """Each command run by :func:`cli`, a few at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip(map(tuple, commands), pool.map(lambda args: cli(tmp_path, *args), commands), strict=True))
 
 
 def _settings(storage: str, prefix: str) -> Settings:

@@ -335,3 +335,80 @@ def test_a_lead_taken_in_is_delivered_to_marketo_by_the_worker(storage, env, mon
         delivery = LeadStore.from_settings().deliveries.get(answer.body["leadId"], "marketo")
         assert (delivery.state, delivery.external_id, delivery.attempts) == ("delivered", str(person["id"]), 3)
 
+
+
+# --- the instance's own fields (MARKETO_MAPPING) -------------------------------------------------------------
+
+MK_MAPPING = {"fields": {"marketplaceOffer": "Marketplace: {offer_title} ({action})",
+                         "leadChannel": {"value": "Marketplace"},
+                         "campaignCode": "campaign.mktcmpid"},
+              "mappings": {"partner": {"leadChannel": {"value": "partner"}}}}  # fmt: skip
+
+
+def instance_with_its_own_fields() -> FakeMarketo:
+    """Custom person fields on the form 1001, the lead channel a select field there."""
+    custom = {"leadDescription": ("Lead Description", "text"), "marketplaceOffer": ("Marketplace Offer", "string"),
+              "leadChannel": ("Lead Channel", "string"), "campaignCode": ("Campaign Code", "string"),
+              "employees": ("Employees", "integer")}  # fmt: skip
+    fake = FakeMarketo(custom_fields=custom, forms={1001: [*fake_marketo.STANDARD_FIELDS, "marketplaceOffer",
+                                                            "leadChannel", "campaignCode"]})  # fmt: skip
+    fake.selects["leadChannel"] = [("Marketplace", "Marketplace"), ("Partner", "Partner"), ("Event", "Event")]
+    return fake
+
+
+def mapped(fake: FakeMarketo, mapping: dict, form_id: str = "1001") -> MarketoDestination:
+    return MarketoDestination(fake.url, fake.client_id, fake.client_secret, form_id, timeout=5,
+                              mapping=json.dumps(mapping))  # fmt: skip
+
+
+def test_the_instances_own_fields_and_a_campaign_value_land_on_the_person():
+    with instance_with_its_own_fields() as fake:
+        mapped(fake, MK_MAPPING).send(sample_lead(1, Description='{"mktcmpid": "winter-26"}'), ROUTE)
+        person = fake.persons["ada1@contoso.com"]
+        assert (person["marketplaceOffer"], person["leadChannel"], person["campaignCode"], person["lastName"]) == \
+            ("Marketplace: Contoso CRM (PLT)", "Marketplace", "winter-26", "Lovelace1")  # fmt: skip
+        assert "mktcmpid=winter-26" in fake.submissions[0]["visitorData"]["queryString"]
+        mapped(fake, MK_MAPPING).send(sample_lead(2), Route(mapping="partner"))
+        assert fake.persons["ada2@contoso.com"]["leadChannel"] == "Partner"  # the select's value, by its label
+
+
+def test_a_value_the_forms_select_lacks_fails_before_the_submission_naming_the_field():
+    with instance_with_its_own_fields() as fake:
+        mapping = {"fields": {"leadChannel": "campaign.utm_source"}}
+        error = send_error(mapped(fake, mapping), sample_lead(1, Description='{"utm_source": "newsletter"}'))
+        assert not error.transient and "leadChannel cannot take the value of campaign.utm_source" in str(error)
+        assert "newsletter" not in str(error) and not fake.persons and not fake.submissions
+
+
+def test_marketo_refuses_a_value_of_the_wrong_type_as_the_instance_would():
+    with instance_with_its_own_fields() as fake:
+        fake.forms[1001].append("employees")
+        destination = mapped(fake, {"fields": {"employees": {"value": 250}}})
+        destination.send(sample_lead(1), ROUTE)  # describe read and kept
+        assert fake.persons["ada1@contoso.com"]["employees"] == 250
+        fake.fields["employees"] = ("Employees", "date")  # an admin changed the field's type
+        error = send_error(destination, sample_lead(2))
+        assert not error.transient and "1001" in str(error) and "'date' was required" in str(error)
+
+
+def test_check_proves_the_mapping_against_describe_and_the_form():
+    with instance_with_its_own_fields() as fake:
+        result = mapped(fake, MK_MAPPING).check()
+        assert result.ok, result
+        assert "MARKETO_MAPPING: 3 fields of its own, mappings partner proven" in result.message
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"marketplaceOfer": "offer_title"},
+     "MARKETO_MAPPING maps marketplaceOfer: Marketo's person has no field marketplaceOfer (did you mean "
+     "marketplaceOffer?)"),
+    ({"leadChannel": {"value": "Webinar"}},
+     "leadChannel cannot take the constant \"Webinar\": the value is not one of its picklist's values (Marketplace, "
+     "Partner, Event)"),
+    ({"employees": {"value": 5}}, "employees cannot be written: it is not on form 1001 (MARKETO_FORM_ID)"),
+], ids=["misspelt", "select-value", "not-on-form"])  # fmt: skip
+def test_check_finds_what_marketo_would_refuse(fields, says):
+    with instance_with_its_own_fields() as fake:
+        result = mapped(fake, {"fields": fields}).check()
+        assert not result.ok and says in result.message, result
+        assert "MARKETO_MAPPING" in result.fix and not fake.persons

@@ -452,3 +452,100 @@ def test_python_m_leads_check_passes_against_the_org(storage, env, capsys, fake_
     report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
     name = "salesforce" if mode == "rest" else "salesforce-w2l"
     assert report[name]["ok"] and not fake_salesforce.records and not fake_salesforce.web_to_lead
+
+
+# --- the org's own fields (SALESFORCE_MAPPING) -----------------------------------------------------------
+
+SF_MAPPING = {"fields": {"Marketplace_Offer__c": "Marketplace: {offer_title} ({action})",
+                         "Lead_Source_Detail__c": {"value": "Marketplace"},
+                         "Campaign_Code__c": "campaign.mktcmpid"},
+              "mappings": {"partner": {"RecordTypeId": {"value": "Partner_Lead"},
+                                       "Lead_Source_Detail__c": {"value": "partner"}}}}  # fmt: skip
+PARTNER_RECORD_TYPE = "0125g000000PrtnAAC"
+
+
+def org_with_its_own_fields(fake: FakeSalesforce) -> FakeSalesforce:
+    """An org with a text field, a restricted picklist, a campaign field and a partner record type."""
+    from .fake_salesforce import field, picklist
+
+    fake.custom_fields += [
+        field("Marketplace_Offer__c", length=60, label="Marketplace Offer"),
+        field("Lead_Source_Detail__c", "picklist", 255, label="Lead Source Detail", restrictedPicklist=True,
+              picklistValues=picklist(["Marketplace", "Partner", "Event"])),
+        field("Campaign_Code__c", length=40, label="Campaign Code"),
+    ]  # fmt: skip
+    fake.record_type("Partner_Lead", PARTNER_RECORD_TYPE)
+    return fake
+
+
+def campaign_lead():
+    return make_lead(OfferTitle="Contoso CRM", Description='{"mktcmpid": "winter-26", "utm_source": "newsletter"}')
+
+
+def test_the_orgs_own_fields_and_a_campaign_value_land_on_the_lead(fake_salesforce):
+    org_with_its_own_fields(fake_salesforce)
+    destination = rest(fake_salesforce, mapping=json.dumps(SF_MAPPING))
+    destination.send(campaign_lead(), Route())
+    record = only_record(fake_salesforce)
+    assert (record["Marketplace_Offer__c"], record["Lead_Source_Detail__c"], record["Campaign_Code__c"]) == \
+        ("Marketplace: Contoso CRM (INS)", "Marketplace", "winter-26")  # fmt: skip
+    assert "RecordTypeId" not in record and record["LastName"] == "One"  # the built-in fields stay
+
+
+def test_a_routing_rule_picks_the_partner_mapping_and_its_record_type(fake_salesforce):
+    org_with_its_own_fields(fake_salesforce)
+    rest(fake_salesforce, mapping=json.dumps(SF_MAPPING)).send(campaign_lead(), Route(mapping="partner"))
+    record = only_record(fake_salesforce)
+    # The record type is named by its developer name and sent as its id; "partner" is matched to "Partner".
+    assert (record["RecordTypeId"], record["Lead_Source_Detail__c"]) == (PARTNER_RECORD_TYPE, "Partner")
+    assert record["Campaign_Code__c"] == "winter-26"  # the default mapping's fields hold under the named one
+
+
+def test_a_value_the_picklist_lacks_fails_the_delivery_naming_the_field(fake_salesforce):
+    org_with_its_own_fields(fake_salesforce)
+    mapping = {"fields": {"Lead_Source_Detail__c": "campaign.utm_source"}}  # "newsletter" is no value of it
+    with pytest.raises(PermanentError) as caught:
+        rest(fake_salesforce, mapping=json.dumps(mapping)).send(campaign_lead(), Route())
+    assert "Lead_Source_Detail__c cannot take the value of campaign.utm_source" in str(caught.value)
+    assert "Marketplace, Partner, Event" in str(caught.value) and "newsletter" not in str(caught.value)
+    assert not fake_salesforce.records
+
+
+def test_salesforce_refuses_a_picklist_value_removed_after_describe_as_the_org_would(fake_salesforce):
+    org_with_its_own_fields(fake_salesforce)
+    destination = rest(fake_salesforce, mapping=json.dumps(SF_MAPPING))
+    destination.send(campaign_lead(), Route())  # describe read and kept
+    fake_salesforce.custom_fields[1]["picklistValues"] = picklist_without("Marketplace")
+    with pytest.raises(PermanentError) as caught:
+        destination.send(make_lead(user={"Email": "other@contoso.com"}), Route())
+    assert "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST on Lead_Source_Detail__c" in str(caught.value)
+    assert destination._fields is None  # describe is read again next time
+
+
+def picklist_without(value: str):
+    from .fake_salesforce import picklist
+
+    return picklist([v for v in ("Marketplace", "Partner", "Event") if v != value])
+
+
+def test_check_proves_the_mapping_against_describe(fake_salesforce):
+    org_with_its_own_fields(fake_salesforce)
+    result = rest(fake_salesforce, mapping=json.dumps(SF_MAPPING)).check()
+    assert result.ok, result
+    assert "SALESFORCE_MAPPING: 3 fields of its own, mappings partner proven against the CRM's schema" in result.message
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"Marketplace_Ofer__c": "offer_title"},
+     "SALESFORCE_MAPPING maps Marketplace_Ofer__c: Salesforce's Lead has no field Marketplace_Ofer__c (did you mean "
+     "Marketplace_Offer__c?)"),
+    ({"Lead_Source_Detail__c": {"value": "Webinar"}},
+     "Lead_Source_Detail__c cannot take the constant \"Webinar\": the value is not one of its picklist's values "
+     "(Marketplace, Partner, Event)"),
+    ({"IsConverted": {"value": True}}, "IsConverted cannot be written: the Run As user may not create or edit it"),
+], ids=["misspelt", "picklist-value", "read-only"])  # fmt: skip
+def test_check_finds_what_the_org_would_refuse(fake_salesforce, fields, says):
+    org_with_its_own_fields(fake_salesforce)
+    result = rest(fake_salesforce, mapping=json.dumps({"fields": fields})).check()
+    assert not result.ok and says in result.message, result
+    assert "SALESFORCE_MAPPING" in result.fix and not fake_salesforce.records

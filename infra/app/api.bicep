@@ -1,4 +1,4 @@
-// The function app on the Flex Consumption plan (Linux, Python 3.11), running as the user-assigned
+// The function app on the Flex Consumption plan (Linux, Python 3.12), running as the user-assigned
 // identity. Follows the Flex layout of Azure-Samples/functions-quickstart-python-http-azd:
 // functionAppConfig carries the runtime, the scale limits and the blob container the package is
 // deployed to. Settings that Flex Consumption rejects (FUNCTIONS_WORKER_RUNTIME,
@@ -115,7 +115,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.12'
       }
     }
   }
@@ -128,7 +128,7 @@ resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov:skip=CKV_AZURE_63: False positive ('appsettings', not 'web'). HTTP logs are App Service file-system logs; the function app logs requests to Application Insights.
   // checkov:skip=CKV_AZURE_65: False positive ('appsettings', not 'web'). Detailed error pages are an App Service feature for web apps; errors go to Application Insights.
   // checkov:skip=CKV_AZURE_66: False positive ('appsettings', not 'web'). Failed request tracing is an IIS/App Service feature; failures go to Application Insights.
-  // checkov:skip=CKV_AZURE_80: False positive ('appsettings', not 'web'). No .NET Framework here: the runtime is Python 3.11 (functionAppConfig.runtime).
+  // checkov:skip=CKV_AZURE_80: False positive ('appsettings', not 'web'). No .NET Framework here: the runtime is Python 3.12 (functionAppConfig.runtime).
   // checkov:skip=CKV_AZURE_88: False positive ('appsettings', not 'web'). No Azure Files content share: Flex Consumption runs the package from a blob container (functionAppConfig.deployment).
   // checkov:skip=CKV_AZURE_222: False positive ('appsettings', not 'web'). Public network access is set, and justified, on the site above.
   parent: functionApp

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from ..model import Route
+
 if TYPE_CHECKING:
     from ..model import Lead
     from ..settings import Settings
@@ -40,22 +42,6 @@ class TransientError(DeliveryError):
 
 class PermanentError(DeliveryError):
     """Retrying cannot fix it; the delivery fails at once."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """What routing decided for one lead and one destination."""
-
-    recipients: tuple[str, ...] = ()
-    test: bool = False  # a test lead: destinations mark it as such
-    # Changes when an operator replays a failed delivery, so that a destination's idempotency key
-    # (e.g. the ACS Operation-Id) makes the replay a new send rather than a repeat of the old one.
-    generation: str = ""
-    # Why the delivery is stored skipped rather than sent (a lead older than LEADS_BACKFILL_DAYS).
-    skip_reason: str = ""
-    # The idempotency key fixed when a durable digest was claimed (leads/digests.py): a retry of
-    # that digest names the same operation, whatever else changed.
-    operation: str = ""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ with a new one.
   no create permission on the ``leadsourcecode`` column, a URL that is not a Dataverse environment,
   an environment without the Lead table, timeouts. Service protection 429s (``Retry-After``), 5xx,
   timeouts and dropped connections are transient.
+- **Field mapping** (``DYNAMICS_MAPPING``, leads/destinations/mapping.py): the environment's own
+  columns on top of these, converted as its table definitions say (``EntityDefinitions(LogicalName=
+  'lead')/Attributes``, with the String and Memo columns' ``MaxLength`` and the Choice columns'
+  options read by casting to their metadata types; read once an hour, and only when the setting
+  maps columns): a choice takes one of its values, by label or number. Lookups (``campaignid``,
+  the lead's Source Campaign, ``ownerid``) are not mapped: a lookup is bound to a row's id
+  (``@odata.bind``), which a mapping does not name. The lead's standard attribution is Lead Source
+  (``leadsourcecode``, Web); campaign values go to the description, and to columns where the
+  mapping puts them.
 - :meth:`DynamicsDestination.check` creates nothing, in either mode: a token, ``WhoAmI`` (the
   environment answers, accepts the token, and has an application user for the app), then
   ``RetrieveUserPrivilegeByPrivilegeName('prvCreateLead')`` for that user (its roles allow creating
@@ -61,6 +70,7 @@ from .base import (
     from_status,
     parse_retry_after,
 )
+from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 from .notice import within
 
 if TYPE_CHECKING:
@@ -72,6 +82,23 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 API = "/api/data/v9.2"
+CRM = "Dataverse's lead table"
+MAPPING_FIX = ("correct DYNAMICS_MAPPING, or the column in Power Apps (Tables → Lead → Columns: its logical name, e.g. "
+               "new_offer, its choices)")  # fmt: skip
+LEAD_ATTRIBUTES = "/EntityDefinitions(LogicalName='lead')/Attributes"
+ATTRIBUTES_EVERY = 3600.0  # seconds the table definitions are trusted
+# Attribute types → the mapping's kinds.
+KINDS = {"String": "text", "Memo": "text", "Picklist": "picklist", "Boolean": "boolean", "Integer": "integer",
+         "BigInt": "integer", "Decimal": "number", "Double": "number", "Money": "number",
+         "DateTime": "datetime"}  # fmt: skip
+# What the built-in mapping puts in each column (python -m leads mapping dynamics).
+BUILTIN_FIELDS = {"leadid": "a GUID derived from lead_id (the row is created once)",
+                  "subject": "offer, action and source ([TEST] for a test lead)", "firstname": "first_name",
+                  "lastname": "last_name", "emailaddress1": "email, unless invalid", "telephone1": "phone",
+                  "jobtitle": "title", "companyname": "company", "address1_country": "country's name",
+                  "description": "the test mark, description, source, action, offer, campaign, the lead id",
+                  "leadsourcecode": "8 (Web)", "donotemail": "true for a do-not-contact lead (and the other donot* "
+                  "columns)"}  # fmt: skip
 
 # The lead's standard "Lead Source" choice: 8 is "Web" in every environment (1 Advertisement,
 # 2 Employee Referral, 3 External Referral, 4 Partner, 5 Public Relations, 6 Seminar, 7 Trade Show,
@@ -181,8 +208,11 @@ class DynamicsDestination(Destination):
 
     def __init__(self, url: str, tenant_id: str, client_id: str, client_secret: str,
                  authority: str = "https://login.microsoftonline.com", timeout: float = 30.0,
-                 session: requests.Session | None = None) -> None:  # fmt: skip
+                 session: requests.Session | None = None, mapping: str = "") -> None:  # fmt: skip
         self.url = _environment_url(url)
+        self.mappings = Mappings("DYNAMICS_MAPPING", mapping)
+        self._specs: dict[str, FieldSpec] | None = None
+        self._specs_at = 0.0
         self.tenant_id = tenant_id.strip()
         self.client_id = client_id.strip()
         self.client_secret = client_secret
@@ -212,19 +242,22 @@ class DynamicsDestination(Destination):
             return None
         return cls(settings.dynamics_url, settings.dynamics_tenant_id, settings.dynamics_client_id,
                    settings.dynamics_client_secret, settings.dynamics_authority,
-                   settings.http_timeout_seconds)  # fmt: skip
+                   settings.http_timeout_seconds, mapping=settings.dynamics_mapping)  # fmt: skip
 
     # --- sending ---------------------------------------------------------------------------------
 
     def send(self, lead: Lead, route: Route) -> Sent:
         self._check_settings()
         guid = lead_guid(lead.lead_id)
-        response = self._call("POST", "/leads", json=self.lead_record(lead, route))
+        record = mapped_record(self.mappings, route, lead, self.lead_record(lead, route), self.attribute_specs, CRM)
+        record["leadid"] = guid  # the row's id is the lead's, whatever a mapping says
+        response = self._call("POST", "/leads", json=record)
         if 200 <= response.status_code < 300 and _is_dataverse(response):
             return Sent(external_id=guid, detail={"record": "created"})
         code, _ = _error_of(response)
         if code == DUPLICATE_KEY:
             return self._existing(guid, lead)
+        self._specs = None  # the table may have changed: read its definitions again next time
         raise self._refused(response, lead)
 
     def _existing(self, guid: str, lead: Lead) -> Sent:
@@ -242,8 +275,16 @@ class DynamicsDestination(Destination):
             return Sent(external_id=guid, detail={"record": "existing"})
         raise self._refused(response, lead)
 
-    def lead_record(self, lead: Lead, route: Route) -> dict[str, Any]:
-        """The ``lead`` row for a lead, column by column."""
+    mapping_setting = "DYNAMICS_MAPPING"
+    builtin_fields = BUILTIN_FIELDS
+
+    @staticmethod
+    def builtin_record(lead: Lead, route: Route) -> dict[str, Any]:
+        return DynamicsDestination.lead_record(lead, route)
+
+    @staticmethod
+    def lead_record(lead: Lead, route: Route) -> dict[str, Any]:
+        """The ``lead`` row for a lead, column by column (the built-in mapping)."""
         test = route.test or lead.is_test
         record: dict[str, Any] = {
             "leadid": lead_guid(lead.lead_id),
@@ -288,7 +329,40 @@ class DynamicsDestination(Destination):
         if secured:
             notes.append("Lead Source (leadsourcecode) is a secured column: the application user needs a column "
                          "security profile that allows Create on it (only a created lead can prove it)")
-        return Check(True, "; ".join([message, *notes]), None)
+        self._specs = None
+        mapped = check_mapping(self.mappings, self.attribute_specs, CRM, MAPPING_FIX)
+        if isinstance(mapped, Check):
+            return mapped
+        return Check(True, "; ".join([message, *notes, *mapped]), None)
+
+    def attribute_specs(self) -> dict[str, FieldSpec]:
+        """The lead table's columns as the field mapping sees them, from its definitions (the
+        common properties, then the String and Memo columns' lengths and the Choice columns'
+        options, each by a cast), read again each hour and after a refused create."""
+        import time
+
+        if self._specs is not None and time.monotonic() - self._specs_at <= ATTRIBUTES_EVERY:
+            return self._specs
+        base = self._metadata("", {"$select": "LogicalName,AttributeType,IsValidForCreate"})
+        lengths = {}
+        for cast in ("StringAttributeMetadata", "MemoAttributeMetadata"):
+            for item in self._metadata(f"/Microsoft.Dynamics.CRM.{cast}", {"$select": "LogicalName,MaxLength"}):
+                lengths[item.get("LogicalName")] = item.get("MaxLength")
+        choices = {item.get("LogicalName"): item for item in self._metadata(
+            "/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+            {"$select": "LogicalName", "$expand": "OptionSet($select=Options),GlobalOptionSet($select=Options)"})}
+        self._specs, self._specs_at = attribute_specs(base, lengths, choices), time.monotonic()
+        return self._specs
+
+    def _metadata(self, cast: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        response = self._call("GET", LEAD_ATTRIBUTES + cast, params=params)
+        body = _json(response) if response.status_code == 200 else None
+        if not isinstance(body, dict):
+            code, _ = _error_of(response)
+            if response.status_code == 404 and code in NOT_FOUND:
+                raise PermanentError("the environment has no Lead table", fix=FIX_NO_LEAD_TABLE)
+            raise self._refused(response)
+        return [item for item in body.get("value") or [] if isinstance(item, dict)]
 
     def whoami(self) -> dict[str, Any]:
         """``WhoAmI``: which user (and organisation) the token is in this environment."""
@@ -402,12 +476,12 @@ class DynamicsDestination(Destination):
             from azure.identity import ManagedIdentityCredential
 
             # One quick retry of the host-local endpoint; longer waits are the delivery worker's.
-            # Its calls go through the destination's deadline session (leads/http.py).
-            self._identity = ManagedIdentityCredential(client_id=self.client_id, connection_timeout=self.timeout,
-                                                       read_timeout=self.timeout, retry_total=1,
-                                                       retry_backoff_factor=0.5,
-                                                       transport=RequestsTransport(session=self.session,
-                                                                                   session_owner=False))  # fmt: skip
+            # Its calls go through the destination's deadline session (leads/http.py), with the
+            # timeouts on the transport: a client given one never passes it its own.
+            transport = RequestsTransport(session=self.session, session_owner=False, connection_timeout=self.timeout,
+                                          read_timeout=self.timeout)  # fmt: skip
+            self._identity = ManagedIdentityCredential(client_id=self.client_id, retry_total=1,
+                                                       retry_backoff_factor=0.5, transport=transport)  # fmt: skip
         return self._identity
 
     def _secret_token(self) -> str:
@@ -493,6 +567,35 @@ class DynamicsDestination(Destination):
 
 
 # --- mapping ---------------------------------------------------------------------------------------
+
+
+def attribute_specs(base: list[dict[str, Any]], lengths: dict[str, Any],
+                    choices: dict[str, dict[str, Any]]) -> dict[str, FieldSpec]:  # fmt: skip
+    """The lead table's columns as the mapping sees them: writable when ``IsValidForCreate``; a
+    Choice column's options by number and label (its own option set, or the global one it uses)."""
+    specs = {}
+    for item in base:
+        name, kind = item.get("LogicalName"), KINDS.get(str(item.get("AttributeType")), "unsupported")
+        if not name:
+            continue
+        choice = choices.get(name) or {}
+        option_set = choice.get("OptionSet") or choice.get("GlobalOptionSet") or {}
+        options = options_of((option.get("Value"), _label(option.get("Label"))) for option in
+                             option_set.get("Options") or [])  # fmt: skip
+        writable = bool(item.get("IsValidForCreate"))
+        why = "Dataverse sets it (not valid for create)" if not writable else (
+            f"a {item.get('AttributeType')} column, which a mapping cannot set (a lookup is bound to a row's id)"
+            if kind == "unsupported" else "")
+        specs[name] = FieldSpec(name, kind, int(lengths.get(name) or 0) or None, options, True, writable, why)
+    return specs
+
+
+def _label(label: Any) -> str:
+    """The user's label of a Dataverse Label complex type."""
+    if not isinstance(label, dict):
+        return ""
+    user = label.get("UserLocalizedLabel") or next(iter(label.get("LocalizedLabels") or []), None) or {}
+    return str(user.get("Label") or "")
 
 
 def _subject(lead: Lead, test: bool) -> str:

@@ -467,11 +467,13 @@ def _identity_credential():
     else the one the storage connection uses), the developer's sign-in elsewhere."""
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
+    from ..storage import identity_options  # its token calls bounded as the storage identity's are
+
     client_id = os.environ.get("AZURE_CLIENT_ID") or os.environ.get("AzureWebJobsStorage__clientId")
     in_azure = any(os.environ.get(name) for name in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT"))
     if in_azure:
-        return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
-    return DefaultAzureCredential()
+        return ManagedIdentityCredential(client_id=client_id, **identity_options())
+    return DefaultAzureCredential(**identity_options())
 
 
 def _api_version(client) -> str:

@@ -23,6 +23,15 @@ refresh, and a 401 means it was revoked or rotated.
   each portal edits, where an unknown value fails the whole write (the Salesforce picklist trap).
   Empty values are left out, so an upsert never blanks what HubSpot knows; ``message`` holds the
   latest lead (HubSpot keeps its history).
+- **Field mapping** (``HUBSPOT_MAPPING``, leads/destinations/mapping.py): the portal's own contact
+  properties on top of these (a lifecycle stage, custom properties), each converted to its type as
+  ``GET /crm/properties/<version>/contacts`` defines it (read once an hour, and only when the setting
+  maps properties; it needs the scope ``crm.schemas.contacts.read``): an enumeration takes one of
+  its options (by value or label), numbers, dates (``YYYY-MM-DD``) and booleans their text.
+  **Campaign attribution**: HubSpot's source properties (``hs_analytics_source``, "Original source",
+  and its drill-downs ``hs_analytics_source_data_1`` / ``_2``) are set by HubSpot and read-only to
+  the API (a contact created through it is an "Offline source"); the campaign values go to
+  ``message``, and to custom properties where the mapping puts them.
 - **Do not contact**: HubSpot's opt-out (``hs_email_optout`` and the subscription statuses) is
   read-only on the contact and set through the communication preferences API, where an
   unsubscribe is recorded as the contact's own choice and cannot be undone by the portal. The
@@ -63,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, parse_retry_after
+from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 from .marketo import CallLimiter
 
 if TYPE_CHECKING:
@@ -76,6 +86,20 @@ log = logging.getLogger(__name__)
 # The date version of HubSpot's API every call uses: bump it here (each is supported 18 months).
 API_VERSION = "2026-09"
 CONTACTS = f"/crm/objects/{API_VERSION}/contacts"
+PROPERTIES = f"/crm/properties/{API_VERSION}/contacts"
+SCHEMA_SCOPE = "crm.schemas.contacts.read"  # reading the property definitions, for the field mapping
+PROPERTIES_EVERY = 3600.0  # seconds the property definitions are trusted
+CRM = "HubSpot's contact"
+MAPPING_FIX = ("correct HUBSPOT_MAPPING, or the property in HubSpot (Settings > Properties > Contact properties: its "
+               "internal name, its options)")  # fmt: skip
+# What the built-in mapping puts in each contact property (python -m leads mapping hubspot).
+BUILTIN_FIELDS = {"email": "email (the upsert's key)", "firstname": "first_name", "lastname": "last_name",
+                  "phone": "phone", "company": "company", "jobtitle": "title", "country": "country's name",
+                  "message": "the test and do-not-contact marks, source and action, offer, campaign, description, "
+                  "the lead id"}  # fmt: skip
+# The properties API's types → the mapping's kinds (an enumeration shown as checkboxes takes several).
+KINDS = {"string": "text", "phone_number": "text", "number": "number", "date": "date", "datetime": "datetime",
+         "bool": "boolean", "enumeration": "picklist"}  # fmt: skip
 # HubSpot's lowest limit for a private app or key (Free and Starter; Professional and Enterprise allow 190).
 CALLS_PER_WINDOW = 100
 WINDOW_SECONDS = 10.0
@@ -102,7 +126,8 @@ class HubSpotDestination(Destination):
     name = "hubspot"
 
     def __init__(self, token: str, url: str = "https://api.hubapi.com", timeout: float = 30.0,
-                 session: requests.Session | None = None, limiter: CallLimiter | None = None) -> None:  # fmt: skip
+                 session: requests.Session | None = None, limiter: CallLimiter | None = None,
+                 mapping: str = "") -> None:  # fmt: skip
         self.token = token.strip()
         self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
         self.timeout = timeout
@@ -110,6 +135,16 @@ class HubSpotDestination(Destination):
 
         self.session = session or deadline_session()
         self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32)
+        self.mappings = Mappings("HUBSPOT_MAPPING", mapping)
+        self._specs: dict[str, FieldSpec] | None = None
+        self._specs_at = 0.0
+
+    mapping_setting = "HUBSPOT_MAPPING"
+    builtin_fields = BUILTIN_FIELDS
+
+    @staticmethod
+    def builtin_record(lead: Lead, route: Route) -> dict[str, str]:
+        return {"email": lead.email, **contact_properties(lead, route)}
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -119,7 +154,8 @@ class HubSpotDestination(Destination):
     def from_settings(cls, settings: Settings) -> HubSpotDestination | None:
         if not cls.is_enabled(settings):
             return None
-        return cls(settings.hubspot_token, settings.hubspot_url, settings.http_timeout_seconds)
+        return cls(settings.hubspot_token, settings.hubspot_url, settings.http_timeout_seconds,
+                   mapping=settings.hubspot_mapping)
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -130,9 +166,14 @@ class HubSpotDestination(Destination):
                                  fix="nothing to change in the settings: this lead (often a customer whose data "
                                  "the marketplace withholds) cannot go to HubSpot; find it with python -m leads "
                                  "show")  # fmt: skip
-        body = {"inputs": [{"idProperty": "email", "id": lead.email, "properties": self.properties_for(lead, route)}]}
+        builtin = contact_properties(lead, route)
+        properties = mapped_record(self.mappings, route, lead, builtin, self.property_specs, CRM, as_text=True)
+        properties.pop("email", None)  # the upsert's key is the lead's email, whatever a mapping says
+        body = {"inputs": [{"idProperty": "email", "id": lead.email, "properties": properties}]}
         response = self._request("POST", f"{CONTACTS}/batch/upsert", json=body)
         answer = _json_body(response)
+        if response.status_code == 400:
+            self._specs = None  # the portal's properties may have changed: read them again next time
         if response.status_code in (200, 201, 207) and isinstance(answer, dict):
             results = [r for r in answer.get("results") or [] if isinstance(r, dict) and r.get("id")]
             if results:
@@ -142,22 +183,33 @@ class HubSpotDestination(Destination):
                 raise self.error(400, errors[0], response.headers, lead=lead)
         raise self.error(response.status_code, answer, response.headers, lead=lead)
 
-    def properties_for(self, lead: Lead, route: Route) -> dict[str, str]:
-        """The contact's properties (all text, as HubSpot takes them); empty ones left out."""
-        properties = {
-            "firstname": lead.first_name,
-            "lastname": lead.last_name,
-            "phone": lead.phone,
-            "company": lead.company,
-            "jobtitle": lead.title,
-            "country": country_name(lead.country),
-            "message": message(lead, route),
-        }
-        return {key: str(value) for key, value in properties.items() if value not in (None, "")}
+    def property_specs(self) -> dict[str, FieldSpec]:
+        """The portal's contact properties as the field mapping sees them, from ``GET
+        /crm/properties/<version>/contacts``, read again each hour and after a refused write."""
+        import time
+
+        if self._specs is None or time.monotonic() - self._specs_at > PROPERTIES_EVERY:
+            response = self._request("GET", PROPERTIES)
+            answer = _json_body(response)
+            if response.status_code != 200 or not isinstance(answer, dict):
+                raise self.error(response.status_code, answer, response.headers)
+            self._specs, self._specs_at = property_specs(answer.get("results") or []), time.monotonic()
+        return self._specs
 
     # --- checking --------------------------------------------------------------------------------
 
     def check(self) -> Check:
+        result = self._check_access()
+        if not result.ok:
+            return result
+        self._specs = None
+        notes = check_mapping(self.mappings, self.property_specs, CRM, MAPPING_FIX)
+        if isinstance(notes, Check):
+            return notes
+        return Check(True, "; ".join([result.message, *notes]))
+
+
+    def _check_access(self) -> Check:
         try:
             self._require_settings()
             response = self._request("GET", CONTACTS, params={"limit": 1})
@@ -228,8 +280,8 @@ class HubSpotDestination(Destination):
             missing = [name for code, name in problems if code == "PROPERTY_DOESNT_EXIST" and name]
             if missing:
                 return PermanentError(f"{label}: the contact property {', '.join(missing)} does not exist in "
-                                      "this portal", fix=f"restore the default contact property {missing[0]!r} "
-                                      "(Settings > Properties) or report this as a bug of the app")  # fmt: skip
+                                      "this portal", fix=f"correct {missing[0]!r} in HUBSPOT_MAPPING if it maps it, "
+                                      "else restore that default contact property (Settings > Properties)")  # fmt: skip
             rules = [(code, name, rule) for code, name, rule in rule_messages(body, lead)
                      if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")]  # fmt: skip
             if rules:
@@ -246,6 +298,41 @@ class HubSpotDestination(Destination):
         if status >= 500 or status == 408:
             return TransientError(label, retry_after=parse_retry_after(headers.get("Retry-After")))
         return PermanentError(label)
+
+
+def contact_properties(lead: Lead, route: Route) -> dict[str, str]:
+    """The contact's built-in properties (all text, as HubSpot takes them); empty ones left out."""
+    properties = {
+        "firstname": lead.first_name,
+        "lastname": lead.last_name,
+        "phone": lead.phone,
+        "company": lead.company,
+        "jobtitle": lead.title,
+        "country": country_name(lead.country),
+        "message": message(lead, route),
+    }
+    return {key: str(value) for key, value in properties.items() if value not in (None, "")}
+
+
+def property_specs(results: list[dict[str, Any]]) -> dict[str, FieldSpec]:
+    """The properties API's definitions as the mapping sees them: read-only ones (``readOnlyValue``,
+    computed by HubSpot) cannot be written; an enumeration takes its options."""
+    specs = {}
+    for item in results:
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
+        kind = KINDS.get(str(item.get("type")), "unsupported")
+        if kind == "picklist" and item.get("fieldType") == "checkbox":
+            kind = "multipicklist"
+        read_only = bool((item.get("modificationMetadata") or {}).get("readOnlyValue")) or bool(item.get("calculated"))
+        why = "HubSpot sets it (a read-only or calculated property)" if read_only else (
+            f"its type {item.get('type')} is not mapped" if kind == "unsupported" else "")
+        options = options_of((option.get("value"), option.get("label")) for option in item.get("options") or []
+                             if not option.get("hidden"))  # fmt: skip
+        specs[name] = FieldSpec(name, kind, 65536 if kind == "text" else None, options, True, not read_only, why,
+                                str(item.get("label") or ""))  # fmt: skip
+    return specs
 
 
 def required_scopes(body: dict[str, Any]) -> list[str]:

@@ -27,6 +27,15 @@ owned by an API-only user), optional ``MARKETO_FORM_ID``.
   ``[TEST]`` mark) go to a writable text field found once per process through
   ``GET /rest/v1/leads/describe.json`` (REST name or label among :data:`NOTE_FIELDS` /
   :data:`NOTE_LABELS`); an instance without one gets the standard fields only, and ``check`` says so.
+- **Field mapping** (``MARKETO_MAPPING``, leads/destinations/mapping.py): the instance's own person
+  fields on top of these, converted to the types ``leads/describe.json`` gives (string, text,
+  boolean, integer, float, date, datetime, ...; read-only fields refused). Marketo's person fields
+  have no picklists; with ``MARKETO_FORM_ID`` a mapped field must be on the form, and a form field
+  of type ``select`` takes one of its values (``/rest/asset/v1/form/<id>/fields.json``,
+  ``fieldMetaData.values``), checked here before the submission. **Campaign attribution**: Marketo
+  has no standard person field for URL parameters; the campaign values travel in ``visitorData``'s
+  query string (the Fill out Form activity's, which smart campaigns filter on) and in the details
+  field, and go to person fields where the mapping puts them.
 - **Do not contact**: ``unsubscribed: true`` (Marketo then sends it no marketing email) and
   ``doNotCall: true``, each with its reason. The marketplace's DNC means the customer came through a
   cross-listed partner and must not be contacted by the publisher; both flags are the standard
@@ -64,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, classify_error
+from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 from .notice import within
 
 if TYPE_CHECKING:
@@ -84,6 +94,20 @@ NOTE_FIELDS = ("leadDescription", "marketplaceLeadDetails", "description", "comm
 NOTE_LABELS = ("lead description", "description", "comments", "comment", "person notes", "notes")
 NOTE_MAX = 2000  # characters of details when the field's length is not given
 
+CRM = "Marketo's person"
+MAPPING_FIX = ("correct MARKETO_MAPPING (fields by their REST API name, Admin > Field Management), or the field in "
+               "Marketo: on form MARKETO_FORM_ID (a hidden field is enough), a select field's values")  # fmt: skip
+# describe's data types → the mapping's kinds.
+KINDS = {"string": "text", "text": "text", "textarea": "text", "email": "text", "phone": "text", "url": "text",
+         "reference": "text", "boolean": "boolean", "integer": "integer", "score": "integer", "percent": "integer",
+         "float": "number", "currency": "number", "date": "date", "datetime": "datetime"}  # fmt: skip
+# What the built-in mapping puts in each person field (python -m leads mapping marketo).
+BUILTIN_FIELDS = {"email": "email (the upsert's key)", "firstName": "first_name", "lastName": "last_name",
+                  "phone": "phone", "company": "company", "title": "title", "country": "country's name",
+                  "leadSource": "source_words", "leadDescription": "the details: test and do-not-contact marks, "
+                  "action, offer, campaign, description, lead id (the first writable text field of "
+                  + ", ".join(NOTE_FIELDS) + "; without a form)",
+                  "unsubscribed": "true for a do-not-contact lead (and doNotCall, with their reasons)"}  # fmt: skip
 DNC_REASON = ("Microsoft commercial marketplace: do-not-contact lead (the customer came through a "
               "cross-listed partner and must not be contacted)")  # fmt: skip
 
@@ -189,7 +213,8 @@ class MarketoDestination(Destination):
     name = "marketo"
 
     def __init__(self, url: str, client_id: str, client_secret: str, form_id: str = "", timeout: float = 30.0,
-                 session: requests.Session | None = None, limiter: CallLimiter | None = None) -> None:  # fmt: skip
+                 session: requests.Session | None = None, limiter: CallLimiter | None = None,
+                 mapping: str = "") -> None:  # fmt: skip
         self.url = base_url(url)
         self.client_id = client_id
         self.client_secret = client_secret
@@ -206,6 +231,15 @@ class MarketoDestination(Destination):
         self._fields: dict[str, dict[str, Any]] | None = None
         self._fields_lock = threading.Lock()
         self._email_locks = [threading.Lock() for _ in range(64)]
+        self.mappings = Mappings("MARKETO_MAPPING", mapping)
+        self._specs: dict[str, FieldSpec] | None = None
+
+    mapping_setting = "MARKETO_MAPPING"
+    builtin_fields = BUILTIN_FIELDS
+
+    @staticmethod
+    def builtin_record(lead: Lead, route: Route) -> dict[str, Any]:
+        return {**MarketoDestination.fields_for(lead), NOTE_FIELDS[0]: details(lead, route)}
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -216,7 +250,8 @@ class MarketoDestination(Destination):
         if not cls.is_enabled(settings):
             return None
         return cls(settings.marketo_url, settings.marketo_client_id, settings.marketo_client_secret,
-                   settings.marketo_form_id, settings.http_timeout_seconds)  # fmt: skip
+                   settings.marketo_form_id, settings.http_timeout_seconds,
+                   mapping=settings.marketo_mapping)  # fmt: skip
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -233,6 +268,12 @@ class MarketoDestination(Destination):
                                  fix="nothing to change in the settings: add this person in Marketo by "
                                  "hand")  # fmt: skip
         fields = self.fields_for(lead)
+        if not self.form_id:
+            note = self._note_field()
+            if note:
+                fields[note[0]] = details(lead, route, note[1])
+        fields = mapped_record(self.mappings, route, lead, fields, self.field_specs, CRM)
+        fields["email"] = email  # the upsert's key is the lead's email, whatever a mapping says
         stripe = int(hashlib.sha256(email.lower().encode()).hexdigest()[:8], 16) % len(self._email_locks)
         with self._email_locks[stripe]:
             if self.form_id:
@@ -240,9 +281,6 @@ class MarketoDestination(Destination):
                         "input": [{"leadFormFields": fields, "visitorData": visitor_data(lead, route)}]}  # fmt: skip
                 answer = self._call("POST", "/rest/v1/leads/submitForm.json", json=body)
             else:
-                note = self._note_field()
-                if note:
-                    fields[note[0]] = details(lead, route, note[1])
                 body = {"action": "createOrUpdate", "lookupField": "email", "input": [fields]}
                 answer = self._call("POST", "/rest/v1/leads.json", json=body)
         record = (answer.get("result") or [{}])[0]
@@ -254,7 +292,27 @@ class MarketoDestination(Destination):
         raise PermanentError(f"Marketo answered success without a created or updated person (status {status!r})",
                              fix="report this as a bug of the app")  # fmt: skip
 
-    def fields_for(self, lead: Lead) -> dict[str, Any]:
+    def field_specs(self) -> dict[str, FieldSpec]:
+        """The person fields as the field mapping sees them: ``leads/describe.json``, and with a form
+        its fields (only those can be sent; a ``select`` takes its values). Read once per instance."""
+        if self._specs is None:
+            fields = self._describe()
+            form = self._form_fields() if self.form_id else None
+            self._specs = field_specs(fields, form, self.form_id)
+        return self._specs
+
+    def _form_fields(self) -> list[dict[str, Any]] | None:
+        """The form's fields (``id``: the SOAP-style name, ``dataType``, ``fieldMetaData``); None if
+        the API role cannot read assets."""
+        try:
+            return self._call("GET", f"/rest/asset/v1/form/{_form_id(self.form_id)}/fields.json").get("result") or []
+        except DeliveryError as error:
+            if "access denied" in str(error):
+                return None
+            raise
+
+    @staticmethod
+    def fields_for(lead: Lead) -> dict[str, Any]:
         """The person's Marketo fields (REST names); empty values are left out so an upsert never
         blanks what Marketo already knows."""
         fields: dict[str, Any] = {
@@ -300,13 +358,19 @@ class MarketoDestination(Destination):
                              fix=f"add them to form {self.form_id} (hidden fields are enough) and approve it, "
                              "or leave MARKETO_FORM_ID empty to upsert without a form")  # fmt: skip
             parts.append(f"form {self.form_id} has every field; upsert on email through submitForm")
+            return self._check_mapping(parts)
         else:
             note = self._note_field()
             parts.append("upsert on email through leads.json")
             parts.append(f"marketplace details go to {note[0]!r}" if note else
                          "no free-text person field: marketplace details (action, offer, notes) are not stored; "
                          "add a text field labelled 'Lead Description' to keep them")  # fmt: skip
-        return Check(True, "; ".join(parts))
+        return self._check_mapping(parts)
+
+    def _check_mapping(self, parts: list[str]) -> Check:
+        self._specs = None
+        notes = check_mapping(self.mappings, self.field_specs, CRM, MAPPING_FIX)
+        return notes if isinstance(notes, Check) else Check(True, "; ".join([*parts, *notes]))
 
     def _require_settings(self) -> None:
         missing = [name for name, value in (("MARKETO_CLIENT_ID", self.client_id),
@@ -397,6 +461,7 @@ class MarketoDestination(Destination):
                     rest = item.get("rest") if isinstance(item, dict) else None
                     if isinstance(rest, dict) and rest.get("name"):
                         fields[rest["name"]] = {"label": item.get("displayName") or "",
+                                                "soap": (item.get("soap") or {}).get("name") or "",
                                                 "type": item.get("dataType"), "length": item.get("length"),
                                                 "readOnly": bool(rest.get("readOnly"))}  # fmt: skip
                 self._fields = fields
@@ -464,6 +529,32 @@ class MarketoDestination(Destination):
                                   fix="give the API-only user's role access to the workspace of the person's "
                                   "partition (Admin > Users & Roles)")  # fmt: skip
         return PermanentError(f"Marketo skipped the lead: {code or '?'} {what}", fix=None)
+
+
+def field_specs(fields: dict[str, dict[str, Any]], form: list[dict[str, Any]] | None,
+                form_id: str = "") -> dict[str, FieldSpec]:  # fmt: skip
+    """Marketo's person fields (``_describe``'s) as the mapping sees them; with a ``form`` (its
+    fields), a field not on it cannot be sent, and a ``select`` field takes one of its values."""
+    on_form = {str(item.get("id") or "").lower(): item for item in form or [] if isinstance(item, dict)}
+    specs = {}
+    for name, item in fields.items():
+        kind = KINDS.get(str(item.get("type")), "unsupported")
+        length = int(item.get("length") or 0) or (255 if item.get("type") == "string" else None)
+        entry = on_form.get(str(item.get("soap") or "").lower()) or on_form.get(name.lower())
+        options: tuple = ()
+        if entry is not None and entry.get("dataType") == "select":
+            values = (entry.get("fieldMetaData") or {}).get("values") or []
+            options = options_of((value.get("value"), value.get("label")) for value in values
+                                 if isinstance(value, dict))  # fmt: skip
+            kind = "multipicklist" if (entry.get("fieldMetaData") or {}).get("multiSelect") else "picklist"
+        why = "Marketo sets it (read-only)" if item.get("readOnly") else ""
+        if form is not None and entry is None:
+            why = f"it is not on form {form_id} (MARKETO_FORM_ID): add it, a hidden field is enough"
+        if kind == "unsupported" and not why:
+            why = f"its type {item.get('type')} is not mapped"
+        writable = not item.get("readOnly") and (form is None or entry is not None)
+        specs[name] = FieldSpec(name, kind, length, options, True, writable, why, str(item.get("label") or ""))
+    return specs
 
 
 PERSON_FIELDS = ("email", "firstName", "lastName", "phone", "company", "title", "country", "leadSource",

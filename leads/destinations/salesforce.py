@@ -24,6 +24,13 @@ marketplace's code), found in a ``describe`` of Lead read once an hour; otherwis
 the Description. Orgs with State and Country/Territory Picklists get ``CountryCode`` (ISO alpha-2,
 when the picklist holds it), others the country's name in ``Country``.
 
+**Field mapping** (``SALESFORCE_MAPPING``, leads/destinations/mapping.py): the org's own Lead fields
+on top of these, converted to the types the same ``describe`` gives (length, picklist values,
+``createable``, and for ``RecordTypeId`` the record types available to the Run As user, by name
+or developer name). Salesforce's Lead has no campaign attribution field of its own but Lead
+Source (campaign membership is a CampaignMember record): campaign values go to the Description,
+and to custom fields where the mapping puts them.
+
 **Web-to-Lead** (``SALESFORCE_OID``): the same form POST the marketplace makes. Salesforce answers
 200 whatever becomes of the lead (a wrong oid, a missing required field, a validation rule, the
 daily limit of 500), so a 200 is counted delivered without a record id; nothing makes it
@@ -37,7 +44,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
@@ -54,6 +61,7 @@ from .base import (
     from_status,
     unreachable,
 )
+from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 
 if TYPE_CHECKING:
     import requests
@@ -64,6 +72,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_VERSION = "59.0"
+CRM = "Salesforce's Lead"
+MAPPING_FIX = ("correct the field's API name or value in SALESFORCE_MAPPING, or the field in Salesforce (Setup → "
+               "Object Manager → Lead → Fields & Relationships: its picklist values, its Field-Level Security for the "
+               "Run As user)")  # fmt: skip
 PLACEHOLDER = "[not provided]"  # LastName and Company are required on every Lead
 MARKER = "Marketplace lead id: "
 DESCRIBE_EVERY = 3600.0  # seconds a describe of Lead is trusted
@@ -90,9 +102,10 @@ class LeadFields:
 
     lead_sources: dict[str, str]
     country_codes: frozenset[str] | None = None
+    specs: dict[str, FieldSpec] = field(default_factory=dict)  # every field, for the field mapping
 
     @classmethod
-    def from_describe(cls, describe: dict[str, Any]) -> LeadFields:
+    def from_describe(cls, describe: dict[str, Any], upsert: bool = False) -> LeadFields:
         fields = {field["name"]: field for field in describe.get("fields", [])}
         sources: dict[str, str] = {}
         lead_source = fields.get("LeadSource", {})
@@ -104,13 +117,57 @@ class LeadFields:
         if "CountryCode" in fields:
             codes = frozenset(item["value"] for item in fields["CountryCode"].get("picklistValues") or []
                               if item.get("active", True) and item.get("value"))  # fmt: skip
-        return cls(sources, codes)
+        return cls(sources, codes, field_specs(describe, upsert))
 
     def lead_source(self, lead: Lead) -> str | None:
         for candidate in (SOURCE_WORDS.get(lead.source or ""), lead.source_words, lead.source):
             if candidate and candidate.casefold() in self.lead_sources:
                 return self.lead_sources[candidate.casefold()]
         return None
+
+
+# What the built-in mapping puts in each Lead field (python -m leads mapping salesforce).
+BUILTIN_FIELDS = {
+    "FirstName": "first_name", "LastName": f"last_name, else {PLACEHOLDER!r} (required)",
+    "Company": f"company, else {PLACEHOLDER!r} (required)", "Email": "email, when valid",
+    "Phone": "phone", "Title": "title",
+    "Country": "country's name (CountryCode: the ISO code, in orgs with country picklists)",
+    "LeadSource": "source_words, when the org's Lead Source picklist has it",
+    "Description": "the test and do-not-contact marks, description, source, action, offer, campaign, the lead id",
+    "HasOptedOutOfEmail": "true for a do-not-contact lead", "DoNotCall": "true for a do-not-contact lead",
+}  # fmt: skip
+# describe's field types → the mapping's kinds.
+KINDS = {"string": "text", "textarea": "text", "email": "text", "phone": "text", "url": "text",
+         "encryptedstring": "text", "reference": "text", "picklist": "picklist", "combobox": "picklist",
+         "multipicklist": "multipicklist", "boolean": "boolean", "int": "integer", "long": "integer",
+         "double": "number", "currency": "number", "percent": "number", "date": "date",
+         "datetime": "datetime"}  # fmt: skip
+
+
+def field_specs(describe: dict[str, Any], upsert: bool = False) -> dict[str, FieldSpec]:
+    """Every Lead field of a ``describe`` as the mapping sees it: writable when ``createable`` (and
+    ``updateable`` for an upsert); ``RecordTypeId`` a picklist of the available record types."""
+    specs = {}
+    for item in describe.get("fields") or []:
+        name, kind = item.get("name"), KINDS.get(str(item.get("type")), "unsupported")
+        if not name:
+            continue
+        options = options_of((entry.get("value"), entry.get("label")) for entry in item.get("picklistValues") or []
+                             if entry.get("active", True))  # fmt: skip
+        restricted = bool(item.get("restrictedPicklist"))
+        if name == "RecordTypeId":
+            infos = [info for info in describe.get("recordTypeInfos") or [] if info.get("available")
+                     and not info.get("master")]  # fmt: skip
+            options = options_of([(i.get("recordTypeId"), i.get("developerName")) for i in infos]
+                                 + [(i.get("recordTypeId"), i.get("name")) for i in infos])  # fmt: skip
+            kind, restricted = "picklist", True
+        writable = bool(item.get("createable")) and (not upsert or bool(item.get("updateable")))
+        why = "" if writable else ("the Run As user may not " + ("create or edit" if upsert else "create") + " it "
+                                   "(Field-Level Security), or Salesforce computes it")  # fmt: skip
+        specs[name] = FieldSpec(name, kind, int(item.get("length") or 0) or None, options, restricted, writable,
+                                why or ("" if kind != "unsupported" else f"its type {item.get('type')} is not mapped"),
+                                str(item.get("label") or ""))  # fmt: skip
+    return specs
 
 
 def lead_record(lead: Lead, route: Route, fields: LeadFields) -> dict[str, Any]:
@@ -402,11 +459,19 @@ class SalesforceDestination(Destination):
     """Leads created through the REST API with a client-credentials token."""
 
     name = "salesforce"
+    mapping_setting = "SALESFORCE_MAPPING"
+    builtin_fields = BUILTIN_FIELDS
+
+    @staticmethod
+    def builtin_record(lead: Lead, route: Route) -> dict[str, Any]:
+        """The built-in record of an org whose Lead Source picklist holds the marketplace's words."""
+        return lead_record(lead, route, LeadFields({word.casefold(): word for word in SOURCE_WORDS.values()}))
 
     def __init__(self, url: str, client_id: str, client_secret: str, external_id_field: str = "",
                  timeout: float = 30.0, session: requests.Session | None = None,
-                 web_to_lead_also_set: bool = False) -> None:  # fmt: skip
+                 web_to_lead_also_set: bool = False, mapping: str = "") -> None:  # fmt: skip
         self.url = url.strip().rstrip("/")
+        self.mappings = Mappings("SALESFORCE_MAPPING", mapping)
         self.client_id = client_id.strip()
         self.client_secret = client_secret.strip()
         self.external_id_field = external_id_field.strip()
@@ -432,7 +497,7 @@ class SalesforceDestination(Destination):
             return None
         return cls(settings.salesforce_url, settings.salesforce_client_id, settings.salesforce_client_secret,
                    settings.salesforce_external_id_field, settings.http_timeout_seconds,
-                   web_to_lead_also_set=bool(settings.salesforce_oid))  # fmt: skip
+                   web_to_lead_also_set=bool(settings.salesforce_oid), mapping=settings.salesforce_mapping)  # fmt: skip
 
     # -- sending
 
@@ -441,7 +506,9 @@ class SalesforceDestination(Destination):
 
         self._settings_problem(raise_it=True)
         try:
-            record = lead_record(lead, route, self.lead_fields())
+            fields = self.lead_fields()
+            record = mapped_record(self.mappings, route, lead, lead_record(lead, route, fields), lambda: fields.specs,
+                                   CRM)  # fmt: skip
             if self.external_id_field:
                 return self._upsert(lead, record)
             return self._find_or_create(lead, record)
@@ -574,7 +641,7 @@ class SalesforceDestination(Destination):
         administrator may add picklist values) and after a permanent error."""
         fields = self._fields
         if fields is None or time.monotonic() - self._fields_at > DESCRIBE_EVERY:
-            fields = self._fields = LeadFields.from_describe(self.describe())
+            fields = self._fields = LeadFields.from_describe(self.describe(), upsert=bool(self.external_id_field))
             self._fields_at = time.monotonic()
         return fields
 
@@ -623,7 +690,8 @@ class SalesforceDestination(Destination):
             return Check.failed(exc)
         except Exception as exc:  # noqa: BLE001 - a check reports, it does not raise
             return Check.failed(classify_error(exc))
-        self._fields, self._fields_at = LeadFields.from_describe(describe), time.monotonic()
+        self._fields = LeadFields.from_describe(describe, upsert=bool(self.external_id_field))
+        self._fields_at = time.monotonic()
         fields = {field["name"]: field for field in describe.get("fields", [])}
         if not describe.get("createable", True):
             return Check(False, "the Run As user may not create Leads",
@@ -660,6 +728,10 @@ class SalesforceDestination(Destination):
         if "LeadSource" in fields and not self._fields.lead_sources.keys() & {"azure marketplace", "appsource"}:
             notes.append("Lead Source left empty: add 'Azure Marketplace', 'AppSource', 'Azure portal' and "
                          "'Test Drive' to its picklist to have it filled")  # fmt: skip
+        mapped = check_mapping(self.mappings, lambda: self._fields.specs, CRM, MAPPING_FIX)
+        if isinstance(mapped, Check):
+            return mapped
+        notes += mapped
         usage = getattr(self._client, "api_usage", {}).get("api-usage") if self._client is not None else None
         if usage is not None:
             notes.append(f"API requests used {usage.used}/{usage.total} in the last 24 hours")

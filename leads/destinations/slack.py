@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 BLOCKS_MAX = 50  # Slack takes at most 50 blocks a message
 SECTION_MAX = 3000  # characters of a section's text
 FALLBACK_MAX = 3000
-DIGEST_ROWS = ("Name", "Company", "Email", "Phone", "Offer", "Action", "Lead id")  # what a digest shows of each
+# What a digest shows of each lead.
+DIGEST_ROWS = ("Name", "Company", "Email", "Phone", "Offer", "Action", "Campaign", "Lead id")
 
 # Slack's error codes for an incoming webhook, and what to do about them.
 FIXES = {

@@ -106,7 +106,7 @@ def _card(leads: list[Lead], route: Route, pii: str, portal_url: str, descriptio
             container.append(_text(escape(banner["text"]), color="Attention" if attention else "Warning"))
         facts, notes = [], []
         for row in view["rows"]:
-            if compact and row["label"] not in ("Name", "Company", "Email", "Offer", "Action", "Lead id"):
+            if compact and row["label"] not in ("Name", "Company", "Email", "Offer", "Action", "Campaign", "Lead id"):
                 continue
             if row["multiline"]:
                 if row["label"] == "Description":

@@ -74,8 +74,7 @@ class WebhookDestination(Destination):
         try:
             response = self.session.head(self.url, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            return Check(False, f"{self.url} cannot be reached ({type(exc).__name__})",
-                         "check the URL, and that the receiver is up and reachable from Azure")  # fmt: skip
+            return Check(False, f"{self.url} cannot be reached ({type(exc).__name__})", _unreachable_fix(self.url))
         status = response.status_code
         if status == 410:
             return Check(False, f"{self.url} answers 410 Gone", "set WEBHOOK_URL to the receiver's new address")
@@ -114,3 +113,17 @@ class WebhookDestination(Destination):
             fix = "the receiver refused the request: check that it uses the same WEBHOOK_SECRET"
         raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix,
                           said=service_said(response))  # fmt: skip
+
+
+def _unreachable_fix(url: str) -> str:
+    """What to look at when the receiver does not answer: on this machine for a loopback URL
+    (which only a local run can reach), else from where the app runs."""
+    from urllib.parse import urlsplit
+
+    from ..advice import is_loopback
+
+    host = urlsplit(url).hostname or ""
+    if is_loopback(host):
+        return (f"start the receiver on this machine ({host}:{urlsplit(url).port or 80}), or correct WEBHOOK_URL; "
+                "a loopback URL reaches only a local run, the deployed app needs a public one")  # fmt: skip
+    return "check the URL, and that the receiver is up and reachable from where the app runs (Azure)"

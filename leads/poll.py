@@ -565,6 +565,7 @@ class Checkpoint:
         self.retries: list[Any] = []
         self._etag: str | None = None
         self._date: datetime | None = None  # the storage service's clock at the last read
+        self._written: datetime | None = None  # the checkpoint's own Timestamp: when it was last written
         self.health = PollHealth()
 
     def read(self) -> datetime | None:
@@ -575,11 +576,12 @@ class Checkpoint:
             parameters={"partition": CHECKPOINT_PARTITION, "low": name, "high": name + _RETRY_MARK + "~"},
             raw_response_hook=self._note_date,
         )
-        self.marks, self.under_way, self.retries, self._etag = Marks(), None, [], None
+        self.marks, self.under_way, self.retries, self._etag, self._written = Marks(), None, [], None, None
         for entity in entities:
             if entity["RowKey"] == name:
                 self.marks, self._etag = Marks.from_entity(entity), entity.metadata["etag"]
                 self.under_way = Pass.from_entity(entity)
+                self._written = entity.metadata.get("timestamp")
             elif entity["RowKey"].startswith(name + _RETRY_MARK):
                 self.retries.append(entity)
             elif entity["RowKey"] == name + _HEALTH:  # in the same range: read for nothing
@@ -614,14 +616,17 @@ class Checkpoint:
             pass
 
     def storage_time(self) -> datetime:
-        """The time on the storage service's clock, from the ``Date`` header of the last read (to
-        the second): what the poll compares the marketplace's ``Timestamp``s with. A process whose
-        own clock runs ahead would otherwise start a scan "later" than rows written after it, and
-        never read them. Without the header (no service omits it), the newest storage time the marks
-        hold; only a first poll with neither falls back to this process's clock."""
+        """The time on the storage service's clock: what the poll compares the marketplace's
+        ``Timestamp``s with. A process whose own clock runs ahead would otherwise start a scan
+        "later" than rows written after it, and never read them. It is the ``Date`` header of the
+        last read (to the second), or the checkpoint's own ``Timestamp`` when that is later (it was
+        written within the same second: two polls a second apart must not begin "at once"). Without
+        the header (no service omits it), the newest storage time the marks hold; only a first poll
+        with neither falls back to this process's clock."""
         if self._date is not None:
-            return self._date
+            return _later(self._date, self._written)
         known = _later(_later(self.marks.watermark, self.marks.full_scan_from), self.under_way and self.under_way.began)
+        known = _later(known, self._written)
         if known is not None:
             return known
         log.warning("the storage service's answer carried no Date header: the first poll goes by this process's clock")

@@ -6,16 +6,19 @@ use, are imported inside the functions, on first call.
 
 import azure.functions as func
 
-from leads.telemetry import configure_telemetry
+from leads.telemetry import configure_telemetry, reported
 
 # Application Insights only when APPLICATIONINSIGHTS_CONNECTION_STRING is set; masks emails and
 # phone numbers in every log line whatever the destination.
 configure_telemetry()
 
 app = func.FunctionApp()
+# Each function is @reported: a failure is told (a FunctionFailed event, for the alert rule) before the
+# host retries it or moves its message to the poison queue, as it did before.
 
 
 @app.route(route="leads", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@reported
 def ingest_lead(req: func.HttpRequest) -> func.HttpResponse:
     from leads.intake import accept_http
 
@@ -24,6 +27,7 @@ def ingest_lead(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@reported
 def health(req: func.HttpRequest) -> func.HttpResponse:
     from leads.health import health as app_health
 
@@ -32,6 +36,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@reported
 def status(req: func.HttpRequest) -> func.HttpResponse:
     from leads.health import status as app_status
 
@@ -40,6 +45,7 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @app.timer_trigger(schedule="%LEADS_POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@reported
 def poll_marketplace_table(timer: func.TimerRequest) -> None:
     from leads.deadlines import run_timer
     from leads.poll import poll_marketplace
@@ -49,6 +55,7 @@ def poll_marketplace_table(timer: func.TimerRequest) -> None:
 
 
 @app.queue_trigger(arg_name="message", queue_name="%LEADS_DELIVERY_QUEUE%", connection="AzureWebJobsStorage")
+@reported
 def deliver_lead(message: func.QueueMessage) -> None:
     from leads.deliver import handle_message
 
@@ -56,6 +63,7 @@ def deliver_lead(message: func.QueueMessage) -> None:
 
 
 @app.timer_trigger(schedule="%LEADS_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@reported
 def sweep_deliveries(timer: func.TimerRequest) -> None:
     from leads.deadlines import run_timer
     from leads.operations import sweep
@@ -65,6 +73,7 @@ def sweep_deliveries(timer: func.TimerRequest) -> None:
 
 
 @app.timer_trigger(schedule="%LEADS_VERIFY_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@reported
 def maintain_store(timer: func.TimerRequest) -> None:
     from leads.operations import maintain
 
@@ -72,6 +81,7 @@ def maintain_store(timer: func.TimerRequest) -> None:
 
 
 @app.timer_trigger(schedule="%LEADS_RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
+@reported
 def erase_expired_leads(timer: func.TimerRequest) -> None:
     from leads.deadlines import run_timer
     from leads.erasure import apply_retention

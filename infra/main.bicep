@@ -104,8 +104,12 @@ param hubspotMapping string = ''
   'drop'
 ])
 param leadsTestLeads string = 'notify'
-@description('LEADS_ALERT_TO: who is mailed when a delivery fails for good.')
+@description('LEADS_ALERT_TO: who the app mails when deliveries fail for good or leads stop arriving.')
 param leadsAlertTo string = ''
+@description('Who Azure Monitor mails (addresses separated by ;) when the app is down, deliveries or functions fail, messages reach the poison queue, leads stop arriving or calls are refused; empty: LEADS_ALERT_TO; both empty: no alert rules.')
+param operatorsEmail string = ''
+@description('LEADS_SILENCE_DAYS: the fewest days without a lead before the silence alarm.')
+param leadsSilenceDays string = '3'
 @description('EMAIL_TO: lead notification recipients; empty disables the email destination.')
 param emailTo string = ''
 @description('EMAIL_PII: how much personal data notification mails carry.')
@@ -119,6 +123,8 @@ param emailPii string = 'full'
 param emailSender string = ''
 @description('EMAIL_PER_MINUTE override; empty: 5 on the Azure-managed domain, 30 on a verified custom domain (the ACS limits).')
 param emailPerMinute string = ''
+@description('EMAIL_PER_HOUR override; empty: 10 on the Azure-managed domain, 100 on a verified custom domain (the ACS limits).')
+param emailPerHour string = ''
 @description('LEADS_PORTAL_URL: where sales finds leads (named in mails without personal data).')
 param leadsPortalUrl string = ''
 @description('WEBHOOK_URL')
@@ -320,6 +326,8 @@ var coreSettings = {
   EMAIL_PER_MINUTE: !empty(emailPerMinute) ? emailPerMinute : (sendsFromCustomDomain ? '30' : '5')
   // The key of every digest of personal data: a secret the vault module creates once (never rotated).
   LEADS_ID_KEY: '${secretRef}${keyVault.outputs.idKeySecretName})'
+  EMAIL_PER_HOUR: !empty(emailPerHour) ? emailPerHour : (sendsFromCustomDomain ? '100' : '10')
+  LEADS_SILENCE_DAYS: leadsSilenceDays
 }
 
 var appSettings = union(coreSettings,
@@ -386,6 +394,33 @@ module api 'app/api.bicep' = {
     rbac
     marketplaceTable
   ]
+}
+
+// Azure Monitor's alerts (they need nothing of the app to run) and the operators' workbook.
+var alertsEmail = empty(operatorsEmail) ? leadsAlertTo : operatorsEmail
+
+module alerts 'app/alerts.bicep' = if (!empty(alertsEmail)) {
+  name: 'alerts'
+  scope: rg
+  params: {
+    namePrefix: 'alert-${resourceToken}'
+    location: location
+    tags: tags
+    operatorsEmail: alertsEmail
+    workspaceId: monitoring.outputs.logAnalyticsId
+    functionAppId: api.outputs.id
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    displayName: 'Marketplace leads (${environmentName})'
+    location: location
+    tags: tags
+    workspaceId: monitoring.outputs.logAnalyticsId
+  }
 }
 
 // azd conventions

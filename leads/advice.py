@@ -83,7 +83,9 @@ def setting_problems(error: ValidationError) -> list[tuple[str, str]]:
     """(setting, what is wrong with its value) for each value the settings model refused."""
     from .destinations.notice import within
     from .local_settings import where_set
+    from .settings import Settings, range_text
 
+    fields = {field.alias or name: field for name, field in Settings.model_fields.items()}
     problems = []
     for item in error.errors():
         name = ".".join(str(part) for part in item["loc"]) or "settings"
@@ -92,6 +94,9 @@ def setting_problems(error: ValidationError) -> list[tuple[str, str]]:
         quoted = isinstance(value, str) and not any(word in name.upper() for word in _SECRET_WORDS)
         if not message.startswith(name):
             message = f"{name} is {within(value, 60)!r}: {message}" if quoted else f"{name}: {message}"
+            # A number that did not parse: say what it must be, as a number out of range is told.
+            if name in fields and (must := range_text(fields[name], fields[name].annotation is int)):
+                message += f"; it must be {must}"
         problems.append((name, f"{message} ({where_set(name)})"))
     return problems
 

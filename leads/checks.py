@@ -29,10 +29,16 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     results = [*refused, ("storage", storage), ("routing", routing_check(settings)),
                ("settings", key_vault_check(settings)), ("id key", id_key_check(settings, storage.ok)),
                ("function keys", function_keys_check(settings))]  # fmt: skip
+    if storage.ok:
+        results.append(("lead arrivals", arrivals_check(settings)))
     names = enabled_names(settings)
     if not names:
         results.append(("destinations", Check(False, "no destination is enabled", "set EMAIL_TO, WEBHOOK_URL "
                                               "or a CRM's settings (see docs/settings.md)")))  # fmt: skip
+    if "email" in names and (settings.email_connection_string or settings.email_endpoint):
+        from .destinations.email import limits_check
+
+        results.append(("email limits", limits_check(settings)))
     for name in names:
         destination = get_destination(name, settings)
         try:
@@ -62,6 +68,18 @@ def storage_check(settings: Settings) -> Check:
     except (AzureError, ValueError, StorageNotConfigured) as exc:
         return Check(False, f"the app's storage cannot be used: {storage_failure(exc)}", storage_fix(settings))
     return Check(True, "reachable")
+
+
+def arrivals_check(settings: Settings) -> Check:
+    """Whether leads arrive as their history says they should (leads/silence.py)."""
+    from azure.core.exceptions import AzureError
+
+    from .silence import arrivals_check as arrivals
+
+    try:
+        return arrivals(settings)
+    except (AzureError, ValueError) as exc:
+        return Check.warn(f"the silence watch could not be read ({type(exc).__name__})", "see the storage line")
 
 
 def _readable_settings() -> tuple[Settings | None, list[tuple[str, Check]]]:
@@ -247,5 +265,6 @@ def what_it_means(name: str, check: Check) -> str | None:
         "routing": "leads take the default route, or skip destinations a rule names but that are not enabled",
         "settings": "deliveries to the destinations these settings belong to fail",
         "destinations": "leads are stored, and sent nowhere",
+        "lead arrivals": "leads the marketplace sends are not taken in until it is fixed (it sends each lead once)",
     }.get(name, f"leads are stored but not delivered to {name} (retried for LEADS_RETRY_HOURS where that may "
                 "help); once fixed, `python -m leads replay` sends those that failed")  # fmt: skip

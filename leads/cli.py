@@ -189,6 +189,8 @@ def _waited_on(handler):
 def _serve(args: argparse.Namespace) -> int:
     import errno
 
+    from pydantic import ValidationError
+
     from .serve import serve
 
     try:
@@ -196,6 +198,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         args.port = args.port or local_http_port(args.settings_file)
         serve(port=args.port, host=args.host, settings_file=args.settings_file, function_key=args.function_key)
+    except ValidationError:
+        raise  # a setting the model refuses (one out of its range): _told names it and what it must be
     except ValueError as problem:  # serving beyond loopback without a key
         print(f"serve: {problem}", file=sys.stderr)
         return 2
@@ -327,20 +331,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    if not report.index_built:
-        print("The index is still being built (python -m leads reindex): deliveries from before it may be missing.\n")
-    if not report.held_back_counted:
-        print("Held-back deliveries are still being counted (a store from before their tally): the figure grows "
-              "until the maintenance run or python -m leads reindex has counted them.\n")  # fmt: skip
-    destinations = sorted(set(report.open) | set(report.failed) | set(report.held_back))
-    print("Now:" if destinations else "Now: nothing open or failed.")
-    for name in destinations:
-        now = {"open": report.open.get(name, 0), "failed": report.failed.get(name, 0),
-               "held back": report.held_back.get(name, 0)}  # fmt: skip
-        print(f"  {name:<10} " + ", ".join(f"{state} {count}" for state, count in now.items() if count))
-    print(f"\nThe last {report.days} days:" if report.counts else f"\nThe last {report.days} days: nothing.")
-    for name, counts in report.counts.items():
-        print(f"  {name:<10} " + ", ".join(f"{state} {count}" for state, count in counts.items()))
+    from .dashboard import daily, render
+    from .store import LeadStore
+
+    print(render(report, daily(LeadStore.from_settings(), report.days)))
     if report.oldest_pending:
         oldest = report.oldest_pending
         print(f"\nOldest open: {oldest.lead_id} to {oldest.destination}, {oldest.state} since "

@@ -72,8 +72,14 @@ def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | 
                 return
 
 
-def handle_message(text: str | bytes, settings: Settings | None = None) -> Outcome:
-    """Act on one queue message."""
+def handle_message(text: str | bytes, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
+    """Act on one queue message: a delivery, a note of a send, or an alert's wake-up."""
+    from .alerts import flush_alerts, woken_destination
+
+    if (woken := woken_destination(text)) is not None:
+        settings = settings or get_settings()
+        sent = flush_alerts(LeadStore.from_settings(settings), settings, now or _now(), destination=woken)
+        return Outcome("alerted" if sent else "waiting", woken)
     try:
         message = DeliveryMessage.from_json(text)
     except ValueError as exc:
@@ -81,7 +87,7 @@ def handle_message(text: str | bytes, settings: Settings | None = None) -> Outco
         return Outcome("ignored", str(exc))
     if message.sent is not None:
         return record_sent(message.lead_id, message.destination, message.sent, settings)
-    return deliver(message.lead_id, message.destination, settings)
+    return deliver(message.lead_id, message.destination, settings, now)
 
 
 def deliver(lead_id: str, name: str, settings: Settings | None = None, now: datetime | None = None) -> Outcome:
@@ -122,7 +128,8 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         return Outcome("delivered" if done else delivery.state, f"sent in digest {digest.id}")
 
     if destination.rate_limit:
-        wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period).acquire(now)
+        wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period,
+                           *destination.more_rate_limits).acquire(now)  # fmt: skip
         if wait is not None:
             if digest is not None:  # the digest waits as one: its members join nothing else
                 delivery_queue(settings).send(delivery.lead_id, name, wait)
@@ -204,6 +211,7 @@ def _delivered(book, delivery: Delivery, sent: Sent, settings: Settings, clock: 
                         delivery.destination)  # fmt: skip
         log.info("lead %s delivered to %s (attempt %d%s)", delivery.lead_id, delivery.destination, delivery.attempts,
                  f", digest of {digest_size}" if digest_size > 1 else "")  # fmt: skip
+        _told_outcome(delivery, "delivered", clock())
         return True
     log.warning("lead %s sent to %s (attempt %d) but its record was refused (%s): recording it from the queue",
                 delivery.lead_id, delivery.destination, delivery.attempts, type(refused).__name__)  # fmt: skip
@@ -353,6 +361,7 @@ def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Set
             if retrying:
                 log.warning("lead %s to %s: attempt %d failed, retry in %ds: %s", delivery.lead_id,
                             delivery.destination, delivery.attempts, delay.total_seconds(), error)  # fmt: skip
+                _told_outcome(delivery, "retrying", now, error.explain())
                 delivery_queue(settings).send(delivery.lead_id, delivery.destination, delay.total_seconds())
             return
         error = PermanentError(f"gave up after {delivery.attempts} attempts over {settings.retry_hours:g} hours: "
@@ -366,14 +375,25 @@ def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, no
     if failed is None:
         return
     log.error("lead %s to %s failed: %s", delivery.lead_id, delivery.destination, error.explain())
+    _told_outcome(delivery, "failed", now or _now(), error.explain())
     if settings.alert_to:
         from .alerts import record_failure
 
         try:
-            record_failure(LeadStore.from_settings(settings), failed, now or _now())
+            record_failure(LeadStore.from_settings(settings), failed, now or _now(), settings)
         except Exception as exc:  # noqa: BLE001 - an alert must never break the delivery it reports
             log.warning("failure of lead %s to %s not counted for an alert (%s)", delivery.lead_id,
                         delivery.destination, type(exc).__name__)  # fmt: skip
+
+
+def _told_outcome(delivery: Delivery, outcome: str, now: datetime, error: str | None = None) -> None:
+    """The ``DeliveryOutcome`` event: what the workbook and the failed-deliveries alert count. The
+    error is the recorded one, already masked of the lead's values."""
+    from .telemetry import event
+
+    took = (now - delivery.created_at).total_seconds() if delivery.created_at and outcome == "delivered" else None
+    event("DeliveryOutcome", leadId=delivery.lead_id, destination=delivery.destination, outcome=outcome,
+          attempt=delivery.attempts, secondsToDeliver=took and round(took, 3), error=error and error[:300])  # fmt: skip
 
 
 # --- rate limits and digests ---------------------------------------------------------------------

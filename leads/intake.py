@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .deadlines import COMMIT_SECONDS, KEEP_SECONDS
+from .deadlines import COMMIT_SECONDS, ENQUEUE_SECONDS, KEEP_SECONDS
 from .deliver import enqueue
 from .http import deadline
 from .normalise import LeadValidationError, from_http_body
@@ -87,6 +87,10 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
         return _refuse(503, error, body, settings)
     if not stored.duplicate:
         enqueue(stored.lead_id, deliveries, settings)
+    from .silence import arrived
+
+    with deadline(ENQUEUE_SECONDS):  # the silence watch: no request but once a day, and never holds the answer
+        arrived(store, lead, stored.lead_id, stored.duplicate)
     outcome = "erased, not taken in" if stored.erased else "duplicate" if stored.duplicate else "stored"
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",

@@ -57,9 +57,9 @@ def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
             count += 1
     if count:
         log.warning("sweep queued %d stuck deliveries again", count)
-    from .alerts import flush_alerts
+    from .alerts import after_sweep
 
-    flush_alerts(store, settings, now)  # the failures of each closed window, one mail per destination
+    after_sweep(store, settings, now, count)  # due alerts, silences, the poison queue (leads/alerts.py)
     return count
 
 
@@ -132,10 +132,12 @@ class Status:
     recent_rejections: list[dict[str, Any]] = field(default_factory=list)
     index_built: bool = True
     verified: dict[str, Any] | None = None
+    watch: dict[str, Any] = field(default_factory=dict)  # arrivals, poll health, poison queue: leads/silence.py
 
     def to_dict(self) -> dict[str, Any]:
         oldest = self.oldest_pending
         return {
+            **self.watch,
             "days": self.days,
             "counts": self.counts,
             "open": self.open,
@@ -159,10 +161,14 @@ def status(settings: Settings | None = None, failures: int = 10, days: int = 7, 
     ``replay`` and ``verify``."""
     from .verify import last_run
 
-    store = LeadStore.from_settings(settings or get_settings())
+    settings = settings or get_settings()
+    store = LeadStore.from_settings(settings)
     store.ensure_tables()
     now = now or datetime.now(UTC)
-    report = Status(days=days, counts=store.counters.window(days, now), index_built=store.index.built())
+    from .silence import status_report
+
+    report = Status(days=days, counts=store.counters.window(days, now), index_built=store.index.built(),
+                    watch=status_report(store, settings, now))  # fmt: skip
     open_entries = list(store.index.open())
     for entry in open_entries:
         report.open[entry.destination] = report.open.get(entry.destination, 0) + 1

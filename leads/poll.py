@@ -128,16 +128,42 @@ class PollResult:
 
 def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) -> PollResult:
     """Read the marketplace table from the checkpoint on and store every new row; with
-    ``full_scan``, run the safety scan now (a pass under way goes on first)."""
-    from azure.core.exceptions import ResourceNotFoundError
+    ``full_scan``, run the safety scan now (a pass under way goes on first). Its health (the last
+    poll that worked, the last that failed and why) is kept beside the checkpoint, for ``status``
+    and the silence watch, and told to Application Insights (``PollDone``, ``PollFailed``)."""
+    from .telemetry import event
 
     settings = settings or get_settings()
     store = LeadStore.from_settings(settings)
+    checkpoint = Checkpoint(store, settings.marketplace_table_name)
+    try:
+        result = _poll(settings, full_scan, store, checkpoint)
+    except Exception as exc:
+        reason = _failure_of(exc)
+        event("PollFailed", table=settings.marketplace_table_name, error=reason)
+        checkpoint.note_health(failure=reason)
+        raise
+    event("PollDone", table=settings.marketplace_table_name, mode=result.mode, read=result.read, stored=result.stored,
+          rejected=result.rejected, retrying=result.retrying, tableMissing=result.table_missing)  # fmt: skip
+    checkpoint.note_health(missing=result.table_missing)
+    return result
+
+
+def _failure_of(exc: BaseException) -> str:
+    """A failure's kind, status and service code: never its text, which may quote a row."""
+    status, code = getattr(exc, "status_code", None), getattr(exc, "error_code", None)
+    return " ".join(str(part) for part in (type(exc).__name__, status, code) if part)
+
+
+def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Checkpoint) -> PollResult:
+    from azure.core.exceptions import ResourceNotFoundError
+
     store.ensure_tables()
     source = marketplace_table(settings)
-    checkpoint = Checkpoint(store, settings.marketplace_table_name)
     checkpoint.read()
-    marks, now = checkpoint.marks, datetime.now(UTC)
+    # Storage's clock, never this process's: every time the poll compares (a scan's start, the day
+    # partitions, the backfill age) meets the rows' server-set Timestamps.
+    marks, now = checkpoint.marks, checkpoint.storage_time()
     overlap = timedelta(minutes=settings.poll_overlap_minutes)
     under_way = checkpoint.under_way or _begin_pass(_mode(marks, settings, now, full_scan), marks, now, overlap)
     mode = under_way.mode if under_way else "days"
@@ -304,6 +330,9 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         # A row read again (or rewritten) of a lead erased since: its erased row is the tombstone.
         return Taken("erased" if stored.erased else "already_stored", lead_id, timestamp)
     enqueue(lead_id, deliveries, settings)
+    from .silence import arrived
+
+    arrived(store, lead)  # the silence watch; 0 requests but once a day
     return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in deliveries.values()))
 
 
@@ -487,6 +516,44 @@ def _earlier(first: datetime | None, second: datetime | None) -> datetime | None
     return min(first, second) if first and second else first or second
 
 
+_HEALTH = "|health"  # RowKey of the poll's health, beside its table's checkpoint
+HEALTH_EVERY = timedelta(hours=1)  # a success is written at least this often
+
+
+@dataclass(frozen=True)
+class PollHealth:
+    """The last poll of a table that worked, the last that failed and why (its kind and status)."""
+
+    ok_at: datetime | None = None
+    failed_at: datetime | None = None
+    error: str = ""
+    table_missing: bool = False
+
+    @property
+    def failing(self) -> bool:
+        return self.failed_at is not None and (self.ok_at is None or self.failed_at > self.ok_at)
+
+    @classmethod
+    def from_entity(cls, entity: dict[str, Any]) -> PollHealth:
+        return cls(entity.get("OkAt"), entity.get("FailedAt"), str(entity.get("Error") or ""),
+                   bool(entity.get("TableMissing")))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lastOkAt": self.ok_at and self.ok_at.isoformat(), "failing": self.failing,
+                "lastFailedAt": self.failed_at and self.failed_at.isoformat(), "lastError": self.error or None,
+                "tableMissing": self.table_missing}  # fmt: skip
+
+
+def poll_health(store: LeadStore, table_name: str) -> PollHealth:
+    """The health the polls of ``table_name`` last kept (nothing known before the first)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return PollHealth.from_entity(store.checkpoints.get_entity(CHECKPOINT_PARTITION, table_name + _HEALTH))
+    except ResourceNotFoundError:
+        return PollHealth()
+
+
 class Checkpoint:
     """The marks of one marketplace table's polls, the pass under way, and the rows being tried
     again, in one partition of the checkpoints table. Marks are written merged with what is stored,
@@ -500,6 +567,9 @@ class Checkpoint:
         self.under_way: Pass | None = None
         self.retries: list[Any] = []
         self._etag: str | None = None
+        self._date: datetime | None = None  # the storage service's clock at the last read
+        self._written: datetime | None = None  # the checkpoint's own Timestamp: when it was last written
+        self.health = PollHealth()
 
     def read(self) -> datetime | None:
         """Read the marks and the rows being tried again, in one request; returns the watermark."""
@@ -507,15 +577,63 @@ class Checkpoint:
         entities = self.table.query_entities(
             "PartitionKey eq @partition and RowKey ge @low and RowKey le @high",
             parameters={"partition": CHECKPOINT_PARTITION, "low": name, "high": name + _RETRY_MARK + "~"},
+            raw_response_hook=self._note_date,
         )
-        self.marks, self.under_way, self.retries, self._etag = Marks(), None, [], None
+        self.marks, self.under_way, self.retries, self._etag, self._written = Marks(), None, [], None, None
         for entity in entities:
             if entity["RowKey"] == name:
                 self.marks, self._etag = Marks.from_entity(entity), entity.metadata["etag"]
                 self.under_way = Pass.from_entity(entity)
+                self._written = entity.metadata.get("timestamp")
             elif entity["RowKey"].startswith(name + _RETRY_MARK):
                 self.retries.append(entity)
+            elif entity["RowKey"] == name + _HEALTH:  # in the same range: read for nothing
+                self.health = PollHealth.from_entity(entity)
         return self.marks.watermark
+
+    def note_health(self, failure: str | None = None, missing: bool = False) -> None:
+        """Keep the poll's health beside its checkpoint: each failure, and a success after one (or
+        after ``HEALTH_EVERY``, or when the table appeared or went): a routine poll writes nothing.
+        Never raises: the poll's own outcome is what counts."""
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
+        now = self._date or datetime.now(UTC)  # shown, never compared with a row's Timestamp
+        health = self.health
+        if failure is None and health.ok_at and not health.failing and health.table_missing == missing \
+                and now - health.ok_at < HEALTH_EVERY:  # fmt: skip
+            return
+        fields = {"FailedAt": now, "Error": failure} if failure else {"OkAt": now, "TableMissing": missing}
+        try:
+            self.table.upsert_entity({"PartitionKey": CHECKPOINT_PARTITION, "RowKey": self.key["RowKey"] + _HEALTH,
+                                      **fields}, mode=UpdateMode.MERGE)  # fmt: skip
+        except AzureError:
+            pass
+
+    def _note_date(self, response: Any) -> None:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            self._date = parsedate_to_datetime(response.http_response.headers["Date"]).astimezone(UTC)
+        except (KeyError, TypeError, ValueError):
+            pass
+
+    def storage_time(self) -> datetime:
+        """The time on the storage service's clock: what the poll compares the marketplace's
+        ``Timestamp``s with. A process whose own clock runs ahead would otherwise start a scan
+        "later" than rows written after it, and never read them. It is the ``Date`` header of the
+        last read (to the second), or the checkpoint's own ``Timestamp`` when that is later (it was
+        written within the same second: two polls a second apart must not begin "at once"). Without
+        the header (no service omits it), the newest storage time the marks hold; only a first poll
+        with neither falls back to this process's clock."""
+        if self._date is not None:
+            return _later(self._date, self._written)
+        known = _later(_later(self.marks.watermark, self.marks.full_scan_from), self.under_way and self.under_way.began)
+        known = _later(known, self._written)
+        if known is not None:
+            return known
+        log.warning("the storage service's answer carried no Date header: the first poll goes by this process's clock")
+        return datetime.now(UTC)
 
     def advance(self, marks: Marks, under_way: Pass | None = None, finished: Pass | None = None) -> Marks:
         """Store ``marks`` merged with the stored ones, and the place of the pass ``under_way``, or

@@ -69,6 +69,13 @@ class DeliveryQueue:
                                  visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
                                  time_to_live=-1, **tries)  # fmt: skip
 
+    def send_text(self, text: str, delay: float = 0) -> None:
+        """Enqueue a message of another kind than a delivery (an alert's wake-up: leads/alerts.py),
+        visible after ``delay`` seconds."""
+        self._ensure()
+        self.client.send_message(text, visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
+                                 time_to_live=-1)  # fmt: skip
+
     def _ensure(self, **options) -> None:
         if self._created:
             return
@@ -79,6 +86,19 @@ class DeliveryQueue:
         except ResourceExistsError:
             pass
         self._created = True
+
+
+def poison_messages(settings: Settings | None = None) -> int:
+    """How many messages the Functions host moved to ``<queue>-poison`` (each failed
+    ``maxDequeueCount`` times): the service's approximate count, one request; 0 with no such queue."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    settings = settings or get_settings()
+    client = queue_service(settings.storage_connection).get_queue_client(f"{settings.delivery_queue}-poison")
+    try:
+        return client.get_queue_properties().approximate_message_count or 0
+    except ResourceNotFoundError:
+        return 0
 
 
 @lru_cache(maxsize=8)

@@ -1,9 +1,9 @@
 """The send rates that destinations allow, shared by every instance of the app.
 
-A :class:`RateLimiter` is a sliding window of sends per destination, kept in one row of the
-checkpoints table (``rate``/``<destination>``) and changed with ETags (``storage.change_row``), so
-that instances on several machines keep to one limit between them: the mail service's per-minute
-cap (lead mails and alert mails take slots alike), a CRM's quota.
+A :class:`RateLimiter` keeps sliding windows of sends per destination, one per limit, in one row of
+the checkpoints table (``rate``/``<destination>``) changed with ETags (``storage.change_row``), so
+that instances on several machines keep to one limit between them: the mail service's caps a
+minute and an hour (lead mails and alert mails take slots alike), a CRM's quota.
 """
 
 from __future__ import annotations
@@ -17,13 +17,23 @@ if TYPE_CHECKING:
 
 
 class RateLimiter:
-    """A sliding window of sends per destination, shared by every instance through one row
-    written with ETags. ``acquire`` takes a slot, or says how many seconds until one frees."""
+    """Sliding windows of sends per destination, one for each of its limits (``limit`` sends in
+    ``period`` seconds, and ``more`` such pairs: ACS's minute and hour), shared by every instance
+    through one row written with ETags. ``acquire`` takes a slot in every window, or says how many
+    seconds until each has one.
 
-    def __init__(self, store: LeadStore, name: str, limit: int, period: float) -> None:
+    A window counts its sends in buckets of a sixtieth of its period, so the row stays a few hundred
+    bytes whatever the limit (an hour of exact send times at a raised ACS quota would not fit a table
+    property). The oldest bucket counts whole while any of it is inside the window: the limiter may
+    wait up to a bucket longer than exact counting would, never send more. A row of an earlier
+    version holds the exact times (``Sends``): they are counted into the buckets at its first write."""
+
+    BUCKETS = 60
+
+    def __init__(self, store: LeadStore, name: str, limit: int, period: float, *more: tuple[int, float]) -> None:
         self.table = store.checkpoints
         self.key = ("rate", name)
-        self.limit, self.period = limit, period
+        self.limits = ((limit, period), *more)
 
     def acquire(self, now: datetime) -> float | None:
         import json
@@ -34,11 +44,29 @@ class RateLimiter:
 
         def taken(entity: Mapping[str, object] | None) -> dict[str, str] | None:
             nonlocal wait
-            sends = [s for s in json.loads(entity["Sends"]) if s > stamp - self.period] if entity else []
-            if len(sends) >= self.limit:
-                wait = max(1.0, min(sends) + self.period - stamp)
+            windows = json.loads(str(entity.get("Windows") or "{}")) if entity else {}
+            earlier = json.loads(str(entity.get("Sends") or "[]")) if entity and not windows else []
+            kept, waits = {}, []
+            for limit, period in self.limits:
+                width = period / self.BUCKETS
+                current, oldest = int(stamp // width), int((stamp - period) // width)
+                buckets = {int(b): n for b, n in windows.get(f"{period:g}", {}).items()}
+                for sent in earlier:  # a row of an earlier version: its exact send times
+                    buckets[int(sent // width)] = buckets.get(int(sent // width), 0) + 1
+                buckets = {b: n for b, n in sorted(buckets.items()) if oldest <= b <= current}
+                excess = sum(buckets.values()) - limit + 1
+                if excess > 0:  # the slot frees as the oldest buckets holding the excess leave
+                    for bucket, count in buckets.items():
+                        excess -= count
+                        if excess <= 0:
+                            waits.append((bucket + 1) * width + period - stamp)
+                            break
+                buckets[current] = buckets.get(current, 0) + 1
+                kept[f"{period:g}"] = buckets
+            if waits:
+                wait = max(1.0, *waits)
                 return None
-            return {"Sends": json.dumps([*sends, stamp])}
+            return {"Windows": json.dumps(kept, separators=(",", ":")), **({"Sends": "[]"} if earlier else {})}
 
         try:
             change_row(self.table, *self.key, taken, tries=20)

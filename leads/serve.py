@@ -809,6 +809,7 @@ class LocalHost:
                              "give it a key with --function-key, or serve on 127.0.0.1")  # fmt: skip
         load_local_settings(self.settings_file)
         get_settings.cache_clear()  # the app reads its settings afresh, with the file's values
+        get_settings()  # a refused setting (one out of its range) stops the host here, named, before it serves
         module = importlib.import_module(self.app_module)
         options = HostOptions.read(self.host_file or Path(module.__file__).with_name("host.json"))
         routes = self._index(_function_app(module), options)

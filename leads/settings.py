@@ -8,11 +8,12 @@ the outside contract: keep them stable and keep docs/settings.md and local.setti
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The longest one call to a destination may take (LEADS_HTTP_TIMEOUT_SECONDS), and the longest a
@@ -21,6 +22,25 @@ MAX_CALL_SECONDS = 60.0
 SEND_DEADLINE_SECONDS = 120.0
 DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_URL
 MAPPING = "Field mapping: the {crm} fields a lead fills beyond the built-in ones (JSON, or a JSON file's path)."
+
+
+def number(default: Any, alias: str, low: float, high: float, unit: str, description: str = "", *,
+           above: bool = False) -> Any:  # fmt: skip
+    """A numeric setting: finite and from ``low`` (excluded, with ``above``) to ``high``. A value
+    out of range, ``inf`` or ``nan`` is refused when the settings are read, naming the setting and
+    its range: a timedelta built from ``inf`` later would crash every call that uses it."""
+    return Field(default, alias=alias, description=description,
+                 json_schema_extra={"range": {"low": low, "high": high, "unit": unit, "above": above}})  # fmt: skip
+
+
+def range_text(field: Any, integer: bool = False) -> str:
+    """What a numeric setting must be, in words: "a number from 0 to 1440 (minutes)"."""
+    bounds = (field.json_schema_extra or {}).get("range")
+    if not bounds:
+        return ""
+    kind = "a whole number" if integer else "a number"
+    low, high = (f"{x:,.0f}" if float(x).is_integer() else f"{x:g}" for x in (bounds["low"], bounds["high"]))
+    return f"{kind} {f'above {low} and at most' if bounds['above'] else f'from {low} to'} {high} ({bounds['unit']})"
 
 
 class Settings(BaseSettings):
@@ -52,31 +72,23 @@ class Settings(BaseSettings):
         alias="LEADS_POLL_SCHEDULE",
         description="NCRONTAB (six fields, seconds first) of the marketplace table poll.",
     )
-    poll_overlap_minutes: float = Field(
-        10.0,
-        alias="LEADS_POLL_OVERLAP_MINUTES",
-        ge=0,
+    poll_overlap_minutes: float = number(
+        10.0, "LEADS_POLL_OVERLAP_MINUTES", 0, 1440, "minutes",
         description="How far behind its watermark the poll reads again, for rows whose "
         "server-set Timestamp lands out of order.",
     )
-    poll_full_scan_minutes: float = Field(
-        60.0,
-        alias="LEADS_POLL_FULL_SCAN_MINUTES",
-        ge=0,
+    poll_full_scan_minutes: float = number(
+        60.0, "LEADS_POLL_FULL_SCAN_MINUTES", 0, 10080, "minutes",
         description="How often the poll reads the whole marketplace table (by Timestamp, from the "
         "previous such scan on) to take in any row its reading by day partitions missed.",
     )
-    backfill_days: float = Field(
-        7.0,
-        alias="LEADS_BACKFILL_DAYS",
-        gt=0,
+    backfill_days: float = number(
+        7.0, "LEADS_BACKFILL_DAYS", 0, 3650, "days", above=True,
         description="Leads older than this when taken in (the first poll of a table with history) are "
         "stored with their deliveries skipped; `replay` delivers them.",
     )
-    dedupe_window_hours: float = Field(
-        24.0,
-        alias="LEADS_DEDUPE_WINDOW_HOURS",
-        ge=0,
+    dedupe_window_hours: float = number(
+        24.0, "LEADS_DEDUPE_WINDOW_HOURS", 0, 8760, "hours",
         description="The same HTTP lead arriving again within this window is a duplicate.",
     )
 
@@ -88,10 +100,8 @@ class Settings(BaseSettings):
         "Azure: a Key Vault secret the template creates once; `make run` generates one into local.settings.json.",
     )
 
-    retention_days: float | None = Field(
-        None,
-        alias="LEADS_RETENTION_DAYS",
-        gt=0,
+    retention_days: float | None = number(
+        None, "LEADS_RETENTION_DAYS", 0, 36500, "days", above=True,
         description="Erase the personal data of leads received more than this many days ago (daily, "
         "LEADS_RETENTION_SCHEDULE). Unset: keep everything.",
     )
@@ -124,11 +134,8 @@ class Settings(BaseSettings):
         alias="LEADS_VERIFY_SCHEDULE",
         description="NCRONTAB of the maintenance run that verifies and repairs the recent days' derived rows.",
     )
-    verify_days: int = Field(
-        2,
-        alias="LEADS_VERIFY_DAYS",
-        ge=1,
-        le=31,
+    verify_days: int = number(
+        2, "LEADS_VERIFY_DAYS", 1, 31, "days",
         description="How many recent days of leads (today included) each maintenance run verifies.",
     )
     routing: str = Field("", alias="LEADS_ROUTING", description="Routing rules: JSON, or a JSON file's path.")
@@ -137,25 +144,25 @@ class Settings(BaseSettings):
         alias="LEADS_TEST_LEADS",
         description="Test leads: notify (email only, marked [TEST]), deliver (everywhere), drop.",
     )
-    retry_hours: float = Field(
-        24.0,
-        alias="LEADS_RETRY_HOURS",
-        ge=12,
+    retry_hours: float = number(
+        24.0, "LEADS_RETRY_HOURS", 12, 720, "hours",
         description="How long transient failures are retried before a delivery is failed.",
     )
-    retry_base_seconds: float = Field(
-        30.0,
-        alias="LEADS_RETRY_BASE_SECONDS",
-        gt=0,
+    retry_base_seconds: float = number(
+        30.0, "LEADS_RETRY_BASE_SECONDS", 0, 3600, "seconds", above=True,
         description="The first retry's delay; each next one doubles (with jitter), up to an hour.",
     )
-    http_timeout_seconds: float = Field(
-        30.0,
-        alias="LEADS_HTTP_TIMEOUT_SECONDS",
-        gt=0,
+    http_timeout_seconds: float = number(
+        30.0, "LEADS_HTTP_TIMEOUT_SECONDS", 0, MAX_CALL_SECONDS, "seconds", above=True,
         description="How long one call to a destination may take, connect to last byte (at most 60).",
     )
-    alert_to: str = Field("", alias="LEADS_ALERT_TO", description="Who is emailed when a delivery fails.")
+    alert_to: str = Field("", alias="LEADS_ALERT_TO",
+                          description="Who is emailed when deliveries fail or leads stop arriving.")  # fmt: skip
+    silence_days: int = number(
+        3, "LEADS_SILENCE_DAYS", 1, 365, "days",
+        "The fewest days without a lead (of an offer, or of all) before the silence alarm; an offer whose "
+        "leads come further apart is given longer (twice its usual gap).",
+    )
     function_app_id: str = Field(
         "",
         alias="LEADS_FUNCTION_APP_ID",
@@ -172,8 +179,13 @@ class Settings(BaseSettings):
     email_outbox_dir: str = Field(
         ".outbox", alias="EMAIL_OUTBOX_DIR", description="Where mails go as .eml files when ACS is not set."
     )
-    email_per_minute: int = Field(
-        30, alias="EMAIL_PER_MINUTE", ge=1, description="ACS's sending limit: 30 (custom domain) or 5 (managed)."
+    email_per_minute: int = number(
+        30, "EMAIL_PER_MINUTE", 1, 100_000, "mails a minute",
+        "ACS's sending limit a minute: 30 (custom domain, by default) or 5 (Azure-managed domain).",
+    )
+    email_per_hour: int = number(
+        100, "EMAIL_PER_HOUR", 1, 1_000_000, "mails an hour",
+        "ACS's sending limit an hour: 100 (custom domain, by default) or 10 (Azure-managed domain).",
     )
     leads_portal_url: str = Field(
         "", alias="LEADS_PORTAL_URL", description="Where sales finds leads, named in mails without personal data."
@@ -273,6 +285,18 @@ class Settings(BaseSettings):
                              f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)")
         return value
 
+    @field_validator("*")
+    @classmethod
+    def _finite_and_in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields[info.field_name]
+        bounds = (field.json_schema_extra or {}).get("range") if isinstance(field.json_schema_extra, dict) else None
+        if bounds is None or value is None:
+            return value
+        low_ok = value > bounds["low"] if bounds["above"] else value >= bounds["low"]
+        if not (math.isfinite(value) and low_ok and value <= bounds["high"]):
+            raise ValueError(f"{field.alias} is {value:g}: it must be {range_text(field, isinstance(value, int))}")
+        return value
+
 
 def json_setting(name: str, text: str, error: type[ValueError]) -> tuple[object, str]:
     """``(document, where)`` of a setting that holds JSON or the path of a JSON file (``LEADS_ROUTING``,
@@ -292,5 +316,8 @@ def json_setting(name: str, text: str, error: type[ValueError]) -> tuple[object,
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process, read once from the environment."""
+    """The settings of this process, read once from the environment. A value the model refuses (a
+    numeric setting out of its range among them) raises pydantic's ValidationError naming it, where
+    the app starts: ``serve`` and every command say it in a few lines (leads/advice.py), ``check`` as
+    a problem line, and each function of the deployed app fails its first call with it."""
     return Settings()

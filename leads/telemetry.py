@@ -232,6 +232,44 @@ def lead_logger(logger: logging.Logger | str, lead_id: str, **dimensions: Any) -
     return LeadLogger(logger, lead_extra(lead_id, **dimensions))
 
 
+# --- Custom events: what the alert rules and the workbook count ------------------------------------
+
+EVENT_NAME = "microsoft.custom_event.name"  # the log attribute the exporter makes a custom event of
+EVENTS_LOGGER = APP_LOGGER + ".events"
+
+
+def event(name: str, **properties: Any) -> None:
+    """Send the custom event ``name`` to Application Insights (``customEvents``; ``AppEvents`` in the
+    workspace), with ``properties`` as text: ids, codes, counts, never personal data (the scrubber
+    masks what slips through). A log record carrying the ``microsoft.custom_event.name`` attribute is
+    what the Azure Monitor exporter sends as an event, not as a trace. Nothing when Application
+    Insights is not configured: locally the log lines say the same. The alert rules and the workbook
+    (infra/app/alerts.bicep, infra/app/workbook.json) query these names; tests/test_telemetry_export.py
+    checks that every name they use is one the running app sends."""
+    if not _configured:
+        return
+    extra = {key: str(value) for key, value in properties.items() if value is not None}
+    logging.getLogger(EVENTS_LOGGER).info(name, extra={EVENT_NAME: name, **extra})
+
+
+def reported(function: Any) -> Any:
+    """Wrap a Functions entry point so that a failure is told (a ``FunctionFailed`` event and an
+    error line: its kind, never its text) before it goes on to the host, which retries or poisons
+    as before. The alert rule on function failures counts these."""
+    import functools
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            logging.getLogger(APP_LOGGER).error("function %s failed: %s", function.__name__, type(exc).__name__)
+            event("FunctionFailed", function=function.__name__, error=type(exc).__name__)
+            raise
+
+    return run
+
+
 # --- Everything exported: spans and log records --------------------------------------------------
 
 # Attributes that hold a URL, or part of one (semantic conventions old and new).

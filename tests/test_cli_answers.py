@@ -90,8 +90,8 @@ def test_a_setting_it_cannot_read_is_named_never_a_traceback(storage, env):
     assert listed.returncode == 2 and "Traceback" not in listed.stderr
     assert listed.stderr.splitlines()[:2] == [
         "list: a setting's value cannot be used:",
-        "  LEADS_RETRY_HOURS is 'abc': Input should be a valid number, unable to parse string as a number "
-        "(set in the environment)"]  # fmt: skip
+        "  LEADS_RETRY_HOURS is 'abc': Input should be a valid number, unable to parse string as a number; it must "
+        "be a number from 12 to 720 (hours) (set in the environment)"]  # fmt: skip
 
 
 def check_lines(text: str) -> dict[str, list[str]]:

@@ -60,7 +60,7 @@ def flaky_acs(flaky_webhook, env, monkeypatch, fake_tls_ca):
     with FakeAcs(ca=fake_tls_ca, fail_ratio=0.33, random_delay=1.5, retry_after="1", seed=11) as fake:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
         env(EMAIL_CONNECTION_STRING=fake.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-            EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="100000")  # fmt: skip
+            EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="100000", EMAIL_PER_HOUR="1000000")  # fmt: skip
         yield fake
 
 
@@ -204,7 +204,7 @@ def test_a_dying_worker_a_lost_digest_answer_and_a_dripping_server_still_deliver
         acs.fail_next("drop_after", on="send")
         acs.fail_next("drip", on="send")  # and the one after it answers one byte at a time
         acs.fail_ratio, webhook.fail_ratio = 0.3, 0.3
-        env(EMAIL_PER_MINUTE="100000")
+        env(EMAIL_PER_MINUTE="100000", EMAIL_PER_HOUR="1000000")
         drain(deadline=240, workers=6, sweep_every=3)
 
         leads = LeadStore.from_settings().list(limit=None)

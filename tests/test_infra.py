@@ -494,7 +494,8 @@ def test_the_delivery_function_can_have_an_always_ready_instance_and_has_none_by
 def queue_triggered_function() -> str:
     """The name of function_app.py's one queue-triggered function (Flex Consumption scales it on
     its own instances, so always ready names it as function:<name>)."""
-    (name,) = re.findall(r"@app\.queue_trigger\([^)]*\)\s*def (\w+)", (ROOT / "function_app.py").read_text())
+    pattern = r"@app\.queue_trigger\([^)]*\)\s*(?:@\w+\s*)*def (\w+)"  # other decorators (@reported) may follow
+    (name,) = re.findall(pattern, (ROOT / "function_app.py").read_text())
     return name
 
 

@@ -101,6 +101,8 @@ class Destination(ABC):
     # recipients into one send instead of queueing them one by one.
     rate_limit: int | None = None
     rate_period: float = 60.0
+    # Further limits of the same sends, (sends, seconds) each: ACS's hourly one beside its minute's.
+    more_rate_limits: tuple[tuple[int, float], ...] = ()
 
     def send_digest(self, leads: list[Lead], route: Route) -> Sent:
         raise NotImplementedError(f"{self.name} cannot fold leads into one send")

@@ -65,7 +65,8 @@ class EmailDestination(Destination):
     def __init__(self, settings: Settings, *, poll_interval: float = 1.0, poll_timeout: float = 10.0,
                  connection_timeout: float = 5.0, read_timeout: float = 20.0) -> None:  # fmt: skip
         self.settings = settings
-        self.rate_limit = settings.email_per_minute
+        (self.rate_limit, self.rate_period), *more = email_limits(settings)
+        self.more_rate_limits = tuple(more)
         self.transport = transport_for(settings, poll_interval=poll_interval, poll_timeout=poll_timeout,
                                        connection_timeout=connection_timeout, read_timeout=read_timeout)  # fmt: skip
 
@@ -103,6 +104,44 @@ class EmailDestination(Destination):
         """ACS: a signed read of an operation that does not exist (404 means the endpoint and the
         credentials work; nothing is sent). Outbox: the folder can be written."""
         return self.transport.check()
+
+
+def email_limits(settings: Settings) -> tuple[tuple[int, float], ...]:
+    """ACS's sending limits as configured, (mails, seconds) each: a minute's and an hour's. ACS
+    counts per subscription: 5 and 10 on an Azure-managed domain, 30 and 100 by default on a custom
+    domain (raisable there only, by a support request). Lead mails, digests and alerts share them."""
+    return (settings.email_per_minute, 60.0), (settings.email_per_hour, 3600.0)
+
+
+# ACS's sending limits per subscription, (a minute, an hour), as documented in "Service limits for
+# Azure Communication Services" (Email, rate limits; checked 2026-12-07): an Azure-managed domain's
+# cannot be raised; a custom domain's are its defaults, raised by a support request.
+MANAGED_DOMAIN_LIMITS = (5, 10)
+CUSTOM_DOMAIN_LIMITS = (30, 100)
+MANAGED_DOMAIN_SUFFIX = ".azurecomm.net"
+
+
+def limits_check(settings: Settings) -> Check:
+    """Which of ACS's limits the configured sender has, and whether EMAIL_PER_MINUTE and
+    EMAIL_PER_HOUR keep under them (over them, mails meet 429s and wait for ACS's Retry-After)."""
+    sender = settings.email_sender.strip().lower()
+    domain = sender.rpartition("@")[2]
+    configured = (settings.email_per_minute, settings.email_per_hour)
+    said = f"EMAIL_PER_MINUTE={configured[0]}, EMAIL_PER_HOUR={configured[1]}"
+    if not domain:
+        return Check(True, f"no EMAIL_SENDER: ACS's limits cannot be told ({said})")
+    if domain.endswith(MANAGED_DOMAIN_SUFFIX):
+        kind, limits, raise_how = "an Azure-managed domain", MANAGED_DOMAIN_LIMITS, (
+            "link a custom domain to send more (its limits can be raised by a support request)")
+    else:
+        kind, limits, raise_how = "a custom domain", CUSTOM_DOMAIN_LIMITS, (
+            "if Azure raised your quota, keep the settings; else lower them")
+    message = f"the sender {domain} is {kind}: ACS allows {limits[0]} mails a minute and {limits[1]} an hour; {said}"
+    if configured[0] > limits[0] or configured[1] > limits[1]:
+        # Leads still get through: mails meet ACS's 429s and wait for its Retry-After.
+        fix = f"set EMAIL_PER_MINUTE={limits[0]} and EMAIL_PER_HOUR={limits[1]}"
+        return Check.warn(message + " (the settings are above them: mails meet 429s and wait)", f"{fix}; {raise_how}")
+    return Check(True, message)
 
 
 def send_operator_mail(settings: Settings, to: tuple[str, ...], subject: str, text: str, *,

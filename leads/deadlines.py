@@ -19,12 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from .http import deadline, remaining
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 COMMIT_SECONDS = 6.0
 KEEP_SECONDS = 3.0
@@ -45,7 +43,7 @@ def period_of(schedule: str, now: datetime | None = None) -> float:
     return (occurrences.get_next(datetime) - first).total_seconds()
 
 
-def run_timer(name: str, schedule: str, run: Callable[[], T]) -> T | None:
+def run_timer[T](name: str, schedule: str, run: Callable[[], T]) -> T | None:
     """``run()`` under a deadline of its schedule's period (less :data:`TIMER_MARGIN` of it), so
     that a run whose storage calls keep failing or hanging ends before the next is due. A run cut
     by it is logged as such (an error: the work it did not do waits for the next run) and returns

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -35,7 +35,6 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import Timeout
 
-T = TypeVar("T")
 _local = threading.local()  # .send_ends: when the current send must end; .call: the call running
 
 
@@ -60,7 +59,7 @@ def remaining() -> float:
     return max(0.0, getattr(_local, "send_ends", math.inf) - time.monotonic())
 
 
-def carried(function: Callable[..., T]) -> Callable[..., T]:
+def carried[T](function: Callable[..., T]) -> Callable[..., T]:
     """``function`` run, in whatever thread calls it, under the deadline of the thread that
     wraps it here (a worker pool's tasks under the deadline of the run that hands them out)."""
     ends = getattr(_local, "send_ends", math.inf)

@@ -182,7 +182,7 @@ def id_key_check(settings: Settings, storage_ok: bool = True) -> Check:
     from .pseudonyms import SETTING, key_changed, key_problem
     from .store import LeadStore
 
-    if problem := key_problem():
+    if problem := key_problem(settings):
         return Check.warn(problem[1], problem[2])
     if settings.id_key.strip().startswith("@Microsoft.KeyVault("):
         return Check.warn(f"{SETTING} is an unresolved Key Vault reference: digests are plain until it resolves",

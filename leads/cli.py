@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="every page, one JSON object per line (an export: memory stays one page)")  # fmt: skip
 
     show = commands.add_parser("show", help="one lead, normalised and as received")
-    show.add_argument("lead_id", metavar="LEAD_ID", help="a lead id, from list or from the intake's answer")
+    show.add_argument("lead_id", metavar="LEAD_ID",
+                      help="a lead id, from list or from the intake's answer; latest: the newest lead")  # fmt: skip
     show.add_argument("--json", action="store_true", help="the normalised lead as JSON")
 
     poll = commands.add_parser("poll", help="poll the marketplace table once, now")
@@ -138,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.settings_file = None if args.settings.lower() == "none" else args.settings
     args.argv = list(sys.argv[1:] if argv is None else argv)
     load_local_settings(args.settings_file)
+    from .settings import get_settings
+
+    get_settings.cache_clear()  # read from the environment the settings file has just completed
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
                 "replay": _replay, "verify": _verify, "reindex": _reindex, "test-lead": _test_lead, "check": _check,
                 "forget": _forget, "import": _import, "mapping": _mapping}  # fmt: skip
@@ -289,9 +293,16 @@ def _listed_dict(record) -> dict:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from .model import Lead
     from .store import LeadStore
 
     store = LeadStore.from_settings()
+    if args.lead_id == "latest":  # ids are digests, never a word: the newest lead or rejected record
+        newest = next(store.newest(page=1), None)
+        if newest is None:
+            print("no lead is stored yet", file=sys.stderr)
+            return 1
+        args.lead_id = newest.record.lead_id if isinstance(newest.record, Lead) else newest.record["leadId"]
     lead = store.get(args.lead_id)
     if lead is None:
         rejected = store.rejected(args.lead_id)

@@ -239,7 +239,6 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         # First what keeps the erased lead from being taken in again (an import of the Partner
         # Center download, which keeps it for six months), then what names the person.
         bury(store.identities.table, lead, now)
-    store.identities.forget(lead)  # digests of the email and name: personal data too
     if lead.channel == "http":
         _forget_content(store, lead)
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
@@ -248,6 +247,9 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
     erased = {**lead_entity(blank), **{key: entity[key] for key in _LEAD_KEPT if key in entity},
               "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
     _write_erased(store, erased, index_rows)
+    # The digests of the email and name, personal data too, last: until then the identity row's
+    # journal names the email rows, so that verify finishes an erasure that died before them.
+    store.identities.forget(lead)
     for delivery in store.deliveries.for_lead(lead_id):
         changes: dict[str, Any] = {}
         if _in_flight(delivery, now):

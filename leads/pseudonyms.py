@@ -33,7 +33,7 @@ import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from .settings import get_settings
+from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -87,9 +87,9 @@ def forms(text: str, length: int = 64) -> list[str]:
 # --- for `check` ---------------------------------------------------------------------------------
 
 
-def key_problem() -> tuple[bool, str, str] | None:
+def key_problem(settings: Settings) -> tuple[bool, str, str] | None:
     """(usable?, what is wrong, the fix) when the key is missing or weak; None when it is sound."""
-    value = get_settings().id_key.strip()
+    value = settings.id_key.strip()
     if value.startswith(_UNRESOLVED):
         return None  # key_vault_check reports it, with the fix
     if not value:

@@ -414,15 +414,19 @@ class _Checker:
             self._differ(kind, record_id, lambda row=row: self._remove_identity_row(row))
 
     def _remove_identity_row(self, row: Mapping[str, Any]) -> bool:
-        """Remove a stale identity or email row; an identity row whose lead was never stored takes
-        the email rows it names with it (the intake died between them and the lead)."""
+        """Remove a stale identity or email row. An identity row takes with it the email rows it
+        names that its lead does not call for: the intake died between them and the lead, or an
+        erasure between the email rows and the identity row (which it deletes last for this)."""
         import json
 
         table = self.store.identities.table
         if not row["PartitionKey"].startswith(EMAIL_PARTITION) and row.get("Addresses"):
-            if self._get(self.store.leads, row["RowKey"], LEAD_ROW) is None:
-                for partition in json.loads(row["Addresses"]):
-                    delete_row(table, partition, f"{row['RowKey']}|{LEAD_ROW}")
+            lead = self._get(self.store.leads, row["RowKey"], LEAD_ROW)
+            called_for = {(r["PartitionKey"], r["RowKey"]) for r in (rows_for(lead) or ()) if lead is not None}
+            key = f"{row['RowKey']}|{LEAD_ROW}"
+            for partition in json.loads(row["Addresses"]):
+                if (partition, key) not in called_for:
+                    delete_row(table, partition, key)
         return delete_row(table, row["PartitionKey"], row["RowKey"])
 
     def _counts(self, counters: Mapping[str, tuple[dict[str, int], dict[str, str]]]) -> None:

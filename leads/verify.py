@@ -422,7 +422,7 @@ class _Checker:
         table = self.store.identities.table
         if not row["PartitionKey"].startswith(EMAIL_PARTITION) and row.get("Addresses"):
             lead = self._get(self.store.leads, row["RowKey"], LEAD_ROW)
-            called_for = {(r["PartitionKey"], r["RowKey"]) for r in (rows_for(lead) or ()) if lead is not None}
+            called_for = {(r["PartitionKey"], r["RowKey"]) for r in (rows_for(lead) if lead else None) or ()}
             key = f"{row['RowKey']}|{LEAD_ROW}"
             for partition in json.loads(row["Addresses"]):
                 if (partition, key) not in called_for:

@@ -12,6 +12,9 @@ PORT ?= 7071
 AZURITE_BLOB_PORT ?= 10000
 AZURITE_QUEUE_PORT ?= 10001
 AZURITE_TABLE_PORT ?= 10002
+# The suite runs in two processes (pytest-xdist): most of a test is this process's CPU (the SDKs), so
+# the second core does the other half; tests share nothing but the machine (each its own tables).
+TEST_WORKERS ?= 2
 AZURITE_DIR := .azurite
 # `step "what" command...`: say what is installed, run it, say how long it took.
 STEP = step() { echo "==> $$1"; shift; started=$$(date +%s); "$$@" || exit 1; echo "    done in $$(( $$(date +%s) - started )) s"; }; step
@@ -61,8 +64,8 @@ run: install local.settings.json
 		--blob-port $(AZURITE_BLOB_PORT) --queue-port $(AZURITE_QUEUE_PORT) --table-port $(AZURITE_TABLE_PORT)
 
 test: install .venv-checkov/.installed
-	@echo "==> Running every test with $$($(BIN)/python --version) ($(VENV)/, from $(PYTHON); Azure runs $(DEPLOYED_PYTHON)); they start Azurite on free ports themselves; a few minutes"
-	$(BIN)/python -m pytest
+	@echo "==> Running every test with $$($(BIN)/python --version) ($(VENV)/, from $(PYTHON); Azure runs $(DEPLOYED_PYTHON)), in $(TEST_WORKERS) processes; each starts an Azurite on free ports of its own; some ten minutes"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 bench: install
 	$(BIN)/python benchmarks/run.py

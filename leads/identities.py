@@ -12,15 +12,17 @@ the same partitions, :mod:`leads.tombstones`).
 
 **Email addresses, for ``forget --email``.** Every address a lead or rejected record holds (the
 lead's email, and any address anywhere in its normalised fields or raw input, found by
-:data:`ADDRESS`) gets a row in the same table: PartitionKey ``email|<digest of the address>``,
-RowKey ``<record id>|lead`` or ``<record id>|rejected``. Finding a person's rows is one partition
-query of their address (:meth:`IdentityIndex.holding`), however many leads others sent. The lookup
-is by address, so each address is a partition of its own and a record's rows cannot share one
-transaction: a lead with one address (nearly all) costs one write more at intake, a PUT each
-(which the SDK retries safely). A record holding more than :data:`MAX_ADDRESSES` addresses (a
-refused body full of them) gets that many rows and one in ``email|crowded``, which every lookup
-also reads and checks by content, so a flood of addresses in one body costs a bounded number of
-writes and no lookup misses it.
+:data:`ADDRESS`) gets a row in the same table, in one of :data:`BUCKETS` partitions picked by the
+address's digest: PartitionKey ``email|<its first hex digit>``, RowKey ``<digest>|<record
+id>|lead`` (or ``|rejected``). Finding a person's rows is one query of one partition's key range
+(:meth:`IdentityIndex.holding`), however many leads others sent, and the rows of a poll page or
+an import window share their few partitions, so they go in a few transactions. (Versions before
+kept each address in a partition of its own, ``email|<digest>``, RowKey ``<record id>|lead``:
+those rows are read and deleted as well, and ``verify`` takes them as they are.) An address's
+*key* is ``email|<digest>`` wherever its row lies. A record holding more than
+:data:`MAX_ADDRESSES` addresses (a refused body full of them) gets that many rows and one in
+``email|crowded``, which every lookup also reads and checks by content, so a flood of addresses in
+one body costs a bounded number of writes and no lookup misses it.
 
 The rows hold no personal data in clear: keyed digests (:mod:`leads.pseudonyms`), which no one
 without the key can check against a guess. Rows written before the key hold plain SHA-256 digests:
@@ -48,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from .pseudonyms import digest, forms
 from .rows import LEAD_ROW, REJECTED_ROW, join_text, lead_from_entity
-from .storage import checkpoint_of, mark_done, read_store_once, upsert_batched
+from .storage import checkpoint_of, create_batched, mark_done, read_store_once, upsert_batched
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -67,6 +69,7 @@ _ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)")
 MAX_ADDRESSES = 20
 EMAIL_PARTITION = "email|"
 CROWDED = EMAIL_PARTITION + "crowded"
+BUCKETS = 16  # the email index's partitions: a digest's first hex digit
 _META = ("reindex", "identities")  # in the checkpoints table
 
 
@@ -206,6 +209,17 @@ class IdentityIndex:
                 pass
         self.record_addresses(lead.lead_id, "lead", addresses)
 
+    def record_many(self, leads: Iterable[tuple[Lead, list[str]]]) -> None:
+        """:meth:`record` for many leads at once: their identity rows created in one transaction
+        per day, then their email rows in one per bucket (a poll page's or an import window's)."""
+        identity_rows, email_rows = [], []
+        for lead, addresses in leads:
+            if row := _identity_row(lead, addresses):
+                identity_rows.append(row)
+            email_rows += _address_rows(lead.lead_id, "lead", addresses)
+        create_batched(self.table, identity_rows)
+        upsert_batched(self.table, email_rows)
+
     def take_back(self, lead: Lead, addresses: Iterable[str], stored_received_at: datetime | None,
                   erased: bool) -> None:  # fmt: skip
         """Undo what :meth:`record` wrote for ``lead``, which turned out to be stored already
@@ -245,19 +259,28 @@ class IdentityIndex:
 
     def record_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
         """Index the lead store's row ``record_id``/``row_key`` under each of ``addresses``."""
-        for row in _address_rows(record_id, row_key, list(addresses)):
-            self.table.upsert_entity(row)
+        upsert_batched(self.table, _address_rows(record_id, row_key, list(addresses)))
 
     def holding(self, address: str) -> Iterator[tuple[str, str, bool, datetime | None]]:
         """The rows of the lead store said to hold ``address``, as (record id, row key, crowded?,
-        when the index row was written): one partition query, and one of the crowded records. The
-        caller checks each record by content: a row may name a record that does not hold the
-        address (written for a repeat that held it in its raw input) or that was never stored."""
-        for partition in (*address_partition_forms(address), CROWDED):
-            for row in self.table.query_entities("PartitionKey eq @p", parameters={"p": partition},
-                                                 select=["RowKey", "Timestamp"]):  # fmt: skip
-                record_id, row_key = row["RowKey"].rsplit("|", 1)
-                yield record_id, row_key, partition == CROWDED, row.metadata.get("timestamp")
+        when the index row was written), from :meth:`email_rows`. The caller checks each record
+        by content: a row may name a record that does not hold the address (written for a repeat
+        that held it in its raw input) or that was never stored."""
+        for row in self.email_rows(address):
+            _, record_id, row_key = email_row_key(row)
+            yield record_id, row_key, row["PartitionKey"] == CROWDED, row.metadata.get("timestamp")
+
+    def email_rows(self, address: str) -> Iterator[Any]:
+        """The email rows of ``address`` and the crowded rows: one key range of one bucket per
+        digest form, the partition an earlier version kept it in, and the crowded partition."""
+        select = ["PartitionKey", "RowKey", "Timestamp"]
+        for key in address_partition_forms(address):
+            digest_ = key[len(EMAIL_PARTITION):]  # its rows' keys: <digest>|<record>|<row>, before <digest>}
+            query = "PartitionKey eq @p and RowKey gt @low and RowKey lt @high"
+            parameters = {"p": EMAIL_PARTITION + digest_[0], "low": f"{digest_}|", "high": f"{digest_}}}"}
+            yield from self.table.query_entities(query, parameters=parameters, select=select)
+        for partition in (*address_partition_forms(address), CROWDED):  # as earlier versions kept them
+            yield from self.table.query_entities("PartitionKey eq @p", parameters={"p": partition}, select=select)
 
     def forget_addresses(self, record_id: str, row_key: str, addresses: Iterable[str]) -> None:
         """Delete the rows that index the record under ``addresses``, in either form (and its
@@ -265,14 +288,11 @@ class IdentityIndex:
         self.forget_partitions(record_id, row_key, address_partitions(addresses, every_form=True))
 
     def forget_partitions(self, record_id: str, row_key: str, partitions: Iterable[str]) -> None:
-        """Delete the record's rows in ``partitions`` (:func:`address_partitions`)."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        for partition in partitions:
-            try:
-                self.table.delete_entity(partition, f"{record_id}|{row_key}")
-            except ResourceNotFoundError:
-                pass
+        """Delete the record's rows under the keys ``partitions`` (:func:`address_partitions`),
+        wherever they lie: in their bucket, and where an earlier version kept them."""
+        for key in partitions:
+            for location in (key_location(key, record_id, row_key), (key, f"{record_id}|{row_key}")):
+                self.table.delete_entity(*location)  # a row not there answers 404, which the SDK takes as done
 
     # --- indexing a store written before these rows ---------------------------------------------
 
@@ -347,9 +367,33 @@ def _identity_row(lead: Lead, addresses: list[str]) -> dict[str, Any] | None:
             "ReceivedAt": lead.received_at}  # fmt: skip
 
 
+def key_location(key: str, record_id: str, row_key: str) -> tuple[str, str]:
+    """Where the email row of address key ``key`` (``email|<digest>``, or :data:`CROWDED`) for
+    the lead store's row ``record_id``/``row_key`` lies: (PartitionKey, RowKey)."""
+    if key == CROWDED:
+        return CROWDED, f"{record_id}|{row_key}"
+    digest_ = key[len(EMAIL_PARTITION):]
+    return f"{EMAIL_PARTITION}{digest_[0]}", f"{digest_}|{record_id}|{row_key}"
+
+
+def email_row_key(row: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(address key, record id, row key) of an email row in either layout; None for another row."""
+    partition, row_key = row["PartitionKey"], row["RowKey"]
+    if not partition.startswith(EMAIL_PARTITION):
+        return None
+    if len(partition) == len(EMAIL_PARTITION) + 1:  # a bucket: <digest>|<record>|<row>
+        digest_, record_id, kind = row_key.rsplit("|", 2)
+        return EMAIL_PARTITION + digest_, record_id, kind
+    record_id, kind = row_key.rsplit("|", 1)  # crowded, or an earlier version's partition of one address
+    return partition, record_id, kind
+
+
 def _address_rows(record_id: str, row_key: str, addresses: list[str]) -> list[dict[str, Any]]:
-    key = f"{record_id}|{row_key}"
-    return [{"PartitionKey": partition, "RowKey": key} for partition in address_partitions(addresses)]
+    rows = []
+    for key in address_partitions(addresses):
+        partition, location = key_location(key, record_id, row_key)
+        rows.append({"PartitionKey": partition, "RowKey": location})
+    return rows
 
 
 def _digest(text: str) -> str:

@@ -36,19 +36,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .http import carried
 from .identities import identity_keys
 from .import_formats import FORMATS, ImportError_, Refused, Row, Source, map_columns, open_source
 from .matching import MATCH_WINDOW, UNDATED_WINDOW, Matcher
-from .model import Lead
+from .model import Lead, Route
 from .pseudonyms import SETTING, key_changed
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from .store import LeadStore
+    from concurrent.futures import Executor
+
+    from .store import LeadStore, Stored
 
 __all__ = ["FORMATS", "ImportError_", "ImportReport", "import_file", "import_files", "map_columns"]
 
-WORKERS, WINDOW = 8, 64
+WORKERS, WINDOW = 8, 100  # a window: the rows whose derived rows go in one transaction per partition
 _LISTED = 50  # refused rows and leads only in the store the text report lists (--json: all)
 
 
@@ -256,62 +259,116 @@ def _import_source(source: Source, part: FileReport, store: LeadStore, matcher: 
                    now: datetime, deliver: bool, dry_run: bool, table_name: str | None, seen: _Seen,
                    progress: Callable[[int], None] | None, preview_rows: int,
                    on_outcome: Callable[[Outcome], None] | None) -> None:  # fmt: skip
-    """Take in the rows of one file, a few threads storing at most WINDOW rows in flight (memory
-    stays flat), all of them done before the next file begins (so that a row of the next file
-    that repeats one of this file finds it)."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    """Take in the rows of one file a window of :data:`WINDOW` rows at a time (memory stays
+    flat), each window's new leads stored together (:meth:`LeadStore.add_many`), all of them done
+    before the next file begins (so that a row of the next file that repeats one of this file
+    finds it)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     table = table_name or settings.marketplace_table_name
-    pending: dict = {}
     previewed = {item["row"]: item for item in part.preview}
 
-    def tally(done) -> None:
-        for future in done:
-            row = pending.pop(future)
-            outcome = future.result()
-            if dry_run and outcome.state.startswith("imported"):
-                if outcome.lead_id in seen.planned:  # the same row twice, both in flight: the real run stores one
-                    outcome = replace(outcome, state="already-received", matched=outcome.lead_id)
-                seen.planned.add(outcome.lead_id)
-            if row.number in previewed:
-                as_ = f", as {outcome.matched}" if outcome.matched else ""
-                previewed[row.number]["outcome"] = outcome.state + as_
-            part.count(outcome)
+    def tally(row: Row | None, outcome: Outcome) -> None:
+        if dry_run and outcome.state.startswith("imported"):
+            if outcome.lead_id in seen.planned:  # the same row twice in one window: the real run stores one
+                outcome = replace(outcome, state="already-received", matched=outcome.lead_id)
+            seen.planned.add(outcome.lead_id)
+        if row is not None and row.number in previewed:
+            as_ = f", as {outcome.matched}" if outcome.matched else ""
+            previewed[row.number]["outcome"] = outcome.state + as_
+        part.count(outcome)
+        if row is not None:
             seen.add(row, outcome)
-            if on_outcome:
-                on_outcome(outcome)
+        if on_outcome:
+            on_outcome(outcome)
 
+    def take_window(window: list[Row]) -> None:
+        for row, outcome in zip(window, take_in_many(store, window, settings, deliver=deliver, matcher=matcher,
+                                                     now=now, file=part.file, dry_run=dry_run, pool=pool),
+                                strict=True):  # fmt: skip
+            tally(row, outcome)
+
+    window: list[Row] = []
     with ThreadPoolExecutor(WORKERS) as pool:
         for item in source.rows(table):
             part.read += 1
             if progress:
                 progress(part.read)
             if isinstance(item, Refused):
-                outcome = Outcome(part.file, item.number, "refused", reason=item.reason)
-                part.count(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
+                tally(None, Outcome(part.file, item.number, "refused", reason=item.reason))
                 continue
             part.undated += not item.dated
             if dry_run and len(part.preview) < preview_rows:
                 previewed[item.number] = {"row": item.number, "lead": _preview(item.lead)}
                 part.preview.append(previewed[item.number])
-            pending[pool.submit(take_in, store, item, settings, deliver=deliver, matcher=matcher, now=now,
-                                file=part.file, dry_run=dry_run)] = item  # fmt: skip
-            if len(pending) >= WINDOW:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                tally(done)
-        tally(wait(pending).done)
+            window.append(item)
+            if len(window) >= WINDOW:
+                take_window(window)
+                window = []
+        if window:
+            take_window(window)
+
+
+@dataclass
+class _New:
+    """A row that is no lead the store has: to store, routed (``held``: its deliveries skipped)."""
+
+    lead: Lead
+    deliveries: dict[str, Route]
+    held: bool
 
 
 def take_in(store: LeadStore, row: Row, settings: Settings, *, deliver: bool = False, matcher: Matcher | None = None,
             now: datetime | None = None, file: str = "", dry_run: bool = False) -> Outcome:  # fmt: skip
     """Store one imported lead unless it was received already or erased; route it, or hold it if
     old or undated. With ``dry_run``, the same decision, with nothing stored or sent."""
+    return take_in_many(store, [row], settings, deliver=deliver, matcher=matcher, now=now, file=file,
+                        dry_run=dry_run)[0]  # fmt: skip
+
+
+def take_in_many(store: LeadStore, rows: list[Row], settings: Settings, *, deliver: bool = False,
+                 matcher: Matcher | None = None, now: datetime | None = None, file: str = "", dry_run: bool = False,
+                 pool: Executor | None = None) -> list[Outcome]:  # fmt: skip
+    """:func:`take_in` for a window of rows: each matched (in ``pool``), then the new ones stored
+    together, then their deliveries queued. A storage outage raises."""
     from .deliver import enqueue
+
+    matcher = matcher or Matcher(store)
+    run = pool.map if pool else map
+
+    def decide(row: Row) -> Outcome | _New:
+        return _decide(store, row, settings, deliver=deliver, matcher=matcher, now=now, file=file, dry_run=dry_run)
+
+    decided = list(run(carried(decide), rows))
+    new = [(row, item) for row, item in zip(rows, decided, strict=True) if isinstance(item, _New)]
+    stored = store.add_many([(item.lead, item.deliveries) for _, item in new], pool=pool) if new else []
+
+    def finish(row: Row, item: _New, outcome: Stored | Exception) -> Outcome:
+        lead, offer = item.lead, item.lead.offer_title or item.lead.offer_id
+        if isinstance(outcome, ValueError):  # more than a lead row can hold
+            return Outcome(file, row.number, "refused", reason=str(outcome))
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome.duplicate:
+            return Outcome(file, row.number, "erased" if outcome.erased else "already-received", lead.lead_id,
+                           outcome.lead_id, offer=offer)  # fmt: skip
+        matcher.remember(lead)
+        if not item.held:
+            enqueue(lead.lead_id, item.deliveries, settings)
+        return Outcome(file, row.number, "imported-not-sent" if item.held else "imported", lead.lead_id, offer=offer)
+
+    finished = dict(zip((id(item) for _, item in new),
+                        run(carried(finish), *zip(*new, strict=True), stored) if new else (), strict=True))  # fmt: skip
+    return [finished[id(item)] if isinstance(item, _New) else item for item in decided]
+
+
+def _decide(store: LeadStore, row: Row, settings: Settings, *, deliver: bool, matcher: Matcher,
+            now: datetime | None, file: str, dry_run: bool) -> Outcome | _New:  # fmt: skip
+    """What a row is: received already, erased, or new (routed, or held if old or undated); a dry
+    run's new lead is remembered as if stored."""
     from .routing import hold_backfill, hold_undated, plan
 
-    lead, matcher = row.lead, matcher or Matcher(store)
+    lead = row.lead
     offer = lead.offer_title or lead.offer_id
     match = matcher.find(lead, dated=row.dated, now=now)
     if match:
@@ -332,17 +389,7 @@ def take_in(store: LeadStore, row: Row, settings: Settings, *, deliver: bool = F
                            lead.lead_id, offer=offer)  # fmt: skip
         matcher.plan(lead)
         return Outcome(file, row.number, "imported-not-sent" if held else "imported", lead.lead_id, offer=offer)
-    try:
-        stored = store.add(lead, deliveries)
-    except ValueError as exc:  # more than a lead row can hold
-        return Outcome(file, row.number, "refused", reason=str(exc))
-    if stored.duplicate:
-        return Outcome(file, row.number, "erased" if stored.erased else "already-received", lead.lead_id,
-                       stored.lead_id, offer=offer)  # fmt: skip
-    matcher.remember(lead)
-    if not held:
-        enqueue(lead.lead_id, deliveries, settings)
-    return Outcome(file, row.number, "imported-not-sent" if held else "imported", lead.lead_id, offer=offer)
+    return _New(lead, deliveries, held)
 
 
 # --- reconciliation the other way ----------------------------------------------------------------

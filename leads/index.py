@@ -166,18 +166,25 @@ class LeadIndex:
     # --- writing ------------------------------------------------------------------------------
 
     def before_add(self, deliveries: Iterable[Delivery]) -> None:
-        """The entries of the deliveries a lead about to be stored owes. Each open one is an upsert
-        of its own, which the SDK retries when an answer is lost (it retries no transaction);
-        held ones go in one transaction with their tally."""
-        held = []
+        """The entries of the deliveries leads about to be stored owe: the open ones in one
+        transaction per shard (one lead's are all in its shard), the held ones with their tally."""
+        entries: dict[str | None, list[dict[str, Any]]] = {OPEN: [], HELD: []}
         for delivery in deliveries:
             kind = kind_of(delivery)
-            if kind == HELD:
-                held.append(delivery_entry(kind, delivery))
-            elif kind:
-                self.table.upsert_entity(delivery_entry(kind, delivery))
-        if held:
-            self.held_tally.create(held[0]["PartitionKey"], held)
+            if kind in entries:
+                entries[kind].append(delivery_entry(kind, delivery))
+        upsert_batched(self.table, entries[OPEN])
+        self._hold(entries[HELD])
+
+    def _hold(self, entries: list[dict[str, Any]]) -> None:
+        """Create held entries, counted in their shards' tallies (a transaction holds 100
+        operations: 99 entries and the tally)."""
+        by_shard: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            by_shard.setdefault(entry["PartitionKey"], []).append(entry)
+        for shard, held in by_shard.items():
+            for start in range(0, len(held), 99):
+                self.held_tally.create(shard, held[start:start + 99])
 
     def add_to_timeline(self, lead_id: str, received_at: datetime, rejected: bool = False) -> None:
         self.timeline.upsert_entity(timeline_entry(lead_id, received_at, rejected))
@@ -336,12 +343,7 @@ class LeadIndex:
                 pending[table].append(entry)
         upsert_batched(self.timeline, pending["timeline"])
         upsert_batched(self.table, pending["index"])
-        by_shard: dict[str, list[dict[str, Any]]] = {}
-        for entry in pending["held"]:
-            by_shard.setdefault(entry["PartitionKey"], []).append(entry)
-        for shard, entries in by_shard.items():  # with their tally: counted once, whatever exists
-            for start in range(0, len(entries), 99):
-                self.held_tally.create(shard, entries[start:start + 99])
+        self._hold(pending["held"])  # with their tally: counted once, whatever exists
         return counts
 
 

@@ -71,6 +71,7 @@ class Matcher:
         self._window_since: datetime | None = None
         self._planned: dict[str, str | None] = {}  # a dry run's new leads, as if stored: id → email
         self._lock = Lock()
+        self._reading: dict[str, Lock] = {}  # a day being read, and the lock its readers wait on
 
     def find(self, lead: Lead, dated: bool = True, now: datetime | None = None) -> Match | None:
         by_email, by_name = identity_texts(lead)
@@ -138,12 +139,18 @@ class Matcher:
             if day in self._days:
                 self._days.move_to_end(day)
                 return self._days[day]
-        rows = _by_digest(self.store.identities.table.query_entities(
-            "PartitionKey eq @day", parameters={"day": day}, select=_SELECT))  # fmt: skip
-        with self._lock:
-            self._days[day] = rows
-            while len(self._days) > self.days_kept:
-                self._days.popitem(last=False)
+            reading = self._reading.setdefault(day, Lock())
+        with reading:  # the threads wanting a day all at once (a window's first rows) read it once
+            with self._lock:
+                if day in self._days:
+                    return self._days[day]
+            rows = _by_digest(self.store.identities.table.query_entities(
+                "PartitionKey eq @day", parameters={"day": day}, select=_SELECT))  # fmt: skip
+            with self._lock:
+                self._days[day] = rows
+                self._reading.pop(day, None)
+                while len(self._days) > self.days_kept:
+                    self._days.popitem(last=False)
         return rows
 
     def _undated(self, low: datetime, high: datetime) -> dict[str, list[Known]]:

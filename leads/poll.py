@@ -49,11 +49,12 @@ from typing import Any
 
 from .deliver import enqueue
 from .http import carried, remaining
+from .model import Lead, Route
 from .normalise import LeadValidationError, from_table_entity, storable_row, table_lead_id
 from .routing import hold_backfill, plan
 from .settings import Settings, get_settings
 from .storage import table_service
-from .store import LeadStore
+from .store import LeadStore, Stored
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,6 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
     result = PollResult(watermark=marks.watermark, mode=mode)
     seen = Marks()
 
-    # The workers store rows under this run's deadline (a timer's period: leads/deadlines.py).
-    take_in = carried(lambda row: _take_in(store, row, settings, now))
     longest_page = 0.0
     with ThreadPoolExecutor(_WORKERS) as pool:
         retried = _retry_failed_rows(checkpoint, source, store, settings, now, result)
@@ -194,7 +193,7 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
             if retried:
                 page = [entity for entity in page if _lead_id(entity, settings) not in retried]
             # One page at a time: a page is all this poll ever holds. Only an outage raises here.
-            outcomes = pool.map(take_in, page)
+            outcomes = _take_in_page(store, page, settings, now, pool)
             for entity, taken in zip(page, outcomes, strict=True):
                 result.read += 1
                 _count(result, taken)
@@ -304,8 +303,32 @@ class Taken:
     detail: str = ""  # the failure's own text, kept with the rejected row only
 
 
-def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Taken:
-    """Store one row as a lead (or as rejected). Raises only when the app's storage is out."""
+def _take_in_page(store: LeadStore, page: list[Any], settings: Settings, now: datetime,
+                  pool: ThreadPoolExecutor) -> list[Taken]:  # fmt: skip
+    """Store the rows of a page as leads (or as rejected), the derived rows they share written
+    together (:meth:`LeadStore.add_many`), the workers under this run's deadline (a timer's
+    period: leads/deadlines.py). Raises only when the app's storage is out."""
+    prepared = list(pool.map(carried(lambda entity: _prepare(store, entity, settings, now)), page))
+    storable = [item for item in prepared if isinstance(item, _Storable)]
+    stored = store.add_many([(item.lead, item.deliveries) for item in storable], pool=pool)
+    finished = dict(zip((id(item) for item in storable), pool.map(carried(_finish), storable, stored), strict=True))
+    return [finished[id(item)] if isinstance(item, _Storable) else item for item in prepared]
+
+
+@dataclass
+class _Storable:
+    """A row normalised into a lead and routed: what :meth:`LeadStore.add_many` stores."""
+
+    lead: Lead
+    deliveries: dict[str, Route]
+    version: str | None
+    timestamp: datetime
+    store: LeadStore
+    settings: Settings
+
+
+def _prepare(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Taken | _Storable:
+    """A row as a lead to store, or what became of it already (read before, or rejected)."""
     row, timestamp = _row(entity), entity.metadata["timestamp"]
     table = settings.marketplace_table_name
     lead_id, version = table_lead_id(table, row["PartitionKey"], row["RowKey"]), entity.metadata.get("etag")
@@ -318,22 +341,45 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         except LeadValidationError as exc:
             stage = "keeping it as rejected"
             return _reject_once(store, lead_id, version, str(exc), row, timestamp)
-        stage = "storing"
+        stage = "routing"
         deliveries = hold_backfill(lead, plan(lead, settings), settings, now)
-        stored = store.add(lead, deliveries)
     except Exception as exc:
         if _storage_outage(exc):
             raise
         return Taken("failed", lead_id, timestamp, failure=f"{type(exc).__name__} while {stage}", detail=str(exc)[:500])
-    _recently_stored.add(lead_id, version)
+    return _Storable(lead, deliveries, version, timestamp, store, settings)
+
+
+def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Taken:
+    """Store one row as a lead (or as rejected), a row on its own (one an earlier poll failed)."""
+    item = _prepare(store, entity, settings, now)
+    if not isinstance(item, _Storable):
+        return item
+    try:
+        stored: Stored | Exception = store.add(item.lead, item.deliveries)
+    except Exception as exc:
+        stored = exc
+    return _finish(item, stored)
+
+
+def _finish(item: _Storable, stored: Stored | Exception) -> Taken:
+    """What became of a row :meth:`LeadStore.add_many` stored (or could not): its deliveries
+    queued, once it is new."""
+    lead_id, timestamp = item.lead.lead_id, item.timestamp
+    if isinstance(stored, Exception):
+        if _storage_outage(stored):
+            raise stored
+        return Taken("failed", lead_id, timestamp, failure=f"{type(stored).__name__} while storing",
+                     detail=str(stored)[:500])  # fmt: skip
+    _recently_stored.add(lead_id, item.version)
     if stored.duplicate:
         # A row read again (or rewritten) of a lead erased since: its erased row is the tombstone.
         return Taken("erased" if stored.erased else "already_stored", lead_id, timestamp)
-    enqueue(lead_id, deliveries, settings)
+    enqueue(lead_id, item.deliveries, item.settings)
     from .silence import arrived
 
-    arrived(store, lead)  # the silence watch; 0 requests but once a day
-    return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in deliveries.values()))
+    arrived(item.store, item.lead)  # the silence watch; 0 requests but once a day
+    return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in item.deliveries.values()))
 
 
 def _reject_once(store: LeadStore, lead_id: str, version: str | None, reason: str, row: dict[str, Any],

@@ -196,16 +196,66 @@ def delete_row(table: TableClient, partition: str, row_key: str, etag: str | Non
     return True
 
 
-def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:
+def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> int:
     """Upsert ``entities``, in one transaction per partition and :data:`TRANSACTION_LIMIT` rows
-    (the last of two with one key wins)."""
+    (the last of two with one key wins); a lone row as a plain upsert. An upsert is the same
+    however often it lands, so a transaction whose answer was lost (which the SDK does not retry)
+    is sent again. Returns the requests it took."""
+    from azure.core.exceptions import ServiceResponseError
+
     partitions: dict[str, dict[str, Mapping[str, Any]]] = {}
     for entity in entities:
         partitions.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
+    requests = 0
     for rows in partitions.values():
         unique = list(rows.values())
         for start in range(0, len(unique), TRANSACTION_LIMIT):
-            table.submit_transaction([("upsert", entity) for entity in unique[start:start + TRANSACTION_LIMIT]])
+            chunk = unique[start:start + TRANSACTION_LIMIT]
+            requests += 1
+            if len(chunk) == 1:
+                table.upsert_entity(chunk[0])
+                continue
+            for attempt in range(3):
+                try:
+                    table.submit_transaction([("upsert", entity) for entity in chunk])
+                    break
+                except ServiceResponseError:
+                    if attempt == 2:
+                        raise
+    return requests
+
+
+def create_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:
+    """Create ``entities`` that do not exist yet, in one transaction per partition and
+    :data:`TRANSACTION_LIMIT` rows; a row that exists is left as it is (a transaction fails whole
+    on one, naming it: it is dropped and the rest sent again, a few times, then row by row)."""
+    from azure.core.exceptions import ResourceExistsError, ServiceResponseError
+    from azure.data.tables import TableTransactionError
+
+    partitions: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for entity in entities:
+        partitions.setdefault(entity["PartitionKey"], {}).setdefault(entity["RowKey"], entity)
+    for rows in partitions.values():
+        unique = list(rows.values())
+        for start in range(0, len(unique), TRANSACTION_LIMIT):
+            chunk = unique[start:start + TRANSACTION_LIMIT]
+            for _ in range(4):
+                if len(chunk) <= 1:
+                    break
+                try:
+                    table.submit_transaction([("create", entity) for entity in chunk])
+                    chunk = []
+                except TableTransactionError as exc:
+                    if exc.error_code != "EntityAlreadyExists" or not 0 <= exc.index < len(chunk):
+                        raise
+                    chunk = chunk[:exc.index] + chunk[exc.index + 1:]
+                except ServiceResponseError:
+                    pass  # sent, its answer lost: what it created now exists, and is dropped below
+            for entity in chunk:
+                try:
+                    table.create_entity(entity)
+                except ResourceExistsError:
+                    pass
 
 
 def checkpoint_of(table: TableClient, key: tuple[str, str]) -> dict[str, Any]:

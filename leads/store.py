@@ -56,6 +56,8 @@ from .settings import Settings, get_settings
 from .storage import RowKeptChanging, change_row, table_service
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from azure.data.tables import TableClient, TableServiceClient
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,85 @@ class LeadStore:
             return self._settle(lead, addresses, owed, missed)
         self._take_back(lead, addresses, owed, existing)
         return Stored(lead.lead_id, duplicate=True, erased=existing.get("ErasedAt") is not None)
+
+    def add_many(self, items: Sequence[tuple[Lead, Mapping[str, Route]]],
+                 pool: Executor | None = None) -> list[Stored | Exception]:  # fmt: skip
+        """:meth:`add` for the leads of a poll page or an import window, each stored or not on its
+        own (its outcome, or the exception that stopped it, in the order given), with the derived
+        rows they share a partition with written together: the open entries in a transaction per
+        shard, the identity rows per day, the email rows per bucket, the timeline entries per
+        partition. Then each lead's own transaction (in ``pool``, if given), and its settling.
+
+        The protocol is :meth:`add`'s, for many: every entry is written before any lead, and a
+        derived row whose batch failed is written again for its lead once it is stored. A lead
+        given twice is stored once; the second is its repeat."""
+        self.ensure_tables()
+        now = datetime.now(UTC)
+        firsts: dict[str, int] = {}
+        for number, (lead, _) in enumerate(items):
+            firsts.setdefault(lead.lead_id, number)
+        batch = [(lead, [new_delivery(lead.lead_id, name, route, now, lead.received_at)
+                         for name, route in (deliveries or {}).items()])
+                 for number, (lead, deliveries) in enumerate(items) if firsts[lead.lead_id] == number]  # fmt: skip
+        entities = {lead.lead_id: {**lead_entity(lead), "WriteId": uuid.uuid4().hex} for lead, _ in batch}
+        addresses = {lead.lead_id: addresses_of(entities[lead.lead_id]) for lead, _ in batch}
+        outcomes: dict[str, Stored | Exception] = {}
+        try:
+            self.index.before_add([delivery for _, owed in batch for delivery in owed])
+            for day in sorted({day_of(lead.received_at) for lead, owed in batch
+                               if any(delivery.state == "skipped" for delivery in owed)}):  # fmt: skip
+                self.counters.mark(day)
+        except Exception as exc:  # nothing of these leads can be stored without their entries
+            return [exc for _ in items]
+        missed = self._write_repairable_many([(lead, addresses[lead.lead_id]) for lead, _ in batch])
+
+        def store_one(lead: Lead, owed: list[Delivery]) -> Stored:
+            existing = self._commit([entities[lead.lead_id], *map(delivery_entity, owed)])
+            if existing is None:
+                return self._settle(lead, addresses[lead.lead_id], owed, missed)
+            self._take_back(lead, addresses[lead.lead_id], owed, existing)
+            return Stored(lead.lead_id, duplicate=True, erased=existing.get("ErasedAt") is not None)
+
+        def outcome(lead: Lead, owed: list[Delivery]) -> tuple[str, Stored | Exception]:
+            try:
+                return lead.lead_id, store_one(lead, owed)
+            except Exception as exc:  # the caller tells an outage from a lead that cannot be stored
+                return lead.lead_id, exc
+
+        from .http import carried
+
+        mapped = pool.map(carried(lambda item: outcome(*item)), batch) if pool else (outcome(*item) for item in batch)
+        outcomes.update(mapped)
+        results: list[Stored | Exception] = []
+        for number, (lead, deliveries) in enumerate(items):
+            first = outcomes[lead.lead_id]
+            if firsts[lead.lead_id] == number or isinstance(first, Exception):
+                results.append(first)
+            else:  # the same lead again in one batch: stored (or not) by the first, a repeat of it
+                try:
+                    results.append(self.add(lead, deliveries))
+                except Exception as exc:
+                    results.append(exc)
+        return results
+
+    def _write_repairable_many(self, leads: list[tuple[Lead, list[str]]]) -> dict[str, str]:
+        """The rows :data:`_REPAIRABLE` names of many leads, batched; those whose batch failed
+        (written again for each lead once it is stored, by :meth:`_settle`)."""
+        from azure.core.exceptions import AzureError
+
+        from .index import timeline_entry
+        from .storage import upsert_batched
+
+        writes = {_IDENTITY_ROWS: lambda: self.identities.record_many(leads),
+                  _TIMELINE_ENTRY: lambda: upsert_batched(self.index.timeline, [
+                      timeline_entry(lead.lead_id, lead.received_at) for lead, _ in leads])}  # fmt: skip
+        missed = {}
+        for name, write in writes.items():
+            try:
+                write()
+            except AzureError as exc:
+                missed[name] = type(exc).__name__
+        return missed
 
     def _commit(self, rows: list[dict[str, Any]]) -> Mapping[str, Any] | None:
         """Create ``rows`` (the first the lead's) in one transaction. None when this call created

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .counts import COUNTED, REJECTED
 from .derived import target_missing_long_enough, written_at
-from .identities import EMAIL_PARTITION, rows_for
+from .identities import EMAIL_PARTITION, email_row_key, rows_for
 from .index import (
     FAILED,
     HELD,
@@ -281,11 +281,13 @@ class _Checker:
             if self._exists(identities, day, lead_id):
                 self._differ("stale identity row", lead_id, lambda: delete_row(identities, day, lead_id))
         for row in expected or ():
+            email = email_row_key(row)
             found = self._get(identities, row["PartitionKey"], row["RowKey"])
+            if found is None and email is not None:  # where a version before kept it
+                found = self._get(identities, email[0], f"{email[1]}|{email[2]}")
             # An identity row is compared by who it names (its time and the email rows it names
             # are the first attempt's, and a row an earlier version wrote names none).
             if found is None or found.get("Who", "") != row.get("Who", ""):
-                email = row["PartitionKey"].startswith(EMAIL_PARTITION)
                 kind = "email row missing" if email else "identity row missing"
                 self._differ(kind, lead_id, lambda row=row: identities.upsert_entity(row))
 
@@ -397,16 +399,18 @@ class _Checker:
     def _identity_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Identity and email rows: each must point at a record, not erased, that calls for it."""
         for row in rows:
-            is_email = row["PartitionKey"].startswith(EMAIL_PARTITION)
+            email = email_row_key(row)
+            is_email = email is not None
             if not is_email and not _is_day(row["PartitionKey"]) or buried(row):
                 continue  # not an identity or email row (a tombstone is no derived row: leads/tombstones.py)
             self._tick()
-            record_id, row_key = row["RowKey"].rsplit("|", 1) if is_email else (row["RowKey"], LEAD_ROW)
+            record_id, row_key = email[1:] if is_email else (row["RowKey"], LEAD_ROW)
             self.report.checked["email rows" if is_email else "identity rows"] += 1
             record = self._get(self.store.leads, record_id, row_key)
             expected = rows_for(record) if record is not None else None
-            keys = {(r["PartitionKey"], r["RowKey"]) for r in expected or ()}
-            if (row["PartitionKey"], row["RowKey"]) in keys:
+            # An email row is what its record calls for by its address's key, in either layout.
+            keys = {email_row_key(r) or (r["PartitionKey"], r["RowKey"]) for r in expected or ()}
+            if (email or (row["PartitionKey"], row["RowKey"])) in keys:
                 continue
             if record is None and not target_missing_long_enough(written_at(row), self.now):
                 continue  # its record may be on its way
@@ -422,11 +426,9 @@ class _Checker:
         table = self.store.identities.table
         if not row["PartitionKey"].startswith(EMAIL_PARTITION) and row.get("Addresses"):
             lead = self._get(self.store.leads, row["RowKey"], LEAD_ROW)
-            called_for = {(r["PartitionKey"], r["RowKey"]) for r in (rows_for(lead) if lead else None) or ()}
-            key = f"{row['RowKey']}|{LEAD_ROW}"
-            for partition in json.loads(row["Addresses"]):
-                if (partition, key) not in called_for:
-                    delete_row(table, partition, key)
+            called_for = {email[0] for r in (rows_for(lead) if lead else None) or () if (email := email_row_key(r))}
+            extra = [key for key in json.loads(row["Addresses"]) if key not in called_for]
+            self.store.identities.forget_partitions(row["RowKey"], LEAD_ROW, extra)
         return delete_row(table, row["PartitionKey"], row["RowKey"])
 
     def _counts(self, counters: Mapping[str, tuple[dict[str, int], dict[str, str]]]) -> None:

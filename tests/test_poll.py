@@ -81,14 +81,14 @@ def test_more_than_a_thousand_rows_over_several_pages_are_all_taken_in_once(mark
         return TableClient.from_connection_string(settings.storage_connection, settings.marketplace_table_name,
                                                   raw_response_hook=count)  # fmt: skip
 
-    take_in = poll._take_in
+    take_in = poll._prepare  # once a row of the page, before the page is stored
 
     def counted_take_in(*args, **kwargs):
         pages_read_when_started.append(pages_read[0])
         return take_in(*args, **kwargs)
 
     monkeypatch.setattr(poll, "marketplace_table", counted_source)
-    monkeypatch.setattr(poll, "_take_in", counted_take_in)
+    monkeypatch.setattr(poll, "_prepare", counted_take_in)
     first = poll_marketplace()
     assert (first.read, first.stored) == (1050, 1050)
     assert stored_leads() == 1050
@@ -398,7 +398,7 @@ class Killed(BaseException):
 def killed_after(monkeypatch):
     """Pages of 50 rows, and the host ending each poll after ``budget["rows"]`` rows taken in."""
     monkeypatch.setattr(poll, "PAGE_SIZE", 50)
-    take_in, budget = poll._take_in, {"rows": None, "taken": 0}
+    take_in, budget = poll._prepare, {"rows": None, "taken": 0}
 
     def limited(*args, **kwargs):
         with lock:
@@ -408,7 +408,7 @@ def killed_after(monkeypatch):
         return take_in(*args, **kwargs)
 
     lock = threading.Lock()
-    monkeypatch.setattr(poll, "_take_in", limited)
+    monkeypatch.setattr(poll, "_prepare", limited)
     return budget
 
 

@@ -113,7 +113,7 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
             "TMPDIR": str(tmp_path),  # the exporter's offline retry files
             "REQUESTS_CA_BUNDLE": acs.ca_file, "NO_PROXY": "127.0.0.1,localhost",  # one CA signs every fake
             "LEADS_DELIVERY_QUEUE": f"q{uuid.uuid4().hex[:12]}", "LEADS_RETRY_BASE_SECONDS": "0.2",
-            "LEADS_HTTP_TIMEOUT_SECONDS": "3", "LEADS_ALERT_TO": "ops@contoso.com",
+            "LEADS_HTTP_TIMEOUT_SECONDS": "10", "LEADS_ALERT_TO": "ops@contoso.com",
             "EMAIL_TO": "sales@contoso.com", "EMAIL_CONNECTION_STRING": acs.connection_string,
             "EMAIL_SENDER": DEFAULT_SENDER, "WEBHOOK_URL": hook_url, "WEBHOOK_SECRET": webhook.secret,
             "MARKETO_URL": marketo.url, "MARKETO_CLIENT_ID": marketo.client_id,

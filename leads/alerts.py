@@ -141,22 +141,6 @@ def flush_alerts(store: LeadStore, settings: Settings, now: datetime, destinatio
     return sent
 
 
-def after_sweep(store: LeadStore, settings: Settings, now: datetime, requeued: int) -> None:
-    """What each sweep tells the operators: the alert groups due (one mail per destination), the
-    silences not alarmed yet (leads/silence.py), the messages in the poison queue; and that it ran
-    (``SweepDone``: the Azure Monitor rule on a dead app counts these)."""
-    from .queue import poison_messages
-    from .silence import watch
-    from .telemetry import event
-
-    sent = flush_alerts(store, settings, now)
-    alarmed = watch(store, settings, now)
-    poisoned = poison_messages(settings)
-    if poisoned:
-        event("PoisonMessages", queue=f"{settings.delivery_queue}-poison", count=poisoned)
-    event("SweepDone", requeued=requeued, alertsSent=sent, silencesAlarmed=alarmed, poisonMessages=poisoned)
-
-
 def _mail(store: LeadStore, settings: Settings, entity: Mapping[str, Any], to: tuple[str, ...],
           now: datetime) -> tuple[str, float]:  # fmt: skip
     """Claim, mail and settle one due group: "sent", "failed", "claimed" (another sender has it)

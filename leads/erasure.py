@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .identities import address_partitions, addresses_of
-from .model import Lead
+from .model import PERSONAL_FIELDS, Lead
 from .normalise import http_lead_id_forms
 from .rows import CONTENT_ROW, LEAD_ROW, OPEN, REJECTED_ROW, Delivery, lead_entity, lead_from_entity
 from .settings import Settings, get_settings
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 ERASED_REASON = "the lead's personal data was erased (forget or LEADS_RETENTION_DAYS): nothing to send"
 ERASED_ERROR = "(erased with the lead's personal data)"
-PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone", "company", "title", "description")
 # Properties of a rejected record that say nothing about its content.
 _REJECTED_KEPT = ("ReceivedAt", "Channel", "Size", "Truncated")
 # Properties of a lead row outside its JSON that are not personal (the JSON is rebuilt erased).
@@ -242,7 +241,7 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
     if lead.channel == "http":
         _forget_content(store, lead)
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
-    values = [getattr(lead, name) for name in PERSONAL_FIELDS if getattr(lead, name)]
+    values = lead.personal_values()
     blank = lead.model_copy(update={**dict.fromkeys(PERSONAL_FIELDS), "email_valid": None, "raw": None})
     erased = {**lead_entity(blank), **{key: entity[key] for key in _LEAD_KEPT if key in entity},
               "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip

@@ -10,12 +10,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 Channel = Literal["http", "table", "import"]
+
+
+class _Personal:
+    """The mark of a lead's field that holds personal data: erasure blanks it, redaction masks its
+    value in what the services answer and in logs, a destination's error text leaves it out."""
+
+    def __repr__(self) -> str:
+        return "PERSONAL"
+
+
+PERSONAL = _Personal()
 
 # The marketplace's codes, with the words a sales team reads.
 SOURCES = {
@@ -43,22 +54,26 @@ class Lead(BaseModel):
     action: str | None = None
     offer_id: str | None = None
     offer_title: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    email: str | None = None
+    first_name: Annotated[str | None, PERSONAL] = None
+    last_name: Annotated[str | None, PERSONAL] = None
+    email: Annotated[str | None, PERSONAL] = None
     email_valid: bool | None = Field(
         None, description="Whether `email` passed the syntax check; null when there is no email."
     )
-    phone: str | None = None
+    phone: Annotated[str | None, PERSONAL] = None
     country: str | None = None
-    company: str | None = None
-    title: str | None = None
-    description: str | None = None
+    company: Annotated[str | None, PERSONAL] = None
+    title: Annotated[str | None, PERSONAL] = None
+    description: Annotated[str | None, PERSONAL] = None
     campaign: dict[str, Any] = Field(default_factory=dict)
     is_test: bool = False
     do_not_contact: bool = False
     pii_withheld: bool = False
     raw: Any = None
+
+    def personal_values(self) -> list[str]:
+        """The values of its personal fields (:data:`PERSONAL_FIELDS`) that are set."""
+        return [value for name in PERSONAL_FIELDS if (value := getattr(self, name))]
 
     @property
     def full_name(self) -> str | None:
@@ -82,6 +97,10 @@ class Lead(BaseModel):
     @classmethod
     def from_json(cls, text: str) -> Lead:
         return cls.model_validate_json(text)
+
+
+# The lead's personal fields, in the order the model declares them: the one list.
+PERSONAL_FIELDS = tuple(name for name, field in Lead.model_fields.items() if PERSONAL in field.metadata)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ TEST_MARKER = "MSFT_TEST_"
 TABLE_FIELDS = frozenset({"partitionkey", "rowkey", "timestamp", "customerinfo", "leadsource", "actioncode",
                           "offertitle", "offerdisplayname", "description"})  # fmt: skip
 USER_FIELDS = ("firstname", "lastname", "email", "phone", "country", "company", "title")
-PERSONAL_FIELDS = ("first_name", "last_name", "email", "phone")
+# What the marketplace withholds from a lead it hides the person of ("PII withheld").
+WITHHELD_FIELDS = ("first_name", "last_name", "email", "phone")
 # The marketplace's JSON is two levels deep; pydantic cannot serialise much past 250.
 MAX_NESTING = 32
 
@@ -217,7 +218,7 @@ def _lead_parts(fields: Mapping[str, Any], user: Mapping[str, Any], user_prefix:
         isinstance(value, str) and TEST_MARKER in value.upper() for value in parts.values()
     ) or TEST_MARKER in (lead_source or "").upper()
     parts["do_not_contact"] = action == "DNC"
-    parts["pii_withheld"] = not any(parts[name] for name in PERSONAL_FIELDS)
+    parts["pii_withheld"] = not any(parts[name] for name in WITHHELD_FIELDS)
     return parts
 
 

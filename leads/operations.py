@@ -57,10 +57,25 @@ def sweep(settings: Settings | None = None, now: datetime | None = None) -> int:
             count += 1
     if count:
         log.warning("sweep queued %d stuck deliveries again", count)
-    from .alerts import after_sweep
-
-    after_sweep(store, settings, now, count)  # due alerts, silences, the poison queue (leads/alerts.py)
+    _after_sweep(store, settings, now, count)
     return count
+
+
+def _after_sweep(store: LeadStore, settings: Settings, now: datetime, requeued: int) -> None:
+    """What each sweep tells the operators: the alert groups due (one mail per destination), the
+    silences not alarmed yet (leads/silence.py), the messages in the poison queue; and that it ran
+    (``SweepDone``: the Azure Monitor rule on a dead app counts these)."""
+    from .alerts import flush_alerts
+    from .queue import poison_messages
+    from .silence import watch
+    from .telemetry import event
+
+    sent = flush_alerts(store, settings, now)
+    alarmed = watch(store, settings, now)
+    poisoned = poison_messages(settings)
+    if poisoned:
+        event("PoisonMessages", queue=f"{settings.delivery_queue}-poison", count=poisoned)
+    event("SweepDone", requeued=requeued, alertsSent=sent, silencesAlarmed=alarmed, poisonMessages=poisoned)
 
 
 def _of_round(entry: Entry, delivery: Delivery | None) -> bool:

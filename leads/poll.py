@@ -51,6 +51,7 @@ from .deliver import enqueue
 from .http import carried, remaining
 from .model import Lead, Route
 from .normalise import LeadValidationError, from_table_entity, storable_row, table_lead_id
+from .poll_health import CHECKPOINT_PARTITION, HEALTH_SUFFIX, PollHealth
 from .routing import hold_backfill, plan
 from .settings import Settings, get_settings
 from .storage import table_service
@@ -58,10 +59,10 @@ from .store import LeadStore, Stored
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PARTITION = "marketplace-poll"
 # RowKey of a row being tried again, beside its table's checkpoint: <table>|retry|<lead id>.
 _RETRY_MARK = "|retry|"
 ROW_TRIES = 3
+HEALTH_EVERY = timedelta(hours=1)  # a poll's success is written to its health at least this often
 # After a row whose key fits no known format, polls read the whole table for this long, so that
 # more rows like it are taken in at once rather than by the next safety scan.
 # A whole format change (every row fits none for this long since the last that fit) ends that:
@@ -562,44 +563,6 @@ def _earlier(first: datetime | None, second: datetime | None) -> datetime | None
     return min(first, second) if first and second else first or second
 
 
-_HEALTH = "|health"  # RowKey of the poll's health, beside its table's checkpoint
-HEALTH_EVERY = timedelta(hours=1)  # a success is written at least this often
-
-
-@dataclass(frozen=True)
-class PollHealth:
-    """The last poll of a table that worked, the last that failed and why (its kind and status)."""
-
-    ok_at: datetime | None = None
-    failed_at: datetime | None = None
-    error: str = ""
-    table_missing: bool = False
-
-    @property
-    def failing(self) -> bool:
-        return self.failed_at is not None and (self.ok_at is None or self.failed_at > self.ok_at)
-
-    @classmethod
-    def from_entity(cls, entity: dict[str, Any]) -> PollHealth:
-        return cls(entity.get("OkAt"), entity.get("FailedAt"), str(entity.get("Error") or ""),
-                   bool(entity.get("TableMissing")))  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"lastOkAt": self.ok_at and self.ok_at.isoformat(), "failing": self.failing,
-                "lastFailedAt": self.failed_at and self.failed_at.isoformat(), "lastError": self.error or None,
-                "tableMissing": self.table_missing}  # fmt: skip
-
-
-def poll_health(store: LeadStore, table_name: str) -> PollHealth:
-    """The health the polls of ``table_name`` last kept (nothing known before the first)."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        return PollHealth.from_entity(store.checkpoints.get_entity(CHECKPOINT_PARTITION, table_name + _HEALTH))
-    except ResourceNotFoundError:
-        return PollHealth()
-
-
 class Checkpoint:
     """The marks of one marketplace table's polls, the pass under way, and the rows being tried
     again, in one partition of the checkpoints table. Marks are written merged with what is stored,
@@ -633,7 +596,7 @@ class Checkpoint:
                 self._written = entity.metadata.get("timestamp")
             elif entity["RowKey"].startswith(name + _RETRY_MARK):
                 self.retries.append(entity)
-            elif entity["RowKey"] == name + _HEALTH:  # in the same range: read for nothing
+            elif entity["RowKey"] == name + HEALTH_SUFFIX:  # in the same range: read for nothing
                 self.health = PollHealth.from_entity(entity)
         return self.marks.watermark
 
@@ -651,8 +614,8 @@ class Checkpoint:
             return
         fields = {"FailedAt": now, "Error": failure} if failure else {"OkAt": now, "TableMissing": missing}
         try:
-            self.table.upsert_entity({"PartitionKey": CHECKPOINT_PARTITION, "RowKey": self.key["RowKey"] + _HEALTH,
-                                      **fields}, mode=UpdateMode.MERGE)  # fmt: skip
+            row = {"PartitionKey": CHECKPOINT_PARTITION, "RowKey": self.key["RowKey"] + HEALTH_SUFFIX}
+            self.table.upsert_entity({**row, **fields}, mode=UpdateMode.MERGE)
         except AzureError:
             pass
 

@@ -48,8 +48,9 @@ def _patterns(leads: Lead | Iterable[Lead | None] | None) -> list[re.Pattern[str
     for lead in [leads] if isinstance(leads, Lead) else leads:
         if lead is None:
             continue
-        values.update(v for v in (lead.first_name, lead.last_name, lead.full_name, lead.company, lead.title,
-                                  lead.email, lead.description, lead.phone) if v)  # fmt: skip
+        values.update(lead.personal_values())
+        if lead.full_name:
+            values.add(lead.full_name)
         if lead.email and "@" in lead.email:
             values.add(lead.email.rpartition("@")[0])
         if lead.description:

@@ -237,7 +237,7 @@ def _alarm(store: LeadStore, settings: Settings, silence: Silence, now: datetime
 def likely_cause(store: LeadStore, settings: Settings, silence: Silence, now: datetime) -> tuple[str, str]:
     """(cause, what to do): "poll failing", "table missing", "bodies refused", or "no calls" (the
     marketplace stopped sending, or the offer is quiet), from what the app can see."""
-    from .poll import poll_health
+    from .poll_health import poll_health
 
     health = poll_health(store, settings.marketplace_table_name)
     by_table = "table" in silence.channels
@@ -282,7 +282,7 @@ def alarm_text(silence: Silence, cause: str, detail: str) -> tuple[str, str]:
 def status_report(store: LeadStore, settings: Settings, now: datetime) -> dict[str, Any]:
     """What ``status`` says of arrivals: each row's silence (all leads first), the likely cause of
     each silent one, the table poll's health and the poison queue's count."""
-    from .poll import poll_health
+    from .poll_health import poll_health
     from .queue import poison_messages
 
     rows = []

@@ -389,8 +389,7 @@ def _validation_items(body: dict[str, Any]) -> list[tuple[str, str | None, str]]
 
 def _without_values(text: str, lead: Lead | None) -> str:
     """A rule's message without anything of the lead's (names, email, phone, company, notes)."""
-    values = [lead.first_name, lead.last_name, lead.email, lead.phone, lead.company, lead.title,
-              lead.description] if lead is not None else []  # fmt: skip
+    values = lead.personal_values() if lead is not None else []
     for value in sorted((v for v in values if v and len(v) >= 2), key=len, reverse=True):
         text = text.replace(value, "…")
     if lead is None:

@@ -3,12 +3,19 @@
 A :class:`RateLimiter` keeps sliding windows of sends per destination, one per limit, in one row of
 the checkpoints table (``rate``/``<destination>``) changed with ETags (``storage.change_row``), so
 that instances on several machines keep to one limit between them: the mail service's caps a
-minute and an hour (lead mails and alert mails take slots alike), a CRM's quota.
+minute and an hour (lead mails and alert mails take slots alike), a CRM's quota. A
+:class:`CallLimiter` paces one process's calls to an API that counts calls a window and at once
+(Marketo's, HubSpot's), in memory.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import threading
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -73,3 +80,55 @@ class RateLimiter:
         except RowKeptChanging:
             return 1.0
         return wait
+
+
+class CallLimiter:
+    """At most ``calls`` API calls in any ``period`` seconds and ``concurrent`` calls at once, for
+    every thread of this process. ``slot()`` waits for room up to ``max_wait`` seconds (pacing the
+    calls), then gives up with a :class:`TransientError` whose ``retry_after`` says when room frees.
+
+    A call counts from when it starts until ``period`` after it ended: the service stamps it at
+    some moment in between, so the window here never frees before the service's does."""
+
+    def __init__(self, calls: int, period: float, concurrent: int = 10, max_wait: float = 10.0,
+                 service: str = "the service") -> None:  # fmt: skip
+        self.calls, self.period, self.max_wait, self.service = calls, period, max_wait, service
+        self.concurrent = concurrent
+        self._stamps: dict[int, float] = {}  # call → when it ended (inf while running)
+        self._tickets = itertools.count()
+        self._lock = threading.Lock()
+        self._running = threading.BoundedSemaphore(concurrent)
+        self.waited = 0.0  # seconds spent pacing, for benchmarks
+
+    @contextmanager
+    def slot(self):
+        from .destinations.base import TransientError
+
+        deadline = time.monotonic() + self.max_wait
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                for ticket in [t for t, ended in self._stamps.items() if ended <= now - self.period]:
+                    del self._stamps[ticket]
+                if len(self._stamps) < self.calls:
+                    ticket = next(self._tickets)
+                    self._stamps[ticket] = math.inf
+                    break
+                ended = [stamp for stamp in self._stamps.values() if stamp != math.inf]
+                wait = min(ended) + self.period - now if ended else 0.05
+            if now + wait > deadline:
+                said = f"held back by this app: {self.service} allows {self.calls} calls per {self.period:g} s"
+                raise TransientError(said, retry_after=max(wait, 1.0))
+            time.sleep(wait)
+            self.waited += wait
+        try:
+            if not self._running.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TransientError(f"held back by this app: {self.service} allows {self.concurrent} calls at once",
+                                     retry_after=5)  # fmt: skip
+            try:
+                yield
+            finally:
+                self._running.release()
+        finally:
+            with self._lock:
+                self._stamps[ticket] = time.monotonic()

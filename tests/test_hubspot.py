@@ -11,8 +11,8 @@ import pytest
 import leads.destinations
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.hubspot import API_VERSION, HubSpotDestination, property_errors, required_scopes
-from leads.destinations.marketo import CallLimiter
 from leads.intake import accept_http
+from leads.ratelimit import CallLimiter
 from leads.store import LeadStore
 
 from . import fake_hubspot

@@ -12,8 +12,9 @@ import pytest
 
 import leads.destinations
 from leads.destinations.base import PermanentError, Route, TransientError
-from leads.destinations.marketo import DNC_REASON, CallLimiter, MarketoDestination, seconds_to_quota_reset
+from leads.destinations.marketo import DNC_REASON, MarketoDestination, seconds_to_quota_reset
 from leads.intake import accept_http
+from leads.ratelimit import CallLimiter
 from leads.store import LeadStore
 
 from . import fake_marketo

@@ -53,7 +53,7 @@ refresh, and a 401 means it was revoked or rotated.
   write, and a lead they reject is a permanent failure naming the property and the rule (its code
   and its message, with the lead's values taken out: values are the customer's data), never a
   retry.
-- **Rate**: the same per-process limiter as Marketo's (:class:`~.marketo.CallLimiter`) keeps this
+- **Rate**: the same per-process limiter as Marketo's (:class:`~leads.ratelimit.CallLimiter`) keeps this
   process under 100 calls per rolling 10 s, HubSpot's lowest limit; other instances and other
   integrations share the portal's limit, so 429 stays handled.
 - ``check()`` creates nothing and works for Service Keys and private-app tokens alike (HubSpot's
@@ -71,9 +71,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ..ratelimit import CallLimiter
 from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, parse_retry_after
 from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
-from .marketo import CallLimiter
 
 if TYPE_CHECKING:
     import requests
@@ -134,7 +134,7 @@ class HubSpotDestination(Destination):
         from ..http import session as deadline_session
 
         self.session = session or deadline_session()
-        self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32)
+        self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32, service="HubSpot")
         self.mappings = Mappings("HUBSPOT_MAPPING", mapping)
         self._specs: dict[str, FieldSpec] | None = None
         self._specs_at = 0.0

@@ -49,8 +49,8 @@ owned by an API-only user), optional ``MARKETO_FORM_ID``.
   midnight US Central) is transient until the reset. 603 (access denied), 610 (wrong URL) and field
   errors (1006 "Field 'x' not found", 1001, 1003, ...) are permanent, naming the field but never a
   value (values are the customer's data).
-- **Rate**: a thread-safe :class:`CallLimiter` on the instance keeps this process under 100 calls per
-  20 s and 10 at once, waiting up to :attr:`CallLimiter.max_wait` seconds for a slot (pacing, not
+- **Rate**: a thread-safe :class:`~leads.ratelimit.CallLimiter` on the instance keeps this process under 100 calls per
+  20 s and 10 at once, waiting up to :attr:`~leads.ratelimit.CallLimiter.max_wait` seconds for a slot (pacing, not
   retrying) and answering transient past that. It is per process: Azure may run several instances
   of the app, whose calls Marketo counts together, so 606 and 615 remain handled as transient.
 - Concurrent upserts of one email can create duplicate persons in Marketo ("make no subsequent call
@@ -61,17 +61,15 @@ owned by an API-only user), optional ``MARKETO_FORM_ID``.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
-import math
 import re
 import threading
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
+from ..ratelimit import CallLimiter
 from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, classify_error
 from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 from .notice import within
@@ -159,56 +157,6 @@ _FIELD_NAMED = re.compile(r"field\s+'([^']{1,100})'", re.IGNORECASE)
 _TYPE_NAMED = re.compile(r"of type\s+'([^']{1,40})'", re.IGNORECASE)
 
 
-class CallLimiter:
-    """At most ``calls`` API calls in any ``period`` seconds and ``concurrent`` calls at once, for
-    every thread of this process. ``slot()`` waits for room up to ``max_wait`` seconds (pacing the
-    calls), then gives up with a :class:`TransientError` whose ``retry_after`` says when room frees.
-
-    A call counts from when it starts until ``period`` after it ended: the service stamps it at
-    some moment in between, so the window here never frees before the service's does."""
-
-    def __init__(self, calls: int = CALLS_PER_WINDOW, period: float = WINDOW_SECONDS,
-                 concurrent: int = CONCURRENT_CALLS, max_wait: float = 10.0) -> None:  # fmt: skip
-        self.calls, self.period, self.max_wait = calls, period, max_wait
-        self.concurrent = concurrent
-        self._stamps: dict[int, float] = {}  # call → when it ended (inf while running)
-        self._tickets = itertools.count()
-        self._lock = threading.Lock()
-        self._running = threading.BoundedSemaphore(concurrent)
-        self.waited = 0.0  # seconds spent pacing, for benchmarks
-
-    @contextmanager
-    def slot(self):
-        deadline = time.monotonic() + self.max_wait
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                for ticket in [t for t, ended in self._stamps.items() if ended <= now - self.period]:
-                    del self._stamps[ticket]
-                if len(self._stamps) < self.calls:
-                    ticket = next(self._tickets)
-                    self._stamps[ticket] = math.inf
-                    break
-                ended = [stamp for stamp in self._stamps.values() if stamp != math.inf]
-                wait = min(ended) + self.period - now if ended else 0.05
-            if now + wait > deadline:
-                raise TransientError(f"held back by this app: Marketo allows {self.calls} calls per {self.period:g} s",
-                                     retry_after=max(wait, 1.0))  # fmt: skip
-            time.sleep(wait)
-            self.waited += wait
-        try:
-            if not self._running.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise TransientError(f"held back by this app: Marketo allows {self.concurrent} calls at once",
-                                     retry_after=5)  # fmt: skip
-            try:
-                yield
-            finally:
-                self._running.release()
-        finally:
-            with self._lock:
-                self._stamps[ticket] = time.monotonic()
-
-
 class MarketoDestination(Destination):
     name = "marketo"
 
@@ -223,7 +171,7 @@ class MarketoDestination(Destination):
         from ..http import session as deadline_session
 
         self.session = session or deadline_session()
-        self.limiter = limiter or CallLimiter()
+        self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, CONCURRENT_CALLS, service="Marketo")
         self.token_requests = 0
         self._token: str | None = None
         self._token_expires = 0.0

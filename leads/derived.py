@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .storage import put_row
+
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
@@ -195,9 +197,7 @@ class Tally:
     def recount_step(self, partition: str, low: str, high: str, page: int = 1000) -> bool:
         """Count the next ``page`` entries (keys in (``low``, ``high``)) of a partition being
         counted; True once it is counted to the end (or was)."""
-        from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
 
         for _ in range(_TALLY_TRIES):
             tally = self._row(partition)
@@ -220,11 +220,7 @@ class Tally:
             entity = {"PartitionKey": partition, "RowKey": TALLY_ROW, **fields,
                       **({} if done else {"Cursor": found[-1]["RowKey"]})}  # fmt: skip
             try:
-                if tally is None:
-                    self.table.create_entity(entity)
-                else:
-                    self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=tally.metadata["etag"],
-                                             match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                put_row(self.table, entity, tally.metadata["etag"] if tally is not None else None)
             except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
                 continue  # a writer changed the partition meanwhile: read again
             return done

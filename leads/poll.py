@@ -54,7 +54,7 @@ from .normalise import LeadValidationError, from_table_entity, storable_row, tab
 from .poll_health import CHECKPOINT_PARTITION, HEALTH_SUFFIX, PollHealth
 from .routing import hold_backfill, plan
 from .settings import Settings, get_settings
-from .storage import table_service
+from .storage import put_row, table_service
 from .store import LeadStore, Stored
 
 log = logging.getLogger(__name__)
@@ -647,9 +647,7 @@ class Checkpoint:
     def advance(self, marks: Marks, under_way: Pass | None = None, finished: Pass | None = None) -> Marks:
         """Store ``marks`` merged with the stored ones, and the place of the pass ``under_way``, or
         that the pass ``finished`` is done; returns what is stored."""
-        from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-        from azure.data.tables import UpdateMode
 
         for _ in range(10):
             merged, stored_pass = self.marks.merged(marks), self._pass_after(under_way, finished)
@@ -657,11 +655,7 @@ class Checkpoint:
                 return merged
             entity = {**self.key, **merged.to_entity(), **(stored_pass.to_entity() if stored_pass else {})}
             try:
-                if self._etag is None:
-                    metadata = self.table.create_entity(entity)
-                else:
-                    metadata = self.table.update_entity(entity, mode=UpdateMode.REPLACE, etag=self._etag,
-                                                        match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                metadata = put_row(self.table, entity, self._etag)
                 self.marks, self.under_way, self._etag = merged, stored_pass, metadata["etag"]
                 return merged
             except (ResourceExistsError, ResourceModifiedError):
@@ -684,9 +678,7 @@ class Checkpoint:
 
     def remember_failure(self, taken: Taken, entity: Any, record: Any = None, tries: int = 1) -> None:
         """Keep a row that failed, to be tried by the next polls (``tries`` so far)."""
-        from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
-        from azure.data.tables import UpdateMode
 
         log.warning("marketplace row %s could not be taken in (%s, try %d of %d): the poll moves on and tries it "
                     "again", taken.lead_id, taken.failure, tries, ROW_TRIES)  # fmt: skip
@@ -694,11 +686,7 @@ class Checkpoint:
                "SourcePartitionKey": entity["PartitionKey"], "SourceRowKey": entity["RowKey"], "Tries": tries,
                "Failure": taken.failure}  # fmt: skip
         try:
-            if record is None:
-                self.table.create_entity(row)
-            else:
-                self.table.update_entity(row, mode=UpdateMode.REPLACE, etag=record.metadata["etag"],
-                                         match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            put_row(self.table, row, record.metadata["etag"] if record is not None else None)
         except (ResourceExistsError, ResourceModifiedError):
             pass  # a racing poll keeps it already
 

@@ -132,6 +132,20 @@ class RowKeptChanging(RuntimeError):
     """Other writers changed the row before every one of :func:`change_row`'s tries."""
 
 
+def put_row(table: TableClient, entity: Mapping[str, Any], etag: str | None) -> Mapping[str, Any]:
+    """Write ``entity`` as the row it was read as: created where none was read (``etag`` None),
+    else replaced only if unchanged since. Raises ResourceExistsError or ResourceModifiedError
+    (ResourceNotFoundError: deleted since) when another writer came first; returns the answer's
+    metadata (its new ETag)."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    if etag is None:
+        return table.create_entity(entity)
+    condition = MatchConditions.IfNotModified
+    return table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=condition)
+
+
 def change_row(table: TableClient, partition: str, row_key: str,
                change: Callable[[TableEntity | None], Mapping[str, Any] | None], *, tries: int,
                select: list[str] | None = None) -> Mapping[str, Any] | None:  # fmt: skip

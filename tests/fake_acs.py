@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -252,7 +252,7 @@ class FakeAcs(LoopbackServer):
             when = parsedate_to_datetime(date)
         except (TypeError, ValueError):
             return False
-        if abs((datetime.now(timezone.utc) - when).total_seconds()) > CLOCK_SKEW:
+        if abs((datetime.now(UTC) - when).total_seconds()) > CLOCK_SKEW:
             return False
         to_sign = f"{method}\n{path}\n{date};{host};{content_hash}"
         key = base64.b64decode(self.access_key)

@@ -93,8 +93,8 @@ def lead_attributes() -> dict[str, dict[str, Any]]:
     found = {"leadid": attribute("leadid", "Uniqueidentifier"), "fullname": attribute("fullname", "String", 160,
              create=False), "createdon": attribute("createdon", "DateTime", create=False),
              "description": attribute("description", "Memo", 2000),
-             "leadsourcecode": attribute("leadsourcecode", "Picklist", options=list(zip(LEAD_SOURCE_CHOICES,
-                                                                                        LEAD_SOURCE_LABELS))),
+             "leadsourcecode": attribute("leadsourcecode", "Picklist",
+                                         options=list(zip(LEAD_SOURCE_CHOICES, LEAD_SOURCE_LABELS, strict=True))),
              "industrycode": attribute("industrycode", "Picklist", options=[(1, "Accounting"), (2, "Agriculture")]),
              "campaignid": attribute("campaignid", "Lookup"), "websiteurl": attribute("websiteurl", "String", 200),
              "mobilephone": attribute("mobilephone", "String", 50)}  # fmt: skip

@@ -39,7 +39,6 @@ import pytest
 
 from .loopback import LoopbackHandler, LoopbackServer
 
-
 API = "/services/data/v"
 CLIENT_CREDENTIALS_IGNORES = {"full", "refresh_token", "offline_access"}  # scopes the flow drops
 STANDARD_LEAD_SOURCES = ["Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other"]

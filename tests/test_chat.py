@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.resources import files
 
 import jsonschema
@@ -22,11 +22,11 @@ from leads.routing import RoutingError, load_rules, route
 from leads.settings import Settings, get_settings
 from leads.store import LeadStore
 
-from .fake_chat import Fault, FakeSlack, FakeTeams
+from .fake_chat import FakeSlack, FakeTeams, Fault
 from .personal import leaked
 from .workers import drain
 
-RECEIVED = datetime(2026, 11, 30, 9, 15, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 30, 9, 15, tzinfo=UTC)
 # A lead whose every value tries to format, mention or link, and the personal values of it.
 HOSTILE = {"FirstName": "Jane_*", "LastName": "<!channel> Doe", "Email": "jane.doe@fabrikam.com",
            "Phone": "+44 20 7946 0958", "Country": "United Kingdom", "Company": "**Fabrikam** [win](https://x.test)",

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leads.deliver import deliver, handle_message
-from leads.destinations.webhook import verify
 from leads.intake import accept_http
 from leads.normalise import from_http_body
 from leads.operations import replay, status, sweep

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -34,7 +34,7 @@ fake_acs, fake_tls_ca = fake_acs_plugin.fake_acs, fake_acs_plugin.fake_tls_ca
 
 FIXTURES = Path(__file__).parent / "fixtures" / "marketplace"
 SALES = ("sales@contoso.com",)
-RECEIVED = datetime(2024, 5, 6, 14, 3, tzinfo=timezone.utc)
+RECEIVED = datetime(2024, 5, 6, 14, 3, tzinfo=UTC)
 
 # The personal data of the lead below, none of which may appear when EMAIL_PII=none.
 PERSONAL = ("Jane", "Doe", "jane.doe", "fabrikam", "Fabrikam", "7946", "0958", "Procurement", "40 seats")

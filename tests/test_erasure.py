@@ -9,7 +9,7 @@ import copy
 import itertools
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,9 @@ from leads.intake import accept_http
 from leads.normalise import from_http_body
 from leads.poll import _recently_stored, poll_marketplace
 from leads.routing import plan
+from leads.rows import lead_entity
 from leads.settings import get_settings
 from leads.storage import table_service
-from leads.rows import lead_entity
 from leads.store import LeadStore
 
 from .conftest import FIXTURES
@@ -108,7 +108,7 @@ def marketplace_row(who: dict[str, str]) -> None:
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
     table.create_table()
-    table.create_entity({**ENTITY, "PartitionKey": f"{datetime.now(timezone.utc):%Y-%m-%d}",
+    table.create_entity({**ENTITY, "PartitionKey": f"{datetime.now(UTC):%Y-%m-%d}",
                          "RowKey": uuid.uuid4().hex, "CustomerInfo": json.dumps({**who, "Country": "US"}),
                          "Description": "from the table"})  # fmt: skip
 
@@ -193,7 +193,7 @@ def test_an_http_repeat_of_an_erased_lead_is_not_taken_in_and_after_the_window_i
     assert left_behind(personal_values(who), outbox()) == []
     # After the window the same content is the person asking again: a new lead, as any content.
     window = timedelta(hours=get_settings().dedupe_window_hours)
-    later = from_http_body(body, received_at=datetime.now(timezone.utc) + window)
+    later = from_http_body(body, received_at=datetime.now(UTC) + window)
     again = store.add_http(later, window, plan(later, get_settings()))
     assert not again.duplicate and store.get(again.lead_id).email == who["Email"]
 
@@ -206,7 +206,7 @@ def store_received(who: dict[str, str], received_at: datetime) -> str:
 
 
 def test_retention_erases_old_leads_in_bounded_pages_from_a_watermark(app, env, monkeypatch):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old = [person() for _ in range(5)]
     old_ids = [store_received(who, now - timedelta(days=40, minutes=index)) for index, who in enumerate(old)]
     recent = person()
@@ -266,7 +266,7 @@ def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fak
 
 
 def test_forget_email_reads_the_persons_rows_and_none_of_anyone_elses(app):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     leads_table = get_settings().table_prefix
 
     def rows_read_to_forget_one(others: int) -> int:
@@ -325,7 +325,7 @@ def test_an_index_row_of_a_lead_still_being_written_is_left_and_one_left_by_a_cr
     store.identities.record_addresses("h" + uuid.uuid4().hex[:24], "lead", [address])  # its lead not yet written
     assert erasure.forget_email(address).leads == []
     assert len(list(store.identities.holding(address))) == 1  # a lead on its way stays findable
-    erasure.forget_email(address, now=datetime.now(timezone.utc) + timedelta(hours=1))
+    erasure.forget_email(address, now=datetime.now(UTC) + timedelta(hours=1))
     assert list(store.identities.holding(address)) == []  # long after: a crash's leftover, deleted
 
 
@@ -380,7 +380,7 @@ def store_the_old_way(who: dict[str, str], received_at: datetime) -> str:
 
 
 def test_an_old_store_is_erased_by_reading_it_all_until_reindex_then_through_the_index(app, capsys):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     old = [person() for _ in range(3)]
     old_ids = [store_the_old_way(who, now - timedelta(days=400 - index)) for index, who in enumerate(old)]
     settings = get_settings()
@@ -409,7 +409,7 @@ def test_an_old_store_is_erased_by_reading_it_all_until_reindex_then_through_the
 
 def test_import_matches_a_lead_stored_before_the_identities_once_reindexed(app, tmp_path):
     who = person()
-    received = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    received = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
     old_id = store_the_old_way(who, received)
     assert cli(["reindex"]) == 0
     path = tmp_path / "leads.jsonl"
@@ -458,7 +458,7 @@ def test_forget_names_a_destination_an_earlier_attempt_may_have_reached(app, cap
     store = LeadStore.from_settings()
     delivery = store.deliveries.get(lead_id, "webhook")
     store.deliveries.change(delivery, state="sending", attempts=1,
-                            claimed_until=datetime.now(timezone.utc) - timedelta(minutes=1))  # fmt: skip
+                            claimed_until=datetime.now(UTC) - timedelta(minutes=1))  # fmt: skip
     assert cli(["forget", "--lead", lead_id, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert f"{lead_id}/webhook" in report["deliveriesSkipped"]
@@ -476,7 +476,7 @@ def test_an_erasure_killed_before_its_email_rows_went_is_finished_by_the_next_ru
 
     env(LEADS_RETENTION_DAYS="30")
     who = person()
-    lead_id = store_received(who, datetime.now(timezone.utc) - timedelta(days=60))
+    lead_id = store_received(who, datetime.now(UTC) - timedelta(days=60))
     store = LeadStore.from_settings()
     email_rows = lambda: list(store.identities.email_rows(who["Email"]))  # noqa: E731
     assert email_rows()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -40,7 +40,7 @@ def http_body(index: int) -> dict:
 
 
 def table_row(index: int) -> dict:
-    return {"PartitionKey": f"{datetime.now(timezone.utc):%Y-%m-%d}", "RowKey": f"row-{index:04d}", "ActionCode": "INS",
+    return {"PartitionKey": f"{datetime.now(UTC):%Y-%m-%d}", "RowKey": f"row-{index:04d}", "ActionCode": "INS",
             "CustomerInfo": json.dumps({"FirstName": f"Table{index}", "Email": f"table{index}@contoso.com",
                                         "Company": f"Company {index}", "Country": "DE"}),
             "LeadSource": "AzureMarketplace", "OfferDisplayName": "Contoso CRM"}  # fmt: skip
@@ -111,7 +111,7 @@ def test_leads_through_both_intakes_with_a_third_of_calls_failing(flaky_webhook,
 
     from .plant import plant
 
-    after = datetime.now(timezone.utc) + GRACE + timedelta(minutes=1)
+    after = datetime.now(UTC) + GRACE + timedelta(minutes=1)
     assert verify(now=after).by_kind() == {}
     planted = plant(store)
     assert Counter(verify(now=after, repair=True).by_kind()) == planted

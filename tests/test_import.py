@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,7 +20,7 @@ from leads.store import LeadStore
 
 from .conftest import FIXTURES
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 OFFER = "contoso.contoso-crm"
 
 

@@ -11,7 +11,7 @@ import json
 import threading
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -24,8 +24,8 @@ from leads.normalise import from_http_body
 from leads.operations import STALE, replay, status, sweep
 from leads.queue import delivery_queue
 from leads.routing import plan
-from leads.settings import get_settings
 from leads.rows import lead_entity
+from leads.settings import get_settings
 from leads.store import LeadStore
 
 from .conftest import FIXTURES
@@ -33,7 +33,7 @@ from .storage_reads import counting_table_reads
 
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 # Yesterday 09:00 UTC: within status's window of days, which counts the leads received in it.
-START = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+START = (datetime.now(UTC) - timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_sweep_status_replay_and_list_read_no_history(app):
     leads_table = app.leads.table_name
-    later = datetime.now(timezone.utc) + STALE * 2
+    later = datetime.now(UTC) + STALE * 2
     reads = {}
     for stored in (40, 80):
         store_finished(app, 40, start=stored - 40)
@@ -131,12 +131,12 @@ def test_the_sweep_finds_open_deliveries_and_drops_entries_left_over(app):
     app.leads.delete_entity(gone.lead_id, "delivery|webhook")  # an entry pointing at nothing
     assert sorted(entry.lead_id for entry in app.index.open()) == sorted([stuck.lead_id, gone.lead_id])
 
-    assert sweep(now=datetime.now(timezone.utc) + STALE * 2) == 1
+    assert sweep(now=datetime.now(UTC) + STALE * 2) == 1
     assert queued() == [(stuck.lead_id, "webhook")]
     # Pointing at nothing, but young: it may be a lead whose transaction is on its way. It stays
     # until it is older than any write can take.
     assert sorted(entry.lead_id for entry in app.index.open()) == sorted([stuck.lead_id, gone.lead_id])
-    assert sweep(now=datetime.now(timezone.utc) + GRACE + STALE) == 1
+    assert sweep(now=datetime.now(UTC) + GRACE + STALE) == 1
     assert [entry.lead_id for entry in app.index.open()] == [stuck.lead_id]
 
 
@@ -181,7 +181,7 @@ def hold(store: LeadStore, count: int) -> list[str]:
     settings, ids = get_settings(), []
     for _ in range(count):
         lead = from_http_body({**EXAMPLE, "OfferTitle": f"Offer {uuid.uuid4().hex}"},
-                              received_at=datetime.now(timezone.utc) - timedelta(days=400))  # fmt: skip
+                              received_at=datetime.now(UTC) - timedelta(days=400))  # fmt: skip
         store.add(lead, hold_backfill(lead, plan(lead, settings), settings))
         ids.append(lead.lead_id)
     return ids
@@ -213,7 +213,7 @@ def test_a_held_lead_taken_in_twice_is_counted_once(app):
     from leads.routing import hold_backfill
 
     settings = get_settings()
-    lead = lead_at(1, received_at=datetime.now(timezone.utc) - timedelta(days=400))
+    lead = lead_at(1, received_at=datetime.now(UTC) - timedelta(days=400))
     for _ in range(2):  # a marketplace row read again by the poll's overlap
         app.add(lead, hold_backfill(lead, plan(lead, settings), settings))
     assert status().held_back == {"webhook": 1} and [e.lead_id for e in app.index.held()] == [lead.lead_id]
@@ -225,8 +225,7 @@ def held_the_old_way(store: LeadStore, index: int) -> str:
     """A lead held back as the version before the held index left it: its delivery ``skipped``
     with the backfill reason, its entry among the failed ones (``f|``). Returns its id."""
     from leads.index import FAILED, delivery_entry
-    from leads.rows import delivery_entity
-    from leads.rows import BACKFILL_REASON
+    from leads.rows import BACKFILL_REASON, delivery_entity
 
     lead = lead_at(index)
     store.add(lead, plan(lead, get_settings()))
@@ -357,7 +356,7 @@ def write_the_old_way(connection: str, table_name: str) -> dict[str, str]:
     service = TableServiceClient.from_connection_string(connection)
     table = service.create_table_if_not_exists(table_name)
     settings = get_settings()
-    long_ago = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    long_ago = datetime(2025, 3, 1, tzinfo=UTC)
     states = {"delivered": "delivered", "failed": "failed", "stuck": "pending", "claim_ran_out": "sending",
               "held_back": "skipped"}  # fmt: skip
     ids = {}

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import typing
 from datetime import timedelta
 from functools import cache

@@ -7,7 +7,7 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import azure.functions as func
 import pytest
@@ -21,12 +21,11 @@ from leads.intake import accept_http
 from leads.model import Lead
 from leads.normalise import from_http_body, http_lead_id
 from leads.queue import delivery_queue
+from leads.rows import MAX_KEPT_BYTES, lead_entity
 from leads.serve import LocalHost
 from leads.settings import get_settings
 from leads.storage import table_service
-from leads.rows import MAX_KEPT_BYTES
 from leads.store import LeadStore
-from leads.rows import lead_entity
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -76,7 +75,7 @@ def test_the_same_content_after_the_dedupe_window_is_a_new_lead(storage, env):
     env(LEADS_DEDUPE_WINDOW_HOURS="1")
     store = LeadStore.from_settings()
     window = timedelta(hours=get_settings().dedupe_window_hours)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     first = store.add_http(from_http_body(EXAMPLE, received_at=now - timedelta(hours=2)), window)
     # 90 minutes after the first is outside its 1-hour window: a new lead, with a new id.
     within = store.add_http(from_http_body(EXAMPLE, received_at=now - timedelta(minutes=30)), window)
@@ -236,7 +235,7 @@ def arrivals(store: LeadStore, proxy: StorageProxy, body: dict, times: list[date
 
 def test_the_repeat_check_costs_the_same_on_every_occurrence(storage, azurite):
     window = timedelta(hours=1)
-    start = datetime.now(timezone.utc) - timedelta(days=10)
+    start = datetime.now(UTC) - timedelta(days=10)
     times = [start + timedelta(hours=2 * k, minutes=minute) for k in range(40) for minute in (0, 5)]
     with StorageProxy(azurite.table_port) as proxy:
         outcomes = arrivals(storage_counted(proxy, azurite), proxy, EXAMPLE, times, window)
@@ -275,7 +274,7 @@ def store_as_before(store: LeadStore, body: dict, count: int, first_at: datetime
 
 def test_a_content_that_arrived_a_thousand_times_before_is_taken_in_at_the_cost_of_the_first(storage, azurite):
     window = timedelta(hours=24)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     every = timedelta(hours=25)
     lead = store_as_before(LeadStore.from_settings(), EXAMPLE, 1000, now - every * 1000, every)
     other = {**EXAMPLE, "UserDetails": {**EXAMPLE["UserDetails"], "Email": "other@contoso.com"}}
@@ -295,7 +294,7 @@ def test_a_content_that_arrived_a_thousand_times_before_is_taken_in_at_the_cost_
 
 def test_a_repeat_of_a_lead_stored_by_the_version_before_is_still_a_repeat(storage):
     store = LeadStore.from_settings()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     lead = store_as_before(store, EXAMPLE, 3, now - timedelta(hours=51), timedelta(hours=25))
     again = store.add_http(from_http_body(EXAMPLE, received_at=now), timedelta(hours=24))
     assert (again.lead_id, again.duplicate) == (http_lead_id(lead, 2), True)
@@ -533,7 +532,7 @@ def test_a_count_failing_after_the_lead_committed_is_202_with_the_lead_queued(qu
     else:  # its content row is moved on to the new lead once it is stored
         body = ANN
         window = timedelta(hours=get_settings().dedupe_window_hours)
-        store.add_http(from_http_body(body, received_at=datetime.now(timezone.utc) - 2 * window), window)
+        store.add_http(from_http_body(body, received_at=datetime.now(UTC) - 2 * window), window)
         refused = refuse(monkeypatch, store.leads, "update_entity", row_key="content")
     result = accept_http(json.dumps(body).encode())
     assert refused, "no count was refused: the test tested nothing"
@@ -622,7 +621,7 @@ def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back
 
     def arrive():
         if again == "table row read again":
-            return store.add(from_table_entity(row, "Marketplace", received_at=datetime.now(timezone.utc)))
+            return store.add(from_table_entity(row, "Marketplace", received_at=datetime.now(UTC)))
         return store.add_http(from_http_body(ANN), window)
 
     first = arrive()
@@ -637,7 +636,7 @@ def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back
     assert (second.lead_id, second.duplicate, second.erased) == (first.lead_id, True, True)
     assert email_rows(store, address) == [] and len(store.list(limit=None)) == 1
     if again == "posted again":  # after the window, the person sent it again: a new lead, indexed as any other
-        later = store.add_http(from_http_body(ANN, received_at=datetime.now(timezone.utc) + window), window)
+        later = store.add_http(from_http_body(ANN, received_at=datetime.now(UTC) + window), window)
         assert not later.duplicate and email_rows(store, address) == [f"{later.lead_id}|lead"]
 
 
@@ -646,7 +645,7 @@ def test_a_repeat_on_the_next_day_leaves_no_identity_row_once_the_lead_is_forgot
 
     env(EMAIL_TO="", WEBHOOK_URL="", LEADS_DEDUPE_WINDOW_HOURS="24")
     store = LeadStore.from_settings()
-    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     first = store.add_http(from_http_body(ANN, received_at=midnight - timedelta(minutes=10)), timedelta(hours=24))
     repeat = store.add_http(from_http_body(ANN, received_at=midnight + timedelta(minutes=10)), timedelta(hours=24))
     assert (repeat.lead_id, repeat.duplicate) == (first.lead_id, True)

@@ -12,7 +12,6 @@ import pytest
 
 from leads.cli import main
 from leads.deliveries import new_delivery_entity
-from leads.rows import delivery_from_entity
 from leads.destinations.base import Route
 from leads.destinations.mapping import (
     FieldSpec,
@@ -25,6 +24,7 @@ from leads.destinations.mapping import (
     sample_lead,
 )
 from leads.routing import load_rules, route
+from leads.rows import delivery_from_entity
 from leads.settings import Settings
 
 PICKLIST = FieldSpec("Lead_Source_Detail__c", "picklist", 255, (("Marketplace", "Marketplace"), ("Partner", "Partner")))

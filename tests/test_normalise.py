@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from email_validator import EmailNotValidError, validate_email
@@ -232,8 +232,8 @@ def test_test_marker_anywhere_makes_a_test_lead():
 
 def test_http_lead_id_is_content_not_arrival_time():
     body = fixture("https-documented-example.json")
-    early = from_http_body(body, received_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
-    late = from_http_body(body, received_at=datetime(2026, 1, 2, tzinfo=timezone.utc))
+    early = from_http_body(body, received_at=datetime(2026, 1, 1, tzinfo=UTC))
+    late = from_http_body(body, received_at=datetime(2026, 1, 2, tzinfo=UTC))
     cleaned_same = from_http_body({**body, "OfferTitle": "  Test   Microsoft "})
     assert early.lead_id == late.lead_id == cleaned_same.lead_id == http_lead_id(early)
     assert http_lead_id(early, 1) != early.lead_id

@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.data.tables import TableClient
@@ -44,7 +44,7 @@ def marketplace(storage) -> TableClient:
 
 def today() -> str:
     """The PartitionKey the marketplace gives a row written now (a date, as far as anyone has seen)."""
-    return f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    return f"{datetime.now(UTC):%Y-%m-%d}"
 
 
 def write_rows(table: TableClient, count: int, start: int = 0, partition: str | None = None) -> list[str]:
@@ -121,7 +121,7 @@ def test_a_late_row_with_an_older_timestamp_inside_the_overlap_is_not_missed(mar
     # Another writer's clock runs behind: the watermark is already past the next row's Timestamp.
     checkpoint = Checkpoint(LeadStore.from_settings(), get_settings().marketplace_table_name)
     checkpoint.read()
-    checkpoint.advance(Marks(watermark=datetime.now(timezone.utc) + timedelta(minutes=3)))
+    checkpoint.advance(Marks(watermark=datetime.now(UTC) + timedelta(minutes=3)))
     write_rows(marketplace, 1, start=2)
     late = next(e for e in marketplace.list_entities() if e["RowKey"] == "row-00002")
     assert late.metadata["timestamp"] < checkpoint.read()
@@ -154,7 +154,7 @@ def test_two_polls_racing_take_in_each_row_once(marketplace):
 def test_a_stale_checkpoint_write_never_moves_the_watermark_back(storage):
     store = LeadStore.from_settings()
     store.ensure_tables()
-    early, late = datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc)
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
     slow, fast = Checkpoint(store, "Racing"), Checkpoint(store, "Racing")
     assert slow.read() is None and fast.read() is None
     assert fast.advance(Marks(watermark=late)).watermark == late
@@ -321,8 +321,8 @@ def test_a_table_with_history_is_stored_whole_but_only_recent_leads_are_delivere
         day = today()
         old = [lead_id_of(day, key) for key in write_rows(marketplace, 3, partition=day)]
         written = newest_timestamp(marketplace)
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=10)
-        while datetime.now(timezone.utc) - written < timedelta(seconds=2.1) and datetime.now(timezone.utc) < deadline:
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while datetime.now(UTC) - written < timedelta(seconds=2.1) and datetime.now(UTC) < deadline:
             threading.Event().wait(0.01)
         result = poll_marketplace()
         assert (result.stored, result.held) == (3, 3)
@@ -357,7 +357,7 @@ def _us_date(day: datetime) -> str:
 
 @pytest.mark.parametrize("recent, far", [
     (today(), "2019-01-01"),
-    (_us_date(datetime.now(timezone.utc)), "1:2F2:2F2019"),  # as a public marketplace reader queries it
+    (_us_date(datetime.now(UTC)), "1:2F2:2F2019"),  # as a public marketplace reader queries it
 ])  # fmt: skip
 def test_a_poll_reads_the_recent_days_and_the_safety_scan_takes_in_any_row_they_missed(marketplace, recent, far):
     write_rows(marketplace, 2, partition=recent)
@@ -424,7 +424,7 @@ def poll_until_done(budget: dict, rows_per_poll: int, full_scan: bool = False) -
             ending = poll_marketplace(full_scan=full_scan and not endings).mode
         except Killed:
             ending = "killed"
-        endings.append((ending, datetime.now(timezone.utc)))
+        endings.append((ending, datetime.now(UTC)))
         if ending != "killed":
             break
     return endings
@@ -477,7 +477,7 @@ def test_a_checkpoint_of_an_earlier_version_goes_on_as_before(marketplace):
     write_rows(marketplace, 2)
     store = LeadStore.from_settings()
     store.ensure_tables()
-    watermark = datetime.now(timezone.utc) - timedelta(hours=1)
+    watermark = datetime.now(UTC) - timedelta(hours=1)
     store.checkpoints.create_entity({"PartitionKey": poll.CHECKPOINT_PARTITION,
                                      "RowKey": get_settings().marketplace_table_name, "Watermark": watermark})
     result = poll_marketplace()
@@ -568,5 +568,5 @@ def test_a_table_whose_keys_all_fit_no_format_is_not_scanned_whole_on_every_poll
 def set_marks_back_a_day(*names: str) -> None:
     """As if the checkpoint's ``names`` had been written a day (and a minute) ago."""
     checkpoint = Checkpoint(LeadStore.from_settings(), get_settings().marketplace_table_name)
-    day_ago = datetime.now(timezone.utc) - poll.UNFIT_KEYS_SCAN_FOR - timedelta(minutes=1)
+    day_ago = datetime.now(UTC) - poll.UNFIT_KEYS_SCAN_FOR - timedelta(minutes=1)
     checkpoint.table.update_entity({**checkpoint.key, **dict.fromkeys(names, day_ago)})

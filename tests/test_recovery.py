@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from leads.store import LeadStore
 
 from .test_erasure import left_behind, person
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_two_rows_naming_different_emails_are_two_people_whatever_their_names(st
 
 def stored_days_ago(store: LeadStore, body: dict, days: float) -> str:
     """A lead the HTTP intake took in ``days`` ago, and its mail sent."""
-    lead = from_http_body(body, received_at=datetime.now(timezone.utc) - timedelta(days=days))
+    lead = from_http_body(body, received_at=datetime.now(UTC) - timedelta(days=days))
     stored = store.add_http(lead, timedelta(hours=24), plan(lead, get_settings()))
     assert deliver.deliver(stored.lead_id, "email").state == "delivered"
     return stored.lead_id
@@ -102,7 +102,7 @@ def test_a_lead_stored_days_ago_is_not_taken_in_again_from_a_file_without_a_know
     if kind.endswith(".jsonl"):
         path.write_text(json.dumps(body) + "\n")  # as the marketplace POSTs it: no created time
     else:
-        created = f"{datetime.now(timezone.utc) - timedelta(days=3):%Y-%m-%d}"
+        created = f"{datetime.now(UTC) - timedelta(days=3):%Y-%m-%d}"
         partner_center_csv(path, [{**who, "Created": created}], date_header="Lead Created")
     report = import_file(path)
     assert (report.read, report.already_received, report.imported, report.imported_not_sent) == (1, 1, 0, 0)
@@ -124,7 +124,7 @@ def test_an_import_after_forget_keeps_nothing_of_the_erased_person_and_mails_no_
     # The maintenance run's verify --repair removes stale identity rows: a tombstone is none of them.
     from leads.verify import verify
 
-    verify(repair=True, now=datetime.now(timezone.utc) + timedelta(days=1))
+    verify(repair=True, now=datetime.now(UTC) + timedelta(days=1))
     row = {**who, "Created": f"{NOW:%Y-%m-%d %H:%M:%S}"}
     report = import_file(partner_center_csv(tmp_path / "pc.csv", [row]))
     assert (report.read, report.erased, report.imported, report.already_received) == (1, 1, 0, 0)
@@ -205,7 +205,7 @@ def take_in_by_table(persons: list[dict[str, str]]) -> dict[str, str]:
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
     table.create_table()
-    day, rows = f"{datetime.now(timezone.utc):%Y-%m-%d}", {}
+    day, rows = f"{datetime.now(UTC):%Y-%m-%d}", {}
     for start in range(0, len(persons), 100):
         batch = [{"PartitionKey": day, "RowKey": uuid.uuid4().hex, "LeadSource": "AzureMarketplace", "ActionCode": "INS",
                   "OfferDisplayName": OFFER, "CustomerInfo": json.dumps(who)} for who in persons[start:start + 100]]  # fmt: skip
@@ -243,10 +243,10 @@ def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_noth
     from leads.identities import CROWDED
 
     env(LEADS_RETENTION_DAYS="1")
-    taken_in = datetime.now(timezone.utc)  # when the leads below arrived, give or take a minute or two
+    taken_in = datetime.now(UTC)  # when the leads below arrived, give or take a minute or two
     retained = people("Ret", RETAINED)
     stored = take_in_by_http(retained)
-    retention_cut = datetime.now(timezone.utc)
+    retention_cut = datetime.now(UTC)
     by_http, by_table, lost = people("Http", HTTP_LEADS), people("Tab", TABLE_LEADS), people("Lost", LOST)
     wei = {"FirstName": "Wei", "LastName": f"Zhang{uuid.uuid4().hex[:6]}", "Company": "Microsoft"}
     wei_stored, wei_lost = {**wei, "Email": f"wei.zhang.{wei['LastName']}@microsoft.com"}, {**wei, "Email": f"wzhang2.{wei['LastName']}@microsoft.com"}
@@ -263,7 +263,7 @@ def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_noth
     erased = {who["Email"] for who in [*retained, *forgotten]}
 
     # Partner Center's download: every lead, and those the app never got; 5,000 rows a file at most.
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     everyone = [*retained, *by_http, wei_stored, *by_table, *lost, wei_lost]
     # Partner Center's created time is a little before the app's received time (a day matches).
     created = {who["Email"]: taken_in - timedelta(minutes=3) for who in everyone}
@@ -339,7 +339,7 @@ def test_encodings_and_delimiters_excel_writes_are_told_and_said(store, tmp_path
 
 def test_a_bad_row_is_refused_with_its_line_and_the_rest_goes_on(store, tmp_path):
     tag = uuid.uuid4().hex[:6]
-    head = "First Name,Last Name,Email,Company,Offer Name,Created Date\r\n".encode()
+    head = b"First Name,Last Name,Email,Company,Offer Name,Created Date\r\n"
 
     def row(index: int, comment: str = "") -> bytes:
         return f'Ann,Lee{index},ann{index}.{tag}@fabrikam.example,"Fabrikam, Ltd",Contoso CRM,{NOW:%Y-%m-%d}\r\n'.encode()

@@ -30,7 +30,7 @@ from leads.store import LeadStore
 
 from .fake_acs import DEFAULT_SENDER, FakeAcs
 from .fake_app_insights import FakeAppInsights
-from .fake_chat import Fault, FakeSlack, FakeTeams
+from .fake_chat import FakeSlack, FakeTeams, Fault
 from .fake_dynamics import FakeDynamics
 from .fake_hubspot import FakeHubSpot
 from .fake_marketo import FakeMarketo

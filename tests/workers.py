@@ -8,8 +8,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from azure.core.exceptions import AzureError
 
 from leads.deliver import handle_message
-from leads.rows import OPEN
 from leads.queue import delivery_queue
+from leads.rows import OPEN
 from leads.settings import get_settings
 from leads.store import LeadStore
 

@@ -291,7 +291,7 @@ class IdentityIndex:
         """Delete the record's rows under the keys ``partitions`` (:func:`address_partitions`),
         wherever they lie: in their bucket, and where an earlier version kept them."""
         for key in partitions:
-            for location in (key_location(key, record_id, row_key), (key, f"{record_id}|{row_key}")):
+            for location in {key_location(key, record_id, row_key), (key, f"{record_id}|{row_key}")}:
                 self.table.delete_entity(*location)  # a row not there answers 404, which the SDK takes as done
 
     # --- indexing a store written before these rows ---------------------------------------------

@@ -357,9 +357,8 @@ def take_in_many(store: LeadStore, rows: list[Row], settings: Settings, *, deliv
             enqueue(lead.lead_id, item.deliveries, settings)
         return Outcome(file, row.number, "imported-not-sent" if item.held else "imported", lead.lead_id, offer=offer)
 
-    finished = dict(zip((id(item) for _, item in new),
-                        run(carried(finish), *zip(*new, strict=True), stored) if new else (), strict=True))  # fmt: skip
-    return [finished[id(item)] if isinstance(item, _New) else item for item in decided]
+    finished = iter(list(run(carried(finish), [row for row, _ in new], [item for _, item in new], stored)))
+    return [next(finished) if isinstance(item, _New) else item for item in decided]
 
 
 def _decide(store: LeadStore, row: Row, settings: Settings, *, deliver: bool, matcher: Matcher,

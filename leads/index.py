@@ -168,13 +168,12 @@ class LeadIndex:
     def before_add(self, deliveries: Iterable[Delivery]) -> None:
         """The entries of the deliveries leads about to be stored owe: the open ones in one
         transaction per shard (one lead's are all in its shard), the held ones with their tally."""
-        entries: dict[str | None, list[dict[str, Any]]] = {OPEN: [], HELD: []}
+        held, others = [], []
         for delivery in deliveries:
-            kind = kind_of(delivery)
-            if kind in entries:
-                entries[kind].append(delivery_entry(kind, delivery))
-        upsert_batched(self.table, entries[OPEN])
-        self._hold(entries[HELD])
+            if kind := kind_of(delivery):
+                (held if kind == HELD else others).append(delivery_entry(kind, delivery))
+        upsert_batched(self.table, others)
+        self._hold(held)
 
     def _hold(self, entries: list[dict[str, Any]]) -> None:
         """Create held entries, counted in their shards' tallies (a transaction holds 100

@@ -312,7 +312,8 @@ def _take_in_page(store: LeadStore, page: list[Any], settings: Settings, now: da
     prepared = list(pool.map(carried(lambda entity: _prepare(store, entity, settings, now)), page))
     storable = [item for item in prepared if isinstance(item, _Storable)]
     stored = store.add_many([(item.lead, item.deliveries) for item in storable], pool=pool)
-    finished = dict(zip((id(item) for item in storable), pool.map(carried(_finish), storable, stored), strict=True))
+    finish = carried(lambda item, outcome: _finish(store, settings, item, outcome))
+    finished = dict(zip((id(item) for item in storable), pool.map(finish, storable, stored), strict=True))
     return [finished[id(item)] if isinstance(item, _Storable) else item for item in prepared]
 
 
@@ -324,8 +325,6 @@ class _Storable:
     deliveries: dict[str, Route]
     version: str | None
     timestamp: datetime
-    store: LeadStore
-    settings: Settings
 
 
 def _prepare(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Taken | _Storable:
@@ -348,7 +347,7 @@ def _prepare(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         if _storage_outage(exc):
             raise
         return Taken("failed", lead_id, timestamp, failure=f"{type(exc).__name__} while {stage}", detail=str(exc)[:500])
-    return _Storable(lead, deliveries, version, timestamp, store, settings)
+    return _Storable(lead, deliveries, version, timestamp)
 
 
 def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -> Taken:
@@ -360,10 +359,10 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         stored: Stored | Exception = store.add(item.lead, item.deliveries)
     except Exception as exc:
         stored = exc
-    return _finish(item, stored)
+    return _finish(store, settings, item, stored)
 
 
-def _finish(item: _Storable, stored: Stored | Exception) -> Taken:
+def _finish(store: LeadStore, settings: Settings, item: _Storable, stored: Stored | Exception) -> Taken:
     """What became of a row :meth:`LeadStore.add_many` stored (or could not): its deliveries
     queued, once it is new."""
     lead_id, timestamp = item.lead.lead_id, item.timestamp
@@ -376,10 +375,10 @@ def _finish(item: _Storable, stored: Stored | Exception) -> Taken:
     if stored.duplicate:
         # A row read again (or rewritten) of a lead erased since: its erased row is the tombstone.
         return Taken("erased" if stored.erased else "already_stored", lead_id, timestamp)
-    enqueue(lead_id, item.deliveries, item.settings)
+    enqueue(lead_id, item.deliveries, settings)
     from .silence import arrived
 
-    arrived(item.store, item.lead)  # the silence watch; 0 requests but once a day
+    arrived(store, item.lead)  # the silence watch; 0 requests but once a day
     return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in item.deliveries.values()))
 
 

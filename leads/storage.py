@@ -210,22 +210,20 @@ def delete_row(table: TableClient, partition: str, row_key: str, etag: str | Non
     return True
 
 
-def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> int:
+def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:
     """Upsert ``entities``, in one transaction per partition and :data:`TRANSACTION_LIMIT` rows
     (the last of two with one key wins); a lone row as a plain upsert. An upsert is the same
     however often it lands, so a transaction whose answer was lost (which the SDK does not retry)
-    is sent again. Returns the requests it took."""
+    is sent again."""
     from azure.core.exceptions import ServiceResponseError
 
     partitions: dict[str, dict[str, Mapping[str, Any]]] = {}
     for entity in entities:
         partitions.setdefault(entity["PartitionKey"], {})[entity["RowKey"]] = entity
-    requests = 0
     for rows in partitions.values():
         unique = list(rows.values())
         for start in range(0, len(unique), TRANSACTION_LIMIT):
             chunk = unique[start:start + TRANSACTION_LIMIT]
-            requests += 1
             if len(chunk) == 1:
                 table.upsert_entity(chunk[0])
                 continue
@@ -236,7 +234,6 @@ def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) ->
                 except ServiceResponseError:
                     if attempt == 2:
                         raise
-    return requests
 
 
 def create_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) -> None:

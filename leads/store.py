@@ -198,7 +198,6 @@ class LeadStore:
                  for number, (lead, deliveries) in enumerate(items) if firsts[lead.lead_id] == number]  # fmt: skip
         entities = {lead.lead_id: {**lead_entity(lead), "WriteId": uuid.uuid4().hex} for lead, _ in batch}
         addresses = {lead.lead_id: addresses_of(entities[lead.lead_id]) for lead, _ in batch}
-        outcomes: dict[str, Stored | Exception] = {}
         try:
             self.index.before_add([delivery for _, owed in batch for delivery in owed])
             for day in sorted({day_of(lead.received_at) for lead, owed in batch
@@ -224,7 +223,7 @@ class LeadStore:
         from .http import carried
 
         mapped = pool.map(carried(lambda item: outcome(*item)), batch) if pool else (outcome(*item) for item in batch)
-        outcomes.update(mapped)
+        outcomes = dict(mapped)
         results: list[Stored | Exception] = []
         for number, (lead, deliveries) in enumerate(items):
             first = outcomes[lead.lead_id]
@@ -240,21 +239,12 @@ class LeadStore:
     def _write_repairable_many(self, leads: list[tuple[Lead, list[str]]]) -> dict[str, str]:
         """The rows :data:`_REPAIRABLE` names of many leads, batched; those whose batch failed
         (written again for each lead once it is stored, by :meth:`_settle`)."""
-        from azure.core.exceptions import AzureError
-
         from .index import timeline_entry
         from .storage import upsert_batched
 
-        writes = {_IDENTITY_ROWS: lambda: self.identities.record_many(leads),
-                  _TIMELINE_ENTRY: lambda: upsert_batched(self.index.timeline, [
-                      timeline_entry(lead.lead_id, lead.received_at) for lead, _ in leads])}  # fmt: skip
-        missed = {}
-        for name, write in writes.items():
-            try:
-                write()
-            except AzureError as exc:
-                missed[name] = type(exc).__name__
-        return missed
+        return _attempt({_IDENTITY_ROWS: lambda: self.identities.record_many(leads),
+                         _TIMELINE_ENTRY: lambda: upsert_batched(self.index.timeline, [
+                             timeline_entry(lead.lead_id, lead.received_at) for lead, _ in leads])})  # fmt: skip
 
     def _commit(self, rows: list[dict[str, Any]]) -> Mapping[str, Any] | None:
         """Create ``rows`` (the first the lead's) in one transaction. None when this call created
@@ -290,17 +280,9 @@ class LeadStore:
 
     def _write_repairable(self, lead: Lead, addresses: Sequence[str], names: Iterable[str]) -> dict[str, str]:
         """Write the rows :data:`_REPAIRABLE` names of a lead; those that failed, with the error."""
-        from azure.core.exceptions import AzureError
-
         writes = {_IDENTITY_ROWS: lambda: self.identities.record(lead, addresses),
                   _TIMELINE_ENTRY: lambda: self.index.add_to_timeline(lead.lead_id, lead.received_at)}  # fmt: skip
-        missed = {}
-        for name in names:
-            try:
-                writes[name]()
-            except AzureError as exc:
-                missed[name] = type(exc).__name__
-        return missed
+        return _attempt({name: writes[name] for name in names})
 
     def _settle(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery],
                 missed: Mapping[str, str]) -> Stored:  # fmt: skip
@@ -575,6 +557,20 @@ class LeadStore:
         if entry.rejected:
             return {**rejected_from_entity(entity), "rejected": True}
         return lead_from_entity(entity)
+
+
+def _attempt(writes: Mapping[str, Callable[[], object]]) -> dict[str, str]:
+    """Run each of ``writes`` (rows a lead can be stored without); those that failed, with the
+    error's kind."""
+    from azure.core.exceptions import AzureError
+
+    missed = {}
+    for name, write in writes.items():
+        try:
+            write()
+        except AzureError as exc:
+            missed[name] = type(exc).__name__
+    return missed
 
 
 @lru_cache(maxsize=8)

@@ -60,7 +60,7 @@ install: $(VENV)/.installed node_modules/.bin/azurite
 # Checks every port before it starts anything; Azurite keeps its data in .azurite/ (ignored by
 # git), so leads survive a restart. Ctrl+C stops the app, then Azurite.
 run: install local.settings.json
-	@$(BIN)/python -m leads.local_run --port $(PORT) --location $(AZURITE_DIR) \
+	@$(BIN)/python -m leads.local.local_run --port $(PORT) --location $(AZURITE_DIR) \
 		--blob-port $(AZURITE_BLOB_PORT) --queue-port $(AZURITE_QUEUE_PORT) --table-port $(AZURITE_TABLE_PORT)
 
 test: install .venv-checkov/.installed

@@ -6,7 +6,7 @@ use, are imported inside the functions, on first call.
 
 import azure.functions as func
 
-from leads.telemetry import configure_telemetry, reported
+from leads.core.telemetry import configure_telemetry, reported
 
 # Application Insights only when APPLICATIONINSIGHTS_CONNECTION_STRING is set; masks emails and
 # phone numbers in every log line whatever the destination.
@@ -20,7 +20,7 @@ app = func.FunctionApp()
 @app.route(route="leads", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @reported
 def ingest_lead(req: func.HttpRequest) -> func.HttpResponse:
-    from leads.intake import accept_http
+    from leads.intake.ingest import accept_http
 
     answer = accept_http(req.get_body())
     return func.HttpResponse(answer.json(), status_code=answer.status, mimetype="application/json")
@@ -29,7 +29,7 @@ def ingest_lead(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @reported
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    from leads.health import health as app_health
+    from leads.ops.health import health as app_health
 
     answer = app_health()
     return func.HttpResponse(answer.json(), status_code=answer.status, mimetype="application/json")
@@ -38,7 +38,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @reported
 def status(req: func.HttpRequest) -> func.HttpResponse:
-    from leads.health import status as app_status
+    from leads.ops.health import status as app_status
 
     answer = app_status()
     return func.HttpResponse(answer.json(), status_code=answer.status, mimetype="application/json")
@@ -47,9 +47,9 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 @app.timer_trigger(schedule="%LEADS_POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def poll_marketplace_table(timer: func.TimerRequest) -> None:
-    from leads.deadlines import run_timer
-    from leads.poll import poll_marketplace
-    from leads.settings import get_settings
+    from leads.core.deadlines import run_timer
+    from leads.core.settings import get_settings
+    from leads.intake.poll import poll_marketplace
 
     run_timer("the poll", get_settings().poll_schedule, poll_marketplace)
 
@@ -57,7 +57,7 @@ def poll_marketplace_table(timer: func.TimerRequest) -> None:
 @app.queue_trigger(arg_name="message", queue_name="%LEADS_DELIVERY_QUEUE%", connection="AzureWebJobsStorage")
 @reported
 def deliver_lead(message: func.QueueMessage) -> None:
-    from leads.deliver import handle_message
+    from leads.delivery.deliver import handle_message
 
     handle_message(message.get_body())
 
@@ -65,9 +65,9 @@ def deliver_lead(message: func.QueueMessage) -> None:
 @app.timer_trigger(schedule="%LEADS_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def sweep_deliveries(timer: func.TimerRequest) -> None:
-    from leads.deadlines import run_timer
-    from leads.operations import sweep
-    from leads.settings import get_settings
+    from leads.core.deadlines import run_timer
+    from leads.core.settings import get_settings
+    from leads.ops.operations import sweep
 
     run_timer("the sweep", get_settings().sweep_schedule, sweep)
 
@@ -75,7 +75,7 @@ def sweep_deliveries(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule="%LEADS_VERIFY_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def maintain_store(timer: func.TimerRequest) -> None:
-    from leads.operations import maintain
+    from leads.ops.operations import maintain
 
     maintain()
 
@@ -83,8 +83,8 @@ def maintain_store(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule="%LEADS_RETENTION_SCHEDULE%", arg_name="timer", run_on_startup=False)
 @reported
 def erase_expired_leads(timer: func.TimerRequest) -> None:
-    from leads.deadlines import run_timer
-    from leads.erasure import apply_retention
-    from leads.settings import get_settings
+    from leads.core.deadlines import run_timer
+    from leads.core.settings import get_settings
+    from leads.store.erasure import apply_retention
 
     run_timer("the retention run", get_settings().retention_schedule, apply_retention)

@@ -3,7 +3,7 @@ and storage-request meters, the app's settings in this process, the app's own wr
 bare SDKs (the baseline of the intake benchmarks), and ``serve`` started as a process.
 
 A benchmark module imports what it needs from here; ``run.py`` runs the modules and prints one
-table. Azurite itself comes from ``leads.azurite`` (in memory, free ports), as in the tests.
+table. Azurite itself comes from ``leads.local.azurite`` (in memory, free ports), as in the tests.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def bare_queue(connection: str, name: str):
 @contextmanager
 def app_environment(env: dict[str, str]):
     """The app's settings as ``env`` gives them, in this process, for the duration."""
-    from leads.settings import get_settings
+    from leads.core.settings import get_settings
 
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -268,12 +268,12 @@ class LeadWrites:
 def app_writes(leads: list, env: dict[str, str]) -> list[LeadWrites]:
     """For each lead, the writes the app makes, built with the app's own helpers (so their shape
     and size are the app's). Without a delivery layer, the lead entity alone."""
-    from leads.rows import lead_entity
+    from leads.store.rows import lead_entity
 
     try:
-        from leads.deliveries import new_delivery_entity
-        from leads.queue import DeliveryMessage
-        from leads.routing import plan
+        from leads.delivery.queue import DeliveryMessage
+        from leads.destinations.routing import plan
+        from leads.store.deliveries import new_delivery_entity
     except ImportError:
         return [LeadWrites(lead_entity(lead), [], []) for lead in leads]
     now = datetime.now(UTC)
@@ -333,7 +333,7 @@ def start_serve(env: dict[str, str], log_path: Path, budget: Budget) -> tuple[su
     returns the process and its URL once ``GET /api/health`` answers 200. Its output goes to ``log_path``."""
     import requests
 
-    from leads.azurite import free_port
+    from leads.local.azurite import free_port
 
     port = free_port()
     with log_path.open("wb") as log:

@@ -23,9 +23,9 @@ for path in (str(HERE.parent), str(HERE)):
 def _run(count: int, latency: float, external_id_field: str | None) -> dict[str, float]:
     import leadgen
 
+    from leads.core.normalise import from_http_body
     from leads.destinations import Route
     from leads.destinations.salesforce import SalesforceDestination
-    from leads.normalise import from_http_body
     from tests.fake_salesforce import FakeSalesforce
 
     leads = [from_http_body(body) for body in leadgen.http_bodies(count)]

@@ -41,7 +41,7 @@ def _load(service, table_name: str, rows: list[dict[str, Any]]) -> float:
 
 def _poll(env: dict[str, str], counter: RequestCounter, cpu: CpuMeter):
     """``poll_marketplace()`` in this process, as the timer calls it, counted and timed."""
-    from leads import poll
+    from leads.intake import poll
 
     with app_environment(env):
         poll._recently_stored.clear()
@@ -68,9 +68,9 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
 
     from azure.data.tables import TableServiceClient
 
-    from leads import poll
-    from leads.azurite import Azurite
-    from leads.normalise import from_table_entity
+    from leads.core.normalise import from_table_entity
+    from leads.intake import poll
+    from leads.local.azurite import Azurite
 
     wanted, threads = (QUICK_ROWS if quick else ROWS), THREADS
     tag = uuid.uuid4().hex[:8]

@@ -1,7 +1,7 @@
 """What erasing costs, in storage requests and time, in a store of 1,000 and of 5,000 leads.
 
 - **forget --lead**: one lead by id, point reads and one partition query: the same at any size.
-- **forget --email**: the email index (``leads/identities.py``) names the person's rows: one
+- **forget --email**: the email index (``leads/store/identities.py``) names the person's rows: one
   partition query of their address, one of the crowded records, then point reads of what it names.
   The same at any size: the row for it is the median of five people's erasures, with the ratio of
   the larger store's to the smaller's (goal within 1.3×).
@@ -37,7 +37,7 @@ GOAL = 1.3
 
 
 def _fill(store, count: int, now: datetime) -> list[str]:
-    from leads.normalise import from_http_body
+    from leads.core.normalise import from_http_body
 
     ids = []
     for index in range(count):
@@ -54,7 +54,7 @@ def _fill(store, count: int, now: datetime) -> list[str]:
 
 def _as_before_reindex(store, forget_email):
     """``forget_email`` on ``store`` as if it were from before the email index."""
-    from leads.identities import _META
+    from leads.store.identities import _META
 
     def forget(*args: Any, **kwargs: Any) -> Any:
         saved = dict(store.checkpoints.get_entity(*_META))
@@ -68,9 +68,9 @@ def _as_before_reindex(store, forget_email):
 
 
 def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
-    from leads import erasure
-    from leads.azurite import Azurite
-    from leads.store import LeadStore
+    from leads.local.azurite import Azurite
+    from leads.store import erasure
+    from leads.store.lead_store import LeadStore
 
     rows, details = [], {}
     with Azurite() as azurite:

@@ -78,7 +78,7 @@ def _scenarios(proxies: dict[str, Any]) -> list[tuple[str, str, Callable[[], Non
 
 
 def run(quick: bool, budget: Budget) -> tuple[list[Row], dict]:
-    from leads.azurite import Azurite
+    from leads.local.azurite import Azurite
     from tests.fake_webhook import FakeWebhook
     from tests.storage_proxy import StorageProxy
 
@@ -120,7 +120,7 @@ def _identity_rows(fast: int, slow: int, budget: Budget, details: dict[str, Any]
     """The same POSTs with identity-based storage: the token endpoint fast, then slow."""
     import trustme
 
-    from leads.azurite import ACCOUNT, Azurite
+    from leads.local.azurite import ACCOUNT, Azurite
     from tests.fake_identity import FakeIdentity
 
     with ExitStack() as stack:

@@ -8,7 +8,7 @@ with that. For each size, a store is made as the app leaves it: each lead (varie
 in five leads' deliveries are long delivered; every fifth lead's two are held back, ``skipped`` as
 older than ``LEADS_BACKFILL_DAYS`` (as the first poll of a marketplace table holding years of rows
 leaves them), waiting for a ``replay --skipped`` nobody ran: history too. Each row's index entries
-come from ``leads.index.entries_for`` (which ``python -m leads reindex`` uses too), with the day
+come from ``leads.store.index.entries_for`` (which ``python -m leads reindex`` uses too), with the day
 counters and the held-back tally. Then, in this process, as the timer and the CLI call them,
 median of ``--repeats`` runs:
 
@@ -69,13 +69,13 @@ ACCOUNT = "devstoreaccount1"
 
 def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """(table suffix, entity) for ``count`` stored leads as the app leaves them (see the top)."""
-    from leads.deliveries import new_delivery_entity
-    from leads.derived import TALLY_ROW
+    from leads.core.normalise import from_http_body
     from leads.destinations.base import Route
-    from leads.identities import rows_for
-    from leads.index import entries_for, shard_of, shards
-    from leads.normalise import from_http_body
-    from leads.rows import BACKFILL_REASON, lead_entity
+    from leads.store.deliveries import new_delivery_entity
+    from leads.store.derived import TALLY_ROW
+    from leads.store.identities import rows_for
+    from leads.store.index import entries_for, shard_of, shards
+    from leads.store.rows import BACKFILL_REASON, lead_entity
 
     yesterday = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
     bodies = leadgen.http_bodies(min(count, 2_000))
@@ -158,7 +158,7 @@ def _renumber(collection: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def app_settings(connection: str, prefix: str):
-    from leads.settings import get_settings
+    from leads.core.settings import get_settings
 
     values = {"AzureWebJobsStorage": connection, "LEADS_TABLE_PREFIX": prefix, "MARKETPLACE_TABLE_CONNECTION": "",
               "LEADS_DELIVERY_QUEUE": f"history-{prefix.lower()}", "WEBHOOK_URL": "http://127.0.0.1:9/never",
@@ -179,8 +179,8 @@ def measure(repeats: int) -> dict[str, tuple[float, int, int]]:
     from common import RequestCounter
 
     from leads import cli
-    from leads.operations import replay, status, sweep
-    from leads.verify import verify
+    from leads.ops.operations import replay, status, sweep
+    from leads.store.verify import verify
 
     def first_page() -> None:
         with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
@@ -202,7 +202,7 @@ def measure(repeats: int) -> dict[str, tuple[float, int, int]]:
         report = verify(since_days=2)  # today and yesterday: the maintenance run's days
         assert report.by_kind() == {} and report.checked["leads"] == LEADS_A_DAY, report.to_dict()
 
-    from leads.store import LeadStore
+    from leads.store.lead_store import LeadStore
 
     store = LeadStore.from_settings()
     some_lead = next(iter(store.index.newest(page=1))).lead_id
@@ -218,8 +218,8 @@ def measure(repeats: int) -> dict[str, tuple[float, int, int]]:
 
 def both_sizes(small: int, large: int, repeats: int) -> tuple[dict[int, dict[str, float]], float]:
     """The figures of each work at both sizes (seconds), and how long seeding the stores took."""
-    from leads.azurite import Azurite
-    from leads.store import LeadStore
+    from leads.local.azurite import Azurite
+    from leads.store.lead_store import LeadStore
 
     stores = {f"History{small}": small, f"History{large}": large}
     figures = {}

@@ -66,14 +66,14 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     background load hit each side alike."""
     name = "http intake"
     if not (REPO / "leads" / "serve.py").exists():
-        return [Row(name, "skipped: leads/serve.py does not exist yet", None, "")], {"skipped": True}
+        return [Row(name, "skipped: leads/local/serve.py does not exist yet", None, "")], {"skipped": True}
     import shutil
     import tempfile
 
     import requests
 
-    from leads.azurite import Azurite
-    from leads.normalise import from_http_body
+    from leads.core.normalise import from_http_body
+    from leads.local.azurite import Azurite
 
     count, warm = (QUICK_POSTS if quick else POSTS), 20
     concurrent_count, threads = (QUICK_CONCURRENT_POSTS if quick else CONCURRENT_POSTS), THREADS

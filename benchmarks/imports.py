@@ -51,8 +51,8 @@ def partner_center_file(path: Path, count: int) -> Path:
 
 
 def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
-    from leads.azurite import Azurite
-    from leads.imports import import_file
+    from leads.intake.imports import import_file
+    from leads.local.azurite import Azurite
 
     count = ROWS["quick" if quick else "full"]
     rows, details = [], {"rows": count}

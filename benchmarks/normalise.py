@@ -22,7 +22,7 @@ REPEATS, QUICK_REPEATS = 5, 2  # timed passes; the figure is their median
 def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     """Leads per second, one thread, over varied leads; then the same data through each stage
     function alone, to show where a lead's time goes."""
-    from leads.normalise import (
+    from leads.core.normalise import (
         from_http_body,
         from_table_entity,
     )
@@ -78,7 +78,7 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     # stage functions wrapped in timers (what they cost between everything else a lead does, caches
     # shared). Alone: each stage function over the same inputs in a tight loop (its cost with the
     # caches to itself; lower). "The rest" is the flow's total less its stages.
-    import leads.normalise as normalise_module
+    import leads.core.normalise as normalise_module
 
     # The lead id's digest: _content_id where the module has it (the id from the parts), else
     # http_lead_id (the id from a built Lead). A stage the flow never calls is left out.

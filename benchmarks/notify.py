@@ -28,10 +28,10 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
 
     import requests
 
-    from leads.azurite import Azurite
-    from leads.normalise import table_lead_id
-    from leads.serve import HostOptions
-    from leads.storage import table_service
+    from leads.core.normalise import table_lead_id
+    from leads.core.storage import table_service
+    from leads.local.azurite import Azurite
+    from leads.local.serve import HostOptions
     from tests.fake_acs import FakeAcs
 
     count = QUICK_LEADS if quick else LEADS
@@ -113,8 +113,8 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
 def _time_to_longest_pause(longest: timedelta) -> timedelta:
     """How long an idle queue listener may take to back off to its longest pause, at most: the
     extension's pauses are 100 ms, then 100 ms + 100 ms × 2^k (k = 0, 1, ...) each ±20 %, capped."""
-    from leads.serve import QUEUE_POLL_MINIMUM as minimum
-    from leads.serve import PollingBackoff
+    from leads.local.serve import QUEUE_POLL_MINIMUM as minimum
+    from leads.local.serve import PollingBackoff
 
     spread = PollingBackoff.RANDOMIZATION
     total, step = minimum, 0

@@ -7,7 +7,7 @@ row counts as taken in before anything is timed: the checkpoint is written as a 
 size:
 
 - **poll**: ``poll_marketplace()`` as the timer calls it, nothing new to read: it reads the recent
-  day partitions (see ``leads/poll.py``). Median of ``--polls`` polls, and its storage requests.
+  day partitions (see ``leads/intake/poll.py``). Median of ``--polls`` polls, and its storage requests.
   The sizes take turns poll by poll, so the load of a shared machine falls on both alike.
 - **safety scan**: ``poll_marketplace(full_scan=True)``, the whole table read by Timestamp, run once
   every ``LEADS_POLL_FULL_SCAN_MINUTES`` (an hour): reported apart. It is also what every poll cost
@@ -105,7 +105,7 @@ def history_rows(count: int) -> list[dict]:
 
 
 def _environment(connection: str, tag: str) -> None:
-    from leads.settings import get_settings
+    from leads.core.settings import get_settings
 
     os.environ.update({
         "AzureWebJobsStorage": connection,
@@ -138,7 +138,7 @@ class History:
 def set_up(azurite, count: int, take_in: bool) -> History:
     from azure.data.tables import TableServiceClient
 
-    from leads import poll
+    from leads.intake import poll
 
     tag = uuid.uuid4().hex[:8]
     _environment(azurite.connection_string, tag)
@@ -157,7 +157,7 @@ def set_up(azurite, count: int, take_in: bool) -> History:
 
 
 def timed_poll(azurite, history: History, full_scan: bool) -> tuple[float, int, str]:
-    from leads import poll
+    from leads.intake import poll
 
     _environment(azurite.connection_string, history.tag)
     with counting_requests() as calls:
@@ -202,8 +202,8 @@ def measure(azurite, sizes: list[int], polls: int, take_in: bool, budget=None) -
 def _as_if_taken_in(table, poll) -> None:
     """Leave the checkpoint as a first poll that took in every row would (its marks), without
     storing 50,000 leads: a poll of an unchanged table never reads the lead rows."""
-    from leads.settings import get_settings
-    from leads.store import LeadStore
+    from leads.core.settings import get_settings
+    from leads.store.lead_store import LeadStore
 
     store = LeadStore.from_settings()
     store.ensure_tables()
@@ -219,7 +219,7 @@ def run(quick: bool, budget) -> tuple[list, dict]:
     its table (the large size's figure, the small one's as baseline)."""
     from common import Row, cost_ratio
 
-    from leads.azurite import Azurite
+    from leads.local.azurite import Azurite
 
     mode = "quick" if quick else "full"
     with Azurite() as azurite:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
 
-    from leads.azurite import Azurite
+    from leads.local.azurite import Azurite
 
     with Azurite() as azurite:
         figures = measure(azurite, sizes, args.polls, args.take_in)

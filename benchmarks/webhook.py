@@ -20,12 +20,12 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     the same POSTs made one after another (what a sequential forwarder achieves)."""
     import tempfile
 
-    from leads.azurite import Azurite
-    from leads.deliver import enqueue
-    from leads.normalise import from_http_body
-    from leads.serve import HostOptions
-    from leads.settings import get_settings
-    from leads.store import LeadStore
+    from leads.core.normalise import from_http_body
+    from leads.core.settings import get_settings
+    from leads.delivery.deliver import enqueue
+    from leads.local.azurite import Azurite
+    from leads.local.serve import HostOptions
+    from leads.store.lead_store import LeadStore
     from tests.fake_webhook import FakeWebhook
 
     count = QUICK_LEADS if quick else LEADS

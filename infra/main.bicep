@@ -2,7 +2,7 @@
 // Azure-Samples/functions-quickstart-python-http-azd (resource group per environment, names from
 // abbreviations.json + resourceToken, one module per concern under app/).
 //
-// Every setting the app reads (leads/settings.py) is set below from a parameter; an optional one
+// Every setting the app reads (leads/core/settings.py) is set below from a parameter; an optional one
 // whose parameter is empty is not written at all, so the code's default applies. A few settings
 // are left to the code on purpose (local-only ones such as EMAIL_OUTBOX_DIR, retry tunables, API
 // base URLs for sovereign clouds and tests): tests/test_infra.py lists them with the reason and
@@ -62,7 +62,7 @@ param emailCustomDomain string = ''
 @description('true once emailCustomDomain is verified: it is then linked and used for EMAIL_SENDER.')
 param emailCustomDomainVerified bool = false
 
-// --- app settings (leads/settings.py); empty means "not set": the code's default applies ------
+// --- app settings (leads/core/settings.py); empty means "not set": the code's default applies ------
 @description('LEADS_TABLE_PREFIX')
 param leadsTablePrefix string = 'Leads'
 @description('LEADS_POLL_SCHEDULE: NCRONTAB of the marketplace table poll (six fields, seconds first).')

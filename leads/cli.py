@@ -12,9 +12,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .destinations import REGISTRY
-from .model import Lead
-from .routing import MAPPED_DESTINATIONS
+from leads.core.model import Lead
+from leads.destinations import REGISTRY
+from leads.destinations.routing import MAPPED_DESTINATIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,12 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for command in commands._choices_actions:  # `COMMAND --help` opens with what the command does
         commands.choices[command.dest].description = command.help
     args = parser.parse_args(argv)
-    from .local_settings import load_local_settings
+    from leads.core.local_settings import load_local_settings
 
     args.settings_file = None if args.settings.lower() == "none" else args.settings
     args.argv = list(sys.argv[1:] if argv is None else argv)
     load_local_settings(args.settings_file)
-    from .settings import get_settings
+    from leads.core.settings import get_settings
 
     get_settings.cache_clear()  # read from the environment the settings file has just completed
     handlers = {"serve": _serve, "list": _list, "show": _show, "poll": _poll, "status": _status,
@@ -157,20 +157,20 @@ def _told(handler, args: argparse.Namespace) -> int:
     from azure.core.exceptions import AzureError
     from pydantic import ValidationError
 
-    from .storage import StorageNotConfigured
+    from leads.core.storage import StorageNotConfigured
 
     try:
         return handler(args)
     except ValidationError as error:
-        from .advice import SETTINGS_FIX, setting_problems
+        from leads.ops.advice import SETTINGS_FIX, setting_problems
 
         lines = [f"{args.command}: a setting's value cannot be used:"]
         lines += [f"  {problem}" for _, problem in setting_problems(error)]
         print("\n".join([*lines, f"  To do: {SETTINGS_FIX}."]), file=sys.stderr)
         return 2
     except (AzureError, StorageNotConfigured) as error:
-        from .advice import storage_message
-        from .settings import get_settings
+        from leads.core.settings import get_settings
+        from leads.ops.advice import storage_message
 
         print(storage_message(args.command, error, get_settings()), file=sys.stderr)
         return 1
@@ -180,8 +180,8 @@ def _waited_on(handler):
     """A command a person waits on, its reads cut at ``COMMAND_SECONDS`` (``list --all``, an
     export, and the commands that do work rather than read it, take what their storage calls
     take); storage that did not answer in time ends it as :func:`_told` says."""
-    from .deadlines import COMMAND_SECONDS
-    from .http import deadline
+    from leads.core.deadlines import COMMAND_SECONDS
+    from leads.core.http import deadline
 
     def within(args: argparse.Namespace) -> int:
         with deadline(COMMAND_SECONDS):
@@ -195,10 +195,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from .serve import serve
+    from leads.local.serve import serve
 
     try:
-        from .local_settings import local_http_port
+        from leads.core.local_settings import local_http_port
 
         args.port = args.port or local_http_port(args.settings_file)
         serve(port=args.port, host=args.host, settings_file=args.settings_file, function_key=args.function_key)
@@ -219,7 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from .store import LeadStore
+    from leads.store.lead_store import LeadStore
 
     store = LeadStore.from_settings()
     store.ensure_tables()
@@ -293,8 +293,8 @@ def _listed_dict(record) -> dict:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .model import Lead
-    from .store import LeadStore
+    from leads.core.model import Lead
+    from leads.store.lead_store import LeadStore
 
     store = LeadStore.from_settings()
     if args.lead_id == "latest":  # ids are digests, never a word: the newest lead or rejected record
@@ -329,21 +329,21 @@ def _delivery_line(delivery) -> str:
     if delivery.state == "retrying" and delivery.next_attempt_at:
         line += f", next attempt at {delivery.next_attempt_at:%H:%M:%S} UTC"
     if delivery.last_error and delivery.state != "delivered":
-        from .telemetry import mask_urls
+        from leads.core.telemetry import mask_urls
 
         line += f"\n{'':<14} {mask_urls(delivery.last_error)}"
     return line
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .operations import status
+    from leads.ops.operations import status
 
     report = status(days=args.days)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    from .dashboard import daily, render
-    from .store import LeadStore
+    from leads.ops.dashboard import daily, render
+    from leads.store.lead_store import LeadStore
 
     print(render(report, daily(LeadStore.from_settings(), report.days)))
     if report.oldest_pending:
@@ -367,7 +367,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from leads.store.verify import verify
 
     def progress(report) -> None:
         print(f"\rverified {sum(report.checked.values())} rows...", end="", file=sys.stderr, flush=True)
@@ -391,8 +391,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .operations import replay
-    from .store import LeadStore
+    from leads.ops.operations import replay
+    from leads.store.lead_store import LeadStore
 
     if args.lead and LeadStore.from_settings().get(args.lead) is None:
         print(f"replay: no lead with id {args.lead}", file=sys.stderr)
@@ -428,7 +428,7 @@ def _tell_retrying(store, lead_id: str | None, destination: str | None, most: in
 
 
 def _forget(args: argparse.Namespace) -> int:
-    from .erasure import OUTSIDE_NOTE, forget_email, forget_lead
+    from leads.store.erasure import OUTSIDE_NOTE, forget_email, forget_lead
 
     if args.email is not None and "@" not in args.email:
         print(f"forget: --email {args.email!r} is not an email address", file=sys.stderr)
@@ -469,7 +469,7 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _reindex(args: argparse.Namespace) -> int:
-    from .operations import reindex
+    from leads.ops.operations import reindex
 
     done = reindex(again=args.again)
     if not done:
@@ -483,7 +483,7 @@ def _reindex(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .checks import STATES, run_checks, what_it_means
+    from leads.ops.checks import STATES, run_checks, what_it_means
 
     results = run_checks()  # a refused setting is a problem line of its own
     if args.json:
@@ -500,8 +500,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _mapping(args: argparse.Namespace) -> int:
-    from .destinations.mapping import MappingError, preview
-    from .settings import get_settings
+    from leads.core.settings import get_settings
+    from leads.destinations.mapping import MappingError, preview
 
     try:
         heading, rows = preview(args.destination, get_settings(), args.mapping)
@@ -521,8 +521,8 @@ def _mapping(args: argparse.Namespace) -> int:
 
 
 def _test_lead(args: argparse.Namespace) -> int:
-    from .local_settings import local_intake_url
-    from .testlead import run_test_lead
+    from leads.core.local_settings import local_intake_url
+    from leads.ops.testlead import run_test_lead
 
     report = run_test_lead(via=args.via, url=args.url or local_intake_url(args.settings_file), timeout=args.timeout,
                            progress=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
@@ -541,7 +541,7 @@ def _test_lead(args: argparse.Namespace) -> int:
 def _poll(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .poll import poll_marketplace
+    from leads.intake.poll import poll_marketplace
 
     result = poll_marketplace(full_scan=args.full_scan)
     if args.json:
@@ -558,7 +558,7 @@ def _poll(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .imports import CsvReport, ImportError_, Progress, import_files
+    from leads.intake.imports import CsvReport, ImportError_, Progress, import_files
 
     columns = {}
     for item in args.column:
@@ -608,7 +608,7 @@ def _describe_rejected(rejected: dict, as_json: bool) -> str:
 
 
 def _describe(lead: Lead, duplicates: int, same_content: int = 1) -> str:
-    from .destinations.notice import campaign_text
+    from leads.destinations.notice import campaign_text
 
     rows = [
         ("Lead", lead.lead_id),
@@ -653,6 +653,6 @@ def _moment(text: str):
 
 
 def _cut(text: str | None, width: int) -> str:
-    from .destinations.notice import within
+    from leads.destinations.notice import within
 
     return within(text or "-", width)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from leads.azurite import Azurite
-from leads.settings import get_settings
+from leads.core.settings import get_settings
+from leads.local.azurite import Azurite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -61,7 +61,7 @@ def storage(azurite, env, tmp_path):
         MARKETPLACE_TABLE_NAME=f"Marketplace{suffix}",
         LEADS_TABLE_PREFIX=f"t{suffix}",
         LEADS_DELIVERY_QUEUE=f"q{suffix}",
-        # Every digest of personal data is keyed with it (leads/pseudonyms.py); a test key, not a secret.
+        # Every digest of personal data is keyed with it (leads/core/pseudonyms.py); a test key, not a secret.
         LEADS_ID_KEY="test-key-of-the-suite-0123456789abcdef",
     )
     return azurite

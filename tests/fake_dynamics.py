@@ -773,9 +773,9 @@ def benchmark(count: int = 200, latency: float = 0.05) -> dict[str, float]:
     (one token serves every lead of a run: a token lasts an hour)."""
     import requests
 
+    from leads.core.normalise import from_http_body
     from leads.destinations.base import Route
     from leads.destinations.dynamics import DynamicsDestination
-    from leads.normalise import from_http_body
 
     with FakeDynamics(latency=latency) as fake:
         session = requests.Session()

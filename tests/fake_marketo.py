@@ -321,7 +321,7 @@ def benchmark(count: int = 200, latency: float = 0.05) -> dict:
 
 def sample_lead(n: int, **changes):
     """A marketplace lead as the app normalises it, distinct for each ``n``."""
-    from leads.normalise import from_http_body
+    from leads.core.normalise import from_http_body
 
     body = {"UserDetails": {"FirstName": "Ada", "LastName": f"Lovelace{n}", "Email": f"ada{n}@contoso.com",
                             "Phone": "+1 425 555 0100", "Country": "US", "Company": "Contoso", "Title": "CTO"},

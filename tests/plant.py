@@ -10,11 +10,11 @@ import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from leads.derived import GRACE
-from leads.identities import address_partition
-from leads.index import FAILED, OPEN, TIMELINE, cursor_of, delivery_entry, shard_of
-from leads.rows import LEAD_ROW, day_of, delivery_from_entity, is_delivery_row
-from leads.store import LeadStore
+from leads.store.derived import GRACE
+from leads.store.identities import address_partition
+from leads.store.index import FAILED, OPEN, TIMELINE, cursor_of, delivery_entry, shard_of
+from leads.store.lead_store import LeadStore
+from leads.store.rows import LEAD_ROW, day_of, delivery_from_entity, is_delivery_row
 
 
 def plant(store: LeadStore, now: datetime | None = None) -> Counter:
@@ -51,7 +51,7 @@ def plant(store: LeadStore, now: datetime | None = None) -> Counter:
     # An open delivery whose open entry is gone: another lead's delivery set back to pending.
     from dataclasses import replace
 
-    from leads.rows import delivery_entity
+    from leads.store.rows import delivery_entity
 
     delivery = next(d for d in _deliveries(store, other["PartitionKey"]) if d.state == "delivered")
     reopened = delivery_entity(replace(delivery, state="pending", etag=None))

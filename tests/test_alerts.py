@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads.alerts import ALERT_WINDOW, GROUP_INTERVAL, GROUP_WAIT, wake_up_message, woken_destination
-from leads.deliver import deliver, handle_message
-from leads.intake import accept_http
-from leads.operations import sweep
-from leads.store import LeadStore
+from leads.delivery.alerts import ALERT_WINDOW, GROUP_INTERVAL, GROUP_WAIT, wake_up_message, woken_destination
+from leads.delivery.deliver import deliver, handle_message
+from leads.intake.ingest import accept_http
+from leads.ops.operations import sweep
+from leads.store.lead_store import LeadStore
 
 from .fake_webhook import FakeWebhook
 from .personal import leaked
@@ -70,7 +70,7 @@ def test_an_outage_sends_one_alert_per_window_with_the_count_ids_error_and_fix(g
 def test_alerts_wait_for_the_email_rate_like_any_mail(gone_webhook, fake_acs, env):
     env(EMAIL_PER_MINUTE="1")
     _, start = fail_many(gone_webhook, 3)
-    from leads.ratelimit import RateLimiter
+    from leads.destinations.ratelimit import RateLimiter
 
     due = start + ALERT_WINDOW + timedelta(minutes=2)
     assert RateLimiter(LeadStore.from_settings(), "email", 1, 60).acquire(due) is None  # a lead mail took the slot
@@ -82,8 +82,8 @@ def test_alerts_wait_for_the_email_rate_like_any_mail(gone_webhook, fake_acs, en
 
 def test_an_alert_whose_mail_fails_for_good_is_tried_a_bounded_number_of_times_then_dropped(gone_webhook, fake_acs,
                                                                                           env, caplog):  # fmt: skip
-    from leads.alerts import ALERT_TRIES, PARTITION
-    from leads.operations import status
+    from leads.delivery.alerts import ALERT_TRIES, PARTITION
+    from leads.ops.operations import status
 
     env(EMAIL_SENDER="DoNotReply@unlinked.example")  # ACS answers 400 DomainNotLinked: never accepted
     lead_ids, start = fail_many(gone_webhook, 3)
@@ -119,7 +119,7 @@ def fail_at(fake, moments: list[datetime], first_index: int = 0) -> list[str]:
 
 def hidden_wake_ups() -> tuple[int, int]:
     """(messages on the delivery queue, of which visible now): a wake-up waits hidden until due."""
-    from leads.queue import delivery_queue
+    from leads.delivery.queue import delivery_queue
 
     queue = delivery_queue()
     visible = list(queue.client.peek_messages(max_messages=32))

@@ -13,14 +13,14 @@ from importlib.resources import files
 import jsonschema
 import pytest
 
+from leads.core.normalise import from_http_body
+from leads.core.settings import Settings, get_settings
 from leads.destinations.base import PermanentError, Route, TransientError
+from leads.destinations.routing import RoutingError, load_rules, route
 from leads.destinations.slack import SlackDestination, slack_message
 from leads.destinations.teams import TeamsDestination, adaptive_card
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.routing import RoutingError, load_rules, route
-from leads.settings import Settings, get_settings
-from leads.store import LeadStore
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from .fake_chat import FakeSlack, FakeTeams, Fault
 from .personal import leaked

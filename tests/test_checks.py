@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from leads.checks import run_checks
 from leads.cli import main
+from leads.ops.checks import run_checks
 
 from .fake_webhook import FakeWebhook
 

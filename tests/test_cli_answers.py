@@ -13,8 +13,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from leads.intake import accept_http
-from leads.store import LeadStore
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 

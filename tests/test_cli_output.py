@@ -10,11 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from leads.checks import run_checks
 from leads.cli import main
+from leads.core.normalise import from_http_body
 from leads.destinations import Check
-from leads.normalise import from_http_body
-from leads.store import LeadStore
+from leads.ops.checks import run_checks
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from leads.cli import main
-from leads.intake import accept_http
+from leads.intake.ingest import accept_http
 
 from .conftest import FIXTURES
 

@@ -7,9 +7,9 @@ import json
 import uuid
 
 from leads.cli import main
-from leads.dashboard import spark
-from leads.deliver import deliver
-from leads.intake import accept_http
+from leads.delivery.deliver import deliver
+from leads.intake.ingest import accept_http
+from leads.ops.dashboard import spark
 
 from .fake_webhook import FakeWebhook
 

@@ -13,11 +13,11 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from leads import http
-from leads.deliver import deliver
-from leads.intake import accept_http
-from leads.settings import Settings
-from leads.store import LeadStore
+from leads.core import http
+from leads.core.settings import Settings
+from leads.delivery.deliver import deliver
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .loopback import DESTINATION_SETTINGS, DRIP, LoopbackHandler, LoopbackServer, trust

@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads.deliver import deliver, handle_message
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.operations import replay, status, sweep
-from leads.queue import delivery_queue
-from leads.routing import plan
-from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.delivery.deliver import deliver, handle_message
+from leads.delivery.queue import delivery_queue
+from leads.destinations.routing import plan
+from leads.intake.ingest import accept_http
+from leads.ops.operations import replay, status, sweep
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -244,7 +244,7 @@ def test_a_claim_that_runs_out_before_the_send_is_renewed_or_lost_never_sent_twi
 def test_a_delivered_write_that_fails_once_is_retried_within_the_claim(webhook, monkeypatch):
     from azure.core.exceptions import ServiceRequestError
 
-    from leads.deliveries import DeliveryBook
+    from leads.store.deliveries import DeliveryBook
 
     store, lead = stored_not_queued()
     change, failures = DeliveryBook.change, []
@@ -267,7 +267,7 @@ def test_a_send_whose_record_keeps_failing_is_recorded_from_the_queue_and_never_
     host's retry of the message and the sweep after the claim find it delivered, and send nothing."""
     from azure.core.exceptions import ServiceRequestError
 
-    from leads.deliveries import DeliveryBook
+    from leads.store.deliveries import DeliveryBook
 
     store, lead = stored_not_queued()
     change, refused = DeliveryBook.change, []
@@ -296,7 +296,7 @@ def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_say
     """A second message for a delivery another worker holds is not consumed: it is put back to
     be seen when the claim ends. A worker that then finds the claim run out (its holder stopped
     without a record) sends again under the same key, and says so in the log."""
-    from leads.deliver import CLAIM
+    from leads.delivery.deliver import CLAIM
 
     store, lead = stored_not_queued()
     delivery = webhook_delivery(lead.lead_id)
@@ -309,7 +309,7 @@ def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_say
     assert queue.get_queue_properties().approximate_message_count == before + 1
     assert list(queue.peek_messages()) == [], "not visible before the claim ends"
 
-    with caplog.at_level("WARNING", logger="leads.deliver"):
+    with caplog.at_level("WARNING", logger="leads.delivery.deliver"):
         assert deliver(lead.lead_id, "webhook", now=held.claimed_until + timedelta(seconds=1)).state == "delivered"
     assert "attempt 1's outcome was never recorded" in caplog.text and lead.lead_id in caplog.text
     assert webhook.requests == 1 and webhook_delivery(lead.lead_id).attempts == 2
@@ -318,7 +318,7 @@ def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_say
 def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(storage, env, fake_acs, monkeypatch):
     """As for one lead: a digest's claim is renewed on its own row just before the send, and a
     worker that finds another took the digest meanwhile sends nothing."""
-    from leads.deliver import CLAIM
+    from leads.delivery.deliver import CLAIM
 
     env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
         EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",

@@ -1,4 +1,4 @@
-"""Derived rows that cannot drift (leads/derived.py): an index entry is removed only by whoever
+"""Derived rows that cannot drift (leads/store/derived.py): an index entry is removed only by whoever
 proves it stale, no read path writes, counts move with what they count or are recounted from the
 truth. Each race is forced at the storage SDK's transport (tests/interleave.py), against Azurite
 and a real webhook receiver; each of these failed on the version before the protocol.
@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads.deliver import deliver
-from leads.derived import GRACE
-from leads.intake import accept_http
-from leads.operations import STALE, maintain, replay, status, sweep
-from leads.queue import delivery_queue
-from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.core.settings import get_settings
+from leads.delivery.deliver import deliver
+from leads.delivery.queue import delivery_queue
+from leads.intake.ingest import accept_http
+from leads.ops.operations import STALE, maintain, replay, status, sweep
+from leads.store.derived import GRACE
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -100,7 +100,7 @@ def test_status_racing_a_failing_delivery_leaves_its_failed_entry_and_replay_fin
 
 
 def test_status_writes_nothing_even_with_stale_entries_to_find(webhook):
-    from leads.index import FAILED, delivery_entry
+    from leads.store.index import FAILED, delivery_entry
 
     lead_id = accept_http(body(3)).body["leadId"]
     store = LeadStore.from_settings()
@@ -115,7 +115,7 @@ def test_status_writes_nothing_even_with_stale_entries_to_find(webhook):
 
 
 def test_api_status_writes_nothing(webhook):
-    from leads.health import status as api_status
+    from leads.ops.health import status as api_status
 
     accept_http(body(4))
     with watching() as calls:
@@ -127,8 +127,8 @@ def test_api_status_writes_nothing(webhook):
 
 
 def test_replay_skipped_racing_a_held_lead_leaves_it_held_counted_and_replayable(webhook):
-    from leads.normalise import from_http_body
-    from leads.routing import hold_backfill, plan
+    from leads.core.normalise import from_http_body
+    from leads.destinations.routing import hold_backfill, plan
 
     settings = get_settings()
     lead = from_http_body(json.loads(body(5)), received_at=datetime.now(UTC) - timedelta(days=30))
@@ -145,7 +145,7 @@ def test_replay_skipped_racing_a_held_lead_leaves_it_held_counted_and_replayable
 
 
 def test_the_sdk_delete_says_nothing_of_a_row_it_did_not_find_so_ours_does(storage):
-    from leads.storage import delete_row, table_service
+    from leads.core.storage import delete_row, table_service
 
     table = table_service(storage.connection_string).get_table_client(f"{get_settings().table_prefix}Probe")
     table.create_table()
@@ -158,8 +158,8 @@ def test_the_sdk_delete_says_nothing_of_a_row_it_did_not_find_so_ours_does(stora
 
 
 def test_the_held_tally_counts_only_the_deletes_that_found_their_entry(webhook):
-    from leads.normalise import from_http_body
-    from leads.routing import hold_backfill, plan
+    from leads.core.normalise import from_http_body
+    from leads.destinations.routing import hold_backfill, plan
 
     settings, store = get_settings(), LeadStore.from_settings()
     held = []

@@ -16,10 +16,10 @@ from datetime import timedelta
 
 import pytest
 
-from leads.deliver import deliver
-from leads.intake import accept_http
-from leads.operations import sweep
-from leads.store import LeadStore
+from leads.delivery.deliver import deliver
+from leads.intake.ingest import accept_http
+from leads.ops.operations import sweep
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 
@@ -88,7 +88,7 @@ def test_a_worker_dying_after_its_digest_went_out_is_recovered_as_that_digest(ac
     fake.fail_next("delay", on="send", delay=60)
     env(LEADS_HTTP_TIMEOUT_SECONDS="60")
     sent_at = start + timedelta(seconds=61)
-    script = ("import sys; from datetime import datetime; from leads.deliver import deliver; "
+    script = ("import sys; from datetime import datetime; from leads.delivery.deliver import deliver; "
               "deliver(sys.argv[1], 'email', now=datetime.fromisoformat(sys.argv[2]))")  # fmt: skip
     worker = subprocess.Popen([sys.executable, "-c", script, lead_ids[2], sent_at.isoformat()], env=dict(os.environ),
                               cwd=os.getcwd(), start_new_session=True)  # fmt: skip

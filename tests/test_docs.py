@@ -42,7 +42,7 @@ def test_docs_files_named_in_code_and_templates_exist():
 
 @pytest.mark.parametrize("page", ["README.md", "docs/contract.md"])
 def test_the_example_table_row_is_a_lead_the_poll_takes_in(page):
-    from leads.normalise import from_table_entity
+    from leads.core.normalise import from_table_entity
 
     blocks = re.findall(r"```json\n(.*?)```", (ROOT / page).read_text(encoding="utf-8"), re.DOTALL)
     rows = [row for row in map(json.loads, blocks) if isinstance(row, dict) and "CustomerInfo" in row]
@@ -84,7 +84,7 @@ def first_run(tmp_path_factory):
     import subprocess
     import time
 
-    from leads.azurite import free_ports
+    from leads.local.azurite import free_ports
 
     home = tmp_path_factory.mktemp("clone")
     for name in ("leads", "function_app.py", "host.json", "tests", ".venv"):
@@ -121,7 +121,7 @@ def terminal_env() -> dict[str, str]:
     """The environment of a newcomer's terminal: none of the app's settings set in it."""
     import os
 
-    from leads.settings import Settings
+    from leads.core.settings import Settings
 
     names = {field.alias or name for name, field in Settings.model_fields.items()}
     return {name: value for name, value in os.environ.items()
@@ -208,9 +208,9 @@ def test_the_readme_table_row_is_taken_in_when_and_as_the_readme_says(storage, e
     import uuid
     from datetime import UTC, datetime
 
-    from leads.poll import marketplace_table
-    from leads.settings import get_settings
-    from leads.store import LeadStore
+    from leads.core.settings import get_settings
+    from leads.intake.poll import marketplace_table
+    from leads.store.lead_store import LeadStore
 
     [row] = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(),
                                                          re.DOTALL) if "CustomerInfo" in block]  # fmt: skip

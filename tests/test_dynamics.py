@@ -11,8 +11,9 @@ import pytest
 import requests
 
 import leads.destinations as registry
-from leads.azurite import free_port
-from leads.deliver import deliver
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.delivery.deliver import deliver
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.dynamics import (
     DO_NOT_CONTACT_COLUMNS,
@@ -21,10 +22,9 @@ from leads.destinations.dynamics import (
     dataverse_error,
     lead_guid,  # fmt: skip
 )
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.intake.ingest import accept_http
+from leads.local.azurite import free_port
+from leads.store.lead_store import LeadStore
 
 from . import fake_dynamics as fake_dynamics_plugin
 from .conftest import FIXTURES

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from leads.alerts import alert_text
+from leads.core.normalise import from_http_body
+from leads.core.settings import Settings
+from leads.delivery.alerts import alert_text
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.email import (
     EmailDestination,
@@ -23,8 +25,6 @@ from leads.destinations.email import (
     send_operator_mail,
 )
 from leads.destinations.notice import one_line, within
-from leads.normalise import from_http_body
-from leads.settings import Settings
 from tests import fake_acs as fake_acs_plugin
 from tests.fake_acs import DEFAULT_SENDER, FakeAcs
 from tests.personal import leaked
@@ -484,7 +484,7 @@ def failure_group(**changes) -> dict:
 
 
 def test_failure_alert_names_destination_count_leads_fix_and_replay(fake_acs):
-    from leads.alerts import _send
+    from leads.delivery.alerts import _send
 
     configured = acs_settings(fake_acs, LEADS_ALERT_TO="ops@contoso.com; oncall@contoso.com")
     assert _send(failure_group(), "webhook|x", ("ops@contoso.com", "oncall@contoso.com"), configured) is None  # sent
@@ -506,11 +506,11 @@ def test_failure_alert_holds_no_personal_data():
 
 
 def test_failure_alert_that_cannot_be_sent_is_logged_and_swallowed(fake_acs, caplog):
-    from leads.alerts import _send
+    from leads.delivery.alerts import _send
 
     configured = settings(EMAIL_CONNECTION_STRING=fake_acs.connection_string_with_wrong_key(),
                           EMAIL_SENDER=DEFAULT_SENDER, LEADS_ALERT_TO="ops@contoso.com")  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="leads.alerts"):
+    with caplog.at_level(logging.WARNING, logger="leads.delivery.alerts"):
         assert _send(failure_group(), "webhook|x", ("ops@contoso.com",), configured).startswith("ACS answered 401")
     assert "not sent" in caplog.text and "401" in caplog.text
     assert fake_acs.mails == []

@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-from leads.deliver import deliver
-from leads.ratelimit import RateLimiter
-from leads.store import LeadStore
+from leads.delivery.deliver import deliver
+from leads.destinations.ratelimit import RateLimiter
+from leads.store.lead_store import LeadStore
 
 from .test_digests import SENDER, email_of, sends, take_in
 
@@ -67,7 +67,7 @@ def test_each_limit_is_kept_and_the_wait_is_for_the_later_one(storage):
     ("leads@contoso.com", "30", "500", "warning", "if Azure raised your quota"),
 ])  # fmt: skip
 def test_check_says_which_limits_the_sender_has(storage, env, fake_acs, sender, per_minute, per_hour, state, said):
-    from leads.checks import run_checks
+    from leads.ops.checks import run_checks
 
     env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER=sender, EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE=per_minute, EMAIL_PER_HOUR=per_hour)  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from leads.storage import table_service
+from leads.core.storage import table_service
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook

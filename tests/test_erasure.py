@@ -16,19 +16,19 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
-from leads import erasure
 from leads.cli import main as cli
-from leads.deliver import deliver
-from leads.erasure import ERASED_REASON, apply_retention
-from leads.imports import import_file
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.poll import _recently_stored, poll_marketplace
-from leads.routing import plan
-from leads.rows import lead_entity
-from leads.settings import get_settings
-from leads.storage import table_service
-from leads.store import LeadStore
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.core.storage import table_service
+from leads.delivery.deliver import deliver
+from leads.destinations.routing import plan
+from leads.intake.imports import import_file
+from leads.intake.ingest import accept_http
+from leads.intake.poll import _recently_stored, poll_marketplace
+from leads.store import erasure
+from leads.store.erasure import ERASED_REASON, apply_retention
+from leads.store.lead_store import LeadStore
+from leads.store.rows import lead_entity
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -347,7 +347,7 @@ def test_forget_email_finds_a_lead_whose_address_is_longer_than_rfc_5321_allows(
 
 
 def test_a_refused_body_full_of_addresses_costs_bounded_rows_and_each_address_still_finds_it(app):
-    from leads.identities import MAX_ADDRESSES
+    from leads.store.identities import MAX_ADDRESSES
 
     tag = uuid.uuid4().hex[:6]
     addresses = [f"crowd{index:02d}{tag}@fabrikam.example" for index in range(MAX_ADDRESSES + 5)]
@@ -367,7 +367,7 @@ def test_a_refused_body_full_of_addresses_costs_bounded_rows_and_each_address_st
 def store_the_old_way(who: dict[str, str], received_at: datetime) -> str:
     """A lead as a version before the identity and email indexes stored it: its row and
     deliveries in one transaction, nothing beside them."""
-    from leads.deliveries import new_delivery_entity
+    from leads.store.deliveries import new_delivery_entity
 
     lead = from_http_body({**http_body(who), "CreatedTime": received_at.isoformat()}, received_at=received_at)
     lead = lead.model_copy(update={"lead_id": uuid.uuid4().hex})

@@ -11,12 +11,12 @@ import uuid
 import pytest
 import requests
 
-from leads.deliver import deliver
+from leads.core.normalise import from_http_body
+from leads.delivery.deliver import deliver
 from leads.destinations.dynamics import dataverse_error
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.redact import mask_personal
-from leads.store import LeadStore
+from leads.destinations.redact import mask_personal
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from .fake_webhook import FakeWebhook
 from .loopback import LoopbackHandler, LoopbackServer

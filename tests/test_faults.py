@@ -18,15 +18,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads.azurite import Azurite
-from leads.deliver import handle_message
-from leads.intake import accept_http
-from leads.normalise import table_lead_id
-from leads.operations import status
-from leads.poll import _recently_stored, poll_marketplace
-from leads.settings import get_settings
-from leads.storage import table_service
-from leads.store import LeadStore
+from leads.core.normalise import table_lead_id
+from leads.core.settings import get_settings
+from leads.core.storage import table_service
+from leads.delivery.deliver import handle_message
+from leads.intake.ingest import accept_http
+from leads.intake.poll import _recently_stored, poll_marketplace
+from leads.local.azurite import Azurite
+from leads.ops.operations import status
+from leads.store.lead_store import LeadStore
 
 from .fake_acs import FakeAcs
 from .fake_webhook import FakeWebhook
@@ -106,8 +106,8 @@ def test_leads_through_both_intakes_with_a_third_of_calls_failing(flaky_webhook,
     # Every derived row agrees with what it describes; and what is planted in this store is found.
     from collections import Counter
 
-    from leads.derived import GRACE
-    from leads.verify import verify
+    from leads.store.derived import GRACE
+    from leads.store.verify import verify
 
     from .plant import plant
 
@@ -149,8 +149,8 @@ def test_storage_stopped_and_started_again_loses_nothing(tmp_path, env):
 # than that to start (a loaded machine) would find it free, send mails one by one, and fold none.
 DYING_WORKER = """
 from datetime import timedelta
-import leads.deliver
-leads.deliver.CLAIM = timedelta(seconds=8)
+import leads.delivery.deliver
+leads.delivery.deliver.CLAIM = timedelta(seconds=8)
 from tests.test_faults import mail_limit_reached
 from tests.workers import drain
 mail_limit_reached(5)
@@ -254,7 +254,7 @@ def test_a_poisoned_row_among_good_ones_and_refused_bodies_lose_nothing(flaky_we
                 answer = accept_http(body)
                 assert answer.status == 400, answer.body
                 refused.append((answer.body["rejectedId"], body))
-    from leads import poll
+    from leads.intake import poll
 
     first = poll_marketplace()
     assert (first.read, first.stored, first.retrying) == (GOOD_ROWS + 1, GOOD_ROWS + 1, 0)  # both pages, every lead

@@ -12,8 +12,8 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
-from leads.function_keys import API_VERSION, ARM_SCOPE, function_keys_check
-from leads.settings import Settings
+from leads.core.settings import Settings
+from leads.ops.function_keys import API_VERSION, ARM_SCOPE, function_keys_check
 
 APP = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-leads/providers/Microsoft.Web/sites/func-leads"
 TOKEN = "arm-token-for-tests"

@@ -11,10 +11,10 @@ import pytest
 import requests
 
 import function_app
-from leads import health as health_module
-from leads.health import HEALTH_CACHE_SECONDS, health
-from leads.intake import accept_http
-from leads.serve import LocalHost
+from leads.intake.ingest import accept_http
+from leads.local.serve import LocalHost
+from leads.ops import health as health_module
+from leads.ops.health import HEALTH_CACHE_SECONDS, health
 
 from .conftest import FIXTURES
 

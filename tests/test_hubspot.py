@@ -11,9 +11,9 @@ import pytest
 import leads.destinations
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.hubspot import API_VERSION, HubSpotDestination, property_errors, required_scopes
-from leads.intake import accept_http
-from leads.ratelimit import CallLimiter
-from leads.store import LeadStore
+from leads.destinations.ratelimit import CallLimiter
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from . import fake_hubspot
 from .fake_hubspot import FakeHubSpot
@@ -199,7 +199,7 @@ def test_check_an_invalid_token(hubspot):
 
 
 def test_check_an_unreachable_or_wrong_url(hubspot):
-    from leads.azurite import free_port
+    from leads.local.azurite import free_port
 
     check = HubSpotDestination("pat", f"http://127.0.0.1:{free_port()}", timeout=2).check()
     assert not check.ok and "could not reach" in check.message and "HUBSPOT_URL" in check.fix

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leads.cli import main
-from leads.imports import ImportError_, import_file, map_columns
-from leads.intake import accept_http
-from leads.normalise import from_table_entity
-from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.core.normalise import from_table_entity
+from leads.core.settings import get_settings
+from leads.intake.imports import ImportError_, import_file, map_columns
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 
@@ -238,7 +238,7 @@ def read_position(path) -> int | None:
 
 def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_stores_nothing(
         store, tmp_path, env, azurite):  # fmt: skip
-    from leads import imports
+    from leads.intake import imports
 
     from .storage_proxy import StorageProxy
 
@@ -297,9 +297,9 @@ def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_st
 
 
 def test_an_erased_person_is_found_only_by_their_tombstone(store, tmp_path):
-    from leads.erasure import forget_lead
-    from leads.identities import identity_keys
-    from leads.matching import Match, Matcher
+    from leads.intake.matching import Match, Matcher
+    from leads.store.erasure import forget_lead
+    from leads.store.identities import identity_keys
 
     path = partner_center_file(tmp_path / "leads.csv", [partner_center_row(0)])
     assert import_file(path).imported == 1

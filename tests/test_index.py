@@ -17,16 +17,16 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from leads import cli
-from leads.deliveries import new_delivery_entity
-from leads.derived import GRACE
-from leads.index import OPEN, SHARDS, delivery_row_key, shard_of
-from leads.normalise import from_http_body
-from leads.operations import STALE, replay, status, sweep
-from leads.queue import delivery_queue
-from leads.routing import plan
-from leads.rows import lead_entity
-from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.delivery.queue import delivery_queue
+from leads.destinations.routing import plan
+from leads.ops.operations import STALE, replay, status, sweep
+from leads.store.deliveries import new_delivery_entity
+from leads.store.derived import GRACE
+from leads.store.index import OPEN, SHARDS, delivery_row_key, shard_of
+from leads.store.lead_store import LeadStore
+from leads.store.rows import lead_entity
 
 from .conftest import FIXTURES
 from .storage_reads import counting_table_reads
@@ -156,7 +156,7 @@ def test_a_delivery_leaves_the_open_index_when_it_ends_and_a_failure_enters_the_
 
 
 def test_deliveries_held_back_by_the_backfill_limit_are_replayed_from_the_index(app):
-    from leads.rows import BACKFILL_REASON
+    from leads.store.rows import BACKFILL_REASON
 
     lead = lead_at(1)
     app.add(lead, plan(lead, get_settings()))
@@ -176,7 +176,7 @@ def test_deliveries_held_back_by_the_backfill_limit_are_replayed_from_the_index(
 def hold(store: LeadStore, count: int) -> list[str]:
     """Take in ``count`` leads older than LEADS_BACKFILL_DAYS, as the first poll of a table holding
     years of rows does: stored, each delivery held back (``skipped`` with the backfill reason)."""
-    from leads.routing import hold_backfill
+    from leads.destinations.routing import hold_backfill
 
     settings, ids = get_settings(), []
     for _ in range(count):
@@ -210,7 +210,7 @@ def test_status_and_replay_read_no_held_back_history(app):
 
 
 def test_a_held_lead_taken_in_twice_is_counted_once(app):
-    from leads.routing import hold_backfill
+    from leads.destinations.routing import hold_backfill
 
     settings = get_settings()
     lead = lead_at(1, received_at=datetime.now(UTC) - timedelta(days=400))
@@ -224,8 +224,8 @@ def test_a_held_lead_taken_in_twice_is_counted_once(app):
 def held_the_old_way(store: LeadStore, index: int) -> str:
     """A lead held back as the version before the held index left it: its delivery ``skipped``
     with the backfill reason, its entry among the failed ones (``f|``). Returns its id."""
-    from leads.index import FAILED, delivery_entry
-    from leads.rows import BACKFILL_REASON, delivery_entity
+    from leads.store.index import FAILED, delivery_entry
+    from leads.store.rows import BACKFILL_REASON, delivery_entity
 
     lead = lead_at(index)
     store.add(lead, plan(lead, get_settings()))
@@ -238,7 +238,7 @@ def held_the_old_way(store: LeadStore, index: int) -> str:
 
 
 def test_held_entries_an_earlier_version_kept_among_the_failed_ones_are_moved_by_the_maintenance_run(app):
-    from leads.operations import maintain
+    from leads.ops.operations import maintain
 
     ids = [held_the_old_way(app, index) for index in range(3)]
     before = status()  # reads only: it neither counts them as failed nor moves them
@@ -256,7 +256,7 @@ def test_held_entries_an_earlier_version_kept_among_the_failed_ones_are_moved_by
 
 
 def test_a_duplicate_leaves_no_entries_behind(app):
-    from leads.intake import accept_http
+    from leads.intake.ingest import accept_http
 
     first = accept_http(json.dumps(EXAMPLE).encode())
     again = accept_http(json.dumps(EXAMPLE).encode())
@@ -351,7 +351,7 @@ def test_rejected_records_appear_in_list_and_status(app, capsys):
 def write_the_old_way(connection: str, table_name: str) -> dict[str, str]:
     """Rows as the version before the index wrote them: a lead and its deliveries in one
     transaction, a rejected row; no index. Returns lead ids by what became of them."""
-    from leads.rows import BACKFILL_REASON
+    from leads.store.rows import BACKFILL_REASON
 
     service = TableServiceClient.from_connection_string(connection)
     table = service.create_table_if_not_exists(table_name)
@@ -414,7 +414,7 @@ def test_a_store_from_before_the_index_is_indexed_by_reindex(old_store, capsys):
 
 
 def test_a_store_from_before_the_index_is_indexed_by_the_maintenance_run(old_store):
-    from leads.operations import maintain
+    from leads.ops.operations import maintain
 
     store = LeadStore.from_settings()
     store.ensure_tables()

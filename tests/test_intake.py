@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 
 import function_app
 from leads.cli import main
-from leads.intake import accept_http
-from leads.model import Lead
-from leads.normalise import from_http_body, http_lead_id
-from leads.queue import delivery_queue
-from leads.rows import MAX_KEPT_BYTES, lead_entity
-from leads.serve import LocalHost
-from leads.settings import get_settings
-from leads.storage import table_service
-from leads.store import LeadStore
+from leads.core.model import Lead
+from leads.core.normalise import from_http_body, http_lead_id
+from leads.core.settings import get_settings
+from leads.core.storage import table_service
+from leads.delivery.queue import delivery_queue
+from leads.intake.ingest import accept_http
+from leads.local.serve import LocalHost
+from leads.store.lead_store import LeadStore
+from leads.store.rows import MAX_KEPT_BYTES, lead_entity
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -248,9 +248,9 @@ def test_the_repeat_check_costs_the_same_on_every_occurrence(storage, azurite):
     for costs in (new_costs, repeat_costs):
         assert max(costs) - min(costs) <= 1, (new_costs, repeat_costs)
     assert {cost for _, cost in outcomes[-20:]} <= {cost for _, cost in outcomes[2:40]}
-    # A first arrival: its identity row (leads/identities.py, for `import`), its address's row
+    # A first arrival: its identity row (leads/store/identities.py, for `import`), its address's row
     # (the same module: the email index, for `forget --email`; one partition per address, so no
-    # transaction can hold it), its timeline entry (leads/index.py) and the lead's transaction;
+    # transaction can hold it), its timeline entry (leads/store/index.py) and the lead's transaction;
     # the same on the 40th occurrence as on the 2nd (a new lead after the window: 13, its two
     # attempts each writing the address row).
     assert outcomes[0][1] == 4 and max(new_costs | repeat_costs) <= 13
@@ -326,7 +326,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("body, status, error", REFUSED)
 def test_a_refused_body_is_kept_with_its_reason_and_the_bytes_as_received(storage, body, status, error, caplog):
-    caplog.set_level("INFO", logger="leads.intake")
+    caplog.set_level("INFO", logger="leads.intake.ingest")
     response = post(body)
     refusal = answer(response)
     assert response.status_code == status and error in refusal["error"]
@@ -334,7 +334,7 @@ def test_a_refused_body_is_kept_with_its_reason_and_the_bytes_as_received(storag
     assert (kept["channel"], kept["error"], kept["body"], kept["size"]) == ("http", refusal["error"], body, len(body))
     assert kept["truncated"] is False
     # One line for the operator: the record's id and the reason, nothing the body held.
-    records = [record for record in caplog.records if record.name == "leads.intake"]
+    records = [record for record in caplog.records if record.name == "leads.intake.ingest"]
     assert len(records) == 1 and records[0].leadId == refusal["rejectedId"]
     assert refusal["rejectedId"] in records[0].getMessage() and refusal["error"][:20] in records[0].getMessage()
     assert "quixotely" not in caplog.text
@@ -544,7 +544,7 @@ def test_a_count_failing_after_the_lead_committed_is_202_with_the_lead_queued(qu
 
 def email_rows(store: LeadStore, address: str) -> list[str]:
     """The RowKeys of the email index's rows for ``address``."""
-    from leads.identities import CROWDED, email_row_key
+    from leads.store.identities import CROWDED, email_row_key
 
     return sorted("|".join(email_row_key(row)[1:]) for row in store.identities.email_rows(address)
                   if row["PartitionKey"] != CROWDED)  # fmt: skip
@@ -558,7 +558,7 @@ def identity_rows(store: LeadStore, lead_id: str) -> list[str]:
 
 @pytest.mark.parametrize("row", ["timeline entry", "identity rows", "identity rows once"])
 def test_a_row_that_can_be_repaired_failing_before_the_lead_does_not_refuse_it(queued, monkeypatch, caplog, row):
-    from leads.erasure import forget_email
+    from leads.store.erasure import forget_email
 
     store = LeadStore.from_settings()
     store.ensure_tables()
@@ -586,7 +586,7 @@ def test_a_row_that_can_be_repaired_failing_before_the_lead_does_not_refuse_it(q
 
 
 def test_a_lead_whose_open_delivery_entry_cannot_be_written_is_503_and_its_body_kept(queued, monkeypatch, caplog):
-    from leads.erasure import forget_email
+    from leads.store.erasure import forget_email
 
     store = LeadStore.from_settings()
     store.ensure_tables()
@@ -606,8 +606,8 @@ def test_a_lead_whose_open_delivery_entry_cannot_be_written_is_503_and_its_body_
 
 @pytest.mark.parametrize("again", ["table row read again", "posted again"])
 def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back(storage, env, again):
-    from leads.erasure import forget_lead
-    from leads.normalise import from_table_entity
+    from leads.core.normalise import from_table_entity
+    from leads.store.erasure import forget_lead
 
     env(EMAIL_TO="", WEBHOOK_URL="")
     store = LeadStore.from_settings()
@@ -641,7 +641,7 @@ def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back
 
 
 def test_a_repeat_on_the_next_day_leaves_no_identity_row_once_the_lead_is_forgotten(storage, env):
-    from leads.erasure import forget_lead
+    from leads.store.erasure import forget_lead
 
     env(EMAIL_TO="", WEBHOOK_URL="", LEADS_DEDUPE_WINDOW_HOURS="24")
     store = LeadStore.from_settings()

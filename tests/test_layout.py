@@ -1,6 +1,7 @@
-"""The layout's promise: the app's modules depend on each other one way. An import inside a
-function (kept there for the cold start) is a dependency all the same, so every import counts but
-those under ``if TYPE_CHECKING:`` (annotations only); a circle among them fails here, named."""
+"""The layout's promise: the app's modules depend on each other one way, and its packages are
+layers, each importing only from those below it. An import inside a function (kept there for the
+cold start) is a dependency all the same, so every import counts but those under
+``if TYPE_CHECKING:`` (annotations only); a circle or an import up a layer fails here, named."""
 
 from __future__ import annotations
 
@@ -78,6 +79,39 @@ def test_the_apps_modules_import_each_other_one_way():
     graph = {name: imports_of(name, path, known) for name, path in known.items()}
     assert sum(len(targets) for targets in graph.values()) > 100  # the graph was read at all
     assert circles(graph) == []
+
+
+# The packages from the bottom up; the entry points (`leads.cli`, `leads.__main__`) sit on top.
+LAYERS = ["core", "store", "destinations", "delivery", "intake", "ops", "local"]
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
+
+
+def imports_up(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
+                  if layer_of(target) > layer_of(name))  # fmt: skip
+
+
+def test_each_package_imports_only_from_those_below_it():
+    known = modules()
+    assert {name.split(".")[1] for name in known if name.count(".") >= 1} >= set(LAYERS)
+    unplaced = [name for name in known if name.count(".") == 1 and name.split(".")[1] not in LAYERS]
+    assert sorted(unplaced) == ["leads.__main__", "leads.cli"]  # every module sits in a stage
+    graph = {name: imports_of(name, path, known) for name, path in known.items()}
+    assert imports_up(graph) == []
+
+
+def test_an_import_up_a_layer_is_found_and_named():
+    graph = {"leads.core.settings": {"leads.store.rows"}, "leads.store.rows": {"leads.core.settings"}}
+    assert imports_up(graph) == ["leads.core.settings -> leads.store.rows"]
+
+
+def test_the_local_host_is_left_out_of_the_deployment():
+    ignored = (ROOT / ".funcignore").read_text(encoding="utf-8").split()
+    assert "leads/local" in ignored
 
 
 def test_a_circle_is_found_and_named():

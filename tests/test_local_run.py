@@ -1,4 +1,4 @@
-"""``make run`` (leads/local_run.py) with its ports taken, and with another Azurite about: a clear
+"""``make run`` (leads/local/local_run.py) with its ports taken, and with another Azurite about: a clear
 message and nothing started, or an app that talks only to the Azurite it started."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from leads import azurite as azurite_module
-from leads.azurite import Azurite, connection_string, free_ports, port_is_free
-from leads.local_run import RunError, lock_data_folder, start_azurite
-from leads.settings import Settings
-from leads.storage import table_service
-from leads.store import LeadStore
+from leads.core.settings import Settings
+from leads.core.storage import table_service
+from leads.local import azurite as azurite_module
+from leads.local.azurite import Azurite, connection_string, free_ports, port_is_free
+from leads.local.local_run import RunError, lock_data_folder, start_azurite
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 
@@ -60,7 +60,7 @@ def cli(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.Completed
 def make_run(tmp_path: Path, port: int, blob: int, queue: int, table: int, **popen) -> subprocess.Popen:
     """What `make run` runs, with its data and settings in ``tmp_path``."""
     env = run_env(tmp_path)
-    command = [sys.executable, "-m", "leads.local_run", "--port", str(port), "--location", str(tmp_path / "azurite"),
+    command = [sys.executable, "-m", "leads.local.local_run", "--port", str(port), "--location", str(tmp_path / "azurite"),
                "--settings", str(tmp_path / "local.settings.json"),
                "--blob-port", str(blob), "--queue-port", str(queue), "--table-port", str(table)]  # fmt: skip
     return subprocess.Popen(
@@ -149,7 +149,7 @@ def test_make_run_passes_its_port_variables_on():
     ports = ["PORT=7072", "AZURITE_BLOB_PORT=10010", "AZURITE_QUEUE_PORT=10011", "AZURITE_TABLE_PORT=10012"]
     dry = subprocess.run(["make", "-n", "run", *ports], cwd=REPO, capture_output=True, text=True, timeout=60)
     command = " ".join(dry.stdout.replace("\\\n", " ").split())
-    assert "-m leads.local_run --port 7072" in command
+    assert "-m leads.local.local_run --port 7072" in command
     assert "--blob-port 10010 --queue-port 10011 --table-port 10012" in command
 
 
@@ -218,7 +218,7 @@ def _in_parallel(tmp_path: Path, commands: list[list[str]]) -> dict[tuple[str, .
 
 
 def test_make_run_gives_a_settings_file_without_an_id_key_a_random_one_and_keeps_it(tmp_path, monkeypatch):
-    from leads.local_run import give_an_id_key
+    from leads.local.local_run import give_an_id_key
 
     monkeypatch.delenv("LEADS_ID_KEY", raising=False)
     first, second = tmp_path / "a.json", tmp_path / "b.json"

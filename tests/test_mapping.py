@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from leads.cli import main
-from leads.deliveries import new_delivery_entity
+from leads.core.settings import Settings
 from leads.destinations.base import Route
 from leads.destinations.mapping import (
     FieldSpec,
@@ -23,9 +23,9 @@ from leads.destinations.mapping import (
     encode,
     sample_lead,
 )
-from leads.routing import load_rules, route
-from leads.rows import delivery_from_entity
-from leads.settings import Settings
+from leads.destinations.routing import load_rules, route
+from leads.store.deliveries import new_delivery_entity
+from leads.store.rows import delivery_from_entity
 
 PICKLIST = FieldSpec("Lead_Source_Detail__c", "picklist", 255, (("Marketplace", "Marketplace"), ("Partner", "Partner")))
 
@@ -121,7 +121,7 @@ def test_a_routing_rule_picks_the_mapping_for_the_crms_and_the_delivery_row_keep
 
 
 def test_a_rule_naming_a_mapping_no_setting_defines_is_a_problem_in_check():
-    from leads.checks import routing_check
+    from leads.ops.checks import routing_check
 
     base = {"HUBSPOT_TOKEN": "t", "HUBSPOT_MAPPING": json.dumps({"mappings": {"partner": {}}})}
     named = lambda name: json.dumps({"rules": [{"offer": "*", "mapping": name}]})  # noqa: E731

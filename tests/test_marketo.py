@@ -13,9 +13,9 @@ import pytest
 import leads.destinations
 from leads.destinations.base import PermanentError, Route, TransientError
 from leads.destinations.marketo import DNC_REASON, MarketoDestination, seconds_to_quota_reset
-from leads.intake import accept_http
-from leads.ratelimit import CallLimiter
-from leads.store import LeadStore
+from leads.destinations.ratelimit import CallLimiter
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from . import fake_marketo
 from .fake_marketo import FakeMarketo, sample_lead
@@ -279,7 +279,7 @@ def test_check_a_url_with_rest_pasted_is_accepted(marketo):
 
 
 def test_check_an_unreachable_instance():
-    from leads.azurite import free_port
+    from leads.local.azurite import free_port
 
     check = MarketoDestination(f"http://127.0.0.1:{free_port()}", "id", "secret", timeout=2).check()
     assert not check.ok and "could not reach" in check.message and "MARKETO_URL" in check.fix

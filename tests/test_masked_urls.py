@@ -1,13 +1,13 @@
-"""Every URL the CLI or an alert prints has its secret parts masked (leads.telemetry.mask_url):
+"""Every URL the CLI or an alert prints has its secret parts masked (leads.core.telemetry.mask_url):
 a Teams workflow's ``sig=``, a Slack or Zapier hook's path, a user and password."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from leads.alerts import alert_text
 from leads.cli import main
-from leads.store import LeadStore
+from leads.delivery.alerts import alert_text
+from leads.store.lead_store import LeadStore
 
 from .fake_webhook import FakeWebhook
 
@@ -42,7 +42,7 @@ def test_an_alert_never_quotes_a_url_secret():
 
 
 def test_show_never_prints_a_url_secret_of_a_delivery_error(storage, env, capsys):
-    from leads.intake import accept_http
+    from leads.intake.ingest import accept_http
 
     from .conftest import FIXTURES
 

@@ -24,19 +24,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads.deliver import CLAIM, deliver, handle_message
-from leads.derived import GRACE
-from leads.erasure import forget_lead
-from leads.index import kind_of, shards
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.operations import STALE, maintain, replay, status, sweep
-from leads.queue import delivery_queue
-from leads.routing import hold_backfill, plan
-from leads.rows import FINAL, delivery_from_entity, is_delivery_row
-from leads.settings import get_settings
-from leads.store import LeadStore
-from leads.verify import verify
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.delivery.deliver import CLAIM, deliver, handle_message
+from leads.delivery.queue import delivery_queue
+from leads.destinations.routing import hold_backfill, plan
+from leads.intake.ingest import accept_http
+from leads.ops.operations import STALE, maintain, replay, status, sweep
+from leads.store.derived import GRACE
+from leads.store.erasure import forget_lead
+from leads.store.index import kind_of, shards
+from leads.store.lead_store import LeadStore
+from leads.store.rows import FINAL, delivery_from_entity, is_delivery_row
+from leads.store.verify import verify
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -109,7 +109,7 @@ class Run:
         return forget_lead(lead_id, self.settings) is not None
 
     def _lead_of(self, person: int) -> str | None:
-        from leads.normalise import http_lead_id
+        from leads.core.normalise import http_lead_id
 
         return http_lead_id(from_http_body(json.loads(body(person))))
 

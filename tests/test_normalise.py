@@ -11,8 +11,8 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leads.model import Lead
-from leads.normalise import (
+from leads.core.model import Lead
+from leads.core.normalise import (
     LeadValidationError,
     from_http_body,
     from_table_entity,

@@ -14,15 +14,15 @@ from azure.data.tables import TableClient
 from azure.functions.timer import TimerRequest
 
 import function_app
-from leads import poll
 from leads.cli import main as cli
-from leads.normalise import table_lead_id
-from leads.operations import replay
-from leads.poll import Checkpoint, Marks, _recently_stored, poll_marketplace
-from leads.queue import delivery_queue
-from leads.settings import get_settings
-from leads.storage import table_service
-from leads.store import LeadStore
+from leads.core.normalise import table_lead_id
+from leads.core.settings import get_settings
+from leads.core.storage import table_service
+from leads.delivery.queue import delivery_queue
+from leads.intake import poll
+from leads.intake.poll import Checkpoint, Marks, _recently_stored, poll_marketplace
+from leads.ops.operations import replay
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -243,7 +243,7 @@ def test_a_row_that_keeps_failing_is_tried_on_later_polls_then_kept_as_rejected(
     marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "poison"})
     write_rows(marketplace, 2, partition=day)
     poison = lead_id_of(day, "poison")
-    with caplog.at_level(logging.INFO, logger="leads.poll"):
+    with caplog.at_level(logging.INFO, logger="leads.intake.poll"):
         first = poll_marketplace()
         assert (first.stored, first.retrying, first.rejected) == (2, 1, 0)
         assert first.watermark == newest_timestamp(marketplace)  # the poll moved past it
@@ -279,7 +279,7 @@ def test_a_row_whose_failure_passes_is_stored_by_a_later_poll(marketplace, buggy
 def test_a_storage_outage_never_moves_the_watermark_past_rows_not_stored(marketplace, env, tmp_path, monkeypatch):
     from azure.core.exceptions import AzureError
 
-    from leads.azurite import Azurite
+    from leads.local.azurite import Azurite
 
     server = Azurite(location=tmp_path / "store").start()
     try:
@@ -550,7 +550,7 @@ def test_keys_that_fit_no_format_for_more_than_a_day_leave_the_new_rows_to_the_h
     write_rows(marketplace, 1, start=2, partition="L-0002")
     routine = poll_marketplace()
     assert (routine.mode, routine.stored) == ("days", 0)
-    with caplog.at_level(logging.WARNING, logger="leads.poll"):
+    with caplog.at_level(logging.WARNING, logger="leads.intake.poll"):
         safety = poll_marketplace(full_scan=True)
     assert (safety.mode, safety.stored) == ("full", 1)
     assert "hourly safety scan" in caplog.text

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads import poll
-from leads.poll import CHECKPOINT_PARTITION, poll_marketplace
-from leads.store import LeadStore
+from leads.intake import poll
+from leads.intake.poll import CHECKPOINT_PARTITION, poll_marketplace
+from leads.store.lead_store import LeadStore
 
 from .test_poll import ENTITY, marketplace, today  # noqa: F401  (the fixture)
 

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from leads import deliver, erasure
-from leads.imports import import_file
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.routing import plan
-from leads.settings import get_settings
-from leads.storage import table_service
-from leads.store import LeadStore
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.core.storage import table_service
+from leads.delivery import deliver
+from leads.destinations.routing import plan
+from leads.intake.imports import import_file
+from leads.intake.ingest import accept_http
+from leads.store import erasure
+from leads.store.lead_store import LeadStore
 
 from .test_erasure import left_behind, person
 
@@ -122,7 +123,7 @@ def test_an_import_after_forget_keeps_nothing_of_the_erased_person_and_mails_no_
     erasure.forget_email(who["Email"])
     assert mails() == []
     # The maintenance run's verify --repair removes stale identity rows: a tombstone is none of them.
-    from leads.verify import verify
+    from leads.store.verify import verify
 
     verify(repair=True, now=datetime.now(UTC) + timedelta(days=1))
     row = {**who, "Created": f"{NOW:%Y-%m-%d %H:%M:%S}"}
@@ -199,8 +200,8 @@ def take_in_by_http(persons: list[dict[str, str]]) -> dict[str, str]:
 
 
 def take_in_by_table(persons: list[dict[str, str]]) -> dict[str, str]:
-    from leads.normalise import table_lead_id
-    from leads.poll import _recently_stored, poll_marketplace
+    from leads.core.normalise import table_lead_id
+    from leads.intake.poll import _recently_stored, poll_marketplace
 
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
@@ -229,7 +230,7 @@ def write_partner_center(path: Path, persons: list[dict[str, str]], created: dic
 
 
 def queued() -> int:
-    from leads.queue import delivery_queue
+    from leads.delivery.queue import delivery_queue
 
     queue = delivery_queue(get_settings())
     queue._ensure()
@@ -240,7 +241,7 @@ def queued() -> int:
 def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_nothing_twice_and_merges_no_one(
         store, env, tmp_path, capsys):  # fmt: skip
     from leads.cli import main
-    from leads.identities import CROWDED
+    from leads.store.identities import CROWDED
 
     env(LEADS_RETENTION_DAYS="1")
     taken_in = datetime.now(UTC)  # when the leads below arrived, give or take a minute or two
@@ -419,7 +420,7 @@ def test_several_files_in_one_run_report_each_and_all_and_a_lead_in_both_is_take
 
 
 def test_a_row_without_a_date_that_is_new_is_stored_unsent_until_asked(store, tmp_path):
-    from leads.operations import replay
+    from leads.ops.operations import replay
 
     path = tmp_path / "bodies.jsonl"
     path.write_text(json.dumps(http_body(person())) + "\n")
@@ -448,7 +449,7 @@ def test_an_import_after_retention_keeps_nothing_of_the_retained_lead(store, env
 
 
 def test_a_marketplace_row_rewritten_after_forget_is_reported_erased_and_kept_out(store):
-    from leads.poll import _recently_stored, poll_marketplace
+    from leads.intake.poll import _recently_stored, poll_marketplace
 
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
@@ -471,7 +472,7 @@ def test_rows_an_earlier_version_wrote_with_plain_digests_are_matched_and_erased
     who = person()
     env(LEADS_ID_KEY="")  # the version before the key: plain SHA-256 digests everywhere
     old_id = take_in(http_body(who))
-    from leads.identities import email_row_key
+    from leads.store.identities import email_row_key
 
     rows = list(store.identities.table.query_entities(""))
     keys = {email_row_key(row)[0] for row in rows if email_row_key(row)}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from leads.intake import accept_http
-from leads.settings import get_settings
-from leads.storage import table_service
+from leads.core.settings import get_settings
+from leads.core.storage import table_service
+from leads.intake.ingest import accept_http
 
 from .conftest import FIXTURES
 from .storage_proxy import StorageProxy
@@ -70,7 +70,7 @@ def test_an_http_lead_costs_its_budget_of_requests(counted, env, destinations):
 
 
 def test_a_poll_page_costs_little_more_than_a_request_a_row(counted, env):
-    from leads.poll import poll_marketplace
+    from leads.intake.poll import poll_marketplace
 
     tables, _ = counted
     env(EMAIL_TO="")
@@ -96,7 +96,7 @@ def test_a_poll_page_costs_little_more_than_a_request_a_row(counted, env):
 
 
 def test_an_import_window_costs_little_more_than_a_request_a_row_and_a_row_received_one(counted, env, tmp_path):
-    from leads.imports import import_file
+    from leads.intake.imports import import_file
 
     tables, _ = counted
     env(EMAIL_TO="")

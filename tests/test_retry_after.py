@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from leads.deliver import deliver
-from leads.intake import accept_http
-from leads.store import LeadStore
+from leads.delivery.deliver import deliver
+from leads.intake.ingest import accept_http
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_dynamics import FakeDynamics

@@ -1,7 +1,7 @@
 """Every SDK client the app builds retries as little as a caller can wait for, read back from the
 client itself, not from the options the app passes.
 
-Each SDK reads its own options (``leads/retries.py``): the Storage Queues SDK ignores azure-core's
+Each SDK reads its own options (``leads/core/retries.py``): the Storage Queues SDK ignores azure-core's
 ``retry_backoff_factor`` and waited 18, 24 and 42 s (± 3 s) between its tries by default; a client
 given a transport ignores its own ``connection_timeout``/``read_timeout`` (the transport kept
 requests' 300 s); azure-identity's credentials retry 10 times, waiting up to 2 minutes. So each client's pipeline is taken
@@ -20,13 +20,13 @@ from azure.core.pipeline.policies import RetryPolicy
 from azure.core.rest import HttpRequest
 from azure.storage.queue._shared.policies import StorageRetryPolicy
 
-from leads import http
-from leads import storage as storage_module
-from leads.azurite import connection_string
+from leads.core import http
+from leads.core import storage as storage_module
+from leads.core.storage import queue_service, table_service
+from leads.delivery.queue import DeliveryQueue
 from leads.destinations import email as email_module
 from leads.destinations.dynamics import DynamicsDestination
-from leads.queue import DeliveryQueue
-from leads.storage import queue_service, table_service
+from leads.local.azurite import connection_string
 
 CONNECTION = connection_string(9, 9, 9)  # nothing is sent: the policies are run against a fake below
 ACS = "endpoint=https://contoso.communication.azure.com/;accesskey=YWJj"
@@ -154,7 +154,7 @@ def test_each_client_retries_a_busy_service_briefly_and_its_calls_end_by_the_dea
         assert sum(clock.waits) <= waited, clock.waits
     config = transport.connection_config
     assert (config.timeout, config.read_timeout) == (connect, read)
-    # Its calls are cut at the deadline of the path that waits (leads/http.py).
+    # Its calls are cut at the deadline of the path that waits (leads/core/http.py).
     assert isinstance(transport.session.get_adapter("https://contoso.example/"), http.DeadlineAdapter)
 
 

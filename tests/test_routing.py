@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from leads.normalise import from_http_body
-from leads.routing import RoutingError, load_rules, route, split_addresses
+from leads.core.normalise import from_http_body
+from leads.destinations.routing import RoutingError, load_rules, route, split_addresses
 
 ENABLED = ("email", "webhook", "dynamics")
 

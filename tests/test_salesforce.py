@@ -10,7 +10,8 @@ import pytest
 import requests
 
 import leads.destinations
-from leads.azurite import free_port
+from leads.core.normalise import from_http_body
+from leads.core.settings import Settings
 from leads.destinations import PermanentError, Route, TransientError
 from leads.destinations.salesforce import (
     MARKER,
@@ -20,10 +21,9 @@ from leads.destinations.salesforce import (
     api_error,
     scrub,
 )
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.settings import Settings
-from leads.store import LeadStore
+from leads.intake.ingest import accept_http
+from leads.local.azurite import free_port
+from leads.store.lead_store import LeadStore
 
 from .conftest import FIXTURES
 from .fake_salesforce import FakeSalesforce, fake_salesforce_fixture  # noqa: F401  (the fake_salesforce fixture)

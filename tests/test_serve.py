@@ -1,4 +1,4 @@
-"""``leads.serve``, the local Functions host: HTTP routes, timers and queue triggers, served for
+"""``leads.local.serve``, the local Functions host: HTTP routes, timers and queue triggers, served for
 real (a threading HTTP server, Azurite queues) and talked to over loopback."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import requests
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import BinaryBase64EncodePolicy, QueueClient
 
-from leads.azurite import connection_string, free_port
-from leads.serve import FunctionNotServed, HostOptions, LocalHost, resolve_app_settings
+from leads.local.azurite import connection_string, free_port
+from leads.local.serve import FunctionNotServed, HostOptions, LocalHost, resolve_app_settings
 from tests import serve_app
 from tests.served import Served
 
@@ -214,7 +214,7 @@ def test_serve_loads_local_settings_without_overriding_the_environment_and_stops
     (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": values}))
     environment = {name: value for name, value in os.environ.items() if name not in APP_SETTINGS}
     environment |= {"PYTHONPATH": str(REPO), "SERVE_TEST_BOTH": "environment"}
-    served = Served([sys.executable, "-c", "from leads.serve import serve; serve(0, app_module='tests.serve_app')"],
+    served = Served([sys.executable, "-c", "from leads.local.serve import serve; serve(0, app_module='tests.serve_app')"],
                     cwd=tmp_path, env=environment)  # fmt: skip
     url = served.url
     try:
@@ -352,7 +352,7 @@ def test_idle_polling_backs_off_to_max_polling_interval_from_host_json_and_resta
 ):
     # The queue extension's randomized exponential back-off: 100 ms after a message, then about
     # 200, 300, 500, 900 ms..., capped at host.json's maxPollingInterval.
-    caplog.set_level(logging.DEBUG, logger="leads.serve")
+    caplog.set_level(logging.DEBUG, logger="leads.local.serve")
     client = serve_queue(toy, azurite, queue, maxPollingInterval="00:00:00.700")
 
     wait_for(lambda: 700 in _pauses(caplog, queue[0]), what="the pause to reach maxPollingInterval")
@@ -408,7 +408,7 @@ def test_a_new_batch_is_fetched_once_in_flight_messages_fall_to_new_batch_thresh
 
 def test_unreachable_storage_is_logged_and_the_rest_keeps_serving(toy, caplog):
     unreachable = connection_string(free_port(), free_port(), free_port())  # nothing listens there
-    caplog.set_level(logging.WARNING, logger="leads.serve")
+    caplog.set_level(logging.WARNING, logger="leads.local.serve")
     host = toy(SERVE_TEST_QUEUE="unreachable", SERVE_TEST_STORAGE=unreachable)
 
     wait_for(lambda: "Queue 'unreachable' cannot be read" in caplog.text, what="the storage warning")

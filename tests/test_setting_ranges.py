@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from leads.advice import setting_problems
-from leads.checks import run_checks, what_it_means
-from leads.settings import Settings, get_settings, range_text
+from leads.core.settings import Settings, get_settings, range_text
+from leads.ops.advice import setting_problems
+from leads.ops.checks import run_checks, what_it_means
 
 from .served import Served
 
@@ -77,9 +77,9 @@ def test_the_local_host_refuses_to_start_with_an_infinite_setting(storage, env, 
 def test_an_infinite_backfill_leaves_marketplace_rows_untouched_until_it_is_fixed(storage, env):
     """Before: every row failed in hold_backfill, was retried, then kept as a rejected record that
     stayed rejected after the fix. Now the poll refuses to run, and the fixed poll takes the row in."""
-    from leads.poll import _recently_stored, poll_marketplace
-    from leads.storage import table_service
-    from leads.store import LeadStore
+    from leads.core.storage import table_service
+    from leads.intake.poll import _recently_stored, poll_marketplace
+    from leads.store.lead_store import LeadStore
 
     table = table_service(storage.connection_string).get_table_client(get_settings().marketplace_table_name)
     table.create_table()

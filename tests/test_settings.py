@@ -1,4 +1,4 @@
-"""The settings model (leads/settings.py), the sample settings a newcomer copies
+"""The settings model (leads/core/settings.py), the sample settings a newcomer copies
 (local.settings.sample.json) and the settings reference (docs/settings.md) name the same settings.
 
 A setting added in one place only fails here, with the names missing from each of the others.
@@ -10,8 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from leads.azurite import connection_string
-from leads.settings import Settings
+from leads.core.settings import Settings
+from leads.local.azurite import connection_string
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "local.settings.sample.json"

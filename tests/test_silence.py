@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leads.checks import run_checks
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.operations import status as status_of
-from leads.operations import sweep
-from leads.silence import arrived
-from leads.store import LeadStore
+from leads.core.normalise import from_http_body
+from leads.intake.ingest import accept_http
+from leads.intake.silence import arrived
+from leads.ops.checks import run_checks
+from leads.ops.operations import status as status_of
+from leads.ops.operations import sweep
+from leads.store.lead_store import LeadStore
 
 from .storage_proxy import StorageProxy
 
@@ -86,8 +86,8 @@ def test_the_weekly_offer_is_alarmed_when_it_misses_two_weeks(watched):
 
 
 def test_a_failing_table_poll_is_named_as_the_cause_and_check_calls_it_a_problem(watched, env):
-    from leads.azurite import free_ports
-    from leads.poll import poll_marketplace
+    from leads.intake.poll import poll_marketplace
+    from leads.local.azurite import free_ports
 
     arrive("Tabled", list(range(12, 4, -1)), channel="table")
     (closed,) = free_ports(1)  # nothing listens there: the marketplace's account cannot be reached

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from leads.storage import RowKeptChanging, StorageNotConfigured, change_row, queue_service, table_service
+from leads.core.storage import RowKeptChanging, StorageNotConfigured, change_row, queue_service, table_service
 
 
 @pytest.fixture

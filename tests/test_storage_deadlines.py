@@ -4,7 +4,7 @@ Storage is Azurite behind a loopback proxy (``tests/storage_proxy.py``) that ref
 503 Server Busy, as an account under throttling does, or holds each call for a minute. The
 bounds are asserted by what the proxy saw, not by a stopwatch: how many tries reached storage
 before the answer, and that the answer came while storage still held the calls (before the
-proxy answered any). Without the deadlines (``leads/deadlines.py``), a refused enqueue was tried
+proxy answered any). Without the deadlines (``leads/core/deadlines.py``), a refused enqueue was tried
 4 times over about a minute, and every held call was waited for to its end.
 """
 
@@ -18,12 +18,13 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
-from leads import cli, deadlines
-from leads import health as health_module
-from leads.health import health, status
-from leads.intake import accept_http
-from leads.operations import sweep
-from leads.store import LeadStore
+from leads import cli
+from leads.core import deadlines
+from leads.intake.ingest import accept_http
+from leads.ops import health as health_module
+from leads.ops.health import health, status
+from leads.ops.operations import sweep
+from leads.store.lead_store import LeadStore
 
 from .fake_webhook import FakeWebhook
 from .storage_proxy import StorageProxy
@@ -107,7 +108,7 @@ def test_a_table_refusing_the_leads_transaction_answers_503_at_its_deadline_with
 
 def test_a_table_refusing_every_write_answers_503_after_one_try_to_store_and_one_to_keep(table, caplog):
     table.refuse(retry_after=30)
-    with caplog.at_level(logging.ERROR, "leads.intake"):
+    with caplog.at_level(logging.ERROR, "leads.intake.ingest"):
         answer = accept_http(person(0))
     assert answer.status == 503 and "rejectedId" not in answer.body
     # The lead's first write, then the body's: each refused once, its retry cut by its deadline
@@ -154,7 +155,7 @@ def test_a_timer_whose_storage_holds_every_call_ends_within_its_period_and_says_
     env(**{setting: "*/4 * * * * *"}, LEADS_RETENTION_DAYS="30")
     table.slow(HELD)
     answered = table.answered
-    with caplog.at_level(logging.ERROR, "leads.deadlines"):
+    with caplog.at_level(logging.ERROR, "leads.core.deadlines"):
         getattr(function_app, function)(TimerRequest(past_due=False))
     assert table.answered == answered  # it ended while storage still held its calls
     assert "stopped 3.6 s in, at its deadline (its schedule */4 * * * * *: every 4 s, less 10%)" in caplog.text

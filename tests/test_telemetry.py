@@ -1,4 +1,4 @@
-"""leads.telemetry: Azure Monitor only when configured, leadId dimensions, PII redaction."""
+"""leads.core.telemetry: Azure Monitor only when configured, leadId dimensions, PII redaction."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from leads import telemetry
-from leads.telemetry import (
+from leads.core import telemetry
+from leads.core.telemetry import (
     EMAIL_MASK,
     PHONE_MASK,
     RedactingFilter,
@@ -248,7 +248,7 @@ def test_no_heavy_import_without_the_setting():
     neither the Azure Monitor distro, OpenTelemetry nor azure.identity."""
     code = (
         "import json, sys\n"
-        "from leads.telemetry import configure_telemetry\n"
+        "from leads.core.telemetry import configure_telemetry\n"
         "configure_telemetry()\n"
         "heavy = [m for m in sys.modules if m.startswith(('azure.monitor', 'opentelemetry', 'azure.identity'))]\n"
         "print(json.dumps(heavy))\n"
@@ -357,7 +357,7 @@ def test_every_exported_log_record_is_scrubbed():
 
 
 def test_secret_values_are_the_configured_secrets_and_the_keys_in_connection_strings():
-    from leads.settings import Settings
+    from leads.core.settings import Settings
 
     settings = Settings(DYNAMICS_CLIENT_SECRET="dyn-secret-123456", HUBSPOT_TOKEN="pat-na1-abcdef12",
                         AzureWebJobsStorage="DefaultEndpointsProtocol=https;AccountName=st;AccountKey=c3RvcmFnZWtleQ==;",
@@ -367,8 +367,8 @@ def test_secret_values_are_the_configured_secrets_and_the_keys_in_connection_str
 
 
 def test_the_secret_parts_of_channel_urls_are_secret_values():
-    from leads.settings import Settings
-    from leads.telemetry import secret_values
+    from leads.core.settings import Settings
+    from leads.core.telemetry import secret_values
 
     settings = Settings(SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0001/B0001/XkQ2b7JmR9sLwE4tYp8vNa3C",
                         TEAMS_CHANNELS='{"emea": "https://prod-1.westus.logic.azure.com/workflows/1/triggers/manual/'

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from leads.store import LeadStore
+from leads.store.lead_store import LeadStore
 
 from .fake_acs import DEFAULT_SENDER, FakeAcs
 from .fake_app_insights import FakeAppInsights
@@ -210,10 +210,10 @@ def test_the_alert_rules_and_the_workbook_name_only_what_the_app_sends(storage, 
     alert rules and the workbook name must be in what the exporter sent."""
     from datetime import UTC, datetime, timedelta
 
-    from leads.normalise import from_http_body
-    from leads.queue import delivery_queue
-    from leads.silence import arrived
-    from leads.storage import queue_service, table_service
+    from leads.core.normalise import from_http_body
+    from leads.core.storage import queue_service, table_service
+    from leads.delivery.queue import delivery_queue
+    from leads.intake.silence import arrived
 
     from .kql import COLUMNS, TABLES, names_in, path_in, queries
     from .test_poll import ENTITY

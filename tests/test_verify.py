@@ -13,17 +13,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leads import cli
-from leads.deliver import deliver
-from leads.derived import GRACE, TALLY_ROW
-from leads.index import FAILED, OPEN, delivery_entry, delivery_row_key, shard_of, shards
-from leads.intake import accept_http
-from leads.normalise import from_http_body
-from leads.operations import maintain, replay, status
-from leads.routing import hold_backfill, plan
-from leads.rows import delivery_entity
-from leads.settings import get_settings
-from leads.store import LeadStore
-from leads.verify import verify
+from leads.core.normalise import from_http_body
+from leads.core.settings import get_settings
+from leads.delivery.deliver import deliver
+from leads.destinations.routing import hold_backfill, plan
+from leads.intake.ingest import accept_http
+from leads.ops.operations import maintain, replay, status
+from leads.store.derived import GRACE, TALLY_ROW
+from leads.store.index import FAILED, OPEN, delivery_entry, delivery_row_key, shard_of, shards
+from leads.store.lead_store import LeadStore
+from leads.store.rows import delivery_entity
+from leads.store.verify import verify
 
 from .conftest import FIXTURES
 from .fake_webhook import FakeWebhook
@@ -134,7 +134,7 @@ def test_a_store_the_version_before_left_is_carried_forward_by_the_maintenance_r
 
 
 def test_a_held_tally_counted_while_writers_go_on_ends_exact(built):
-    from leads.index import HELD, past
+    from leads.store.index import HELD, past
 
     settings = get_settings()
     tally = built.index.held_tally

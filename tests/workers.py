@@ -7,11 +7,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from azure.core.exceptions import AzureError
 
-from leads.deliver import handle_message
-from leads.queue import delivery_queue
-from leads.rows import OPEN
-from leads.settings import get_settings
-from leads.store import LeadStore
+from leads.core.settings import get_settings
+from leads.delivery.deliver import handle_message
+from leads.delivery.queue import delivery_queue
+from leads.store.lead_store import LeadStore
+from leads.store.rows import OPEN
 
 
 def open_deliveries() -> int:
@@ -26,7 +26,7 @@ def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = 
     message whose handling raises stays on the queue and comes back, as with the Functions host.
     As the host does, a worker that is free takes the next message: one slow send holds up no
     other message (each received message is handled at once, well within its visibility)."""
-    from leads.operations import sweep
+    from leads.ops.operations import sweep
 
     settings = get_settings()
     client = delivery_queue(settings).client

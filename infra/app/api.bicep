@@ -52,7 +52,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 // Host storage over the identity (no connection string): AzureWebJobsStorage itself stays unset.
-// leads/storage.py reads the same __tableServiceUri / __queueServiceUri / __clientId settings.
+// leads/core/storage.py reads the same __tableServiceUri / __queueServiceUri / __clientId settings.
 var platformSettings = {
   AzureWebJobsStorage__accountName: storage.name
   AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob

@@ -1,4 +1,4 @@
-// LEADS_ID_KEY: the key of every digest the app makes of personal data (leads/pseudonyms.py: lead
+// LEADS_ID_KEY: the key of every digest the app makes of personal data (leads/core/pseudonyms.py: lead
 // ids, identity and email-index rows, tombstones of erased leads). It must never change once leads
 // are stored (ids and tombstones made with one key do not match under another), so the secret is
 // created once and never written again: @onlyIfNotExists (Bicep 0.38 and later) makes the

@@ -10,10 +10,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError
+from leads.destinations.base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from leads.core.settings import Settings
 
 # name → "module:Class", in the order operators see them.
 REGISTRY: dict[str, str] = {

@@ -13,11 +13,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from ..model import Route
+from leads.core.model import Route
 
 if TYPE_CHECKING:
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 
 class DeliveryError(Exception):
@@ -162,7 +162,7 @@ def unreachable(error: BaseException) -> TransientError:
 
     import requests
 
-    from ..http import DeadlineExceeded
+    from leads.core.http import DeadlineExceeded
 
     host = _host_of(error)
     chain = list(_causes(error))

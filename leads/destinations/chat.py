@@ -19,15 +19,15 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from ..settings import DEFAULT_CHANNEL
-from .base import Check, Destination, PermanentError, Route, Sent, from_status
-from .notice import one_line
+from leads.core.settings import DEFAULT_CHANNEL
+from leads.destinations.base import Check, Destination, PermanentError, Route, Sent, from_status
+from leads.destinations.notice import one_line
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 DESCRIPTION_MAX = 1500  # characters of a lead's description shown in a card; the rest is cut, and says so
 
@@ -40,7 +40,7 @@ class ChatDestination(Destination):
     max_bytes: ClassVar[int]
 
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.settings = settings
         self.timeout = (min(10.0, settings.http_timeout_seconds), settings.http_timeout_seconds)
@@ -58,7 +58,7 @@ class ChatDestination(Destination):
     @classmethod
     def routed_channels(cls, settings: Settings) -> list[str]:
         """The channels of this destination that routing rules name."""
-        from ..routing import RoutingError, load_rules
+        from leads.destinations.routing import RoutingError, load_rules
 
         try:
             rules = load_rules(settings.routing)

@@ -59,7 +59,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from .base import (
+from leads.destinations.base import (
     Check,
     DeliveryError,
     Destination,
@@ -70,16 +70,16 @@ from .base import (
     from_status,
     parse_retry_after,
 )
-from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
-from .notice import within
+from leads.destinations.mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
+from leads.destinations.notice import within
 
 if TYPE_CHECKING:
     import msal
     import requests
     from azure.identity import ManagedIdentityCredential
 
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 API = "/api/data/v9.2"
 CRM = "Dataverse's lead table"
@@ -218,7 +218,7 @@ class DynamicsDestination(Destination):
         self.client_secret = client_secret
         self.authority = (authority or "https://login.microsoftonline.com").strip().rstrip("/")
         self.timeout = timeout
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.session = session or deadline_session()
         self.scope = f"{self.url}/.default"
@@ -476,7 +476,7 @@ class DynamicsDestination(Destination):
             from azure.identity import ManagedIdentityCredential
 
             # One quick retry of the host-local endpoint; longer waits are the delivery worker's.
-            # Its calls go through the destination's deadline session (leads/http.py), with the
+            # Its calls go through the destination's deadline session (leads/core/http.py), with the
             # timeouts on the transport: a client given one never passes it its own.
             transport = RequestsTransport(session=self.session, session_owner=False, connection_timeout=self.timeout,
                                           read_timeout=self.timeout)  # fmt: skip
@@ -810,7 +810,7 @@ def _is_dataverse(response: requests.Response) -> bool:
 def _scrub(message: str, lead: Lead | None) -> str:
     """A service's message, without the customer's personal data (a validation error may quote
     a value), shortened."""
-    from ..redact import mask_personal
+    from leads.destinations.redact import mask_personal
 
     return mask_personal(_first_line(message), lead, limit=300)
 

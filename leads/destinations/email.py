@@ -1,7 +1,7 @@
 """The email destination: a notification to the sales team through Azure Communication Services
 Email, or, with no ACS configured (local runs), an ``.eml`` file in ``EMAIL_OUTBOX_DIR``.
 
-Mails are rendered from ``leads/templates/email/`` (HTML autoescaped, so a company called
+Mails are rendered from ``leads/destinations/templates/email/`` (HTML autoescaped, so a company called
 ``<script>`` is text) from the view in :mod:`leads.destinations.notice`, with as much personal
 data as ``EMAIL_PII`` allows (``full``, ``masked``, ``none``: see there).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from .base import (
+from leads.destinations.base import (
     Check,
     DeliveryError,
     Destination,
@@ -37,15 +37,15 @@ from .base import (
     classify_error,
     from_status,
 )
-from .notice import headline, lead_view, offer_name, one_line
+from leads.destinations.notice import headline, lead_view, offer_name, one_line
 
 if TYPE_CHECKING:
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Namespace of the deterministic ACS operation ids (uuid5 of the lead ids, recipients and sender).
 OPERATION_NAMESPACE = uuid.UUID("6f1f0c53-3d0e-4b8e-9a53-2f3c8b1d7e01")
 FOOTER = "Sent by the marketplace lead router."
@@ -75,7 +75,7 @@ class EmailDestination(Destination):
         # When someone is to be mailed: EMAIL_TO, or a routing rule's recipients. (Without ACS the
         # mails go to the outbox folder.) A rule that routes to email with no one to mail makes a
         # delivery that is marked skipped, with the reason.
-        from ..routing import RoutingError, load_rules, split_addresses
+        from leads.destinations.routing import RoutingError, load_rules, split_addresses
 
         if split_addresses(settings.email_to):
             return True
@@ -447,11 +447,11 @@ class AcsTransport:
 @lru_cache(maxsize=8)
 def _acs_client(connection_string: str, endpoint: str, connection_timeout: float, read_timeout: float):
     """One client (and one credential, so one token per lifetime) per configuration, kept. Its
-    transport is a deadline session (leads/http.py): a call ends by its total deadline."""
+    transport is a deadline session (leads/core/http.py): a call ends by its total deadline."""
     from azure.communication.email import EmailClient
     from azure.core.pipeline.transport import RequestsTransport
 
-    from ..http import session
+    from leads.core.http import session
 
     transport = RequestsTransport(session=session(), session_owner=False, connection_timeout=connection_timeout,
                                   read_timeout=read_timeout)  # fmt: skip
@@ -467,7 +467,7 @@ def _identity_credential():
     else the one the storage connection uses), the developer's sign-in elsewhere."""
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
-    from ..storage import identity_options  # its token calls bounded as the storage identity's are
+    from leads.core.storage import identity_options  # its token calls bounded as the storage identity's are
 
     client_id = os.environ.get("AZURE_CLIENT_ID") or os.environ.get("AzureWebJobsStorage__clientId")
     in_azure = any(os.environ.get(name) for name in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT"))
@@ -492,7 +492,7 @@ def _same_host(location: str | None, client) -> str | None:
 
 
 def _seconds(value: str | None) -> float | None:
-    from .base import parse_retry_after
+    from leads.destinations.base import parse_retry_after
 
     return parse_retry_after(value)
 

@@ -53,7 +53,7 @@ refresh, and a 401 means it was revoked or rotated.
   write, and a lead they reject is a permanent failure naming the property and the rule (its code
   and its message, with the lead's values taken out: values are the customer's data), never a
   retry.
-- **Rate**: the same per-process limiter as Marketo's (:class:`~leads.ratelimit.CallLimiter`) keeps this
+- **Rate**: the same per-process limiter as Marketo's (:class:`~leads.destinations.ratelimit.CallLimiter`) keeps this
   process under 100 calls per rolling 10 s, HubSpot's lowest limit; other instances and other
   integrations share the portal's limit, so 429 stays handled.
 - ``check()`` creates nothing and works for Service Keys and private-app tokens alike (HubSpot's
@@ -71,15 +71,24 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..ratelimit import CallLimiter
-from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, parse_retry_after
-from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
+from leads.destinations.base import (
+    Check,
+    DeliveryError,
+    Destination,
+    PermanentError,
+    Route,
+    Sent,
+    TransientError,
+    parse_retry_after,
+)
+from leads.destinations.mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
+from leads.destinations.ratelimit import CallLimiter
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +140,7 @@ class HubSpotDestination(Destination):
         self.token = token.strip()
         self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
         self.timeout = timeout
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.session = session or deadline_session()
         self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32, service="HubSpot")

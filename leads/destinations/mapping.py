@@ -34,10 +34,10 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .base import Check, DeliveryError, PermanentError
+from leads.destinations.base import Check, DeliveryError, PermanentError
 
 if TYPE_CHECKING:
-    from ..model import Lead
+    from leads.core.model import Lead
 
 DEFAULT = "default"
 # The lead's fields a mapping may name: the normalised lead's own (less its raw body), and the
@@ -152,7 +152,7 @@ class Mappings:
 def _load(setting: str, text: str) -> dict[str, FieldMapping]:
     if not text:
         return {DEFAULT: FieldMapping(DEFAULT, {})}
-    from ..settings import json_setting
+    from leads.core.settings import json_setting
 
     document, where = json_setting(setting, text, MappingError)
     unknown = set(document) - {"fields", "mappings"} if isinstance(document, dict) else None
@@ -343,7 +343,7 @@ def _text(value: Any) -> str:
 
 
 def _cut(text: str, length: int | None) -> str:
-    from .notice import within
+    from leads.destinations.notice import within
 
     return within(text, length) if length else text
 
@@ -520,7 +520,7 @@ def check_mapping(mappings: Mappings, schema: Schema, crm: str, fix: str) -> Che
 def sample_lead() -> Lead:
     """A lead as the marketplace sends one from a listing link with campaign parameters: for
     ``python -m leads mapping`` and for ``check``'s trial of a mapping."""
-    from ..normalise import from_http_body
+    from leads.core.normalise import from_http_body
 
     description = json.dumps({"mktcmpid": "contoso-winter-26", "utm_source": "newsletter", "utm_medium": "email",
                               "utm_campaign": "winter-promo"})  # fmt: skip
@@ -535,7 +535,7 @@ def preview(destination: str, settings: Any, name: str = "") -> tuple[str, list[
     """``(heading, rows)`` of ``python -m leads mapping DESTINATION``: what each CRM field gets,
     and from where, for :func:`sample_lead`, as the setting maps it (no call to the CRM: values
     as their sources give them, before conversion to the CRM's types). Raises :class:`MappingError`."""
-    from . import destination_class
+    from leads.destinations import destination_class
 
     cls = destination_class(destination)
     setting = cls.mapping_setting
@@ -553,6 +553,6 @@ def preview(destination: str, settings: Any, name: str = "") -> tuple[str, list[
 
 
 def _route(mapping: str) -> Any:
-    from .base import Route
+    from leads.destinations.base import Route
 
     return Route(mapping="" if mapping == DEFAULT else mapping)

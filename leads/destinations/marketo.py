@@ -49,10 +49,10 @@ owned by an API-only user), optional ``MARKETO_FORM_ID``.
   midnight US Central) is transient until the reset. 603 (access denied), 610 (wrong URL) and field
   errors (1006 "Field 'x' not found", 1001, 1003, ...) are permanent, naming the field but never a
   value (values are the customer's data).
-- **Rate**: a thread-safe :class:`~leads.ratelimit.CallLimiter` on the instance keeps this process under 100 calls per
-  20 s and 10 at once, waiting up to :attr:`~leads.ratelimit.CallLimiter.max_wait` seconds for a slot (pacing, not
-  retrying) and answering transient past that. It is per process: Azure may run several instances
-  of the app, whose calls Marketo counts together, so 606 and 615 remain handled as transient.
+- **Rate**: a thread-safe :class:`~leads.destinations.ratelimit.CallLimiter` on the instance keeps this process under
+  100 calls per 20 s and 10 at once, waiting up to its ``max_wait`` seconds for a slot (pacing,
+  not retrying) and answering transient past that. It is per process: Azure may run several
+  instances of the app, whose calls Marketo counts together, so 606 and 615 remain handled as transient.
 - Concurrent upserts of one email can create duplicate persons in Marketo ("make no subsequent call
   with the same key before the first returns"), so this process sends one email at a time (striped
   locks); the delivery claims already keep one lead from being sent twice at once.
@@ -69,16 +69,25 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from ..ratelimit import CallLimiter
-from .base import Check, DeliveryError, Destination, PermanentError, Route, Sent, TransientError, classify_error
-from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
-from .notice import within
+from leads.destinations.base import (
+    Check,
+    DeliveryError,
+    Destination,
+    PermanentError,
+    Route,
+    Sent,
+    TransientError,
+    classify_error,
+)
+from leads.destinations.mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
+from leads.destinations.notice import within
+from leads.destinations.ratelimit import CallLimiter
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +177,7 @@ class MarketoDestination(Destination):
         self.client_secret = client_secret
         self.form_id = form_id.strip()
         self.timeout = timeout
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.session = session or deadline_session()
         self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, CONCURRENT_CALLS, service="Marketo")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
-    from ..model import Lead
+    from leads.core.model import Lead
 
 # What sales should do, by action code.
 NEXT_STEPS = {

@@ -49,7 +49,7 @@ from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
-from .base import (
+from leads.destinations.base import (
     Check,
     DeliveryError,
     Destination,
@@ -61,13 +61,13 @@ from .base import (
     from_status,
     unreachable,
 )
-from .mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
+from leads.destinations.mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def salesforce_errors(content: Any) -> list[dict[str, Any]]:
 def scrub(text: str, lead: Lead | None) -> str:
     """``text`` without the customer's data: Salesforce echoes rejected values in messages
     (``invalid email address: ...``, ``data value too large: ...``)."""
-    from ..redact import mask_personal
+    from leads.destinations.redact import mask_personal
 
     return mask_personal(text, lead, limit=300)
 
@@ -378,7 +378,7 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
                               "System Overview → API Requests, Last 24 Hours); leads are retried as requests free "
                               "up, or raise the limit with Salesforce")  # fmt: skip
     if code in TRANSIENT_CODES or status >= 500:
-        from ..http import last_retry_after  # the exception lost the answer's headers
+        from leads.core.http import last_retry_after  # the exception lost the answer's headers
 
         return TransientError(what, fix=fix, retry_after=_seconds(last_retry_after()))
     if status == 401:
@@ -439,7 +439,7 @@ def token_error(status: int, error: str, description: str, retry_after: str | No
 
 
 def _seconds(value: str | None) -> float | None:
-    from .base import parse_retry_after
+    from leads.destinations.base import parse_retry_after
 
     return parse_retry_after(value)
 
@@ -476,7 +476,7 @@ class SalesforceDestination(Destination):
         self.client_secret = client_secret.strip()
         self.external_id_field = external_id_field.strip()
         self.timeout = timeout
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.session = session or deadline_session()
         self.web_to_lead_also_set = web_to_lead_also_set
@@ -753,7 +753,7 @@ class SalesforceWebToLeadDestination(Destination):
         self.oid = oid.strip()
         self.url = url.strip()
         self.timeout = timeout
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.session = session or deadline_session()
 

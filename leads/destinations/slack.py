@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .chat import ChatDestination, cut
-from .notice import headline, lead_view, within
+from leads.destinations.chat import ChatDestination, cut
+from leads.destinations.notice import headline, lead_view, within
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from .base import Route
+    from leads.core.model import Lead
+    from leads.destinations.base import Route
 
 BLOCKS_MAX = 50  # Slack takes at most 50 blocks a message
 SECTION_MAX = 3000  # characters of a section's text

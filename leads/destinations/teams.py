@@ -17,14 +17,14 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from .chat import ChatDestination, cut
-from .notice import headline, lead_view, portal_link
+from leads.destinations.chat import ChatDestination, cut
+from leads.destinations.notice import headline, lead_view, portal_link
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from .base import Route
+    from leads.core.model import Lead
+    from leads.destinations.base import Route
 
 CARD_VERSION = "1.5"
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"

@@ -18,13 +18,13 @@ import hmac
 import time
 from typing import TYPE_CHECKING
 
-from .base import Check, Destination, PermanentError, Route, Sent, from_status, service_said
+from leads.destinations.base import Check, Destination, PermanentError, Route, Sent, from_status, service_said
 
 if TYPE_CHECKING:
     import requests
 
-    from ..model import Lead
-    from ..settings import Settings
+    from leads.core.model import Lead
+    from leads.core.settings import Settings
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The ``X-Leads-Signature`` value for a body sent at ``timestamp``."""
@@ -48,7 +48,7 @@ class WebhookDestination(Destination):
         self.url = url
         self.secret = secret
         self.timeout = timeout
-        from ..http import session as deadline_session
+        from leads.core.http import session as deadline_session
 
         self.session = session or deadline_session()
 
@@ -120,7 +120,7 @@ def _unreachable_fix(url: str) -> str:
     (which only a local run can reach), else from where the app runs."""
     from urllib.parse import urlsplit
 
-    from ..advice import is_loopback
+    from leads.core.http import is_loopback
 
     host = urlsplit(url).hostname or ""
     if is_loopback(host):

@@ -65,7 +65,8 @@ run: install local.settings.json
 
 test: install .venv-checkov/.installed
 	@echo "==> Running every test with $$($(BIN)/python --version) ($(VENV)/, from $(PYTHON); Azure runs $(DEPLOYED_PYTHON)), in $(TEST_WORKERS) processes; each starts an Azurite on free ports of its own; some ten minutes"
-	$(BIN)/ruff check leads benchmarks function_app.py  # tests/ too once ruff format has wrapped its long lines
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 bench: install

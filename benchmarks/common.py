@@ -200,8 +200,11 @@ class RequestCounter:
             response = original(transport, request, **kwargs)
             service = counter.ports.get(urlsplit(request.url).port, "")
             rows = 0
-            if request.method == "GET" and response.status_code == 200 and "json" in response.headers.get(
-                    "Content-Type", ""):  # fmt: skip
+            if (
+                request.method == "GET"
+                and response.status_code == 200
+                and "json" in response.headers.get("Content-Type", "")
+            ):
                 body = response.internal_response.json()
                 rows = len(body["value"]) if "value" in body else 1
             with counter._lock:

@@ -19,8 +19,12 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
 
     from tests import fake_dynamics, fake_hubspot, fake_marketo
 
-    runs = {"dynamics": fake_dynamics.benchmark, "salesforce": crm_salesforce.benchmark,
-            "marketo": fake_marketo.benchmark, "hubspot": fake_hubspot.benchmark}  # fmt: skip
+    runs = {
+        "dynamics": fake_dynamics.benchmark,
+        "salesforce": crm_salesforce.benchmark,
+        "marketo": fake_marketo.benchmark,
+        "hubspot": fake_hubspot.benchmark,
+    }
     count = QUICK_LEADS if quick else LEADS
     rows, details = [], {}
     for name, benchmark in runs.items():
@@ -28,11 +32,25 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
             break
         figures = benchmark(count=count, latency=0.05)
         details[name] = figures
-        rows.append(Row("crm", f"{name}: leads/s, 50 ms a call", figures["leads_per_second"], "/s", 20.0,
-                        cost_ratio(figures["leads_per_second"], 20.0, rate=True),
-                        note=f"{count} sequential; ceiling 20/s at one call a lead"))  # fmt: skip
+        rows.append(
+            Row(
+                "crm",
+                f"{name}: leads/s, 50 ms a call",
+                figures["leads_per_second"],
+                "/s",
+                20.0,
+                cost_ratio(figures["leads_per_second"], 20.0, rate=True),
+                note=f"{count} sequential; ceiling 20/s at one call a lead",
+            )
+        )
         tokens = figures.get("token_requests", round(figures["token_requests_per_1000"] * count / 1000))
-        rows.append(Row("crm", f"{name}: token requests for {count} leads", tokens, "",
-                        note="a static token (service key)" if name == "hubspot"
-                        else "one per token lifetime"))  # fmt: skip
+        rows.append(
+            Row(
+                "crm",
+                f"{name}: token requests for {count} leads",
+                tokens,
+                "",
+                note="a static token (service key)" if name == "hubspot" else "one per token lifetime",
+            )
+        )
     return rows, details

@@ -30,26 +30,34 @@ def _run(count: int, latency: float, external_id_field: str | None) -> dict[str,
 
     leads = [from_http_body(body) for body in leadgen.http_bodies(count)]
     with FakeSalesforce(latency=latency, external_id_field=external_id_field) as fake:
-        destination = SalesforceDestination(fake.url, fake.client_id, fake.client_secret, external_id_field or "",
-                                            timeout=30, session=fake.session())  # fmt: skip
+        destination = SalesforceDestination(
+            fake.url, fake.client_id, fake.client_secret, external_id_field or "", timeout=30, session=fake.session()
+        )
         route = Route()
         started = time.perf_counter()
         for lead in leads:
             destination.send(lead, route)
         elapsed = time.perf_counter() - started
         assert len(fake.records) == len({lead.lead_id for lead in leads}), "a lead was lost or duplicated"
-        return {"leads_per_second": round(count / elapsed, 2),
-                "token_requests_per_1000": round(fake.token_requests * 1000 / count, 2),
-                "api_calls_per_lead": round(fake.api_calls / count, 3)}  # fmt: skip
+        return {
+            "leads_per_second": round(count / elapsed, 2),
+            "token_requests_per_1000": round(fake.token_requests * 1000 / count, 2),
+            "api_calls_per_lead": round(fake.api_calls / count, 3),
+        }
 
 
 def benchmark(count: int = 200, latency: float = 0.05) -> dict:
     """Sequential sends; the headline figures are the upsert path's (the recommended setup)."""
     upsert = _run(count, latency, "Marketplace_Lead_Id__c")
     lookup = _run(count, latency, None)
-    return {**upsert, "lookup_leads_per_second": lookup["leads_per_second"],
-            "lookup_token_requests_per_1000": lookup["token_requests_per_1000"],
-            "lookup_api_calls_per_lead": lookup["api_calls_per_lead"], "count": count, "latency": latency}  # fmt: skip
+    return {
+        **upsert,
+        "lookup_leads_per_second": lookup["leads_per_second"],
+        "lookup_token_requests_per_1000": lookup["token_requests_per_1000"],
+        "lookup_api_calls_per_lead": lookup["api_calls_per_lead"],
+        "count": count,
+        "latency": latency,
+    }
 
 
 if __name__ == "__main__":

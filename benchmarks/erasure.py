@@ -43,8 +43,12 @@ def _fill(store, count: int, now: datetime) -> list[str]:
     for index in range(count):
         # The oldest DAILY leads are those the day's retention run finds turned old.
         received = now - timedelta(days=31 if index < DAILY else 1, seconds=index)
-        user = {"FirstName": f"P{index}", "LastName": "Bench", "Email": f"p{index}@contoso.example",
-                "Company": "Contoso"}  # fmt: skip
+        user = {
+            "FirstName": f"P{index}",
+            "LastName": "Bench",
+            "Email": f"p{index}@contoso.example",
+            "Company": "Contoso",
+        }
         body = {"UserDetails": user, "LeadSource": "AzureMarketplace", "ActionCode": "INS"}
         lead = from_http_body(body, received_at=received).model_copy(update={"lead_id": uuid.uuid4().hex})
         store.add(lead)
@@ -85,14 +89,21 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
                 ids = _fill(store, size, now)
                 # The watermark as the run before left it: everything before yesterday's cutoff done.
                 erasure._RetentionMark(since=now - timedelta(days=31, hours=1), opened=now - timedelta(days=1)).write(
-                    store)  # fmt: skip
+                    store
+                )
                 figures = {}
                 people = [f"p{size - 2 - person}@contoso.example" for person in range(PEOPLE)]
-                calls = (("forget --lead", erasure.forget_lead, [(ids[-1],)], {}),
-                         ("forget --email", erasure.forget_email, [(email,) for email in people], {}),
-                         ("forget --email before reindex", _as_before_reindex(store, erasure.forget_email),
-                          [(f"p{size - 2 - PEOPLE}@contoso.example",)], {}),
-                         ("retention, a day's run", erasure.apply_retention, [()], {"now": now}))  # fmt: skip
+                calls = (
+                    ("forget --lead", erasure.forget_lead, [(ids[-1],)], {}),
+                    ("forget --email", erasure.forget_email, [(email,) for email in people], {}),
+                    (
+                        "forget --email before reindex",
+                        _as_before_reindex(store, erasure.forget_email),
+                        [(f"p{size - 2 - PEOPLE}@contoso.example",)],
+                        {},
+                    ),
+                    ("retention, a day's run", erasure.apply_retention, [()], {"now": now}),
+                )
                 for name, call, runs, kwargs in calls:
                     measured = []
                     for args in runs:
@@ -100,19 +111,41 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
                         started = time.perf_counter()
                         with counter.counting():
                             done = call(*args, **kwargs)
-                        measured.append({"ms": (time.perf_counter() - started) * 1000, "requests": counter.total,
-                                         "erased": len(done.leads), "rowsRead": done.scanned})  # fmt: skip
+                        measured.append(
+                            {
+                                "ms": (time.perf_counter() - started) * 1000,
+                                "requests": counter.total,
+                                "erased": len(done.leads),
+                                "rowsRead": done.scanned,
+                            }
+                        )
                     figures[name] = sorted(measured, key=lambda figure: figure["ms"])[len(measured) // 2]
                 details[str(size)] = figures
                 for name, figure in figures.items():
-                    rows.append(Row("erasure", f"{name}, {size:,} leads", round(figure["ms"], 1), "ms",
-                                    note=f"{figure['requests']} requests, {figure['rowsRead']} rows read, "
-                                    f"{figure['erased']} erased"))  # fmt: skip
+                    rows.append(
+                        Row(
+                            "erasure",
+                            f"{name}, {size:,} leads",
+                            round(figure["ms"], 1),
+                            "ms",
+                            note=f"{figure['requests']} requests, {figure['rowsRead']} rows read, "
+                            f"{figure['erased']} erased",
+                        )
+                    )
         if len(details) == 2:  # both sizes ran within the budget
             small, large = (figures["forget --email"] for figures in details.values())
             ratio = cost_ratio(large["ms"], small["ms"])
-            rows.append(Row("erasure", "forget --email, larger store ÷ smaller", round(large["ms"], 1), "ms",
-                            baseline=round(small["ms"], 1), ratio=ratio, goal=f"≤ {GOAL}×",
-                            met=ratio is not None and ratio <= GOAL,
-                            note=f"requests {large['requests']} vs {small['requests']}"))  # fmt: skip
+            rows.append(
+                Row(
+                    "erasure",
+                    "forget --email, larger store ÷ smaller",
+                    round(large["ms"], 1),
+                    "ms",
+                    baseline=round(small["ms"], 1),
+                    ratio=ratio,
+                    goal=f"≤ {GOAL}×",
+                    met=ratio is not None and ratio <= GOAL,
+                    note=f"requests {large['requests']} vs {small['requests']}",
+                )
+            )
     return rows, details

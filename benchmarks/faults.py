@@ -33,9 +33,17 @@ BOUNDS = {"queue": (3.0, {202}), "table": (10.0, {503}), "identity": (10.0, {202
 
 
 def _body(n: int) -> bytes:
-    return json.dumps({"UserDetails": {"FirstName": "Bench", "LastName": f"Fault{n}", "Company": "Contoso",
-                                       "Email": f"bench.fault{n}.{uuid.uuid4().hex[:6]}@contoso.example.com"},
-                       "LeadSource": "SPZA-PLT|contoso.crm"}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "UserDetails": {
+                "FirstName": "Bench",
+                "LastName": f"Fault{n}",
+                "Company": "Contoso",
+                "Email": f"bench.fault{n}.{uuid.uuid4().hex[:6]}@contoso.example.com",
+            },
+            "LeadSource": "SPZA-PLT|contoso.crm",
+        }
+    ).encode()
 
 
 def _posts(url: str, count: int, budget: Budget) -> tuple[list[float], Counter[int]]:
@@ -48,15 +56,17 @@ def _posts(url: str, count: int, budget: Budget) -> tuple[list[float], Counter[i
             if budget.over():
                 break
             started = time.perf_counter()
-            response = session.post(f"{url}/api/leads", data=_body(n), headers={"Content-Type": "application/json"},
-                                    timeout=120)  # fmt: skip
+            response = session.post(
+                f"{url}/api/leads", data=_body(n), headers={"Content-Type": "application/json"}, timeout=120
+            )
             times.append(time.perf_counter() - started)
             statuses[response.status_code] += 1
     return times, statuses
 
 
-def _row(metric: str, times: list[float], statuses: Counter[int], healthy: list[float], bound: tuple | None,
-         fraction: float) -> Row:  # fmt: skip
+def _row(
+    metric: str, times: list[float], statuses: Counter[int], healthy: list[float], bound: tuple | None, fraction: float
+) -> Row:
     ours, base = (percentile(times, fraction) if times else None), (percentile(healthy, fraction) if healthy else None)
     goal, met = "", None
     if bound is not None:
@@ -87,28 +97,38 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict]:
     details: dict[str, Any] = {}
     with ExitStack() as stack:
         azurite = stack.enter_context(Azurite())
-        proxies = {"table": stack.enter_context(StorageProxy(azurite.table_port)),
-                   "queue": stack.enter_context(StorageProxy(azurite.queue_port, "queue"))}  # fmt: skip
+        proxies = {
+            "table": stack.enter_context(StorageProxy(azurite.table_port)),
+            "queue": stack.enter_context(StorageProxy(azurite.queue_port, "queue")),
+        }
         webhook = stack.enter_context(FakeWebhook())
         outbox = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-outbox-"))
         connection = proxies["queue"].connection_string(azurite, proxies["table"].connection_string(azurite))
-        env = {**serve_env(connection, uuid.uuid4().hex[:8], outbox), "WEBHOOK_URL": webhook.url,
-               "WEBHOOK_SECRET": webhook.secret, "EMAIL_TO": ""}  # fmt: skip
+        env = {
+            **serve_env(connection, uuid.uuid4().hex[:8], outbox),
+            "WEBHOOK_URL": webhook.url,
+            "WEBHOOK_SECRET": webhook.secret,
+            "EMAIL_TO": "",
+        }
         process, url = start_serve(env, RESULTS / "faults-serve.log", budget)
         try:
             _posts(url, 5, budget)  # warm: imports, connections, tables and queue made
             healthy, statuses = _posts(url, fast, budget)
             details["healthy"] = {"seconds": healthy, "statuses": dict(statuses)}
-            rows += [_row(f"POST answer, healthy: {p}", healthy, statuses, healthy, None, f)
-                     for p, f in (("p50", 0.5), ("p99", 0.99))]  # fmt: skip
+            rows += [
+                _row(f"POST answer, healthy: {p}", healthy, statuses, healthy, None, f)
+                for p, f in (("p50", 0.5), ("p99", 0.99))
+            ]
             for name, service, fault in _scenarios(proxies):
                 fault()
                 times, statuses = _posts(url, slow if "slow" in name or service == "table" else fast, budget)
                 for proxy in proxies.values():
                     proxy.heal()
                 details[name] = {"seconds": times, "statuses": dict(statuses)}
-                rows += [_row(f"POST answer, {name}: {p}", times, statuses, healthy, BOUNDS[service], f)
-                         for p, f in (("p50", 0.5), ("p99", 0.99))]  # fmt: skip
+                rows += [
+                    _row(f"POST answer, {name}: {p}", times, statuses, healthy, BOUNDS[service], f)
+                    for p, f in (("p50", 0.5), ("p99", 0.99))
+                ]
         finally:
             stop(process)
     rows += _identity_rows(fast, slow, budget, details)
@@ -132,11 +152,18 @@ def _identity_rows(fast: int, slow: int, budget: Budget, details: dict[str, Any]
         ca.cert_pem.write_to_path(str(folder / "ca.pem"))
         azurite = stack.enter_context(Azurite(cert=folder / "cert.pem", key=folder / "key.pem", oauth=True))
         identity = stack.enter_context(FakeIdentity(token_lifetime=240))
-        env = {**serve_env("", uuid.uuid4().hex[:8], str(folder)), **identity.host_environment(),
-               "AzureWebJobsStorage__tableServiceUri": f"https://127.0.0.1:{azurite.table_port}/{ACCOUNT}",
-               "AzureWebJobsStorage__queueServiceUri": f"https://127.0.0.1:{azurite.queue_port}/{ACCOUNT}",
-               "AzureWebJobsStorage__credential": "managedidentity", "REQUESTS_CA_BUNDLE": str(folder / "ca.pem"),
-               "NO_PROXY": "127.0.0.1,localhost", "EMAIL_TO": "", "WEBHOOK_URL": "", "WEBHOOK_SECRET": ""}  # fmt: skip
+        env = {
+            **serve_env("", uuid.uuid4().hex[:8], str(folder)),
+            **identity.host_environment(),
+            "AzureWebJobsStorage__tableServiceUri": f"https://127.0.0.1:{azurite.table_port}/{ACCOUNT}",
+            "AzureWebJobsStorage__queueServiceUri": f"https://127.0.0.1:{azurite.queue_port}/{ACCOUNT}",
+            "AzureWebJobsStorage__credential": "managedidentity",
+            "REQUESTS_CA_BUNDLE": str(folder / "ca.pem"),
+            "NO_PROXY": "127.0.0.1,localhost",
+            "EMAIL_TO": "",
+            "WEBHOOK_URL": "",
+            "WEBHOOK_SECRET": "",
+        }
         process, url = start_serve(env, RESULTS / "faults-identity-serve.log", budget)
         try:
             _posts(url, 5, budget)
@@ -148,7 +175,11 @@ def _identity_rows(fast: int, slow: int, budget: Budget, details: dict[str, Any]
     name = f"identity endpoint slow ({SLOW:g} s a token, one per call)"
     details["identity, fast"] = {"seconds": fast_times, "statuses": dict(fast_statuses)}
     details[name] = {"seconds": slow_times, "statuses": dict(slow_statuses), "token requests": identity.requests}
-    rows = [_row(f"POST answer, identity-based storage: {p}", fast_times, fast_statuses, fast_times, None, f)
-            for p, f in (("p50", 0.5), ("p99", 0.99))]  # fmt: skip
-    return rows + [_row(f"POST answer, {name}: {p}", slow_times, slow_statuses, fast_times, BOUNDS["identity"], f)
-                   for p, f in (("p50", 0.5), ("p99", 0.99))]  # fmt: skip
+    rows = [
+        _row(f"POST answer, identity-based storage: {p}", fast_times, fast_statuses, fast_times, None, f)
+        for p, f in (("p50", 0.5), ("p99", 0.99))
+    ]
+    return rows + [
+        _row(f"POST answer, {name}: {p}", slow_times, slow_statuses, fast_times, BOUNDS["identity"], f)
+        for p, f in (("p50", 0.5), ("p99", 0.99))
+    ]

@@ -84,8 +84,9 @@ def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
     held = {shard: 0 for shard in shards()}
     for number in range(count):
         received = yesterday - timedelta(days=number // LEADS_A_DAY, seconds=number % LEADS_A_DAY * 600)
-        lead = from_http_body({**bodies[number % len(bodies)], "Description": f"history lead {number}"},
-                              received_at=received)  # fmt: skip
+        lead = from_http_body(
+            {**bodies[number % len(bodies)], "Description": f"history lead {number}"}, received_at=received
+        )
         yield "", {**lead_entity(lead), "WriteId": uuid.uuid4().hex}
         hold = number % HELD_EVERY == 0
         held[shard_of(lead.lead_id)] += hold
@@ -93,8 +94,9 @@ def history(count: int) -> Iterator[tuple[str, dict[str, Any]]]:
         for name, route in (("email", Route(("sales@contoso.example",))), ("webhook", Route())):
             row = new_delivery_entity(lead.lead_id, name, replace(route, skip_reason=reason), received)
             if not hold:
-                row.update(State="delivered", Attempts=1, ExternalId=f"x-{number}",
-                           UpdatedAt=received + timedelta(seconds=2))  # fmt: skip
+                row.update(
+                    State="delivered", Attempts=1, ExternalId=f"x-{number}", UpdatedAt=received + timedelta(seconds=2)
+                )
             yield "", row
             for table, entry in entries_for(row):
                 yield tables[table], entry
@@ -140,9 +142,14 @@ def _azurite_entity(entity: dict[str, Any], stamp: datetime) -> dict[str, Any]:
         else:
             properties[name] = value
     properties.update({"Timestamp": when, "Timestamp@odata.type": "Edm.DateTime"})
-    return {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], "properties": properties,
-            "lastModifiedTime": when, "eTag": f"W/\"datetime'{quote(when)}'\"",
-            "meta": {"revision": 0, "created": int(stamp.timestamp() * 1000), "version": 0}}  # fmt: skip
+    return {
+        "PartitionKey": entity["PartitionKey"],
+        "RowKey": entity["RowKey"],
+        "properties": properties,
+        "lastModifiedTime": when,
+        "eTag": f"W/\"datetime'{quote(when)}'\"",
+        "meta": {"revision": 0, "created": int(stamp.timestamp() * 1000), "version": 0},
+    }
 
 
 def _renumber(collection: dict[str, Any]) -> None:
@@ -160,9 +167,14 @@ def _renumber(collection: dict[str, Any]) -> None:
 def app_settings(connection: str, prefix: str):
     from leads.core.settings import get_settings
 
-    values = {"AzureWebJobsStorage": connection, "LEADS_TABLE_PREFIX": prefix, "MARKETPLACE_TABLE_CONNECTION": "",
-              "LEADS_DELIVERY_QUEUE": f"history-{prefix.lower()}", "WEBHOOK_URL": "http://127.0.0.1:9/never",
-              "EMAIL_TO": "sales@contoso.example"}  # fmt: skip
+    values = {
+        "AzureWebJobsStorage": connection,
+        "LEADS_TABLE_PREFIX": prefix,
+        "MARKETPLACE_TABLE_CONNECTION": "",
+        "LEADS_DELIVERY_QUEUE": f"history-{prefix.lower()}",
+        "WEBHOOK_URL": "http://127.0.0.1:9/never",
+        "EMAIL_TO": "sales@contoso.example",
+    }
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     get_settings.cache_clear()
@@ -210,10 +222,14 @@ def measure(repeats: int) -> dict[str, tuple[float, int, int]]:
     def one_partition() -> None:  # what Azurite itself takes for one lead's partition, as verify reads it
         assert list(store.leads.query_entities("PartitionKey eq @p", parameters={"p": some_lead}))
 
-    return {"Azurite: one lead's partition query": timed(one_partition),
-            "sweep": timed(lambda: sweep()), "status": timed(lambda: status()),
-            "replay (nothing failed)": timed(lambda: replay()), "list (first page)": timed(first_page),
-            "verify (last 2 days)": timed(verify_recent)}  # fmt: skip
+    return {
+        "Azurite: one lead's partition query": timed(one_partition),
+        "sweep": timed(lambda: sweep()),
+        "status": timed(lambda: status()),
+        "replay (nothing failed)": timed(lambda: replay()),
+        "list (first page)": timed(first_page),
+        "verify (last 2 days)": timed(verify_recent),
+    }
 
 
 def both_sizes(small: int, large: int, repeats: int) -> tuple[dict[int, dict[str, float]], float]:
@@ -250,13 +266,25 @@ def run(quick: bool, budget) -> tuple[list, dict]:
     for name in figures[small]:
         (ours, requests, read), (baseline, requests_before, read_before) = figures[large][name], figures[small][name]
         ratio = cost_ratio(ours * 1000, baseline * 1000)
-        rows.append(Row("history", f"{name}, {large:,} leads ({1 / HELD_EVERY:.0%} held back) vs {small:,}",
-                        round(ours * 1000, 1), "ms",
-                        round(baseline * 1000, 1), ratio, f"≤ {GOAL}×", ratio is not None and ratio <= GOAL,
-                        f"median of {repeats}; {requests} requests, {read} rows read "
-                        f"(vs {requests_before}, {read_before})"))  # fmt: skip
-    return rows, {"sizes": [small, large], "repeats": repeats, "seeding_seconds": round(seeding, 1),
-                  "figures": {str(size): values for size, values in figures.items()}}  # fmt: skip
+        rows.append(
+            Row(
+                "history",
+                f"{name}, {large:,} leads ({1 / HELD_EVERY:.0%} held back) vs {small:,}",
+                round(ours * 1000, 1),
+                "ms",
+                round(baseline * 1000, 1),
+                ratio,
+                f"≤ {GOAL}×",
+                ratio is not None and ratio <= GOAL,
+                f"median of {repeats}; {requests} requests, {read} rows read (vs {requests_before}, {read_before})",
+            )
+        )
+    return rows, {
+        "sizes": [small, large],
+        "repeats": repeats,
+        "seeding_seconds": round(seeding, 1),
+        "figures": {str(size): values for size, values in figures.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     small, large = (int(size) for size in args.sizes.split(","))
     figures, seeding = both_sizes(small, large, args.repeats)
 
-    print(f"History: stored leads, {1 / HELD_EVERY:.0%} held back (both stores seeded in {seeding:.0f} s); "
-          f"median of {args.repeats} runs\n")  # fmt: skip
+    print(
+        f"History: stored leads, {1 / HELD_EVERY:.0%} held back (both stores seeded in {seeding:.0f} s); "
+        f"median of {args.repeats} runs\n"
+    )
     print(f"| work | {small:,} leads | {large:,} leads | ratio | goal ≤ {GOAL}× | requests | rows read |")
     print("|---|---|---|---|---|---|---|")
     worst = 0.0
@@ -276,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         (before, requests_before, read_before), (after, requests, read) = figures[small][name], figures[large][name]
         ratio = after / before
         worst = max(worst, ratio)
-        print(f"| {name} | {before * 1000:.1f} ms | {after * 1000:.1f} ms | {ratio:.2f}× | "
-              f"{'met' if ratio <= GOAL else 'MISSED'} | {requests_before} → {requests} | "
-              f"{read_before} → {read} |")  # fmt: skip
+        print(
+            f"| {name} | {before * 1000:.1f} ms | {after * 1000:.1f} ms | {ratio:.2f}× | "
+            f"{'met' if ratio <= GOAL else 'MISSED'} | {requests_before} → {requests} | "
+            f"{read_before} → {read} |"
+        )
     return 0 if worst <= GOAL else 1
 
 

@@ -33,8 +33,21 @@ from common import Budget, RequestCounter, Row, app_env, app_environment, ports 
 
 BUDGET_SECONDS = {"full": 300, "quick": 90}
 ROWS = {"full": 5000, "quick": 1000}
-HEADERS = ["Lead ID", "Created Date", "First Name", "Last Name", "Email Address", "Phone Number", "Company Name",
-           "Job Title", "Country/Region", "Offer Name", "Lead Source", "Action", "Comments"]  # fmt: skip
+HEADERS = [
+    "Lead ID",
+    "Created Date",
+    "First Name",
+    "Last Name",
+    "Email Address",
+    "Phone Number",
+    "Company Name",
+    "Job Title",
+    "Country/Region",
+    "Offer Name",
+    "Lead Source",
+    "Action",
+    "Comments",
+]
 
 
 def partner_center_file(path: Path, count: int) -> Path:
@@ -44,9 +57,23 @@ def partner_center_file(path: Path, count: int) -> Path:
         writer = csv.writer(handle)
         writer.writerow(HEADERS)
         for index in range(count):
-            writer.writerow([f"pc-{index}", created, "Ann", f"Buyer{index}", f"ann{index}@northwind.example",
-                             "+1 425 555 0100", "Northwind", "CTO", "US", "Contoso CRM", "AppSource", "PLT",
-                             "Call me"])  # fmt: skip
+            writer.writerow(
+                [
+                    f"pc-{index}",
+                    created,
+                    "Ann",
+                    f"Buyer{index}",
+                    f"ann{index}@northwind.example",
+                    "+1 425 555 0100",
+                    "Northwind",
+                    "CTO",
+                    "US",
+                    "Contoso CRM",
+                    "AppSource",
+                    "PLT",
+                    "Call me",
+                ]
+            )
     return path
 
 
@@ -59,11 +86,18 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     with Azurite() as azurite, tempfile.TemporaryDirectory() as folder:
         path = partner_center_file(Path(folder) / "leads.csv", count)
         counter = RequestCounter(ports(azurite))
-        env = {**app_env(azurite.connection_string, uuid.uuid4().hex[:8]), "EMAIL_TO": "", "WEBHOOK_URL": "",
-               "LEADS_ROUTING": "", "LEADS_BACKFILL_DAYS": "7"}  # fmt: skip
+        env = {
+            **app_env(azurite.connection_string, uuid.uuid4().hex[:8]),
+            "EMAIL_TO": "",
+            "WEBHOOK_URL": "",
+            "LEADS_ROUTING": "",
+            "LEADS_BACKFILL_DAYS": "7",
+        }
         with app_environment(env):
-            for name, note in (("first import", "every row new: identity, email index, timeline entry, lead"),
-                               ("the same file again", "every row already received; nothing stored")):  # fmt: skip
+            for name, note in (
+                ("first import", "every row new: identity, email index, timeline entry, lead"),
+                ("the same file again", "every row already received; nothing stored"),
+            ):
                 if budget.over():
                     break
                 counter.calls.clear()
@@ -73,10 +107,21 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
                 seconds = time.perf_counter() - started
                 assert report.read == count and not report.refused, report.to_dict()
                 per_row = counter.total / count
-                details[name] = {"seconds": seconds, "requests": counter.describe(), "imported": report.imported,
-                                 "alreadyReceived": report.already_received}  # fmt: skip
-                rows.append(Row("import", f"{name}, {count:,} rows", round(seconds, 2), "s",
-                                note=f"{count / seconds:,.0f} rows/s, {per_row:.2f} storage requests a row; {note}"))
+                details[name] = {
+                    "seconds": seconds,
+                    "requests": counter.describe(),
+                    "imported": report.imported,
+                    "alreadyReceived": report.already_received,
+                }
+                rows.append(
+                    Row(
+                        "import",
+                        f"{name}, {count:,} rows",
+                        round(seconds, 2),
+                        "s",
+                        note=f"{count / seconds:,.0f} rows/s, {per_row:.2f} storage requests a row; {note}",
+                    )
+                )
             if not budget.over():
                 tracemalloc.start()
                 try:
@@ -85,6 +130,13 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
                 finally:
                     tracemalloc.stop()
                 details["dry run peak bytes"] = peak
-                rows.append(Row("import", f"dry run of {count:,} rows, peak memory", round(peak / 2**20, 2), "MiB",
-                                note="rows read one at a time: flat whatever the file's size"))  # fmt: skip
+                rows.append(
+                    Row(
+                        "import",
+                        f"dry run of {count:,} rows, peak memory",
+                        round(peak / 2**20, 2),
+                        "MiB",
+                        note="rows read one at a time: flat whatever the file's size",
+                    )
+                )
     return rows, details

@@ -95,14 +95,24 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
 
     rows = []
     details: dict[str, Any] = {"max_polling_interval_s": longest_pause.total_seconds()}
-    paths = (("POST → mail", posted, ""), ("table row → mail", landed, ", poll every 30 s"),
-             ("POST → mail after idle", after_idle, f", listener at its longest pause "
-              f"({longest_pause.total_seconds():g} s, host.json maxPollingInterval)"))  # fmt: skip
+    paths = (
+        ("POST → mail", posted, ""),
+        ("table row → mail", landed, ", poll every 30 s"),
+        (
+            "POST → mail after idle",
+            after_idle,
+            f", listener at its longest pause ({longest_pause.total_seconds():g} s, host.json maxPollingInterval)",
+        ),
+    )
     for label, sent, about in paths:
         latencies = [arrived[lead] - at for lead, at in sent.items() if lead in arrived]
         missing = len(sent) - len(latencies)
-        details[label] = {"leads": len(sent), "mails": len(latencies), "missing": missing,
-                          "latencies_s": sorted(latencies)}  # fmt: skip
+        details[label] = {
+            "leads": len(sent),
+            "mails": len(latencies),
+            "missing": missing,
+            "latencies_s": sorted(latencies),
+        }
         for fraction, title in ((0.5, "p50"), (0.95, "p95") if len(latencies) >= 20 else (1.0, "max")):
             if latencies:
                 note = f"{len(latencies)} leads" + (f", {missing} without mail" if missing else "") + about

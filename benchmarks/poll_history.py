@@ -90,35 +90,45 @@ def history_rows(count: int) -> list[dict]:
     rows = []
     for index in range(count):
         day = today - timedelta(days=index // ROWS_PER_DAY)
-        rows.append({
-            "PartitionKey": f"{day:%Y-%m-%d}",
-            "RowKey": str(uuid.UUID(int=index + 1)),
-            "ActionCode": "INS",
-            "CreatedTime": f"{day:%Y-%m-%d}T12:00:00Z",
-            "CustomerInfo": json.dumps({"FirstName": f"Person {index}", "LastName": "History",
-                                        "Email": f"person{index}@contoso.example", "Country": "US",
-                                        "Company": f"Company {index % 997}"}),
-            "LeadSource": "AzureMarketplace",
-            "OfferDisplayName": "Contoso CRM",
-        })  # fmt: skip
+        rows.append(
+            {
+                "PartitionKey": f"{day:%Y-%m-%d}",
+                "RowKey": str(uuid.UUID(int=index + 1)),
+                "ActionCode": "INS",
+                "CreatedTime": f"{day:%Y-%m-%d}T12:00:00Z",
+                "CustomerInfo": json.dumps(
+                    {
+                        "FirstName": f"Person {index}",
+                        "LastName": "History",
+                        "Email": f"person{index}@contoso.example",
+                        "Country": "US",
+                        "Company": f"Company {index % 997}",
+                    }
+                ),
+                "LeadSource": "AzureMarketplace",
+                "OfferDisplayName": "Contoso CRM",
+            }
+        )
     return rows
 
 
 def _environment(connection: str, tag: str) -> None:
     from leads.core.settings import get_settings
 
-    os.environ.update({
-        "AzureWebJobsStorage": connection,
-        "MARKETPLACE_TABLE_CONNECTION": "",
-        "MARKETPLACE_TABLE_NAME": f"History{tag}",
-        "LEADS_TABLE_PREFIX": f"Bench{tag}",
-        "LEADS_POLL_OVERLAP_MINUTES": "0",
-        "LEADS_POLL_FULL_SCAN_MINUTES": "60",
-        "LEADS_BACKFILL_DAYS": "7",
-        "LEADS_ROUTING": "",
-        "EMAIL_TO": "",  # no destination: a lead taken in is one write, nothing queued
-        "WEBHOOK_URL": "",
-    })  # fmt: skip
+    os.environ.update(
+        {
+            "AzureWebJobsStorage": connection,
+            "MARKETPLACE_TABLE_CONNECTION": "",
+            "MARKETPLACE_TABLE_NAME": f"History{tag}",
+            "LEADS_TABLE_PREFIX": f"Bench{tag}",
+            "LEADS_POLL_OVERLAP_MINUTES": "0",
+            "LEADS_POLL_FULL_SCAN_MINUTES": "60",
+            "LEADS_BACKFILL_DAYS": "7",
+            "LEADS_ROUTING": "",
+            "EMAIL_TO": "",  # no destination: a lead taken in is one write, nothing queued
+            "WEBHOOK_URL": "",
+        }
+    )
     get_settings.cache_clear()
 
 
@@ -145,7 +155,7 @@ def set_up(azurite, count: int, take_in: bool) -> History:
     table = TableServiceClient.from_connection_string(azurite.connection_string).create_table(f"History{tag}")
     rows = history_rows(count)
     for start in range(0, count, ROWS_PER_DAY):  # one day, one partition, one transaction
-        table.submit_transaction([("create", row) for row in rows[start:start + ROWS_PER_DAY]])
+        table.submit_transaction([("create", row) for row in rows[start : start + ROWS_PER_DAY]])
     poll._recently_stored.clear()
     started = time.perf_counter()
     if take_in:
@@ -194,9 +204,19 @@ def measure(azurite, sizes: list[int], polls: int, take_in: bool, budget=None) -
     def median(samples, index):
         return statistics.median(sample[index] for sample in samples)
 
-    return [Figures(h.count, h.first_poll_seconds, median(h.polls, 0) * 1000, median(h.polls, 1), h.polls[-1][2],
-                    median(h.safety, 0) * 1000, median(h.safety, 1), statistics.median(h.bare) * 1000)
-            for h in histories]  # fmt: skip
+    return [
+        Figures(
+            h.count,
+            h.first_poll_seconds,
+            median(h.polls, 0) * 1000,
+            median(h.polls, 1),
+            h.polls[-1][2],
+            median(h.safety, 0) * 1000,
+            median(h.safety, 1),
+            statistics.median(h.bare) * 1000,
+        )
+        for h in histories
+    ]
 
 
 def _as_if_taken_in(table, poll) -> None:
@@ -210,8 +230,13 @@ def _as_if_taken_in(table, poll) -> None:
     newest = max(entity.metadata["timestamp"] for entity in table.list_entities(select=["Timestamp"]))
     checkpoint = poll.Checkpoint(store, get_settings().marketplace_table_name)
     checkpoint.read()
-    checkpoint.advance(poll.Marks(watermark=newest, full_scan_from=datetime.now(UTC),
-                                  key_formats=poll.key_formats(table.list_entities().next()["PartitionKey"])))
+    checkpoint.advance(
+        poll.Marks(
+            watermark=newest,
+            full_scan_from=datetime.now(UTC),
+            key_formats=poll.key_formats(table.list_entities().next()["PartitionKey"]),
+        )
+    )
 
 
 def run(quick: bool, budget) -> tuple[list, dict]:
@@ -230,20 +255,42 @@ def run(quick: bool, budget) -> tuple[list, dict]:
     def row(metric: str, ours: float, baseline: float, unit: str, note: str, goal: str = "") -> Row:
         ratio = cost_ratio(ours, baseline)
         met = (ratio is not None and ratio <= 1.0) if goal else None
-        return Row("poll_history", f"{metric}, {versus}", round(ours, 2), unit, round(baseline, 2), ratio, goal, met,
-                   note)  # fmt: skip
+        return Row(
+            "poll_history", f"{metric}, {versus}", round(ours, 2), unit, round(baseline, 2), ratio, goal, met, note
+        )
 
     rows = [
-        row("poll of the unchanged table", large.poll_ms, small.poll_ms, "ms",
+        row(
+            "poll of the unchanged table",
+            large.poll_ms,
+            small.poll_ms,
+            "ms",
             f"every 30 s; reads the recent day partitions ({large.poll_mode}); on Azurite the time carries the "
-            "emulator's own scan (below)"),
-        row("  its storage requests", large.poll_requests, small.poll_requests, "req",
-            "checkpoint read + one query of the recent days", goal="same at any size"),
-        row("safety scan", large.safety_ms, small.safety_ms, "ms",
-            "hourly: the whole table by Timestamp (what every poll cost before)"),
-        row("Azurite alone: one PartitionKey query", large.bare_query_ms, small.bare_query_ms, "ms",
-            "the emulator scans every entity; Azure Tables uses its index"),
-    ]  # fmt: skip
+            "emulator's own scan (below)",
+        ),
+        row(
+            "  its storage requests",
+            large.poll_requests,
+            small.poll_requests,
+            "req",
+            "checkpoint read + one query of the recent days",
+            goal="same at any size",
+        ),
+        row(
+            "safety scan",
+            large.safety_ms,
+            small.safety_ms,
+            "ms",
+            "hourly: the whole table by Timestamp (what every poll cost before)",
+        ),
+        row(
+            "Azurite alone: one PartitionKey query",
+            large.bare_query_ms,
+            small.bare_query_ms,
+            "ms",
+            "the emulator scans every entity; Azure Tables uses its index",
+        ),
+    ]
     details = {"sizes": SIZES[mode], "polls": POLLS[mode], "figures": [vars(figure) for figure in figures]}
     return rows, details
 
@@ -255,20 +302,49 @@ def print_table(figures: list[Figures]) -> None:
         return f"{b / a:.2f}×" if a else ""
 
     lines = [
-        ("poll of the unchanged table", f"{small.poll_ms:.1f} ms", f"{large.poll_ms:.1f} ms",
-         ratio(small.poll_ms, large.poll_ms), f"every 30 s; reads the recent day partitions ({large.poll_mode})"),
-        ("  its storage requests", f"{small.poll_requests:g}", f"{large.poll_requests:g}",
-         ratio(small.poll_requests, large.poll_requests), "checkpoint read + one query of the recent days"),
-        ("safety scan (reported apart)", f"{small.safety_ms:.1f} ms", f"{large.safety_ms:.1f} ms",
-         ratio(small.safety_ms, large.safety_ms), "hourly: the whole table by Timestamp (what every poll cost before)"),
-        ("  its storage requests", f"{small.safety_requests:g}", f"{large.safety_requests:g}",
-         ratio(small.safety_requests, large.safety_requests), "checkpoint read + query + checkpoint write"),
-        ("Azurite alone: one PartitionKey query", f"{small.bare_query_ms:.1f} ms", f"{large.bare_query_ms:.1f} ms",
-         ratio(small.bare_query_ms, large.bare_query_ms), "the emulator scans every entity; Azure uses its index"),
-        ("first poll (or its checkpoint written)", f"{small.first_poll_seconds:.1f} s",
-         f"{large.first_poll_seconds:.1f} s", ratio(small.first_poll_seconds, large.first_poll_seconds),
-         "once; info only (--take-in: a real first poll)"),
-    ]  # fmt: skip
+        (
+            "poll of the unchanged table",
+            f"{small.poll_ms:.1f} ms",
+            f"{large.poll_ms:.1f} ms",
+            ratio(small.poll_ms, large.poll_ms),
+            f"every 30 s; reads the recent day partitions ({large.poll_mode})",
+        ),
+        (
+            "  its storage requests",
+            f"{small.poll_requests:g}",
+            f"{large.poll_requests:g}",
+            ratio(small.poll_requests, large.poll_requests),
+            "checkpoint read + one query of the recent days",
+        ),
+        (
+            "safety scan (reported apart)",
+            f"{small.safety_ms:.1f} ms",
+            f"{large.safety_ms:.1f} ms",
+            ratio(small.safety_ms, large.safety_ms),
+            "hourly: the whole table by Timestamp (what every poll cost before)",
+        ),
+        (
+            "  its storage requests",
+            f"{small.safety_requests:g}",
+            f"{large.safety_requests:g}",
+            ratio(small.safety_requests, large.safety_requests),
+            "checkpoint read + query + checkpoint write",
+        ),
+        (
+            "Azurite alone: one PartitionKey query",
+            f"{small.bare_query_ms:.1f} ms",
+            f"{large.bare_query_ms:.1f} ms",
+            ratio(small.bare_query_ms, large.bare_query_ms),
+            "the emulator scans every entity; Azure uses its index",
+        ),
+        (
+            "first poll (or its checkpoint written)",
+            f"{small.first_poll_seconds:.1f} s",
+            f"{large.first_poll_seconds:.1f} s",
+            ratio(small.first_poll_seconds, large.first_poll_seconds),
+            "once; info only (--take-in: a real first poll)",
+        ),
+    ]
     header = ("figure", f"{small.rows:,} rows", f"{large.rows:,} rows", "ratio", "note")
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(4)]
     align = ["<", ">", ">", ">"]
@@ -282,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--polls", type=int, default=15, help="polls timed per size (default: %(default)s)")
     parser.add_argument("--sizes", default="1000,50000", help="table sizes, smallest first (default: %(default)s)")
-    parser.add_argument("--take-in", action="store_true",
-                        help="take every row in with a real first poll (minutes at 50,000) instead of writing the "
-                        "checkpoint such a poll leaves")  # fmt: skip
+    parser.add_argument(
+        "--take-in",
+        action="store_true",
+        help="take every row in with a real first poll (minutes at 50,000) instead of writing the "
+        "checkpoint such a poll leaves",
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
 

@@ -31,9 +31,14 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     count = QUICK_LEADS if quick else LEADS
     tag = uuid.uuid4().hex[:8]
     with Azurite() as azurite, FakeWebhook(latency=0.05) as webhook, tempfile.TemporaryDirectory() as outbox:
-        env = {**app_env(azurite.connection_string, tag), "WEBHOOK_URL": webhook.url,
-               "WEBHOOK_SECRET": webhook.secret, "EMAIL_TO": "", "EMAIL_OUTBOX_DIR": outbox,
-               "LEADS_POLL_SCHEDULE": "0 0 0 1 1 *"}  # fmt: skip
+        env = {
+            **app_env(azurite.connection_string, tag),
+            "WEBHOOK_URL": webhook.url,
+            "WEBHOOK_SECRET": webhook.secret,
+            "EMAIL_TO": "",
+            "EMAIL_OUTBOX_DIR": outbox,
+            "LEADS_POLL_SCHEDULE": "0 0 0 1 1 *",
+        }
         leads = [from_http_body(body) for body in leadgen.http_bodies(count, seed=5)]
         with app_environment(env):
             store = LeadStore.from_settings()
@@ -54,9 +59,17 @@ def run(quick: bool, budget: Budget) -> tuple[list[Row], dict[str, Any]]:
     sequential = 1 / 0.05
     queues = HostOptions.read(REPO / "host.json").queues
     in_flight = queues.batch_size + queues.new_batch_threshold
-    rows = [Row("webhook", f"{delivered:,} leads, 50 ms per call", ours, "/s", sequential,
-                cost_ratio(ours, sequential, rate=True),
-                note=f"serve's queue worker (up to {in_flight} in flight) vs one POST after another")]  # fmt: skip
+    rows = [
+        Row(
+            "webhook",
+            f"{delivered:,} leads, 50 ms per call",
+            ours,
+            "/s",
+            sequential,
+            cost_ratio(ours, sequential, rate=True),
+            note=f"serve's queue worker (up to {in_flight} in flight) vs one POST after another",
+        )
+    ]
     return rows, {"delivered": delivered, "seconds": elapsed, "requests": webhook.requests}
 
 

@@ -23,8 +23,9 @@ from leads.local.azurite import Azurite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-settings.register_profile("suite", derandomize=True, database=None, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+settings.register_profile(
+    "suite", derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 

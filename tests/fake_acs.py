@@ -148,12 +148,22 @@ class FakeAcs(LoopbackServer):
     name = "fake-acs"
     handler = _Handler
 
-    def __init__(self, *, ca: trustme.CA | None = None, access_key: str | None = None,
-                 sender_domains: tuple[str, ...] = ("contoso.azurecomm.net",), retry_after: str = "20",
-                 polls_until_done: int = 1, on_repeat: str = "accept", fail_ratio: float = 0.0,
-                 fault_kinds: tuple[str, ...] = RANDOM_FAULTS, seed: int | None = None,
-                 random_delay: float = 3.0, tokens: dict[str, bool] | None = None,
-                 drip_interval: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        ca: trustme.CA | None = None,
+        access_key: str | None = None,
+        sender_domains: tuple[str, ...] = ("contoso.azurecomm.net",),
+        retry_after: str = "20",
+        polls_until_done: int = 1,
+        on_repeat: str = "accept",
+        fail_ratio: float = 0.0,
+        fault_kinds: tuple[str, ...] = RANDOM_FAULTS,
+        seed: int | None = None,
+        random_delay: float = 3.0,
+        tokens: dict[str, bool] | None = None,
+        drip_interval: float = 1.0,
+    ) -> None:
         super().__init__(tls=True, ca=ca, drip_interval=drip_interval)
         # Entra tokens it knows (``Authorization: Bearer``): token → whether its identity has a
         # role that allows sending (False answers 403, as ACS does without a role assignment).
@@ -189,16 +199,18 @@ class FakeAcs(LoopbackServer):
 
     # --- programming faults ----------------------------------------------------------------------
 
-    def fail_next(self, kind: str, times: int = 1, *, on: str = "any", retry_after: str = "7",
-                  delay: float = 3.0) -> None:  # fmt: skip
+    def fail_next(
+        self, kind: str, times: int = 1, *, on: str = "any", retry_after: str = "7", delay: float = 3.0
+    ) -> None:
         """The next ``times`` requests (of kind ``on``) fail as ``kind``."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {FAULT_KINDS}")
         with self.lock:
             self._faults.extend(Fault(kind, on, retry_after, delay) for _ in range(times))
 
-    def fail_next_operation(self, code: str = "EmailDropped",
-                            message: str = "Email was dropped after several attempts to deliver.") -> None:  # fmt: skip
+    def fail_next_operation(
+        self, code: str = "EmailDropped", message: str = "Email was dropped after several attempts to deliver."
+    ) -> None:
         """The next new send operation ends ``Failed`` with this error."""
         with self.lock:
             self._fail_operations.append((code, message))
@@ -234,7 +246,7 @@ class FakeAcs(LoopbackServer):
         """200 when the request may proceed, else the status ACS answers (401, 403)."""
         authorization = headers.get("Authorization") or ""
         if authorization.startswith("Bearer "):
-            allowed = self.tokens.get(authorization[len("Bearer "):].strip())
+            allowed = self.tokens.get(authorization[len("Bearer ") :].strip())
             return 401 if allowed is None else 200 if allowed else 403
         return 200 if self._signature_ok(method, path, headers, body) else 401
 
@@ -243,7 +255,7 @@ class FakeAcs(LoopbackServer):
         date, host, content_hash = headers.get("x-ms-date"), headers.get("Host"), headers.get("x-ms-content-sha256")
         if not authorization.startswith("HMAC-SHA256 ") or not (date and host and content_hash):
             return False
-        parts = dict(part.split("=", 1) for part in authorization[len("HMAC-SHA256 "):].split("&") if "=" in part)
+        parts = dict(part.split("=", 1) for part in authorization[len("HMAC-SHA256 ") :].split("&") if "=" in part)
         if parts.get("SignedHeaders", "").lower() != "x-ms-date;host;x-ms-content-sha256":
             return False
         if base64.b64encode(hashlib.sha256(body).digest()).decode() != content_hash:
@@ -324,12 +336,18 @@ class FakeAcs(LoopbackServer):
         return 200, headers, result, operation.id
 
     def _accepted(self, operation: Operation, api_version: str) -> tuple[int, dict[str, str], Any, str]:
-        return 202, self._operation_headers(operation, api_version), {"id": operation.id, "status": operation.status}, \
-            operation.id  # fmt: skip
+        return (
+            202,
+            self._operation_headers(operation, api_version),
+            {"id": operation.id, "status": operation.status},
+            operation.id,
+        )
 
     def _operation_headers(self, operation: Operation, api_version: str) -> dict[str, str]:
-        return {"Operation-Location": f"{self.endpoint}emails/operations/{operation.id}?api-version={api_version}",
-                "Retry-After": self.retry_after}  # fmt: skip
+        return {
+            "Operation-Location": f"{self.endpoint}emails/operations/{operation.id}?api-version={api_version}",
+            "Retry-After": self.retry_after,
+        }
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -61,8 +61,11 @@ class FakeAppInsights:
                 text = raw.decode("utf-8", errors="replace")
                 items: list[dict[str, Any]] = []
                 if self.path.rstrip("/").endswith("/track"):
-                    parsed = json.loads(text) if text.strip().startswith("[") else [
-                        json.loads(line) for line in text.splitlines() if line.strip()]  # fmt: skip
+                    parsed = (
+                        json.loads(text)
+                        if text.strip().startswith("[")
+                        else [json.loads(line) for line in text.splitlines() if line.strip()]
+                    )
                     items = [item for item in parsed if isinstance(item, dict)]
                 with fake.lock:
                     fake.bodies.append(f"{self.command} {self.path}\n{text}")

@@ -77,27 +77,59 @@ from .loopback import LoopbackHandler, LoopbackHTTPServer, LoopbackServer, trust
 API = "/api/data/v9.2"
 FAULTS = ("429", "500", "503", "timeout", "drop", "lost", "expired")
 IDENTITY_API_VERSION = "2019-08-01"  # what App Service's and Functions' identity endpoint takes
-MAX_LENGTHS = {"subject": 300, "firstname": 50, "lastname": 50, "emailaddress1": 100, "telephone1": 50,
-               "jobtitle": 100, "companyname": 100, "address1_country": 80, "description": 2000}  # fmt: skip
+MAX_LENGTHS = {
+    "subject": 300,
+    "firstname": 50,
+    "lastname": 50,
+    "emailaddress1": 100,
+    "telephone1": 50,
+    "jobtitle": 100,
+    "companyname": 100,
+    "address1_country": 80,
+    "description": 2000,
+}
 LEAD_SOURCE_CHOICES = range(1, 11)  # Advertisement ... Other
-LEAD_SOURCE_LABELS = ["Advertisement", "Employee Referral", "External Referral", "Partner", "Public Relations",
-                      "Seminar", "Trade Show", "Web", "Word of Mouth", "Other"]  # fmt: skip
+LEAD_SOURCE_LABELS = [
+    "Advertisement",
+    "Employee Referral",
+    "External Referral",
+    "Partner",
+    "Public Relations",
+    "Seminar",
+    "Trade Show",
+    "Web",
+    "Word of Mouth",
+    "Other",
+]
 METADATA = "EntityDefinitions(LogicalName='lead')/Attributes"
 # Edm types of the attribute types a create's JSON must match, for Dataverse's "Cannot convert the literal".
-EDM = {"Integer": "Edm.Int32", "BigInt": "Edm.Int64", "Decimal": "Edm.Decimal", "Double": "Edm.Double",
-       "Money": "Edm.Decimal", "Boolean": "Edm.Boolean", "DateTime": "Edm.DateTimeOffset", "Picklist": "Edm.Int32"}
+EDM = {
+    "Integer": "Edm.Int32",
+    "BigInt": "Edm.Int64",
+    "Decimal": "Edm.Decimal",
+    "Double": "Edm.Double",
+    "Money": "Edm.Decimal",
+    "Boolean": "Edm.Boolean",
+    "DateTime": "Edm.DateTimeOffset",
+    "Picklist": "Edm.Int32",
+}
 
 
 def lead_attributes() -> dict[str, dict[str, Any]]:
     """The lead table's standard columns the app meets, as its definitions describe them."""
-    found = {"leadid": attribute("leadid", "Uniqueidentifier"), "fullname": attribute("fullname", "String", 160,
-             create=False), "createdon": attribute("createdon", "DateTime", create=False),
-             "description": attribute("description", "Memo", 2000),
-             "leadsourcecode": attribute("leadsourcecode", "Picklist",
-                                         options=list(zip(LEAD_SOURCE_CHOICES, LEAD_SOURCE_LABELS, strict=True))),
-             "industrycode": attribute("industrycode", "Picklist", options=[(1, "Accounting"), (2, "Agriculture")]),
-             "campaignid": attribute("campaignid", "Lookup"), "websiteurl": attribute("websiteurl", "String", 200),
-             "mobilephone": attribute("mobilephone", "String", 50)}  # fmt: skip
+    found = {
+        "leadid": attribute("leadid", "Uniqueidentifier"),
+        "fullname": attribute("fullname", "String", 160, create=False),
+        "createdon": attribute("createdon", "DateTime", create=False),
+        "description": attribute("description", "Memo", 2000),
+        "leadsourcecode": attribute(
+            "leadsourcecode", "Picklist", options=list(zip(LEAD_SOURCE_CHOICES, LEAD_SOURCE_LABELS, strict=True))
+        ),
+        "industrycode": attribute("industrycode", "Picklist", options=[(1, "Accounting"), (2, "Agriculture")]),
+        "campaignid": attribute("campaignid", "Lookup"),
+        "websiteurl": attribute("websiteurl", "String", 200),
+        "mobilephone": attribute("mobilephone", "String", 50),
+    }
     for name, limit in MAX_LENGTHS.items():
         found.setdefault(name, attribute(name, "String", limit))
     for name in ("donotemail", "donotphone", "donotbulkemail", "donotpostalmail", "donotfax", "donotsendmm"):
@@ -107,10 +139,24 @@ def lead_attributes() -> dict[str, dict[str, Any]]:
 
 def attribute(name: str, kind: str, max_length: int | None = None, options=(), create: bool = True) -> dict[str, Any]:
     """One column: its AttributeType, MaxLength (String, Memo), choices (Picklist) and IsValidForCreate."""
-    return {"LogicalName": name, "AttributeType": kind, "MaxLength": max_length, "IsValidForCreate": create,
-            "Options": [{"Value": value, "Label": {"LocalizedLabels": [{"Label": label, "LanguageCode": 1033}],
-                                                   "UserLocalizedLabel": {"Label": label, "LanguageCode": 1033}}}
-                        for value, label in options]}  # fmt: skip
+    return {
+        "LogicalName": name,
+        "AttributeType": kind,
+        "MaxLength": max_length,
+        "IsValidForCreate": create,
+        "Options": [
+            {
+                "Value": value,
+                "Label": {
+                    "LocalizedLabels": [{"Label": label, "LanguageCode": 1033}],
+                    "UserLocalizedLabel": {"Label": label, "LanguageCode": 1033},
+                },
+            }
+            for value, label in options
+        ],
+    }
+
+
 GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 TENANT_FORMAT = re.compile(rf"^({GUID}|[a-z0-9-]+(\.[a-z0-9-]+)+)$", re.IGNORECASE)
 
@@ -138,8 +184,14 @@ class FakeDynamics(LoopbackServer):
 
     name = "fake-dynamics"
 
-    def __init__(self, *, ca: trustme.CA | None = None, latency: float = 0.0, token_lifetime: int = 3599,
-                 timeout_after: float = 2.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        ca: trustme.CA | None = None,
+        latency: float = 0.0,
+        token_lifetime: int = 3599,
+        timeout_after: float = 2.0,
+    ) -> None:
         self.handler = _Handler
         super().__init__(tls=True, ca=ca)
         self._identity_server = LoopbackHTTPServer(_Handler, self, None)
@@ -186,8 +238,12 @@ class FakeDynamics(LoopbackServer):
     # --- lifecycle: the base's server, and the identity endpoint's beside it ---------------------
 
     def start(self) -> FakeDynamics:
-        threading.Thread(target=self._identity_server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="fake-identity-endpoint", daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self._identity_server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-identity-endpoint",
+            daemon=True,
+        ).start()
         return super().start()
 
     def stop(self) -> None:
@@ -216,8 +272,14 @@ class FakeDynamics(LoopbackServer):
         """The DYNAMICS_* settings that point the destination here, with ``overrides``: the app
         registration's, or (``managed_identity``) the identity's client ID and no secret."""
         if managed_identity:
-            return {"DYNAMICS_URL": self.url, "DYNAMICS_CLIENT_ID": self.identity_client_id, "DYNAMICS_TENANT_ID": "",
-                    "DYNAMICS_CLIENT_SECRET": "", "DYNAMICS_AUTHORITY": "", **overrides}  # fmt: skip
+            return {
+                "DYNAMICS_URL": self.url,
+                "DYNAMICS_CLIENT_ID": self.identity_client_id,
+                "DYNAMICS_TENANT_ID": "",
+                "DYNAMICS_CLIENT_SECRET": "",
+                "DYNAMICS_AUTHORITY": "",
+                **overrides,
+            }
         return {
             "DYNAMICS_URL": self.url,
             "DYNAMICS_TENANT_ID": self.tenant_id,
@@ -258,15 +320,33 @@ class FakeDynamics(LoopbackServer):
     def _issue_token(self, resource: str, appid: str) -> dict[str, Any]:
         """A token of the principal ``appid`` for ``resource``, in the token endpoint's answer shape."""
         now = int(time.time())
-        claims = {"aud": resource, "iss": f"https://sts.windows.net/{self.tenant_id}/", "iat": now, "nbf": now,
-                  "exp": now + self.token_lifetime, "appid": appid, "tid": self.tenant_id,
-                  "oid": str(uuid.uuid4()), "idtyp": "app", "ver": "1.0"}  # fmt: skip
-        token = ".".join([_b64({"typ": "JWT", "alg": "RS256", "kid": "fake"}), _b64(claims),
-                          base64.urlsafe_b64encode(secrets.token_bytes(64)).decode().rstrip("=")])  # fmt: skip
+        claims = {
+            "aud": resource,
+            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.token_lifetime,
+            "appid": appid,
+            "tid": self.tenant_id,
+            "oid": str(uuid.uuid4()),
+            "idtyp": "app",
+            "ver": "1.0",
+        }
+        token = ".".join(
+            [
+                _b64({"typ": "JWT", "alg": "RS256", "kid": "fake"}),
+                _b64(claims),
+                base64.urlsafe_b64encode(secrets.token_bytes(64)).decode().rstrip("="),
+            ]
+        )
         with self.lock:
             self.tokens[token] = {"expires": now + self.token_lifetime, "resource": resource, "appid": appid}
-        return {"token_type": "Bearer", "expires_in": self.token_lifetime, "ext_expires_in": self.token_lifetime,
-                "access_token": token}  # fmt: skip
+        return {
+            "token_type": "Bearer",
+            "expires_in": self.token_lifetime,
+            "ext_expires_in": self.token_lifetime,
+            "access_token": token,
+        }
 
     def _rate_limited(self) -> int | None:
         """Seconds to wait when this request is over the service protection limit."""
@@ -288,27 +368,37 @@ def _refused_value(item: dict[str, Any], value: Any) -> tuple[str, str] | None:
     if value is None:
         return None
     if kind in EDM and kind != "Picklist":
-        wrong = {"Boolean": not isinstance(value, bool), "DateTime": not (isinstance(value, str) and re.fullmatch(
-                     r"\d{4}-\d\d-\d\d(T\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)?)?", value)),
-                 "Integer": isinstance(value, bool) or not isinstance(value, int),
-                 "BigInt": isinstance(value, bool) or not isinstance(value, int)}.get(
-            kind, isinstance(value, bool) or not isinstance(value, (int, float)))  # fmt: skip
+        wrong = {
+            "Boolean": not isinstance(value, bool),
+            "DateTime": not (
+                isinstance(value, str)
+                and re.fullmatch(r"\d{4}-\d\d-\d\d(T\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)?)?", value)
+            ),
+            "Integer": isinstance(value, bool) or not isinstance(value, int),
+            "BigInt": isinstance(value, bool) or not isinstance(value, int),
+        }.get(kind, isinstance(value, bool) or not isinstance(value, (int, float)))
         if wrong:
-            return "0x80048d19", (f"Error identified in Payload provided by the user for Entity :'leads', For more "
-                                  f"information on this error please follow this help link https://go.microsoft.com/"
-                                  f"fwlink/?linkid=2195293  ---->  InnerException : Microsoft.OData.ODataException: "
-                                  f"Cannot convert the literal '{value}' to the expected type '{EDM[kind]}'.")  # fmt: skip
+            return "0x80048d19", (
+                f"Error identified in Payload provided by the user for Entity :'leads', For more "
+                f"information on this error please follow this help link https://go.microsoft.com/"
+                f"fwlink/?linkid=2195293  ---->  InnerException : Microsoft.OData.ODataException: "
+                f"Cannot convert the literal '{value}' to the expected type '{EDM[kind]}'."
+            )
     if kind in ("String", "Memo") and (not isinstance(value, str)):
         return "0x80048d19", f"Cannot convert the literal '{value}' to the expected type 'Edm.String'."
     if kind in ("String", "Memo") and item["MaxLength"] and len(value) > item["MaxLength"]:
-        return "0x80044331", (f"A validation error occurred. The length of the '{name}' attribute of the 'lead' "
-                              f"entity exceeded the maximum allowed length of '{item['MaxLength']}'.")  # fmt: skip
+        return "0x80044331", (
+            f"A validation error occurred. The length of the '{name}' attribute of the 'lead' "
+            f"entity exceeded the maximum allowed length of '{item['MaxLength']}'."
+        )
     if kind == "Picklist":
         accepted = [option["Value"] for option in item["Options"]]
         if isinstance(value, bool) or value not in accepted:
-            return "0x80044331", (f"A validation error occurred. The value {value} of '{name}' on record of type "
-                                  f"'lead' is outside the valid range. Accepted Values: "
-                                  f"{','.join(map(str, accepted))}")  # fmt: skip
+            return "0x80044331", (
+                f"A validation error occurred. The value {value} of '{name}' on record of type "
+                f"'lead' is outside the valid range. Accepted Values: "
+                f"{','.join(map(str, accepted))}"
+            )
     return None
 
 
@@ -368,13 +458,22 @@ class _Handler(LoopbackHandler):
     def _tenant_error(self, tenant: str) -> dict[str, Any] | None:
         fake = self.fake
         if not TENANT_FORMAT.match(tenant):
-            return entra_error(fake, "invalid_request", 900023, f"Specified tenant identifier '{tenant}' is neither "
-                               "a valid DNS name, nor a valid external domain.")  # fmt: skip
+            return entra_error(
+                fake,
+                "invalid_request",
+                900023,
+                f"Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid external domain.",
+            )
         if tenant.lower() not in (fake.tenant_id, fake.tenant_domain):
-            return entra_error(fake, "invalid_tenant", 90002, f"Tenant '{tenant}' not found. Check to make sure you "
-                               "have the correct tenant ID and are signing into the correct cloud. Check with your "
-                               "subscription administrator, this may happen if there are no active subscriptions for "
-                               "the tenant.")  # fmt: skip
+            return entra_error(
+                fake,
+                "invalid_tenant",
+                90002,
+                f"Tenant '{tenant}' not found. Check to make sure you "
+                "have the correct tenant ID and are signing into the correct cloud. Check with your "
+                "subscription administrator, this may happen if there are no active subscriptions for "
+                "the tenant.",
+            )
         return None
 
     def _openid_configuration(self, tenant: str) -> None:
@@ -387,29 +486,36 @@ class _Handler(LoopbackHandler):
             return self._json(400, error)
         base = f"{fake.authority}/{fake.tenant_id}"
         self._record("GET", "openid-configuration", 200)
-        self._json(200, {
-            "token_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-            "jwks_uri": f"{fake.authority}/{fake.tenant_id}/discovery/v2.0/keys",
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-            "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": f"{base}/v2.0",
-            "request_uri_parameter_supported": False,
-            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
-            "authorization_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/devicecode",
-            "http_logout_supported": True,
-            "frontchannel_logout_supported": True,
-            "end_session_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/logout",
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "nonce", "tid", "ver"],
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-        })  # fmt: skip
+        self._json(
+            200,
+            {
+                "token_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{fake.authority}/{fake.tenant_id}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": f"{base}/v2.0",
+                "request_uri_parameter_supported": False,
+                "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+                "authorization_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{fake.authority}/{tenant}/oauth2/v2.0/logout",
+                "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "nonce", "tid", "ver"],
+                "tenant_region_scope": "EU",
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+            },
+        )
 
     def _instance_discovery(self, query: dict[str, list[str]]) -> None:
         fake = self.fake
@@ -417,11 +523,14 @@ class _Handler(LoopbackHandler):
         tenant = urlsplit(endpoint).path.strip("/").split("/")[0] or "common"
         host = urlsplit(fake.authority).netloc
         self._record("GET", "discovery/instance", 200)
-        self._json(200, {
-            "tenant_discovery_endpoint": f"{fake.authority}/{tenant}/v2.0/.well-known/openid-configuration",
-            "api-version": "1.1",
-            "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
-        })  # fmt: skip
+        self._json(
+            200,
+            {
+                "tenant_discovery_endpoint": f"{fake.authority}/{tenant}/v2.0/.well-known/openid-configuration",
+                "api-version": "1.1",
+                "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+            },
+        )
 
     def _token(self, tenant: str, body: bytes) -> None:
         fake = self.fake
@@ -440,38 +549,85 @@ class _Handler(LoopbackHandler):
         if error := self._tenant_error(tenant):
             status, answer = 400, error
         elif form.get("grant_type") != "client_credentials":
-            status, answer = 400, entra_error(fake, "unsupported_grant_type", 70003, "The app requested an "
-                                              "unsupported grant type.")  # fmt: skip
+            status, answer = (
+                400,
+                entra_error(fake, "unsupported_grant_type", 70003, "The app requested an unsupported grant type."),
+            )
         elif client_id != fake.client_id:
-            status, answer = 400, entra_error(fake, "unauthorized_client", 700016, f"Application with identifier "
-                f"'{client_id}' was not found in the directory '{fake.tenant_name}'. This can happen if the "
-                "application has not been installed by the administrator of the tenant or consented to by any user "
-                "in the tenant. You may have sent your authentication request to the wrong tenant.")  # fmt: skip
+            status, answer = (
+                400,
+                entra_error(
+                    fake,
+                    "unauthorized_client",
+                    700016,
+                    f"Application with identifier "
+                    f"'{client_id}' was not found in the directory '{fake.tenant_name}'. This can happen if the "
+                    "application has not been installed by the administrator of the tenant or consented to by any user "
+                    "in the tenant. You may have sent your authentication request to the wrong tenant.",
+                ),
+            )
         elif fake.app_disabled:
-            status, answer = 400, entra_error(fake, "unauthorized_client", 7000112, f"Application '{client_id}'"
-                                              "(Lead router) is disabled.")  # fmt: skip
+            status, answer = (
+                400,
+                entra_error(
+                    fake, "unauthorized_client", 7000112, f"Application '{client_id}'(Lead router) is disabled."
+                ),
+            )
         elif secret != fake.client_secret:
-            status, answer = 401, entra_error(fake, "invalid_client", 7000215, "Invalid client secret provided. "
-                "Ensure the secret being sent in the request is the client secret value, not the client secret ID, "
-                f"for a secret added to app '{fake.client_id}'.")  # fmt: skip
+            status, answer = (
+                401,
+                entra_error(
+                    fake,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. "
+                    "Ensure the secret being sent in the request is the client secret value, not the client secret ID, "
+                    f"for a secret added to app '{fake.client_id}'.",
+                ),
+            )
         elif fake.secret_expired:
-            status, answer = 401, entra_error(fake, "invalid_client", 7000222, f"The provided client secret keys for "
-                f"app '{fake.client_id}' are expired. Visit the Azure portal to create new keys for your app: "
-                "https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: "
-                "https://aka.ms/certCreds.")  # fmt: skip
+            status, answer = (
+                401,
+                entra_error(
+                    fake,
+                    "invalid_client",
+                    7000222,
+                    f"The provided client secret keys for "
+                    f"app '{fake.client_id}' are expired. Visit the Azure portal to create new keys for your app: "
+                    "https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: "
+                    "https://aka.ms/certCreds.",
+                ),
+            )
         else:
             scope = form.get("scope", "")
             resource = scope[: -len("/.default")] if scope.endswith("/.default") else None
             if resource is None:
-                status, answer = 400, entra_error(fake, "invalid_scope", 1002012, f"The provided value for scope "
-                    f"{scope} is not valid. Client credential flows must have a scope value with /.default suffixed "
-                    "to the resource identifier (application ID URI).")  # fmt: skip
+                status, answer = (
+                    400,
+                    entra_error(
+                        fake,
+                        "invalid_scope",
+                        1002012,
+                        f"The provided value for scope "
+                        f"{scope} is not valid. Client credential flows must have a scope value "
+                        "with /.default suffixed "
+                        "to the resource identifier (application ID URI).",
+                    ),
+                )
             elif resource.rstrip("/") != fake.url:
-                status, answer = 400, entra_error(fake, "invalid_resource", 500011, f"The resource principal named "
-                    f"{resource} was not found in the tenant named {fake.tenant_name}. This can happen if the "
-                    "application has not been installed by the administrator of the tenant or consented to by any "
-                    "user in the tenant. You might have sent your authentication request to the wrong "
-                    "tenant.")  # fmt: skip
+                status, answer = (
+                    400,
+                    entra_error(
+                        fake,
+                        "invalid_resource",
+                        500011,
+                        f"The resource principal named "
+                        f"{resource} was not found in the tenant named {fake.tenant_name}. This can happen if the "
+                        "application has not been installed by the administrator of the tenant or consented to by any "
+                        "user in the tenant. You might have sent your authentication request to the wrong "
+                        "tenant.",
+                    ),
+                )
             else:
                 answer = fake._issue_token(fake.url, fake.client_id)
         self._record("POST", "token", status)
@@ -490,22 +646,53 @@ class _Handler(LoopbackHandler):
             return
         resource = args.get("resource", "").rstrip("/")
         if self.headers.get("X-IDENTITY-HEADER") != fake.identity_header:
-            status, answer = 401, {"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER is missing or "
-                                   "not valid.", "correlationId": str(uuid.uuid4())}  # fmt: skip
+            status, answer = (
+                401,
+                {
+                    "statusCode": 401,
+                    "message": "Unauthorized: the X-IDENTITY-HEADER is missing or not valid.",
+                    "correlationId": str(uuid.uuid4()),
+                },
+            )
         elif args.get("api-version") != IDENTITY_API_VERSION:
-            status, answer = 400, {"statusCode": 400, "message": f"api-version '{args.get('api-version')}' is not "
-                                   "supported.", "correlationId": str(uuid.uuid4())}  # fmt: skip
+            status, answer = (
+                400,
+                {
+                    "statusCode": 400,
+                    "message": f"api-version '{args.get('api-version')}' is not supported.",
+                    "correlationId": str(uuid.uuid4()),
+                },
+            )
         elif args.get("client_id", "").lower() != fake.identity_client_id:
-            status, answer = 400, {"statusCode": 400, "message": "Unable to load the proper Managed Identity.",
-                                   "correlationId": str(uuid.uuid4())}  # fmt: skip
+            status, answer = (
+                400,
+                {
+                    "statusCode": 400,
+                    "message": "Unable to load the proper Managed Identity.",
+                    "correlationId": str(uuid.uuid4()),
+                },
+            )
         elif resource != fake.url:
-            status, answer = 500, {"statusCode": 500, "message": "An unexpected error occured while fetching the AAD "
-                                   "Token.", "correlationId": str(uuid.uuid4())}  # fmt: skip
+            status, answer = (
+                500,
+                {
+                    "statusCode": 500,
+                    "message": "An unexpected error occured while fetching the AAD Token.",
+                    "correlationId": str(uuid.uuid4()),
+                },
+            )
         else:
             issued = fake._issue_token(fake.url, fake.identity_client_id)
-            status, answer = 200, {"access_token": issued["access_token"], "resource": args["resource"],
-                                   "expires_on": str(int(time.time()) + fake.token_lifetime), "token_type": "Bearer",
-                                   "client_id": fake.identity_client_id}  # fmt: skip
+            status, answer = (
+                200,
+                {
+                    "access_token": issued["access_token"],
+                    "resource": args["resource"],
+                    "expires_on": str(int(time.time()) + fake.token_lifetime),
+                    "token_type": "Bearer",
+                    "client_id": fake.identity_client_id,
+                },
+            )
         self._record("GET", "msi/token", status)
         self._json(status, answer)
 
@@ -526,21 +713,39 @@ class _Handler(LoopbackHandler):
                 grant["expires"] = 0
         if not grant or grant["expires"] <= time.time() or grant["resource"] != fake.url:
             self._record(method, path, 401)
-            return self._answer(401, None, {"WWW-Authenticate": f"Bearer authorization_uri={fake.authority}/"
-                                f"{fake.tenant_id}/oauth2/authorize, resource_id={fake.url}/"})  # fmt: skip
+            return self._answer(
+                401,
+                None,
+                {
+                    "WWW-Authenticate": f"Bearer authorization_uri={fake.authority}/"
+                    f"{fake.tenant_id}/oauth2/authorize, resource_id={fake.url}/"
+                },
+            )
         if wait := fake._rate_limited():
             self._record(method, path, 429)
-            return self._answer(429, dataverse_error("0x80072322", f"Number of requests exceeded the limit of "
-                                f"{fake.rate_limit} over time window of {fake.rate_window:g} seconds."),
-                                {"Retry-After": str(wait)})  # fmt: skip
+            return self._answer(
+                429,
+                dataverse_error(
+                    "0x80072322",
+                    f"Number of requests exceeded the limit of "
+                    f"{fake.rate_limit} over time window of {fake.rate_window:g} seconds.",
+                ),
+                {"Retry-After": str(wait)},
+            )
         if not fake.app_user or grant.get("appid") != fake.app_user_client_id:
             self._record(method, path, 403)
             return self._answer(403, dataverse_error("0x80072560", "The user is not a member of the organization."))
         if not fake.roles:
             self._record(method, path, 403)
-            return self._answer(403, dataverse_error("0x80042f09", "SecLib::RetrievePrivilegeForUser failed - no "
-                                "roles are assigned to user. Returned hr = -2147209463, User: "
-                                f"{fake.app_user_id}"))  # fmt: skip
+            return self._answer(
+                403,
+                dataverse_error(
+                    "0x80042f09",
+                    "SecLib::RetrievePrivilegeForUser failed - no "
+                    "roles are assigned to user. Returned hr = -2147209463, User: "
+                    f"{fake.app_user_id}",
+                ),
+            )
         status, payload, headers = self._route(method, path, query, body)
         if fault and fault.kind == "lost":  # done, and the answer never arrives
             self._record(method, path, None, "lost")
@@ -551,30 +756,65 @@ class _Handler(LoopbackHandler):
     def _route(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, Any, dict[str, str]]:
         fake = self.fake
         if method == "GET" and path == "WhoAmI":
-            return 200, {"@odata.context": f"{fake.url}{API}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
-                         "BusinessUnitId": fake.business_unit_id, "UserId": fake.app_user_id,
-                         "OrganizationId": fake.organization_id}, {}  # fmt: skip
-        match = re.fullmatch(r"systemusers\(([0-9a-f-]+)\)/Microsoft\.Dynamics\.CRM\."
-                             r"RetrieveUserPrivilegeByPrivilegeName\(PrivilegeName='(\w+)'\)", path)  # fmt: skip
+            return (
+                200,
+                {
+                    "@odata.context": f"{fake.url}{API}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                    "BusinessUnitId": fake.business_unit_id,
+                    "UserId": fake.app_user_id,
+                    "OrganizationId": fake.organization_id,
+                },
+                {},
+            )
+        match = re.fullmatch(
+            r"systemusers\(([0-9a-f-]+)\)/Microsoft\.Dynamics\.CRM\."
+            r"RetrieveUserPrivilegeByPrivilegeName\(PrivilegeName='(\w+)'\)",
+            path,
+        )
         if method == "GET" and match:
             if denied := self._privilege("prvReadUser", 8, "systemuser"):
                 return denied
             held = match.group(2) in fake.privileges and match.group(1) == fake.app_user_id
-            privileges = [{"Depth": "Global", "PrivilegeId": str(uuid.uuid5(uuid.NAMESPACE_OID, match.group(2))),
-                           "BusinessUnitId": fake.business_unit_id, "PrivilegeName": match.group(2),
-                           "RecordFilterId": None, "RecordFilterUniqueName": None}] if held else []  # fmt: skip
-            return 200, {"@odata.context": f"{fake.url}{API}/$metadata#Microsoft.Dynamics.CRM."
-                         "RetrieveUserPrivilegeByPrivilegeNameResponse", "RolePrivileges": privileges}, {}  # fmt: skip
+            privileges = (
+                [
+                    {
+                        "Depth": "Global",
+                        "PrivilegeId": str(uuid.uuid5(uuid.NAMESPACE_OID, match.group(2))),
+                        "BusinessUnitId": fake.business_unit_id,
+                        "PrivilegeName": match.group(2),
+                        "RecordFilterId": None,
+                        "RecordFilterUniqueName": None,
+                    }
+                ]
+                if held
+                else []
+            )
+            return (
+                200,
+                {
+                    "@odata.context": f"{fake.url}{API}/$metadata#Microsoft.Dynamics.CRM."
+                    "RetrieveUserPrivilegeByPrivilegeNameResponse",
+                    "RolePrivileges": privileges,
+                },
+                {},
+            )
         if method == "GET" and path == "EntityDefinitions(LogicalName='lead')/Attributes(LogicalName='leadsourcecode')":
             if not fake.lead_table:
                 return 404, dataverse_error("0x80040217", "Could not find an entity with name lead"), {}
-            return 200, {"@odata.context": f"{fake.url}{API}/$metadata#EntityDefinitions('lead')/Attributes"
-                         "(LogicalName,IsSecured)/$entity", "@odata.type": "#Microsoft.Dynamics.CRM."
-                         "PicklistAttributeMetadata", "LogicalName": "leadsourcecode",
-                         "MetadataId": "0d3ffa5e-0b5c-4b7f-9c57-7cb4a8f4b0e1",
-                         "IsSecured": fake.lead_source_secured}, {}  # fmt: skip
+            return (
+                200,
+                {
+                    "@odata.context": f"{fake.url}{API}/$metadata#EntityDefinitions('lead')/Attributes"
+                    "(LogicalName,IsSecured)/$entity",
+                    "@odata.type": "#Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
+                    "LogicalName": "leadsourcecode",
+                    "MetadataId": "0d3ffa5e-0b5c-4b7f-9c57-7cb4a8f4b0e1",
+                    "IsSecured": fake.lead_source_secured,
+                },
+                {},
+            )
         if method == "GET" and path.startswith(METADATA):
-            return self._attributes(path[len(METADATA):], query)
+            return self._attributes(path[len(METADATA) :], query)
         if path == "leads" and not fake.lead_table or path.startswith("leads(") and not fake.lead_table:
             return 404, dataverse_error("0x80060888", "Resource not found for the segment 'leads'."), {}
         if method == "POST" and path == "leads":
@@ -588,8 +828,14 @@ class _Handler(LoopbackHandler):
                 return 404, dataverse_error("0x80040217", f"lead With Id = {match.group(1)} Does Not Exist"), {}
             select = (query.get("$select") or [""])[0]
             columns = [name for name in select.split(",") if name] or list(row)
-            return 200, {"@odata.context": f"{fake.url}{API}/$metadata#leads({select})/$entity",
-                         **{name: row.get(name) for name in columns}}, {}  # fmt: skip
+            return (
+                200,
+                {
+                    "@odata.context": f"{fake.url}{API}/$metadata#leads({select})/$entity",
+                    **{name: row.get(name) for name in columns},
+                },
+                {},
+            )
         return 404, dataverse_error("0x8006088a", f"Resource not found for the segment '{path.split('(')[0]}'."), {}
 
     def _attributes(self, cast: str, query: dict) -> tuple[int, Any, dict[str, str]]:
@@ -598,36 +844,58 @@ class _Handler(LoopbackHandler):
         fake = self.fake
         if not fake.lead_table:
             return 404, dataverse_error("0x80040217", "Could not find an entity with name lead"), {}
-        types = {"": None, "/Microsoft.Dynamics.CRM.StringAttributeMetadata": "String",
-                 "/Microsoft.Dynamics.CRM.MemoAttributeMetadata": "Memo",
-                 "/Microsoft.Dynamics.CRM.PicklistAttributeMetadata": "Picklist"}  # fmt: skip
+        types = {
+            "": None,
+            "/Microsoft.Dynamics.CRM.StringAttributeMetadata": "String",
+            "/Microsoft.Dynamics.CRM.MemoAttributeMetadata": "Memo",
+            "/Microsoft.Dynamics.CRM.PicklistAttributeMetadata": "Picklist",
+        }
         if cast not in types:
             return 404, dataverse_error("0x8006088a", f"Resource not found for the segment '{cast.strip('/')}'."), {}
         select = [name for name in (query.get("$select") or [""])[0].split(",") if name]
         if "MaxLength" in select and types[cast] is None:  # a derived type's property on the base type
-            return 400, dataverse_error("0x0", "Could not find a property named 'MaxLength' on type "
-                                        "'Microsoft.Dynamics.CRM.AttributeMetadata'."), {}  # fmt: skip
+            return (
+                400,
+                dataverse_error(
+                    "0x0",
+                    "Could not find a property named 'MaxLength' on type 'Microsoft.Dynamics.CRM.AttributeMetadata'.",
+                ),
+                {},
+            )
         rows = []
         for item in fake.attributes.values():
             if types[cast] is not None and item["AttributeType"] != types[cast]:
                 continue
-            row = {"@odata.type": f"#Microsoft.Dynamics.CRM.{item['AttributeType']}AttributeMetadata",
-                   "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_OID, item["LogicalName"])),
-                   **{name: item.get(name) for name in select or ("LogicalName", "AttributeType")}}  # fmt: skip
+            row = {
+                "@odata.type": f"#Microsoft.Dynamics.CRM.{item['AttributeType']}AttributeMetadata",
+                "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_OID, item["LogicalName"])),
+                **{name: item.get(name) for name in select or ("LogicalName", "AttributeType")},
+            }
             if "OptionSet" in (query.get("$expand") or [""])[0]:
                 row["OptionSet"] = {"Options": item["Options"]}
                 row["GlobalOptionSet"] = None
             rows.append(row)
-        return 200, {"@odata.context": f"{fake.url}{API}/$metadata#EntityDefinitions('lead')/Attributes", "value": rows}, {}
+        return (
+            200,
+            {"@odata.context": f"{fake.url}{API}/$metadata#EntityDefinitions('lead')/Attributes", "value": rows},
+            {},
+        )
 
     def _privilege(self, privilege: str, otc: int, entity: str) -> tuple[int, Any, dict] | None:
         fake = self.fake
         if privilege in fake.privileges:
             return None
-        return 403, dataverse_error("0x80040220", f"Principal user (Id={fake.app_user_id}, type=8, roleCount=1, "
-                                    f"privilegeCount={len(fake.privileges)}, accessMode=4), is missing {privilege} "
-                                    f"privilege (Id={uuid.uuid5(uuid.NAMESPACE_OID, privilege)}) on OTC={otc} for "
-                                    f"entity '{entity}'. context.Caller={fake.app_user_id}"), {}  # fmt: skip
+        return (
+            403,
+            dataverse_error(
+                "0x80040220",
+                f"Principal user (Id={fake.app_user_id}, type=8, roleCount=1, "
+                f"privilegeCount={len(fake.privileges)}, accessMode=4), is missing {privilege} "
+                f"privilege (Id={uuid.uuid5(uuid.NAMESPACE_OID, privilege)}) on OTC={otc} for "
+                f"entity '{entity}'. context.Caller={fake.app_user_id}",
+            ),
+            {},
+        )
 
     def _create_lead(self, body: bytes) -> tuple[int, Any, dict[str, str]]:
         fake = self.fake
@@ -641,21 +909,35 @@ class _Handler(LoopbackHandler):
         for name, value in row.items():
             item = fake.attributes.get(name)
             if item is None or item["AttributeType"] in ("Lookup", "Customer", "Owner"):
-                return 400, dataverse_error("0x80060888", f"Invalid property '{name}' was found in entity "
-                                            "'Microsoft.Dynamics.CRM.lead'."), {}  # fmt: skip
+                return (
+                    400,
+                    dataverse_error(
+                        "0x80060888", f"Invalid property '{name}' was found in entity 'Microsoft.Dynamics.CRM.lead'."
+                    ),
+                    {},
+                )
             refused = _refused_value(item, value)
             if refused:
                 return 400, dataverse_error(*refused), {}
         source = row.get("leadsourcecode")
         if source is not None and fake.lead_source_secured and not fake.lead_source_create:
-            return 403, dataverse_error("0x8004f502", "The user doesn't have permission to create attribute "
-                                        "leadsourcecode in entity lead"), {}  # fmt: skip
+            return (
+                403,
+                dataverse_error(
+                    "0x8004f502", "The user doesn't have permission to create attribute leadsourcecode in entity lead"
+                ),
+                {},
+            )
         lead_id = str(row.get("leadid") or uuid.uuid4()).lower()
         with fake.lock:
             if lead_id in fake.leads:
                 return 412, dataverse_error("0x80040237", "A record with matching key values already exists."), {}
-            fake.leads[lead_id] = {**row, "leadid": lead_id, "fullname": " ".join(filter(None, (
-                row.get("firstname"), row.get("lastname")))), "createdon": datetime.now(UTC).isoformat()}  # fmt: skip
+            fake.leads[lead_id] = {
+                **row,
+                "leadid": lead_id,
+                "fullname": " ".join(filter(None, (row.get("firstname"), row.get("lastname")))),
+                "createdon": datetime.now(UTC).isoformat(),
+            }
         return 204, None, {"OData-EntityId": f"{fake.url}{API}/leads({lead_id})"}
 
     # --- answering -----------------------------------------------------------------------------
@@ -671,13 +953,25 @@ class _Handler(LoopbackHandler):
             time.sleep(self.fake.timeout_after)
             self._drop()
         elif fault.kind == "429":
-            self._answer(429, dataverse_error("0x80072321", "Combined execution time of incoming requests exceeded "
-                         "limit of 1,200,000 milliseconds over time window of 300 seconds. Decrease number of "
-                         "concurrent requests or reduce the duration of requests and try again later."),
-                         {"Retry-After": str(fault.retry_after)})  # fmt: skip
+            self._answer(
+                429,
+                dataverse_error(
+                    "0x80072321",
+                    "Combined execution time of incoming requests exceeded "
+                    "limit of 1,200,000 milliseconds over time window of 300 seconds. Decrease number of "
+                    "concurrent requests or reduce the duration of requests and try again later.",
+                ),
+                {"Retry-After": str(fault.retry_after)},
+            )
         elif path == "msi/token":  # the identity endpoint's own error shape
-            self._json(int(fault.kind), {"statusCode": int(fault.kind), "message": "The service is unavailable.",
-                                         "correlationId": str(uuid.uuid4())})  # fmt: skip
+            self._json(
+                int(fault.kind),
+                {
+                    "statusCode": int(fault.kind),
+                    "message": "The service is unavailable.",
+                    "correlationId": str(uuid.uuid4()),
+                },
+            )
         else:
             self._answer(int(fault.kind), dataverse_error("0x80040216", "An unexpected error occurred."))
         return True
@@ -781,13 +1075,26 @@ def benchmark(count: int = 200, latency: float = 0.05) -> dict[str, float]:
         session = requests.Session()
         session.verify = fake.ca_file
         session.trust_env = False  # no proxy settings, no REQUESTS_CA_BUNDLE from the environment
-        destination = DynamicsDestination(fake.url, fake.tenant_id, fake.client_id, fake.client_secret,
-                                          fake.authority, timeout=30, session=session)  # fmt: skip
-        leads = [from_http_body({"UserDetails": {"FirstName": "Bench", "LastName": f"Mark {i}",
-                                                 "Email": f"bench{i}@contoso.com", "Country": "US",
-                                                 "Company": "Contoso"}, "LeadSource": "SPZA-PLT|contoso.crm",
-                                 "OfferTitle": "Contoso CRM", "Description": f"benchmark lead {i}"})
-                 for i in range(count)]  # fmt: skip
+        destination = DynamicsDestination(
+            fake.url, fake.tenant_id, fake.client_id, fake.client_secret, fake.authority, timeout=30, session=session
+        )
+        leads = [
+            from_http_body(
+                {
+                    "UserDetails": {
+                        "FirstName": "Bench",
+                        "LastName": f"Mark {i}",
+                        "Email": f"bench{i}@contoso.com",
+                        "Country": "US",
+                        "Company": "Contoso",
+                    },
+                    "LeadSource": "SPZA-PLT|contoso.crm",
+                    "OfferTitle": "Contoso CRM",
+                    "Description": f"benchmark lead {i}",
+                }
+            )
+            for i in range(count)
+        ]
         started = time.perf_counter()
         for lead in leads:
             destination.send(lead, Route())

@@ -28,8 +28,15 @@ def _part(data: dict) -> str:
 
 def storage_token(lifetime: int) -> str:
     now = int(time.time())
-    claims = {"aud": "https://storage.azure.com", "iss": f"https://sts.windows.net/{TENANT}/", "iat": now - 60,
-              "nbf": now - 60, "exp": now + lifetime, "oid": str(uuid.uuid4()), "tid": TENANT}  # fmt: skip
+    claims = {
+        "aud": "https://storage.azure.com",
+        "iss": f"https://sts.windows.net/{TENANT}/",
+        "iat": now - 60,
+        "nbf": now - 60,
+        "exp": now + lifetime,
+        "oid": str(uuid.uuid4()),
+        "tid": TENANT,
+    }
     return f"{_part({'alg': 'RS256', 'typ': 'JWT'})}.{_part(claims)}.c2lnbmF0dXJl"
 
 
@@ -45,9 +52,16 @@ class _Handler(LoopbackHandler):
         if self.headers.get("X-IDENTITY-HEADER") != fake.secret:
             return self.answer(401, {"error": "missing or wrong X-IDENTITY-HEADER"})
         resource = (query.get("resource") or [""])[0]
-        self.answer(200, {"access_token": storage_token(fake.token_lifetime), "resource": resource,
-                          "expires_on": str(int(time.time()) + fake.token_lifetime), "token_type": "Bearer",
-                          "client_id": (query.get("client_id") or [str(uuid.uuid4())])[0]})  # fmt: skip
+        self.answer(
+            200,
+            {
+                "access_token": storage_token(fake.token_lifetime),
+                "resource": resource,
+                "expires_on": str(int(time.time()) + fake.token_lifetime),
+                "token_type": "Bearer",
+                "client_id": (query.get("client_id") or [str(uuid.uuid4())])[0],
+            },
+        )
 
 
 class FakeIdentity(LoopbackServer):

@@ -30,20 +30,37 @@ from .loopback import LoopbackHandler, LoopbackServer, send_in_turn
 
 # Marketo's standard person fields: REST name → (label, data type).
 STANDARD_FIELDS = {
-    "email": ("Email Address", "email"), "firstName": ("First Name", "string"), "lastName": ("Last Name", "string"),
-    "phone": ("Phone Number", "phone"), "company": ("Company Name", "string"), "title": ("Job Title", "string"),
-    "country": ("Country", "string"), "leadSource": ("Lead Source", "string"), "leadStatus": ("Lead Status", "string"),
-    "unsubscribed": ("Unsubscribed", "boolean"), "unsubscribedReason": ("Unsubscribed Reason", "text"),
-    "doNotCall": ("Do Not Call", "boolean"), "doNotCallReason": ("Do Not Call Reason", "string"),
-    "city": ("City", "string"), "state": ("State", "string"), "website": ("Website", "url"),
-}  # fmt: skip
+    "email": ("Email Address", "email"),
+    "firstName": ("First Name", "string"),
+    "lastName": ("Last Name", "string"),
+    "phone": ("Phone Number", "phone"),
+    "company": ("Company Name", "string"),
+    "title": ("Job Title", "string"),
+    "country": ("Country", "string"),
+    "leadSource": ("Lead Source", "string"),
+    "leadStatus": ("Lead Status", "string"),
+    "unsubscribed": ("Unsubscribed", "boolean"),
+    "unsubscribedReason": ("Unsubscribed Reason", "text"),
+    "doNotCall": ("Do Not Call", "boolean"),
+    "doNotCallReason": ("Do Not Call Reason", "string"),
+    "city": ("City", "string"),
+    "state": ("State", "string"),
+    "website": ("Website", "url"),
+}
 MESSAGES = {
-    "601": "Access token invalid", "602": "Access token expired", "603": "Access denied",
-    "604": "Request time-out", "606": "Max rate limit '100' exceeded with in '20' secs",
-    "607": "Daily quota reached", "608": "API Temporarily Unavailable", "609": "Invalid JSON",
-    "610": "Requested resource not found", "611": "System error", "615": "Concurrent access limit reached",
+    "601": "Access token invalid",
+    "602": "Access token expired",
+    "603": "Access denied",
+    "604": "Request time-out",
+    "606": "Max rate limit '100' exceeded with in '20' secs",
+    "607": "Daily quota reached",
+    "608": "API Temporarily Unavailable",
+    "609": "Invalid JSON",
+    "610": "Requested resource not found",
+    "611": "System error",
+    "615": "Concurrent access limit reached",
     "713": "Transient Error",
-}  # fmt: skip
+}
 JSON = "application/json;charset=UTF-8"
 
 
@@ -73,9 +90,12 @@ class _Handler(LoopbackHandler):
         if self.play(fault):
             return None
         if fault in ("http429", "http503"):
-            return self.answer(int(fault[4:]), {"error": "Too Many Requests" if fault == "http429" else
-                                                "Service Unavailable"}, {"Retry-After": fake.retry_after_header},
-                               content_type=JSON)  # fmt: skip
+            return self.answer(
+                int(fault[4:]),
+                {"error": "Too Many Requests" if fault == "http429" else "Service Unavailable"},
+                {"Retry-After": fake.retry_after_header},
+                content_type=JSON,
+            )
         if fault == "http500":
             return self.answer(500, {"error": "Internal Server Error"}, content_type=JSON)
         code = fault if fault and fault.isdigit() else fake.admit(token, parts.path)
@@ -106,8 +126,9 @@ class _Handler(LoopbackHandler):
             result = fake.upsert(dict(item.get("leadFormFields") or {}), "createOrUpdate", set(fields))
             if "id" in result:
                 with fake.lock:
-                    fake.submissions.append({"formId": payload["formId"], "id": result["id"],
-                                             "visitorData": item.get("visitorData") or {}})  # fmt: skip
+                    fake.submissions.append(
+                        {"formId": payload["formId"], "id": result["id"], "visitorData": item.get("visitorData") or {}}
+                    )
             return _ok([result])
         if method == "GET" and path == "/rest/v1/leads/describe.json":
             return _ok(fake.describe())
@@ -115,16 +136,32 @@ class _Handler(LoopbackHandler):
         if method == "GET" and form:
             fields = fake.forms.get(int(form.group(1)))
             if fields is None:
-                return {"success": True, "errors": [], "requestId": _request_id(),
-                        "warnings": ["No assets found for the given search criteria."]}  # fmt: skip
+                return {
+                    "success": True,
+                    "errors": [],
+                    "requestId": _request_id(),
+                    "warnings": ["No assets found for the given search criteria."],
+                }
             if form.group(2):
                 known = [(name, *fake.fields.get(name, (name, "string"))) for name in fields]
-                result = [{"id": _soap(name), "label": f"{label}:", "dataType": kind} if name not in fake.selects else
-                          {"id": _soap(name), "label": f"{label}:", "dataType": "select", "fieldMetaData": {
-                              "multiSelect": False, "visibleLines": 1, "values": [
-                                  {"label": "Select...", "value": "", "isDefault": True, "selected": True},
-                                  *({"label": text, "value": value} for value, text in fake.selects[name])]}}
-                          for name, label, kind in known]  # fmt: skip
+                result = [
+                    {"id": _soap(name), "label": f"{label}:", "dataType": kind}
+                    if name not in fake.selects
+                    else {
+                        "id": _soap(name),
+                        "label": f"{label}:",
+                        "dataType": "select",
+                        "fieldMetaData": {
+                            "multiSelect": False,
+                            "visibleLines": 1,
+                            "values": [
+                                {"label": "Select...", "value": "", "isDefault": True, "selected": True},
+                                *({"label": text, "value": value} for value, text in fake.selects[name]),
+                            ],
+                        },
+                    }
+                    for name, label, kind in known
+                ]
             else:
                 result = [{"id": int(form.group(1)), "name": "Marketplace leads", "status": "approved"}]
             return {"success": True, "errors": [], "requestId": _request_id(), "warnings": [], "result": result}
@@ -135,10 +172,19 @@ class FakeMarketo(LoopbackServer):
     name = "fake-marketo"
     handler = _Handler
 
-    def __init__(self, client_id: str = "mkto-client", client_secret: str = "mkto-secret", latency: float = 0.0,
-                 token_lifetime: int = 3600, calls_per_window: int = 100, window: float = 20.0, concurrent: int = 10,
-                 daily_quota: int | None = None, custom_fields: dict[str, tuple[str, str]] | None = None,
-                 forms: dict[int, list[str]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client_id: str = "mkto-client",
+        client_secret: str = "mkto-secret",
+        latency: float = 0.0,
+        token_lifetime: int = 3600,
+        calls_per_window: int = 100,
+        window: float = 20.0,
+        concurrent: int = 10,
+        daily_quota: int | None = None,
+        custom_fields: dict[str, tuple[str, str]] | None = None,
+        forms: dict[int, list[str]] | None = None,
+    ) -> None:
         super().__init__()
         self.client_id, self.client_secret = client_id, client_secret
         self.latency = latency
@@ -197,8 +243,12 @@ class FakeMarketo(LoopbackServer):
             else:
                 token, expires = f"{uuid.uuid4()}:ab", now + self.token_lifetime
                 self.tokens[token] = expires
-            return 200, {"access_token": token, "token_type": "bearer", "expires_in": max(0, int(expires - now)),
-                         "scope": "api@example.com"}  # fmt: skip
+            return 200, {
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": max(0, int(expires - now)),
+                "scope": "api@example.com",
+            }
 
     def admit(self, token: str | None, path: str) -> str | None:
         """The response-level error code for a REST call before it runs, or None."""
@@ -266,9 +316,17 @@ class FakeMarketo(LoopbackServer):
             return {"id": person["id"], "status": status}
 
     def describe(self) -> list[dict]:
-        return [{"id": index, "displayName": label, "dataType": kind, **({"length": 255} if kind == "string" else {}),
-                 "rest": {"name": name, "readOnly": False}, "soap": {"name": _soap(name), "readOnly": False}}
-                for index, (name, (label, kind)) in enumerate(self.fields.items(), 1)]  # fmt: skip
+        return [
+            {
+                "id": index,
+                "displayName": label,
+                "dataType": kind,
+                **({"length": 255} if kind == "string" else {}),
+                "rest": {"name": name, "readOnly": False},
+                "soap": {"name": _soap(name), "readOnly": False},
+            }
+            for index, (name, (label, kind)) in enumerate(self.fields.items(), 1)
+        ]
 
 
 def _soap(name: str) -> str:
@@ -311,21 +369,35 @@ def benchmark(count: int = 200, latency: float = 0.05) -> dict:
         destination = MarketoDestination(fake.url, fake.client_id, fake.client_secret, timeout=10)
         elapsed, burst, held_back = send_in_turn(destination, [sample_lead(n) for n in range(count)])
         assert len(fake.persons) == count
-        return {"leads_per_second": round(count / elapsed, 2),
-                "token_requests": fake.token_requests,
-                "token_requests_per_1000": round(fake.token_requests * 1000 / max(count, 1000), 2),
-                "calls": fake.calls, "paced_seconds": round(destination.limiter.waited, 2), "held_back": held_back,
-                "burst_leads_per_second": round(burst, 2),
-                "rate_limited_606": fake.errors["606"]}  # fmt: skip
+        return {
+            "leads_per_second": round(count / elapsed, 2),
+            "token_requests": fake.token_requests,
+            "token_requests_per_1000": round(fake.token_requests * 1000 / max(count, 1000), 2),
+            "calls": fake.calls,
+            "paced_seconds": round(destination.limiter.waited, 2),
+            "held_back": held_back,
+            "burst_leads_per_second": round(burst, 2),
+            "rate_limited_606": fake.errors["606"],
+        }
 
 
 def sample_lead(n: int, **changes):
     """A marketplace lead as the app normalises it, distinct for each ``n``."""
     from leads.core.normalise import from_http_body
 
-    body = {"UserDetails": {"FirstName": "Ada", "LastName": f"Lovelace{n}", "Email": f"ada{n}@contoso.com",
-                            "Phone": "+1 425 555 0100", "Country": "US", "Company": "Contoso", "Title": "CTO"},
-            "LeadSource": "SPZA-PLT|contoso.contoso-crm", "OfferTitle": "Contoso CRM",
-            "Description": "Please call me about pricing"}  # fmt: skip
+    body = {
+        "UserDetails": {
+            "FirstName": "Ada",
+            "LastName": f"Lovelace{n}",
+            "Email": f"ada{n}@contoso.com",
+            "Phone": "+1 425 555 0100",
+            "Country": "US",
+            "Company": "Contoso",
+            "Title": "CTO",
+        },
+        "LeadSource": "SPZA-PLT|contoso.contoso-crm",
+        "OfferTitle": "Contoso CRM",
+        "Description": "Please call me about pricing",
+    }
     body.update(changes)
     return from_http_body(body)

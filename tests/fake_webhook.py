@@ -32,8 +32,9 @@ class _Handler(LoopbackHandler):
             return self.answer(429, {"error": "slow down"}, {"Retry-After": fake.retry_after})
         if fault and fault.isdigit():
             return self.answer(int(fault), {"error": f"status {fault} on purpose"}, fake.fault_headers)
-        if not verify(fake.secret, self.headers.get("X-Leads-Timestamp", ""), body,
-                      self.headers.get("X-Leads-Signature", "")):  # fmt: skip
+        if not verify(
+            fake.secret, self.headers.get("X-Leads-Timestamp", ""), body, self.headers.get("X-Leads-Signature", "")
+        ):
             with fake.lock:
                 fake.bad_signatures += 1
             return self.answer(401, {"error": "bad signature"})
@@ -55,8 +56,16 @@ class FakeWebhook(LoopbackServer):
     name = "fake-webhook"
     handler = _Handler
 
-    def __init__(self, secret: str = "s3cret", fail_ratio: float = 0.0, timeout_after: float = 2.0, seed: int = 7,
-                 latency: float = 0.0, faults: tuple[str, ...] = FAULTS, drip_interval: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        secret: str = "s3cret",
+        fail_ratio: float = 0.0,
+        timeout_after: float = 2.0,
+        seed: int = 7,
+        latency: float = 0.0,
+        faults: tuple[str, ...] = FAULTS,
+        drip_interval: float = 1.0,
+    ) -> None:
         super().__init__(hang_seconds=timeout_after, drip_interval=drip_interval)
         self.secret = secret
         self.latency = latency  # seconds each request takes (benchmarks)

@@ -22,19 +22,29 @@ INFRA = Path(__file__).resolve().parents[1] / "infra"
 
 # Workspace tables and the envelope type each holds; the columns the queries may use, as paths
 # into an envelope of that type.
-TABLES = {"AppEvents": "EventData", "AppTraces": "MessageData", "AppExceptions": "ExceptionData",
-          "AppRequests": "RequestData", "AppDependencies": "RemoteDependencyData"}  # fmt: skip
+TABLES = {
+    "AppEvents": "EventData",
+    "AppTraces": "MessageData",
+    "AppExceptions": "ExceptionData",
+    "AppRequests": "RequestData",
+    "AppDependencies": "RemoteDependencyData",
+}
 COLUMNS = {
-    "AppEvents": {"TimeGenerated": ("time",), "Name": ("data", "baseData", "name"),
-                  "Properties": ("data", "baseData", "properties")},
-}  # fmt: skip
+    "AppEvents": {
+        "TimeGenerated": ("time",),
+        "Name": ("data", "baseData", "name"),
+        "Properties": ("data", "baseData", "properties"),
+    },
+}
 # KQL's operators, functions and words the queries use (extend when a query needs another).
-KQL = frozenset("""
+KQL = frozenset(
+    """
     where summarize project extend order sort by asc desc render take top union let in and or not
     count countif dcount max maxif min minif sum avg percentile make_set take_any take_anyif arg_max
     tostring toint todouble tolong bin ago now iff isempty isnotempty strcat
     columnchart timechart barchart piechart table true false
-""".split())
+""".split()
+)
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _PROPERTY = re.compile(r'Properties(?:\.(\w+)|\[\s*"([^"]+)"\s*\])')
@@ -80,8 +90,11 @@ def queries() -> tuple[tuple[str, str], ...]:
     alerts = pycep.BicepParser().parse(file_path=INFRA / "app" / "alerts.bicep")
     found = [(f"alert rule {rule['name']}", rule["query"]) for rule in alerts["variables"]["rules"]["value"]]
     workbook = json.loads((INFRA / "app" / "workbook.json").read_text())
-    found += [(f"workbook item {item['name']}", item["content"]["query"])
-              for item in workbook["items"] if item.get("type") == 3]  # fmt: skip
+    found += [
+        (f"workbook item {item['name']}", item["content"]["query"])
+        for item in workbook["items"]
+        if item.get("type") == 3
+    ]
     return tuple(found)
 
 

@@ -110,8 +110,9 @@ class LoopbackServer:
         return f"{self.scheme}://{self.host}"
 
     def start(self):
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=self.name, daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -178,8 +179,9 @@ class LoopbackHandler(BaseHTTPRequestHandler):
             self.pending_fault = fault
         return False
 
-    def answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
-               content_type: str | None = None) -> bool:  # fmt: skip
+    def answer(
+        self, status: int, body: Any = None, headers: dict[str, str] | None = None, content_type: str | None = None
+    ) -> bool:
         """Send a whole answer: ``body`` as JSON (dict, list), text or bytes. True when it went
         out; False when the client had left, or a ``lost`` fault dropped it."""
         if self.pending_fault == LOST:
@@ -200,7 +202,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
                 with self.fake.lock:
                     self.fake.dripped += 1
                 for index in range(len(raw)):
-                    self.wfile.write(raw[index:index + 1])
+                    self.wfile.write(raw[index : index + 1])
                     self.wfile.flush()
                     time.sleep(self.fake.drip_interval)
             else:
@@ -254,9 +256,13 @@ def trust(monkeypatch, ca_file: str) -> None:
 DESTINATION_SETTINGS = {
     "webhook": lambda url: {"WEBHOOK_URL": url + "/hook", "WEBHOOK_SECRET": "s"},
     # A new app registration each time: no token is cached from another test's fake.
-    "dynamics": lambda url: {"DYNAMICS_URL": url, "DYNAMICS_TENANT_ID": str(uuid.uuid4()),
-                             "DYNAMICS_CLIENT_ID": str(uuid.uuid4()), "DYNAMICS_CLIENT_SECRET": "secret",
-                             "DYNAMICS_AUTHORITY": url},  # fmt: skip
+    "dynamics": lambda url: {
+        "DYNAMICS_URL": url,
+        "DYNAMICS_TENANT_ID": str(uuid.uuid4()),
+        "DYNAMICS_CLIENT_ID": str(uuid.uuid4()),
+        "DYNAMICS_CLIENT_SECRET": "secret",
+        "DYNAMICS_AUTHORITY": url,
+    },
     "salesforce": lambda url: {"SALESFORCE_URL": url, "SALESFORCE_CLIENT_ID": "id", "SALESFORCE_CLIENT_SECRET": "s"},
     "salesforce-w2l": lambda url: {"SALESFORCE_OID": "00D000000000001", "SALESFORCE_WEB_TO_LEAD_URL": url + "/w2l"},
     "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},

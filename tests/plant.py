@@ -34,15 +34,17 @@ def plant(store: LeadStore, now: datetime | None = None) -> Counter:
     planted["timeline entry missing"] += 1
     # A timeline entry for a lead never stored, older than any write.
     ghost = "hplantedghost00000000000"
-    store.index.timeline.upsert_entity({"PartitionKey": TIMELINE, "RowKey": cursor_of(ghost, now - timedelta(hours=1)),
-                                        "LeadId": ghost, "At": old})  # fmt: skip
+    store.index.timeline.upsert_entity(
+        {"PartitionKey": TIMELINE, "RowKey": cursor_of(ghost, now - timedelta(hours=1)), "LeadId": ghost, "At": old}
+    )
     planted["stale timeline entry"] += 1
     # The identity row of a lead, gone.
     store.identities.table.delete_entity(day_of(received), lead_id)
     planted["identity row missing"] += 1
     # An email row naming a lead that does not hold the address.
-    store.identities.table.upsert_entity({"PartitionKey": address_partition("nobody@planted.example"),
-                                          "RowKey": f"{lead_id}|{LEAD_ROW}"})  # fmt: skip
+    store.identities.table.upsert_entity(
+        {"PartitionKey": address_partition("nobody@planted.example"), "RowKey": f"{lead_id}|{LEAD_ROW}"}
+    )
     planted["stale email row"] += 1
     # A failed entry for a delivery that was delivered.
     delivery = next(d for d in _deliveries(store, lead_id) if d.state == "delivered")

@@ -48,8 +48,9 @@ def echo(req: func.HttpRequest) -> func.HttpResponse:
         "header": req.headers.get("x-test"),
         "body": req.get_body().decode(),
     }
-    return func.HttpResponse(json.dumps(request), status_code=201, mimetype="application/json",
-                             headers={"X-Served-By": "echo"})  # fmt: skip
+    return func.HttpResponse(
+        json.dumps(request), status_code=201, mimetype="application/json", headers={"X-Served-By": "echo"}
+    )
 
 
 @app.route(route="boom", methods=["GET"])

@@ -32,8 +32,10 @@ class _Server(ThreadingHTTPServer):
 
 WRITES = "(POST|PUT|MERGE|PATCH|DELETE)"
 BUSY = b'{"odata.error":{"code":"ServerBusy","message":{"value":"The server is busy."}}}'
-QUEUE_BUSY = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
-              b"<Message>The server is busy.</Message></Error>")  # fmt: skip
+QUEUE_BUSY = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+    b"<Message>The server is busy.</Message></Error>"
+)
 
 
 class StorageProxy:

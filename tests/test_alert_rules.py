@@ -23,8 +23,13 @@ def parsed(relative: str) -> dict:
 def test_every_subject_has_a_rule_mailing_the_operators():
     alerts = parsed("app/alerts.bicep")
     rules = {rule["name"]: rule for rule in alerts["variables"]["rules"]["value"]}
-    assert set(rules) == {"no-poll-or-sweep", "failed-deliveries", "function-failures", "poison-messages",
-                          "leads-silent"}  # fmt: skip
+    assert set(rules) == {
+        "no-poll-or-sweep",
+        "failed-deliveries",
+        "function-failures",
+        "poison-messages",
+        "leads-silent",
+    }
     assert rules["no-poll-or-sweep"]["window"] == "PT10M"  # no successful poll or sweep for 10 minutes
     assert all("docs/operations.md#" in rule["description"] for rule in rules.values())
     query_rules = alerts["resources"]["queryRules"]
@@ -58,7 +63,8 @@ def test_the_workbook_shows_what_operators_asked_for():
     assert {"leads-per-day", "deliveries", "time-to-delivery", "failures", "silence"} <= set(items)
     assert "percentile(Seconds, 95)" in items["time-to-delivery"]["content"]["query"]
     assert {item["content"].get("resourceType") for item in items.values() if item["type"] == 3} == {
-        "microsoft.operationalinsights/workspaces"}
+        "microsoft.operationalinsights/workspaces"
+    }
 
 
 @pytest.mark.parametrize(("where", "query"), queries(), ids=[where for where, _ in queries()])

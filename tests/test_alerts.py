@@ -22,18 +22,34 @@ from .personal import leaked
 
 
 def body(index: int) -> dict:
-    return {"UserDetails": {"FirstName": "Jo", "LastName": f"Doe{index}", "Email": f"jo.doe{index}@fabrikam.com",
-                            "Phone": "+44 20 7946 0958", "Company": "Fabrikam", "Country": "GB"},
-            "LeadSource": "SPZA-PLT|contoso.crm", "OfferTitle": f"Offer {index}"}  # fmt: skip
+    return {
+        "UserDetails": {
+            "FirstName": "Jo",
+            "LastName": f"Doe{index}",
+            "Email": f"jo.doe{index}@fabrikam.com",
+            "Phone": "+44 20 7946 0958",
+            "Company": "Fabrikam",
+            "Country": "GB",
+        },
+        "LeadSource": "SPZA-PLT|contoso.crm",
+        "OfferTitle": f"Offer {index}",
+    }
 
 
 @pytest.fixture
 def gone_webhook(storage, env, fake_acs):
     with FakeWebhook() as fake:
         fake.fault_headers = {}
-        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-            EMAIL_TO="", LEADS_ALERT_TO="ops@contoso.com", EMAIL_PER_MINUTE="5")  # fmt: skip
+        env(
+            WEBHOOK_URL=fake.url,
+            WEBHOOK_SECRET=fake.secret,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+            EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+            EMAIL_TO="",
+            LEADS_ALERT_TO="ops@contoso.com",
+            EMAIL_PER_MINUTE="5",
+        )
         yield fake
 
 
@@ -80,8 +96,9 @@ def test_alerts_wait_for_the_email_rate_like_any_mail(gone_webhook, fake_acs, en
     assert len(fake_acs.mails) == 1 and "3 leads" in fake_acs.mails[0]["text"]
 
 
-def test_an_alert_whose_mail_fails_for_good_is_tried_a_bounded_number_of_times_then_dropped(gone_webhook, fake_acs,
-                                                                                          env, caplog):  # fmt: skip
+def test_an_alert_whose_mail_fails_for_good_is_tried_a_bounded_number_of_times_then_dropped(
+    gone_webhook, fake_acs, env, caplog
+):
     from leads.delivery.alerts import ALERT_TRIES, PARTITION
     from leads.ops.operations import status
 
@@ -161,8 +178,9 @@ def test_two_instances_woken_at_once_send_one_mail(gone_webhook, fake_acs):
     t0 = datetime.now(UTC)
     fail_at(gone_webhook, [t0])
     with ThreadPoolExecutor(4) as pool:
-        states = list(pool.map(lambda _: handle_message(wake_up_message("webhook"), now=t0 + GROUP_WAIT).state,
-                               range(4)))  # fmt: skip
+        states = list(
+            pool.map(lambda _: handle_message(wake_up_message("webhook"), now=t0 + GROUP_WAIT).state, range(4))
+        )
     assert states.count("alerted") == 1
     assert sum(1 for request in fake_acs.requests if request.method == "POST") == 1 and len(fake_acs.mails) == 1
 

@@ -28,17 +28,27 @@ from .workers import drain
 
 RECEIVED = datetime(2026, 11, 30, 9, 15, tzinfo=UTC)
 # A lead whose every value tries to format, mention or link, and the personal values of it.
-HOSTILE = {"FirstName": "Jane_*", "LastName": "<!channel> Doe", "Email": "jane.doe@fabrikam.com",
-           "Phone": "+44 20 7946 0958", "Country": "United Kingdom", "Company": "**Fabrikam** [win](https://x.test)",
-           "Title": "Head & <b>Procurement</b>"}  # fmt: skip
+HOSTILE = {
+    "FirstName": "Jane_*",
+    "LastName": "<!channel> Doe",
+    "Email": "jane.doe@fabrikam.com",
+    "Phone": "+44 20 7946 0958",
+    "Country": "United Kingdom",
+    "Company": "**Fabrikam** [win](https://x.test)",
+    "Title": "Head & <b>Procurement</b>",
+}
 PERSONAL = ("Jane", "Doe", "jane.doe", "Fabrikam", "7946", "0958", "Procurement", "40 seats")
 SCHEMA = json.loads(files("adaptive_cards").joinpath("schemas/schema-1.5.json").read_text())
 
 
 def body(**changes) -> dict:
     user = {**HOSTILE, **changes.pop("user", {})}
-    lead = {"UserDetails": user, "LeadSource": "SPZA-PLT|contoso.contoso-crm", "OfferTitle": "Contoso CRM",
-            "Description": "Please call me about 40 seats.\nWe start in *January*."}  # fmt: skip
+    lead = {
+        "UserDetails": user,
+        "LeadSource": "SPZA-PLT|contoso.contoso-crm",
+        "OfferTitle": "Contoso CRM",
+        "Description": "Please call me about 40 seats.\nWe start in *January*.",
+    }
     lead.update(changes)
     return lead
 
@@ -97,11 +107,21 @@ def test_the_teams_card_is_a_valid_adaptive_card_showing_what_the_mail_shows():
     validate_card(card)
     shown = [unescape_markdown(text) for text in texts(card["body"])]
     joined = "\n".join(shown)
-    for value in (HOSTILE["Company"], HOSTILE["Title"], "Jane_* <!channel> Doe", "jane.doe@fabrikam.com",
-                  "Contoso CRM", "AppSource", "Contact me", lead.lead_id, "We start in *January*."):  # fmt: skip
+    for value in (
+        HOSTILE["Company"],
+        HOSTILE["Title"],
+        "Jane_* <!channel> Doe",
+        "jane.doe@fabrikam.com",
+        "Contoso CRM",
+        "AppSource",
+        "Contact me",
+        lead.lead_id,
+        "We start in *January*.",
+    ):
         assert value in joined, value
-    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Open the lead",
-                                "url": f"https://crm.contoso.com/leads/{lead.lead_id}"}]  # fmt: skip
+    assert card["actions"] == [
+        {"type": "Action.OpenUrl", "title": "Open the lead", "url": f"https://crm.contoso.com/leads/{lead.lead_id}"}
+    ]
 
 
 def test_teams_card_text_escapes_every_markdown_mark_of_a_lead_value():
@@ -211,8 +231,10 @@ def send_as_the_worker_does(destination, lead, route):
         raise destination.classify(exc) from None
 
 
-@pytest.mark.parametrize("fake_class, destination_class, setting", [
-    (FakeTeams, TeamsDestination, "TEAMS_WEBHOOK_URL"), (FakeSlack, SlackDestination, "SLACK_WEBHOOK_URL")])
+@pytest.mark.parametrize(
+    "fake_class, destination_class, setting",
+    [(FakeTeams, TeamsDestination, "TEAMS_WEBHOOK_URL"), (FakeSlack, SlackDestination, "SLACK_WEBHOOK_URL")],
+)
 def test_429_and_5xx_and_timeouts_are_retried_honouring_retry_after(fake_class, destination_class, setting):
     with fake_class() as fake:
         destination = destination_class(settings(**{setting: fake.url(), "LEADS_HTTP_TIMEOUT_SECONDS": "0.5"}))
@@ -237,8 +259,11 @@ def test_slack_error_codes_are_permanent_and_name_the_fix(slack):
 
 def test_teams_refusals_name_the_workflow_fix_and_not_the_card(teams):
     destination = TeamsDestination(settings(TEAMS_WEBHOOK_URL=teams.url()))
-    teams.fail_next(Fault(403, json.dumps({"error": {"code": "DirectApiAuthorizationRequired",
-                                                     "message": "jane.doe@fabrikam.com"}})))  # fmt: skip
+    teams.fail_next(
+        Fault(
+            403, json.dumps({"error": {"code": "DirectApiAuthorizationRequired", "message": "jane.doe@fabrikam.com"}})
+        )
+    )
     with pytest.raises(PermanentError) as refused:
         destination.send(lead_of(), Route(("default",)))
     assert "DirectApiAuthorizationRequired" in str(refused.value) and "Anyone" in refused.value.fix
@@ -271,8 +296,11 @@ def test_a_channel_name_that_cannot_be_a_setting_is_a_routing_error():
 
 
 def test_check_names_channels_without_a_url_and_never_prints_one(env):
-    env(LEADS_ROUTING=json.dumps([{"slack": "emea"}]), SLACK_WEBHOOK_URL="https://hooks.slack.test/T/B/x",
-        SLACK_CHANNELS="")  # fmt: skip
+    env(
+        LEADS_ROUTING=json.dumps([{"slack": "emea"}]),
+        SLACK_WEBHOOK_URL="https://hooks.slack.test/T/B/x",
+        SLACK_CHANNELS="",
+    )
     check = SlackDestination(get_settings()).check()
     assert not check.ok and "'emea', which SLACK_CHANNELS does not hold" in check.message
     env(SLACK_CHANNELS=json.dumps({"emea": "https://hooks.slack.test/T/B/y"}))
@@ -285,9 +313,15 @@ def test_check_names_channels_without_a_url_and_never_prints_one(env):
 
 @pytest.fixture
 def channels(storage, env, teams, slack):
-    env(TEAMS_WEBHOOK_URL=teams.url(), SLACK_WEBHOOK_URL=slack.url(), EMAIL_TO="", WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2",
-        LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+    env(
+        TEAMS_WEBHOOK_URL=teams.url(),
+        SLACK_WEBHOOK_URL=slack.url(),
+        EMAIL_TO="",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_RETRY_BASE_SECONDS="0.2",
+        LEADS_HTTP_TIMEOUT_SECONDS="2",
+    )
     return teams, slack
 
 
@@ -320,8 +354,12 @@ def test_a_burst_for_one_channel_is_folded_into_one_card(channels):
 
 
 def test_no_channel_for_a_lead_skips_its_delivery_with_the_reason(storage, env):
-    env(LEADS_ROUTING=json.dumps([{"offer": "other.*", "teams": "emea"}]), TEAMS_WEBHOOK_URL="", EMAIL_TO="",
-        WEBHOOK_URL="")  # fmt: skip
+    env(
+        LEADS_ROUTING=json.dumps([{"offer": "other.*", "teams": "emea"}]),
+        TEAMS_WEBHOOK_URL="",
+        EMAIL_TO="",
+        WEBHOOK_URL="",
+    )
     answer = accept_http(json.dumps(body()).encode())
     [delivery] = LeadStore.from_settings().deliveries.for_lead(answer.body["leadId"])
     assert (delivery.destination, delivery.state) == ("teams", "skipped")

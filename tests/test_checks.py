@@ -24,8 +24,11 @@ def test_everything_ok_with_a_webhook(storage, env):
 
 
 def test_problems_come_with_their_fix(storage, env, capsys):
-    env(LEADS_ROUTING='[{"destinations": ["hubspot"]}]', WEBHOOK_URL="http://127.0.0.1:9/hook",
-        WEBHOOK_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-secret/)")  # fmt: skip
+    env(
+        LEADS_ROUTING='[{"destinations": ["hubspot"]}]',
+        WEBHOOK_URL="http://127.0.0.1:9/hook",
+        WEBHOOK_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-secret/)",
+    )
     results = by_name(run_checks())
     assert not results["routing"].ok and "hubspot" in results["routing"].message
     assert not results["settings"].ok and "WEBHOOK_SECRET" in results["settings"].message
@@ -36,9 +39,12 @@ def test_problems_come_with_their_fix(storage, env, capsys):
 
 
 def test_storage_unreachable(env):
-    env(AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    env(
+        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;", LEADS_TABLE_PREFIX="Gone")  # fmt: skip
+        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+        LEADS_TABLE_PREFIX="Gone",
+    )
     storage = by_name(run_checks())["storage"]
     # A local emulator that does not answer: the fix is to start it, not to look at Azure settings.
     assert not storage.ok and "connection refused" in storage.message and "make run" in storage.fix

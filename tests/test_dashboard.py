@@ -13,8 +13,17 @@ from leads.ops.dashboard import spark
 
 from .fake_webhook import FakeWebhook
 
-BEFORE = {"days", "counts", "open", "failed", "heldBack", "oldestPending", "recentFailures", "recentRejections",
-          "indexBuilt"}  # fmt: skip
+BEFORE = {
+    "days",
+    "counts",
+    "open",
+    "failed",
+    "heldBack",
+    "oldestPending",
+    "recentFailures",
+    "recentRejections",
+    "indexBuilt",
+}
 
 
 def test_a_sparkline_scales_to_the_largest_day_and_shows_an_empty_day_as_a_dot():
@@ -24,13 +33,21 @@ def test_a_sparkline_scales_to_the_largest_day_and_shows_an_empty_day_as_a_dot()
 
 def test_status_prints_deliveries_per_day_and_the_arrivals(storage, env, capsys):
     with FakeWebhook() as webhook:
-        env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, EMAIL_TO="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
-        body = {"UserDetails": {"FirstName": "Ann", "LastName": "Lee", "Email": "ann@fabrikam.com"},
-                "LeadSource": "AzureMarketplace-INS|contoso.crm", "OfferTitle": "Contoso CRM"}  # fmt: skip
+        env(
+            WEBHOOK_URL=webhook.url,
+            WEBHOOK_SECRET=webhook.secret,
+            EMAIL_TO="",
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        )
+        body = {
+            "UserDetails": {"FirstName": "Ann", "LastName": "Lee", "Email": "ann@fabrikam.com"},
+            "LeadSource": "AzureMarketplace-INS|contoso.crm",
+            "OfferTitle": "Contoso CRM",
+        }
         first = accept_http(json.dumps(body).encode()).body["leadId"]
-        second = accept_http(json.dumps({**body, "LeadSource": "AzureMarketplace-INS|contoso.erp",
-                                              "OfferTitle": "Contoso ERP"}).encode()).body["leadId"]
+        second = accept_http(
+            json.dumps({**body, "LeadSource": "AzureMarketplace-INS|contoso.erp", "OfferTitle": "Contoso ERP"}).encode()
+        ).body["leadId"]
         assert deliver(first, "webhook").state == "delivered"
         webhook.faults = ["410"]
         assert deliver(second, "webhook").state == "failed"

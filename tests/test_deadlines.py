@@ -32,8 +32,17 @@ class _Dripping(LoopbackHandler):
         self.read_body()
         self.fake.requests += 1
         self.play(DRIP)
-        if self.answer(200, {"access_token": "t", "token_type": "Bearer", "expires_in": 3600, "id": "x",
-                             "success": True, "result": [{"id": 1, "status": "created"}]}):  # fmt: skip
+        if self.answer(
+            200,
+            {
+                "access_token": "t",
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "id": "x",
+                "success": True,
+                "result": [{"id": 1, "status": "created"}],
+            },
+        ):
             self.fake.answered += 1
 
     do_GET = do_POST = do_PATCH = do_PUT = _drip
@@ -76,8 +85,12 @@ def test_calls_of_one_send_end_with_the_send(drip):
 
 @pytest.mark.parametrize("name", sorted(DESTINATION_SETTINGS))
 def test_every_crm_and_the_webhook_end_a_dripping_send_and_retry_it(storage, env, drip, name):
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="",
-        **DESTINATION_SETTINGS[name](drip.base_url))
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_HTTP_TIMEOUT_SECONDS="1",
+        EMAIL_TO="",
+        **DESTINATION_SETTINGS[name](drip.base_url),
+    )
     answer = accept_http(json.dumps(EXAMPLE).encode())
     lead_id = answer.body["leadId"]
     outcome = deliver(lead_id, name)
@@ -90,9 +103,14 @@ def test_every_crm_and_the_webhook_end_a_dripping_send_and_retry_it(storage, env
 
 
 def test_email_through_acs_ends_a_dripping_send_and_retries_it(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="sales@contoso.com", WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="1",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com",
+        WEBHOOK_URL="",
+        LEADS_HTTP_TIMEOUT_SECONDS="1",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
     fake_acs.drip_interval = 0.2
     lead_id = accept_http(json.dumps(EXAMPLE).encode()).body["leadId"]
     fake_acs.fail_next("drip", on="send")
@@ -101,8 +119,10 @@ def test_email_through_acs_ends_a_dripping_send_and_retries_it(storage, env, fak
     assert "within 1 s" in outcome.detail
     assert [(request.method, request.fault) for request in fake_acs.requests] == [("POST", "drip")]  # ended there
     # The mail was accepted before its answer dripped: the retry is the same operation, one mail.
-    assert deliver(lead_id, "email", now=LeadStore.from_settings().deliveries.get(lead_id, "email")
-                   .next_attempt_at).state == "delivered"  # fmt: skip
+    assert (
+        deliver(lead_id, "email", now=LeadStore.from_settings().deliveries.get(lead_id, "email").next_attempt_at).state
+        == "delivered"
+    )
     assert len(fake_acs.mails) == 1
 
 

@@ -32,8 +32,14 @@ EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json"
 @pytest.fixture
 def webhook(storage, env):
     with FakeWebhook() as fake:
-        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="")  # fmt: skip
+        env(
+            WEBHOOK_URL=fake.url,
+            WEBHOOK_SECRET=fake.secret,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            LEADS_HTTP_TIMEOUT_SECONDS="1",
+            EMAIL_TO="",
+        )
         yield fake
 
 
@@ -166,9 +172,14 @@ def test_status_counts_and_failures(webhook):
 
 
 def test_a_burst_over_the_email_rate_is_folded_into_one_digest(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com",
+        EMAIL_PER_MINUTE="2",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
     lead_ids = [take_in({**EXAMPLE, "OfferTitle": f"Offer {index}"}) for index in range(6)]
     start = LeadStore.from_settings().deliveries.get(lead_ids[0], "email").created_at
     outcomes = [deliver(lead_id, "email", now=start).state for lead_id in lead_ids]
@@ -188,8 +199,13 @@ def test_a_burst_over_the_email_rate_is_folded_into_one_digest(storage, env, fak
 
 
 def test_replaying_a_failed_email_is_a_new_send_not_a_repeat(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="sales@contoso.com", WEBHOOK_URL="", LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
     lead_id = take_in()
     fake_acs.fail_next_operation()
     assert deliver(lead_id, "email").state == "failed"
@@ -238,7 +254,6 @@ def test_a_claim_that_runs_out_before_the_send_is_renewed_or_lost_never_sent_twi
     assert (first.state, first.detail) == ("sending", "claimed by another worker before the send")
     delivery = webhook_delivery(lead.lead_id)
     assert (delivery.state, delivery.attempts) == ("delivered", 2)
-
 
 
 def test_a_delivered_write_that_fails_once_is_retried_within_the_claim(webhook, monkeypatch):
@@ -320,13 +335,22 @@ def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(sto
     worker that finds another took the digest meanwhile sends nothing."""
     from leads.delivery.deliver import CLAIM
 
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com",
+        EMAIL_PER_MINUTE="2",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
     lead_ids = [take_in({**EXAMPLE, "OfferTitle": f"Offer {index}"}) for index in range(4)]
     start = LeadStore.from_settings().deliveries.get(lead_ids[0], "email").created_at
     assert [deliver(lead_id, "email", now=start).state for lead_id in lead_ids] == [
-        "delivered", "delivered", "retrying", "retrying"]  # fmt: skip
+        "delivered",
+        "delivered",
+        "retrying",
+        "retrying",
+    ]
     read, worker_2 = LeadStore.get_for_delivery, {}
 
     def slow_read(self, lead_id):

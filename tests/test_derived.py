@@ -29,8 +29,13 @@ EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json"
 @pytest.fixture
 def webhook(storage, env):
     with FakeWebhook() as fake:
-        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, EMAIL_TO="", LEADS_RETRY_BASE_SECONDS="0.2",
-            LEADS_HTTP_TIMEOUT_SECONDS="1")  # fmt: skip
+        env(
+            WEBHOOK_URL=fake.url,
+            WEBHOOK_SECRET=fake.secret,
+            EMAIL_TO="",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            LEADS_HTTP_TIMEOUT_SECONDS="1",
+        )
         store = LeadStore.from_settings()
         store.ensure_tables()
         yield fake

@@ -29,9 +29,15 @@ SENDER = "DoNotReply@contoso.azurecomm.net"
 
 @pytest.fixture
 def acs_at_two_a_minute(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER=SENDER, EMAIL_TO="sales@contoso.com",
-        EMAIL_PER_MINUTE="2", WEBHOOK_URL="", LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-        LEADS_RETRY_BASE_SECONDS="1")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER=SENDER,
+        EMAIL_TO="sales@contoso.com",
+        EMAIL_PER_MINUTE="2",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_RETRY_BASE_SECONDS="1",
+    )
     return fake_acs
 
 
@@ -49,8 +55,11 @@ def waiting_burst(count: int):
     """``count`` leads at once: two go out alone, the rest wait for the rate limit."""
     lead_ids = [take_in(index) for index in range(count)]
     start = email_of(lead_ids[0]).created_at
-    assert [deliver(lead_id, "email", now=start).state for lead_id in lead_ids][:3] == ["delivered", "delivered",
-                                                                                       "retrying"]  # fmt: skip
+    assert [deliver(lead_id, "email", now=start).state for lead_id in lead_ids][:3] == [
+        "delivered",
+        "delivered",
+        "retrying",
+    ]
     return lead_ids, start
 
 
@@ -70,8 +79,11 @@ def test_a_retried_digest_is_the_same_digest_and_newcomers_wait_for_the_next(acs
 
     retry_at = start + timedelta(seconds=200)  # past the retry's backoff, with free slots
     assert deliver(lead_ids[4], "email", now=retry_at).state == "delivered"
-    digest_sends = [operation for operation in sends(fake) if fake.operations.get(operation)
-                    and lead_ids[2] in fake.operations[operation].mail["text"]]  # fmt: skip
+    digest_sends = [
+        operation
+        for operation in sends(fake)
+        if fake.operations.get(operation) and lead_ids[2] in fake.operations[operation].mail["text"]
+    ]
     assert set(digest_sends) == {first}  # sent again under the same Operation-Id: ACS knows it for a repeat
     digest = fake.operations[first].mail
     assert all(lead_id in digest["text"] for lead_id in lead_ids[2:]) and late not in digest["text"]
@@ -88,10 +100,16 @@ def test_a_worker_dying_after_its_digest_went_out_is_recovered_as_that_digest(ac
     fake.fail_next("delay", on="send", delay=60)
     env(LEADS_HTTP_TIMEOUT_SECONDS="60")
     sent_at = start + timedelta(seconds=61)
-    script = ("import sys; from datetime import datetime; from leads.delivery.deliver import deliver; "
-              "deliver(sys.argv[1], 'email', now=datetime.fromisoformat(sys.argv[2]))")  # fmt: skip
-    worker = subprocess.Popen([sys.executable, "-c", script, lead_ids[2], sent_at.isoformat()], env=dict(os.environ),
-                              cwd=os.getcwd(), start_new_session=True)  # fmt: skip
+    script = (
+        "import sys; from datetime import datetime; from leads.delivery.deliver import deliver; "
+        "deliver(sys.argv[1], 'email', now=datetime.fromisoformat(sys.argv[2]))"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script, lead_ids[2], sent_at.isoformat()],
+        env=dict(os.environ),
+        cwd=os.getcwd(),
+        start_new_session=True,
+    )
     try:
         end = time.monotonic() + 30
         while len(fake.mails) < 3 and time.monotonic() < end and worker.poll() is None:

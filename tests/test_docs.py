@@ -94,13 +94,20 @@ def first_run(tmp_path_factory):
     (home / "local.settings.json").write_text(json.dumps(settings))
     ports = dict(zip(RUN_PORTS, free_ports(4), strict=True))
     make = ["make", "-s", "-n", "-o", "install", "-o", "local.settings.json", "-f", str(ROOT / "Makefile"), "run"]
-    recipe = subprocess.run([*make, *(f"{name}={port}" for name, port in ports.items())], cwd=home,
-                            capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+    recipe = subprocess.run(
+        [*make, *(f"{name}={port}" for name, port in ports.items())],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     env = terminal_env()
     log = home / "make-run.log"
     with log.open("w") as out:
-        process = subprocess.Popen(["bash", "-c", recipe], cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            ["bash", "-c", recipe], cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 90
         while "Serving function_app" not in log.read_text():
@@ -124,15 +131,19 @@ def terminal_env() -> dict[str, str]:
     from leads.core.settings import Settings
 
     names = {field.alias or name for name, field in Settings.model_fields.items()}
-    return {name: value for name, value in os.environ.items()
-            if name not in names and not name.startswith(("AzureWebJobsStorage", "MARKETPLACE_"))}  # fmt: skip
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in names and not name.startswith(("AzureWebJobsStorage", "MARKETPLACE_"))
+    }
 
 
 def run_as_written(home: Path, command: str, env: dict[str, str] | None = None):
     import subprocess
 
-    return subprocess.run(["bash", "-c", command], cwd=home, env=env or terminal_env(), capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-c", command], cwd=home, env=env or terminal_env(), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_readme_and_cli_commands_work_as_written_after_make_run_on_other_ports(first_run):
@@ -167,8 +178,10 @@ def test_the_readme_and_cli_commands_work_as_written_after_make_run_on_other_por
 
     examples = shell_commands("docs/cli.md", "## Examples")
     assert len(examples) >= 8, examples
-    env_only = {**terminal_env(), "AzureWebJobsStorage": json.loads((home / "local.settings.json").read_text())
-                ["Values"]["AzureWebJobsStorage"]}  # as `export AzureWebJobsStorage=...` names it  # fmt: skip
+    env_only = {
+        **terminal_env(),
+        "AzureWebJobsStorage": json.loads((home / "local.settings.json").read_text())["Values"]["AzureWebJobsStorage"],
+    }  # as `export AzureWebJobsStorage=...` names it
     for command, _ in examples:
         done = run_as_written(home, command, env_only if "--settings none" in command else None)
         told = done.stdout + done.stderr
@@ -191,8 +204,10 @@ def test_a_body_over_100_mb_is_refused_as_the_functions_host_does_and_the_contra
     contract = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
     assert "One refused body is not kept: one over 100 MB (104,857,600 bytes)" in contract
     with socket.create_connection(("127.0.0.1", ports["PORT"]), timeout=30) as connection:
-        connection.sendall(b"POST /api/leads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: 104857601\r\n\r\n{")  # fmt: skip
+        connection.sendall(
+            b"POST /api/leads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 104857601\r\n\r\n{"
+        )
         answer = connection.makefile("rb").read().decode()
     assert answer.startswith("HTTP/1.1 413") and "rejectedId" not in answer
     assert "REJECTED" not in run_as_written(home, ".venv/bin/python -m leads list").stdout
@@ -212,8 +227,11 @@ def test_the_readme_table_row_is_taken_in_when_and_as_the_readme_says(storage, e
     from leads.intake.poll import marketplace_table
     from leads.store.lead_store import LeadStore
 
-    [row] = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(),
-                                                         re.DOTALL) if "CustomerInfo" in block]  # fmt: skip
+    [row] = [
+        json.loads(block)
+        for block in re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+        if "CustomerInfo" in block
+    ]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "taken in by the next\npoll, within 30 s, and delivered" in readme and "poll --full-scan" in readme
     env(EMAIL_TO="sales@contoso.com", WEBHOOK_URL="")
@@ -221,8 +239,14 @@ def test_the_readme_table_row_is_taken_in_when_and_as_the_readme_says(storage, e
     table.create_table()
 
     def poll(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "leads", "--settings", "none", "poll", *args], cwd=ROOT,
-                              env=dict(os.environ), capture_output=True, text=True, timeout=90)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "leads", "--settings", "none", "poll", *args],
+            cwd=ROOT,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -243,8 +267,7 @@ def test_the_readme_table_row_is_taken_in_when_and_as_the_readme_says(storage, e
     routine = poll()
     # What it read again (the overlap window) it says it took in before: never the README's row.
     assert ", stored 0, " in routine and "read again: taken in by an earlier poll" in routine
-    assert "read by the hourly safety scan, or now by: python -m leads poll --full-scan" \
-        in routine  # fmt: skip
+    assert "read by the hourly safety scan, or now by: python -m leads poll --full-scan" in routine
     scan = poll("--full-scan")
     assert ", stored 1, " in scan and "held 0" in scan, scan  # written now: a lead of now, delivered
     newest = store.list(limit=1)[0]

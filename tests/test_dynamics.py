@@ -20,7 +20,7 @@ from leads.destinations.dynamics import (
     FIX_CREATE,
     DynamicsDestination,
     dataverse_error,
-    lead_guid,  # fmt: skip
+    lead_guid,
 )
 from leads.intake.ingest import accept_http
 from leads.local.azurite import free_port
@@ -34,12 +34,19 @@ dynamics, dynamics_mi = fake_dynamics_plugin.dynamics, fake_dynamics_plugin.dyna
 dynamics_tls_ca = fake_dynamics_plugin.dynamics_tls_ca
 
 CONTACT_ME = {
-    "UserDetails": {"FirstName": "Ada", "LastName": "Lovelace", "Email": "ada@contoso.com",
-                    "Phone": "+44 20 7946 0958", "Country": "GB", "Company": "Analytical Engines Ltd", "Title": "CTO"},
+    "UserDetails": {
+        "FirstName": "Ada",
+        "LastName": "Lovelace",
+        "Email": "ada@contoso.com",
+        "Phone": "+44 20 7946 0958",
+        "Country": "GB",
+        "Company": "Analytical Engines Ltd",
+        "Title": "CTO",
+    },
     "LeadSource": "SPZA-PLT|contoso.contoso-crm",
     "OfferTitle": "Contoso CRM",
     "Description": '{"mktcmpid": "spring-24", "partnerid": "123"}',
-}  # fmt: skip
+}
 TEST_LEAD = json.loads((FIXTURES / "marketplace" / "https-validation-test-lead.json").read_text())
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
@@ -75,16 +82,18 @@ def test_a_lead_becomes_a_dataverse_lead_row_column_by_column(dynamics):
         "companyname": "Analytical Engines Ltd",
         "address1_country": "United Kingdom",
         "leadsourcecode": 8,
-        "description": "\n".join([
-            "Commercial marketplace lead",
-            "Source: AppSource",
-            "Action: Contact me (PLT)",
-            "Offer: Contoso CRM (contoso.contoso-crm)",
-            "Campaign: mktcmpid=spring-24; partnerid=123",
-            f"Lead id: {lead.lead_id}",
-            "Received: 2024-05-01T10:00:00+00:00",
-        ]),
-    }  # fmt: skip
+        "description": "\n".join(
+            [
+                "Commercial marketplace lead",
+                "Source: AppSource",
+                "Action: Contact me (PLT)",
+                "Offer: Contoso CRM (contoso.contoso-crm)",
+                "Campaign: mktcmpid=spring-24; partnerid=123",
+                f"Lead id: {lead.lead_id}",
+                "Received: 2024-05-01T10:00:00+00:00",
+            ]
+        ),
+    }
     assert not any(column in row for column in DO_NOT_CONTACT_COLUMNS)
     create = [r for r in dynamics.requests if r.method == "POST" and r.path == "leads"]
     assert [r.status for r in create] == [204]
@@ -115,8 +124,14 @@ def test_test_leads_are_marked(dynamics):
 
 
 def test_values_longer_than_their_columns_are_cut_not_refused(dynamics):
-    lead = lead_of({**CONTACT_ME, "OfferTitle": "O" * 400, "Description": "word " * 1000,
-                    "UserDetails": {**CONTACT_ME["UserDetails"], "Company": "C" * 300}})  # fmt: skip
+    lead = lead_of(
+        {
+            **CONTACT_ME,
+            "OfferTitle": "O" * 400,
+            "Description": "word " * 1000,
+            "UserDetails": {**CONTACT_ME["UserDetails"], "Company": "C" * 300},
+        }
+    )
     destination().send(lead, Route())
     row = dynamics.leads[lead_guid(lead.lead_id)]
     assert (len(row["subject"]), len(row["companyname"]), len(row["description"])) == (300, 100, 2000)
@@ -136,8 +151,11 @@ def test_a_lost_answer_then_a_retry_leaves_one_row(dynamics):
     assert (sent.external_id, sent.detail) == (lead_guid(lead.lead_id), {"record": "existing"})
     assert len(dynamics.leads) == 1
     statuses = [(r.method, r.path, r.status) for r in dynamics.requests if r.path.startswith("leads")]
-    assert statuses == [("POST", "leads", None), ("POST", "leads", 412),
-                        ("GET", f"leads({lead_guid(lead.lead_id)})", 200)]  # fmt: skip
+    assert statuses == [
+        ("POST", "leads", None),
+        ("POST", "leads", 412),
+        ("GET", f"leads({lead_guid(lead.lead_id)})", 200),
+    ]
 
 
 def test_a_duplicate_key_that_is_not_our_row_is_not_counted_delivered(dynamics):
@@ -150,8 +168,9 @@ def test_a_duplicate_key_that_is_not_our_row_is_not_counted_delivered(dynamics):
         if method == "POST":
             answer = requests.Response()
             answer.status_code, answer.headers["Content-Type"] = 412, "application/json"
-            answer._content = json.dumps({"error": {"code": "0x80040237", "message": "A record with matching key "
-                                                    "values already exists."}}).encode()  # fmt: skip
+            answer._content = json.dumps(
+                {"error": {"code": "0x80040237", "message": "A record with matching key values already exists."}}
+            ).encode()
             return answer
         return original(method, path, **kwargs)
 
@@ -169,8 +188,10 @@ def test_200_leads_take_one_token(dynamics):
 
 
 # Each token mode: (the fixture, the fake's count of token requests in that mode, what a second refusal says)
-MODES = {"client secret": ("dynamics", "token_requests", "refused a new token from Entra ID"),
-         "managed identity": ("dynamics_mi", "identity_requests", "refused a new token of the managed identity")}
+MODES = {
+    "client secret": ("dynamics", "token_requests", "refused a new token from Entra ID"),
+    "managed identity": ("dynamics_mi", "identity_requests", "refused a new token of the managed identity"),
+}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -213,8 +234,9 @@ def test_service_protection_limits_are_transient_with_retry_after(dynamics):
     assert len(dynamics.leads) == 2
 
 
-@pytest.mark.parametrize("fault,on", [("500", "dataverse"), ("503", "dataverse"), ("drop", "dataverse"),
-                                      ("503", "token"), ("drop", "token")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fault,on", [("500", "dataverse"), ("503", "dataverse"), ("drop", "dataverse"), ("503", "token"), ("drop", "token")]
+)
 def test_server_errors_and_dropped_connections_are_transient(dynamics, fault, on):
     dynamics.fail(fault, on=on)
     with pytest.raises(TransientError):
@@ -238,38 +260,87 @@ def test_a_request_that_times_out_is_transient_and_says_so(dynamics, env):
 CHECKS = [
     # (id, set up the fake / settings, ok, words in the message, words in the fix)
     ("ok", lambda f: {}, True, "can create leads", None),
-    ("tenant not found", lambda f: {"DYNAMICS_TENANT_ID": str(uuid.uuid4())}, False, "AADSTS90002",
-     "DYNAMICS_TENANT_ID to your Microsoft Entra tenant"),
+    (
+        "tenant not found",
+        lambda f: {"DYNAMICS_TENANT_ID": str(uuid.uuid4())},
+        False,
+        "AADSTS90002",
+        "DYNAMICS_TENANT_ID to your Microsoft Entra tenant",
+    ),
     ("not a tenant id", lambda f: {"DYNAMICS_TENANT_ID": "contoso crm"}, False, "AADSTS900023", "Tenant ID"),
-    ("application not in directory", lambda f: {"DYNAMICS_CLIENT_ID": str(uuid.uuid4())}, False, "AADSTS700016",
-     "Application (client) ID"),
-    ("wrong secret", lambda f: {"DYNAMICS_CLIENT_SECRET": "a0b1c2d3-secret-id-not-value"}, False, "AADSTS7000215",
-     "Value (not its Secret ID)"),
+    (
+        "application not in directory",
+        lambda f: {"DYNAMICS_CLIENT_ID": str(uuid.uuid4())},
+        False,
+        "AADSTS700016",
+        "Application (client) ID",
+    ),
+    (
+        "wrong secret",
+        lambda f: {"DYNAMICS_CLIENT_SECRET": "a0b1c2d3-secret-id-not-value"},
+        False,
+        "AADSTS7000215",
+        "Value (not its Secret ID)",
+    ),
     ("expired secret", lambda f: setattr(f, "secret_expired", True), False, "AADSTS7000222", "expiry date"),
     ("application disabled", lambda f: setattr(f, "app_disabled", True), False, "AADSTS7000112", "Enabled"),
-    ("url of another resource", lambda f: {"DYNAMICS_URL": f"https://127.0.0.1:{free_port()}/main.aspx"}, False,
-     "AADSTS500011", "Environment URL"),
-    ("url not dataverse", lambda f: setattr(f, "not_dataverse", True), False, "is not a Dataverse Web API",
-     "Environment URL"),
-    ("no application user", lambda f: setattr(f, "app_user", False), False, "no application user",
-     "New app user"),
+    (
+        "url of another resource",
+        lambda f: {"DYNAMICS_URL": f"https://127.0.0.1:{free_port()}/main.aspx"},
+        False,
+        "AADSTS500011",
+        "Environment URL",
+    ),
+    (
+        "url not dataverse",
+        lambda f: setattr(f, "not_dataverse", True),
+        False,
+        "is not a Dataverse Web API",
+        "Environment URL",
+    ),
+    ("no application user", lambda f: setattr(f, "app_user", False), False, "no application user", "New app user"),
     ("no security role", lambda f: setattr(f, "roles", False), False, "no security role", "Edit security roles"),
-    ("no create on lead", lambda f: f.privileges.discard("prvCreateLead"), False, "no Create privilege on Lead",
-     "Create privilege on Lead"),
+    (
+        "no create on lead",
+        lambda f: f.privileges.discard("prvCreateLead"),
+        False,
+        "no Create privilege on Lead",
+        "Create privilege on Lead",
+    ),
     ("privileges unreadable", lambda f: f.privileges.discard("prvReadUser"), True, "could not be read", None),
     ("lead source secured", lambda f: setattr(f, "lead_source_secured", True), True, "secured column", None),
     ("no lead table", lambda f: setattr(f, "lead_table", False), False, "no Lead table", "Dynamics 365 Sales"),
-    ("authority unreachable", lambda f: {"DYNAMICS_AUTHORITY": f"https://127.0.0.1:{free_port()}"}, False,
-     "could not reach Entra ID", "DYNAMICS_AUTHORITY"),
+    (
+        "authority unreachable",
+        lambda f: {"DYNAMICS_AUTHORITY": f"https://127.0.0.1:{free_port()}"},
+        False,
+        "could not reach Entra ID",
+        "DYNAMICS_AUTHORITY",
+    ),
     ("entra timeout", lambda f: f.fail("timeout", on="token"), False, "Entra ID", "DYNAMICS_AUTHORITY"),
-    ("dataverse timeout", lambda f: f.fail("timeout"), False, "Dataverse (127.0.0.1) did not answer within 1 s",
-     "DYNAMICS_URL is your environment URL"),
-    ("secret not set, no identity here", lambda f: {"DYNAMICS_CLIENT_SECRET": ""}, False,
-     "no managed identity on this host", "DYNAMICS_CLIENT_SECRET"),
+    (
+        "dataverse timeout",
+        lambda f: f.fail("timeout"),
+        False,
+        "Dataverse (127.0.0.1) did not answer within 1 s",
+        "DYNAMICS_URL is your environment URL",
+    ),
+    (
+        "secret not set, no identity here",
+        lambda f: {"DYNAMICS_CLIENT_SECRET": ""},
+        False,
+        "no managed identity on this host",
+        "DYNAMICS_CLIENT_SECRET",
+    ),
     ("tenant not set", lambda f: {"DYNAMICS_TENANT_ID": ""}, False, "DYNAMICS_TENANT_ID not set", "client secret"),
-    ("authority not https", lambda f: {"DYNAMICS_AUTHORITY": "http://login.example.invalid"}, False,
-     "DYNAMICS_AUTHORITY is not an https URL", "login host"),
-]  # fmt: skip
+    (
+        "authority not https",
+        lambda f: {"DYNAMICS_AUTHORITY": "http://login.example.invalid"},
+        False,
+        "DYNAMICS_AUTHORITY is not an https URL",
+        "login host",
+    ),
+]
 
 
 def assert_check(fake, env, setup, ok, message, fix) -> None:
@@ -309,12 +380,15 @@ def test_send_diagnoses_no_create_permission_on_leadsourcecode(dynamics):
     assert not dynamics.leads
 
 
-@pytest.mark.parametrize("setup,words", [
-    (lambda f: setattr(f, "roles", False), "no security role"),
-    (lambda f: setattr(f, "app_user", False), "no application user"),
-    (lambda f: setattr(f, "lead_table", False), "no Lead table"),
-    (lambda f: setattr(f, "not_dataverse", True), "not a Dataverse Web API"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "setup,words",
+    [
+        (lambda f: setattr(f, "roles", False), "no security role"),
+        (lambda f: setattr(f, "app_user", False), "no application user"),
+        (lambda f: setattr(f, "lead_table", False), "no Lead table"),
+        (lambda f: setattr(f, "not_dataverse", True), "not a Dataverse Web API"),
+    ],
+)
 def test_send_diagnoses_are_permanent(dynamics, setup, words):
     setup(dynamics)
     with pytest.raises(PermanentError, match=words):
@@ -326,9 +400,16 @@ def test_errors_never_carry_the_customers_data():
     response = requests.Response()
     response.status_code, response.reason, response.url = 400, "Bad Request", "https://x.example/api/data/v9.2/leads"
     response.headers.update({"Content-Type": "application/json", "OData-Version": "4.0"})
-    response._content = json.dumps({"error": {"code": "0x80044331", "message": "A validation error occurred. The "
-                                    "value 'ada@contoso.com' of 'emailaddress1' for Analytical Engines Ltd is not "
-                                    "valid."}}).encode()  # fmt: skip
+    response._content = json.dumps(
+        {
+            "error": {
+                "code": "0x80044331",
+                "message": "A validation error occurred. The "
+                "value 'ada@contoso.com' of 'emailaddress1' for Analytical Engines Ltd is not "
+                "valid.",
+            }
+        }
+    ).encode()
     error = dataverse_error(response, lead)
     assert isinstance(error, PermanentError) and "0x80044331" in str(error)
     assert "ada@contoso.com" not in error.explain() and "Analytical Engines" not in error.explain()
@@ -340,8 +421,13 @@ def test_errors_never_carry_the_customers_data():
 @pytest.fixture
 def dynamics_delivery(storage, dynamics, env, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "dynamics", "leads.destinations.dynamics:DynamicsDestination")
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="",
-        LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_RETRY_BASE_SECONDS="0.2",
+        EMAIL_TO="",
+        WEBHOOK_URL="",
+        LEADS_HTTP_TIMEOUT_SECONDS="2",
+    )
     return dynamics
 
 
@@ -390,8 +476,12 @@ def test_with_no_secret_the_managed_identity_gets_the_token(dynamics_mi):
     assert sent.external_id in dynamics_mi.leads and dynamics_mi.token_requests == 0
     # the real azure-identity client asked the host's endpoint as App Service and Functions expect
     (call,) = dynamics_mi.identity_calls
-    assert call == {"api-version": "2019-08-01", "resource": dynamics_mi.url, "client_id": dynamics_mi.identity_client_id,
-                    "X-IDENTITY-HEADER": dynamics_mi.identity_header}  # fmt: skip
+    assert call == {
+        "api-version": "2019-08-01",
+        "resource": dynamics_mi.url,
+        "client_id": dynamics_mi.identity_client_id,
+        "X-IDENTITY-HEADER": dynamics_mi.identity_header,
+    }
     (grant,) = dynamics_mi.tokens.values()
     assert grant["appid"] == dynamics_mi.identity_client_id
 
@@ -446,21 +536,51 @@ def test_an_identity_not_assigned_to_the_app_is_permanent_with_the_fix(dynamics_
 MI_CHECKS = [
     # (id, set up the fake / settings, ok, words in the message, words in the fix)
     ("ok", lambda f: {}, True, "can create leads", None),
-    ("no identity on this host", lambda f: {"IDENTITY_ENDPOINT": ""}, False, "no managed identity on this host",
-     "DYNAMICS_CLIENT_SECRET"),
-    ("identity not assigned", lambda f: {"DYNAMICS_CLIENT_ID": str(uuid.uuid4())}, False,
-     "has no managed identity with client ID", "Identity → User assigned"),
-    ("client id not set", lambda f: {"DYNAMICS_CLIENT_ID": ""}, False, "DYNAMICS_CLIENT_ID not set",
-     "APP_IDENTITY_CLIENT_ID"),
-    ("no application user", lambda f: setattr(f, "app_user", False), False,
-     "no application user for the managed identity", "search for the managed identity's client ID"),
+    (
+        "no identity on this host",
+        lambda f: {"IDENTITY_ENDPOINT": ""},
+        False,
+        "no managed identity on this host",
+        "DYNAMICS_CLIENT_SECRET",
+    ),
+    (
+        "identity not assigned",
+        lambda f: {"DYNAMICS_CLIENT_ID": str(uuid.uuid4())},
+        False,
+        "has no managed identity with client ID",
+        "Identity → User assigned",
+    ),
+    (
+        "client id not set",
+        lambda f: {"DYNAMICS_CLIENT_ID": ""},
+        False,
+        "DYNAMICS_CLIENT_ID not set",
+        "APP_IDENTITY_CLIENT_ID",
+    ),
+    (
+        "no application user",
+        lambda f: setattr(f, "app_user", False),
+        False,
+        "no application user for the managed identity",
+        "search for the managed identity's client ID",
+    ),
     ("no security role", lambda f: setattr(f, "roles", False), False, "no security role", "Edit security roles"),
-    ("no create on lead", lambda f: f.privileges.discard("prvCreateLead"), False, "no Create privilege on Lead",
-     "Create privilege on Lead"),
+    (
+        "no create on lead",
+        lambda f: f.privileges.discard("prvCreateLead"),
+        False,
+        "no Create privilege on Lead",
+        "Create privilege on Lead",
+    ),
     ("endpoint down", lambda f: f.fail("503", times=2, on="identity"), False, "could not issue a token now", None),
-    ("url of another resource", lambda f: {"DYNAMICS_URL": f"https://127.0.0.1:{free_port()}"}, False,
-     "could not issue a token now (500", "DYNAMICS_URL"),
-]  # fmt: skip
+    (
+        "url of another resource",
+        lambda f: {"DYNAMICS_URL": f"https://127.0.0.1:{free_port()}"},
+        False,
+        "could not issue a token now (500",
+        "DYNAMICS_URL",
+    ),
+]
 
 
 @pytest.mark.parametrize("name,setup,ok,message,fix", MI_CHECKS, ids=[c[0] for c in MI_CHECKS])
@@ -471,8 +591,13 @@ def test_check_diagnoses_the_managed_identity_path(dynamics_mi, env, name, setup
 
 def test_a_lead_taken_in_reaches_dynamics_with_the_managed_identity(storage, dynamics_mi, env, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "dynamics", "leads.destinations.dynamics:DynamicsDestination")
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="",
-        LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_RETRY_BASE_SECONDS="0.2",
+        EMAIL_TO="",
+        WEBHOOK_URL="",
+        LEADS_HTTP_TIMEOUT_SECONDS="2",
+    )
     dynamics_mi.fail("drop", times=2, on="identity")  # the first attempt finds the endpoint down
     lead_id = take_in(CONTACT_ME)
     drain()
@@ -497,10 +622,14 @@ def test_python_m_leads_check_passes_in_both_modes(storage, dynamics_mi, env, ca
 
 # --- the environment's own columns (DYNAMICS_MAPPING) -------------------------------------------------------
 
-DV_MAPPING = {"fields": {"new_marketplaceoffer": "Marketplace: {offer_title} ({action})",
-                         "new_leadchannel": {"value": "Marketplace"},
-                         "new_campaigncode": "campaign.mktcmpid"},
-              "mappings": {"partner": {"new_leadchannel": {"value": "partner"}, "leadsourcecode": {"value": "Partner"}}}}  # fmt: skip
+DV_MAPPING = {
+    "fields": {
+        "new_marketplaceoffer": "Marketplace: {offer_title} ({action})",
+        "new_leadchannel": {"value": "Marketplace"},
+        "new_campaigncode": "campaign.mktcmpid",
+    },
+    "mappings": {"partner": {"new_leadchannel": {"value": "partner"}, "leadsourcecode": {"value": "Partner"}}},
+}
 
 
 def environment_with_its_own_columns(fake, env, mapping: dict) -> None:
@@ -508,8 +637,11 @@ def environment_with_its_own_columns(fake, env, mapping: dict) -> None:
     from .fake_dynamics import attribute
 
     fake.attributes["new_marketplaceoffer"] = attribute("new_marketplaceoffer", "String", 60)
-    fake.attributes["new_leadchannel"] = attribute("new_leadchannel", "Picklist", options=[
-        (100000000, "Marketplace"), (100000001, "Partner"), (100000002, "Event")])  # fmt: skip
+    fake.attributes["new_leadchannel"] = attribute(
+        "new_leadchannel",
+        "Picklist",
+        options=[(100000000, "Marketplace"), (100000001, "Partner"), (100000002, "Event")],
+    )
     fake.attributes["new_campaigncode"] = attribute("new_campaigncode", "String", 40)
     env(DYNAMICS_MAPPING=json.dumps(mapping))
 
@@ -519,8 +651,12 @@ def test_the_environments_own_columns_and_a_campaign_value_land_on_the_row(dynam
     lead = lead_of(CONTACT_ME)
     destination().send(lead, Route())
     row = dynamics.leads[lead_guid(lead.lead_id)]
-    assert (row["new_marketplaceoffer"], row["new_leadchannel"], row["new_campaigncode"], row["leadsourcecode"]) == \
-        ("Marketplace: Contoso CRM (PLT)", 100000000, "spring-24", 8)  # fmt: skip
+    assert (row["new_marketplaceoffer"], row["new_leadchannel"], row["new_campaigncode"], row["leadsourcecode"]) == (
+        "Marketplace: Contoso CRM (PLT)",
+        100000000,
+        "spring-24",
+        8,
+    )
     partner = lead_of(CONTACT_ME, lead_id="partner-lead")
     destination().send(partner, Route(mapping="partner"))
     row = dynamics.leads[lead_guid("partner-lead")]
@@ -551,17 +687,28 @@ def test_check_proves_the_mapping_against_the_table_definitions(dynamics, env):
     assert "DYNAMICS_MAPPING: 3 fields of its own, mappings partner proven" in result.message
     assert {r.path for r in dynamics.requests if "EntityDefinitions" in r.path and r.path.endswith("Metadata")} == {
         f"EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.{cast}AttributeMetadata"
-        for cast in ("String", "Memo", "Picklist")}  # fmt: skip
+        for cast in ("String", "Memo", "Picklist")
+    }
 
 
-@pytest.mark.parametrize("fields, says", [
-    ({"new_marketplaceofer": "offer_title"},
-     "DYNAMICS_MAPPING maps new_marketplaceofer: Dataverse's lead table has no field new_marketplaceofer (did you mean "
-     "new_marketplaceoffer?)"),
-    ({"new_leadchannel": {"value": "Webinar"}},
-     "new_leadchannel cannot take the constant \"Webinar\": the value is not one of its picklist's values (Marketplace "
-     "(100000000), Partner (100000001), Event (100000002))"),
-], ids=["misspelt", "choice"])  # fmt: skip
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        (
+            {"new_marketplaceofer": "offer_title"},
+            "DYNAMICS_MAPPING maps new_marketplaceofer: Dataverse's lead table has no field new_marketplaceofer "
+            "(did you mean "
+            "new_marketplaceoffer?)",
+        ),
+        (
+            {"new_leadchannel": {"value": "Webinar"}},
+            'new_leadchannel cannot take the constant "Webinar": '
+            "the value is not one of its picklist's values (Marketplace "
+            "(100000000), Partner (100000001), Event (100000002))",
+        ),
+    ],
+    ids=["misspelt", "choice"],
+)
 def test_check_finds_what_dataverse_would_refuse(dynamics, env, fields, says):
     environment_with_its_own_columns(dynamics, env, {"fields": fields})
     result = destination().check()

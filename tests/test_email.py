@@ -42,11 +42,22 @@ PERSONAL = ("Jane", "Doe", "jane.doe", "fabrikam", "Fabrikam", "7946", "0958", "
 
 def body(**changes) -> dict:
     """A realistic AppSource "Contact me" lead as the marketplace POSTs it."""
-    user = {"FirstName": "Jane", "LastName": "Doe", "Email": "jane.doe@fabrikam.com", "Phone": "+44 20 7946 0958",
-            "Country": "United Kingdom", "Company": "Fabrikam Ltd", "Title": "Head of Procurement"}  # fmt: skip
+    user = {
+        "FirstName": "Jane",
+        "LastName": "Doe",
+        "Email": "jane.doe@fabrikam.com",
+        "Phone": "+44 20 7946 0958",
+        "Country": "United Kingdom",
+        "Company": "Fabrikam Ltd",
+        "Title": "Head of Procurement",
+    }
     user.update(changes.pop("user", {}))
-    lead = {"UserDetails": user, "LeadSource": "SPZA-PLT|contoso.contoso-crm", "OfferTitle": "Contoso CRM",
-            "Description": "Please call me about 40 seats for our sales team."}  # fmt: skip
+    lead = {
+        "UserDetails": user,
+        "LeadSource": "SPZA-PLT|contoso.contoso-crm",
+        "OfferTitle": "Contoso CRM",
+        "Description": "Please call me about 40 seats for our sales team.",
+    }
     lead.update(changes)
     return lead
 
@@ -60,8 +71,15 @@ def fixture_lead(name: str):
 
 
 def settings(**values) -> Settings:
-    base = {"EMAIL_CONNECTION_STRING": "", "EMAIL_ENDPOINT": "", "EMAIL_SENDER": "", "EMAIL_PII": "full",
-            "LEADS_PORTAL_URL": "", "EMAIL_PER_MINUTE": "30", "LEADS_ALERT_TO": ""}  # fmt: skip
+    base = {
+        "EMAIL_CONNECTION_STRING": "",
+        "EMAIL_ENDPOINT": "",
+        "EMAIL_SENDER": "",
+        "EMAIL_PII": "full",
+        "LEADS_PORTAL_URL": "",
+        "EMAIL_PER_MINUTE": "30",
+        "LEADS_ALERT_TO": "",
+    }
     base.update(values)
     return Settings(**base)
 
@@ -115,8 +133,10 @@ def test_subject_of_a_do_not_contact_lead_says_so():
 def test_subject_without_company_uses_the_name_or_initials_or_nothing():
     lead = lead_from(body(user={"Company": ""}))
     assert render_lead(lead, Route(SALES), settings()).subject == "New lead: Jane Doe — Contoso CRM (Contact me)"
-    assert render_lead(lead, Route(SALES), settings(EMAIL_PII="masked")).subject == \
-        "New lead: J. D. — Contoso CRM (Contact me)"  # fmt: skip
+    assert (
+        render_lead(lead, Route(SALES), settings(EMAIL_PII="masked")).subject
+        == "New lead: J. D. — Contoso CRM (Contact me)"
+    )
     assert render_lead(lead, Route(SALES), settings(EMAIL_PII="none")).subject == "New lead: Contoso CRM (Contact me)"
 
 
@@ -125,7 +145,9 @@ def test_subject_cannot_carry_header_injection(tmp_path):
     mail = render_lead(lead, Route(SALES), settings())
     assert "\r" not in mail.subject and "\n" not in mail.subject
     assert one_line("a\r\nb\x00c\u2028d", 200) == "a b c d"
-    assert one_line("one two three", 9) == within("one two three", 9) == "one two…"  # cut, with no space left before the …
+    assert (
+        one_line("one two three", 9) == within("one two three", 9) == "one two…"
+    )  # cut, with no space left before the …
     destination = EmailDestination(settings(EMAIL_OUTBOX_DIR=str(tmp_path)))
     destination.send(lead, Route(SALES))
     message = BytesParser(policy=policy.default).parsebytes((tmp_path / f"{lead.lead_id}.eml").read_bytes())
@@ -137,9 +159,16 @@ def test_subject_cannot_carry_header_injection(tmp_path):
 
 
 def test_every_lead_value_is_escaped_in_html():
-    lead = lead_from(body(user={"FirstName": "<b>Bob</b>", "Company": "<script>alert(1)</script>",
-                                "Title": '"><img src=x onerror=alert(1)>'},
-                          Description='"><img src=x onerror=alert(2)> <script>steal()</script>'))  # fmt: skip
+    lead = lead_from(
+        body(
+            user={
+                "FirstName": "<b>Bob</b>",
+                "Company": "<script>alert(1)</script>",
+                "Title": '"><img src=x onerror=alert(1)>',
+            },
+            Description='"><img src=x onerror=alert(2)> <script>steal()</script>',
+        )
+    )
     mail = render_lead(lead, Route(SALES), settings())
     assert "<script" not in mail.html and "<img" not in mail.html and "<b>Bob" not in mail.html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in mail.html
@@ -151,8 +180,10 @@ def test_every_lead_value_is_escaped_in_html():
 
 
 def test_escaping_holds_in_a_digest_and_for_campaign_values():
-    leads = [lead_from(body(user={"Company": "<script>x()</script>"}, Description='{"mktcmpid": "\\"><img src=x>"}')),
-             lead_from(body(user={"Email": "second@fabrikam.com"}))]  # fmt: skip
+    leads = [
+        lead_from(body(user={"Company": "<script>x()</script>"}, Description='{"mktcmpid": "\\"><img src=x>"}')),
+        lead_from(body(user={"Email": "second@fabrikam.com"})),
+    ]
     mail = render_digest(leads, Route(SALES), settings())
     assert "<script" not in mail.html and "<img" not in mail.html
     assert "mktcmpid: &#34;&gt;&lt;img src=x&gt;" in mail.html
@@ -164,9 +195,21 @@ def test_escaping_holds_in_a_digest_and_for_campaign_values():
 def test_full_mode_shows_everything_sales_needs():
     lead = lead_from(body(Description='{"mktcmpid": "spring-sale", "partnerid": "12345"}'))
     mail = render_lead(lead, Route(SALES), settings())
-    for value in ("Jane Doe", "Fabrikam Ltd", "Head of Procurement", "jane.doe@fabrikam.com", "+44 20 7946 0958",
-                  "United Kingdom (GB)", "Contoso CRM (contoso.contoso-crm)", "AppSource", "Contact me",
-                  "mktcmpid: spring-sale", "partnerid: 12345", lead.lead_id, "2024-05-06 14:03 UTC"):  # fmt: skip
+    for value in (
+        "Jane Doe",
+        "Fabrikam Ltd",
+        "Head of Procurement",
+        "jane.doe@fabrikam.com",
+        "+44 20 7946 0958",
+        "United Kingdom (GB)",
+        "Contoso CRM (contoso.contoso-crm)",
+        "AppSource",
+        "Contact me",
+        "mktcmpid: spring-sale",
+        "partnerid: 12345",
+        lead.lead_id,
+        "2024-05-06 14:03 UTC",
+    ):
         assert value in mail.text and value in mail.html, value
     assert 'href="mailto:jane.doe@fabrikam.com"' in mail.html and 'href="tel:+442079460958"' in mail.html
     assert "call or email them back within one business day" in mail.text
@@ -206,7 +249,9 @@ def test_none_mode_has_no_personal_data_and_says_where_the_lead_is():
 
 def test_none_mode_links_the_portal_when_set():
     lead = lead_from(body())
-    mail = render_lead(lead, Route(SALES), settings(EMAIL_PII="none", LEADS_PORTAL_URL="https://crm.contoso.com/leads/{leadId}"))
+    mail = render_lead(
+        lead, Route(SALES), settings(EMAIL_PII="none", LEADS_PORTAL_URL="https://crm.contoso.com/leads/{leadId}")
+    )
     url = f"https://crm.contoso.com/leads/{lead.lead_id}"
     assert url in mail.text and f'href="{url}"' in mail.html
     assert "python -m leads show" not in mail.text
@@ -293,8 +338,9 @@ def test_acs_send_signed_and_accepted(fake_acs):
 
 
 def test_wrong_access_key_is_permanent_with_a_fix(fake_acs):
-    configured = settings(EMAIL_CONNECTION_STRING=fake_acs.connection_string_with_wrong_key(),
-                          EMAIL_SENDER=DEFAULT_SENDER)  # fmt: skip
+    configured = settings(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string_with_wrong_key(), EMAIL_SENDER=DEFAULT_SENDER
+    )
     with pytest.raises(PermanentError) as caught:
         EmailDestination(configured, read_timeout=2).send(lead_from(body()), Route(SALES))
     assert "401" in str(caught.value) and "Denied" in str(caught.value)
@@ -430,8 +476,9 @@ def test_managed_identity_token_and_missing_role(fake_acs, monkeypatch):
     for token, ok in (("with-role", True), ("without-role", False)):
         monkeypatch.setattr(email_module, "_identity_credential", lambda token=token: StaticCredential(token))
         email_module._acs_client.cache_clear()
-        destination = EmailDestination(settings(EMAIL_ENDPOINT=fake_acs.endpoint, EMAIL_SENDER=DEFAULT_SENDER),
-                                       poll_interval=0.05, read_timeout=2)  # fmt: skip
+        destination = EmailDestination(
+            settings(EMAIL_ENDPOINT=fake_acs.endpoint, EMAIL_SENDER=DEFAULT_SENDER), poll_interval=0.05, read_timeout=2
+        )
         lead = lead_from(body(user={"Email": f"{token}@fabrikam.com"}))
         if ok:
             assert destination.send(lead, Route(SALES)).detail["status"] == "Succeeded"
@@ -447,10 +494,15 @@ def test_managed_identity_token_and_missing_role(fake_acs, monkeypatch):
 
 
 def test_digest_is_one_mail_listing_every_lead(fake_acs):
-    leads = [lead_from(body()),
-             lead_from(body(user={"Company": "Northwind"}, LeadSource="AzureMarketplace", ActionCode="INS",
-                            OfferTitle="Contoso VM")),
-             lead_from(body(user={"Company": "Adatum"}, LeadSource="SPZA-DNC|contoso.contoso-crm"))]  # fmt: skip
+    leads = [
+        lead_from(body()),
+        lead_from(
+            body(
+                user={"Company": "Northwind"}, LeadSource="AzureMarketplace", ActionCode="INS", OfferTitle="Contoso VM"
+            )
+        ),
+        lead_from(body(user={"Company": "Adatum"}, LeadSource="SPZA-DNC|contoso.contoso-crm")),
+    ]
     destination = acs_destination(fake_acs)
     sent = destination.send_digest(leads, Route(SALES))
     again = destination.send_digest(list(reversed(leads)), Route(SALES))
@@ -475,10 +527,19 @@ def test_digest_of_test_leads_is_marked():
 
 
 def failure_group(**changes) -> dict:
-    group = {"destination": "webhook", "start": RECEIVED.isoformat(), "count": 3,
-             "leads": ["hc519cf8782dab51f24fabc10", "h2", "h3"],
-             "errors": [{"error": "the service answered 410 Gone", "count": 3,
-                         "fix": "the receiver removed the endpoint: set WEBHOOK_URL"}]}  # fmt: skip
+    group = {
+        "destination": "webhook",
+        "start": RECEIVED.isoformat(),
+        "count": 3,
+        "leads": ["hc519cf8782dab51f24fabc10", "h2", "h3"],
+        "errors": [
+            {
+                "error": "the service answered 410 Gone",
+                "count": 3,
+                "fix": "the receiver removed the endpoint: set WEBHOOK_URL",
+            }
+        ],
+    }
     group.update(changes)
     return group
 
@@ -499,8 +560,9 @@ def test_failure_alert_names_destination_count_leads_fix_and_replay(fake_acs):
 
 def test_failure_alert_holds_no_personal_data():
     error = "the service answered 400 Bad Request: duplicate value jane.doe@fabrikam.com, phone +44 20 7946 0958"
-    subject, text = alert_text(failure_group(errors=[{"error": error, "fix": "check the CRM's duplicate rules",
-                                                      "count": 1}]))  # fmt: skip
+    subject, text = alert_text(
+        failure_group(errors=[{"error": error, "fix": "check the CRM's duplicate rules", "count": 1}])
+    )
     assert leaked(("jane.doe", "fabrikam", "7946", "0958"), subject + text) == []
     assert "check the CRM's duplicate rules" in text
 
@@ -508,8 +570,11 @@ def test_failure_alert_holds_no_personal_data():
 def test_failure_alert_that_cannot_be_sent_is_logged_and_swallowed(fake_acs, caplog):
     from leads.delivery.alerts import _send
 
-    configured = settings(EMAIL_CONNECTION_STRING=fake_acs.connection_string_with_wrong_key(),
-                          EMAIL_SENDER=DEFAULT_SENDER, LEADS_ALERT_TO="ops@contoso.com")  # fmt: skip
+    configured = settings(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string_with_wrong_key(),
+        EMAIL_SENDER=DEFAULT_SENDER,
+        LEADS_ALERT_TO="ops@contoso.com",
+    )
     with caplog.at_level(logging.WARNING, logger="leads.delivery.alerts"):
         assert _send(failure_group(), "webhook|x", ("ops@contoso.com",), configured).startswith("ACS answered 401")
     assert "not sent" in caplog.text and "401" in caplog.text
@@ -567,11 +632,14 @@ def test_a_lead_mail_replies_to_the_customer(tmp_path, fake_acs):
 @pytest.mark.parametrize("case", ["masked", "none", "test", "do not contact", "invalid address", "digest"])
 def test_no_reply_to_where_sales_must_not_or_cannot_write_to_the_customer(case):
     pii = case if case in ("masked", "none") else "full"
-    lead = lead_from(body(
-        **({"LeadSource": "SPZA-DNC|contoso.contoso-crm"} if case == "do not contact" else {}),
-        user={"Email": "not an address"} if case == "invalid address" else
-        ({"FirstName": "MSFT_TEST_Jane"} if case == "test" else {}),
-    ))
+    lead = lead_from(
+        body(
+            **({"LeadSource": "SPZA-DNC|contoso.contoso-crm"} if case == "do not contact" else {}),
+            user={"Email": "not an address"}
+            if case == "invalid address"
+            else ({"FirstName": "MSFT_TEST_Jane"} if case == "test" else {}),
+        )
+    )
     configured = settings(EMAIL_PII=pii)
     if case == "digest":
         mail = render_digest([lead, lead_from(body(user={"Email": "other@fabrikam.com"}))], Route(SALES), configured)

@@ -18,9 +18,15 @@ from .test_digests import SENDER, email_of, sends, take_in
 
 @pytest.fixture
 def acs_at_two_an_hour(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER=SENDER, EMAIL_TO="sales@contoso.com",
-        EMAIL_PER_MINUTE="30", EMAIL_PER_HOUR="2", WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER=SENDER,
+        EMAIL_TO="sales@contoso.com",
+        EMAIL_PER_MINUTE="30",
+        EMAIL_PER_HOUR="2",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
     return fake_acs
 
 
@@ -29,8 +35,9 @@ def test_mails_past_the_hourly_limit_wait_and_go_as_one_digest(acs_at_two_an_hou
     lead_ids = [take_in(index) for index in range(4)]
     start = email_of(lead_ids[0]).created_at
     # One lead every two minutes: the minute's limit (30) is never near, the hour's (2) is.
-    states = [deliver(lead_id, "email", now=start + timedelta(minutes=2 * n)).state
-              for n, lead_id in enumerate(lead_ids)]  # fmt: skip
+    states = [
+        deliver(lead_id, "email", now=start + timedelta(minutes=2 * n)).state for n, lead_id in enumerate(lead_ids)
+    ]
     assert states == ["delivered", "delivered", "retrying", "retrying"] and len(sends(fake)) == 2
     waiting = email_of(lead_ids[2])
     # It waits until the first mail's hour is over.
@@ -59,17 +66,30 @@ def test_each_limit_is_kept_and_the_wait_is_for_the_later_one(storage):
     assert limiter.acquire(t0 + timedelta(seconds=125 + hour_wait)) is None
 
 
-@pytest.mark.parametrize(("sender", "per_minute", "per_hour", "state", "said"), [
-    ("DoNotReply@0a1b2c3d.azurecomm.net", "5", "10", "ok",
-     "an Azure-managed domain: ACS allows 5 mails a minute and 10 an hour"),
-    ("DoNotReply@0a1b2c3d.azurecomm.net", "30", "100", "warning", "set EMAIL_PER_MINUTE=5 and EMAIL_PER_HOUR=10"),
-    ("leads@contoso.com", "30", "100", "ok", "a custom domain: ACS allows 30 mails a minute and 100 an hour"),
-    ("leads@contoso.com", "30", "500", "warning", "if Azure raised your quota"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sender", "per_minute", "per_hour", "state", "said"),
+    [
+        (
+            "DoNotReply@0a1b2c3d.azurecomm.net",
+            "5",
+            "10",
+            "ok",
+            "an Azure-managed domain: ACS allows 5 mails a minute and 10 an hour",
+        ),
+        ("DoNotReply@0a1b2c3d.azurecomm.net", "30", "100", "warning", "set EMAIL_PER_MINUTE=5 and EMAIL_PER_HOUR=10"),
+        ("leads@contoso.com", "30", "100", "ok", "a custom domain: ACS allows 30 mails a minute and 100 an hour"),
+        ("leads@contoso.com", "30", "500", "warning", "if Azure raised your quota"),
+    ],
+)
 def test_check_says_which_limits_the_sender_has(storage, env, fake_acs, sender, per_minute, per_hour, state, said):
     from leads.ops.checks import run_checks
 
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER=sender, EMAIL_TO="sales@contoso.com",
-        EMAIL_PER_MINUTE=per_minute, EMAIL_PER_HOUR=per_hour)  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER=sender,
+        EMAIL_TO="sales@contoso.com",
+        EMAIL_PER_MINUTE=per_minute,
+        EMAIL_PER_HOUR=per_hour,
+    )
     check = dict(run_checks())["email limits"]
     assert check.state == state and said in check.message + (check.fix or "")

@@ -57,8 +57,9 @@ def app(azurite, tmp_path_factory):
             "EMAIL_OUTBOX_DIR": str(outbox),
             "LEADS_TEST_LEADS": "deliver",
         }
-        served = Served([sys.executable, "-m", "leads", "--settings", "/nonexistent", "serve", "--port", "0"],
-                        cwd=REPO, env=env)  # fmt: skip
+        served = Served(
+            [sys.executable, "-m", "leads", "--settings", "/nonexistent", "serve", "--port", "0"], cwd=REPO, env=env
+        )
         try:
             wait_for(lambda: _healthy(served.url), timeout=60)
             yield {"base": served.url, "env": env, "webhook": webhook, "outbox": outbox, "azurite": azurite}
@@ -74,8 +75,14 @@ def _healthy(base: str) -> bool:
 
 
 def cli(app, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leads", "--settings", "/nonexistent", *args], cwd=REPO,
-                          env=app["env"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "leads", "--settings", "/nonexistent", *args],
+        cwd=REPO,
+        env=app["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_posted_lead_is_stored_emailed_and_forwarded(app):
@@ -95,8 +102,11 @@ def test_a_posted_lead_is_stored_emailed_and_forwarded(app):
     assert shown.returncode == 0, shown.stderr
     lead = json.loads(shown.stdout)
     assert lead["email"] == "someone@contoso.com" and lead["phone"] == "+16175555555"
+
     def delivered():
-        states = {d["destination"]: d["state"] for d in json.loads(cli(app, "show", lead_id, "--json").stdout)["deliveries"]}
+        states = {
+            d["destination"]: d["state"] for d in json.loads(cli(app, "show", lead_id, "--json").stdout)["deliveries"]
+        }
         return states if set(states.values()) == {"delivered"} else None
 
     assert wait_for(delivered) == {"email": "delivered", "webhook": "delivered"}
@@ -112,7 +122,9 @@ def test_a_posted_lead_is_stored_emailed_and_forwarded(app):
     ],
 )
 def test_bad_bodies_get_a_clear_4xx(app, body, status, error):
-    response = requests.post(f"{app['base']}/api/leads", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{app['base']}/api/leads", data=body, headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == status
     assert error in response.json()["error"]
 
@@ -122,7 +134,9 @@ def test_a_row_in_the_marketplace_table_is_taken_in_by_the_timer(app):
     table = table_service(env["AzureWebJobsStorage"]).get_table_client(env["MARKETPLACE_TABLE_NAME"])
     table.create_table()
     table.create_entity({**ENTITY, "RowKey": "e2e-row"})
-    listed = wait_for(lambda: [lead for lead in json.loads(cli(app, "list", "--json").stdout) if lead.get("channel") == "table"])
+    listed = wait_for(
+        lambda: [lead for lead in json.loads(cli(app, "list", "--json").stdout) if lead.get("channel") == "table"]
+    )
     assert listed[0]["isTest"] and listed[0]["offerTitle"] == "Contoso Test"
     wait_for(lambda: listed[0]["leadId"] in app["webhook"].leads)
 
@@ -132,7 +146,10 @@ def test_test_lead_reports_each_destination(app):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] and report["stored"]
-    assert {d["destination"]: d["state"] for d in report["deliveries"]} == {"email": "delivered", "webhook": "delivered"}
+    assert {d["destination"]: d["state"] for d in report["deliveries"]} == {
+        "email": "delivered",
+        "webhook": "delivered",
+    }
 
 
 def test_status_and_check(app):

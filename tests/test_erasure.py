@@ -45,9 +45,14 @@ _PHONES = itertools.count(100)
 def person() -> dict[str, str]:
     """Personal values unique to one person: the account's other tables (other tests') cannot hold them."""
     tag = uuid.uuid4().hex[:8]
-    return {"FirstName": f"Zelda{tag}", "LastName": f"Quokka{tag}", "Email": f"zq{tag}@fabrikam.example",
-            "Phone": f"+1 617 555 0{next(_PHONES)}", "Company": f"Fabrikam{tag}",
-            "Title": f"Otter keeper {tag}"}  # fmt: skip
+    return {
+        "FirstName": f"Zelda{tag}",
+        "LastName": f"Quokka{tag}",
+        "Email": f"zq{tag}@fabrikam.example",
+        "Phone": f"+1 617 555 0{next(_PHONES)}",
+        "Company": f"Fabrikam{tag}",
+        "Title": f"Otter keeper {tag}",
+    }
 
 
 def http_body(who: dict[str, str]) -> dict:
@@ -58,8 +63,14 @@ def http_body(who: dict[str, str]) -> dict:
 
 
 def personal_values(who: dict[str, str]) -> list[str]:
-    return [who["FirstName"], who["LastName"], who["Email"], who["Company"], who["Title"],
-            who["Phone"].replace(" ", "")[2:]]  # fmt: skip
+    return [
+        who["FirstName"],
+        who["LastName"],
+        who["Email"],
+        who["Company"],
+        who["Title"],
+        who["Phone"].replace(" ", "")[2:],
+    ]
 
 
 def left_behind(values: list[str], outbox: Path) -> list[str]:
@@ -75,8 +86,11 @@ def left_behind(values: list[str], outbox: Path) -> list[str]:
             for key, value in entity.items():
                 text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
                 text = text.lower().replace(" ", "").replace("-", "")
-                found += [f"{table.name}/{entity['PartitionKey']}/{entity['RowKey']}.{key}: {v}"
-                          for v in values if v.lower().replace(" ", "") in text]  # fmt: skip
+                found += [
+                    f"{table.name}/{entity['PartitionKey']}/{entity['RowKey']}.{key}: {v}"
+                    for v in values
+                    if v.lower().replace(" ", "") in text
+                ]
     for path in outbox.glob("*") if outbox.is_dir() else ():
         text = path.read_bytes().decode("utf-8", "replace").lower()
         found += [f"outbox/{path.name}: {v}" for v in values if v.lower() in text]
@@ -86,9 +100,14 @@ def left_behind(values: list[str], outbox: Path) -> list[str]:
 @pytest.fixture
 def app(storage, env, tmp_path):
     with FakeWebhook() as fake:
-        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="1",
-            EMAIL_TO="sales@contoso.example")  # fmt: skip
+        env(
+            WEBHOOK_URL=fake.url,
+            WEBHOOK_SECRET=fake.secret,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            LEADS_HTTP_TIMEOUT_SECONDS="1",
+            EMAIL_TO="sales@contoso.example",
+        )
         _recently_stored.clear()
         yield fake
         _recently_stored.clear()
@@ -108,9 +127,15 @@ def marketplace_row(who: dict[str, str]) -> None:
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
     table.create_table()
-    table.create_entity({**ENTITY, "PartitionKey": f"{datetime.now(UTC):%Y-%m-%d}",
-                         "RowKey": uuid.uuid4().hex, "CustomerInfo": json.dumps({**who, "Country": "US"}),
-                         "Description": "from the table"})  # fmt: skip
+    table.create_entity(
+        {
+            **ENTITY,
+            "PartitionKey": f"{datetime.now(UTC):%Y-%m-%d}",
+            "RowKey": uuid.uuid4().hex,
+            "CustomerInfo": json.dumps({**who, "Country": "US"}),
+            "Description": "from the table",
+        }
+    )
 
 
 def test_forget_email_erases_every_row_and_mail_and_keeps_outcomes(app, capsys):
@@ -240,14 +265,25 @@ def test_retention_erases_old_leads_in_bounded_pages_from_a_watermark(app, env, 
 
 
 def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="sales@contoso.com", EMAIL_PER_MINUTE="2", WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="1")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com",
+        EMAIL_PER_MINUTE="2",
+        WEBHOOK_URL="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_RETRY_BASE_SECONDS="1",
+    )
     lead_ids = [take_in(http_body(person())) for _ in range(5)]
     book = LeadStore.from_settings().deliveries
     start = book.get(lead_ids[0], "email").created_at
     assert [deliver(lead_id, "email", now=start).state for lead_id in lead_ids] == [
-        "delivered", "delivered", "retrying", "retrying", "retrying"]  # fmt: skip
+        "delivered",
+        "delivered",
+        "retrying",
+        "retrying",
+        "retrying",
+    ]
     fake_acs.fail_next("503", on="send")  # the digest of the three waiting stays open, to be sent again
     assert deliver(lead_ids[2], "email", now=start + timedelta(seconds=61)).state == "retrying"
     assert cli(["forget", "--lead", lead_ids[3]]) == 0
@@ -257,8 +293,10 @@ def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fak
     book.change(erased, state="retrying", last_error=None)
     assert deliver(lead_ids[4], "email", now=start + timedelta(seconds=200)).state == "delivered"
     assert fake_acs.mails_about(lead_ids[3]) == []
-    assert (book.get(lead_ids[3], "email").state, book.get(lead_ids[3], "email").last_error) == ("skipped",
-                                                                                                 ERASED_REASON)  # fmt: skip
+    assert (book.get(lead_ids[3], "email").state, book.get(lead_ids[3], "email").last_error) == (
+        "skipped",
+        ERASED_REASON,
+    )
     assert {book.get(lead_id, "email").state for lead_id in (lead_ids[2], lead_ids[4])} == {"delivered"}
 
 
@@ -329,8 +367,10 @@ def test_an_index_row_of_a_lead_still_being_written_is_left_and_one_left_by_a_cr
     assert list(store.identities.holding(address)) == []  # long after: a crash's leftover, deleted
 
 
-@pytest.mark.parametrize("mention", ["'{address}'", "https://x.example/c?email={address}", "{{{address}}}",
-                                     "see...{address}", "<mailto:{address}>"])  # fmt: skip
+@pytest.mark.parametrize(
+    "mention",
+    ["'{address}'", "https://x.example/c?email={address}", "{{{address}}}", "see...{address}", "<mailto:{address}>"],
+)
 def test_forget_email_finds_an_address_however_the_text_around_it_is_punctuated(app, mention):
     who, mentioned = person(), person()
     body = http_body(who)
@@ -354,8 +394,11 @@ def test_a_refused_body_full_of_addresses_costs_bounded_rows_and_each_address_st
     refused = accept_http(json.dumps({"UserDetails": 7, "Note": " ".join(addresses)}).encode())
     assert refused.status == 400
     identities = LeadStore.from_settings().identities.table
-    rows_of_it = lambda: [row for row in identities.list_entities()  # noqa: E731  (the test's own table)
-                          if row["RowKey"].endswith(f"{refused.body['rejectedId']}|rejected")]  # fmt: skip
+
+    def rows_of_it():
+        suffix = f"{refused.body['rejectedId']}|rejected"
+        return [row for row in identities.list_entities() if row["RowKey"].endswith(suffix)]
+
     assert len(rows_of_it()) == MAX_ADDRESSES + 1
 
     done = erasure.forget_email(addresses[-1].upper())  # one of those past the bound: found as crowded
@@ -373,8 +416,9 @@ def store_the_old_way(who: dict[str, str], received_at: datetime) -> str:
     lead = lead.model_copy(update={"lead_id": uuid.uuid4().hex})
     settings = get_settings()
     table = table_service(settings.storage_connection).create_table_if_not_exists(settings.table_prefix)
-    rows = [{**lead_entity(lead), "WriteId": "old"}] + [new_delivery_entity(lead.lead_id, name, route, received_at)
-                                                       for name, route in plan(lead, settings).items()]  # fmt: skip
+    rows = [{**lead_entity(lead), "WriteId": "old"}] + [
+        new_delivery_entity(lead.lead_id, name, route, received_at) for name, route in plan(lead, settings).items()
+    ]
     table.submit_transaction([("create", row) for row in rows])
     return lead.lead_id
 
@@ -386,8 +430,18 @@ def test_an_old_store_is_erased_by_reading_it_all_until_reindex_then_through_the
     settings = get_settings()
     table = table_service(settings.storage_connection).get_table_client(settings.table_prefix)
     body = b'{"UserDetails": {"Email": "' + old[0]["Email"].encode() + b'", "FirstName": 7}'
-    table.create_entity({"PartitionKey": "hrefused-old", "RowKey": "rejected", "ReceivedAt": now, "Error": "bad",
-                         "Channel": "http", "Size": len(body), "Truncated": False, "Body0": body})  # fmt: skip
+    table.create_entity(
+        {
+            "PartitionKey": "hrefused-old",
+            "RowKey": "rejected",
+            "ReceivedAt": now,
+            "Error": "bad",
+            "Channel": "http",
+            "Size": len(body),
+            "Truncated": False,
+            "Body0": body,
+        }
+    )
 
     assert cli(["forget", "--email", old[0]["Email"], "--json"]) == 0
     out, err = capsys.readouterr()
@@ -446,7 +500,8 @@ def test_forget_during_a_send_leaves_the_claim_to_its_worker_and_names_the_desti
     done = report["erased"]
     assert f"{lead.lead_id}/webhook" not in done.deliveries_skipped
     assert [(sent["leadId"], sent["destination"], sent.get("inFlight")) for sent in done.sent_elsewhere] == [
-        (lead.lead_id, "webhook", True)]  # fmt: skip
+        (lead.lead_id, "webhook", True)
+    ]
     assert left_behind(personal_values(who), outbox()) == []
 
 
@@ -457,8 +512,9 @@ def test_forget_names_a_destination_an_earlier_attempt_may_have_reached(app, cap
     lead_id = take_in(http_body(who))
     store = LeadStore.from_settings()
     delivery = store.deliveries.get(lead_id, "webhook")
-    store.deliveries.change(delivery, state="sending", attempts=1,
-                            claimed_until=datetime.now(UTC) - timedelta(minutes=1))  # fmt: skip
+    store.deliveries.change(
+        delivery, state="sending", attempts=1, claimed_until=datetime.now(UTC) - timedelta(minutes=1)
+    )
     assert cli(["forget", "--lead", lead_id, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert f"{lead_id}/webhook" in report["deliveriesSkipped"]
@@ -498,7 +554,8 @@ def test_an_erasure_killed_before_its_email_rows_went_is_finished_by_the_next_ru
     else:
         assert erasure.forget_lead(lead_id).already_erased == [lead_id]
     assert email_rows() == []
-    assert not any(key.startswith("Pending") for key in store.leads.get_entity(lead_id, "lead")), \
-        "the rows' digests stay on the erased row only until the rerun"  # fmt: skip
+    assert not any(key.startswith("Pending") for key in store.leads.get_entity(lead_id, "lead")), (
+        "the rows' digests stay on the erased row only until the rerun"
+    )
     assert left_behind(personal_values(who), outbox()) == []
     assert apply_retention().scanned <= 1 and email_rows() == []  # nothing left to finish

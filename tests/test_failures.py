@@ -23,13 +23,26 @@ from .loopback import LoopbackHandler, LoopbackServer
 from .personal import leaked
 
 # Short values too: a two-letter first name, a three-letter company.
-BODY = {"UserDetails": {"FirstName": "Al", "LastName": "Ng", "Email": "al.ng@fabrikam.com", "Phone": "+1 425 555 0142",
-                        "Country": "US", "Company": "Ikt", "Title": "VP"},
-        "LeadSource": "SPZA-PLT|contoso.crm", "OfferTitle": "Contoso CRM", "Description": "Call me on Fridays"}  # fmt: skip
+BODY = {
+    "UserDetails": {
+        "FirstName": "Al",
+        "LastName": "Ng",
+        "Email": "al.ng@fabrikam.com",
+        "Phone": "+1 425 555 0142",
+        "Country": "US",
+        "Company": "Ikt",
+        "Title": "VP",
+    },
+    "LeadSource": "SPZA-PLT|contoso.crm",
+    "OfferTitle": "Contoso CRM",
+    "Description": "Call me on Fridays",
+}
 LEAD = from_http_body(BODY)
 PERSONAL = ("Al", "Ng", "al.ng", "fabrikam", "Ikt", "VP", "555", "0142", "Fridays")
-ECHO = ("Lead Al Ng (al.ng@fabrikam.com, 425-555-0142, VP at Ikt) rejected: field 'notes' value 'Call me on Fridays' "
-        "is not allowed; Al must be unique")  # fmt: skip
+ECHO = (
+    "Lead Al Ng (al.ng@fabrikam.com, 425-555-0142, VP at Ikt) rejected: field 'notes' value 'Call me on Fridays' "
+    "is not allowed; Al must be unique"
+)
 
 
 def recorded(lead_id: str, name: str) -> str:
@@ -50,8 +63,12 @@ class Refusing(LoopbackServer):
 
 @pytest.fixture
 def queue(storage, env):
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_HTTP_TIMEOUT_SECONDS="1", EMAIL_TO="",
-        LEADS_RETRY_BASE_SECONDS="0.2")  # fmt: skip
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_HTTP_TIMEOUT_SECONDS="1",
+        EMAIL_TO="",
+        LEADS_RETRY_BASE_SECONDS="0.2",
+    )
 
 
 def take_in() -> str:

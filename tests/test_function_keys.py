@@ -15,7 +15,10 @@ from azure.core.exceptions import ClientAuthenticationError
 from leads.core.settings import Settings
 from leads.ops.function_keys import API_VERSION, ARM_SCOPE, function_keys_check
 
-APP = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-leads/providers/Microsoft.Web/sites/func-leads"
+APP = (
+    "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-leads"
+    "/providers/Microsoft.Web/sites/func-leads"
+)
 TOKEN = "arm-token-for-tests"
 
 
@@ -41,11 +44,13 @@ class FakeArm:
                 if fake.status != 200:
                     return self._answer(fake.status, {"error": {"code": "AuthorizationFailed"}})
                 if url.path == f"{APP}/functions/ingest_lead/listkeys":
-                    return self._answer(200, {"id": f"{APP}/functions/ingest_lead/keys", "name": None,
-                                              "properties": fake.function_keys})  # fmt: skip
+                    return self._answer(
+                        200, {"id": f"{APP}/functions/ingest_lead/keys", "name": None, "properties": fake.function_keys}
+                    )
                 if url.path == f"{APP}/host/default/listkeys":
-                    return self._answer(200, {"masterKey": "master-value", "functionKeys": fake.host_keys,
-                                              "systemKeys": {}})  # fmt: skip
+                    return self._answer(
+                        200, {"masterKey": "master-value", "functionKeys": fake.host_keys, "systemKeys": {}}
+                    )
                 self._answer(404, {"error": {"code": "ResourceNotFound"}})
 
             def _answer(self, status: int, body: dict) -> None:

@@ -18,9 +18,11 @@ from leads.ops.health import HEALTH_CACHE_SECONDS, health
 
 from .conftest import FIXTURES
 
-UNREACHABLE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-               "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-               "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;")  # fmt: skip
+UNREACHABLE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+)
 KEY = "local-test-key-0123456789"
 
 
@@ -48,13 +50,19 @@ def test_health_probes_storage_at_most_once_per_window(storage, env):
 
 
 def test_status_tells_the_key_holder_readiness_destinations_and_deliveries(storage, env):
-    env(WEBHOOK_URL="https://hooks.zapier.com/hooks/catch/123/abc/", EMAIL_TO="sales@contoso.com",
-        LEADS_DELIVERY_QUEUE="health-status")  # fmt: skip
+    env(
+        WEBHOOK_URL="https://hooks.zapier.com/hooks/catch/123/abc/",
+        EMAIL_TO="sales@contoso.com",
+        LEADS_DELIVERY_QUEUE="health-status",
+    )
     assert accept_http((FIXTURES / "marketplace" / "https-documented-example.json").read_bytes()).status == 202
     status, body = call(function_app.status, "http://localhost/api/status")
     assert status == 200 and body["status"] == "ok"
-    assert {name: check["ok"] for name, check in body["readiness"].items()} == {"storage": True, "routing": True,
-                                                                                 "settings": True}  # fmt: skip
+    assert {name: check["ok"] for name, check in body["readiness"].items()} == {
+        "storage": True,
+        "routing": True,
+        "settings": True,
+    }
     assert body["destinations"] == ["email", "webhook"] and body["marketplaceTable"].startswith("Marketplace")
     assert body["open"] == {"email": 1, "webhook": 1}  # as `status --json` says
     assert {"counts", "failed", "oldestPending", "recentFailures", "recentRejections"} <= set(body)

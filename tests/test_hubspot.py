@@ -41,11 +41,16 @@ def test_a_lead_is_upserted_on_email_property_by_property(hubspot):
     contact = hubspot.contacts["ada1@contoso.com"]
     assert sent.external_id == contact["id"] and sent.detail == {"new": "true"}
     assert contact["properties"] == {
-        "email": "ada1@contoso.com", "firstname": "Ada", "lastname": "Lovelace1", "phone": "+14255550100",
-        "company": "Contoso", "jobtitle": "CTO", "country": "United States",
+        "email": "ada1@contoso.com",
+        "firstname": "Ada",
+        "lastname": "Lovelace1",
+        "phone": "+14255550100",
+        "company": "Contoso",
+        "jobtitle": "CTO",
+        "country": "United States",
         "message": "Lead source: Microsoft commercial marketplace (Contact me on AppSource)\n"
-                   f"Offer: Contoso CRM (contoso.contoso-crm)\nCampaign: mktcmpid=spring-24\nLead id: {lead.lead_id}",
-    }  # fmt: skip
+        f"Offer: Contoso CRM (contoso.contoso-crm)\nCampaign: mktcmpid=spring-24\nLead id: {lead.lead_id}",
+    }
 
 
 def test_empty_properties_are_left_out_so_an_upsert_never_blanks_hubspot(hubspot):
@@ -125,15 +130,22 @@ def test_a_missing_write_scope_is_named(hubspot):
 
 
 def test_missing_scopes_read_both_body_shapes():
-    body = {"errors": [{"context": {"requiredGranularScopes": ["a.write", "b"]}},
-                       {"context": {"requiredScopes": ["contacts"]}}]}  # fmt: skip
+    body = {
+        "errors": [
+            {"context": {"requiredGranularScopes": ["a.write", "b"]}},
+            {"context": {"requiredScopes": ["contacts"]}},
+        ]
+    }
     assert required_scopes(body) == ["a.write", "b", "contacts"]
 
 
 def test_property_errors_keep_codes_and_names_never_values():
-    body = {"message": 'Property values were not valid: [{"isValid":false,"message":"Email address x@y is invalid",'
-                       '"error":"INVALID_EMAIL","name":"email"}]', "category": "VALIDATION_ERROR",
-            "errors": [{"code": "INVALID_OPTION", "context": {"propertyName": ["hs_lead_status"]}}]}  # fmt: skip
+    body = {
+        "message": 'Property values were not valid: [{"isValid":false,"message":"Email address x@y is invalid",'
+        '"error":"INVALID_EMAIL","name":"email"}]',
+        "category": "VALIDATION_ERROR",
+        "errors": [{"code": "INVALID_OPTION", "context": {"propertyName": ["hs_lead_status"]}}],
+    }
     assert property_errors(body) == [("INVALID_EMAIL", "email"), ("INVALID_OPTION", "hs_lead_status")]
 
 
@@ -232,7 +244,11 @@ def test_a_service_key_upserts_like_a_private_app_token(hubspot):
 
 
 def test_a_property_validation_rule_is_permanent_and_names_property_and_rule_not_value(hubspot):
-    hubspot.validation_rules["lastname"] = ("INVALID_ALPHA", 'Enter only letters ("{value}")', lambda v: not v.isalpha())
+    hubspot.validation_rules["lastname"] = (
+        "INVALID_ALPHA",
+        'Enter only letters ("{value}")',
+        lambda v: not v.isalpha(),
+    )
     error = send_error(destination(hubspot), sample_lead(21))
     assert isinstance(error, PermanentError)
     assert "validation rules reject the contact: lastname (INVALID_ALPHA: Enter only letters" in str(error)
@@ -255,11 +271,30 @@ def test_a_lead_the_portal_s_rules_reject_fails_once_and_is_never_retried(storag
     monkeypatch.setitem(leads.destinations.REGISTRY, "hubspot", "leads.destinations.hubspot:HubSpotDestination")
     with FakeHubSpot() as fake:
         fake.required_on_create["lifecyclestage"] = "Lifecycle stage is required"
-        env(HUBSPOT_TOKEN=fake.service_key, HUBSPOT_URL=fake.url, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
-        answer = accept_http(json.dumps({"UserDetails": {"FirstName": "Some", "LastName": "One", "Email":
-                                         "someone@contoso.com", "Company": "Contoso"}, "LeadSource": "AppSource",
-                                         "ActionCode": "INS", "OfferTitle": "Test"}).encode())  # fmt: skip
+        env(
+            HUBSPOT_TOKEN=fake.service_key,
+            HUBSPOT_URL=fake.url,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            EMAIL_TO="",
+            WEBHOOK_URL="",
+            LEADS_HTTP_TIMEOUT_SECONDS="2",
+        )
+        answer = accept_http(
+            json.dumps(
+                {
+                    "UserDetails": {
+                        "FirstName": "Some",
+                        "LastName": "One",
+                        "Email": "someone@contoso.com",
+                        "Company": "Contoso",
+                    },
+                    "LeadSource": "AppSource",
+                    "ActionCode": "INS",
+                    "OfferTitle": "Test",
+                }
+            ).encode()
+        )
         drain(deadline=20)
         delivery = LeadStore.from_settings().deliveries.get(answer.body["leadId"], "hubspot")
         assert (delivery.state, delivery.attempts) == ("failed", 1)
@@ -281,12 +316,28 @@ def test_python_m_leads_check_passes_with_a_service_key_and_a_private_app_token(
 def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, monkeypatch):
     monkeypatch.setitem(leads.destinations.REGISTRY, "hubspot", "leads.destinations.hubspot:HubSpotDestination")
     with FakeHubSpot() as fake:
-        env(HUBSPOT_TOKEN=fake.token, HUBSPOT_URL=fake.url, LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="", WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+        env(
+            HUBSPOT_TOKEN=fake.token,
+            HUBSPOT_URL=fake.url,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            EMAIL_TO="",
+            WEBHOOK_URL="",
+            LEADS_HTTP_TIMEOUT_SECONDS="2",
+        )
         fake.faults = ["lost", "500"]  # the first answer is lost, then a 500: still one contact
-        body = {"UserDetails": {"FirstName": "Some", "LastName": "One", "Email": "someone@contoso.com",
-                                "Country": "USA", "Company": "Contoso"},
-                "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferTitle": "Test Microsoft"}  # fmt: skip
+        body = {
+            "UserDetails": {
+                "FirstName": "Some",
+                "LastName": "One",
+                "Email": "someone@contoso.com",
+                "Country": "USA",
+                "Company": "Contoso",
+            },
+            "LeadSource": "AzureMarketplace",
+            "ActionCode": "INS",
+            "OfferTitle": "Test Microsoft",
+        }
         answer = accept_http(json.dumps(body).encode())
         assert answer.status == 202
         drain(deadline=40)
@@ -299,18 +350,26 @@ def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, mon
 
 # --- the portal's own properties (HUBSPOT_MAPPING) ----------------------------------------------------------
 
-HS_MAPPING = {"fields": {"marketplace_offer": "Marketplace: {offer_title} ({action})",
-                         "lead_channel": {"value": "Marketplace"},
-                         "campaign_code": "campaign.mktcmpid",
-                         "lifecyclestage": {"value": "lead"}},
-              "mappings": {"partner": {"lead_channel": {"value": "partner"}}}}  # fmt: skip
+HS_MAPPING = {
+    "fields": {
+        "marketplace_offer": "Marketplace: {offer_title} ({action})",
+        "lead_channel": {"value": "Marketplace"},
+        "campaign_code": "campaign.mktcmpid",
+        "lifecyclestage": {"value": "lead"},
+    },
+    "mappings": {"partner": {"lead_channel": {"value": "partner"}}},
+}
 
 
 def portal_with_its_own_properties(fake: FakeHubSpot) -> FakeHubSpot:
     """A portal with a text property, an enumeration (dropdown) and a campaign property."""
     fake.add_property("marketplace_offer", label="Marketplace offer")
-    fake.add_property("lead_channel", "enumeration", "select", [("marketplace", "Marketplace"), ("partner", "Partner"),
-                                                                 ("event", "Event")])  # fmt: skip
+    fake.add_property(
+        "lead_channel",
+        "enumeration",
+        "select",
+        [("marketplace", "Marketplace"), ("partner", "Partner"), ("event", "Event")],
+    )
     fake.add_property("campaign_code")
     return fake
 
@@ -324,10 +383,16 @@ def test_the_portals_own_properties_and_a_campaign_value_land_on_the_contact(hub
     mapped(hubspot, HS_MAPPING).send(sample_lead(1, Description='{"mktcmpid": "winter-26"}'), ROUTE)
     properties = hubspot.contacts["ada1@contoso.com"]["properties"]
     # The enumeration takes its option's value, matched on the label; the built-in properties stay.
-    assert {name: properties[name] for name in ("marketplace_offer", "lead_channel", "campaign_code",
-                                                "lifecyclestage", "lastname")} == {  # fmt: skip
-        "marketplace_offer": "Marketplace: Contoso CRM (PLT)", "lead_channel": "marketplace",
-        "campaign_code": "winter-26", "lifecyclestage": "lead", "lastname": "Lovelace1"}  # fmt: skip
+    assert {
+        name: properties[name]
+        for name in ("marketplace_offer", "lead_channel", "campaign_code", "lifecyclestage", "lastname")
+    } == {
+        "marketplace_offer": "Marketplace: Contoso CRM (PLT)",
+        "lead_channel": "marketplace",
+        "campaign_code": "winter-26",
+        "lifecyclestage": "lead",
+        "lastname": "Lovelace1",
+    }
     mapped(hubspot, HS_MAPPING).send(sample_lead(2), Route(mapping="partner"))
     assert hubspot.contacts["ada2@contoso.com"]["properties"]["lead_channel"] == "partner"
 
@@ -343,8 +408,10 @@ def test_hubspot_refuses_an_option_the_enumeration_lacks_as_the_portal_would(hub
 
 
 def test_a_source_property_is_read_only_and_a_mapping_of_it_fails_before_any_write(hubspot):
-    error = send_error(mapped(hubspot, {"fields": {"hs_analytics_source_data_1": "campaign.utm_source"}}),
-                       sample_lead(1, Description='{"utm_source": "newsletter"}'))
+    error = send_error(
+        mapped(hubspot, {"fields": {"hs_analytics_source_data_1": "campaign.utm_source"}}),
+        sample_lead(1, Description='{"utm_source": "newsletter"}'),
+    )
     assert "hs_analytics_source_data_1 cannot be written: HubSpot sets it" in str(error)
     assert not hubspot.contacts and hubspot.upserts == 0
 
@@ -357,14 +424,23 @@ def test_check_proves_the_mapping_against_the_properties_api(hubspot):
     assert any(path.startswith(f"/crm/properties/{API_VERSION}/contacts") for path in hubspot.paths)
 
 
-@pytest.mark.parametrize("fields, says", [
-    ({"marketplace_ofer": "offer_title"},
-     "HUBSPOT_MAPPING maps marketplace_ofer: HubSpot's contact has no field marketplace_ofer (did you mean "
-     "marketplace_offer?)"),
-    ({"lead_channel": {"value": "webinar"}},
-     "lead_channel cannot take the constant \"webinar\": the value is not one of its picklist's values (Marketplace "
-     "(marketplace), Partner (partner), Event (event))"),
-], ids=["misspelt", "option"])  # fmt: skip
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        (
+            {"marketplace_ofer": "offer_title"},
+            "HUBSPOT_MAPPING maps marketplace_ofer: HubSpot's contact has no field marketplace_ofer (did you mean "
+            "marketplace_offer?)",
+        ),
+        (
+            {"lead_channel": {"value": "webinar"}},
+            'lead_channel cannot take the constant "webinar": '
+            "the value is not one of its picklist's values (Marketplace "
+            "(marketplace), Partner (partner), Event (event))",
+        ),
+    ],
+    ids=["misspelt", "option"],
+)
 def test_check_finds_what_the_portal_would_refuse(hubspot, fields, says):
     portal_with_its_own_properties(hubspot)
     result = mapped(hubspot, {"fields": fields}).check()

@@ -25,17 +25,32 @@ OFFER = "contoso.contoso-crm"
 
 
 def body(email="jane.doe@fabrikam.com", created=NOW, **changes) -> dict:
-    lead = {"UserDetails": {"FirstName": "Jane", "LastName": "Doe", "Email": email, "Phone": "+44 20 7946 0958",
-                            "Country": "United Kingdom", "Company": "Fabrikam Ltd", "Title": "Buyer"},
-            "LeadSource": f"SPZA-PLT|{OFFER}", "OfferTitle": "Contoso CRM", "CreatedTime": created.isoformat()}  # fmt: skip
+    lead = {
+        "UserDetails": {
+            "FirstName": "Jane",
+            "LastName": "Doe",
+            "Email": email,
+            "Phone": "+44 20 7946 0958",
+            "Country": "United Kingdom",
+            "Company": "Fabrikam Ltd",
+            "Title": "Buyer",
+        },
+        "LeadSource": f"SPZA-PLT|{OFFER}",
+        "OfferTitle": "Contoso CRM",
+        "CreatedTime": created.isoformat(),
+    }
     lead.update(changes)
     return lead
 
 
 @pytest.fixture
 def store(storage, env):
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", EMAIL_TO="sales@contoso.com", WEBHOOK_URL="",
-        LEADS_BACKFILL_DAYS="7")  # fmt: skip
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        EMAIL_TO="sales@contoso.com",
+        WEBHOOK_URL="",
+        LEADS_BACKFILL_DAYS="7",
+    )
     return LeadStore.from_settings()
 
 
@@ -81,14 +96,38 @@ def test_a_table_export_matches_the_rows_the_poll_took_in(store, tmp_path):
     path = tmp_path / "export.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        names = ["PartitionKey", "RowKey", "Timestamp", "ActionCode", "ActionCode@type", "CustomerInfo",
-                 "CustomerInfo@type", "LeadSource", "LeadSource@type", "OfferDisplayName", "OfferDisplayName@type"]  # fmt: skip
+        names = [
+            "PartitionKey",
+            "RowKey",
+            "Timestamp",
+            "ActionCode",
+            "ActionCode@type",
+            "CustomerInfo",
+            "CustomerInfo@type",
+            "LeadSource",
+            "LeadSource@type",
+            "OfferDisplayName",
+            "OfferDisplayName@type",
+        ]
         writer.writerow(names)
         info = json.loads(row["CustomerInfo"])
         for index, row_key in enumerate([row["RowKey"], "new-row-1"]):
             customer = json.dumps({**info, "Email": f"someone{index}@contoso.com"})
-            writer.writerow([row["PartitionKey"], row_key, NOW.isoformat().replace("+00:00", "Z"), "INS", "Edm.String",
-                             customer, "Edm.String", "AzureMarketplace", "Edm.String", "Contoso", "Edm.String"])  # fmt: skip
+            writer.writerow(
+                [
+                    row["PartitionKey"],
+                    row_key,
+                    NOW.isoformat().replace("+00:00", "Z"),
+                    "INS",
+                    "Edm.String",
+                    customer,
+                    "Edm.String",
+                    "AzureMarketplace",
+                    "Edm.String",
+                    "Contoso",
+                    "Edm.String",
+                ]
+            )
     report = import_file(path)
     assert (report.format, report.read, report.already_received, report.imported) == ("table-csv", 2, 1, 1)
     imported = [lead for lead in store.list(limit=5) if lead.channel == "import"]
@@ -99,9 +138,21 @@ def test_a_table_export_matches_the_rows_the_poll_took_in(store, tmp_path):
 # --- Partner Center's download --------------------------------------------------------------------
 
 
-PARTNER_CENTER_HEADERS = ["Lead ID", "Created Date", "First Name", "Last Name", "Email Address", "Phone Number",
-                          "Company Name", "Job Title", "Country/Region", "Offer Name", "Lead Source", "Action",
-                          "Comments"]  # fmt: skip
+PARTNER_CENTER_HEADERS = [
+    "Lead ID",
+    "Created Date",
+    "First Name",
+    "Last Name",
+    "Email Address",
+    "Phone Number",
+    "Company Name",
+    "Job Title",
+    "Country/Region",
+    "Offer Name",
+    "Lead Source",
+    "Action",
+    "Comments",
+]
 
 
 def partner_center_file(path, rows):
@@ -113,10 +164,21 @@ def partner_center_file(path, rows):
 
 
 def partner_center_row(index=0, email=None, created=NOW, **changes):
-    row = {"Lead ID": f"pc-{index}", "Created Date": created.strftime("%m/%d/%Y %I:%M:%S %p"), "First Name": "Ann",
-           "Last Name": f"Buyer{index}", "Email Address": f"ann{index}@northwind.example" if email is None else email,
-           "Phone Number": "+1 425 555 0100", "Company Name": "Northwind", "Job Title": "CTO", "Country/Region": "US",
-           "Offer Name": "Contoso CRM", "Lead Source": "AppSource", "Action": "PLT", "Comments": "Call me"}  # fmt: skip
+    row = {
+        "Lead ID": f"pc-{index}",
+        "Created Date": created.strftime("%m/%d/%Y %I:%M:%S %p"),
+        "First Name": "Ann",
+        "Last Name": f"Buyer{index}",
+        "Email Address": f"ann{index}@northwind.example" if email is None else email,
+        "Phone Number": "+1 425 555 0100",
+        "Company Name": "Northwind",
+        "Job Title": "CTO",
+        "Country/Region": "US",
+        "Offer Name": "Contoso CRM",
+        "Lead Source": "AppSource",
+        "Action": "PLT",
+        "Comments": "Call me",
+    }
     row.update(changes)
     return [row[name] for name in PARTNER_CENTER_HEADERS]
 
@@ -125,20 +187,37 @@ def test_partner_center_headers_are_matched_ignoring_case_spaces_and_punctuation
     path = partner_center_file(tmp_path / "leads.csv", [partner_center_row(i) for i in range(3)])
     report = import_file(path, dry_run=True)
     assert report.format == "partner-center" and report.dry_run and report.read == 3
-    assert report.mapping == {"firstName": "First Name", "lastName": "Last Name", "email": "Email Address",
-                              "phone": "Phone Number", "company": "Company Name", "title": "Job Title",
-                              "country": "Country/Region", "offer": "Offer Name", "source": "Lead Source",
-                              "action": "Action", "createdAt": "Created Date", "description": "Comments"}  # fmt: skip
+    assert report.mapping == {
+        "firstName": "First Name",
+        "lastName": "Last Name",
+        "email": "Email Address",
+        "phone": "Phone Number",
+        "company": "Company Name",
+        "title": "Job Title",
+        "country": "Country/Region",
+        "offer": "Offer Name",
+        "source": "Lead Source",
+        "action": "Action",
+        "createdAt": "Created Date",
+        "description": "Comments",
+    }
     preview = report.preview[0]["lead"]
     assert (preview["email"], preview["source"], preview["action"], preview["country"]) == (
-        "ann0@northwind.example", "AppSource", "PLT", "US")
+        "ann0@northwind.example",
+        "AppSource",
+        "PLT",
+        "US",
+    )
     assert store.list(limit=10) == []  # a dry run stores nothing
 
 
 def test_column_overrides_win_and_name_unknown_fields_or_headers(store, tmp_path):
     headers = ["Contact", "Mail", "Org", "When"]
     assert map_columns(headers, {"email": "mail", "company": "Org", "createdAt": "When"}) == {
-        "email": 1, "company": 2, "createdAt": 3}
+        "email": 1,
+        "company": 2,
+        "createdAt": 3,
+    }
     with pytest.raises(ImportError_, match="--column shoe=Mail: unknown field"):
         map_columns(headers, {"shoe": "Mail"})
     with pytest.raises(ImportError_, match="the file has no such column"):
@@ -146,13 +225,27 @@ def test_column_overrides_win_and_name_unknown_fields_or_headers(store, tmp_path
 
 
 def test_a_row_received_by_the_http_intake_is_already_received(store, tmp_path):
-    answer = accept_http(json.dumps(body(email="ann0@northwind.example", UserDetails={
-        "FirstName": "Ann", "LastName": "Buyer0", "Email": "ann0@northwind.example", "Company": "Northwind"},
-        LeadSource=f"SPZA-PLT|{OFFER}", OfferTitle="Contoso CRM")).encode())
+    answer = accept_http(
+        json.dumps(
+            body(
+                email="ann0@northwind.example",
+                UserDetails={
+                    "FirstName": "Ann",
+                    "LastName": "Buyer0",
+                    "Email": "ann0@northwind.example",
+                    "Company": "Northwind",
+                },
+                LeadSource=f"SPZA-PLT|{OFFER}",
+                OfferTitle="Contoso CRM",
+            )
+        ).encode()
+    )
     assert answer.status == 202
-    rows = [partner_center_row(0, created=NOW + timedelta(hours=3)),  # the same person and offer, same day
-            partner_center_row(0, created=NOW + timedelta(days=3)),  # asked again three days later: a new lead
-            partner_center_row(1, email="", **{"Last Name": "Buyer0"})]  # no email: by name and company
+    rows = [
+        partner_center_row(0, created=NOW + timedelta(hours=3)),  # the same person and offer, same day
+        partner_center_row(0, created=NOW + timedelta(days=3)),  # asked again three days later: a new lead
+        partner_center_row(1, email="", **{"Last Name": "Buyer0"}),
+    ]  # no email: by name and company
     report = import_file(partner_center_file(tmp_path / "leads.csv", rows))
     assert (report.read, report.already_received, report.imported) == (3, 2, 1)
 
@@ -171,9 +264,12 @@ def test_leads_older_than_the_backfill_limit_are_stored_unsent_unless_asked(stor
 
 
 def test_bad_rows_are_refused_with_their_reasons_and_nothing_else_is_lost(store, tmp_path):
-    rows = [partner_center_row(0), partner_center_row(1, **{"Created Date": "yesterday-ish"}),
-            partner_center_row(2, email="", **{name: "" for name in PARTNER_CENTER_HEADERS if name != "Lead ID"}),
-            partner_center_row(3)]  # fmt: skip
+    rows = [
+        partner_center_row(0),
+        partner_center_row(1, **{"Created Date": "yesterday-ish"}),
+        partner_center_row(2, email="", **{name: "" for name in PARTNER_CENTER_HEADERS if name != "Lead ID"}),
+        partner_center_row(3),
+    ]
     report = import_file(partner_center_file(tmp_path / "leads.csv", rows))
     assert report.read == 4 and report.imported == 2
     assert [item["row"] for item in report.refused] == [3, 4]
@@ -182,8 +278,18 @@ def test_bad_rows_are_refused_with_their_reasons_and_nothing_else_is_lost(store,
 
 
 def test_a_row_whose_personal_data_was_withheld_is_still_a_lead(store, tmp_path):
-    withheld = {name: "" for name in ("First Name", "Last Name", "Company Name", "Phone Number", "Job Title",
-                                      "Country/Region", "Comments")}  # fmt: skip
+    withheld = {
+        name: ""
+        for name in (
+            "First Name",
+            "Last Name",
+            "Company Name",
+            "Phone Number",
+            "Job Title",
+            "Country/Region",
+            "Comments",
+        )
+    }
     report = import_file(partner_center_file(tmp_path / "edu.csv", [partner_center_row(0, email="", **withheld)]))
     assert report.imported == 1
     [lead] = store.list(limit=5)
@@ -201,8 +307,9 @@ def test_a_file_with_no_customer_column_is_an_error_naming_its_headers(store, tm
 
 
 def test_the_command_prints_the_reconciliation_and_json(store, tmp_path, capsys):
-    path = partner_center_file(tmp_path / "leads.csv", [partner_center_row(0), partner_center_row(1, **{
-        "Created Date": "not a date"})])
+    path = partner_center_file(
+        tmp_path / "leads.csv", [partner_center_row(0), partner_center_row(1, **{"Created Date": "not a date"})]
+    )
     assert main(["--settings", "none", "import", str(path), "--json"]) == 1  # a row was refused
     report = json.loads(capsys.readouterr().out)
     assert (report["read"], report["importedAndQueued"], len(report["refused"])) == (2, 1, 1)
@@ -237,7 +344,8 @@ def read_position(path) -> int | None:
 
 
 def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_stores_nothing(
-        store, tmp_path, env, azurite):  # fmt: skip
+    store, tmp_path, env, azurite
+):
     from leads.intake import imports
 
     from .storage_proxy import StorageProxy
@@ -253,8 +361,11 @@ def test_a_large_file_is_streamed_at_a_bounded_cost_a_row_and_a_second_import_st
 
         def lead_writes() -> int:
             with proxy.lock:
-                return sum(1 for method, where in proxy.requests if method == "POST" and
-                           where.split("?")[0].endswith(f"/{leads_table}"))  # fmt: skip
+                return sum(
+                    1
+                    for method, where in proxy.requests
+                    if method == "POST" and where.split("?")[0].endswith(f"/{leads_table}")
+                )
 
         ahead = []  # at each row read: rows read whose lead write has not started yet
         read_past = []  # at each row read: bytes of the file read past that row
@@ -322,14 +433,26 @@ def test_a_dry_run_predicts_what_the_real_run_does_with_the_same_matching(store,
     import sys
 
     def person(name: str, **changes) -> dict:  # no name, company or email in common with Ann's
-        return body(UserDetails={"FirstName": name, "LastName": "Buyer", "Email": f"{name}@northwind.example",
-                                 "Company": f"{name} Ltd"}, **changes)  # fmt: skip
+        return body(
+            UserDetails={
+                "FirstName": name,
+                "LastName": "Buyer",
+                "Email": f"{name}@northwind.example",
+                "Company": f"{name} Ltd",
+            },
+            **changes,
+        )
 
     accept_http(json.dumps(body(email="ann@northwind.example")).encode())  # received over HTTP
-    path = write_jsonl(tmp_path / "leads.jsonl", [
-        body(email="ann@northwind.example", Description="the same person, about the same offer"),
-        person("new"), person("new"),  # twice in the file
-        person("old", created=NOW - timedelta(days=30))])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "leads.jsonl",
+        [
+            body(email="ann@northwind.example", Description="the same person, about the same offer"),
+            person("new"),
+            person("new"),  # twice in the file
+            person("old", created=NOW - timedelta(days=30)),
+        ],
+    )
 
     def run(*extra: str) -> dict:
         command = [sys.executable, "-m", "leads", "--settings", "none", "import", str(path), "--json", *extra]

@@ -40,8 +40,12 @@ START = (datetime.now(UTC) - timedelta(days=1)).replace(hour=9, minute=0, second
 def app(storage, env):
     """The app's storage, a webhook destination that is never called here, and an own queue."""
     suffix = get_settings().table_prefix
-    env(WEBHOOK_URL="http://127.0.0.1:9/never-called", WEBHOOK_SECRET="s", EMAIL_TO="",
-        LEADS_DELIVERY_QUEUE=f"q{suffix.lower()}")  # fmt: skip
+    env(
+        WEBHOOK_URL="http://127.0.0.1:9/never-called",
+        WEBHOOK_SECRET="s",
+        EMAIL_TO="",
+        LEADS_DELIVERY_QUEUE=f"q{suffix.lower()}",
+    )
     store = LeadStore.from_settings()
     store.ensure_tables()
     return store
@@ -113,10 +117,15 @@ def test_the_sweep_does_not_run_on_every_instance_start():
     import sys
 
     # In a process of its own: the host's function list is built once per process.
-    script = ("import json, function_app; print(json.dumps({f.get_function_name(): b.run_on_startup "
-              "for f in function_app.app.get_functions() for b in f.get_bindings() if b.type == 'timerTrigger'}))")
-    timers = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                                       cwd=FIXTURES.parent.parent).stdout)  # fmt: skip
+    script = (
+        "import json, function_app; print(json.dumps({f.get_function_name(): b.run_on_startup "
+        "for f in function_app.app.get_functions() for b in f.get_bindings() if b.type == 'timerTrigger'}))"
+    )
+    timers = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=FIXTURES.parent.parent
+        ).stdout
+    )
     assert timers["sweep_deliveries"] is False and not any(timers.values())
 
 
@@ -160,8 +169,9 @@ def test_deliveries_held_back_by_the_backfill_limit_are_replayed_from_the_index(
 
     lead = lead_at(1)
     app.add(lead, plan(lead, get_settings()))
-    held = app.deliveries.change(app.deliveries.get(lead.lead_id, "webhook"), state="skipped",
-                                 last_error=f"{BACKFILL_REASON} (7) when taken in")  # fmt: skip
+    held = app.deliveries.change(
+        app.deliveries.get(lead.lead_id, "webhook"), state="skipped", last_error=f"{BACKFILL_REASON} (7) when taken in"
+    )
     assert held and [entry.lead_id for entry in app.index.held()] == [lead.lead_id]
     assert list(app.index.failed()) == []
     report = status()
@@ -180,8 +190,9 @@ def hold(store: LeadStore, count: int) -> list[str]:
 
     settings, ids = get_settings(), []
     for _ in range(count):
-        lead = from_http_body({**EXAMPLE, "OfferTitle": f"Offer {uuid.uuid4().hex}"},
-                              received_at=datetime.now(UTC) - timedelta(days=400))  # fmt: skip
+        lead = from_http_body(
+            {**EXAMPLE, "OfferTitle": f"Offer {uuid.uuid4().hex}"}, received_at=datetime.now(UTC) - timedelta(days=400)
+        )
         store.add(lead, hold_backfill(lead, plan(lead, settings), settings))
         ids.append(lead.lead_id)
     return ids
@@ -357,8 +368,13 @@ def write_the_old_way(connection: str, table_name: str) -> dict[str, str]:
     table = service.create_table_if_not_exists(table_name)
     settings = get_settings()
     long_ago = datetime(2025, 3, 1, tzinfo=UTC)
-    states = {"delivered": "delivered", "failed": "failed", "stuck": "pending", "claim_ran_out": "sending",
-              "held_back": "skipped"}  # fmt: skip
+    states = {
+        "delivered": "delivered",
+        "failed": "failed",
+        "stuck": "pending",
+        "claim_ran_out": "sending",
+        "held_back": "skipped",
+    }
     ids = {}
     for number, (name, state) in enumerate(states.items()):
         lead = lead_at(number, received_at=long_ago + timedelta(days=number))
@@ -373,8 +389,15 @@ def write_the_old_way(connection: str, table_name: str) -> dict[str, str]:
             delivery["LastError"] = BACKFILL_REASON
         table.submit_transaction([("create", {**lead_entity(lead), "WriteId": "old"}), ("create", delivery)])
         ids[name] = lead.lead_id
-    table.upsert_entity({"PartitionKey": "told", "RowKey": "rejected", "ReceivedAt": long_ago, "Error": "no lead",
-                         "Raw": json.dumps({"RowKey": "r"})})  # fmt: skip
+    table.upsert_entity(
+        {
+            "PartitionKey": "told",
+            "RowKey": "rejected",
+            "ReceivedAt": long_ago,
+            "Error": "no lead",
+            "Raw": json.dumps({"RowKey": "r"}),
+        }
+    )
     ids["rejected"] = "told"
     return ids
 
@@ -382,8 +405,12 @@ def write_the_old_way(connection: str, table_name: str) -> dict[str, str]:
 @pytest.fixture
 def old_store(storage, env):
     settings = get_settings()
-    env(WEBHOOK_URL="http://127.0.0.1:9/never-called", WEBHOOK_SECRET="s", EMAIL_TO="",
-        LEADS_DELIVERY_QUEUE=f"q{settings.table_prefix.lower()}")  # fmt: skip
+    env(
+        WEBHOOK_URL="http://127.0.0.1:9/never-called",
+        WEBHOOK_SECRET="s",
+        EMAIL_TO="",
+        LEADS_DELIVERY_QUEUE=f"q{settings.table_prefix.lower()}",
+    )
     return write_the_old_way(storage.connection_string, get_settings().table_prefix)
 
 

@@ -41,7 +41,9 @@ def post(body: bytes | str | dict | list) -> func.HttpResponse:
         body = json.dumps(body)
     if isinstance(body, str):
         body = body.encode()
-    request = func.HttpRequest("POST", "http://localhost/api/leads", body=body, headers={"Content-Type": "application/json"})
+    request = func.HttpRequest(
+        "POST", "http://localhost/api/leads", body=body, headers={"Content-Type": "application/json"}
+    )
     return function_app.ingest_lead(request)
 
 
@@ -140,9 +142,12 @@ def test_a_value_longer_than_a_table_property_holds_is_stored_whole(storage, fie
 
 
 def test_storage_down_is_503_not_blamed_on_the_caller(env):
-    env(AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    env(
+        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;", LEADS_TABLE_PREFIX="Down")  # fmt: skip
+        "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+        LEADS_TABLE_PREFIX="Down",
+    )
     response = post(EXAMPLE)
     assert response.status_code == 503
     assert "could not be stored" in answer(response)["error"]
@@ -155,8 +160,14 @@ def test_health_says_ok_and_no_more(storage):
 
 def test_no_personal_data_in_logs(storage, caplog):
     caplog.set_level("DEBUG")
-    person = {"FirstName": "Zanzibarina", "LastName": "Quixotely", "Email": "zq@quixotely.example.com",
-              "Phone": "+44 20 7946 0958", "Company": "Quixotely Ltd", "Country": "GB"}  # fmt: skip
+    person = {
+        "FirstName": "Zanzibarina",
+        "LastName": "Quixotely",
+        "Email": "zq@quixotely.example.com",
+        "Phone": "+44 20 7946 0958",
+        "Company": "Quixotely Ltd",
+        "Country": "GB",
+    }
     post({**EXAMPLE, "UserDetails": person})
     post({**EXAMPLE, "UserDetails": person})
     post({"UserDetails": {**person, "Email": ["zq@quixotely.example.com"]}})
@@ -167,17 +178,33 @@ def test_no_personal_data_in_logs(storage, caplog):
 
 # --- repeats: only a lead that names a person can be one (issue 8, items 1 and 2) -----------------
 
-WITHHELD = {"UserDetails": {"FirstName": "", "LastName": "", "Email": "", "Phone": "", "Country": "",
-                            "Company": "", "Title": ""},
-            "LeadSource": "SPZA-INS|contoso.edu-offer", "OfferTitle": "Contoso for Education"}  # fmt: skip
+WITHHELD = {
+    "UserDetails": {
+        "FirstName": "",
+        "LastName": "",
+        "Email": "",
+        "Phone": "",
+        "Country": "",
+        "Company": "",
+        "Title": "",
+    },
+    "LeadSource": "SPZA-INS|contoso.edu-offer",
+    "OfferTitle": "Contoso for Education",
+}
 
 
 @pytest.fixture
 def served(storage, env):
     """The real function app served over loopback HTTP, delivering to a fake webhook."""
     with FakeWebhook() as webhook:
-        env(LEADS_POLL_SCHEDULE="0 0 0 1 1 *", WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="")  # fmt: skip
+        env(
+            LEADS_POLL_SCHEDULE="0 0 0 1 1 *",
+            WEBHOOK_URL=webhook.url,
+            WEBHOOK_SECRET=webhook.secret,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            EMAIL_TO="",
+        )
         with LocalHost("function_app", port=0, settings_file=None) as host:
             yield f"{host.url}/api/leads", webhook
 
@@ -222,8 +249,9 @@ def storage_counted(proxy: StorageProxy, azurite) -> LeadStore:
     return store
 
 
-def arrivals(store: LeadStore, proxy: StorageProxy, body: dict, times: list[datetime],
-             window: timedelta) -> list[tuple[bool, int]]:  # fmt: skip
+def arrivals(
+    store: LeadStore, proxy: StorageProxy, body: dict, times: list[datetime], window: timedelta
+) -> list[tuple[bool, int]]:
     """(duplicate?, storage requests) of each arrival of ``body`` at ``times``."""
     outcomes = []
     for at in times:
@@ -263,8 +291,9 @@ def store_as_before(store: LeadStore, body: dict, count: int, first_at: datetime
     store.ensure_tables()
 
     def write(occurrence: int) -> None:
-        old = lead.model_copy(update={"lead_id": http_lead_id(lead, occurrence),
-                                      "received_at": first_at + every * occurrence})  # fmt: skip
+        old = lead.model_copy(
+            update={"lead_id": http_lead_id(lead, occurrence), "received_at": first_at + every * occurrence}
+        )
         store.leads.create_entity(lead_entity(old))
 
     with ThreadPoolExecutor(8) as pool:
@@ -342,7 +371,9 @@ def test_a_refused_body_is_kept_with_its_reason_and_the_bytes_as_received(storag
 
 def test_deep_nesting_over_http_is_a_400_naming_the_problem(served):
     url, _ = served
-    body = f'{{"UserDetails": {{"Email": "ann@contoso.com"}}, "LeadSource": "AzureMarketplace", "Unused": {nested(300)}}}'
+    body = (
+        f'{{"UserDetails": {{"Email": "ann@contoso.com"}}, "LeadSource": "AzureMarketplace", "Unused": {nested(300)}}}'
+    )
     response = requests.post(url, data=body.encode(), headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert "nested" in response.json()["error"]
@@ -394,8 +425,14 @@ def json_text(value, ascii_only: bool = True) -> str:
     if isinstance(value, JsonLiteral):
         return value.text
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(key, ensure_ascii=ascii_only)}:{json_text(item, ascii_only)}"
-                              for key, item in value.items()) + "}"  # fmt: skip
+        return (
+            "{"
+            + ",".join(
+                f"{json.dumps(key, ensure_ascii=ascii_only)}:{json_text(item, ascii_only)}"
+                for key, item in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, list):
         return "[" + ",".join(json_text(item, ascii_only) for item in value) + "]"
     return json.dumps(value, ensure_ascii=ascii_only)
@@ -407,20 +444,29 @@ class JsonLiteral:
 
 
 leaves = st.one_of(st.none(), st.booleans(), st.integers(), odd_strings, st.sampled_from(HUGE_NUMBERS).map(JsonLiteral))
-nesting = st.tuples(st.sampled_from([1, 31, 32, 33, 254, 300, 900]) | st.integers(0, 400), leaves).map(lambda p: JsonLiteral(nested(p[0], json_text(p[1]))))
-user_details = st.dictionaries(st.sampled_from(["FirstName", "LastName", "Email", "Phone", "Country", "Company"]),
-                               odd_strings | st.sampled_from(["ann@contoso.com", "Contoso", "+1 617 555 5555"]))  # fmt: skip
+nesting = st.tuples(st.sampled_from([1, 31, 32, 33, 254, 300, 900]) | st.integers(0, 400), leaves).map(
+    lambda p: JsonLiteral(nested(p[0], json_text(p[1])))
+)
+user_details = st.dictionaries(
+    st.sampled_from(["FirstName", "LastName", "Email", "Phone", "Country", "Company"]),
+    odd_strings | st.sampled_from(["ann@contoso.com", "Contoso", "+1 617 555 5555"]),
+)
 bodies = st.fixed_dictionaries(
     {"UserDetails": user_details},
-    optional={"LeadSource": st.sampled_from(["AzureMarketplace", "SPZA-PLT|contoso.crm"]) | odd_strings,
-              "Description": odd_strings | nesting.map(lambda literal: literal.text),
-              "Unused": st.one_of(nesting, nesting, st.sampled_from(HUGE_NUMBERS).map(JsonLiteral), leaves),
-              "Odd": st.sampled_from([*LONE_SURROGATES, "", "", "", "", ""])},
-)  # fmt: skip
+    optional={
+        "LeadSource": st.sampled_from(["AzureMarketplace", "SPZA-PLT|contoso.crm"]) | odd_strings,
+        "Description": odd_strings | nesting.map(lambda literal: literal.text),
+        "Unused": st.one_of(nesting, nesting, st.sampled_from(HUGE_NUMBERS).map(JsonLiteral), leaves),
+        "Odd": st.sampled_from([*LONE_SURROGATES, "", "", "", "", ""]),
+    },
+)
 
 
-PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[
-    HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+PROPERTY_SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @PROPERTY_SETTINGS
@@ -461,8 +507,11 @@ def assert_stored_whole_or_kept(data: bytes) -> None:
 @pytest.mark.parametrize("write", ["single", "transaction"])
 def test_a_lead_whose_write_committed_before_its_answer_was_lost_is_a_new_lead(storage, azurite, env, how, write):
     with StorageProxy(azurite.table_port) as proxy:
-        env(AzureWebJobsStorage=proxy.connection_string(azurite), EMAIL_TO="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+        env(
+            AzureWebJobsStorage=proxy.connection_string(azurite),
+            EMAIL_TO="",
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        )
         if write == "transaction":  # the lead, its content row and its delivery, in one batch
             env(WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET="s3cret")
         store = LeadStore.from_settings()
@@ -480,15 +529,22 @@ def test_a_lead_whose_write_committed_before_its_answer_was_lost_is_a_new_lead(s
             assert len(messages) == 1  # queued now, not left for the sweep
 
 
-
 # --- what storage failing around the lead's own write does (review findings 5a, 5b, 8) ------------
 
-ANN = {"UserDetails": {"FirstName": "Ann", "LastName": "Lee", "Email": "ann.lee@contoso.example.com",
-                       "Company": "Contoso"}, "LeadSource": "SPZA-PLT|contoso.crm"}  # fmt: skip
+ANN = {
+    "UserDetails": {
+        "FirstName": "Ann",
+        "LastName": "Lee",
+        "Email": "ann.lee@contoso.example.com",
+        "Company": "Contoso",
+    },
+    "LeadSource": "SPZA-PLT|contoso.crm",
+}
 
 
-def refuse(monkeypatch, table, method: str, row_key: str | None = None, prefix: str = "",
-           times: int | None = None) -> list:  # fmt: skip
+def refuse(
+    monkeypatch, table, method: str, row_key: str | None = None, prefix: str = "", times: int | None = None
+) -> list:
     """Make the SDK client ``table``'s ``method`` fail as storage does once the SDK's own retries
     are spent, for the rows whose RowKey is ``row_key`` or starts with ``prefix``, ``times``
     times (or always); the list of the calls refused."""
@@ -511,8 +567,12 @@ def refuse(monkeypatch, table, method: str, row_key: str | None = None, prefix: 
 @pytest.fixture
 def queued(storage, env):
     """A webhook route (never called: nothing drains the queue); the lead ids queued."""
-    env(WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET="s3cret", EMAIL_TO="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        WEBHOOK_URL="http://127.0.0.1:9/hook",
+        WEBHOOK_SECRET="s3cret",
+        EMAIL_TO="",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
 
     def messages() -> list[str]:
         delivery_queue(get_settings())._ensure()  # none made yet when nothing was queued
@@ -546,8 +606,11 @@ def email_rows(store: LeadStore, address: str) -> list[str]:
     """The RowKeys of the email index's rows for ``address``."""
     from leads.store.identities import CROWDED, email_row_key
 
-    return sorted("|".join(email_row_key(row)[1:]) for row in store.identities.email_rows(address)
-                  if row["PartitionKey"] != CROWDED)  # fmt: skip
+    return sorted(
+        "|".join(email_row_key(row)[1:])
+        for row in store.identities.email_rows(address)
+        if row["PartitionKey"] != CROWDED
+    )
 
 
 def identity_rows(store: LeadStore, lead_id: str) -> list[str]:
@@ -613,9 +676,10 @@ def test_a_lead_arriving_again_after_it_was_forgotten_gets_no_identity_rows_back
     store = LeadStore.from_settings()
     address = "ann.lee@contoso.example.com"
     # A table row read again: the poll's hourly safety scan, or another process's poll.
-    row = {**json.loads((FIXTURES / "marketplace" / "table-entity-test-lead.json").read_text()),
-               "CustomerInfo": json.dumps({"FirstName": "Ann", "LastName": "Lee", "Email": address,
-                                           "Company": "Contoso"})}  # fmt: skip
+    row = {
+        **json.loads((FIXTURES / "marketplace" / "table-entity-test-lead.json").read_text()),
+        "CustomerInfo": json.dumps({"FirstName": "Ann", "LastName": "Lee", "Email": address, "Company": "Contoso"}),
+    }
 
     window = timedelta(hours=get_settings().dedupe_window_hours)
 

@@ -91,8 +91,12 @@ def layer_of(module: str) -> int:
 
 
 def imports_up(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
-                  if layer_of(target) > layer_of(name))  # fmt: skip
+    return sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if layer_of(target) > layer_of(name)
+    )
 
 
 def test_each_package_imports_only_from_those_below_it():

@@ -60,9 +60,23 @@ def cli(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.Completed
 def make_run(tmp_path: Path, port: int, blob: int, queue: int, table: int, **popen) -> subprocess.Popen:
     """What `make run` runs, with its data and settings in ``tmp_path``."""
     env = run_env(tmp_path)
-    command = [sys.executable, "-m", "leads.local.local_run", "--port", str(port), "--location", str(tmp_path / "azurite"),
-               "--settings", str(tmp_path / "local.settings.json"),
-               "--blob-port", str(blob), "--queue-port", str(queue), "--table-port", str(table)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "leads.local.local_run",
+        "--port",
+        str(port),
+        "--location",
+        str(tmp_path / "azurite"),
+        "--settings",
+        str(tmp_path / "local.settings.json"),
+        "--blob-port",
+        str(blob),
+        "--queue-port",
+        str(queue),
+        "--table-port",
+        str(table),
+    ]
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
     )
@@ -160,8 +174,12 @@ def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
     posts to the same app (make run PORT=... on other ports than the defaults)."""
     prefix = f"Run{uuid.uuid4().hex[:8]}"
     settings_file = tmp_path / "local.settings.json"
-    values = {"AzureWebJobsStorage": azurite.connection_string, "MARKETPLACE_TABLE_CONNECTION":
-              azurite.connection_string, "LEADS_TABLE_PREFIX": prefix, "EMAIL_TO": "a@b.com"}  # fmt: skip
+    values = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "MARKETPLACE_TABLE_CONNECTION": azurite.connection_string,
+        "LEADS_TABLE_PREFIX": prefix,
+        "EMAIL_TO": "a@b.com",
+    }
     settings_file.write_text(json.dumps({"Values": values, "Host": {"LocalHttpPort": 7071}}))
     app_port, *ports = free_ports(4)
     process = make_run(tmp_path, app_port, *ports, start_new_session=True)
@@ -192,9 +210,19 @@ def test_the_app_uses_only_the_azurite_make_run_started(tmp_path, azurite):
     assert all(port_is_free(port) for port in ports)  # Azurite stopped with the app
 
     # make run stopped: every command says the emulator does not answer and to start make run.
-    commands = [["list"], ["show", lead_id], ["status"], ["replay"], ["poll"], ["reindex"], ["check"],
-                ["forget", "--lead", lead_id], ["test-lead", "--via", "table", "--timeout", "5"], ["test-lead"],
-                ["import", str(FIXTURES / "marketplace" / "https-documented-example.json")]]  # fmt: skip
+    commands = [
+        ["list"],
+        ["show", lead_id],
+        ["status"],
+        ["replay"],
+        ["poll"],
+        ["reindex"],
+        ["check"],
+        ["forget", "--lead", lead_id],
+        ["test-lead", "--via", "table", "--timeout", "5"],
+        ["test-lead"],
+        ["import", str(FIXTURES / "marketplace" / "https-documented-example.json")],
+    ]
     results = _in_parallel(tmp_path, commands)
     for args, result in results.items():
         told = result.stdout + result.stderr

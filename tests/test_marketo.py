@@ -41,12 +41,18 @@ def test_a_lead_is_upserted_on_email_field_by_field(marketo):
     person = marketo.persons["ada1@contoso.com"]
     assert sent.external_id == str(person["id"]) and sent.detail == {"status": "created"}
     assert person == {
-        "id": person["id"], "email": "ada1@contoso.com", "firstName": "Ada", "lastName": "Lovelace1",
-        "phone": "+14255550100", "company": "Contoso", "title": "CTO", "country": "United States",
+        "id": person["id"],
+        "email": "ada1@contoso.com",
+        "firstName": "Ada",
+        "lastName": "Lovelace1",
+        "phone": "+14255550100",
+        "company": "Contoso",
+        "title": "CTO",
+        "country": "United States",
         "leadSource": "AppSource",
         "leadDescription": "Marketplace: Contact me on AppSource\nOffer: Contoso CRM (contoso.contoso-crm)\n"
-                           f"Campaign: mktcmpid=spring-24, partnerid=p1\nLead id: {lead.lead_id}",
-    }  # fmt: skip
+        f"Campaign: mktcmpid=spring-24, partnerid=p1\nLead id: {lead.lead_id}",
+    }
     assert "unsubscribed" not in person
 
 
@@ -89,9 +95,16 @@ def test_with_a_form_id_the_lead_is_a_form_submission_with_its_details_in_visito
     [submission] = marketo.submissions
     assert submission["formId"] == 1001 and submission["visitorData"]["pageURL"] == "https://appsource.microsoft.com/"
     query = {key: values[0] for key, values in parse_qs(submission["visitorData"]["queryString"]).items()}
-    assert query == {"source": "AppSource", "action": "DNC", "offer": "contoso.contoso-crm",
-                     "offerTitle": "Contoso CRM", "leadId": lead.lead_id, "test": "true", "doNotContact": "true",
-                     "notes": "Call me"}  # fmt: skip
+    assert query == {
+        "source": "AppSource",
+        "action": "DNC",
+        "offer": "contoso.contoso-crm",
+        "offerTitle": "Contoso CRM",
+        "leadId": lead.lead_id,
+        "test": "true",
+        "doNotContact": "true",
+        "notes": "Call me",
+    }
 
 
 def test_a_field_missing_from_the_form_is_named_with_the_fix(env):
@@ -184,8 +197,9 @@ def test_concurrent_first_sends_share_one_token(marketo):
 # --- limits ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("code", "retry_after"), [("606", 20.0), ("615", 5.0), ("604", 30.0), ("611", 30.0),
-                                                  ("713", 30.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("code", "retry_after"), [("606", 20.0), ("615", 5.0), ("604", 30.0), ("611", 30.0), ("713", 30.0)]
+)
 def test_marketo_limits_and_hiccups_are_transient_with_retry_after(marketo, code, retry_after):
     dest = destination(marketo)
     marketo.faults = [code]
@@ -319,55 +333,88 @@ def test_check_reports_the_daily_quota(marketo):
 def test_a_lead_taken_in_is_delivered_to_marketo_by_the_worker(storage, env, monkeypatch):
     monkeypatch.setitem(leads.destinations.REGISTRY, "marketo", "leads.destinations.marketo:MarketoDestination")
     with FakeMarketo() as fake:
-        env(MARKETO_URL=fake.url, MARKETO_CLIENT_ID=fake.client_id, MARKETO_CLIENT_SECRET=fake.client_secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="",
-            WEBHOOK_URL="", LEADS_HTTP_TIMEOUT_SECONDS="2")  # fmt: skip
+        env(
+            MARKETO_URL=fake.url,
+            MARKETO_CLIENT_ID=fake.client_id,
+            MARKETO_CLIENT_SECRET=fake.client_secret,
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            EMAIL_TO="",
+            WEBHOOK_URL="",
+            LEADS_HTTP_TIMEOUT_SECONDS="2",
+        )
         fake.faults = ["lost", "http500"]  # the first answer is lost, then a 500: still one person
-        body = {"UserDetails": {"FirstName": "Some", "LastName": "One", "Email": "someone@contoso.com",
-                                "Country": "USA", "Company": "Contoso"},
-                "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferTitle": "Test Microsoft"}  # fmt: skip
+        body = {
+            "UserDetails": {
+                "FirstName": "Some",
+                "LastName": "One",
+                "Email": "someone@contoso.com",
+                "Country": "USA",
+                "Company": "Contoso",
+            },
+            "LeadSource": "AzureMarketplace",
+            "ActionCode": "INS",
+            "OfferTitle": "Test Microsoft",
+        }
         answer = accept_http(json.dumps(body).encode())
         assert answer.status == 202
         drain(deadline=40)
         person = fake.persons["someone@contoso.com"]
-        assert (person["firstName"], person["country"], person["leadSource"]) == ("Some", "United States",
-                                                                                    "Azure Marketplace")  # fmt: skip
+        assert (person["firstName"], person["country"], person["leadSource"]) == (
+            "Some",
+            "United States",
+            "Azure Marketplace",
+        )
         assert len(fake.persons) == 1
         delivery = LeadStore.from_settings().deliveries.get(answer.body["leadId"], "marketo")
         assert (delivery.state, delivery.external_id, delivery.attempts) == ("delivered", str(person["id"]), 3)
 
 
-
 # --- the instance's own fields (MARKETO_MAPPING) -------------------------------------------------------------
 
-MK_MAPPING = {"fields": {"marketplaceOffer": "Marketplace: {offer_title} ({action})",
-                         "leadChannel": {"value": "Marketplace"},
-                         "campaignCode": "campaign.mktcmpid"},
-              "mappings": {"partner": {"leadChannel": {"value": "partner"}}}}  # fmt: skip
+MK_MAPPING = {
+    "fields": {
+        "marketplaceOffer": "Marketplace: {offer_title} ({action})",
+        "leadChannel": {"value": "Marketplace"},
+        "campaignCode": "campaign.mktcmpid",
+    },
+    "mappings": {"partner": {"leadChannel": {"value": "partner"}}},
+}
 
 
 def instance_with_its_own_fields() -> FakeMarketo:
     """Custom person fields on the form 1001, the lead channel a select field there."""
-    custom = {"leadDescription": ("Lead Description", "text"), "marketplaceOffer": ("Marketplace Offer", "string"),
-              "leadChannel": ("Lead Channel", "string"), "campaignCode": ("Campaign Code", "string"),
-              "employees": ("Employees", "integer")}  # fmt: skip
-    fake = FakeMarketo(custom_fields=custom, forms={1001: [*fake_marketo.STANDARD_FIELDS, "marketplaceOffer",
-                                                            "leadChannel", "campaignCode"]})  # fmt: skip
+    custom = {
+        "leadDescription": ("Lead Description", "text"),
+        "marketplaceOffer": ("Marketplace Offer", "string"),
+        "leadChannel": ("Lead Channel", "string"),
+        "campaignCode": ("Campaign Code", "string"),
+        "employees": ("Employees", "integer"),
+    }
+    fake = FakeMarketo(
+        custom_fields=custom,
+        forms={1001: [*fake_marketo.STANDARD_FIELDS, "marketplaceOffer", "leadChannel", "campaignCode"]},
+    )
     fake.selects["leadChannel"] = [("Marketplace", "Marketplace"), ("Partner", "Partner"), ("Event", "Event")]
     return fake
 
 
 def mapped(fake: FakeMarketo, mapping: dict, form_id: str = "1001") -> MarketoDestination:
-    return MarketoDestination(fake.url, fake.client_id, fake.client_secret, form_id, timeout=5,
-                              mapping=json.dumps(mapping))  # fmt: skip
+    return MarketoDestination(
+        fake.url, fake.client_id, fake.client_secret, form_id, timeout=5, mapping=json.dumps(mapping)
+    )
 
 
 def test_the_instances_own_fields_and_a_campaign_value_land_on_the_person():
     with instance_with_its_own_fields() as fake:
         mapped(fake, MK_MAPPING).send(sample_lead(1, Description='{"mktcmpid": "winter-26"}'), ROUTE)
         person = fake.persons["ada1@contoso.com"]
-        assert (person["marketplaceOffer"], person["leadChannel"], person["campaignCode"], person["lastName"]) == \
-            ("Marketplace: Contoso CRM (PLT)", "Marketplace", "winter-26", "Lovelace1")  # fmt: skip
+        assert (person["marketplaceOffer"], person["leadChannel"], person["campaignCode"], person["lastName"]) == (
+            "Marketplace: Contoso CRM (PLT)",
+            "Marketplace",
+            "winter-26",
+            "Lovelace1",
+        )
         assert "mktcmpid=winter-26" in fake.submissions[0]["visitorData"]["queryString"]
         mapped(fake, MK_MAPPING).send(sample_lead(2), Route(mapping="partner"))
         assert fake.persons["ada2@contoso.com"]["leadChannel"] == "Partner"  # the select's value, by its label
@@ -399,15 +446,24 @@ def test_check_proves_the_mapping_against_describe_and_the_form():
         assert "MARKETO_MAPPING: 3 fields of its own, mappings partner proven" in result.message
 
 
-@pytest.mark.parametrize("fields, says", [
-    ({"marketplaceOfer": "offer_title"},
-     "MARKETO_MAPPING maps marketplaceOfer: Marketo's person has no field marketplaceOfer (did you mean "
-     "marketplaceOffer?)"),
-    ({"leadChannel": {"value": "Webinar"}},
-     "leadChannel cannot take the constant \"Webinar\": the value is not one of its picklist's values (Marketplace, "
-     "Partner, Event)"),
-    ({"employees": {"value": 5}}, "employees cannot be written: it is not on form 1001 (MARKETO_FORM_ID)"),
-], ids=["misspelt", "select-value", "not-on-form"])  # fmt: skip
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        (
+            {"marketplaceOfer": "offer_title"},
+            "MARKETO_MAPPING maps marketplaceOfer: Marketo's person has no field marketplaceOfer (did you mean "
+            "marketplaceOffer?)",
+        ),
+        (
+            {"leadChannel": {"value": "Webinar"}},
+            'leadChannel cannot take the constant "Webinar": '
+            "the value is not one of its picklist's values (Marketplace, "
+            "Partner, Event)",
+        ),
+        ({"employees": {"value": 5}}, "employees cannot be written: it is not on form 1001 (MARKETO_FORM_ID)"),
+    ],
+    ids=["misspelt", "select-value", "not-on-form"],
+)
 def test_check_finds_what_marketo_would_refuse(fields, says):
     with instance_with_its_own_fields() as fake:
         result = mapped(fake, {"fields": fields}).check()

@@ -17,8 +17,11 @@ SLACK = "https://hooks.slack.com/services/T0001/B0001/AbCdEfGh1234567890aBcDeF"
 def test_check_never_prints_a_url_secret(storage, env, capsys):
     """A Teams workflow's URL carries its signature, a Slack hook's path is its secret."""
     with FakeWebhook() as webhook:
-        env(WEBHOOK_URL=f"{webhook.url}?api-version=2016-06-01&sig=s3cr3t-sig-value", WEBHOOK_SECRET=webhook.secret,
-            EMAIL_TO="")  # fmt: skip
+        env(
+            WEBHOOK_URL=f"{webhook.url}?api-version=2016-06-01&sig=s3cr3t-sig-value",
+            WEBHOOK_SECRET=webhook.secret,
+            EMAIL_TO="",
+        )
         assert main(["--settings", "/nonexistent", "check"]) == 0
         printed = capsys.readouterr().out
         # The fake takes POSTs only, so check's HEAD gets 501: a warning, the URL still masked.
@@ -33,9 +36,16 @@ def test_check_never_prints_a_url_secret(storage, env, capsys):
 
 
 def test_an_alert_never_quotes_a_url_secret():
-    error, _, fix = f"{SLACK} answers 410 Gone — set WEBHOOK_URL to https://u:pw@example.com/h?code=k3y".partition(" — ")
-    group = {"destination": "webhook", "start": datetime(2024, 5, 1, tzinfo=UTC).isoformat(), "count": 1,
-             "leads": ["hc519cf8782dab51f24fabc10"], "errors": [{"error": error, "fix": fix, "count": 1}]}  # fmt: skip
+    error, _, fix = f"{SLACK} answers 410 Gone — set WEBHOOK_URL to https://u:pw@example.com/h?code=k3y".partition(
+        " — "
+    )
+    group = {
+        "destination": "webhook",
+        "start": datetime(2024, 5, 1, tzinfo=UTC).isoformat(),
+        "count": 1,
+        "leads": ["hc519cf8782dab51f24fabc10"],
+        "errors": [{"error": error, "fix": fix, "count": 1}],
+    }
     subject, text = alert_text(group)
     assert "AbCdEfGh1234567890aBcDeF" not in text and ":pw@" not in text and "k3y" not in text
     assert "https://hooks.slack.com/services/*** answers 410 Gone" in text

@@ -121,8 +121,22 @@ class Run:
                 self.held(tag)
 
     def operations(self, draw: random.Random, count: int):
-        kinds = ["intake", "intake", "intake", "held", "work", "work", "work", "sweep", "status", "replay",
-                 "replay_skipped", "forget", "maintain", "break"]  # fmt: skip
+        kinds = [
+            "intake",
+            "intake",
+            "intake",
+            "held",
+            "work",
+            "work",
+            "work",
+            "sweep",
+            "status",
+            "replay",
+            "replay_skipped",
+            "forget",
+            "maintain",
+            "break",
+        ]
         chosen = []
         for number in range(count):
             kind = draw.choice(kinds)
@@ -162,8 +176,7 @@ class Run:
         for _ in range(rounds):
             now += CLAIM + GRACE + STALE
             sweep(self.settings, now=now)
-            while batch := list(client.receive_messages(messages_per_page=32, max_messages=32,
-                                                        visibility_timeout=60)):  # fmt: skip
+            while batch := list(client.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60)):
                 for message in batch:
                     content = json.loads(message.content)
                     if content.get("sent"):
@@ -205,8 +218,15 @@ def test_the_store_keeps_its_promises_in_every_interleaving_and_crash(storage, e
     crashed, calls, plants = Counter(), [], 0
     for seed in seeds:
         suffix = uuid.uuid4().hex[:12]
-        env(WEBHOOK_URL=receiver.url, WEBHOOK_SECRET=receiver.secret, EMAIL_TO="", LEADS_RETRY_BASE_SECONDS="1",
-            LEADS_TABLE_PREFIX=f"m{suffix}", LEADS_DELIVERY_QUEUE=f"m{suffix}", LEADS_HTTP_TIMEOUT_SECONDS="2")
+        env(
+            WEBHOOK_URL=receiver.url,
+            WEBHOOK_SECRET=receiver.secret,
+            EMAIL_TO="",
+            LEADS_RETRY_BASE_SECONDS="1",
+            LEADS_TABLE_PREFIX=f"m{suffix}",
+            LEADS_DELIVERY_QUEUE=f"m{suffix}",
+            LEADS_HTTP_TIMEOUT_SECONDS="2",
+        )
         receiver.leads.clear(), receiver.received.clear(), receiver.confirmed.clear()
         receiver.faults = []
         run = Run(receiver)
@@ -235,8 +255,9 @@ def test_the_store_keeps_its_promises_in_every_interleaving_and_crash(storage, e
         replay(settings=run.settings, now=now)
         replay(settings=run.settings, skipped=True, now=now)
         now = run.recover(now)
-        undelivered = [f"{d.lead_id}/{d.state}" for d in run.deliveries()
-                       if d.state != "delivered" and d.lead_id not in run.erased]  # fmt: skip
+        undelivered = [
+            f"{d.lead_id}/{d.state}" for d in run.deliveries() if d.state != "delivered" and d.lead_id not in run.erased
+        ]
         assert undelivered == [], label
         owed = {d.lead_id for d in run.deliveries() if d.lead_id not in run.erased}
         assert owed <= set(receiver.leads), label  # each stored once by its Idempotency-Key
@@ -252,7 +273,9 @@ def test_the_store_keeps_its_promises_in_every_interleaving_and_crash(storage, e
             plants += 1
     assert plants >= len(seeds) // PLANT_EVERY // 2, plants  # most planting seeds had leads to plant around
     with capsys.disabled():
-        print(f"\nmodel: {len(calls)} schedules, {sum(calls)} scheduled storage calls "
-              f"({min(calls)}-{max(calls)} a schedule), {sum(crashed.values())} crashes at {len(crashed)} distinct "
-              f"points (operation, its n-th storage call, before it was sent or after it committed); "
-              f"differences planted and found in {plants}")  # fmt: skip
+        print(
+            f"\nmodel: {len(calls)} schedules, {sum(calls)} scheduled storage calls "
+            f"({min(calls)}-{max(calls)} a schedule), {sum(crashed.values())} crashes at {len(crashed)} distinct "
+            f"points (operation, its n-th storage call, before it was sent or after it committed); "
+            f"differences planted and found in {plants}"
+        )

@@ -110,9 +110,7 @@ def test_lead_source_table(row):
 
 
 def test_salesforce_validation_lead_source_folds_test_markers():
-    source, action, offer = parse_lead_source(
-        "MSFT_TEST_636573304831318844-MSFT_TEST_636573304831318844|<Offer Name>"
-    )
+    source, action, offer = parse_lead_source("MSFT_TEST_636573304831318844-MSFT_TEST_636573304831318844|<Offer Name>")
     assert (source, action, offer) == ("MSFT_TEST_636573304831318844", "MSFT_TEST_636573304831318844", "<Offer Name>")
 
 
@@ -132,17 +130,33 @@ def test_action_code_beside_a_folded_source_wins_and_codes_are_canonical():
 
 
 def test_keys_match_case_insensitively():
-    camel = from_http_body({"userDetails": {"firstName": "Ann", "email": "ann@contoso.com"},
-                            "leadSource": "AzurePortal", "actionCode": "Create", "offerTitle": "X"})  # fmt: skip
-    pascal = from_http_body({"UserDetails": {"FirstName": "Ann", "Email": "ann@contoso.com"},
-                             "LeadSource": "AzurePortal", "ActionCode": "Create", "OfferTitle": "X"})  # fmt: skip
+    camel = from_http_body(
+        {
+            "userDetails": {"firstName": "Ann", "email": "ann@contoso.com"},
+            "leadSource": "AzurePortal",
+            "actionCode": "Create",
+            "offerTitle": "X",
+        }
+    )
+    pascal = from_http_body(
+        {
+            "UserDetails": {"FirstName": "Ann", "Email": "ann@contoso.com"},
+            "LeadSource": "AzurePortal",
+            "ActionCode": "Create",
+            "OfferTitle": "X",
+        }
+    )
     assert camel.first_name == pascal.first_name == "Ann"
     assert camel.lead_id == pascal.lead_id
 
 
 def test_text_is_trimmed_and_whitespace_collapsed():
-    lead = from_http_body({"UserDetails": {"FirstName": "  Mary \t Ann ", "Company": "Contoso\n  Ltd"},
-                           "Description": "  Please   call\r\n\r\n\r\n me  "})  # fmt: skip
+    lead = from_http_body(
+        {
+            "UserDetails": {"FirstName": "  Mary \t Ann ", "Company": "Contoso\n  Ltd"},
+            "Description": "  Please   call\r\n\r\n\r\n me  ",
+        }
+    )
     assert lead.first_name == "Mary Ann"
     assert lead.company == "Contoso Ltd"
     assert lead.description == "Please call\n\nme"
@@ -158,9 +172,19 @@ def test_numbers_are_read_as_text():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("US", "US"), ("USA", "US"), ("United States", "US"), ("united states", "US"), ("DEU", "DE"),
-     ("Germany", "DE"), ("gb", "GB"), ("UK", "GB"), ("Atlantis", "Atlantis"), (None, None)],
-)  # fmt: skip
+    [
+        ("US", "US"),
+        ("USA", "US"),
+        ("United States", "US"),
+        ("united states", "US"),
+        ("DEU", "DE"),
+        ("Germany", "DE"),
+        ("gb", "GB"),
+        ("UK", "GB"),
+        ("Atlantis", "Atlantis"),
+        (None, None),
+    ],
+)
 def test_country(value, expected):
     assert normalise_country(value) == expected
 
@@ -190,7 +214,11 @@ def test_email_domain_lower_cased_and_invalid_kept_and_marked():
 
 
 @settings(max_examples=300)
-@given(st.one_of(st.emails(), st.text(max_size=40), st.from_regex(r"[a-zA-Z0-9._%+-]{1,20}@[a-zA-Z0-9.-]{1,20}", fullmatch=True)))
+@given(
+    st.one_of(
+        st.emails(), st.text(max_size=40), st.from_regex(r"[a-zA-Z0-9._%+-]{1,20}@[a-zA-Z0-9.-]{1,20}", fullmatch=True)
+    )
+)
 def test_email_fast_path_agrees_with_email_validator(value):
     try:
         expected = (validate_email(value, check_deliverability=False).normalized, True)
@@ -215,9 +243,21 @@ def test_description_and_campaign(text, description, campaign):
 
 
 def test_pii_withheld_lead_is_still_a_lead():
-    lead = from_http_body({"UserDetails": {"FirstName": "", "LastName": "", "Email": "", "Phone": "",
-                                           "Country": "", "Company": "", "Title": ""},
-                           "LeadSource": "SPZA-INS|contoso.edu-offer", "OfferTitle": "Edu"})  # fmt: skip
+    lead = from_http_body(
+        {
+            "UserDetails": {
+                "FirstName": "",
+                "LastName": "",
+                "Email": "",
+                "Phone": "",
+                "Country": "",
+                "Company": "",
+                "Title": "",
+            },
+            "LeadSource": "SPZA-INS|contoso.edu-offer",
+            "OfferTitle": "Edu",
+        }
+    )
     assert lead.pii_withheld and lead.offer_id == "contoso.edu-offer"
 
 
@@ -266,12 +306,15 @@ def test_table_entity_with_broken_customer_info():
         from_table_entity({**entity, "CustomerInfo": "{broken"}, "T")
 
 
-@pytest.mark.parametrize("extra, kept", [
-    (b"\xff\x00\xfe", {"Extra": "/wD+", "Extra@odata.type": "Edm.Binary"}),  # binary that is not UTF-8
-    (float("nan"), {"Extra": "NaN", "Extra@odata.type": "Edm.Double"}),
-    (float("-inf"), {"Extra": "-Infinity", "Extra@odata.type": "Edm.Double"}),
-    ("a\ud800b", {"Extra": "a\ufffdb"}),  # a lone surrogate
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, kept",
+    [
+        (b"\xff\x00\xfe", {"Extra": "/wD+", "Extra@odata.type": "Edm.Binary"}),  # binary that is not UTF-8
+        (float("nan"), {"Extra": "NaN", "Extra@odata.type": "Edm.Double"}),
+        (float("-inf"), {"Extra": "-Infinity", "Extra@odata.type": "Edm.Double"}),
+        ("a\ud800b", {"Extra": "a\ufffdb"}),  # a lone surrogate
+    ],
+)
 def test_an_odd_extra_property_keeps_the_lead_and_its_raw_record_can_be_written(extra, kept):
     entity = fixture("table-entity-test-lead.json")
     lead = from_table_entity({**entity, "Extra": extra}, "T")
@@ -280,11 +323,14 @@ def test_an_odd_extra_property_keeps_the_lead_and_its_raw_record_can_be_written(
     assert Lead.from_json(lead.to_json().encode().decode()) == lead  # UTF-8 JSON, read back the same
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("Description", "a\ud800b", "Description holds text that is not valid Unicode"),
-    ("LeadSource", float("nan"), "LeadSource holds a number JSON cannot carry"),
-    ("CustomerInfo", '{"FirstName": "Ann\\ud800"}', "CustomerInfo holds text that is not valid Unicode"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("Description", "a\ud800b", "Description holds text that is not valid Unicode"),
+        ("LeadSource", float("nan"), "LeadSource holds a number JSON cannot carry"),
+        ("CustomerInfo", '{"FirstName": "Ann\\ud800"}', "CustomerInfo holds text that is not valid Unicode"),
+    ],
+)
 def test_a_lead_field_that_cannot_be_read_still_rejects_the_row(field, value, message):
     entity = fixture("table-entity-test-lead.json")
     with pytest.raises(LeadValidationError, match=message):
@@ -296,8 +342,21 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6),
     max_leaves=30,
 )
-lead_keys = st.sampled_from(["UserDetails", "userDetails", "LeadSource", "ActionCode", "OfferTitle",
-                             "Description", "FirstName", "Email", "Phone", "Country", "Company"])  # fmt: skip
+lead_keys = st.sampled_from(
+    [
+        "UserDetails",
+        "userDetails",
+        "LeadSource",
+        "ActionCode",
+        "OfferTitle",
+        "Description",
+        "FirstName",
+        "Email",
+        "Phone",
+        "Country",
+        "Company",
+    ]
+)
 lead_like = st.recursive(
     json_values,
     lambda children: st.dictionaries(lead_keys, children, max_size=8),

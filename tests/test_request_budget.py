@@ -27,9 +27,11 @@ from .conftest import FIXTURES
 from .storage_proxy import StorageProxy
 
 EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
-DESTINATIONS = {0: {}, 1: {"EMAIL_TO": "sales@contoso.example"},
-                3: {"EMAIL_TO": "sales@contoso.example", "WEBHOOK_URL": "http://127.0.0.1:9/leads",
-                    "HUBSPOT_TOKEN": "pat-test"}}  # fmt: skip
+DESTINATIONS = {
+    0: {},
+    1: {"EMAIL_TO": "sales@contoso.example"},
+    3: {"EMAIL_TO": "sales@contoso.example", "WEBHOOK_URL": "http://127.0.0.1:9/leads", "HUBSPOT_TOKEN": "pat-test"},
+}
 # Requests a lead may cost (table, queue): the HTTP figures are exact today, the batched ones
 # leave room for a page's few partitions (measured: see benchmarks/README.md).
 HTTP_BUDGET = {0: (4, 0), 1: (5, 1), 3: (5, 3)}
@@ -79,16 +81,40 @@ def test_a_poll_page_costs_little_more_than_a_request_a_row(counted, env):
     marketplace.create_table()
     day, tag = f"{datetime.now(UTC):%Y-%m-%d}", uuid.uuid4().hex[:8]
     for start in range(0, PAGE_ROWS, 100):
-        marketplace.submit_transaction([("create", {
-            "PartitionKey": day, "RowKey": uuid.uuid4().hex, "LeadSource": "AzureMarketplace", "ActionCode": "INS",
-            "OfferDisplayName": "Contoso CRM", "CustomerInfo": json.dumps(person(index, tag))})
-            for index in range(start, min(start + 100, PAGE_ROWS))])  # fmt: skip
+        marketplace.submit_transaction(
+            [
+                (
+                    "create",
+                    {
+                        "PartitionKey": day,
+                        "RowKey": uuid.uuid4().hex,
+                        "LeadSource": "AzureMarketplace",
+                        "ActionCode": "INS",
+                        "OfferDisplayName": "Contoso CRM",
+                        "CustomerInfo": json.dumps(person(index, tag)),
+                    },
+                )
+                for index in range(start, min(start + 100, PAGE_ROWS))
+            ]
+        )
     poll_marketplace()  # the first poll of a table: its whole history, stored
     before = app_requests(tables)
-    marketplace.submit_transaction([("create", {
-        "PartitionKey": day, "RowKey": uuid.uuid4().hex, "LeadSource": "AzureMarketplace", "ActionCode": "INS",
-        "OfferDisplayName": "Contoso CRM", "CustomerInfo": json.dumps(person(PAGE_ROWS + index, tag))})
-        for index in range(PAGE_ROWS)])  # fmt: skip
+    marketplace.submit_transaction(
+        [
+            (
+                "create",
+                {
+                    "PartitionKey": day,
+                    "RowKey": uuid.uuid4().hex,
+                    "LeadSource": "AzureMarketplace",
+                    "ActionCode": "INS",
+                    "OfferDisplayName": "Contoso CRM",
+                    "CustomerInfo": json.dumps(person(PAGE_ROWS + index, tag)),
+                },
+            )
+            for index in range(PAGE_ROWS)
+        ]
+    )
     done = poll_marketplace()
     assert done.stored == PAGE_ROWS, done.summary()
     per_row = (app_requests(tables) - before) / PAGE_ROWS
@@ -105,8 +131,10 @@ def test_an_import_window_costs_little_more_than_a_request_a_row_and_a_row_recei
         writer = csv.writer(handle)
         writer.writerow(["First Name", "Last Name", "Email", "Company Name", "Offer Name", "Created Date"])
         created = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
-        writer.writerows([who["FirstName"], who["LastName"], who["Email"], "Contoso", "Contoso CRM", created]
-                         for who in (person(index, tag) for index in range(2 * PAGE_ROWS)))  # fmt: skip
+        writer.writerows(
+            [who["FirstName"], who["LastName"], who["Email"], "Contoso", "Contoso CRM", created]
+            for who in (person(index, tag) for index in range(2 * PAGE_ROWS))
+        )
     costs = []
     for _ in range(2):
         before = app_requests(tables)

@@ -27,10 +27,20 @@ class _Unavailable(LoopbackHandler):
     def _serve(self):
         self.read_body()
         if "/oauth2/token" in self.path or "/identity/oauth/token" in self.path:
-            return self.answer(200, {"access_token": "token", "instance_url": self.fake.base_url, "token_type": "Bearer",
-                                     "expires_in": 3600, "issued_at": "1700000000000", "id": "x"})  # fmt: skip
-        return self.answer(503, [{"message": "Server is unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
-                           {"Retry-After": str(WAIT)})  # fmt: skip
+            return self.answer(
+                200,
+                {
+                    "access_token": "token",
+                    "instance_url": self.fake.base_url,
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                    "issued_at": "1700000000000",
+                    "id": "x",
+                },
+            )
+        return self.answer(
+            503, [{"message": "Server is unavailable", "errorCode": "SERVER_UNAVAILABLE"}], {"Retry-After": str(WAIT)}
+        )
 
     do_GET = do_POST = do_PATCH = _serve
 
@@ -48,8 +58,12 @@ def unavailable(fake_tls_ca, monkeypatch):
 
 @pytest.fixture
 def queue(storage, env):
-    env(LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}", LEADS_RETRY_BASE_SECONDS="0.2", EMAIL_TO="",
-        LEADS_HTTP_TIMEOUT_SECONDS="5")  # fmt: skip
+    env(
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        LEADS_RETRY_BASE_SECONDS="0.2",
+        EMAIL_TO="",
+        LEADS_HTTP_TIMEOUT_SECONDS="5",
+    )
 
 
 def waits_as_told(name: str) -> None:
@@ -70,8 +84,11 @@ def test_a_503_with_retry_after_is_retried_no_sooner(queue, env, unavailable, na
 
 
 def test_email_waits_as_acs_says(queue, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="sales@contoso.com")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="sales@contoso.com",
+    )
     fake_acs.fail_next("429", on="send", retry_after=str(WAIT))
     waits_as_told("email")
 

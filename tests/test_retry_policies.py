@@ -4,8 +4,8 @@ client itself, not from the options the app passes.
 Each SDK reads its own options (``leads/core/retries.py``): the Storage Queues SDK ignores azure-core's
 ``retry_backoff_factor`` and waited 18, 24 and 42 s (± 3 s) between its tries by default; a client
 given a transport ignores its own ``connection_timeout``/``read_timeout`` (the transport kept
-requests' 300 s); azure-identity's credentials retry 10 times, waiting up to 2 minutes. So each client's pipeline is taken
-from the built client and its retry policy run against a service that answers 503 every time:
+requests' 300 s); azure-identity's credentials retry 10 times, waiting up to 2 minutes. So each
+client's pipeline is taken from the built client and its retry policy run against a service that answers 503 every time:
 the tries it makes and the waits it asks for are what the SDK will really do.
 """
 
@@ -65,13 +65,15 @@ CLIENTS = {
     "table": lambda: table_service(CONNECTION).get_table_client("Leads"),
     "queue service": lambda: queue_service(CONNECTION),
     "delivery queue": lambda: DeliveryQueue(CONNECTION, "leads-deliveries").client,
-    "storage identity (user-assigned)": lambda: storage_module._credential("00000000-0000-0000-0000-000000000001",
-                                                                           True),  # fmt: skip
+    "storage identity (user-assigned)": lambda: storage_module._credential(
+        "00000000-0000-0000-0000-000000000001", True
+    ),
     "storage identity (default credential)": default_credentials_managed_identity,
     "ACS email identity": lambda: email_module._identity_credential(),
     "ACS email": lambda: email_module._acs_client(ACS, "", 5.0, 20.0),
-    "Dynamics identity": lambda: DynamicsDestination("https://contoso.crm.dynamics.com", "t", "c", "",
-                                                     timeout=10.0)._managed_identity(),  # fmt: skip
+    "Dynamics identity": lambda: DynamicsDestination(
+        "https://contoso.crm.dynamics.com", "t", "c", "", timeout=10.0
+    )._managed_identity(),
 }
 # What each may cost when every try fails: tries, seconds waited between them (at most), and the
 # transport's connect and read timeouts. Storage's waits also end at the caller's deadline.
@@ -137,8 +139,7 @@ def run_busy(policy, clock: _Clock) -> int:
     """Run the policy against the busy service; the tries it made."""
     busy = _Busy()
     policy.next = busy
-    request = PipelineRequest(HttpRequest("PUT", "https://127.0.0.1:9/devstoreaccount1/t"),
-                              PipelineContext(clock))  # fmt: skip
+    request = PipelineRequest(HttpRequest("PUT", "https://127.0.0.1:9/devstoreaccount1/t"), PipelineContext(clock))
     policy.send(request)
     return busy.tries
 

@@ -13,18 +13,30 @@ ENABLED = ("email", "webhook", "dynamics")
 
 
 def lead(**fields):
-    body = {"UserDetails": {"Email": "ann@contoso.com", "Company": fields.pop("company", "Contoso")},
-            "LeadSource": fields.pop("source", "SPZA-PLT|contoso.crm"), "OfferTitle": fields.pop("title", "Contoso CRM")}  # fmt: skip
+    body = {
+        "UserDetails": {"Email": "ann@contoso.com", "Company": fields.pop("company", "Contoso")},
+        "LeadSource": fields.pop("source", "SPZA-PLT|contoso.crm"),
+        "OfferTitle": fields.pop("title", "Contoso CRM"),
+    }
     body.update(fields)
     return from_http_body(body)
 
 
-RULES = json.dumps({"rules": [
-    {"name": "crm trials", "offer": "contoso.crm*", "action": ["PLT"], "email": "crm@contoso.com; lead@contoso.com",
-     "destinations": ["email", "dynamics"]},
-    {"offer": "*Analytics*", "source": "AzurePortal", "email": "analytics@contoso.com"},
-    {"test": True, "destinations": ["webhook"]},
-]})  # fmt: skip
+RULES = json.dumps(
+    {
+        "rules": [
+            {
+                "name": "crm trials",
+                "offer": "contoso.crm*",
+                "action": ["PLT"],
+                "email": "crm@contoso.com; lead@contoso.com",
+                "destinations": ["email", "dynamics"],
+            },
+            {"offer": "*Analytics*", "source": "AzurePortal", "email": "analytics@contoso.com"},
+            {"test": True, "destinations": ["webhook"]},
+        ]
+    }
+)
 
 
 def test_first_matching_rule_decides():
@@ -49,7 +61,9 @@ def test_no_match_goes_everywhere_enabled_with_email_to():
 
 
 def test_no_routing_set():
-    assert route(lead(), load_rules(""), ("webhook",), "") == {"webhook": route(lead(), (), ("webhook",), "")["webhook"]}
+    assert route(lead(), load_rules(""), ("webhook",), "") == {
+        "webhook": route(lead(), (), ("webhook",), "")["webhook"]
+    }
 
 
 def test_a_rule_naming_a_disabled_destination_skips_it():

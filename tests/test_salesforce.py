@@ -43,9 +43,15 @@ def make_lead(**changes):
 
 
 def rest(fake: FakeSalesforce, external_id_field: str | None = EXT, **kwargs) -> SalesforceDestination:
-    return SalesforceDestination(kwargs.pop("url", fake.url), kwargs.pop("client_id", fake.client_id),
-                                 kwargs.pop("client_secret", fake.client_secret), external_id_field or "",
-                                 timeout=kwargs.pop("timeout", 5), session=fake.session(), **kwargs)  # fmt: skip
+    return SalesforceDestination(
+        kwargs.pop("url", fake.url),
+        kwargs.pop("client_id", fake.client_id),
+        kwargs.pop("client_secret", fake.client_secret),
+        external_id_field or "",
+        timeout=kwargs.pop("timeout", 5),
+        session=fake.session(),
+        **kwargs,
+    )
 
 
 def w2l(fake: FakeSalesforce, oid: str | None = None, url: str | None = None) -> SalesforceWebToLeadDestination:
@@ -62,17 +68,41 @@ def only_record(fake: FakeSalesforce) -> dict:
 
 def test_a_lead_is_mapped_field_by_field(fake_salesforce):
     fake_salesforce.lead_source_values.append("Azure Marketplace")
-    lead = make_lead(LeadSource="SPZA-PLT|contoso.contoso-crm", ActionCode=None, OfferTitle="Contoso CRM",
-                     Description='{"mktcmpid": "spring", "partnerid": "42"}')  # fmt: skip
+    lead = make_lead(
+        LeadSource="SPZA-PLT|contoso.contoso-crm",
+        ActionCode=None,
+        OfferTitle="Contoso CRM",
+        Description='{"mktcmpid": "spring", "partnerid": "42"}',
+    )
     sent = rest(fake_salesforce).send(lead, Route())
     record = only_record(fake_salesforce)
     assert sent.external_id == record["Id"] and sent.detail == {"action": "created"}
-    assert {name: record[name] for name in ("FirstName", "LastName", "Email", "Phone", "Title", "Company", "Country",
-                                            EXT, "HasOptedOutOfEmail", "DoNotCall")} == {  # fmt: skip
-        "FirstName": "Some", "LastName": "One", "Email": "someone@contoso.com", "Phone": "+16175555555",
-        "Title": "Esquire", "Company": "Contoso", "Country": "United States", EXT: lead.lead_id,
-        "HasOptedOutOfEmail": False, "DoNotCall": False,
-    }  # fmt: skip
+    assert {
+        name: record[name]
+        for name in (
+            "FirstName",
+            "LastName",
+            "Email",
+            "Phone",
+            "Title",
+            "Company",
+            "Country",
+            EXT,
+            "HasOptedOutOfEmail",
+            "DoNotCall",
+        )
+    } == {
+        "FirstName": "Some",
+        "LastName": "One",
+        "Email": "someone@contoso.com",
+        "Phone": "+16175555555",
+        "Title": "Esquire",
+        "Company": "Contoso",
+        "Country": "United States",
+        EXT: lead.lead_id,
+        "HasOptedOutOfEmail": False,
+        "DoNotCall": False,
+    }
     assert "LeadSource" not in record  # AppSource is not in this org's picklist: left empty, never guessed
     assert record["Description"].splitlines() == [
         "Marketplace: AppSource · Contact me (PLT)",
@@ -100,8 +130,9 @@ def test_orgs_with_country_picklists_get_the_country_code(fake_salesforce):
 
 
 def test_withheld_and_invalid_data_never_costs_the_lead(fake_salesforce):
-    lead = make_lead(user={"FirstName": "", "LastName": "", "Company": "", "Email": "not an address", "Phone": "",
-                           "Title": ""})  # fmt: skip
+    lead = make_lead(
+        user={"FirstName": "", "LastName": "", "Company": "", "Email": "not an address", "Phone": "", "Title": ""}
+    )
     rest(fake_salesforce).send(lead, Route())
     record = only_record(fake_salesforce)
     assert record["LastName"] == PLACEHOLDER and record["Company"] == PLACEHOLDER
@@ -277,13 +308,23 @@ def test_errors_never_carry_the_customers_data():
 
     lead = make_lead()
     exc = SalesforceMalformedRequest(
-        "https://x/services/data/v59.0/query/?q=SELECT+Id+FROM+Lead+WHERE+Email='someone@contoso.com'", 400, "query",
-        [{"message": "Email: invalid email address: someone@contoso.com", "errorCode": "INVALID_EMAIL_ADDRESS",
-          "fields": ["Email"]}])  # fmt: skip
+        "https://x/services/data/v59.0/query/?q=SELECT+Id+FROM+Lead+WHERE+Email='someone@contoso.com'",
+        400,
+        "query",
+        [
+            {
+                "message": "Email: invalid email address: someone@contoso.com",
+                "errorCode": "INVALID_EMAIL_ADDRESS",
+                "fields": ["Email"],
+            }
+        ],
+    )
     for error in (api_error(exc, lead), api_error(exc)):
         assert "someone@contoso.com" not in error.explain() and "INVALID_EMAIL_ADDRESS on Email" in str(error)
-    assert scrub("Company: data value too large: Contoso (max length=5)", lead) == \
-        "Company: data value too large: … (max length=5)"  # fmt: skip
+    assert (
+        scrub("Company: data value too large: Contoso (max length=5)", lead)
+        == "Company: data value too large: … (max length=5)"
+    )
 
 
 # --- check -----------------------------------------------------------------------------------------
@@ -298,36 +339,71 @@ def test_check_passes_and_says_what_it_found(fake_salesforce):
     assert lookup.ok and "no SALESFORCE_EXTERNAL_ID_FIELD" in lookup.message
 
 
-@pytest.mark.parametrize("setup, says, fix", [
-    (lambda f: {"client_id": "3MVG9wrong"}, "does not know SALESFORCE_CLIENT_ID", "Consumer Key"),
-    (lambda f: {"client_secret": "wrong"}, "SALESFORCE_CLIENT_SECRET is not", "Consumer Secret"),
-    (lambda f: setattr(f, "run_as", None), "no client credentials user enabled", "'Run As (Username)'"),
-    (lambda f: setattr(f, "client_credentials", False), "no client credentials user enabled",
-     "Flow Enablement: tick 'Enable Client Credentials Flow'"),
-    (lambda f: setattr(f, "ip_relaxed", False), "ip restricted", "IP Relaxation: 'Relax IP restrictions'"),
-    (lambda f: setattr(f, "scopes", {"full", "refresh_token"}), "no valid scopes defined",
-     "OAuth Scopes: add 'Manage user data via APIs (api)'"),
-    (lambda f: setattr(f, "my_domain", False), "not supported on this domain", "My Domain URL"),
-    (lambda f: setattr(f, "scopes", {"chatter_api"}), "not valid for use with the REST API",
-     "External Client App Manager → the app → Settings → OAuth Settings → OAuth Scopes"),
-    (lambda f: setattr(f, "token_faults", ["503"]), "503", None),
-    (lambda f: setattr(f, "token_faults", ["rate"]), "rate_limit_exceeded", None),
-    (lambda f: setattr(f, "lead_createable", False), "may not create Leads", "Create and Edit on Leads"),
-    (lambda f: setattr(f, "lead_visible", False), "404 NOT_FOUND", "cannot see Leads"),
-    (lambda f: setattr(f, "read_only", {"Phone", "DoNotCall"}), "may not write Phone, DoNotCall", "Field-Level"),
-    (lambda f: setattr(f, "external_id_fields", {}), "no field Marketplace_Lead_Id__c", "External ID"),
-    (lambda f: setattr(f, "external_id_fields", {EXT: {"externalId": False}}), "not marked External ID",
-     "tick 'External ID'"),
-    (lambda f: setattr(f, "daily_limit", 0), "REQUEST_LIMIT_EXCEEDED", "daily API requests"),
-    (lambda f: {"url": "https://contoso.lightning.force.com"}, "Lightning page", "contoso.my.salesforce.com"),
-    (lambda f: {"url": "https://login.salesforce.com"}, "generic login host", "My Domain URL"),
-    (lambda f: {"url": "http://contoso.my.salesforce.com"}, "not an https URL", "My Domain URL"),
-    (lambda f: {"client_secret": ""}, "SALESFORCE_CLIENT_SECRET not set", "Consumer Key and Secret"),
-    (lambda f: {"url": f"https://127.0.0.1:{free_port()}"}, "could not reach", "SALESFORCE_URL"),
-], ids=["client-id", "secret", "no-run-as", "flow-not-enabled", "ip-restricted", "no-valid-scope", "login-host",
-        "no-api-scope", "token-503", "token-rate", "no-create",
-        "no-lead-access", "fls", "no-ext-field", "ext-not-external", "api-limit", "lightning-url", "login-url",
-        "http-url", "missing", "unreachable"])  # fmt: skip
+@pytest.mark.parametrize(
+    "setup, says, fix",
+    [
+        (lambda f: {"client_id": "3MVG9wrong"}, "does not know SALESFORCE_CLIENT_ID", "Consumer Key"),
+        (lambda f: {"client_secret": "wrong"}, "SALESFORCE_CLIENT_SECRET is not", "Consumer Secret"),
+        (lambda f: setattr(f, "run_as", None), "no client credentials user enabled", "'Run As (Username)'"),
+        (
+            lambda f: setattr(f, "client_credentials", False),
+            "no client credentials user enabled",
+            "Flow Enablement: tick 'Enable Client Credentials Flow'",
+        ),
+        (lambda f: setattr(f, "ip_relaxed", False), "ip restricted", "IP Relaxation: 'Relax IP restrictions'"),
+        (
+            lambda f: setattr(f, "scopes", {"full", "refresh_token"}),
+            "no valid scopes defined",
+            "OAuth Scopes: add 'Manage user data via APIs (api)'",
+        ),
+        (lambda f: setattr(f, "my_domain", False), "not supported on this domain", "My Domain URL"),
+        (
+            lambda f: setattr(f, "scopes", {"chatter_api"}),
+            "not valid for use with the REST API",
+            "External Client App Manager → the app → Settings → OAuth Settings → OAuth Scopes",
+        ),
+        (lambda f: setattr(f, "token_faults", ["503"]), "503", None),
+        (lambda f: setattr(f, "token_faults", ["rate"]), "rate_limit_exceeded", None),
+        (lambda f: setattr(f, "lead_createable", False), "may not create Leads", "Create and Edit on Leads"),
+        (lambda f: setattr(f, "lead_visible", False), "404 NOT_FOUND", "cannot see Leads"),
+        (lambda f: setattr(f, "read_only", {"Phone", "DoNotCall"}), "may not write Phone, DoNotCall", "Field-Level"),
+        (lambda f: setattr(f, "external_id_fields", {}), "no field Marketplace_Lead_Id__c", "External ID"),
+        (
+            lambda f: setattr(f, "external_id_fields", {EXT: {"externalId": False}}),
+            "not marked External ID",
+            "tick 'External ID'",
+        ),
+        (lambda f: setattr(f, "daily_limit", 0), "REQUEST_LIMIT_EXCEEDED", "daily API requests"),
+        (lambda f: {"url": "https://contoso.lightning.force.com"}, "Lightning page", "contoso.my.salesforce.com"),
+        (lambda f: {"url": "https://login.salesforce.com"}, "generic login host", "My Domain URL"),
+        (lambda f: {"url": "http://contoso.my.salesforce.com"}, "not an https URL", "My Domain URL"),
+        (lambda f: {"client_secret": ""}, "SALESFORCE_CLIENT_SECRET not set", "Consumer Key and Secret"),
+        (lambda f: {"url": f"https://127.0.0.1:{free_port()}"}, "could not reach", "SALESFORCE_URL"),
+    ],
+    ids=[
+        "client-id",
+        "secret",
+        "no-run-as",
+        "flow-not-enabled",
+        "ip-restricted",
+        "no-valid-scope",
+        "login-host",
+        "no-api-scope",
+        "token-503",
+        "token-rate",
+        "no-create",
+        "no-lead-access",
+        "fls",
+        "no-ext-field",
+        "ext-not-external",
+        "api-limit",
+        "lightning-url",
+        "login-url",
+        "http-url",
+        "missing",
+        "unreachable",
+    ],
+)
 def test_check_diagnoses(fake_salesforce, setup, says, fix):
     changes = setup(fake_salesforce) or {}
     result = rest(fake_salesforce, **changes).check()
@@ -425,8 +501,14 @@ def test_a_lead_reaches_salesforce_through_the_worker(storage, env, monkeypatch)
     monkeypatch.setitem(registry, "salesforce-w2l", "leads.destinations.salesforce:SalesforceWebToLeadDestination")
     with FakeSalesforce() as fake:
         fake.faults = ["ok", "lost"]  # describe; the first upsert's answer is lost: the worker retries
-        env(**fake.settings(), WEBHOOK_URL="", EMAIL_TO="", LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
-            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="5")  # fmt: skip
+        env(
+            **fake.settings(),
+            WEBHOOK_URL="",
+            EMAIL_TO="",
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            LEADS_HTTP_TIMEOUT_SECONDS="5",
+        )
         answer = accept_http(json.dumps(EXAMPLE).encode())
         assert answer.status == 202, answer.body
         lead_id = answer.body["leadId"]
@@ -445,8 +527,13 @@ def test_python_m_leads_check_passes_against_the_org(storage, env, capsys, fake_
 
     settings = fake_salesforce.settings()
     if mode == "web-to-lead":
-        settings.update(SALESFORCE_URL="", SALESFORCE_CLIENT_ID="", SALESFORCE_CLIENT_SECRET="",
-                        SALESFORCE_OID=fake_salesforce.oid, SALESFORCE_WEB_TO_LEAD_URL=fake_salesforce.web_to_lead_url)
+        settings.update(
+            SALESFORCE_URL="",
+            SALESFORCE_CLIENT_ID="",
+            SALESFORCE_CLIENT_SECRET="",
+            SALESFORCE_OID=fake_salesforce.oid,
+            SALESFORCE_WEB_TO_LEAD_URL=fake_salesforce.web_to_lead_url,
+        )
     env(**settings, EMAIL_TO="", WEBHOOK_URL="", LEADS_ROUTING="")
     assert main(["check", "--json"]) == 0, capsys.readouterr().out
     report = {item["name"]: item for item in json.loads(capsys.readouterr().out)}
@@ -456,11 +543,14 @@ def test_python_m_leads_check_passes_against_the_org(storage, env, capsys, fake_
 
 # --- the org's own fields (SALESFORCE_MAPPING) -----------------------------------------------------------
 
-SF_MAPPING = {"fields": {"Marketplace_Offer__c": "Marketplace: {offer_title} ({action})",
-                         "Lead_Source_Detail__c": {"value": "Marketplace"},
-                         "Campaign_Code__c": "campaign.mktcmpid"},
-              "mappings": {"partner": {"RecordTypeId": {"value": "Partner_Lead"},
-                                       "Lead_Source_Detail__c": {"value": "partner"}}}}  # fmt: skip
+SF_MAPPING = {
+    "fields": {
+        "Marketplace_Offer__c": "Marketplace: {offer_title} ({action})",
+        "Lead_Source_Detail__c": {"value": "Marketplace"},
+        "Campaign_Code__c": "campaign.mktcmpid",
+    },
+    "mappings": {"partner": {"RecordTypeId": {"value": "Partner_Lead"}, "Lead_Source_Detail__c": {"value": "partner"}}},
+}
 PARTNER_RECORD_TYPE = "0125g000000PrtnAAC"
 
 
@@ -470,10 +560,16 @@ def org_with_its_own_fields(fake: FakeSalesforce) -> FakeSalesforce:
 
     fake.custom_fields += [
         field("Marketplace_Offer__c", length=60, label="Marketplace Offer"),
-        field("Lead_Source_Detail__c", "picklist", 255, label="Lead Source Detail", restrictedPicklist=True,
-              picklistValues=picklist(["Marketplace", "Partner", "Event"])),
+        field(
+            "Lead_Source_Detail__c",
+            "picklist",
+            255,
+            label="Lead Source Detail",
+            restrictedPicklist=True,
+            picklistValues=picklist(["Marketplace", "Partner", "Event"]),
+        ),
         field("Campaign_Code__c", length=40, label="Campaign Code"),
-    ]  # fmt: skip
+    ]
     fake.record_type("Partner_Lead", PARTNER_RECORD_TYPE)
     return fake
 
@@ -487,8 +583,11 @@ def test_the_orgs_own_fields_and_a_campaign_value_land_on_the_lead(fake_salesfor
     destination = rest(fake_salesforce, mapping=json.dumps(SF_MAPPING))
     destination.send(campaign_lead(), Route())
     record = only_record(fake_salesforce)
-    assert (record["Marketplace_Offer__c"], record["Lead_Source_Detail__c"], record["Campaign_Code__c"]) == \
-        ("Marketplace: Contoso CRM (INS)", "Marketplace", "winter-26")  # fmt: skip
+    assert (record["Marketplace_Offer__c"], record["Lead_Source_Detail__c"], record["Campaign_Code__c"]) == (
+        "Marketplace: Contoso CRM (INS)",
+        "Marketplace",
+        "winter-26",
+    )
     assert "RecordTypeId" not in record and record["LastName"] == "One"  # the built-in fields stay
 
 
@@ -535,15 +634,24 @@ def test_check_proves_the_mapping_against_describe(fake_salesforce):
     assert "SALESFORCE_MAPPING: 3 fields of its own, mappings partner proven against the CRM's schema" in result.message
 
 
-@pytest.mark.parametrize("fields, says", [
-    ({"Marketplace_Ofer__c": "offer_title"},
-     "SALESFORCE_MAPPING maps Marketplace_Ofer__c: Salesforce's Lead has no field Marketplace_Ofer__c (did you mean "
-     "Marketplace_Offer__c?)"),
-    ({"Lead_Source_Detail__c": {"value": "Webinar"}},
-     "Lead_Source_Detail__c cannot take the constant \"Webinar\": the value is not one of its picklist's values "
-     "(Marketplace, Partner, Event)"),
-    ({"IsConverted": {"value": True}}, "IsConverted cannot be written: the Run As user may not create or edit it"),
-], ids=["misspelt", "picklist-value", "read-only"])  # fmt: skip
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        (
+            {"Marketplace_Ofer__c": "offer_title"},
+            "SALESFORCE_MAPPING maps Marketplace_Ofer__c: Salesforce's Lead has no field Marketplace_Ofer__c "
+            "(did you mean "
+            "Marketplace_Offer__c?)",
+        ),
+        (
+            {"Lead_Source_Detail__c": {"value": "Webinar"}},
+            'Lead_Source_Detail__c cannot take the constant "Webinar": the value is not one of its picklist\'s values '
+            "(Marketplace, Partner, Event)",
+        ),
+        ({"IsConverted": {"value": True}}, "IsConverted cannot be written: the Run As user may not create or edit it"),
+    ],
+    ids=["misspelt", "picklist-value", "read-only"],
+)
 def test_check_finds_what_the_org_would_refuse(fake_salesforce, fields, says):
     org_with_its_own_fields(fake_salesforce)
     result = rest(fake_salesforce, mapping=json.dumps({"fields": fields})).check()

@@ -43,8 +43,13 @@ def wait_for(condition, timeout: float = 10.0, what: str = "the condition"):
 def write_host_json(path: Path, route_prefix: str = "api", **queues: object) -> Path:
     """A host.json whose queue settings make retries, poison messages and idle polls quick to see
     (``queues`` overrides them)."""
-    queues = {"batchSize": 4, "maxDequeueCount": 2, "visibilityTimeout": "00:00:00",
-              "maxPollingInterval": "00:00:00.200", **queues}  # fmt: skip
+    queues = {
+        "batchSize": 4,
+        "maxDequeueCount": 2,
+        "visibilityTimeout": "00:00:00",
+        "maxPollingInterval": "00:00:00.200",
+        **queues,
+    }
     extensions = {"http": {"routePrefix": route_prefix}, "queues": queues}
     path.write_text(json.dumps({"version": "2.0", "extensions": extensions}))
     return path
@@ -214,8 +219,11 @@ def test_serve_loads_local_settings_without_overriding_the_environment_and_stops
     (tmp_path / "local.settings.json").write_text(json.dumps({"IsEncrypted": False, "Values": values}))
     environment = {name: value for name, value in os.environ.items() if name not in APP_SETTINGS}
     environment |= {"PYTHONPATH": str(REPO), "SERVE_TEST_BOTH": "environment"}
-    served = Served([sys.executable, "-c", "from leads.local.serve import serve; serve(0, app_module='tests.serve_app')"],
-                    cwd=tmp_path, env=environment)  # fmt: skip
+    served = Served(
+        [sys.executable, "-c", "from leads.local.serve import serve; serve(0, app_module='tests.serve_app')"],
+        cwd=tmp_path,
+        env=environment,
+    )
     url = served.url
     try:
         assert requests.get(f"{url}/api/settings/SERVE_TEST_FROM_FILE").text == "file"
@@ -395,8 +403,11 @@ def test_a_new_batch_is_fetched_once_in_flight_messages_fall_to_new_batch_thresh
     client.create_queue()
     for _ in range(6):  # all there before the first read, so that each read gets a whole batch
         client.send_message(b"hold")
-    toy(SERVE_TEST_QUEUE=name, SERVE_TEST_STORAGE=azurite.connection_string,
-        queues={"batchSize": 2, "newBatchThreshold": 2})  # fmt: skip
+    toy(
+        SERVE_TEST_QUEUE=name,
+        SERVE_TEST_STORAGE=azurite.connection_string,
+        queues={"batchSize": 2, "newBatchThreshold": 2},
+    )
 
     wait_for(lambda: len(serve_app.seen["held"]) >= 4, what="four messages in flight")
 

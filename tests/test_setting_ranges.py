@@ -19,13 +19,19 @@ from leads.ops.checks import run_checks, what_it_means
 from .served import Served
 
 REPO = Path(__file__).resolve().parents[1]
-NUMERIC = {field.alias: (name, field) for name, field in Settings.model_fields.items()
-           if isinstance(field.json_schema_extra, dict) and "range" in field.json_schema_extra}  # fmt: skip
+NUMERIC = {
+    field.alias: (name, field)
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.json_schema_extra, dict) and "range" in field.json_schema_extra
+}
 
 
 def test_every_numeric_setting_has_a_range():
-    numeric = {field.alias for field in Settings.model_fields.values()
-               if field.annotation in (int, float, int | None, float | None)}  # fmt: skip
+    numeric = {
+        field.alias
+        for field in Settings.model_fields.values()
+        if field.annotation in (int, float, int | None, float | None)
+    }
     assert numeric == set(NUMERIC), "a numeric setting without a range: use settings.number(...)"
 
 
@@ -56,7 +62,9 @@ def test_check_names_the_refused_setting_its_range_and_what_it_does_to_a_lead(st
     env(LEADS_DEDUPE_WINDOW_HOURS="inf")
     (check,) = [check for name, check in run_checks() if name == "setting value"]
     assert check.state == "problem" and "LEADS_DEDUPE_WINDOW_HOURS is inf" in check.message
-    assert "from 0 to 8,760 (hours)" in check.message and "every function fails" in what_it_means("setting value", check)
+    assert "from 0 to 8,760 (hours)" in check.message and "every function fails" in what_it_means(
+        "setting value", check
+    )
 
 
 def test_check_has_no_refused_value_when_each_is_in_range(storage):
@@ -84,9 +92,16 @@ def test_an_infinite_backfill_leaves_marketplace_rows_untouched_until_it_is_fixe
     table = table_service(storage.connection_string).get_table_client(get_settings().marketplace_table_name)
     table.create_table()
     person = json.dumps({"FirstName": "H", "LastName": "I", "Email": "h@i.com"})
-    table.create_entity({"PartitionKey": datetime.now(UTC).strftime("%Y-%m-%d"), "RowKey": "row-1",
-                         "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferDisplayName": "CRM",
-                         "CustomerInfo": person})  # fmt: skip
+    table.create_entity(
+        {
+            "PartitionKey": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "RowKey": "row-1",
+            "LeadSource": "AzureMarketplace",
+            "ActionCode": "INS",
+            "OfferDisplayName": "CRM",
+            "CustomerInfo": person,
+        }
+    )
     _recently_stored.clear()
     env(LEADS_BACKFILL_DAYS="inf")
     for _ in range(4):

@@ -24,9 +24,16 @@ NOW = datetime.now(UTC)
 
 
 def body(offer: str, index: int = 0) -> dict:
-    return {"UserDetails": {"FirstName": "Ann", "LastName": f"Lee{index}", "Email": f"ann{index}@fabrikam.com",
-                            "Company": "Fabrikam"},
-            "LeadSource": f"AzureMarketplace-INS|contoso.{offer.lower()}", "OfferTitle": offer}  # fmt: skip
+    return {
+        "UserDetails": {
+            "FirstName": "Ann",
+            "LastName": f"Lee{index}",
+            "Email": f"ann{index}@fabrikam.com",
+            "Company": "Fabrikam",
+        },
+        "LeadSource": f"AzureMarketplace-INS|contoso.{offer.lower()}",
+        "OfferTitle": offer,
+    }
 
 
 def arrive(offer: str, days_ago: list[int], channel: str = "http") -> None:
@@ -40,9 +47,15 @@ def arrive(offer: str, days_ago: list[int], channel: str = "http") -> None:
 
 @pytest.fixture
 def watched(storage, env, fake_acs):
-    env(EMAIL_CONNECTION_STRING=fake_acs.connection_string, EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
-        EMAIL_TO="", WEBHOOK_URL="", LEADS_ALERT_TO="ops@contoso.com", LEADS_SILENCE_DAYS="3",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+    env(
+        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
+        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        EMAIL_TO="",
+        WEBHOOK_URL="",
+        LEADS_ALERT_TO="ops@contoso.com",
+        LEADS_SILENCE_DAYS="3",
+        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+    )
     return fake_acs
 
 
@@ -82,7 +95,8 @@ def test_the_weekly_offer_is_alarmed_when_it_misses_two_weeks(watched):
     arrive("Weekly", [50, 43, 36, 29, 22, 15])  # the last 15 days ago: past twice its 7
     sweep(now=NOW)
     assert [mail["subject"] for mail in watched.mails if "Weekly" in mail["subject"]] == [
-        "No leads from offer Weekly for 15 days"]
+        "No leads from offer Weekly for 15 days"
+    ]
 
 
 def test_a_failing_table_poll_is_named_as_the_cause_and_check_calls_it_a_problem(watched, env):
@@ -91,8 +105,10 @@ def test_a_failing_table_poll_is_named_as_the_cause_and_check_calls_it_a_problem
 
     arrive("Tabled", list(range(12, 4, -1)), channel="table")
     (closed,) = free_ports(1)  # nothing listens there: the marketplace's account cannot be reached
-    env(MARKETPLACE_TABLE_CONNECTION=f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
-                                     f"TableEndpoint=http://127.0.0.1:{closed}/devstoreaccount1;")  # fmt: skip
+    env(
+        MARKETPLACE_TABLE_CONNECTION=f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        f"TableEndpoint=http://127.0.0.1:{closed}/devstoreaccount1;"
+    )
     with pytest.raises(Exception):  # noqa: B017 - whichever the SDK raises: the poll failed
         poll_marketplace()
     report = status_of().to_dict()
@@ -107,8 +123,12 @@ def test_a_failing_table_poll_is_named_as_the_cause_and_check_calls_it_a_problem
 
 def test_the_watch_costs_the_first_lead_of_an_offer_a_day_four_requests_and_the_rest_none(storage, env):
     with StorageProxy(storage.table_port) as proxy:
-        env(AzureWebJobsStorage=proxy.connection_string(storage), EMAIL_TO="", WEBHOOK_URL="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}")  # fmt: skip
+        env(
+            AzureWebJobsStorage=proxy.connection_string(storage),
+            EMAIL_TO="",
+            WEBHOOK_URL="",
+            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+        )
         LeadStore.from_settings().ensure_tables()
 
         def checkpoint_requests(offer: str, index: int) -> int:

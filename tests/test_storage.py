@@ -76,8 +76,11 @@ def test_a_change_that_declines_writes_nothing(table):
 def test_a_connection_with_neither_a_string_nor_identity_settings_names_what_to_set(service, make, monkeypatch):
     for name in ("__tableServiceUri", "__queueServiceUri", "__accountName"):
         monkeypatch.delenv(f"LEADS_TEST_STORAGE{name}", raising=False)
-    with pytest.raises(StorageNotConfigured, match=rf"LEADS_TEST_STORAGE is not set: .* LEADS_TEST_STORAGE__"
-                                                   rf"{service}ServiceUri \(or __accountName\)"):  # fmt: skip
+    with pytest.raises(
+        StorageNotConfigured,
+        match=rf"LEADS_TEST_STORAGE is not set: .* LEADS_TEST_STORAGE__"
+        rf"{service}ServiceUri \(or __accountName\)",
+    ):
         make("", "LEADS_TEST_STORAGE")
 
 

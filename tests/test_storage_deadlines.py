@@ -34,9 +34,17 @@ HELD = 60.0  # how long the proxy holds a slowed call: far past every deadline
 
 
 def person(index: int) -> bytes:
-    return json.dumps({"UserDetails": {"FirstName": "Ann", "LastName": f"Lee{index}", "Company": "Contoso",
-                                       "Email": f"ann.lee{index}@contoso.example.com"},
-                       "LeadSource": "SPZA-PLT|contoso.crm"}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "UserDetails": {
+                "FirstName": "Ann",
+                "LastName": f"Lee{index}",
+                "Company": "Contoso",
+                "Email": f"ann.lee{index}@contoso.example.com",
+            },
+            "LeadSource": "SPZA-PLT|contoso.crm",
+        }
+    ).encode()
 
 
 @pytest.fixture
@@ -132,7 +140,8 @@ def test_health_and_status_answer_while_storage_holds_every_call(table):
 
 @pytest.mark.parametrize("command", [["status"], ["list"], ["show", "h0123"]])
 def test_a_command_a_person_waits_on_ends_with_a_clear_error_while_storage_holds_every_call(
-        table, monkeypatch, capsys, command):  # fmt: skip
+    table, monkeypatch, capsys, command
+):
     monkeypatch.setattr(deadlines, "COMMAND_SECONDS", 1.0)  # 30 s in use; the same deadline, sooner
     table.slow(HELD)
     answered = table.answered
@@ -145,13 +154,17 @@ def test_a_command_a_person_waits_on_ends_with_a_clear_error_while_storage_holds
 # --- the timers ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("function, setting", [
-    ("poll_marketplace_table", "LEADS_POLL_SCHEDULE"),
-    ("sweep_deliveries", "LEADS_SWEEP_SCHEDULE"),
-    ("erase_expired_leads", "LEADS_RETENTION_SCHEDULE"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "function, setting",
+    [
+        ("poll_marketplace_table", "LEADS_POLL_SCHEDULE"),
+        ("sweep_deliveries", "LEADS_SWEEP_SCHEDULE"),
+        ("erase_expired_leads", "LEADS_RETENTION_SCHEDULE"),
+    ],
+)
 def test_a_timer_whose_storage_holds_every_call_ends_within_its_period_and_says_so(
-        table, env, caplog, function, setting):  # fmt: skip
+    table, env, caplog, function, setting
+):
     env(**{setting: "*/4 * * * * *"}, LEADS_RETENTION_DAYS="30")
     table.slow(HELD)
     answered = table.answered

@@ -225,8 +225,10 @@ def test_without_aad_no_credential_is_passed(fake_azure_monitor):
 
 
 def test_system_assigned_identity_when_no_client_id(fake_azure_monitor, fake_managed_identity):
-    env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=x",
-           "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD"}  # fmt: skip
+    env = {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=x",
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
+    }
     configure_telemetry(env)
     assert fake_azure_monitor[0]["credential"].client_id is None
 
@@ -264,16 +266,28 @@ def test_no_heavy_import_without_the_setting():
 @pytest.mark.parametrize(
     "url, masked",
     [
-        ("https://prod-12.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=Zx9fake",
-         "https://prod-12.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=***&sp=***&sv=***&sig=***"),
-        ("https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX", "https://hooks.slack.com/services/***"),
+        (
+            "https://prod-12.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=Zx9fake",
+            "https://prod-12.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?api-version=***&sp=***&sv=***&sig=***",
+        ),
+        (
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "https://hooks.slack.com/services/***",
+        ),
         ("https://hooks.zapier.com/hooks/catch/123456/abcdef/", "https://hooks.zapier.com/hooks/***"),
-        ("https://contoso.webhook.office.com/webhookb2/1111@2222/IncomingWebhook/abc/def", "https://contoso.webhook.office.com/webhookb2/***"),
+        (
+            "https://contoso.webhook.office.com/webhookb2/1111@2222/IncomingWebhook/abc/def",
+            "https://contoso.webhook.office.com/webhookb2/***",
+        ),
         ("https://user:p4ss@receiver.example.com/hook", "https://***@receiver.example.com/hook"),
-        ("https://x.my.salesforce.com/services/data/v59.0/query/?q=SELECT+Id+FROM+Lead+WHERE+Email+%3D+%27a%40b.com%27",
-         "https://x.my.salesforce.com/services/data/v59.0/query/?q=***"),
-        ("https://api.hubapi.com/crm/v3/objects/contacts/ada%40contoso.com?idProperty=email",
-         "https://api.hubapi.com/crm/v3/objects/contacts/***?idProperty=***"),
+        (
+            "https://x.my.salesforce.com/services/data/v59.0/query/?q=SELECT+Id+FROM+Lead+WHERE+Email+%3D+%27a%40b.com%27",
+            "https://x.my.salesforce.com/services/data/v59.0/query/?q=***",
+        ),
+        (
+            "https://api.hubapi.com/crm/v3/objects/contacts/ada%40contoso.com?idProperty=email",
+            "https://api.hubapi.com/crm/v3/objects/contacts/***?idProperty=***",
+        ),
         ("https://discord.com/api/webhooks/123/Ab3dEfGhIjKlMnOpQrStUvWxYz0123456789", "https://discord.com/api/***"),
         ("/api/leads?code=secret-key", "/api/leads?code=***"),
     ],
@@ -315,13 +329,20 @@ def test_every_exported_span_is_scrubbed_names_attributes_and_exceptions():
     provider.add_span_processor(SimpleSpanProcessor(exported))
     tracer = provider.get_tracer("test")
     with pytest.raises(ValueError):
-        with tracer.start_as_current_span("GET", attributes={"url.full": "https://m.example.com/t?client_secret=x"}) as span:
+        with tracer.start_as_current_span(
+            "GET", attributes={"url.full": "https://m.example.com/t?client_secret=x"}
+        ) as span:
             span.set_attribute("db.statement", "SELECT * FROM Lead WHERE LastName = 'Quaxwell'")
             span.set_attribute("note", "token sup3r-secret-value for jane@contoso.com")
             raise ValueError("rejected https://m.example.com/t?client_secret=x for jane@contoso.com")
     (span,) = exported.get_finished_spans()
-    everything = json.dumps({"name": span.name, "attributes": dict(span.attributes),
-                             "events": [dict(event.attributes) for event in span.events]})  # fmt: skip
+    everything = json.dumps(
+        {
+            "name": span.name,
+            "attributes": dict(span.attributes),
+            "events": [dict(event.attributes) for event in span.events],
+        }
+    )
     for leaked in ("client_secret=x", "Quaxwell", "sup3r-secret-value", "jane@contoso.com"):
         assert leaked not in everything
     assert span.attributes["url.full"] == "https://m.example.com/t?client_secret=***"
@@ -346,8 +367,10 @@ def test_every_exported_log_record_is_scrubbed():
     handler = LoggingHandler(logger_provider=provider)
     logger.addHandler(handler)
     try:
-        logger.warning("token sup3r-secret-value refused at https://h.example.com/x?code=abc",
-                       extra={"url": "https://h.example.com/x?sig=def", "_leads_redacted": True})  # fmt: skip
+        logger.warning(
+            "token sup3r-secret-value refused at https://h.example.com/x?code=abc",
+            extra={"url": "https://h.example.com/x?sig=def", "_leads_redacted": True},
+        )
     finally:
         logger.removeHandler(handler)
     (record,) = exported.get_finished_logs()
@@ -359,10 +382,14 @@ def test_every_exported_log_record_is_scrubbed():
 def test_secret_values_are_the_configured_secrets_and_the_keys_in_connection_strings():
     from leads.core.settings import Settings
 
-    settings = Settings(DYNAMICS_CLIENT_SECRET="dyn-secret-123456", HUBSPOT_TOKEN="pat-na1-abcdef12",
-                        AzureWebJobsStorage="DefaultEndpointsProtocol=https;AccountName=st;AccountKey=c3RvcmFnZWtleQ==;",
-                        MARKETO_CLIENT_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/m)",
-                        WEBHOOK_SECRET="short", EMAIL_TO="sales@contoso.com")  # fmt: skip
+    settings = Settings(
+        DYNAMICS_CLIENT_SECRET="dyn-secret-123456",
+        HUBSPOT_TOKEN="pat-na1-abcdef12",
+        AzureWebJobsStorage="DefaultEndpointsProtocol=https;AccountName=st;AccountKey=c3RvcmFnZWtleQ==;",
+        MARKETO_CLIENT_SECRET="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/m)",
+        WEBHOOK_SECRET="short",
+        EMAIL_TO="sales@contoso.com",
+    )
     assert set(telemetry.secret_values(settings)) == {"dyn-secret-123456", "pat-na1-abcdef12", "c3RvcmFnZWtleQ=="}
 
 
@@ -370,9 +397,11 @@ def test_the_secret_parts_of_channel_urls_are_secret_values():
     from leads.core.settings import Settings
     from leads.core.telemetry import secret_values
 
-    settings = Settings(SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0001/B0001/XkQ2b7JmR9sLwE4tYp8vNa3C",
-                        TEAMS_CHANNELS='{"emea": "https://prod-1.westus.logic.azure.com/workflows/1/triggers/manual/'
-                        'paths/invoke?api-version=2016-06-01&sig=Zq8RkT2mW5xYb7NcLp3Vd6HsJf9Ga1Ue"}')  # fmt: skip
+    settings = Settings(
+        SLACK_WEBHOOK_URL="https://hooks.slack.com/services/T0001/B0001/XkQ2b7JmR9sLwE4tYp8vNa3C",
+        TEAMS_CHANNELS='{"emea": "https://prod-1.westus.logic.azure.com/workflows/1/triggers/manual/'
+        'paths/invoke?api-version=2016-06-01&sig=Zq8RkT2mW5xYb7NcLp3Vd6HsJf9Ga1Ue"}',
+    )
     secrets = secret_values(settings)
     assert "XkQ2b7JmR9sLwE4tYp8vNa3C" in secrets and "Zq8RkT2mW5xYb7NcLp3Vd6HsJf9Ga1Ue" in secrets
     assert "hooks.slack.com" not in secrets and "services" not in secrets

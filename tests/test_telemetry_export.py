@@ -43,15 +43,43 @@ REPO = Path(__file__).resolve().parent.parent
 FUNCTION_KEY = "fnkey-" + uuid.uuid4().hex
 
 # Personal values distinctive enough that finding one anywhere means it leaked.
-PERSON = {"FirstName": "Zebulon", "LastName": "Quaxwell", "Email": "zebulon.quaxwell@fizzbinworks.com",
-          "Phone": "+1 (425) 555-0199", "Country": "US", "Company": "Fizzbinworks Ltd",
-          "Title": "Chief Grommet Officer"}  # fmt: skip
-OTHER = {"FirstName": "Ottoline", "LastName": "Wimbrel", "Email": "ottoline@wimbrelhaus.com",
-         "Phone": "+44 20 7946 0321", "Country": "GB", "Company": "Wimbrelhaus", "Title": "Head of Sprockets"}  # fmt: skip
+PERSON = {
+    "FirstName": "Zebulon",
+    "LastName": "Quaxwell",
+    "Email": "zebulon.quaxwell@fizzbinworks.com",
+    "Phone": "+1 (425) 555-0199",
+    "Country": "US",
+    "Company": "Fizzbinworks Ltd",
+    "Title": "Chief Grommet Officer",
+}
+OTHER = {
+    "FirstName": "Ottoline",
+    "LastName": "Wimbrel",
+    "Email": "ottoline@wimbrelhaus.com",
+    "Phone": "+44 20 7946 0321",
+    "Country": "GB",
+    "Company": "Wimbrelhaus",
+    "Title": "Head of Sprockets",
+}
 DESCRIPTIONS = ("Needs forty seats of Snorkelware by Friday", "Call about the Zymurgy rollout")
-PERSONAL = ("Zebulon", "Quaxwell", "zebulon.quaxwell", "fizzbinworks", "Chief Grommet Officer", "4255550199",
-            "555-0199", "555 0199", "Snorkelware", "Ottoline", "Wimbrel", "wimbrelhaus", "Head of Sprockets",
-            "79460321", "7946 0321", "Zymurgy")  # fmt: skip
+PERSONAL = (
+    "Zebulon",
+    "Quaxwell",
+    "zebulon.quaxwell",
+    "fizzbinworks",
+    "Chief Grommet Officer",
+    "4255550199",
+    "555-0199",
+    "555 0199",
+    "Snorkelware",
+    "Ottoline",
+    "Wimbrel",
+    "wimbrelhaus",
+    "Head of Sprockets",
+    "79460321",
+    "7946 0321",
+    "Zymurgy",
+)
 
 QUIET_EXPORTER = {
     # Each of these would reach a Microsoft endpoint or the instance metadata service.
@@ -67,8 +95,12 @@ QUIET_EXPORTER = {
 
 
 def lead_body(person: dict, description: str) -> dict:
-    return {"UserDetails": person, "LeadSource": "SPZA-PLT|contoso.contoso-crm", "OfferTitle": "Contoso CRM",
-            "Description": description}  # fmt: skip
+    return {
+        "UserDetails": person,
+        "LeadSource": "SPZA-PLT|contoso.contoso-crm",
+        "OfferTitle": "Contoso CRM",
+        "Description": description,
+    }
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -96,30 +128,51 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
         FakeAcs(ca=fake_tls_ca) as acs,
         FakeDynamics(ca=fake_tls_ca) as dynamics,
         FakeSalesforce(ca=fake_tls_ca, client_secret="sf-secret-" + uuid.uuid4().hex) as salesforce,
-        FakeMarketo(client_id="mkto-id-" + uuid.uuid4().hex, client_secret="mkto-secret-" + uuid.uuid4().hex) as marketo,
+        FakeMarketo(
+            client_id="mkto-id-" + uuid.uuid4().hex, client_secret="mkto-secret-" + uuid.uuid4().hex
+        ) as marketo,
         FakeHubSpot(token="pat-na1-" + uuid.uuid4().hex) as hubspot,
         FakeTeams() as teams,
         FakeSlack() as slack,
     ):
         hook_url = f"{webhook.url}?sig=hook-sig-{uuid.uuid4().hex}"  # a Teams workflow's URL carries its secret
         if salesforce_way == "web-to-lead":
-            salesforce_settings = {"SALESFORCE_OID": salesforce.oid, "SALESFORCE_WEB_TO_LEAD_URL": salesforce.web_to_lead_url,
-                                   "SALESFORCE_URL": "", "SALESFORCE_CLIENT_ID": "", "SALESFORCE_CLIENT_SECRET": ""}  # fmt: skip
+            salesforce_settings = {
+                "SALESFORCE_OID": salesforce.oid,
+                "SALESFORCE_WEB_TO_LEAD_URL": salesforce.web_to_lead_url,
+                "SALESFORCE_URL": "",
+                "SALESFORCE_CLIENT_ID": "",
+                "SALESFORCE_CLIENT_SECRET": "",
+            }
         else:
-            salesforce_settings = salesforce.settings("Marketplace_Lead_Id__c" if salesforce_way == "external-id" else "")
+            salesforce_settings = salesforce.settings(
+                "Marketplace_Lead_Id__c" if salesforce_way == "external-id" else ""
+            )
         settings = {
-            **dynamics.settings(), **salesforce_settings,
-            "APPLICATIONINSIGHTS_CONNECTION_STRING": insights.connection_string(), **QUIET_EXPORTER,
+            **dynamics.settings(),
+            **salesforce_settings,
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": insights.connection_string(),
+            **QUIET_EXPORTER,
             "TMPDIR": str(tmp_path),  # the exporter's offline retry files
-            "REQUESTS_CA_BUNDLE": acs.ca_file, "NO_PROXY": "127.0.0.1,localhost",  # one CA signs every fake
-            "LEADS_DELIVERY_QUEUE": f"q{uuid.uuid4().hex[:12]}", "LEADS_RETRY_BASE_SECONDS": "0.2",
-            "LEADS_HTTP_TIMEOUT_SECONDS": "10", "LEADS_ALERT_TO": "ops@contoso.com",
-            "EMAIL_TO": "sales@contoso.com", "EMAIL_CONNECTION_STRING": acs.connection_string,
-            "EMAIL_SENDER": DEFAULT_SENDER, "WEBHOOK_URL": hook_url, "WEBHOOK_SECRET": webhook.secret,
-            "MARKETO_URL": marketo.url, "MARKETO_CLIENT_ID": marketo.client_id,
-            "MARKETO_CLIENT_SECRET": marketo.client_secret, "HUBSPOT_URL": hubspot.url, "HUBSPOT_TOKEN": hubspot.token,
-            "TEAMS_WEBHOOK_URL": teams.url(), "SLACK_WEBHOOK_URL": slack.url(),
-        }  # fmt: skip
+            "REQUESTS_CA_BUNDLE": acs.ca_file,
+            "NO_PROXY": "127.0.0.1,localhost",  # one CA signs every fake
+            "LEADS_DELIVERY_QUEUE": f"q{uuid.uuid4().hex[:12]}",
+            "LEADS_RETRY_BASE_SECONDS": "0.2",
+            "LEADS_HTTP_TIMEOUT_SECONDS": "10",
+            "LEADS_ALERT_TO": "ops@contoso.com",
+            "EMAIL_TO": "sales@contoso.com",
+            "EMAIL_CONNECTION_STRING": acs.connection_string,
+            "EMAIL_SENDER": DEFAULT_SENDER,
+            "WEBHOOK_URL": hook_url,
+            "WEBHOOK_SECRET": webhook.secret,
+            "MARKETO_URL": marketo.url,
+            "MARKETO_CLIENT_ID": marketo.client_id,
+            "MARKETO_CLIENT_SECRET": marketo.client_secret,
+            "HUBSPOT_URL": hubspot.url,
+            "HUBSPOT_TOKEN": hubspot.token,
+            "TEAMS_WEBHOOK_URL": teams.url(),
+            "SLACK_WEBHOOK_URL": slack.url(),
+        }
         env(**settings)
         # Every destination fails first and is retried; the webhook then fails one lead for good.
         webhook.faults = ["503", "410"]
@@ -133,29 +186,47 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
         teams.fail_next(Fault(503))
         slack.fail_next(Fault(500, "rollup_error"))
         secrets = {
-            "function key": FUNCTION_KEY, "webhook URL's sig": hook_url.rsplit("=", 1)[1],
-            "WEBHOOK_SECRET": webhook.secret, "ACS access key": acs.access_key,
-            "DYNAMICS_CLIENT_SECRET": dynamics.client_secret, "SALESFORCE_CLIENT_SECRET": salesforce.client_secret,
-            "MARKETO_CLIENT_ID": marketo.client_id, "MARKETO_CLIENT_SECRET": marketo.client_secret,
-            "HUBSPOT_TOKEN": hubspot.token, "Teams workflow URL": teams.secret, "Slack hook URL": slack.secret,
+            "function key": FUNCTION_KEY,
+            "webhook URL's sig": hook_url.rsplit("=", 1)[1],
+            "WEBHOOK_SECRET": webhook.secret,
+            "ACS access key": acs.access_key,
+            "DYNAMICS_CLIENT_SECRET": dynamics.client_secret,
+            "SALESFORCE_CLIENT_SECRET": salesforce.client_secret,
+            "MARKETO_CLIENT_ID": marketo.client_id,
+            "MARKETO_CLIENT_SECRET": marketo.client_secret,
+            "HUBSPOT_TOKEN": hubspot.token,
+            "Teams workflow URL": teams.secret,
+            "Slack hook URL": slack.secret,
             "storage account key": storage.connection_string.split("AccountKey=")[1].split(";")[0],
-        }  # fmt: skip
+        }
 
-        service_ports = {"webhook": webhook.port, "dynamics": dynamics.port, "salesforce": salesforce.port,
-                         "marketo": marketo.port, "hubspot": hubspot.port, "teams": teams.port,
-                         "slack": slack.port}  # fmt: skip
+        service_ports = {
+            "webhook": webhook.port,
+            "dynamics": dynamics.port,
+            "salesforce": salesforce.port,
+            "marketo": marketo.port,
+            "hubspot": hubspot.port,
+            "teams": teams.port,
+            "slack": slack.port,
+        }
         served, base = _served_app()
         try:
             lead_ids = []
             for person, description in zip((PERSON, OTHER), DESCRIPTIONS, strict=True):
-                answer = requests.post(f"{base}/leads?code={FUNCTION_KEY}", json=lead_body(person, description),
-                                       timeout=10)  # fmt: skip
+                answer = requests.post(
+                    f"{base}/leads?code={FUNCTION_KEY}", json=lead_body(person, description), timeout=10
+                )
                 assert answer.status_code == 202, answer.text
                 lead_ids.append(answer.json()["leadId"])
             store = LeadStore.from_settings()
-            wait_for(lambda: len(store.deliveries.for_lead(lead_ids[1])) and open_deliveries() == 0, 120,
-                     "every delivery ending")  # fmt: skip
-            outcomes = {(d.destination, d.state, d.attempts > 1) for lead in lead_ids for d in store.deliveries.for_lead(lead)}
+            wait_for(
+                lambda: len(store.deliveries.for_lead(lead_ids[1])) and open_deliveries() == 0,
+                120,
+                "every delivery ending",
+            )
+            outcomes = {
+                (d.destination, d.state, d.attempts > 1) for lead in lead_ids for d in store.deliveries.for_lead(lead)
+            }
         finally:
             served.stop()  # SIGTERM, a graceful stop: the OpenTelemetry providers flush at exit
             stderr = served.text
@@ -170,7 +241,9 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
 
     assert "NOT LOOPBACK" not in stderr, stderr
     # The test means something only if the exporter sent what it sees: a dependency per service.
-    targets = " ".join(str(item["data"]["baseData"].get("target", "")) for item in insights.of_type("RemoteDependencyData"))
+    targets = " ".join(
+        str(item["data"]["baseData"].get("target", "")) for item in insights.of_type("RemoteDependencyData")
+    )
     for service, service_port in service_ports.items():
         assert f":{service_port}" in targets, f"no dependency to {service} in {targets}"
     assert insights.of_type("MessageData"), "the app's log lines were exported"
@@ -184,8 +257,10 @@ def test_no_secret_or_personal_value_reaches_application_insights(storage, env, 
 def _served_app() -> tuple[Served, str]:
     """The app served as in Azure by a process of its own (no connection beyond loopback), once it
     answers: (the process, its /api base URL)."""
-    code = ("import tests.loopback_only\nfrom leads.cli import main\n"
-            "raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '0']))")  # fmt: skip
+    code = (
+        "import tests.loopback_only\nfrom leads.cli import main\n"
+        "raise SystemExit(main(['--settings', '/nonexistent', 'serve', '--port', '0']))"
+    )
     served = Served([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ))
     base = f"{served.url}/api"
     try:
@@ -218,16 +293,35 @@ def test_the_alert_rules_and_the_workbook_name_only_what_the_app_sends(storage, 
     from .kql import COLUMNS, TABLES, names_in, path_in, queries
     from .test_poll import ENTITY
 
-    wanted = {"LeadReceived", "DeliveryOutcome", "PollDone", "SweepDone", "FunctionFailed", "PoisonMessages",
-              "LeadsSilent"}  # fmt: skip
+    wanted = {
+        "LeadReceived",
+        "DeliveryOutcome",
+        "PollDone",
+        "SweepDone",
+        "FunctionFailed",
+        "PoisonMessages",
+        "LeadsSilent",
+    }
     with FakeAppInsights() as insights, FakeWebhook() as webhook, FakeAcs(ca=fake_tls_ca) as acs:
         queue = f"q{uuid.uuid4().hex[:12]}"
-        env(APPLICATIONINSIGHTS_CONNECTION_STRING=insights.connection_string(), **QUIET_EXPORTER, TMPDIR=str(tmp_path),
-            REQUESTS_CA_BUNDLE=acs.ca_file, NO_PROXY="127.0.0.1,localhost", LEADS_DELIVERY_QUEUE=queue,
-            LEADS_RETRY_BASE_SECONDS="0.2", LEADS_HTTP_TIMEOUT_SECONDS="3", LEADS_ALERT_TO="ops@contoso.com",
-            EMAIL_TO="", EMAIL_CONNECTION_STRING=acs.connection_string, EMAIL_SENDER=DEFAULT_SENDER,
-            WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret,
-            LEADS_POLL_SCHEDULE="*/2 * * * * *", LEADS_SWEEP_SCHEDULE="*/3 * * * * *")  # fmt: skip
+        env(
+            APPLICATIONINSIGHTS_CONNECTION_STRING=insights.connection_string(),
+            **QUIET_EXPORTER,
+            TMPDIR=str(tmp_path),
+            REQUESTS_CA_BUNDLE=acs.ca_file,
+            NO_PROXY="127.0.0.1,localhost",
+            LEADS_DELIVERY_QUEUE=queue,
+            LEADS_RETRY_BASE_SECONDS="0.2",
+            LEADS_HTTP_TIMEOUT_SECONDS="3",
+            LEADS_ALERT_TO="ops@contoso.com",
+            EMAIL_TO="",
+            EMAIL_CONNECTION_STRING=acs.connection_string,
+            EMAIL_SENDER=DEFAULT_SENDER,
+            WEBHOOK_URL=webhook.url,
+            WEBHOOK_SECRET=webhook.secret,
+            LEADS_POLL_SCHEDULE="*/2 * * * * *",
+            LEADS_SWEEP_SCHEDULE="*/3 * * * * *",
+        )
         webhook.faults = ["503", "410"]  # one attempt retried, one lead failed for good
         store = LeadStore.from_settings()
         store.ensure_tables()
@@ -241,8 +335,9 @@ def test_the_alert_rules_and_the_workbook_name_only_what_the_app_sends(storage, 
         poison.create_queue()
         poison.send_message("a message the host gave up on")
         # A delivery row missing its state: its worker raises, as a bug or a corrupted row would.
-        store.leads.create_entity({"PartitionKey": "hbrokenrow000000000000000", "RowKey": "delivery|webhook",
-                                   "Destination": "webhook"})  # fmt: skip
+        store.leads.create_entity(
+            {"PartitionKey": "hbrokenrow000000000000000", "RowKey": "delivery|webhook", "Destination": "webhook"}
+        )
         delivery_queue().send("hbrokenrow000000000000000", "webhook")
 
         served, base = _served_app()
@@ -260,11 +355,17 @@ def test_the_alert_rules_and_the_workbook_name_only_what_the_app_sends(storage, 
     assert "NOT LOOPBACK" not in served.text, served.text
 
     events = insights.of_type("EventData")
-    outcomes = {item["data"]["baseData"]["properties"].get("outcome") for item in events
-                if item["data"]["baseData"]["name"] == "DeliveryOutcome"}  # fmt: skip
+    outcomes = {
+        item["data"]["baseData"]["properties"].get("outcome")
+        for item in events
+        if item["data"]["baseData"]["name"] == "DeliveryOutcome"
+    }
     assert {"delivered", "failed", "retrying"} <= outcomes
-    channels = {item["data"]["baseData"]["properties"]["channel"] for item in events
-                if item["data"]["baseData"]["name"] == "LeadReceived"}  # fmt: skip
+    channels = {
+        item["data"]["baseData"]["properties"]["channel"]
+        for item in events
+        if item["data"]["baseData"]["name"] == "LeadReceived"
+    }
     assert channels == {"http", "table"}
     by_type = {base_type: insights.of_type(base_type) for base_type in TABLES.values()}
     for where, query in queries():
@@ -276,6 +377,10 @@ def test_the_alert_rules_and_the_workbook_name_only_what_the_app_sends(storage, 
             assert any(path_in(item, COLUMNS[names.table][column]) for item in envelopes), f"{where}: {column}"
         named = {item["data"]["baseData"]["name"] for item in envelopes}
         assert names.events <= named, f"{where} counts events the app never sent: {names.events - named}"
-        properties = {key for item in envelopes if item["data"]["baseData"]["name"] in names.events
-                      for key in item["data"]["baseData"].get("properties", {})}  # fmt: skip
+        properties = {
+            key
+            for item in envelopes
+            if item["data"]["baseData"]["name"] in names.events
+            for key in item["data"]["baseData"].get("properties", {})
+        }
         assert names.properties <= properties, f"{where} reads properties never sent: {names.properties - properties}"

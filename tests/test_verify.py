@@ -114,8 +114,14 @@ def as_the_version_before(store: LeadStore) -> None:
     store.counters.table.upsert_entity({"PartitionKey": "held", "RowKey": "00", "webhook": -3})
     today = f"{datetime.now(UTC):%Y-%m-%d}"
     slot = {"PartitionKey": f"count|{today}", "RowKey": "15"}  # one failure more than there were, in any slot
-    counted = next(iter(store.counters.table.query_entities("PartitionKey eq @p and RowKey eq @r",
-                                                            parameters={"p": slot["PartitionKey"], "r": "15"})), {})  # fmt: skip
+    counted = next(
+        iter(
+            store.counters.table.query_entities(
+                "PartitionKey eq @p and RowKey eq @r", parameters={"p": slot["PartitionKey"], "r": "15"}
+            )
+        ),
+        {},
+    )
     store.counters.table.upsert_entity({**slot, "webhook_failed": int(counted.get("webhook_failed") or 0) + 1})
 
 

@@ -48,8 +48,11 @@ def drain(deadline: float = 60.0, workers: int = 4, sweep_every: float | None = 
                 running.discard(future)
                 future.result()  # anything but a storage error fails the test
             idle = workers - len(running)
-            batch = list(client.receive_messages(messages_per_page=idle, max_messages=idle,
-                                                 visibility_timeout=5)) if idle else []  # fmt: skip
+            batch = (
+                list(client.receive_messages(messages_per_page=idle, max_messages=idle, visibility_timeout=5))
+                if idle
+                else []
+            )
             running |= {pool.submit(handle, message) for message in batch}
             if batch:
                 continue

@@ -55,8 +55,14 @@ def run_timer[T](name: str, schedule: str, run: Callable[[], T]) -> T | None:
         except Exception as exc:
             if remaining() > 0:
                 raise
-            log.error("%s stopped %.3g s in, at its deadline (its schedule %s: every %g s, less %d%%), with its "
-                      "calls unanswered (%s: storage failing or slow); the next run goes on from where it left off",
-                      name, seconds, schedule, seconds / (1 - TIMER_MARGIN), TIMER_MARGIN * 100,
-                      type(exc).__name__)  # fmt: skip
+            log.error(
+                "%s stopped %.3g s in, at its deadline (its schedule %s: every %g s, less %d%%), with its "
+                "calls unanswered (%s: storage failing or slow); the next run goes on from where it left off",
+                name,
+                seconds,
+                schedule,
+                seconds / (1 - TIMER_MARGIN),
+                TIMER_MARGIN * 100,
+                type(exc).__name__,
+            )
             return None

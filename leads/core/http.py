@@ -163,8 +163,9 @@ class _DeadlineConnection(HTTPConnection):
     def connect(self) -> None:
         call = getattr(_local, "call", None)
         if call is not None and self.timeout is not None:
-            self.timeout = min(self.timeout, call.remaining()) if isinstance(self.timeout, float | int) \
-                else call.remaining()  # fmt: skip
+            self.timeout = (
+                min(self.timeout, call.remaining()) if isinstance(self.timeout, float | int) else call.remaining()
+            )
         super().connect()
         if call is not None:
             call.watch(self.sock)
@@ -208,16 +209,18 @@ class DeadlineAdapter(HTTPAdapter):
         host = (parts.hostname or "the service") + (f":{parts.port}" if parts.port else "")
         said = f"no complete answer from {host} within {ends - now:.3g} s (connect to last byte)"
         if ends == math.inf:
-            return self._remember(super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
-                                               proxies=proxies))  # fmt: skip
+            return self._remember(
+                super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+            )
         if ends <= now:
             raise DeadlineExceeded(f"the deadline had passed before a call to {host}", request=request)
         call = _Call(ends)
         _local.call = call
         _watchdog.add(call)
         try:
-            response = super().send(request, stream=stream, timeout=_within(timeout, ends - now), verify=verify,
-                                    cert=cert, proxies=proxies)  # fmt: skip
+            response = super().send(
+                request, stream=stream, timeout=_within(timeout, ends - now), verify=verify, cert=cert, proxies=proxies
+            )
             if not stream:
                 response.content  # noqa: B018 - read the body while the deadline holds
         except Exception as exc:

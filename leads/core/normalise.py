@@ -34,8 +34,19 @@ from leads.core.pseudonyms import digest, forms
 
 TEST_MARKER = "MSFT_TEST_"
 # The properties of a marketplace row a lead is made of (lower-cased); the others are only kept.
-TABLE_FIELDS = frozenset({"partitionkey", "rowkey", "timestamp", "customerinfo", "leadsource", "actioncode",
-                          "offertitle", "offerdisplayname", "description"})  # fmt: skip
+TABLE_FIELDS = frozenset(
+    {
+        "partitionkey",
+        "rowkey",
+        "timestamp",
+        "customerinfo",
+        "leadsource",
+        "actioncode",
+        "offertitle",
+        "offerdisplayname",
+        "description",
+    }
+)
 USER_FIELDS = ("firstname", "lastname", "email", "phone", "country", "company", "title")
 # What the marketplace withholds from a lead it hides the person of ("PII withheld").
 WITHHELD_FIELDS = ("first_name", "last_name", "email", "phone")
@@ -84,8 +95,7 @@ def from_http_body(body: Any, received_at: datetime | None = None) -> Lead:
     return Lead(lead_id=lead_id, received_at=received_at or _now(), channel="http", raw=body, **parts)
 
 
-def from_table_entity(entity: Mapping[str, Any], table_name: str,
-                      received_at: datetime | None = None) -> Lead:  # fmt: skip
+def from_table_entity(entity: Mapping[str, Any], table_name: str, received_at: datetime | None = None) -> Lead:
     """A lead from an entity of the marketplace's table. Its id comes from the row's identity,
     so reading the same row again always gives the same lead."""
     fields = _lower_keys(entity)
@@ -214,20 +224,25 @@ def _lead_parts(fields: Mapping[str, Any], user: Mapping[str, Any], user_prefix:
             "the lead holds no customer or lead data: expected UserDetails (or CustomerInfo) "
             "with a name, email or company, or LeadSource, ActionCode or OfferTitle"
         )
-    parts["is_test"] = any(
-        isinstance(value, str) and TEST_MARKER in value.upper() for value in parts.values()
-    ) or TEST_MARKER in (lead_source or "").upper()
+    parts["is_test"] = (
+        any(isinstance(value, str) and TEST_MARKER in value.upper() for value in parts.values())
+        or TEST_MARKER in (lead_source or "").upper()
+    )
     parts["do_not_contact"] = action == "DNC"
     parts["pii_withheld"] = not any(parts[name] for name in WITHHELD_FIELDS)
     return parts
 
 
 _PASCAL = {
-    "firstname": "FirstName", "lastname": "LastName", "email": "Email", "phone": "Phone",
-    "country": "Country", "company": "Company", "title": "Title",
-}  # fmt: skip
-_USABLE = ("first_name", "last_name", "email", "phone", "company", "source", "action", "offer_id",
-           "offer_title")  # fmt: skip
+    "firstname": "FirstName",
+    "lastname": "LastName",
+    "email": "Email",
+    "phone": "Phone",
+    "country": "Country",
+    "company": "Company",
+    "title": "Title",
+}
+_USABLE = ("first_name", "last_name", "email", "phone", "company", "source", "action", "offer_id", "offer_title")
 
 
 def parse_lead_source(value: str | None) -> tuple[str | None, str | None, str | None]:
@@ -265,7 +280,7 @@ def parse_description(value: str | None) -> tuple[str | None, dict[str, Any]]:
             return None, {str(key): _campaign_value(item) for key, item in parsed.items()}
     match = _CAMPAIGNS_PREFIX.match(value)
     if match:
-        names = [name.strip() for name in value[match.end():].split(",")]
+        names = [name.strip() for name in value[match.end() :].split(",")]
         names = [name for name in names if name]
         return None, ({"campaigns": names} if names else {})
     return value, {}
@@ -358,9 +373,20 @@ def _countries() -> dict[str, str]:
             if name:
                 index[name.casefold()] = country.alpha_2
     # Names people write that ISO 3166 does not list.
-    index.update({"uk": "GB", "great britain": "GB", "england": "GB", "usa": "US",
-                  "united states of america": "US", "korea": "KR", "south korea": "KR",
-                  "russia": "RU", "vietnam": "VN", "turkey": "TR"})  # fmt: skip
+    index.update(
+        {
+            "uk": "GB",
+            "great britain": "GB",
+            "england": "GB",
+            "usa": "US",
+            "united states of america": "US",
+            "korea": "KR",
+            "south korea": "KR",
+            "russia": "RU",
+            "vietnam": "VN",
+            "turkey": "TR",
+        }
+    )
     return index
 
 
@@ -401,8 +427,10 @@ def check_json(value: Any, name: str) -> None:
                 raise LeadValidationError(f"{name} holds text that is not valid Unicode (a lone surrogate)")
         elif isinstance(item, (Mapping, list)):
             if depth >= MAX_NESTING:
-                raise LeadValidationError(f"{name} is nested more than {MAX_NESTING} levels deep: "
-                                          "a lead is an object holding UserDetails, two levels")  # fmt: skip
+                raise LeadValidationError(
+                    f"{name} is nested more than {MAX_NESTING} levels deep: "
+                    "a lead is an object holding UserDetails, two levels"
+                )
             children = [*item.keys(), *item.values()] if isinstance(item, Mapping) else item
             stack.extend((child, depth + 1) for child in children)
         elif isinstance(item, float) and not math.isfinite(item):

@@ -57,10 +57,13 @@ def _usable(value: str) -> bytes | None:
     value = value.strip()
     if value and not value.startswith(_UNRESOLVED):
         return value.encode()
-    log.warning("%s is %s: lead ids and the identity, email-index and tombstone rows are plain SHA-256 digests of "
-                "personal data, which anyone can recompute from a guess of the person's details; set it (make run "
-                "generates one into local.settings.json, azd up creates it in Key Vault)",
-                SETTING, "not set" if not value else "a Key Vault reference not resolved")  # fmt: skip
+    log.warning(
+        "%s is %s: lead ids and the identity, email-index and tombstone rows are plain SHA-256 digests of "
+        "personal data, which anyone can recompute from a guess of the person's details; set it (make run "
+        "generates one into local.settings.json, azd up creates it in Key Vault)",
+        SETTING,
+        "not set" if not value else "a Key Vault reference not resolved",
+    )
     return None
 
 
@@ -93,14 +96,20 @@ def key_problem(settings: Settings) -> tuple[bool, str, str] | None:
     if value.startswith(_UNRESOLVED):
         return None  # key_vault_check reports it, with the fix
     if not value:
-        return (True, f"{SETTING} is not set: lead ids and index rows are plain digests of personal data, which "
-                "anyone can recompute from a guess of the person's details",
-                f"set {SETTING} to at least {MIN_KEY_LENGTH} random characters (make run generates one; azd up "
-                "creates it in Key Vault), before the first lead if you can")  # fmt: skip
+        return (
+            True,
+            f"{SETTING} is not set: lead ids and index rows are plain digests of personal data, which "
+            "anyone can recompute from a guess of the person's details",
+            f"set {SETTING} to at least {MIN_KEY_LENGTH} random characters (make run generates one; azd up "
+            "creates it in Key Vault), before the first lead if you can",
+        )
     if len(value) < MIN_KEY_LENGTH:
-        return (True, f"{SETTING} is {len(value)} characters: a short key is easier to guess",
-                f"only on a store with no leads yet: set at least {MIN_KEY_LENGTH} random characters (changing it "
-                "later makes ids and tombstones stop matching)")  # fmt: skip
+        return (
+            True,
+            f"{SETTING} is {len(value)} characters: a short key is easier to guess",
+            f"only on a store with no leads yet: set at least {MIN_KEY_LENGTH} random characters (changing it "
+            "later makes ids and tombstones stop matching)",
+        )
     return None
 
 

@@ -55,5 +55,7 @@ class DeadlineTableServiceClient(TableServiceClient):
     """A table service client (and its table clients) retrying by :class:`DeadlineTablesRetry`."""
 
     def _configure_policies(self, *, audience: str | None = None, **kwargs: Any) -> list[Any]:
-        return [DeadlineTablesRetry(**kwargs) if isinstance(policy, TablesRetryPolicy) else policy
-                for policy in super()._configure_policies(audience=audience, **kwargs)]  # fmt: skip
+        return [
+            DeadlineTablesRetry(**kwargs) if isinstance(policy, TablesRetryPolicy) else policy
+            for policy in super()._configure_policies(audience=audience, **kwargs)
+        ]

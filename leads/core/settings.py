@@ -24,13 +24,18 @@ DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_
 MAPPING = "Field mapping: the {crm} fields a lead fills beyond the built-in ones (JSON, or a JSON file's path)."
 
 
-def number(default: Any, alias: str, low: float, high: float, unit: str, description: str = "", *,
-           above: bool = False) -> Any:  # fmt: skip
+def number(
+    default: Any, alias: str, low: float, high: float, unit: str, description: str = "", *, above: bool = False
+) -> Any:
     """A numeric setting: finite and from ``low`` (excluded, with ``above``) to ``high``. A value
     out of range, ``inf`` or ``nan`` is refused when the settings are read, naming the setting and
     its range: a timedelta built from ``inf`` later would crash every call that uses it."""
-    return Field(default, alias=alias, description=description,
-                 json_schema_extra={"range": {"low": low, "high": high, "unit": unit, "above": above}})  # fmt: skip
+    return Field(
+        default,
+        alias=alias,
+        description=description,
+        json_schema_extra={"range": {"low": low, "high": high, "unit": unit, "above": above}},
+    )
 
 
 def range_text(field: Any, integer: bool = False) -> str:
@@ -73,22 +78,39 @@ class Settings(BaseSettings):
         description="NCRONTAB (six fields, seconds first) of the marketplace table poll.",
     )
     poll_overlap_minutes: float = number(
-        10.0, "LEADS_POLL_OVERLAP_MINUTES", 0, 1440, "minutes",
+        10.0,
+        "LEADS_POLL_OVERLAP_MINUTES",
+        0,
+        1440,
+        "minutes",
         description="How far behind its watermark the poll reads again, for rows whose "
         "server-set Timestamp lands out of order.",
     )
     poll_full_scan_minutes: float = number(
-        60.0, "LEADS_POLL_FULL_SCAN_MINUTES", 0, 10080, "minutes",
+        60.0,
+        "LEADS_POLL_FULL_SCAN_MINUTES",
+        0,
+        10080,
+        "minutes",
         description="How often the poll reads the whole marketplace table (by Timestamp, from the "
         "previous such scan on) to take in any row its reading by day partitions missed.",
     )
     backfill_days: float = number(
-        7.0, "LEADS_BACKFILL_DAYS", 0, 3650, "days", above=True,
+        7.0,
+        "LEADS_BACKFILL_DAYS",
+        0,
+        3650,
+        "days",
+        above=True,
         description="Leads older than this when taken in (the first poll of a table with history) are "
         "stored with their deliveries skipped; `replay` delivers them.",
     )
     dedupe_window_hours: float = number(
-        24.0, "LEADS_DEDUPE_WINDOW_HOURS", 0, 8760, "hours",
+        24.0,
+        "LEADS_DEDUPE_WINDOW_HOURS",
+        0,
+        8760,
+        "hours",
         description="The same HTTP lead arriving again within this window is a duplicate.",
     )
 
@@ -101,7 +123,12 @@ class Settings(BaseSettings):
     )
 
     retention_days: float | None = number(
-        None, "LEADS_RETENTION_DAYS", 0, 36500, "days", above=True,
+        None,
+        "LEADS_RETENTION_DAYS",
+        0,
+        36500,
+        "days",
+        above=True,
         description="Erase the personal data of leads received more than this many days ago (daily, "
         "LEADS_RETENTION_SCHEDULE). Unset: keep everything.",
     )
@@ -135,7 +162,11 @@ class Settings(BaseSettings):
         description="NCRONTAB of the maintenance run that verifies and repairs the recent days' derived rows.",
     )
     verify_days: int = number(
-        2, "LEADS_VERIFY_DAYS", 1, 31, "days",
+        2,
+        "LEADS_VERIFY_DAYS",
+        1,
+        31,
+        "days",
         description="How many recent days of leads (today included) each maintenance run verifies.",
     )
     routing: str = Field("", alias="LEADS_ROUTING", description="Routing rules: JSON, or a JSON file's path.")
@@ -145,21 +176,40 @@ class Settings(BaseSettings):
         description="Test leads: notify (email only, marked [TEST]), deliver (everywhere), drop.",
     )
     retry_hours: float = number(
-        24.0, "LEADS_RETRY_HOURS", 12, 720, "hours",
+        24.0,
+        "LEADS_RETRY_HOURS",
+        12,
+        720,
+        "hours",
         description="How long transient failures are retried before a delivery is failed.",
     )
     retry_base_seconds: float = number(
-        30.0, "LEADS_RETRY_BASE_SECONDS", 0, 3600, "seconds", above=True,
+        30.0,
+        "LEADS_RETRY_BASE_SECONDS",
+        0,
+        3600,
+        "seconds",
+        above=True,
         description="The first retry's delay; each next one doubles (with jitter), up to an hour.",
     )
     http_timeout_seconds: float = number(
-        30.0, "LEADS_HTTP_TIMEOUT_SECONDS", 0, MAX_CALL_SECONDS, "seconds", above=True,
+        30.0,
+        "LEADS_HTTP_TIMEOUT_SECONDS",
+        0,
+        MAX_CALL_SECONDS,
+        "seconds",
+        above=True,
         description="How long one call to a destination may take, connect to last byte (at most 60).",
     )
-    alert_to: str = Field("", alias="LEADS_ALERT_TO",
-                          description="Who is emailed when deliveries fail or leads stop arriving.")  # fmt: skip
+    alert_to: str = Field(
+        "", alias="LEADS_ALERT_TO", description="Who is emailed when deliveries fail or leads stop arriving."
+    )
     silence_days: int = number(
-        3, "LEADS_SILENCE_DAYS", 1, 365, "days",
+        3,
+        "LEADS_SILENCE_DAYS",
+        1,
+        365,
+        "days",
         "The fewest days without a lead (of an offer, or of all) before the silence alarm; an offer whose "
         "leads come further apart is given longer (twice its usual gap).",
     )
@@ -180,11 +230,19 @@ class Settings(BaseSettings):
         ".outbox", alias="EMAIL_OUTBOX_DIR", description="Where mails go as .eml files when ACS is not set."
     )
     email_per_minute: int = number(
-        30, "EMAIL_PER_MINUTE", 1, 100_000, "mails a minute",
+        30,
+        "EMAIL_PER_MINUTE",
+        1,
+        100_000,
+        "mails a minute",
         "ACS's sending limit a minute: 30 (custom domain, by default) or 5 (Azure-managed domain).",
     )
     email_per_hour: int = number(
-        100, "EMAIL_PER_HOUR", 1, 1_000_000, "mails an hour",
+        100,
+        "EMAIL_PER_HOUR",
+        1,
+        1_000_000,
+        "mails an hour",
         "ACS's sending limit an hour: 100 (custom domain, by default) or 10 (Azure-managed domain).",
     )
     leads_portal_url: str = Field(
@@ -281,8 +339,10 @@ class Settings(BaseSettings):
         # A delivery's claim lasts 5 minutes and a send (token, look-up, write, each one call)
         # must end well inside it, by 2 minutes: no single call may take longer than 60 s.
         if value > MAX_CALL_SECONDS:
-            raise ValueError(f"LEADS_HTTP_TIMEOUT_SECONDS is {value:g}, but a call must end well inside the 5-minute "
-                             f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)")
+            raise ValueError(
+                f"LEADS_HTTP_TIMEOUT_SECONDS is {value:g}, but a call must end well inside the 5-minute "
+                f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)"
+            )
         return value
 
     @field_validator("*")

@@ -55,8 +55,9 @@ def transport(timeouts: dict[str, float] = TIMEOUTS, pool_size: int = POOL_SIZE)
 
     from leads.core.http import session
 
-    return RequestsTransport(session=session(pool_size, pool_connections=4, remember=False), session_owner=True,
-                             **timeouts)  # fmt: skip
+    return RequestsTransport(
+        session=session(pool_size, pool_connections=4, remember=False), session_owner=True, **timeouts
+    )
 
 
 def identity_options() -> dict[str, Any]:
@@ -110,8 +111,13 @@ def queue_service(connection_string: str, setting_name: str = "AzureWebJobsStora
 
     from leads.core.retries import DeadlineExponentialRetry
 
-    return _service(QueueServiceClient, "queue", connection_string, setting_name,
-                    {"retry_policy": DeadlineExponentialRetry(**QUEUE_RETRY)})  # fmt: skip
+    return _service(
+        QueueServiceClient,
+        "queue",
+        connection_string,
+        setting_name,
+        {"retry_policy": DeadlineExponentialRetry(**QUEUE_RETRY)},
+    )
 
 
 def _service(client_class: type, service: str, connection_string: str, setting_name: str, retry: dict[str, Any]):
@@ -146,9 +152,15 @@ def put_row(table: TableClient, entity: Mapping[str, Any], etag: str | None) -> 
     return table.update_entity(entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=condition)
 
 
-def change_row(table: TableClient, partition: str, row_key: str,
-               change: Callable[[TableEntity | None], Mapping[str, Any] | None], *, tries: int,
-               select: list[str] | None = None) -> Mapping[str, Any] | None:  # fmt: skip
+def change_row(
+    table: TableClient,
+    partition: str,
+    row_key: str,
+    change: Callable[[TableEntity | None], Mapping[str, Any] | None],
+    *,
+    tries: int,
+    select: list[str] | None = None,
+) -> Mapping[str, Any] | None:
     """Read a row, ``change(row)`` (``None`` when there is none) says what to write, and it is
     written only if nobody wrote the row in between: merged into the row under ``If-Match`` of the
     ETag that was read (Merge Entity), or inserted, which fails if another writer inserted it first
@@ -180,8 +192,12 @@ def change_row(table: TableClient, partition: str, row_key: str,
             if row is None:
                 table.create_entity(entity)
             else:
-                table.update_entity(entity, mode=UpdateMode.MERGE, etag=row.metadata["etag"],
-                                    match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                table.update_entity(
+                    entity,
+                    mode=UpdateMode.MERGE,
+                    etag=row.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
             return fields
         except (ResourceExistsError, ResourceModifiedError):
             continue
@@ -223,7 +239,7 @@ def upsert_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) ->
     for rows in partitions.values():
         unique = list(rows.values())
         for start in range(0, len(unique), TRANSACTION_LIMIT):
-            chunk = unique[start:start + TRANSACTION_LIMIT]
+            chunk = unique[start : start + TRANSACTION_LIMIT]
             if len(chunk) == 1:
                 table.upsert_entity(chunk[0])
                 continue
@@ -249,7 +265,7 @@ def create_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) ->
     for rows in partitions.values():
         unique = list(rows.values())
         for start in range(0, len(unique), TRANSACTION_LIMIT):
-            chunk = unique[start:start + TRANSACTION_LIMIT]
+            chunk = unique[start : start + TRANSACTION_LIMIT]
             for _ in range(4):
                 if len(chunk) <= 1:
                     break
@@ -259,7 +275,7 @@ def create_batched(table: TableClient, entities: Iterable[Mapping[str, Any]]) ->
                 except TableTransactionError as exc:
                     if exc.error_code != "EntityAlreadyExists" or not 0 <= exc.index < len(chunk):
                         raise
-                    chunk = chunk[:exc.index] + chunk[exc.index + 1:]
+                    chunk = chunk[: exc.index] + chunk[exc.index + 1 :]
                 except ServiceResponseError:
                     pass  # sent, its answer lost: what it created now exists, and is dropped below
             for entity in chunk:
@@ -284,9 +300,16 @@ def mark_done(table: TableClient, key: tuple[str, str]) -> None:
     table.upsert_entity({"PartitionKey": key[0], "RowKey": key[1], "Done": True, "DoneAt": datetime.now(UTC)})
 
 
-def read_store_once(leads: TableClient, checkpoints: TableClient, key: tuple[str, str],
-                    read_page: Callable[[list[Mapping[str, Any]]], Mapping[str, int]], counts: Iterable[str],
-                    seconds: float | None = None, again: bool = False, page: int = 1000) -> dict[str, Any]:  # fmt: skip
+def read_store_once(
+    leads: TableClient,
+    checkpoints: TableClient,
+    key: tuple[str, str],
+    read_page: Callable[[list[Mapping[str, Any]]], Mapping[str, int]],
+    counts: Iterable[str],
+    seconds: float | None = None,
+    again: bool = False,
+    page: int = 1000,
+) -> dict[str, Any]:
     """Hand every row of the table ``leads`` to ``read_page``, a page at a time, from start to end
     once, resuming where the last call stopped, for at most ``seconds`` (None: to the end).
     ``read_page`` returns what it did (``counts`` names the figures); the place and the totals are

@@ -275,8 +275,9 @@ def reported(function: Any) -> Any:
 # Attributes that hold a URL, or part of one (semantic conventions old and new).
 _URL_ATTRIBUTES = frozenset({"http.url", "url.full", "http.target", "url.path", "http.route", "url.original"})
 # Attributes whose whole value may be a query or a statement with the customer in it: dropped.
-_DROPPED_ATTRIBUTES = frozenset({"url.query", "db.statement", "db.query.text", "db.query.parameter",
-                                 "http.request.body", "http.response.body"})  # fmt: skip
+_DROPPED_ATTRIBUTES = frozenset(
+    {"url.query", "db.statement", "db.query.text", "db.query.parameter", "http.request.body", "http.response.body"}
+)
 # Settings whose values are secrets (by their name), and the parts of connection strings that are.
 _SECRET_SETTING = re.compile(r"secret|token|password|key|connection|AzureWebJobsStorage$", re.IGNORECASE)
 _SECRET_PART = re.compile(r"(?:accountkey|accesskey|sharedaccesskey|sharedaccesssignature|password)=([^;]+)", re.I)
@@ -363,8 +364,11 @@ class TelemetryScrubber:
         return value
 
     def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {key: self.value(key, value) for key, value in (attributes or {}).items()
-                if key not in _DROPPED_ATTRIBUTES and key != _DONE}  # fmt: skip
+        return {
+            key: self.value(key, value)
+            for key, value in (attributes or {}).items()
+            if key not in _DROPPED_ATTRIBUTES and key != _DONE
+        }
 
     def start_span(self, span: Any) -> None:
         for key, value in list((span.attributes or {}).items()):
@@ -380,15 +384,26 @@ class TelemetryScrubber:
         try:
             span._name = self.text(span.name)
             span._attributes = BoundedAttributes(attributes=self.attributes(span.attributes), immutable=True)
-            events = [Event(event.name, BoundedAttributes(attributes=self.attributes(event.attributes), immutable=True),
-                            event.timestamp) for event in span.events]  # fmt: skip
+            events = [
+                Event(
+                    event.name,
+                    BoundedAttributes(attributes=self.attributes(event.attributes), immutable=True),
+                    event.timestamp,
+                )
+                for event in span.events
+            ]
             span._events = BoundedList.from_seq(max(len(events), 1), events)
         except Exception:  # a span that cannot be scrubbed is not exported: it leaves unsampled
             from opentelemetry.trace import SpanContext, TraceFlags
 
             context = span.context
-            span._context = SpanContext(context.trace_id, context.span_id, context.is_remote,
-                                        TraceFlags(TraceFlags.DEFAULT), context.trace_state)  # fmt: skip
+            span._context = SpanContext(
+                context.trace_id,
+                context.span_id,
+                context.is_remote,
+                TraceFlags(TraceFlags.DEFAULT),
+                context.trace_state,
+            )
 
     def emit_log(self, log_record: Any) -> None:
         record = log_record.log_record
@@ -463,9 +478,12 @@ def configure_telemetry(environ: Mapping[str, str] | None = None) -> bool:
         from azure.monitor.opentelemetry import configure_azure_monitor
 
         span_scrubber, log_scrubber = scrubbing_processors()
-        options: dict[str, Any] = {"connection_string": connection_string, "logger_name": APP_LOGGER,
-                                   "span_processors": [span_scrubber],
-                                   "log_record_processors": [log_scrubber]}  # fmt: skip
+        options: dict[str, Any] = {
+            "connection_string": connection_string,
+            "logger_name": APP_LOGGER,
+            "span_processors": [span_scrubber],
+            "log_record_processors": [log_scrubber],
+        }
         uses_aad, client_id = _aad_client_id(env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", ""))
         if uses_aad:
             from azure.identity import ManagedIdentityCredential

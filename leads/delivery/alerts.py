@@ -76,8 +76,14 @@ def record_failure(store: LeadStore, delivery: Delivery, now: datetime, settings
         group = _group_of(entity)
         opened = None
         if group is None:
-            group = {"id": _group_id(delivery.destination, now), "destination": delivery.destination,
-                     "first": now.isoformat(), "count": 0, "leads": [], "errors": []}  # fmt: skip
+            group = {
+                "id": _group_id(delivery.destination, now),
+                "destination": delivery.destination,
+                "first": now.isoformat(),
+                "count": 0,
+                "leads": [],
+                "errors": [],
+            }
             opened = _due(group, _last_mail(entity))
         group["count"] += 1
         group["last"] = now.isoformat()
@@ -93,8 +99,11 @@ def record_failure(store: LeadStore, delivery: Delivery, now: datetime, settings
     try:
         change_row(store.checkpoints, PARTITION, delivery.destination, counted, tries=20)
     except RowKeptChanging:
-        log.warning("failure of lead %s to %s not counted for an alert (the group kept changing)",
-                    delivery.lead_id, delivery.destination)  # fmt: skip
+        log.warning(
+            "failure of lead %s to %s not counted for an alert (the group kept changing)",
+            delivery.lead_id,
+            delivery.destination,
+        )
         return
     if opened is not None:
         _wake(delivery.destination, opened, now, settings)
@@ -141,8 +150,9 @@ def flush_alerts(store: LeadStore, settings: Settings, now: datetime, destinatio
     return sent
 
 
-def _mail(store: LeadStore, settings: Settings, entity: Mapping[str, Any], to: tuple[str, ...],
-          now: datetime) -> tuple[str, float]:  # fmt: skip
+def _mail(
+    store: LeadStore, settings: Settings, entity: Mapping[str, Any], to: tuple[str, ...], now: datetime
+) -> tuple[str, float]:
     """Claim, mail and settle one due group: "sent", "failed", "claimed" (another sender has it)
     or "no slot" (the rate limiter had none, for the seconds given: the claim is given back)."""
     from leads.core.storage import change_row
@@ -176,8 +186,13 @@ def _mail(store: LeadStore, settings: Settings, entity: Mapping[str, Any], to: t
                 _log_dropped(group, tries, failure)
             _delete(store, store.checkpoints.get_entity(PARTITION, key))
         else:
-            change_row(store.checkpoints, PARTITION, key,
-                       lambda row: {"Tries": tries, "ClaimedUntil": now} if row else None, tries=5)  # fmt: skip
+            change_row(
+                store.checkpoints,
+                PARTITION,
+                key,
+                lambda row: {"Tries": tries, "ClaimedUntil": now} if row else None,
+                tries=5,
+            )
         return ("failed" if failure else "sent"), 0.0
     rest: dict[str, Any] = {}
 
@@ -225,8 +240,7 @@ def _wake(destination: str, due: datetime, now: datetime, settings: Settings | N
     try:
         delivery_queue(settings).send_text(wake_up_message(destination), (due - now).total_seconds())
     except AzureError as exc:
-        log.warning("alert wake-up for %s not queued (%s); the sweep mails the group", destination,
-                    type(exc).__name__)  # fmt: skip
+        log.warning("alert wake-up for %s not queued (%s); the sweep mails the group", destination, type(exc).__name__)
 
 
 def _group_of(entity: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -236,8 +250,7 @@ def _group_of(entity: Mapping[str, Any] | None) -> dict[str, Any] | None:
     group = json.loads(entity["Group"])
     if "id" not in group:  # an earlier version's window: mailed under its own row key, as it would have been
         start = datetime.fromisoformat(group["start"])
-        group.update(id=entity["RowKey"], first=start.isoformat(), last=(start + ALERT_WINDOW).isoformat(),
-                     legacy=True)  # fmt: skip
+        group.update(id=entity["RowKey"], first=start.isoformat(), last=(start + ALERT_WINDOW).isoformat(), legacy=True)
     return group
 
 
@@ -257,10 +270,15 @@ def _minus(current: Mapping[str, Any], mailed: Mapping[str, Any], now: datetime)
         return None
     counts = {e["error"]: e["count"] for e in mailed["errors"]}
     errors = [{**e, "count": e["count"] - counts.get(e["error"], 0)} for e in current["errors"]]
-    return {"id": _group_id(current["destination"], now), "destination": current["destination"],
-            "first": now.isoformat(), "last": current.get("last", now.isoformat()), "count": count,
-            "leads": [lead for lead in current["leads"] if lead not in mailed["leads"]],
-            "errors": [e for e in errors if e["count"] > 0]}  # fmt: skip
+    return {
+        "id": _group_id(current["destination"], now),
+        "destination": current["destination"],
+        "first": now.isoformat(),
+        "last": current.get("last", now.isoformat()),
+        "count": count,
+        "leads": [lead for lead in current["leads"] if lead not in mailed["leads"]],
+        "errors": [e for e in errors if e["count"] > 0],
+    }
 
 
 def _group_id(destination: str, now: datetime) -> str:
@@ -282,8 +300,9 @@ def _delete(store: LeadStore, entity: Mapping[str, Any]) -> None:
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
     try:
-        store.checkpoints.delete_entity(PARTITION, entity["RowKey"], etag=entity.metadata["etag"],
-                                        match_condition=MatchConditions.IfNotModified)  # fmt: skip
+        store.checkpoints.delete_entity(
+            PARTITION, entity["RowKey"], etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified
+        )
     except (ResourceModifiedError, ResourceNotFoundError):
         pass  # changed since: a failure opened a group in it
 
@@ -309,8 +328,8 @@ def alert_text(group: dict[str, Any]) -> tuple[str, str]:
         f"{count} {leads} could not be delivered to {name} {when} UTC, and will not be retried until they are "
         "replayed.",
         "",
-        f"Leads: {', '.join(group['leads'])}" + (f" and {count - len(group['leads'])} more"
-                                                 if count > len(group["leads"]) else ""),  # fmt: skip
+        f"Leads: {', '.join(group['leads'])}"
+        + (f" and {count - len(group['leads'])} more" if count > len(group["leads"]) else ""),
         "",
     ]
     for error in group["errors"]:
@@ -363,7 +382,14 @@ def _log_dropped(group: dict[str, Any], tries: int, failure: str) -> None:
     """What a group that could not be mailed would have said, in the log (ids only, no one's data)."""
     first = datetime.fromisoformat(group["first"])
     last = datetime.fromisoformat(group.get("last") or group["first"])
-    log.error("alert about %d failures to %s between %s and %s UTC dropped after %d tries (%s); first leads: %s; "
-              "the deliveries stay failed until replayed: python -m leads status", group["count"],
-              group["destination"], f"{first:%Y-%m-%d %H:%M}", f"{last:%H:%M}", tries, failure,
-              ", ".join(group["leads"]) or "none")  # fmt: skip
+    log.error(
+        "alert about %d failures to %s between %s and %s UTC dropped after %d tries (%s); first leads: %s; "
+        "the deliveries stay failed until replayed: python -m leads status",
+        group["count"],
+        group["destination"],
+        f"{first:%Y-%m-%d %H:%M}",
+        f"{last:%H:%M}",
+        tries,
+        failure,
+        ", ".join(group["leads"]) or "none",
+    )

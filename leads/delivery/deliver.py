@@ -67,8 +67,12 @@ def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | 
             try:
                 queue.send(lead_id, name, once=True)
             except AzureError as exc:
-                log.warning("deliveries of %s not queued (%s: %s); the sweep will", lead_id, ", ".join(pending),
-                            type(exc).__name__)  # fmt: skip
+                log.warning(
+                    "deliveries of %s not queued (%s: %s); the sweep will",
+                    lead_id,
+                    ", ".join(pending),
+                    type(exc).__name__,
+                )
                 return
 
 
@@ -116,20 +120,34 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     if destination is None:
         claimed = book.change(delivery, state="sending", claimed_until=now + CLAIM)
         if claimed:
-            _fail(book, claimed, PermanentError(f"the {name} destination is not enabled",
-                  fix=f"configure its settings, then: python -m leads replay --destination {name}"), settings,
-                  now)  # fmt: skip
+            _fail(
+                book,
+                claimed,
+                PermanentError(
+                    f"the {name} destination is not enabled",
+                    fix=f"configure its settings, then: python -m leads replay --destination {name}",
+                ),
+                settings,
+                now,
+            )
         return Outcome("failed", "destination not enabled")
 
     digest = _digest_of(store, delivery)
     if digest is not None and digest.state == SENT:  # it went out; the worker died before saying so here
-        done = book.change(delivery, state="delivered", external_id=digest.external_id, last_error=None,
-                           claimed_until=None, next_attempt_at=None)  # fmt: skip
+        done = book.change(
+            delivery,
+            state="delivered",
+            external_id=digest.external_id,
+            last_error=None,
+            claimed_until=None,
+            next_attempt_at=None,
+        )
         return Outcome("delivered" if done else delivery.state, f"sent in digest {digest.id}")
 
     if destination.rate_limit:
-        wait = RateLimiter(store, name, destination.rate_limit, destination.rate_period,
-                           *destination.more_rate_limits).acquire(now)  # fmt: skip
+        wait = RateLimiter(
+            store, name, destination.rate_limit, destination.rate_period, *destination.more_rate_limits
+        ).acquire(now)
         if wait is not None:
             if digest is not None:  # the digest waits as one: its members join nothing else
                 delivery_queue(settings).send(delivery.lead_id, name, wait)
@@ -137,18 +155,31 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
             return _wait_for_rate(book, delivery, destination, wait, settings, now)
 
     if digest is not None:
-        claimed_digest = DigestBook(store.leads).change(digest, claimed_until=now + CLAIM) \
-            if digest.claimed_until is None or digest.claimed_until <= now else None  # fmt: skip
+        claimed_digest = (
+            DigestBook(store.leads).change(digest, claimed_until=now + CLAIM)
+            if digest.claimed_until is None or digest.claimed_until <= now
+            else None
+        )
         if claimed_digest is None:
             return Outcome("sending", "its digest is claimed by another worker")
         return _send_digest(store, destination, claimed_digest, settings, now, clock)
 
     if delivery.state == "sending":  # its claim ran out, and nothing says what that attempt did
-        log.warning("lead %s to %s: attempt %d's outcome was never recorded (its worker stopped, or the lead "
-                    "store refused its record): sending again, under the same key", lead_id, name,
-                    delivery.attempts)  # fmt: skip
-    claimed = book.change(delivery, state="sending", attempts=delivery.attempts + 1,
-                          claimed_until=now + CLAIM, waiting_for=None, digest=None)  # fmt: skip
+        log.warning(
+            "lead %s to %s: attempt %d's outcome was never recorded (its worker stopped, or the lead "
+            "store refused its record): sending again, under the same key",
+            lead_id,
+            name,
+            delivery.attempts,
+        )
+    claimed = book.change(
+        delivery,
+        state="sending",
+        attempts=delivery.attempts + 1,
+        claimed_until=now + CLAIM,
+        waiting_for=None,
+        digest=None,
+    )
     if claimed is None:
         return Outcome("sending", "claimed by another worker")
     # Only a first attempt folds others in: an earlier attempt may have gone out under its own
@@ -188,8 +219,9 @@ def _skip_erased(book, delivery: Delivery) -> None:
     book.change(delivery, state="skipped", last_error=ERASED_REASON, claimed_until=None, next_attempt_at=None)
 
 
-def _delivered(book, delivery: Delivery, sent: Sent, settings: Settings, clock: Callable[[], datetime],
-               digest_size: int = 1) -> bool:  # fmt: skip
+def _delivered(
+    book, delivery: Delivery, sent: Sent, settings: Settings, clock: Callable[[], datetime], digest_size: int = 1
+) -> bool:
     """Record a send of ``delivery`` (claimed by this worker). The destination has the lead: a
     record lost here would have it sent again when the claim runs out. So the write is tried again
     while the claim lasts (each try is the SDK's own retries), and if the lead store refuses it
@@ -207,14 +239,25 @@ def _delivered(book, delivery: Delivery, sent: Sent, settings: Settings, clock: 
                 break
             continue
         if done is None:
-            log.warning("delivery %s/%s sent but its row changed under the claim", delivery.lead_id,
-                        delivery.destination)  # fmt: skip
-        log.info("lead %s delivered to %s (attempt %d%s)", delivery.lead_id, delivery.destination, delivery.attempts,
-                 f", digest of {digest_size}" if digest_size > 1 else "")  # fmt: skip
+            log.warning(
+                "delivery %s/%s sent but its row changed under the claim", delivery.lead_id, delivery.destination
+            )
+        log.info(
+            "lead %s delivered to %s (attempt %d%s)",
+            delivery.lead_id,
+            delivery.destination,
+            delivery.attempts,
+            f", digest of {digest_size}" if digest_size > 1 else "",
+        )
         _told_outcome(delivery, "delivered", clock())
         return True
-    log.warning("lead %s sent to %s (attempt %d) but its record was refused (%s): recording it from the queue",
-                delivery.lead_id, delivery.destination, delivery.attempts, type(refused).__name__)  # fmt: skip
+    log.warning(
+        "lead %s sent to %s (attempt %d) but its record was refused (%s): recording it from the queue",
+        delivery.lead_id,
+        delivery.destination,
+        delivery.attempts,
+        type(refused).__name__,
+    )
     note = {"attempt": delivery.attempts, "externalId": sent.external_id}
     delivery_queue(settings).send(delivery.lead_id, delivery.destination, sent=note)
     return False
@@ -223,8 +266,9 @@ def _delivered(book, delivery: Delivery, sent: Sent, settings: Settings, clock: 
 def _record_sent(book, delivery: Delivery, external_id: str | None) -> Delivery | None:
     """Write ``delivery`` delivered; after a write whose answer was lost (the row moved on, to
     what this write made it), the row as it is."""
-    done = book.change(delivery, state="delivered", external_id=external_id, last_error=None, claimed_until=None,
-                       next_attempt_at=None)  # fmt: skip
+    done = book.change(
+        delivery, state="delivered", external_id=external_id, last_error=None, claimed_until=None, next_attempt_at=None
+    )
     if done is None:
         now = book.get(delivery.lead_id, delivery.destination)
         return now if now is not None and now.state == "delivered" else None
@@ -249,8 +293,12 @@ def record_sent(lead_id: str, name: str, note: Mapping[str, object], settings: S
             return Outcome(delivery.state, "a later attempt holds it")
         done = _record_sent(book, delivery, note.get("externalId"))  # type: ignore[arg-type]
     except AzureError as exc:
-        log.warning("record of the send of lead %s to %s refused again (%s): tried again in 30 s", lead_id, name,
-                    type(exc).__name__)  # fmt: skip
+        log.warning(
+            "record of the send of lead %s to %s refused again (%s): tried again in 30 s",
+            lead_id,
+            name,
+            type(exc).__name__,
+        )
         delivery_queue(settings).send(lead_id, name, 30, sent=dict(note))
         return Outcome("sending", "its record waits")
     if done is None:
@@ -270,8 +318,14 @@ def _digest_of(store: LeadStore, delivery: Delivery) -> Digest | None:
     return digest
 
 
-def _send_digest(store: LeadStore, destination: Destination, digest: Digest, settings: Settings,
-                 now: datetime, clock: Callable[[], datetime]) -> Outcome:  # fmt: skip
+def _send_digest(
+    store: LeadStore,
+    destination: Destination,
+    digest: Digest,
+    settings: Settings,
+    now: datetime,
+    clock: Callable[[], datetime],
+) -> Outcome:
     """Send ``digest`` (claimed by this worker) with its own Operation-Id and record the outcome
     on it and on every member."""
     from leads.core.http import deadline
@@ -291,8 +345,9 @@ def _send_digest(store: LeadStore, destination: Destination, digest: Digest, set
             _fail(book, member, LEAD_GONE, settings, now)
         elif erased:
             _skip_erased(book, member)
-    present = [(member, lead) for member, (lead, erased) in zip(members, found, strict=True)
-               if lead is not None and not erased]  # fmt: skip
+    present = [
+        (member, lead) for member, (lead, erased) in zip(members, found, strict=True) if lead is not None and not erased
+    ]
     if not present:
         digests.change(digest, state=FAILED, claimed_until=None)
         return Outcome("failed", "lead not found")
@@ -327,8 +382,9 @@ def _claim_member(book, lead_id: str, digest: Digest, now: datetime) -> Delivery
             return None
         if member.state == "sending" and member.claimed_until == digest.claimed_until:
             return member  # claimed with the digest when it was folded
-        taken = book.change(member, state="sending", attempts=member.attempts + 1, claimed_until=digest.claimed_until,
-                            waiting_for=None)  # fmt: skip
+        taken = book.change(
+            member, state="sending", attempts=member.attempts + 1, claimed_until=digest.claimed_until, waiting_for=None
+        )
         if taken is not None:
             return taken
     return None
@@ -344,8 +400,10 @@ def _told(error: DeliveryError, leads: list, delivery: Delivery) -> DeliveryErro
         error.fix = mask_personal(error.fix, leads)
     elif not error.transient:
         which = f"--lead {delivery.lead_id} " if len(leads) == 1 else ""
-        error.fix = ("correct what the service names (the destination's settings, or the CRM's rules for the "
-                     f"field), then: python -m leads replay {which}--destination {delivery.destination}")  # fmt: skip
+        error.fix = (
+            "correct what the service names (the destination's settings, or the CRM's rules for the "
+            f"field), then: python -m leads replay {which}--destination {delivery.destination}"
+        )
     return error
 
 
@@ -356,22 +414,34 @@ def _after_failure(book, delivery: Delivery, error: DeliveryError, settings: Set
             delay = max(delay, timedelta(seconds=error.retry_after))
         deadline = (delivery.retry_from or delivery.created_at or now) + timedelta(hours=settings.retry_hours)
         if now + delay <= deadline:
-            retrying = book.change(delivery, state="retrying", last_error=error.explain(),
-                                   next_attempt_at=now + delay, claimed_until=None, waiting_for=None)  # fmt: skip
+            retrying = book.change(
+                delivery,
+                state="retrying",
+                last_error=error.explain(),
+                next_attempt_at=now + delay,
+                claimed_until=None,
+                waiting_for=None,
+            )
             if retrying:
-                log.warning("lead %s to %s: attempt %d failed, retry in %ds: %s", delivery.lead_id,
-                            delivery.destination, delivery.attempts, delay.total_seconds(), error)  # fmt: skip
+                log.warning(
+                    "lead %s to %s: attempt %d failed, retry in %ds: %s",
+                    delivery.lead_id,
+                    delivery.destination,
+                    delivery.attempts,
+                    delay.total_seconds(),
+                    error,
+                )
                 _told_outcome(delivery, "retrying", now, error.explain())
                 delivery_queue(settings).send(delivery.lead_id, delivery.destination, delay.total_seconds())
             return
-        error = PermanentError(f"gave up after {delivery.attempts} attempts over {settings.retry_hours:g} hours: "
-                               f"{error}", fix=error.fix)  # fmt: skip
+        error = PermanentError(
+            f"gave up after {delivery.attempts} attempts over {settings.retry_hours:g} hours: {error}", fix=error.fix
+        )
     _fail(book, delivery, error, settings, now)
 
 
 def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, now: datetime | None = None) -> None:
-    failed = book.change(delivery, state="failed", last_error=error.explain(), claimed_until=None,
-                         next_attempt_at=None)  # fmt: skip
+    failed = book.change(delivery, state="failed", last_error=error.explain(), claimed_until=None, next_attempt_at=None)
     if failed is None:
         return
     log.error("lead %s to %s failed: %s", delivery.lead_id, delivery.destination, error.explain())
@@ -382,8 +452,12 @@ def _fail(book, delivery: Delivery, error: DeliveryError, settings: Settings, no
         try:
             record_failure(LeadStore.from_settings(settings), failed, now or _now(), settings)
         except Exception as exc:  # noqa: BLE001 - an alert must never break the delivery it reports
-            log.warning("failure of lead %s to %s not counted for an alert (%s)", delivery.lead_id,
-                        delivery.destination, type(exc).__name__)  # fmt: skip
+            log.warning(
+                "failure of lead %s to %s not counted for an alert (%s)",
+                delivery.lead_id,
+                delivery.destination,
+                type(exc).__name__,
+            )
 
 
 def _told_outcome(delivery: Delivery, outcome: str, now: datetime, error: str | None = None) -> None:
@@ -392,22 +466,35 @@ def _told_outcome(delivery: Delivery, outcome: str, now: datetime, error: str | 
     from leads.core.telemetry import event
 
     took = (now - delivery.created_at).total_seconds() if delivery.created_at and outcome == "delivered" else None
-    event("DeliveryOutcome", leadId=delivery.lead_id, destination=delivery.destination, outcome=outcome,
-          attempt=delivery.attempts, secondsToDeliver=took and round(took, 3), error=error and error[:300])  # fmt: skip
+    event(
+        "DeliveryOutcome",
+        leadId=delivery.lead_id,
+        destination=delivery.destination,
+        outcome=outcome,
+        attempt=delivery.attempts,
+        secondsToDeliver=took and round(took, 3),
+        error=error and error[:300],
+    )
 
 
 # --- rate limits and digests ---------------------------------------------------------------------
 
 
-def _wait_for_rate(book, delivery: Delivery, destination: Destination, wait: float,
-                   settings: Settings, now: datetime) -> Outcome:  # fmt: skip
+def _wait_for_rate(
+    book, delivery: Delivery, destination: Destination, wait: float, settings: Settings, now: datetime
+) -> Outcome:
     """Hold a delivery until the destination's rate allows a send. Deliveries waiting for the
     same recipients are folded into one digest by whichever of them sends first."""
     until = now + timedelta(seconds=wait)
     # As above: a delivery tried before waits alone, to be sent again as the same send.
     key = waiting_key(delivery) if destination.can_digest and delivery.attempts == 0 else None
-    held = book.change(delivery, state="retrying", next_attempt_at=until, waiting_for=key,
-                       last_error=f"waiting for {destination.name}'s rate limit")  # fmt: skip
+    held = book.change(
+        delivery,
+        state="retrying",
+        next_attempt_at=until,
+        waiting_for=key,
+        last_error=f"waiting for {destination.name}'s rate limit",
+    )
     if held is None:
         return Outcome(delivery.state, "changed under us")
     if key:
@@ -420,8 +507,9 @@ _WAITING = "waiting|"
 
 
 def _mark_waiting(book, delivery: Delivery, key: str) -> None:
-    book.table.upsert_entity({"PartitionKey": _WAITING + key, "RowKey": delivery.lead_id,
-                              "Destination": delivery.destination})  # fmt: skip
+    book.table.upsert_entity(
+        {"PartitionKey": _WAITING + key, "RowKey": delivery.lead_id, "Destination": delivery.destination}
+    )
 
 
 def waiting_key(delivery: Delivery) -> str:
@@ -446,8 +534,9 @@ def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest |
         store.leads.delete_entity(marker["PartitionKey"], marker["RowKey"])
         if other is None or other.lead_id == sender.lead_id or other.state != "retrying" or other.waiting_for != key:
             continue
-        taken = book.change(other, state="sending", attempts=other.attempts + 1, claimed_until=until,
-                            waiting_for=None, digest=digest_id)  # fmt: skip
+        taken = book.change(
+            other, state="sending", attempts=other.attempts + 1, claimed_until=until, waiting_for=None, digest=digest_id
+        )
         if taken:
             members.append(taken)
     if not members:
@@ -456,9 +545,13 @@ def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest |
     if sender is None:  # cannot happen under a live claim; the others then go without it
         members, sender = members[1:], members[0]
     route = sender.route
-    digest = Digest(digest_id, sender.destination, tuple(m.lead_id for m in [sender, *members]),
-                    Route(route.recipients, route.test, route.generation, operation=digest_id),
-                    claimed_until=until)  # fmt: skip
+    digest = Digest(
+        digest_id,
+        sender.destination,
+        tuple(m.lead_id for m in [sender, *members]),
+        Route(route.recipients, route.test, route.generation, operation=digest_id),
+        claimed_until=until,
+    )
     return DigestBook(store.leads).create(digest)
 
 

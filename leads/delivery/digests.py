@@ -74,8 +74,12 @@ class DigestBook:
 
         updated = replace(digest, **changes)
         try:
-            metadata = self.table.update_entity(_to_entity(updated), mode=UpdateMode.REPLACE, etag=digest.etag,
-                                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            metadata = self.table.update_entity(
+                _to_entity(updated),
+                mode=UpdateMode.REPLACE,
+                etag=digest.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
         return replace(updated, etag=metadata["etag"])
@@ -101,13 +105,23 @@ def _to_entity(digest: Digest) -> dict[str, Any]:
 
 
 def _from_entity(entity: Mapping[str, Any]) -> Digest:
-    digest_id = entity["PartitionKey"][len(PARTITION_PREFIX):]
+    digest_id = entity["PartitionKey"][len(PARTITION_PREFIX) :]
     claimed = entity.get("ClaimedUntil")
     if claimed is not None and claimed.tzinfo is None:
         claimed = claimed.replace(tzinfo=UTC)
-    route = Route(recipients=tuple(r for r in (entity.get("Recipients") or "").split(";") if r),
-                  test=bool(entity.get("Test")), generation=entity.get("Generation") or "",
-                  operation=digest_id)  # fmt: skip
-    return Digest(id=digest_id, destination=entity["Destination"], members=tuple(json.loads(entity["Members"])),
-                  route=route, state=entity.get("State") or OPEN, claimed_until=claimed,
-                  external_id=entity.get("ExternalId"), etag=getattr(entity, "metadata", {}).get("etag"))  # fmt: skip
+    route = Route(
+        recipients=tuple(r for r in (entity.get("Recipients") or "").split(";") if r),
+        test=bool(entity.get("Test")),
+        generation=entity.get("Generation") or "",
+        operation=digest_id,
+    )
+    return Digest(
+        id=digest_id,
+        destination=entity["Destination"],
+        members=tuple(json.loads(entity["Members"])),
+        route=route,
+        state=entity.get("State") or OPEN,
+        claimed_until=claimed,
+        external_id=entity.get("ExternalId"),
+        etag=getattr(entity, "metadata", {}).get("etag"),
+    )

@@ -34,12 +34,15 @@ class DeliveryMessage:
     def from_json(cls, text: str | bytes) -> DeliveryMessage:
         """Read a message; raises ValueError naming what is wrong with one that is not ours."""
         data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("leadId"), str) \
-                or not isinstance(data.get("destination"), str):  # fmt: skip
-            raise ValueError("a delivery message is {\"leadId\": ..., \"destination\": ...}")
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("leadId"), str)
+            or not isinstance(data.get("destination"), str)
+        ):
+            raise ValueError('a delivery message is {"leadId": ..., "destination": ...}')
         sent = data.get("sent")
         if sent is not None and not (isinstance(sent, dict) and isinstance(sent.get("attempt"), int)):
-            raise ValueError("a note of a send is {\"sent\": {\"attempt\": n, \"externalId\": ...}}")
+            raise ValueError('a note of a send is {"sent": {"attempt": n, "externalId": ...}}')
         return cls(data["leadId"], data["destination"], sent)
 
 
@@ -58,23 +61,28 @@ class DeliveryQueue:
         )
         self._created = False
 
-    def send(self, lead_id: str, destination: str, delay: float = 0, sent: dict | None = None,
-             once: bool = False) -> None:  # fmt: skip
+    def send(
+        self, lead_id: str, destination: str, delay: float = 0, sent: dict | None = None, once: bool = False
+    ) -> None:
         """Enqueue a delivery (or, with ``sent``, a note of its send), visible after ``delay``
         seconds; with ``once``, in one try (no retry). Messages never expire: a delivery waiting
         through an outage must still be found."""
         tries = {"retry_total": 0} if once else {}
         self._ensure(**tries)
-        self.client.send_message(DeliveryMessage(lead_id, destination, sent).to_json(),
-                                 visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
-                                 time_to_live=-1, **tries)  # fmt: skip
+        self.client.send_message(
+            DeliveryMessage(lead_id, destination, sent).to_json(),
+            visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
+            time_to_live=-1,
+            **tries,
+        )
 
     def send_text(self, text: str, delay: float = 0) -> None:
         """Enqueue a message of another kind than a delivery (an alert's wake-up: leads/delivery/alerts.py),
         visible after ``delay`` seconds."""
         self._ensure()
-        self.client.send_message(text, visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None,
-                                 time_to_live=-1)  # fmt: skip
+        self.client.send_message(
+            text, visibility_timeout=math.ceil(min(max(delay, 0), MAX_DELAY_SECONDS)) or None, time_to_live=-1
+        )
 
     def _ensure(self, **options) -> None:
         if self._created:

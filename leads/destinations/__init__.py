@@ -28,8 +28,19 @@ REGISTRY: dict[str, str] = {
     "slack": "leads.destinations.slack:SlackDestination",
 }
 
-__all__ = ["Check", "DeliveryError", "Destination", "PermanentError", "Route", "Sent", "TransientError",
-           "REGISTRY", "destination_class", "get_destination", "enabled_names"]  # fmt: skip
+__all__ = [
+    "Check",
+    "DeliveryError",
+    "Destination",
+    "PermanentError",
+    "Route",
+    "Sent",
+    "TransientError",
+    "REGISTRY",
+    "destination_class",
+    "get_destination",
+    "enabled_names",
+]
 
 
 def destination_class(name: str) -> type[Destination]:

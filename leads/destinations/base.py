@@ -137,8 +137,12 @@ def classify_error(error: Exception) -> DeliveryError:
         return unreachable(error)
     if isinstance(error, requests.HTTPError) and error.response is not None:
         response = error.response
-        return from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"),
-                           said=service_said(response))  # fmt: skip
+        return from_status(
+            response.status_code,
+            response.reason or "",
+            response.headers.get("Retry-After"),
+            said=service_said(response),
+        )
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
     if isinstance(error, (ServiceRequestError, ServiceResponseError)):
@@ -171,26 +175,42 @@ def unreachable(error: BaseException) -> TransientError:
         return TransientError(str(cut), fix="the service answers too slowly; the delivery is retried")
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         cert = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
-        return TransientError(f"could not reach {host}: TLS failed, its certificate is not trusted "
-                              f"({cert.verify_message or 'verify failed'})",
-                              fix="check the host in the destination's URL setting: it must be the service's own")
+        return TransientError(
+            f"could not reach {host}: TLS failed, its certificate is not trusted "
+            f"({cert.verify_message or 'verify failed'})",
+            fix="check the host in the destination's URL setting: it must be the service's own",
+        )
     if any(isinstance(e, ssl.SSLError) for e in chain) or isinstance(error, requests.exceptions.SSLError):
-        return TransientError(f"could not reach {host}: TLS failed", fix="check that the URL is the service's "
-                              "https address (not http on a TLS port, nor a proxy that intercepts TLS)")
+        return TransientError(
+            f"could not reach {host}: TLS failed",
+            fix="check that the URL is the service's "
+            "https address (not http on a TLS port, nor a proxy that intercepts TLS)",
+        )
     if any(isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError" for e in chain):
-        return TransientError(f"could not reach {host}: name lookup failed (the host name does not resolve)",
-                              fix="check the host name in the destination's URL setting and the app's DNS")
+        return TransientError(
+            f"could not reach {host}: name lookup failed (the host name does not resolve)",
+            fix="check the host name in the destination's URL setting and the app's DNS",
+        )
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return TransientError(f"could not reach {host}: connection refused (nothing listens there)",
-                              fix="check the port in the destination's URL setting, and that the service is up")
+        return TransientError(
+            f"could not reach {host}: connection refused (nothing listens there)",
+            fix="check the port in the destination's URL setting, and that the service is up",
+        )
     if isinstance(error, requests.ConnectTimeout) or any(type(e).__name__ == "ConnectTimeoutError" for e in chain):
-        return TransientError(f"could not reach {host}: connecting timed out",
-                              fix="check that the service is reachable from the app (firewall, private network)")
-    if isinstance(error, requests.Timeout) or any(isinstance(e, (TimeoutError, socket.timeout)) for e in chain) \
-            or "Timeout" in type(error).__name__:  # fmt: skip
+        return TransientError(
+            f"could not reach {host}: connecting timed out",
+            fix="check that the service is reachable from the app (firewall, private network)",
+        )
+    if (
+        isinstance(error, requests.Timeout)
+        or any(isinstance(e, (TimeoutError, socket.timeout)) for e in chain)
+        or "Timeout" in type(error).__name__
+    ):
         return TransientError(f"no answer from {host} in time (timeout)", fix="the delivery is retried")
-    return TransientError(f"could not reach {host}: the connection dropped before an answer "
-                          f"({type(error).__name__})", fix="the delivery is retried")  # fmt: skip
+    return TransientError(
+        f"could not reach {host}: the connection dropped before an answer ({type(error).__name__})",
+        fix="the delivery is retried",
+    )
 
 
 def _causes(error: BaseException):
@@ -204,8 +224,9 @@ def _causes(error: BaseException):
         seen.add(id(current))
         yield current
         todo += [current.__cause__, current.__context__, getattr(current, "inner_exception", None)]
-        todo += [getattr(current, "reason", None)] if isinstance(getattr(current, "reason", None), BaseException) \
-            else []  # fmt: skip
+        todo += (
+            [getattr(current, "reason", None)] if isinstance(getattr(current, "reason", None), BaseException) else []
+        )
         todo += [arg for arg in current.args if isinstance(arg, BaseException)]
 
 
@@ -240,8 +261,17 @@ def service_said(response) -> str | None:
         if isinstance(value, str) and value.strip():
             found.append(value.strip())
         elif isinstance(value, dict):
-            for key in ("message", "error_description", "detail", "title", "error", "errors", "reason", "code",
-                        "errorCode"):  # fmt: skip
+            for key in (
+                "message",
+                "error_description",
+                "detail",
+                "title",
+                "error",
+                "errors",
+                "reason",
+                "code",
+                "errorCode",
+            ):
                 if key in value:
                     collect(value[key], depth + 1)
         elif isinstance(value, list):
@@ -259,8 +289,9 @@ def service_said(response) -> str | None:
     return text[:300] or None
 
 
-def from_status(status: int, reason: str, retry_after: str | None = None, fix: str | None = None,
-                said: str | None = None) -> DeliveryError:  # fmt: skip
+def from_status(
+    status: int, reason: str, retry_after: str | None = None, fix: str | None = None, said: str | None = None
+) -> DeliveryError:
     """The error for an HTTP status the service answered (``said``: the service's own words)."""
     message = f"the service answered {status} {reason}".rstrip() + (f": {said}" if said else "")
     if status in (408, 425, 429) or status >= 500:

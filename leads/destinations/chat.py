@@ -48,8 +48,11 @@ class ChatDestination(Destination):
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
-        return bool(settings.channel_webhook(cls.name) or getattr(settings, f"{cls.name}_channels").strip()
-                    or cls.routed_channels(settings))
+        return bool(
+            settings.channel_webhook(cls.name)
+            or getattr(settings, f"{cls.name}_channels").strip()
+            or cls.routed_channels(settings)
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatDestination | None:
@@ -92,22 +95,26 @@ class ChatDestination(Destination):
         channel = route.recipients[0] if route.recipients else None
         url = self._url(channel)
         body = json.dumps(self.render(leads, route), ensure_ascii=False).encode()
-        response = self.session.post(url, data=body, timeout=self.timeout, allow_redirects=False,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        response = self.session.post(
+            url, data=body, timeout=self.timeout, allow_redirects=False, headers={"Content-Type": "application/json"}
+        )
         if self.accepted(response):
             return Sent(detail={"channel": channel or ""})
         code, fix = self.refusal(response)
         where = f"the {self.service} channel {channel!r}"
         error = from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix)
-        raise type(error)(f"{where}: {error}" + (f" ({code})" if code else ""), fix=error.fix,
-                          retry_after=error.retry_after)  # fmt: skip
+        raise type(error)(
+            f"{where}: {error}" + (f" ({code})" if code else ""), fix=error.fix, retry_after=error.retry_after
+        )
 
     def _url(self, channel: str | None) -> str:
         default, named = f"{self.name.upper()}_WEBHOOK_URL", f"{self.name.upper()}_CHANNELS"
         replay = f"python -m leads replay --destination {self.name}"
         if not channel:
-            raise PermanentError(f"the delivery names no {self.service} channel",
-                                 fix=f"set {default}, or a {self.name} channel in the routing rule, then: {replay}")
+            raise PermanentError(
+                f"the delivery names no {self.service} channel",
+                fix=f"set {default}, or a {self.name} channel in the routing rule, then: {replay}",
+            )
         try:
             self.settings.named_channels(self.name)
         except ValueError as exc:
@@ -115,8 +122,10 @@ class ChatDestination(Destination):
         url = self.settings.channel_webhook(self.name, channel)
         if not url:
             setting = default if channel == DEFAULT_CHANNEL else named
-            raise PermanentError(f"the {self.service} channel {channel!r} has no webhook URL in {setting}",
-                                 fix=f"add the channel's webhook URL to {setting}, then: {replay}")
+            raise PermanentError(
+                f"the {self.service} channel {channel!r} has no webhook URL in {setting}",
+                fix=f"add the channel's webhook URL to {setting}, then: {replay}",
+            )
         return url
 
     def check(self) -> Check:
@@ -126,22 +135,35 @@ class ChatDestination(Destination):
             named = self.settings.named_channels(self.name)
         except ValueError as exc:
             return Check(False, str(exc), f"see docs/{self.name}.md")
-        channels = list(dict.fromkeys(([DEFAULT_CHANNEL] if self.settings.channel_webhook(self.name) else [])
-                                      + list(named) + self.routed_channels(self.settings)))  # fmt: skip
+        channels = list(
+            dict.fromkeys(
+                ([DEFAULT_CHANNEL] if self.settings.channel_webhook(self.name) else [])
+                + list(named)
+                + self.routed_channels(self.settings)
+            )
+        )
         problems = []
         for channel in channels:
             url = self.settings.channel_webhook(self.name, channel)
             if not url:
-                problems.append(f"routing names the {self.service} channel {channel!r}, which "
-                                f"{self.name.upper()}_CHANNELS does not hold")  # fmt: skip
+                problems.append(
+                    f"routing names the {self.service} channel {channel!r}, which "
+                    f"{self.name.upper()}_CHANNELS does not hold"
+                )
             elif urlsplit(url).scheme != "https":
                 problems.append(f"the {self.service} channel {channel!r} has a URL that is not https")
         if problems:
-            return Check(False, "; ".join(problems), f"add each channel's webhook URL (a Key Vault reference in "
-                         f"Azure); see docs/{self.name}.md")  # fmt: skip
+            return Check(
+                False,
+                "; ".join(problems),
+                f"add each channel's webhook URL (a Key Vault reference in Azure); see docs/{self.name}.md",
+            )
         plural = "s" if len(channels) != 1 else ""
-        return Check(True, f"{len(channels)} channel{plural} configured ({', '.join(channels)}); nothing was "
-                     "posted: python -m leads test-lead posts a test card")  # fmt: skip
+        return Check(
+            True,
+            f"{len(channels)} channel{plural} configured ({', '.join(channels)}); nothing was "
+            "posted: python -m leads test-lead posts a test card",
+        )
 
 
 def cut(text: str, limit: int = DESCRIPTION_MAX) -> str:

@@ -62,13 +62,25 @@ class EmailDestination(Destination):
     name = "email"
     rate_period = 60.0
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 1.0, poll_timeout: float = 10.0,
-                 connection_timeout: float = 5.0, read_timeout: float = 20.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_interval: float = 1.0,
+        poll_timeout: float = 10.0,
+        connection_timeout: float = 5.0,
+        read_timeout: float = 20.0,
+    ) -> None:
         self.settings = settings
         (self.rate_limit, self.rate_period), *more = email_limits(settings)
         self.more_rate_limits = tuple(more)
-        self.transport = transport_for(settings, poll_interval=poll_interval, poll_timeout=poll_timeout,
-                                       connection_timeout=connection_timeout, read_timeout=read_timeout)  # fmt: skip
+        self.transport = transport_for(
+            settings,
+            poll_interval=poll_interval,
+            poll_timeout=poll_timeout,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
+        )
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -131,11 +143,17 @@ def limits_check(settings: Settings) -> Check:
     if not domain:
         return Check(True, f"no EMAIL_SENDER: ACS's limits cannot be told ({said})")
     if domain.endswith(MANAGED_DOMAIN_SUFFIX):
-        kind, limits, raise_how = "an Azure-managed domain", MANAGED_DOMAIN_LIMITS, (
-            "link a custom domain to send more (its limits can be raised by a support request)")
+        kind, limits, raise_how = (
+            "an Azure-managed domain",
+            MANAGED_DOMAIN_LIMITS,
+            ("link a custom domain to send more (its limits can be raised by a support request)"),
+        )
     else:
-        kind, limits, raise_how = "a custom domain", CUSTOM_DOMAIN_LIMITS, (
-            "if Azure raised your quota, keep the settings; else lower them")
+        kind, limits, raise_how = (
+            "a custom domain",
+            CUSTOM_DOMAIN_LIMITS,
+            ("if Azure raised your quota, keep the settings; else lower them"),
+        )
     message = f"the sender {domain} is {kind}: ACS allows {limits[0]} mails a minute and {limits[1]} an hour; {said}"
     if configured[0] > limits[0] or configured[1] > limits[1]:
         # Leads still get through: mails meet ACS's 429s and wait for its Retry-After.
@@ -144,16 +162,24 @@ def limits_check(settings: Settings) -> Check:
     return Check(True, message)
 
 
-def send_operator_mail(settings: Settings, to: tuple[str, ...], subject: str, text: str, *,
-                       key: str | None = None) -> Sent:  # fmt: skip
+def send_operator_mail(
+    settings: Settings, to: tuple[str, ...], subject: str, text: str, *, key: str | None = None
+) -> Sent:
     """A plain mail to the app's operators (alerts), through the same transport as lead mails.
     ``key`` makes a repeated call the same mail (same ACS operation, same outbox file)."""
     subject = one_line(subject, SUBJECT_MAX)
     html = _environment().get_template("email/operator.html").render(subject=subject, text=text)
     key = key or json.dumps([sorted(to), subject, text])
     operation = str(uuid.uuid5(OPERATION_NAMESPACE, "operator|" + key + "|" + settings.email_sender))
-    mail = Mail(to=tuple(to), subject=subject, text=text, html=html, operation_id=operation,
-                filename=f"operator-{operation}.eml", lead_ids=())  # fmt: skip
+    mail = Mail(
+        to=tuple(to),
+        subject=subject,
+        text=text,
+        html=html,
+        operation_id=operation,
+        filename=f"operator-{operation}.eml",
+        lead_ids=(),
+    )
     # An alert must not hold the worker: ACS's acceptance is enough, its final status is not awaited.
     return transport_for(settings, poll_timeout=0.0).send(mail)
 
@@ -179,8 +205,15 @@ def render_lead(lead: Lead, route: Route, settings: Settings) -> Mail:
     title = headline(lead, settings.email_pii)
     view = lead_view(lead, settings.email_pii, settings.leads_portal_url, test, heading=title)
     subject = one_line(("[TEST] " if test else "") + title, SUBJECT_MAX)
-    mail = _mail([view], subject, intro=None, route=route, settings=settings, lead_ids=(lead.lead_id,),
-                 filename=_safe_name(lead.lead_id) + ".eml")  # fmt: skip
+    mail = _mail(
+        [view],
+        subject,
+        intro=None,
+        route=route,
+        settings=settings,
+        lead_ids=(lead.lead_id,),
+        filename=_safe_name(lead.lead_id) + ".eml",
+    )
     return replace(mail, reply_to=reply_to(lead, settings.email_pii, test))
 
 
@@ -196,35 +229,65 @@ def render_digest(leads: list[Lead], route: Route, settings: Settings) -> Mail:
     """One mail listing several leads that waited for the same recipients."""
     pii = settings.email_pii
     test = route.test or all(lead.is_test for lead in leads)
-    views = [lead_view(lead, pii, settings.leads_portal_url, lead.is_test or route.test,
-                        heading=("[TEST] " if lead.is_test and not test else "") + headline(lead, pii))
-             for lead in leads]  # fmt: skip
+    views = [
+        lead_view(
+            lead,
+            pii,
+            settings.leads_portal_url,
+            lead.is_test or route.test,
+            heading=("[TEST] " if lead.is_test and not test else "") + headline(lead, pii),
+        )
+        for lead in leads
+    ]
     offers = list(dict.fromkeys(offer_name(lead) for lead in leads))
     shown = ", ".join(offers[:3]) + (f" and {len(offers) - 3} more" if len(offers) > 3 else "")
     dnc = sum(lead.do_not_contact for lead in leads)
-    subject = one_line(("[TEST] " if test else "") + f"{len(leads)} new leads"
-                       + (f" ({dnc} do not contact)" if dnc else "") + f": {shown}", SUBJECT_MAX)  # fmt: skip
-    intro = (f"{len(leads)} leads arrived while the mail service's sending limit was reached, so they are "
-             "listed together in this one mail.")
+    subject = one_line(
+        ("[TEST] " if test else "")
+        + f"{len(leads)} new leads"
+        + (f" ({dnc} do not contact)" if dnc else "")
+        + f": {shown}",
+        SUBJECT_MAX,
+    )
+    intro = (
+        f"{len(leads)} leads arrived while the mail service's sending limit was reached, so they are "
+        "listed together in this one mail."
+    )
     if dnc:
         intro += f" {dnc} of them must NOT be contacted: see each lead."
     lead_ids = tuple(lead.lead_id for lead in leads)
     return _mail(views, subject, intro=intro, route=route, settings=settings, lead_ids=lead_ids, filename=None)
 
 
-def _mail(views: list[dict[str, Any]], subject: str, *, intro: str | None, route: Route, settings: Settings,
-          lead_ids: tuple[str, ...], filename: str | None) -> Mail:  # fmt: skip
+def _mail(
+    views: list[dict[str, Any]],
+    subject: str,
+    *,
+    intro: str | None,
+    route: Route,
+    settings: Settings,
+    lead_ids: tuple[str, ...],
+    filename: str | None,
+) -> Mail:
     context = {"subject": subject, "intro": intro, "leads": views, "digest": len(views) > 1, "footer": FOOTER}
     env = _environment()
     html = env.get_template("email/lead.html").render(context)
     text = env.get_template("email/lead.txt").render(context)
     operation = route.operation or operation_id(lead_ids, route.recipients, settings.email_sender, route.generation)
-    return Mail(to=tuple(route.recipients), subject=subject, text=text, html=html, operation_id=operation,
-                filename=filename or f"digest-{operation}.eml", lead_ids=lead_ids)  # fmt: skip
+    return Mail(
+        to=tuple(route.recipients),
+        subject=subject,
+        text=text,
+        html=html,
+        operation_id=operation,
+        filename=filename or f"digest-{operation}.eml",
+        lead_ids=lead_ids,
+    )
 
 
-def operation_id(lead_ids: tuple[str, ...] | list[str], recipients: tuple[str, ...], sender: str,
-                 generation: str = "") -> str:  # fmt: skip
+def operation_id(
+    lead_ids: tuple[str, ...] | list[str], recipients: tuple[str, ...], sender: str, generation: str = ""
+) -> str:
     """The ACS ``Operation-Id`` of the mail about ``lead_ids``: the same on every retry, and new
     when the recipients or the sender change, or an operator replays it."""
     people = ";".join(sorted(address.strip().lower() for address in recipients))
@@ -297,9 +360,11 @@ class OutboxTransport:
             partial.write_bytes(message.as_bytes())
             os.replace(partial, path)
         except OSError as exc:
-            raise PermanentError(f"cannot write the mail into the outbox folder ({type(exc).__name__}: {exc.strerror})",
-                                 fix="point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS "
-                                 "(EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT)") from None  # fmt: skip
+            raise PermanentError(
+                f"cannot write the mail into the outbox folder ({type(exc).__name__}: {exc.strerror})",
+                fix="point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS "
+                "(EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT)",
+            ) from None
         log.info("mail written to %s", path)
         return Sent(external_id=f"outbox:{mail.filename}", detail={"path": str(path)})
 
@@ -310,11 +375,15 @@ class OutboxTransport:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            return Check(False, f"the outbox folder {self.folder} cannot be written ({exc.strerror})",
-                         "point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS")  # fmt: skip
-        return Check.warn(f"ACS is not configured: nobody is mailed, each lead's mail is an .eml file in "
-                          f"{self.folder.resolve()}", "set EMAIL_CONNECTION_STRING (or EMAIL_ENDPOINT with a "
-                          "managed identity) and EMAIL_SENDER to send them")  # fmt: skip
+            return Check(
+                False,
+                f"the outbox folder {self.folder} cannot be written ({exc.strerror})",
+                "point EMAIL_OUTBOX_DIR at a writable folder, or configure ACS",
+            )
+        return Check.warn(
+            f"ACS is not configured: nobody is mailed, each lead's mail is an .eml file in {self.folder.resolve()}",
+            "set EMAIL_CONNECTION_STRING (or EMAIL_ENDPOINT with a managed identity) and EMAIL_SENDER to send them",
+        )
 
 
 class AcsTransport:
@@ -326,8 +395,15 @@ class AcsTransport:
     ``Retry-After`` of 20 s and more between polls): a mail ACS accepted (202) counts as sent even
     when its final status is not known yet; only a final ``Failed`` is a failure."""
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 1.0, poll_timeout: float = 10.0,
-                 connection_timeout: float = 5.0, read_timeout: float = 20.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_interval: float = 1.0,
+        poll_timeout: float = 10.0,
+        connection_timeout: float = 5.0,
+        read_timeout: float = 20.0,
+    ) -> None:
         self.connection_string = settings.email_connection_string.strip()
         self.endpoint = settings.email_endpoint.strip()
         self.auth = "key" if self.connection_string else "identity"
@@ -340,9 +416,12 @@ class AcsTransport:
 
     def send(self, mail: Mail) -> Sent:
         if not self.sender:
-            raise PermanentError("EMAIL_SENDER is not set", fix="set EMAIL_SENDER to the MailFrom address of an email "
-                                 "domain linked to the Communication Services resource, e.g. "
-                                 "DoNotReply@<guid>.azurecomm.net")  # fmt: skip
+            raise PermanentError(
+                "EMAIL_SENDER is not set",
+                fix="set EMAIL_SENDER to the MailFrom address of an email "
+                "domain linked to the Communication Services resource, e.g. "
+                "DoNotReply@<guid>.azurecomm.net",
+            )
         if not mail.to:
             raise _no_recipients()
         message = {
@@ -358,11 +437,17 @@ class AcsTransport:
         try:
             client = self.client()
         except ValueError as exc:
-            raise PermanentError(f"EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT cannot be used ({exc})",
-                                 fix=FIX_KEY if self.auth == "key" else FIX_ENDPOINT) from None
+            raise PermanentError(
+                f"EMAIL_CONNECTION_STRING or EMAIL_ENDPOINT cannot be used ({exc})",
+                fix=FIX_KEY if self.auth == "key" else FIX_ENDPOINT,
+            ) from None
         try:
-            poller = client.begin_send(message, operation_id=mail.operation_id, polling=False,
-                                       cls=lambda response, body, _: (body, response.http_response.headers))
+            poller = client.begin_send(
+                message,
+                operation_id=mail.operation_id,
+                polling=False,
+                cls=lambda response, body, _: (body, response.http_response.headers),
+            )
             body, headers = poller.result()
         except ResourceExistsError:
             # A repeat of an operation ACS still runs: it has the mail already.
@@ -398,8 +483,11 @@ class AcsTransport:
             error = acs_error(exc, self.auth)
             return Check(False, f"{where}: {error}", error.fix or FIX_ENDPOINT)
         if response.status_code in (200, 404):
-            return Check(True, f"{where} accepts the {'access key' if self.auth == 'key' else 'identity'}; "
-                         f"mails are sent from {self.sender}")  # fmt: skip
+            return Check(
+                True,
+                f"{where} accepts the {'access key' if self.auth == 'key' else 'identity'}; "
+                f"mails are sent from {self.sender}",
+            )
         if response.status_code == 401:
             fix = FIX_KEY if self.auth == "key" else FIX_IDENTITY_401
             return Check(False, f"{where} refused the credentials (401)", fix)
@@ -453,10 +541,15 @@ def _acs_client(connection_string: str, endpoint: str, connection_timeout: float
 
     from leads.core.http import session
 
-    transport = RequestsTransport(session=session(), session_owner=False, connection_timeout=connection_timeout,
-                                  read_timeout=read_timeout)  # fmt: skip
-    options = {"retry_total": 0, "connection_timeout": connection_timeout, "read_timeout": read_timeout,
-               "transport": transport}
+    transport = RequestsTransport(
+        session=session(), session_owner=False, connection_timeout=connection_timeout, read_timeout=read_timeout
+    )
+    options = {
+        "retry_total": 0,
+        "connection_timeout": connection_timeout,
+        "read_timeout": read_timeout,
+        "transport": transport,
+    }
     if connection_string:
         return EmailClient.from_connection_string(connection_string, **options)
     return EmailClient(endpoint, _identity_credential(), **options)
@@ -477,8 +570,11 @@ def _identity_credential():
 
 
 def _api_version(client) -> str:
-    return getattr(client, "_api_version", None) or getattr(getattr(client, "_config", None), "api_version", None) \
-        or "2025-09-01"  # fmt: skip
+    return (
+        getattr(client, "_api_version", None)
+        or getattr(getattr(client, "_config", None), "api_version", None)
+        or "2025-09-01"
+    )
 
 
 def _same_host(location: str | None, client) -> str | None:
@@ -486,7 +582,9 @@ def _same_host(location: str | None, client) -> str | None:
     if not location:
         return None
     endpoint = getattr(getattr(client, "_config", None), "endpoint", "") or ""
-    if urlsplit(location).netloc.lower() == urlsplit(endpoint).netloc.lower() and location.lower().startswith("https://"):
+    if urlsplit(location).netloc.lower() == urlsplit(endpoint).netloc.lower() and location.lower().startswith(
+        "https://"
+    ):
         return location
     return None
 
@@ -508,24 +606,35 @@ def _address(text: str) -> dict[str, str]:
 
 
 def _no_recipients() -> PermanentError:
-    return PermanentError("the mail has no recipients",
-                          fix="set EMAIL_TO, or an email in the routing rule that matches the lead")  # fmt: skip
+    return PermanentError(
+        "the mail has no recipients", fix="set EMAIL_TO, or an email in the routing rule that matches the lead"
+    )
 
 
 # --- errors ---------------------------------------------------------------------------------------
 
-FIX_KEY = ("check EMAIL_CONNECTION_STRING: copy it again from the Communication Services resource's Keys (the key "
-           "may have been rotated), as endpoint=https://<name>.communication.azure.com/;accesskey=...")
-FIX_IDENTITY_401 = ("ACS did not accept the app's identity token: check that EMAIL_ENDPOINT names the Communication "
-                    "Services resource and that the managed identity (AZURE_CLIENT_ID) exists")  # fmt: skip
-FIX_ROLE = ("the app's managed identity lacks a role on the Communication Services resource: assign it "
-            "'Communication and Email Service Owner' on that resource (infra/app/rbac.bicep does)")  # fmt: skip
-FIX_SENDER = ("set EMAIL_SENDER to a MailFrom address of an email domain that is verified and linked to the "
-              "Communication Services resource (Azure-managed: DoNotReply@<guid>.azurecomm.net), or link the "
-              "domain under the resource's Email > Domains")  # fmt: skip
+FIX_KEY = (
+    "check EMAIL_CONNECTION_STRING: copy it again from the Communication Services resource's Keys (the key "
+    "may have been rotated), as endpoint=https://<name>.communication.azure.com/;accesskey=..."
+)
+FIX_IDENTITY_401 = (
+    "ACS did not accept the app's identity token: check that EMAIL_ENDPOINT names the Communication "
+    "Services resource and that the managed identity (AZURE_CLIENT_ID) exists"
+)
+FIX_ROLE = (
+    "the app's managed identity lacks a role on the Communication Services resource: assign it "
+    "'Communication and Email Service Owner' on that resource (infra/app/rbac.bicep does)"
+)
+FIX_SENDER = (
+    "set EMAIL_SENDER to a MailFrom address of an email domain that is verified and linked to the "
+    "Communication Services resource (Azure-managed: DoNotReply@<guid>.azurecomm.net), or link the "
+    "domain under the resource's Email > Domains"
+)
 FIX_RECIPIENTS = "check the recipients: EMAIL_TO, or the email of the routing rule that matched (LEADS_ROUTING)"
-FIX_ENDPOINT = ("the endpoint does not answer as ACS Email: check the endpoint in EMAIL_CONNECTION_STRING or "
-                "EMAIL_ENDPOINT (https://<name>.communication.azure.com)")  # fmt: skip
+FIX_ENDPOINT = (
+    "the endpoint does not answer as ACS Email: check the endpoint in EMAIL_CONNECTION_STRING or "
+    "EMAIL_ENDPOINT (https://<name>.communication.azure.com)"
+)
 _SENDER_CODES = ("sender", "domain", "mailfrom")
 _RECIPIENT_CODES = ("recipient",)
 
@@ -543,8 +652,11 @@ def acs_error(error: Exception, auth: str | None) -> DeliveryError:
         status = error.status_code
         code, message = _error_body(error)
         headers = error.response.headers if error.response is not None else {}
-        text = f"ACS answered {status}" + (f" {code}" if code else f" {error.reason or ''}".rstrip()) + \
-            (f": {message}" if message else "")  # fmt: skip
+        text = (
+            f"ACS answered {status}"
+            + (f" {code}" if code else f" {error.reason or ''}".rstrip())
+            + (f": {message}" if message else "")
+        )
         lowered = (code or "").lower() + " " + (message or "").lower()
         if status == 401:
             return PermanentError(text, fix=FIX_KEY if auth == "key" else FIX_IDENTITY_401)
@@ -564,9 +676,11 @@ def acs_error(error: Exception, auth: str | None) -> DeliveryError:
         from azure.identity import CredentialUnavailableError
 
         if isinstance(error, CredentialUnavailableError):
-            return PermanentError("no identity is available to sign in to ACS",
-                                  fix="in Azure, give the Function App its managed identity (and AZURE_CLIENT_ID for "
-                                  "a user-assigned one); locally, set EMAIL_CONNECTION_STRING or sign in: az login")
+            return PermanentError(
+                "no identity is available to sign in to ACS",
+                fix="in Azure, give the Function App its managed identity (and AZURE_CLIENT_ID for "
+                "a user-assigned one); locally, set EMAIL_CONNECTION_STRING or sign in: az login",
+            )
         return TransientError(f"could not get a token for ACS ({type(error).__name__})")
     return classify_error(error)
 
@@ -589,7 +703,13 @@ def _operation_failed(status: str, error: Any) -> PermanentError:
     code = message = None
     if isinstance(error, dict):
         code, message = error.get("code"), error.get("message")
-    text = f"ACS ended the send {status}" + (f" ({one_line(str(code), 80)})" if code else "") + \
-        (f": {one_line(str(message), 300)}" if message else "")  # fmt: skip
-    return PermanentError(text, fix="check the recipients and the sender domain in the Communication Services "
-                          "resource's email logs, then: python -m leads replay --destination email")
+    text = (
+        f"ACS ended the send {status}"
+        + (f" ({one_line(str(code), 80)})" if code else "")
+        + (f": {one_line(str(message), 300)}" if message else "")
+    )
+    return PermanentError(
+        text,
+        fix="check the recipients and the sender domain in the Communication Services "
+        "resource's email logs, then: python -m leads replay --destination email",
+    )

@@ -99,33 +99,61 @@ PROPERTIES = f"/crm/properties/{API_VERSION}/contacts"
 SCHEMA_SCOPE = "crm.schemas.contacts.read"  # reading the property definitions, for the field mapping
 PROPERTIES_EVERY = 3600.0  # seconds the property definitions are trusted
 CRM = "HubSpot's contact"
-MAPPING_FIX = ("correct HUBSPOT_MAPPING, or the property in HubSpot (Settings > Properties > Contact properties: its "
-               "internal name, its options)")  # fmt: skip
+MAPPING_FIX = (
+    "correct HUBSPOT_MAPPING, or the property in HubSpot (Settings > Properties > Contact properties: its "
+    "internal name, its options)"
+)
 # What the built-in mapping puts in each contact property (python -m leads mapping hubspot).
-BUILTIN_FIELDS = {"email": "email (the upsert's key)", "firstname": "first_name", "lastname": "last_name",
-                  "phone": "phone", "company": "company", "jobtitle": "title", "country": "country's name",
-                  "message": "the test and do-not-contact marks, source and action, offer, campaign, description, "
-                  "the lead id"}  # fmt: skip
+BUILTIN_FIELDS = {
+    "email": "email (the upsert's key)",
+    "firstname": "first_name",
+    "lastname": "last_name",
+    "phone": "phone",
+    "company": "company",
+    "jobtitle": "title",
+    "country": "country's name",
+    "message": "the test and do-not-contact marks, source and action, offer, campaign, description, the lead id",
+}
 # The properties API's types → the mapping's kinds (an enumeration shown as checkboxes takes several).
-KINDS = {"string": "text", "phone_number": "text", "number": "number", "date": "date", "datetime": "datetime",
-         "bool": "boolean", "enumeration": "picklist"}  # fmt: skip
+KINDS = {
+    "string": "text",
+    "phone_number": "text",
+    "number": "number",
+    "date": "date",
+    "datetime": "datetime",
+    "bool": "boolean",
+    "enumeration": "picklist",
+}
 # HubSpot's lowest limit for a private app or key (Free and Starter; Professional and Enterprise allow 190).
 CALLS_PER_WINDOW = 100
 WINDOW_SECONDS = 10.0
 WRITE_SCOPE = "crm.objects.contacts.write"
 READ_SCOPE = "crm.objects.contacts.read"
 SERVICE_KEYS = "Settings > Integrations > Service Keys (or Development > Keys > Service keys)"
-TOKEN_FIX = (f"copy the Service Key ({SERVICE_KEYS} > your key > Show) into HUBSPOT_TOKEN; an existing legacy private "
-             "app's access token works too (Development > Legacy apps > the app > Auth > Show token); a rotated key "
-             "or token stops working when its rotation expires")  # fmt: skip
-RULES_FIX = ("these are the portal's own rules, which HubSpot applies to API writes from the 2026-09 version: relax or "
-             "remove the rule for marketplace leads (Settings > Properties > the property > Rules; a property required "
-             "on the contact's Create record form or by a conditional rule: Settings > Objects > Contacts), then "
-             "replay: python -m leads replay --destination hubspot")  # fmt: skip
+TOKEN_FIX = (
+    f"copy the Service Key ({SERVICE_KEYS} > your key > Show) into HUBSPOT_TOKEN; an existing legacy private "
+    "app's access token works too (Development > Legacy apps > the app > Auth > Show token); a rotated key "
+    "or token stops working when its rotation expires"
+)
+RULES_FIX = (
+    "these are the portal's own rules, which HubSpot applies to API writes from the 2026-09 version: relax or "
+    "remove the rule for marketplace leads (Settings > Properties > the property > Rules; a property required "
+    "on the contact's Create record form or by a conditional rule: Settings > Objects > Contacts), then "
+    "replay: python -m leads replay --destination hubspot"
+)
 # HubSpot's own checks of a value against its property's type (the app writes text to text
 # properties, so these mean a property was changed); any other code is one of the portal's rules.
-TYPE_ERRORS = {"READ_ONLY_VALUE", "INVALID_STRING", "INVALID_OPTION", "INVALID_INTEGER", "INVALID_LONG",
-               "INVALID_DOUBLE", "INVALID_DATE", "INVALID_DATETIME", "INVALID_BOOLEAN"}  # fmt: skip
+TYPE_ERRORS = {
+    "READ_ONLY_VALUE",
+    "INVALID_STRING",
+    "INVALID_OPTION",
+    "INVALID_INTEGER",
+    "INVALID_LONG",
+    "INVALID_DOUBLE",
+    "INVALID_DATE",
+    "INVALID_DATETIME",
+    "INVALID_BOOLEAN",
+}
 _PROPERTY_ERRORS = re.compile(r"\[\s*\{.*\}\s*\]", re.DOTALL)
 _TEXT_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,60}$")
 _PROPERTY_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
@@ -134,9 +162,15 @@ _PROPERTY_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
 class HubSpotDestination(Destination):
     name = "hubspot"
 
-    def __init__(self, token: str, url: str = "https://api.hubapi.com", timeout: float = 30.0,
-                 session: requests.Session | None = None, limiter: CallLimiter | None = None,
-                 mapping: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        token: str,
+        url: str = "https://api.hubapi.com",
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        limiter: CallLimiter | None = None,
+        mapping: str = "",
+    ) -> None:
         self.token = token.strip()
         self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
         self.timeout = timeout
@@ -163,18 +197,24 @@ class HubSpotDestination(Destination):
     def from_settings(cls, settings: Settings) -> HubSpotDestination | None:
         if not cls.is_enabled(settings):
             return None
-        return cls(settings.hubspot_token, settings.hubspot_url, settings.http_timeout_seconds,
-                   mapping=settings.hubspot_mapping)
+        return cls(
+            settings.hubspot_token,
+            settings.hubspot_url,
+            settings.http_timeout_seconds,
+            mapping=settings.hubspot_mapping,
+        )
 
     # --- sending ---------------------------------------------------------------------------------
 
     def send(self, lead: Lead, route: Route) -> Sent:
         self._require_settings()
         if not lead.email or lead.email_valid is False:
-            raise PermanentError("the lead has no valid email address, and HubSpot contacts are upserted on email",
-                                 fix="nothing to change in the settings: this lead (often a customer whose data "
-                                 "the marketplace withholds) cannot go to HubSpot; find it with python -m leads "
-                                 "show")  # fmt: skip
+            raise PermanentError(
+                "the lead has no valid email address, and HubSpot contacts are upserted on email",
+                fix="nothing to change in the settings: this lead (often a customer whose data "
+                "the marketplace withholds) cannot go to HubSpot; find it with python -m leads "
+                "show",
+            )
         builtin = contact_properties(lead, route)
         properties = mapped_record(self.mappings, route, lead, builtin, self.property_specs, CRM, as_text=True)
         properties.pop("email", None)  # the upsert's key is the lead's email, whatever a mapping says
@@ -217,7 +257,6 @@ class HubSpotDestination(Destination):
             return notes
         return Check(True, "; ".join([result.message, *notes]))
 
-
     def _check_access(self) -> Check:
         try:
             self._require_settings()
@@ -233,8 +272,9 @@ class HubSpotDestination(Destination):
             return Check.failed(error)
         except Exception as exc:  # noqa: BLE001 — a check reports, it never raises
             return Check.failed(_unreachable(self.classify(exc)))
-        return Check(True, f"token valid, contacts readable, {WRITE_SCOPE} granted; upsert on email "
-                     f"(API {API_VERSION})")  # fmt: skip
+        return Check(
+            True, f"token valid, contacts readable, {WRITE_SCOPE} granted; upsert on email (API {API_VERSION})"
+        )
 
     def _require_settings(self) -> None:
         parts = urlsplit(self.url)
@@ -245,12 +285,14 @@ class HubSpotDestination(Destination):
 
     # --- the API -----------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                 auth: bool = True) -> requests.Response:  # fmt: skip
+    def _request(
+        self, method: str, path: str, *, json: Any = None, params: dict | None = None, auth: bool = True
+    ) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
         with self.limiter.slot():
-            return self.session.request(method, self.url + path, json=json, params=params, headers=headers,
-                                        timeout=self.timeout)  # fmt: skip
+            return self.session.request(
+                method, self.url + path, json=json, params=params, headers=headers, timeout=self.timeout
+            )
 
     def error(self, status: int, body: Any, headers: Any = None, *, lead: Lead | None = None) -> DeliveryError:
         """The error for a HubSpot answer that is not a success (``lead``: the one sent, whose values
@@ -265,44 +307,61 @@ class HubSpotDestination(Destination):
             scopes = required_scopes(body)
             if category == "MISSING_SCOPES" or scopes:
                 named = ", ".join(scopes) or WRITE_SCOPE
-                return PermanentError(f"{label}: HUBSPOT_TOKEN lacks the scope {named}",
-                                      fix=f"add {named} to the Service Key ({SERVICE_KEYS} > the key > Add new scope) "
-                                      "or, for a legacy private app, on its Scopes tab and commit the change; then "
-                                      "replay: python -m leads replay --destination hubspot")  # fmt: skip
-            return PermanentError(label, fix="the key's or app's creator may have lost access to contacts: have a "
-                                  "super admin create a new Service Key, or give its creator contact "
-                                  "permissions")  # fmt: skip
+                return PermanentError(
+                    f"{label}: HUBSPOT_TOKEN lacks the scope {named}",
+                    fix=f"add {named} to the Service Key ({SERVICE_KEYS} > the key > Add new scope) "
+                    "or, for a legacy private app, on its Scopes tab and commit the change; then "
+                    "replay: python -m leads replay --destination hubspot",
+                )
+            return PermanentError(
+                label,
+                fix="the key's or app's creator may have lost access to contacts: have a "
+                "super admin create a new Service Key, or give its creator contact "
+                "permissions",
+            )
         if status == 429:
-            return TransientError(f"{label}: rate limit ({_policy(body) or 'rate'} policy)",
-                                  retry_after=retry_after(body, headers))  # fmt: skip
+            return TransientError(
+                f"{label}: rate limit ({_policy(body) or 'rate'} policy)", retry_after=retry_after(body, headers)
+            )
         if status == 409:
             return TransientError(f"{label}: the contact is being changed by another call", retry_after=2)
         if status == 404:
-            return PermanentError(f"{label}: HUBSPOT_URL does not answer as HubSpot's API",
-                                  fix="leave HUBSPOT_URL unset (https://api.hubapi.com)")  # fmt: skip
+            return PermanentError(
+                f"{label}: HUBSPOT_URL does not answer as HubSpot's API",
+                fix="leave HUBSPOT_URL unset (https://api.hubapi.com)",
+            )
         if status == 400 or category == "VALIDATION_ERROR":
             problems = property_errors(body)
             if any(code == "INVALID_EMAIL" for code, _ in problems):
-                return PermanentError(f"{label}: HubSpot rejects the lead's email address (INVALID_EMAIL)",
-                                      fix="nothing to change in the settings: add this contact in HubSpot by "
-                                      "hand")  # fmt: skip
+                return PermanentError(
+                    f"{label}: HubSpot rejects the lead's email address (INVALID_EMAIL)",
+                    fix="nothing to change in the settings: add this contact in HubSpot by hand",
+                )
             missing = [name for code, name in problems if code == "PROPERTY_DOESNT_EXIST" and name]
             if missing:
-                return PermanentError(f"{label}: the contact property {', '.join(missing)} does not exist in "
-                                      "this portal", fix=f"correct {missing[0]!r} in HUBSPOT_MAPPING if it maps it, "
-                                      "else restore that default contact property (Settings > Properties)")  # fmt: skip
-            rules = [(code, name, rule) for code, name, rule in rule_messages(body, lead)
-                     if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")]  # fmt: skip
+                return PermanentError(
+                    f"{label}: the contact property {', '.join(missing)} does not exist in this portal",
+                    fix=f"correct {missing[0]!r} in HUBSPOT_MAPPING if it maps it, "
+                    "else restore that default contact property (Settings > Properties)",
+                )
+            rules = [
+                (code, name, rule)
+                for code, name, rule in rule_messages(body, lead)
+                if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")
+            ]
             if rules:
-                named = "; ".join(f"{name or '?'} ({code}{': ' + rule if rule else ''})"
-                                  for code, name, rule in rules[:5])  # fmt: skip
-                return PermanentError(f"{label}: the portal's validation rules reject the contact: {named}",
-                                      fix=RULES_FIX)  # fmt: skip
+                named = "; ".join(
+                    f"{name or '?'} ({code}{': ' + rule if rule else ''})" for code, name, rule in rules[:5]
+                )
+                return PermanentError(
+                    f"{label}: the portal's validation rules reject the contact: {named}", fix=RULES_FIX
+                )
             if problems:
                 named = ", ".join(f"{name or '?'} ({code})" for code, name in problems[:5])
-                return PermanentError(f"{label}: HubSpot rejected the properties {named}",
-                                      fix="check those contact properties' types in Settings > Properties: the app "
-                                      "writes text")  # fmt: skip
+                return PermanentError(
+                    f"{label}: HubSpot rejected the properties {named}",
+                    fix="check those contact properties' types in Settings > Properties: the app writes text",
+                )
             return PermanentError(label, fix="report this as a bug of the app")
         if status >= 500 or status == 408:
             return TransientError(label, retry_after=parse_retry_after(headers.get("Retry-After")))
@@ -335,12 +394,26 @@ def property_specs(results: list[dict[str, Any]]) -> dict[str, FieldSpec]:
         if kind == "picklist" and item.get("fieldType") == "checkbox":
             kind = "multipicklist"
         read_only = bool((item.get("modificationMetadata") or {}).get("readOnlyValue")) or bool(item.get("calculated"))
-        why = "HubSpot sets it (a read-only or calculated property)" if read_only else (
-            f"its type {item.get('type')} is not mapped" if kind == "unsupported" else "")
-        options = options_of((option.get("value"), option.get("label")) for option in item.get("options") or []
-                             if not option.get("hidden"))  # fmt: skip
-        specs[name] = FieldSpec(name, kind, 65536 if kind == "text" else None, options, True, not read_only, why,
-                                str(item.get("label") or ""))  # fmt: skip
+        why = (
+            "HubSpot sets it (a read-only or calculated property)"
+            if read_only
+            else (f"its type {item.get('type')} is not mapped" if kind == "unsupported" else "")
+        )
+        options = options_of(
+            (option.get("value"), option.get("label"))
+            for option in item.get("options") or []
+            if not option.get("hidden")
+        )
+        specs[name] = FieldSpec(
+            name,
+            kind,
+            65536 if kind == "text" else None,
+            options,
+            True,
+            not read_only,
+            why,
+            str(item.get("label") or ""),
+        )
     return specs
 
 
@@ -380,8 +453,11 @@ def _validation_items(body: dict[str, Any]) -> list[tuple[str, str | None, str]]
             parsed = json.loads(match.group(0))
         except ValueError:
             parsed = []
-        items += [(item.get("error"), [item.get("name")], item.get("message"))
-                  for item in parsed if isinstance(item, dict)] if isinstance(parsed, list) else []  # fmt: skip
+        items += (
+            [(item.get("error"), [item.get("name")], item.get("message")) for item in parsed if isinstance(item, dict)]
+            if isinstance(parsed, list)
+            else []
+        )
     for error in body.get("errors") or []:
         if isinstance(error, dict):
             context = error.get("context") if isinstance(error.get("context"), dict) else {}
@@ -391,8 +467,13 @@ def _validation_items(body: dict[str, Any]) -> list[tuple[str, str | None, str]]
     for code, names, message in items:
         if _TEXT_CODE.match(str(code or "")):
             for name in names:
-                found.append((str(code), name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None,
-                              str(message or "")))  # fmt: skip
+                found.append(
+                    (
+                        str(code),
+                        name if isinstance(name, str) and _PROPERTY_NAME.match(name) else None,
+                        str(message or ""),
+                    )
+                )
     return found
 
 
@@ -436,8 +517,10 @@ def message(lead: Lead, route: Route) -> str:
     if offer:
         lines.append(f"Offer: {offer}")
     if lead.campaign:
-        pairs = (f"{key}={', '.join(map(str, value)) if isinstance(value, list) else value}"
-                 for key, value in lead.campaign.items())  # fmt: skip
+        pairs = (
+            f"{key}={', '.join(map(str, value)) if isinstance(value, list) else value}"
+            for key, value in lead.campaign.items()
+        )
         lines.append("Campaign: " + ", ".join(pairs))
     if lead.description:
         lines.append(f"Notes: {lead.description}")
@@ -469,6 +552,8 @@ def _json_body(response: requests.Response) -> Any:
 
 def _unreachable(error: DeliveryError) -> DeliveryError:
     if error.transient and "could not reach" in str(error):
-        return TransientError(f"{error} at HUBSPOT_URL", fix="check HUBSPOT_URL (leave it unset for "
-                              "https://api.hubapi.com) and the app's outbound network")  # fmt: skip
+        return TransientError(
+            f"{error} at HUBSPOT_URL",
+            fix="check HUBSPOT_URL (leave it unset for https://api.hubapi.com) and the app's outbound network",
+        )
     return error

@@ -42,9 +42,30 @@ if TYPE_CHECKING:
 DEFAULT = "default"
 # The lead's fields a mapping may name: the normalised lead's own (less its raw body), and the
 # words the marketplace's codes stand for.
-LEAD_FIELDS = ("lead_id", "received_at", "channel", "source", "source_words", "action", "action_words",
-               "offer_id", "offer_title", "first_name", "last_name", "full_name", "email", "email_valid", "phone",
-               "country", "company", "title", "description", "is_test", "do_not_contact", "pii_withheld")  # fmt: skip
+LEAD_FIELDS = (
+    "lead_id",
+    "received_at",
+    "channel",
+    "source",
+    "source_words",
+    "action",
+    "action_words",
+    "offer_id",
+    "offer_title",
+    "first_name",
+    "last_name",
+    "full_name",
+    "email",
+    "email_valid",
+    "phone",
+    "country",
+    "company",
+    "title",
+    "description",
+    "is_test",
+    "do_not_contact",
+    "pii_withheld",
+)
 CAMPAIGN = "campaign."
 KINDS = ("text", "picklist", "multipicklist", "integer", "number", "boolean", "date", "datetime", "unsupported")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
@@ -73,8 +94,9 @@ class Source:
             return facts.get(self.spec)
         if self.kind == "value":
             return self.spec
-        text = _PLACEHOLDER.sub(lambda m: _text(facts.get(lead_field(m.group(1)))),
-                                self.spec.replace("{{", "\0").replace("}}", "\1"))  # fmt: skip
+        text = _PLACEHOLDER.sub(
+            lambda m: _text(facts.get(lead_field(m.group(1)))), self.spec.replace("{{", "\0").replace("}}", "\1")
+        )
         return text.replace("\0", "{").replace("\1", "}").strip() or None
 
     def describe(self) -> str:
@@ -143,8 +165,10 @@ class Mappings:
         try:
             self.load()
         except MappingError as exc:
-            return PermanentError(str(exc), fix=f"correct {self.setting} (docs/settings.md, Field mapping), then "
-                                  "replay the failed deliveries")  # fmt: skip
+            return PermanentError(
+                str(exc),
+                fix=f"correct {self.setting} (docs/settings.md, Field mapping), then replay the failed deliveries",
+            )
         return None
 
 
@@ -157,8 +181,10 @@ def _load(setting: str, text: str) -> dict[str, FieldMapping]:
     document, where = json_setting(setting, text, MappingError)
     unknown = set(document) - {"fields", "mappings"} if isinstance(document, dict) else None
     if unknown is None or unknown:
-        raise MappingError(f'{where} must be {{"fields": {{"<CRM field>": <source>, ...}}, "mappings": {{"<name>": '
-                           f'{{...}}}}}}' + (f"; unknown keys {sorted(unknown)}" if unknown else ""))  # fmt: skip
+        raise MappingError(
+            f'{where} must be {{"fields": {{"<CRM field>": <source>, ...}}, "mappings": {{"<name>": '
+            f"{{...}}}}}}" + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+        )
     default = _fields(document.get("fields") or {}, f"{where}, fields")
     mappings = {DEFAULT: FieldMapping(DEFAULT, default)}
     named = document.get("mappings") or {}
@@ -166,8 +192,9 @@ def _load(setting: str, text: str) -> dict[str, FieldMapping]:
         raise MappingError(f'{where}: mappings must be an object of named mappings, {{"partner": {{...}}}}')
     for name, fields in named.items():
         if not _MAPPING_NAME.match(name) or name == DEFAULT:
-            raise MappingError(f"{where}: the mapping name {name!r} must be lower-case letters, digits, - and _ "
-                               f"(and not {DEFAULT!r})")  # fmt: skip
+            raise MappingError(
+                f"{where}: the mapping name {name!r} must be lower-case letters, digits, - and _ (and not {DEFAULT!r})"
+            )
         mappings[name] = FieldMapping(name, {**default, **_fields(fields, f"{where}, mapping {name!r}")})
     return mappings
 
@@ -191,8 +218,10 @@ def _source(spec: Any, where: str) -> Source | None:
     if isinstance(spec, str):
         spec = {"template": spec} if "{" in spec else {"field": spec}
     if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("field", "value", "template"):
-        raise MappingError(f'{where}: a source is a lead field ("offer_title", "campaign.utm_source"), '
-                           '{"value": <constant>}, {"template": "... {offer_title} ..."} or null')  # fmt: skip
+        raise MappingError(
+            f'{where}: a source is a lead field ("offer_title", "campaign.utm_source"), '
+            '{"value": <constant>}, {"template": "... {offer_title} ..."} or null'
+        )
     kind, value = next(iter(spec.items()))
     if kind == "value":
         if not isinstance(value, (str, bool, int, float)):
@@ -213,9 +242,12 @@ def _known(name: str, where: str, given: str) -> None:
     if name in LEAD_FIELDS or (name.startswith(CAMPAIGN) and _NAME.match(name) and len(name) > len(CAMPAIGN)):
         return
     close = difflib.get_close_matches(name, LEAD_FIELDS, n=1)
-    raise MappingError(f"{where}: {given} is not a lead field" + (f" (did you mean {close[0]}?)" if close else "")
-                       + f"; the lead's fields are {', '.join(LEAD_FIELDS)} and campaign.<name>; a constant is "
-                       '{"value": "..."}')  # fmt: skip
+    raise MappingError(
+        f"{where}: {given} is not a lead field"
+        + (f" (did you mean {close[0]}?)" if close else "")
+        + f"; the lead's fields are {', '.join(LEAD_FIELDS)} and campaign.<name>; a constant is "
+        '{"value": "..."}'
+    )
 
 
 # --- the CRM's fields, and converting to them --------------------------------------------------------
@@ -312,8 +344,9 @@ def _option(item: str, spec: FieldSpec) -> Any:
             return value
     if not spec.restricted:
         return _cut(item, spec.length)
-    shown = ", ".join(f"{label} ({value})" if label and str(label) != str(value) else str(value)
-                      for value, label in spec.options[:12]) + (", ..." if len(spec.options) > 12 else "")  # fmt: skip
+    shown = ", ".join(
+        f"{label} ({value})" if label and str(label) != str(value) else str(value) for value, label in spec.options[:12]
+    ) + (", ..." if len(spec.options) > 12 else "")
     raise ValueRefused(f"the value is not one of its picklist's values ({shown or 'it has none'})")
 
 
@@ -322,8 +355,11 @@ def _moment(value: Any) -> date | datetime | None:
         return value
     text = _text(value).strip()
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text or " " in text else \
-            date.fromisoformat(text)  # fmt: skip
+        return (
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if "T" in text or " " in text
+            else date.fromisoformat(text)
+        )
     except ValueError:
         return None
 
@@ -351,8 +387,15 @@ def _cut(text: str, length: int | None) -> str:
 # --- a record, mapped -------------------------------------------------------------------------------
 
 
-def apply(mapping: FieldMapping, lead: Lead, record: dict[str, Any], schema: Mapping[str, FieldSpec] | None,
-          crm: str, setting: str, as_text: bool = False) -> dict[str, Any]:  # fmt: skip
+def apply(
+    mapping: FieldMapping,
+    lead: Lead,
+    record: dict[str, Any],
+    schema: Mapping[str, FieldSpec] | None,
+    crm: str,
+    setting: str,
+    as_text: bool = False,
+) -> dict[str, Any]:
     """``record`` (the built-in one) with ``mapping``'s fields set, each converted to its type in
     ``schema`` (None: as the source gives it). A field the CRM lacks, cannot write, or whose value
     its type refuses is a :class:`PermanentError` naming the field and why (``crm``: "Salesforce's
@@ -368,15 +411,20 @@ def apply(mapping: FieldMapping, lead: Lead, record: dict[str, Any], schema: Map
             spec = schema.get(name)
             problem = field_problem(name, spec, schema, crm)
             if problem:
-                raise PermanentError(f"{setting} maps {name}: {problem}", fix=f"correct {name} in {setting} (python -m "
-                                     "leads check proves the mapping), then replay the failed deliveries")  # fmt: skip
+                raise PermanentError(
+                    f"{setting} maps {name}: {problem}",
+                    fix=f"correct {name} in {setting} (python -m "
+                    "leads check proves the mapping), then replay the failed deliveries",
+                )
             try:
                 value = convert(value, spec)
             except ValueRefused as exc:
                 given = f" {json.dumps(source.spec, ensure_ascii=False)}" if source.kind == "value" else ""
-                raise PermanentError(f"{crm} field {name} cannot take the value{given} of {source.describe()}: {exc}",
-                                     fix=f"map another value to {name} in {setting}, or change the field in the "
-                                     "CRM; then replay the failed deliveries") from None  # fmt: skip
+                raise PermanentError(
+                    f"{crm} field {name} cannot take the value{given} of {source.describe()}: {exc}",
+                    fix=f"map another value to {name} in {setting}, or change the field in the "
+                    "CRM; then replay the failed deliveries",
+                ) from None
         if value is not None:
             record[name] = encode(value, as_text)
     return record
@@ -400,8 +448,9 @@ class Problem:
     message: str
 
 
-def problems(mappings: Mappings, schema: Mapping[str, FieldSpec], crm: str,
-             sample: Lead | None = None) -> list[Problem]:  # fmt: skip
+def problems(
+    mappings: Mappings, schema: Mapping[str, FieldSpec], crm: str, sample: Lead | None = None
+) -> list[Problem]:
     """What is wrong with each mapped field of every mapping of ``mappings`` against ``schema``: a
     field that does not exist or cannot be written, a constant its type refuses (problems); a
     template or lead field whose value for ``sample`` its type refuses (warnings: real leads may
@@ -433,8 +482,12 @@ def problems(mappings: Mappings, schema: Mapping[str, FieldSpec], crm: str,
                 if source.kind == "value":
                     found.append(Problem("problem", f"{where}: {name} cannot take {source.describe()}: {exc}"))
                 else:
-                    found.append(Problem("warning", f"{where}: {name} ({spec.kind}) could not take {source.describe()} "
-                                         f"of a sample lead: {exc}"))  # fmt: skip
+                    found.append(
+                        Problem(
+                            "warning",
+                            f"{where}: {name} ({spec.kind}) could not take {source.describe()} of a sample lead: {exc}",
+                        )
+                    )
     return found
 
 
@@ -443,8 +496,9 @@ def summary(mappings: Mappings) -> str:
     loaded = mappings.load()
     count = len(loaded[DEFAULT].mapped)
     named = [name for name in loaded if name != DEFAULT]
-    return f"{mappings.setting}: {count} field{'s' * (count != 1)} of its own" + \
-        (f", mappings {', '.join(named)}" if named else "")  # fmt: skip
+    return f"{mappings.setting}: {count} field{'s' * (count != 1)} of its own" + (
+        f", mappings {', '.join(named)}" if named else ""
+    )
 
 
 def names(mappings: Mappings) -> set[str]:
@@ -455,8 +509,9 @@ def names(mappings: Mappings) -> set[str]:
         return set()
 
 
-def described(builtin: Mapping[str, str], mapping: FieldMapping, record: dict[str, Any],
-              setting: str) -> list[dict[str, Any]]:  # fmt: skip
+def described(
+    builtin: Mapping[str, str], mapping: FieldMapping, record: dict[str, Any], setting: str
+) -> list[dict[str, Any]]:
     """Each CRM field of a mapped record with where its value comes from: ``builtin`` (field →
     what the built-in mapping puts there) and the mapping's own fields, for ``python -m leads mapping``."""
     rows = []
@@ -467,8 +522,9 @@ def described(builtin: Mapping[str, str], mapping: FieldMapping, record: dict[st
         elif source is not ...:
             rows.append({"field": name, "from": source.describe(), "source": "setting", "value": record.get(name)})
         else:
-            rows.append({"field": name, "from": builtin.get(name, "built-in"), "source": "built-in",
-                         "value": record.get(name)})  # fmt: skip
+            rows.append(
+                {"field": name, "from": builtin.get(name, "built-in"), "source": "built-in", "value": record.get(name)}
+            )
     return rows
 
 
@@ -477,15 +533,15 @@ def options_of(items: Iterable[tuple[Any, str]]) -> tuple[tuple[Any, str], ...]:
     return tuple(dict.fromkeys((value, label or "") for value, label in items if value not in (None, "")))
 
 
-
 # --- what every mapped destination does with it ---------------------------------------------------------
 
 
 Schema = Callable[[], Mapping[str, FieldSpec]]  # a destination's reader of its CRM's field definitions
 
 
-def mapped_record(mappings: Mappings, route: Any, lead: Lead, builtin: dict[str, Any], schema: Schema, crm: str,
-                  as_text: bool = False) -> dict[str, Any]:  # fmt: skip
+def mapped_record(
+    mappings: Mappings, route: Any, lead: Lead, builtin: dict[str, Any], schema: Schema, crm: str, as_text: bool = False
+) -> dict[str, Any]:
     """The record a CRM destination sends: ``builtin`` with the mapping ``route`` names applied.
     ``schema`` is called (the CRM's own field definitions, cached by the destination) only when
     the mapping maps fields of its own; an unusable setting is a :class:`PermanentError`."""
@@ -522,13 +578,30 @@ def sample_lead() -> Lead:
     ``python -m leads mapping`` and for ``check``'s trial of a mapping."""
     from leads.core.normalise import from_http_body
 
-    description = json.dumps({"mktcmpid": "contoso-winter-26", "utm_source": "newsletter", "utm_medium": "email",
-                              "utm_campaign": "winter-promo"})  # fmt: skip
-    return from_http_body({"UserDetails": {"FirstName": "Ada", "LastName": "Lovelace", "Email": "ada@contoso.com",
-                                           "Phone": "+14255550100", "Country": "US", "Company": "Contoso",
-                                           "Title": "CTO"},
-                           "LeadSource": "AzureMarketplace-PLT|contoso.contoso-crm", "OfferTitle": "Contoso CRM",
-                           "Description": description})  # fmt: skip
+    description = json.dumps(
+        {
+            "mktcmpid": "contoso-winter-26",
+            "utm_source": "newsletter",
+            "utm_medium": "email",
+            "utm_campaign": "winter-promo",
+        }
+    )
+    return from_http_body(
+        {
+            "UserDetails": {
+                "FirstName": "Ada",
+                "LastName": "Lovelace",
+                "Email": "ada@contoso.com",
+                "Phone": "+14255550100",
+                "Country": "US",
+                "Company": "Contoso",
+                "Title": "CTO",
+            },
+            "LeadSource": "AzureMarketplace-PLT|contoso.contoso-crm",
+            "OfferTitle": "Contoso CRM",
+            "Description": description,
+        }
+    )
 
 
 def preview(destination: str, settings: Any, name: str = "") -> tuple[str, list[dict[str, Any]]]:
@@ -548,8 +621,9 @@ def preview(destination: str, settings: Any, name: str = "") -> tuple[str, list[
     lead, route = sample_lead(), _route(mapping.name)
     record = apply(mapping, lead, cls.builtin_record(lead, route), None, destination, setting)
     shown = f"mapping {mapping.name!r} of {setting}" if text.strip() else f"the built-in mapping ({setting} is not set)"
-    return f"{destination}: {shown}, for a sample lead ({lead.lead_id})", described(cls.builtin_fields, mapping,
-                                                                                    record, setting)  # fmt: skip
+    return f"{destination}: {shown}, for a sample lead ({lead.lead_id})", described(
+        cls.builtin_fields, mapping, record, setting
+    )
 
 
 def _route(mapping: str) -> Any:

@@ -102,52 +102,106 @@ NOTE_LABELS = ("lead description", "description", "comments", "comment", "person
 NOTE_MAX = 2000  # characters of details when the field's length is not given
 
 CRM = "Marketo's person"
-MAPPING_FIX = ("correct MARKETO_MAPPING (fields by their REST API name, Admin > Field Management), or the field in "
-               "Marketo: on form MARKETO_FORM_ID (a hidden field is enough), a select field's values")  # fmt: skip
+MAPPING_FIX = (
+    "correct MARKETO_MAPPING (fields by their REST API name, Admin > Field Management), or the field in "
+    "Marketo: on form MARKETO_FORM_ID (a hidden field is enough), a select field's values"
+)
 # describe's data types → the mapping's kinds.
-KINDS = {"string": "text", "text": "text", "textarea": "text", "email": "text", "phone": "text", "url": "text",
-         "reference": "text", "boolean": "boolean", "integer": "integer", "score": "integer", "percent": "integer",
-         "float": "number", "currency": "number", "date": "date", "datetime": "datetime"}  # fmt: skip
+KINDS = {
+    "string": "text",
+    "text": "text",
+    "textarea": "text",
+    "email": "text",
+    "phone": "text",
+    "url": "text",
+    "reference": "text",
+    "boolean": "boolean",
+    "integer": "integer",
+    "score": "integer",
+    "percent": "integer",
+    "float": "number",
+    "currency": "number",
+    "date": "date",
+    "datetime": "datetime",
+}
 # What the built-in mapping puts in each person field (python -m leads mapping marketo).
-BUILTIN_FIELDS = {"email": "email (the upsert's key)", "firstName": "first_name", "lastName": "last_name",
-                  "phone": "phone", "company": "company", "title": "title", "country": "country's name",
-                  "leadSource": "source_words", "leadDescription": "the details: test and do-not-contact marks, "
-                  "action, offer, campaign, description, lead id (the first writable text field of "
-                  + ", ".join(NOTE_FIELDS) + "; without a form)",
-                  "unsubscribed": "true for a do-not-contact lead (and doNotCall, with their reasons)"}  # fmt: skip
-DNC_REASON = ("Microsoft commercial marketplace: do-not-contact lead (the customer came through a "
-              "cross-listed partner and must not be contacted)")  # fmt: skip
+BUILTIN_FIELDS = {
+    "email": "email (the upsert's key)",
+    "firstName": "first_name",
+    "lastName": "last_name",
+    "phone": "phone",
+    "company": "company",
+    "title": "title",
+    "country": "country's name",
+    "leadSource": "source_words",
+    "leadDescription": "the details: test and do-not-contact marks, "
+    "action, offer, campaign, description, lead id (the first writable text field of "
+    + ", ".join(NOTE_FIELDS)
+    + "; without a form)",
+    "unsubscribed": "true for a do-not-contact lead (and doNotCall, with their reasons)",
+}
+DNC_REASON = (
+    "Microsoft commercial marketplace: do-not-contact lead (the customer came through a "
+    "cross-listed partner and must not be contacted)"
+)
 
 # errors[].code → (what it means, transient, fix)
 _RESPONSE_CODES: dict[str, tuple[str, bool, str | None]] = {
-    "601": ("access token invalid", False, "the token Marketo issued was refused at once: check that "
-            "MARKETO_URL is the REST endpoint of the same instance as the LaunchPoint service"),
+    "601": (
+        "access token invalid",
+        False,
+        "the token Marketo issued was refused at once: check that "
+        "MARKETO_URL is the REST endpoint of the same instance as the LaunchPoint service",
+    ),
     "602": ("access token expired", False, None),
-    "603": ("access denied", False, "give the API-only user of the LaunchPoint service a role with the "
-            "'Read-Write Person' API permission (Admin > Users & Roles), and if Admin > Web Services has an "
-            "IP allowlist, add the app's outbound addresses"),
+    "603": (
+        "access denied",
+        False,
+        "give the API-only user of the LaunchPoint service a role with the "
+        "'Read-Write Person' API permission (Admin > Users & Roles), and if Admin > Web Services has an "
+        "IP allowlist, add the app's outbound addresses",
+    ),
     "604": ("request timed out in Marketo", True, None),
     "605": ("HTTP method not supported", False, "report this as a bug of the app"),
     "606": ("rate limit exceeded (100 calls per 20 s)", True, None),
-    "607": ("daily API quota reached", True, "the quota resets at midnight US Central time; other "
-            "integrations share it (Admin > Web Services shows usage); ask your Marketo account manager "
-            "for a higher quota if this recurs"),
+    "607": (
+        "daily API quota reached",
+        True,
+        "the quota resets at midnight US Central time; other "
+        "integrations share it (Admin > Web Services shows usage); ask your Marketo account manager "
+        "for a higher quota if this recurs",
+    ),
     "608": ("API temporarily unavailable", True, None),
     "609": ("invalid JSON", False, "report this as a bug of the app"),
-    "610": ("requested resource not found", False, "set MARKETO_URL to the REST API endpoint shown in "
-            "Admin > Web Services, without /rest (https://<munchkin-id>.mktorest.com)"),
+    "610": (
+        "requested resource not found",
+        False,
+        "set MARKETO_URL to the REST API endpoint shown in "
+        "Admin > Web Services, without /rest (https://<munchkin-id>.mktorest.com)",
+    ),
     "611": ("system error", True, None),
     "612": ("invalid content type", False, "report this as a bug of the app"),
-    "614": ("invalid subscription (temporarily unreachable)", True, "if it lasts, check MARKETO_URL's "
-            "Munchkin id (Admin > Web Services)"),
+    "614": (
+        "invalid subscription (temporarily unreachable)",
+        True,
+        "if it lasts, check MARKETO_URL's Munchkin id (Admin > Web Services)",
+    ),
     "615": ("concurrent access limit reached (10 calls at once)", True, None),
     "616": ("invalid subscription type", False, None),
     "701": ("a required value is blank", False, None),
     "713": ("transient error", True, None),
     "719": ("lock wait timeout", True, None),
 }
-_RETRY_AFTER = {"606": WINDOW_SECONDS, "615": 5.0, "604": 30.0, "608": 60.0, "611": 30.0, "614": 60.0,
-                "713": 30.0, "719": 30.0}  # fmt: skip
+_RETRY_AFTER = {
+    "606": WINDOW_SECONDS,
+    "615": 5.0,
+    "604": 30.0,
+    "608": 60.0,
+    "611": 30.0,
+    "614": 60.0,
+    "713": 30.0,
+    "719": 30.0,
+}
 # reasons[].code of a skipped record → what it means (Marketo's messages may quote values: not used).
 _RECORD_CODES = {
     "1001": "invalid value for a field's type",
@@ -169,9 +223,17 @@ _TYPE_NAMED = re.compile(r"of type\s+'([^']{1,40})'", re.IGNORECASE)
 class MarketoDestination(Destination):
     name = "marketo"
 
-    def __init__(self, url: str, client_id: str, client_secret: str, form_id: str = "", timeout: float = 30.0,
-                 session: requests.Session | None = None, limiter: CallLimiter | None = None,
-                 mapping: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        client_secret: str,
+        form_id: str = "",
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        limiter: CallLimiter | None = None,
+        mapping: str = "",
+    ) -> None:
         self.url = base_url(url)
         self.client_id = client_id
         self.client_secret = client_secret
@@ -206,9 +268,14 @@ class MarketoDestination(Destination):
     def from_settings(cls, settings: Settings) -> MarketoDestination | None:
         if not cls.is_enabled(settings):
             return None
-        return cls(settings.marketo_url, settings.marketo_client_id, settings.marketo_client_secret,
-                   settings.marketo_form_id, settings.http_timeout_seconds,
-                   mapping=settings.marketo_mapping)  # fmt: skip
+        return cls(
+            settings.marketo_url,
+            settings.marketo_client_id,
+            settings.marketo_client_secret,
+            settings.marketo_form_id,
+            settings.http_timeout_seconds,
+            mapping=settings.marketo_mapping,
+        )
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -216,14 +283,17 @@ class MarketoDestination(Destination):
         self._require_settings()
         email = lead.email or ""
         if not email or lead.email_valid is False:
-            raise PermanentError("the lead has no valid email address, and Marketo upserts persons on email",
-                                 fix="nothing to change in the settings: this lead (often a customer whose data "
-                                 "the marketplace withholds) cannot go to Marketo; find it with python -m leads "
-                                 "show")  # fmt: skip
+            raise PermanentError(
+                "the lead has no valid email address, and Marketo upserts persons on email",
+                fix="nothing to change in the settings: this lead (often a customer whose data "
+                "the marketplace withholds) cannot go to Marketo; find it with python -m leads "
+                "show",
+            )
         if not email.isascii():
-            raise PermanentError("the lead's email address has non-ASCII characters, which Marketo does not accept",
-                                 fix="nothing to change in the settings: add this person in Marketo by "
-                                 "hand")  # fmt: skip
+            raise PermanentError(
+                "the lead's email address has non-ASCII characters, which Marketo does not accept",
+                fix="nothing to change in the settings: add this person in Marketo by hand",
+            )
         fields = self.fields_for(lead)
         if not self.form_id:
             note = self._note_field()
@@ -234,8 +304,10 @@ class MarketoDestination(Destination):
         stripe = int(hashlib.sha256(email.lower().encode()).hexdigest()[:8], 16) % len(self._email_locks)
         with self._email_locks[stripe]:
             if self.form_id:
-                body = {"formId": _form_id(self.form_id),
-                        "input": [{"leadFormFields": fields, "visitorData": visitor_data(lead, route)}]}  # fmt: skip
+                body = {
+                    "formId": _form_id(self.form_id),
+                    "input": [{"leadFormFields": fields, "visitorData": visitor_data(lead, route)}],
+                }
                 answer = self._call("POST", "/rest/v1/leads/submitForm.json", json=body)
             else:
                 body = {"action": "createOrUpdate", "lookupField": "email", "input": [fields]}
@@ -246,8 +318,10 @@ class MarketoDestination(Destination):
             return Sent(external_id=str(record["id"]), detail={"status": status})
         if status == "skipped":
             raise self._skipped(record.get("reasons") or [])
-        raise PermanentError(f"Marketo answered success without a created or updated person (status {status!r})",
-                             fix="report this as a bug of the app")  # fmt: skip
+        raise PermanentError(
+            f"Marketo answered success without a created or updated person (status {status!r})",
+            fix="report this as a bug of the app",
+        )
 
     def field_specs(self) -> dict[str, FieldSpec]:
         """The person fields as the field mapping sees them: ``leads/describe.json``, and with a form
@@ -307,21 +381,30 @@ class MarketoDestination(Destination):
                     return Check(True, "; ".join(parts))
                 return Check.failed(error)
             if missing is None:
-                return Check(False, f"form {self.form_id} (MARKETO_FORM_ID) was not found in Marketo",
-                             fix="set MARKETO_FORM_ID to the id in the form's URL (Marketing Activities > the "
-                             "form: ...#FO1234B2 is 1234), or leave it empty to upsert without a form")  # fmt: skip
+                return Check(
+                    False,
+                    f"form {self.form_id} (MARKETO_FORM_ID) was not found in Marketo",
+                    fix="set MARKETO_FORM_ID to the id in the form's URL (Marketing Activities > the "
+                    "form: ...#FO1234B2 is 1234), or leave it empty to upsert without a form",
+                )
             if missing:
-                return Check(False, f"form {self.form_id} lacks the fields {', '.join(missing)}",
-                             fix=f"add them to form {self.form_id} (hidden fields are enough) and approve it, "
-                             "or leave MARKETO_FORM_ID empty to upsert without a form")  # fmt: skip
+                return Check(
+                    False,
+                    f"form {self.form_id} lacks the fields {', '.join(missing)}",
+                    fix=f"add them to form {self.form_id} (hidden fields are enough) and approve it, "
+                    "or leave MARKETO_FORM_ID empty to upsert without a form",
+                )
             parts.append(f"form {self.form_id} has every field; upsert on email through submitForm")
             return self._check_mapping(parts)
         else:
             note = self._note_field()
             parts.append("upsert on email through leads.json")
-            parts.append(f"marketplace details go to {note[0]!r}" if note else
-                         "no free-text person field: marketplace details (action, offer, notes) are not stored; "
-                         "add a text field labelled 'Lead Description' to keep them")  # fmt: skip
+            parts.append(
+                f"marketplace details go to {note[0]!r}"
+                if note
+                else "no free-text person field: marketplace details (action, offer, notes) are not stored; "
+                "add a text field labelled 'Lead Description' to keep them"
+            )
         return self._check_mapping(parts)
 
     def _check_mapping(self, parts: list[str]) -> Check:
@@ -330,19 +413,28 @@ class MarketoDestination(Destination):
         return notes if isinstance(notes, Check) else Check(True, "; ".join([*parts, *notes]))
 
     def _require_settings(self) -> None:
-        missing = [name for name, value in (("MARKETO_CLIENT_ID", self.client_id),
-                                            ("MARKETO_CLIENT_SECRET", self.client_secret)) if not value]  # fmt: skip
+        missing = [
+            name
+            for name, value in (("MARKETO_CLIENT_ID", self.client_id), ("MARKETO_CLIENT_SECRET", self.client_secret))
+            if not value
+        ]
         if missing:
-            raise PermanentError(f"{' and '.join(missing)} not set",
-                                 fix="copy them from Admin > Integration > LaunchPoint > your custom service > "
-                                 "View Details")  # fmt: skip
+            raise PermanentError(
+                f"{' and '.join(missing)} not set",
+                fix="copy them from Admin > Integration > LaunchPoint > your custom service > View Details",
+            )
         parts = urlsplit(self.url)
         if parts.scheme not in ("https", "http") or not parts.netloc:
-            raise PermanentError("MARKETO_URL is not a URL", fix="set it to the REST API endpoint shown in Admin > "
-                                 "Web Services, e.g. https://123-ABC-456.mktorest.com")  # fmt: skip
+            raise PermanentError(
+                "MARKETO_URL is not a URL",
+                fix="set it to the REST API endpoint shown in Admin > "
+                "Web Services, e.g. https://123-ABC-456.mktorest.com",
+            )
         if self.form_id and not self.form_id.isdigit():
-            raise PermanentError("MARKETO_FORM_ID is not a number",
-                                 fix="set it to the form's id (its URL ends #FO<id>B2), or leave it empty")  # fmt: skip
+            raise PermanentError(
+                "MARKETO_FORM_ID is not a number",
+                fix="set it to the form's id (its URL ends #FO<id>B2), or leave it empty",
+            )
 
     # --- the API -----------------------------------------------------------------------------------
 
@@ -350,16 +442,21 @@ class MarketoDestination(Destination):
         with self._token_lock:
             if self._token and time.monotonic() < self._token_expires:
                 return self._token
-            params = {"grant_type": "client_credentials", "client_id": self.client_id,
-                      "client_secret": self.client_secret}  # fmt: skip
+            params = {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+            }
             with self.limiter.slot():
                 response = self.session.post(f"{self.url}/identity/oauth/token", data=params, timeout=self.timeout)
             self.token_requests += 1
             if response.status_code in (400, 401, 403):
-                raise PermanentError(f"Marketo refused the client id and secret ({response.status_code} "
-                                     f"{_oauth_error(response)})", fix="copy Client Id and Client Secret from Admin > "
-                                     "Integration > LaunchPoint > your custom service > View Details into "
-                                     "MARKETO_CLIENT_ID and MARKETO_CLIENT_SECRET")  # fmt: skip
+                raise PermanentError(
+                    f"Marketo refused the client id and secret ({response.status_code} {_oauth_error(response)})",
+                    fix="copy Client Id and Client Secret from Admin > "
+                    "Integration > LaunchPoint > your custom service > View Details into "
+                    "MARKETO_CLIENT_ID and MARKETO_CLIENT_SECRET",
+                )
             if response.status_code == 404:
                 raise _not_marketo(response.status_code)
             if response.status_code >= 500 or response.status_code == 429:
@@ -385,14 +482,22 @@ class MarketoDestination(Destination):
         for attempt in (1, 2):
             token = self._access_token()
             with self.limiter.slot():
-                response = self.session.request(method, self.url + path, json=json, params=params, timeout=self.timeout,
-                                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                response = self.session.request(
+                    method,
+                    self.url + path,
+                    json=json,
+                    params=params,
+                    timeout=self.timeout,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
             if response.status_code != 200:
                 if response.status_code == 404:
                     raise _not_marketo(404)
                 if response.status_code in (413, 414):
-                    raise PermanentError(f"Marketo answered {response.status_code}: the request is too large",
-                                         fix="report this as a bug of the app")  # fmt: skip
+                    raise PermanentError(
+                        f"Marketo answered {response.status_code}: the request is too large",
+                        fix="report this as a bug of the app",
+                    )
                 raise classify_error(_http_error(response))
             body = _json_body(response)
             if not isinstance(body, dict):
@@ -417,10 +522,13 @@ class MarketoDestination(Destination):
                 for item in answer.get("result") or []:
                     rest = item.get("rest") if isinstance(item, dict) else None
                     if isinstance(rest, dict) and rest.get("name"):
-                        fields[rest["name"]] = {"label": item.get("displayName") or "",
-                                                "soap": (item.get("soap") or {}).get("name") or "",
-                                                "type": item.get("dataType"), "length": item.get("length"),
-                                                "readOnly": bool(rest.get("readOnly"))}  # fmt: skip
+                        fields[rest["name"]] = {
+                            "label": item.get("displayName") or "",
+                            "soap": (item.get("soap") or {}).get("name") or "",
+                            "type": item.get("dataType"),
+                            "length": item.get("length"),
+                            "readOnly": bool(rest.get("readOnly")),
+                        }
                 self._fields = fields
             return self._fields
 
@@ -435,11 +543,13 @@ class MarketoDestination(Destination):
             log.warning("marketo: person fields not readable (%s); sending without details", error)
             self._fields = {}
             return None
-        writable = {name: f for name, f in fields.items()
-                    if not f["readOnly"] and f["type"] in ("string", "text", "textarea")}  # fmt: skip
+        writable = {
+            name: f for name, f in fields.items() if not f["readOnly"] and f["type"] in ("string", "text", "textarea")
+        }
         by_label = {f["label"].strip().rstrip(":").lower(): name for name, f in writable.items()}
-        name = next((n for n in NOTE_FIELDS if n in writable), None) or \
-            next((by_label[label] for label in NOTE_LABELS if label in by_label), None)  # fmt: skip
+        name = next((n for n in NOTE_FIELDS if n in writable), None) or next(
+            (by_label[label] for label in NOTE_LABELS if label in by_label), None
+        )
         if name is None:
             return None
         return name, int(writable[name].get("length") or NOTE_MAX)
@@ -461,35 +571,43 @@ class MarketoDestination(Destination):
         field = _FIELD_NAMED.search(message)
         if code in ("1006", "1011") and field:
             where = f"form {self.form_id}" if self.form_id else "Marketo's person fields"
-            fix = (f"add the field '{field.group(1)}' to form {self.form_id} (a hidden field is enough) and approve "
-                   "the form, or leave MARKETO_FORM_ID empty" if self.form_id else
-                   f"this Marketo instance has no person field '{field.group(1)}': report it as a bug of the "
-                   "app")  # fmt: skip
-            return PermanentError(f"Marketo skipped the lead: {code} field '{field.group(1)}' not found in {where}",
-                                  fix=fix)  # fmt: skip
+            fix = (
+                f"add the field '{field.group(1)}' to form {self.form_id} (a hidden field is enough) and approve "
+                "the form, or leave MARKETO_FORM_ID empty"
+                if self.form_id
+                else f"this Marketo instance has no person field '{field.group(1)}': report it as a bug of the app"
+            )
+            return PermanentError(
+                f"Marketo skipped the lead: {code} field '{field.group(1)}' not found in {where}", fix=fix
+            )
         if code == "1001":
             kind = _TYPE_NAMED.search(message)
-            return PermanentError(f"Marketo skipped the lead: 1001 {what}" +
-                                  (f" (a '{kind.group(1)}' was required)" if kind else ""),
-                                  fix="a field's type was changed in Marketo (Admin > Field Management): restore it "
-                                  "to text")  # fmt: skip
+            return PermanentError(
+                f"Marketo skipped the lead: 1001 {what}" + (f" (a '{kind.group(1)}' was required)" if kind else ""),
+                fix="a field's type was changed in Marketo (Admin > Field Management): restore it to text",
+            )
         if code == "1013" and self.form_id:
-            return PermanentError(f"Marketo skipped the lead: 1013 form {self.form_id} not found",
-                                  fix="set MARKETO_FORM_ID to an existing, approved form's id, or leave it "
-                                  "empty")  # fmt: skip
+            return PermanentError(
+                f"Marketo skipped the lead: 1013 form {self.form_id} not found",
+                fix="set MARKETO_FORM_ID to an existing, approved form's id, or leave it empty",
+            )
         if code == "1007":
-            return PermanentError("Marketo skipped the lead: 1007 several persons have this email",
-                                  fix="merge the duplicate persons in Marketo, then replay: python -m leads replay "
-                                  "--destination marketo")  # fmt: skip
+            return PermanentError(
+                "Marketo skipped the lead: 1007 several persons have this email",
+                fix="merge the duplicate persons in Marketo, then replay: python -m leads replay --destination marketo",
+            )
         if code in ("1008", "1010"):
-            return PermanentError(f"Marketo skipped the lead: {code} {what}",
-                                  fix="give the API-only user's role access to the workspace of the person's "
-                                  "partition (Admin > Users & Roles)")  # fmt: skip
+            return PermanentError(
+                f"Marketo skipped the lead: {code} {what}",
+                fix="give the API-only user's role access to the workspace of the person's "
+                "partition (Admin > Users & Roles)",
+            )
         return PermanentError(f"Marketo skipped the lead: {code or '?'} {what}", fix=None)
 
 
-def field_specs(fields: dict[str, dict[str, Any]], form: list[dict[str, Any]] | None,
-                form_id: str = "") -> dict[str, FieldSpec]:  # fmt: skip
+def field_specs(
+    fields: dict[str, dict[str, Any]], form: list[dict[str, Any]] | None, form_id: str = ""
+) -> dict[str, FieldSpec]:
     """Marketo's person fields (``_describe``'s) as the mapping sees them; with a ``form`` (its
     fields), a field not on it cannot be sent, and a ``select`` field takes one of its values."""
     on_form = {str(item.get("id") or "").lower(): item for item in form or [] if isinstance(item, dict)}
@@ -501,8 +619,9 @@ def field_specs(fields: dict[str, dict[str, Any]], form: list[dict[str, Any]] | 
         options: tuple = ()
         if entry is not None and entry.get("dataType") == "select":
             values = (entry.get("fieldMetaData") or {}).get("values") or []
-            options = options_of((value.get("value"), value.get("label")) for value in values
-                                 if isinstance(value, dict))  # fmt: skip
+            options = options_of(
+                (value.get("value"), value.get("label")) for value in values if isinstance(value, dict)
+            )
             kind = "multipicklist" if (entry.get("fieldMetaData") or {}).get("multiSelect") else "picklist"
         why = "Marketo sets it (read-only)" if item.get("readOnly") else ""
         if form is not None and entry is None:
@@ -514,8 +633,20 @@ def field_specs(fields: dict[str, dict[str, Any]], form: list[dict[str, Any]] | 
     return specs
 
 
-PERSON_FIELDS = ("email", "firstName", "lastName", "phone", "company", "title", "country", "leadSource",
-                 "unsubscribed", "unsubscribedReason", "doNotCall", "doNotCallReason")  # fmt: skip
+PERSON_FIELDS = (
+    "email",
+    "firstName",
+    "lastName",
+    "phone",
+    "company",
+    "title",
+    "country",
+    "leadSource",
+    "unsubscribed",
+    "unsubscribedReason",
+    "doNotCall",
+    "doNotCallReason",
+)
 
 
 def response_error(errors: list[dict[str, Any]]) -> DeliveryError:
@@ -595,10 +726,17 @@ def details(lead: Lead, route: Route, limit: int = NOTE_MAX) -> str:
 def visitor_data(lead: Lead, route: Route) -> dict[str, str]:
     """The Fill out Form activity's page data: the marketplace the lead came from, and the details
     as a query string smart campaigns can filter on ("Query String contains action=PLT")."""
-    page = "https://appsource.microsoft.com/" if lead.source == "AppSource" else "https://azuremarketplace.microsoft.com/"
+    page = (
+        "https://appsource.microsoft.com/" if lead.source == "AppSource" else "https://azuremarketplace.microsoft.com/"
+    )
     query: dict[str, str] = {}
-    for key, value in (("source", lead.source), ("action", lead.action), ("offer", lead.offer_id),
-                       ("offerTitle", lead.offer_title), ("leadId", lead.lead_id)):  # fmt: skip
+    for key, value in (
+        ("source", lead.source),
+        ("action", lead.action),
+        ("offer", lead.offer_id),
+        ("offerTitle", lead.offer_title),
+        ("leadId", lead.lead_id),
+    ):
         if value:
             query[key] = value
     if route.test or lead.is_test:
@@ -641,13 +779,17 @@ def _http_error(response: requests.Response) -> Exception:
 
 
 def _not_marketo(status: int) -> PermanentError:
-    return PermanentError(f"MARKETO_URL does not answer as Marketo's REST API (HTTP {status})",
-                          fix="set it to the REST API endpoint shown in Admin > Web Services, without /rest "
-                          "(https://<munchkin-id>.mktorest.com)")  # fmt: skip
+    return PermanentError(
+        f"MARKETO_URL does not answer as Marketo's REST API (HTTP {status})",
+        fix="set it to the REST API endpoint shown in Admin > Web Services, without /rest "
+        "(https://<munchkin-id>.mktorest.com)",
+    )
 
 
 def _unreachable(error: DeliveryError) -> DeliveryError:
     if error.transient and "could not reach" in str(error):
-        return TransientError(f"{error} at MARKETO_URL", fix="check MARKETO_URL (Admin > Web Services > REST API "
-                              "Endpoint) and the app's outbound network")  # fmt: skip
+        return TransientError(
+            f"{error} at MARKETO_URL",
+            fix="check MARKETO_URL (Admin > Web Services > REST API Endpoint) and the app's outbound network",
+        )
     return error

@@ -33,10 +33,14 @@ NEXT_STEPS = {
     "StartTestDrive": "The customer started a test drive: follow up on how it went and offer a walkthrough.",
 }
 NEXT_STEP_OTHER = "Review the lead and follow up as its action suggests."
-NEXT_STEP_DNC = ("Do NOT contact this customer. Record the lead only: the marketplace marked it do-not-contact "
-                 "(it came through a cross-listed partner).")  # fmt: skip
-NEXT_STEP_TEST = ("Nothing to do: this is a test lead (the marketplace's validation, or python -m leads test-lead), "
-                  "and no customer is behind it. It shows that leads reach you.")  # fmt: skip
+NEXT_STEP_DNC = (
+    "Do NOT contact this customer. Record the lead only: the marketplace marked it do-not-contact "
+    "(it came through a cross-listed partner)."
+)
+NEXT_STEP_TEST = (
+    "Nothing to do: this is a test lead (the marketplace's validation, or python -m leads test-lead), "
+    "and no customer is behind it. It shows that leads reach you."
+)
 
 
 def headline(lead: Lead, pii: str) -> str:
@@ -65,13 +69,25 @@ def lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) -
     """What the templates show of one lead: banners, labelled rows, the next step."""
     banners = []
     if lead.do_not_contact:
-        banners.append(banner("DO NOT CONTACT this customer. The marketplace marked this lead do-not-contact: record "
-                               "it only; do not call, email or add them to a campaign.", "#c50f1f", "#fdf3f4"))
+        banners.append(
+            banner(
+                "DO NOT CONTACT this customer. The marketplace marked this lead do-not-contact: record "
+                "it only; do not call, email or add them to a campaign.",
+                "#c50f1f",
+                "#fdf3f4",
+            )
+        )
     if test:
         banners.append(banner("[TEST] This is a test lead, not a customer.", "#bc4b09", "#fff9f5"))
     if lead.pii_withheld:
-        banners.append(banner("The marketplace withheld this customer's personal data (as it does for some "
-                               "customers, e.g. education tenants).", "#616161", "#f5f5f5"))  # fmt: skip
+        banners.append(
+            banner(
+                "The marketplace withheld this customer's personal data (as it does for some "
+                "customers, e.g. education tenants).",
+                "#616161",
+                "#f5f5f5",
+            )
+        )
 
     rows: list[dict[str, Any]] = []
 
@@ -85,8 +101,11 @@ def lead_view(lead: Lead, pii: str, portal_url: str, test: bool, heading: str) -
         row("Title", lead.title)
         if lead.email:
             valid = lead.email_valid is not False
-            row("Email", lead.email + ("" if valid else " (not a valid address)"),
-                href="mailto:" + quote(lead.email, safe="@.+-_") if valid else None)  # fmt: skip
+            row(
+                "Email",
+                lead.email + ("" if valid else " (not a valid address)"),
+                href="mailto:" + quote(lead.email, safe="@.+-_") if valid else None,
+            )
         if lead.phone:
             e164 = re.fullmatch(r"\+\d{6,15}", lead.phone) is not None
             row("Phone", phone_display(lead.phone) if e164 else lead.phone, href="tel:" + lead.phone if e164 else None)

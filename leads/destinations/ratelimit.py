@@ -90,8 +90,9 @@ class CallLimiter:
     A call counts from when it starts until ``period`` after it ended: the service stamps it at
     some moment in between, so the window here never frees before the service's does."""
 
-    def __init__(self, calls: int, period: float, concurrent: int = 10, max_wait: float = 10.0,
-                 service: str = "the service") -> None:  # fmt: skip
+    def __init__(
+        self, calls: int, period: float, concurrent: int = 10, max_wait: float = 10.0, service: str = "the service"
+    ) -> None:
         self.calls, self.period, self.max_wait, self.service = calls, period, max_wait, service
         self.concurrent = concurrent
         self._stamps: dict[int, float] = {}  # call → when it ended (inf while running)
@@ -123,8 +124,9 @@ class CallLimiter:
             self.waited += wait
         try:
             if not self._running.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise TransientError(f"held back by this app: {self.service} allows {self.concurrent} calls at once",
-                                     retry_after=5)  # fmt: skip
+                raise TransientError(
+                    f"held back by this app: {self.service} allows {self.concurrent} calls at once", retry_after=5
+                )
             try:
                 yield
             finally:

@@ -57,7 +57,7 @@ def _patterns(leads: Lead | Iterable[Lead | None] | None) -> list[re.Pattern[str
             values.update(line.strip() for line in lead.description.splitlines() if line.strip())
         digits = re.sub(r"\D", "", lead.phone or "")
         if len(digits) >= 4:
-            phones.add(digits[-min(len(digits), 9):])  # the national number, however it is written
+            phones.add(digits[-min(len(digits), 9) :])  # the national number, however it is written
     patterns = []
     # Longest first, so that a full name goes before the first name inside it.
     for value in sorted({" ".join(v.split()) for v in values if v.strip()}, key=len, reverse=True):

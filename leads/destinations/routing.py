@@ -134,13 +134,17 @@ def _rule(item: Any, index: int, where: str) -> Rule:
         if channel is None:
             continue
         if not isinstance(channel, str) or not _CHANNEL_NAME.match(channel.strip().lower()):
-            raise RoutingError(f"{label}: {destination} must name a channel (letters, digits, - and _) whose "
-                               f"webhook URL is in the setting {destination.upper()}_CHANNELS, not a URL")  # fmt: skip
+            raise RoutingError(
+                f"{label}: {destination} must name a channel (letters, digits, - and _) whose "
+                f"webhook URL is in the setting {destination.upper()}_CHANNELS, not a URL"
+            )
         channels[destination] = channel.strip().lower()
     mapping = item.get("mapping")
     if mapping is not None and (not isinstance(mapping, str) or not _MAPPING_NAME.match(mapping.strip())):
-        raise RoutingError(f"{label}: mapping must name a field mapping (lower-case letters, digits, - and _) "
-                           "defined in a CRM's mapping setting, e.g. SALESFORCE_MAPPING's \"mappings\"")  # fmt: skip
+        raise RoutingError(
+            f"{label}: mapping must name a field mapping (lower-case letters, digits, - and _) "
+            "defined in a CRM's mapping setting, e.g. SALESFORCE_MAPPING's \"mappings\""
+        )
     return Rule(
         name=str(item.get("name") or f"rule {index}"),
         offers=texts("offer"),
@@ -154,22 +158,32 @@ def _rule(item: Any, index: int, where: str) -> Rule:
     )
 
 
-def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: str,
-          test_leads: str = "notify", default_channels: Iterable[str] = ()) -> dict[str, Route]:  # fmt: skip
+def route(
+    lead: Lead,
+    rules: Iterable[Rule],
+    enabled: Iterable[str],
+    email_to: str,
+    test_leads: str = "notify",
+    default_channels: Iterable[str] = (),
+) -> dict[str, Route]:
     """Destination name → :class:`Route` for one lead, among the ``enabled`` destinations. For
     ``teams`` and ``slack`` the route's recipients are the channel: the rule's, else the default
     one when that destination has one (``default_channels``), else none (the delivery is skipped)."""
     enabled = tuple(enabled)
     rule = next((rule for rule in rules if rule.matches(lead)), None)
-    names = enabled if rule is None or rule.destinations is None else \
-        tuple(name for name in rule.destinations if name in enabled)  # fmt: skip
+    names = (
+        enabled
+        if rule is None or rule.destinations is None
+        else tuple(name for name in rule.destinations if name in enabled)
+    )
     recipients = split_addresses(email_to) if rule is None or rule.email is None else rule.email
     if lead.is_test:
         if test_leads == "drop":
             names = ()
         elif test_leads == "notify":
-            names = tuple(name for name in names if name in NOTIFICATIONS) or \
-                tuple(name for name in NOTIFICATIONS if name in enabled)  # fmt: skip
+            names = tuple(name for name in names if name in NOTIFICATIONS) or tuple(
+                name for name in NOTIFICATIONS if name in enabled
+            )
     default_channels = frozenset(default_channels)
 
     def who(name: str) -> tuple[str, ...]:
@@ -181,8 +195,10 @@ def route(lead: Lead, rules: Iterable[Rule], enabled: Iterable[str], email_to: s
         return ()
 
     mapping = rule.mapping if rule is not None else ""
-    return {name: Route(recipients=who(name), test=lead.is_test, mapping=mapping if name in MAPPED_DESTINATIONS else "")
-            for name in names}  # fmt: skip
+    return {
+        name: Route(recipients=who(name), test=lead.is_test, mapping=mapping if name in MAPPED_DESTINATIONS else "")
+        for name in names
+    }
 
 
 def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
@@ -200,8 +216,9 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
     return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads, defaults)
 
 
-def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
-                  now: datetime | None = None) -> dict[str, Route]:  # fmt: skip
+def hold_backfill(
+    lead: Lead, routes: Mapping[str, Route], settings: Settings, now: datetime | None = None
+) -> dict[str, Route]:
     """``routes``, each held when the lead is older than ``LEADS_BACKFILL_DAYS`` by its received
     time: stored ``skipped`` with the reason, delivered only by ``replay``. The first poll of a
     table holding years of rows takes them all in without mailing sales about each. The one place
@@ -209,15 +226,19 @@ def hold_backfill(lead: Lead, routes: Mapping[str, Route], settings: Settings,
     now = now or datetime.now(UTC)
     if now - lead.received_at <= timedelta(days=settings.backfill_days):
         return dict(routes)
-    reason = (f"{BACKFILL_REASON} ({settings.backfill_days:g}) when taken in: received "
-              f"{lead.received_at:%Y-%m-%d %H:%M} UTC; stored, not delivered. `python -m leads replay "
-              f"--lead {lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
+    reason = (
+        f"{BACKFILL_REASON} ({settings.backfill_days:g}) when taken in: received "
+        f"{lead.received_at:%Y-%m-%d %H:%M} UTC; stored, not delivered. `python -m leads replay "
+        f"--lead {lead.lead_id}` (or `replay --skipped`, all such) delivers it"
+    )
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}
 
 
 def hold_undated(lead: Lead, routes: Mapping[str, Route]) -> dict[str, Route]:
     """``routes``, each held as :func:`hold_backfill` holds an old lead's, for a lead imported from
     a row with no created date: how old it is cannot be told, so it is not sent unless asked."""
-    reason = (f"{UNDATED_REASON}: its age cannot be told; stored, not delivered. `python -m leads replay --lead "
-              f"{lead.lead_id}` (or `replay --skipped`, all such) delivers it")  # fmt: skip
+    reason = (
+        f"{UNDATED_REASON}: its age cannot be told; stored, not delivered. `python -m leads replay --lead "
+        f"{lead.lead_id}` (or `replay --skipped`, all such) delivers it"
+    )
     return {name: replace(route, skip_reason=reason) for name, route in routes.items()}

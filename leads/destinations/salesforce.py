@@ -73,22 +73,41 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "59.0"
 CRM = "Salesforce's Lead"
-MAPPING_FIX = ("correct the field's API name or value in SALESFORCE_MAPPING, or the field in Salesforce (Setup → "
-               "Object Manager → Lead → Fields & Relationships: its picklist values, its Field-Level Security for the "
-               "Run As user)")  # fmt: skip
+MAPPING_FIX = (
+    "correct the field's API name or value in SALESFORCE_MAPPING, or the field in Salesforce (Setup → "
+    "Object Manager → Lead → Fields & Relationships: its picklist values, its Field-Level Security for the "
+    "Run As user)"
+)
 PLACEHOLDER = "[not provided]"  # LastName and Company are required on every Lead
 MARKER = "Marketplace lead id: "
 DESCRIBE_EVERY = 3600.0  # seconds a describe of Lead is trusted
 # Lengths of the standard Lead fields; longer text is cut rather than rejected (STRING_TOO_LONG).
-LENGTHS = {"FirstName": 40, "LastName": 80, "Company": 255, "Title": 128, "Email": 80, "Phone": 40,
-           "Country": 80, "Description": 32000, "LeadSource": 255}  # fmt: skip
-SOURCE_WORDS = {"AzureMarketplace": "Azure Marketplace", "AzurePortal": "Azure portal", "AppSource": "AppSource",
-                "TestDrive": "Test Drive"}  # fmt: skip
-W2L_NOTE = ("Web-to-Lead cannot confirm delivery: Salesforce answers 200 whatever becomes of a lead (a wrong "
-            "SALESFORCE_OID, a missing required field, a validation rule, more than 500 leads a day), and a "
-            "retried post may create the lead twice")  # fmt: skip
-W2L_FIX = ("for leads you can count on, use the REST API instead: set SALESFORCE_URL, SALESFORCE_CLIENT_ID, "
-           "SALESFORCE_CLIENT_SECRET (and SALESFORCE_EXTERNAL_ID_FIELD); see docs/salesforce.md")  # fmt: skip
+LENGTHS = {
+    "FirstName": 40,
+    "LastName": 80,
+    "Company": 255,
+    "Title": 128,
+    "Email": 80,
+    "Phone": 40,
+    "Country": 80,
+    "Description": 32000,
+    "LeadSource": 255,
+}
+SOURCE_WORDS = {
+    "AzureMarketplace": "Azure Marketplace",
+    "AzurePortal": "Azure portal",
+    "AppSource": "AppSource",
+    "TestDrive": "Test Drive",
+}
+W2L_NOTE = (
+    "Web-to-Lead cannot confirm delivery: Salesforce answers 200 whatever becomes of a lead (a wrong "
+    "SALESFORCE_OID, a missing required field, a validation rule, more than 500 leads a day), and a "
+    "retried post may create the lead twice"
+)
+W2L_FIX = (
+    "for leads you can count on, use the REST API instead: set SALESFORCE_URL, SALESFORCE_CLIENT_ID, "
+    "SALESFORCE_CLIENT_SECRET (and SALESFORCE_EXTERNAL_ID_FIELD); see docs/salesforce.md"
+)
 
 
 # --- the record ----------------------------------------------------------------------------------
@@ -115,8 +134,11 @@ class LeadFields:
                 sources.setdefault((item.get("label") or item["value"]).casefold(), item["value"])
         codes = None
         if "CountryCode" in fields:
-            codes = frozenset(item["value"] for item in fields["CountryCode"].get("picklistValues") or []
-                              if item.get("active", True) and item.get("value"))  # fmt: skip
+            codes = frozenset(
+                item["value"]
+                for item in fields["CountryCode"].get("picklistValues") or []
+                if item.get("active", True) and item.get("value")
+            )
         return cls(sources, codes, field_specs(describe, upsert))
 
     def lead_source(self, lead: Lead) -> str | None:
@@ -128,20 +150,39 @@ class LeadFields:
 
 # What the built-in mapping puts in each Lead field (python -m leads mapping salesforce).
 BUILTIN_FIELDS = {
-    "FirstName": "first_name", "LastName": f"last_name, else {PLACEHOLDER!r} (required)",
-    "Company": f"company, else {PLACEHOLDER!r} (required)", "Email": "email, when valid",
-    "Phone": "phone", "Title": "title",
+    "FirstName": "first_name",
+    "LastName": f"last_name, else {PLACEHOLDER!r} (required)",
+    "Company": f"company, else {PLACEHOLDER!r} (required)",
+    "Email": "email, when valid",
+    "Phone": "phone",
+    "Title": "title",
     "Country": "country's name (CountryCode: the ISO code, in orgs with country picklists)",
     "LeadSource": "source_words, when the org's Lead Source picklist has it",
     "Description": "the test and do-not-contact marks, description, source, action, offer, campaign, the lead id",
-    "HasOptedOutOfEmail": "true for a do-not-contact lead", "DoNotCall": "true for a do-not-contact lead",
-}  # fmt: skip
+    "HasOptedOutOfEmail": "true for a do-not-contact lead",
+    "DoNotCall": "true for a do-not-contact lead",
+}
 # describe's field types → the mapping's kinds.
-KINDS = {"string": "text", "textarea": "text", "email": "text", "phone": "text", "url": "text",
-         "encryptedstring": "text", "reference": "text", "picklist": "picklist", "combobox": "picklist",
-         "multipicklist": "multipicklist", "boolean": "boolean", "int": "integer", "long": "integer",
-         "double": "number", "currency": "number", "percent": "number", "date": "date",
-         "datetime": "datetime"}  # fmt: skip
+KINDS = {
+    "string": "text",
+    "textarea": "text",
+    "email": "text",
+    "phone": "text",
+    "url": "text",
+    "encryptedstring": "text",
+    "reference": "text",
+    "picklist": "picklist",
+    "combobox": "picklist",
+    "multipicklist": "multipicklist",
+    "boolean": "boolean",
+    "int": "integer",
+    "long": "integer",
+    "double": "number",
+    "currency": "number",
+    "percent": "number",
+    "date": "date",
+    "datetime": "datetime",
+}
 
 
 def field_specs(describe: dict[str, Any], upsert: bool = False) -> dict[str, FieldSpec]:
@@ -152,21 +193,42 @@ def field_specs(describe: dict[str, Any], upsert: bool = False) -> dict[str, Fie
         name, kind = item.get("name"), KINDS.get(str(item.get("type")), "unsupported")
         if not name:
             continue
-        options = options_of((entry.get("value"), entry.get("label")) for entry in item.get("picklistValues") or []
-                             if entry.get("active", True))  # fmt: skip
+        options = options_of(
+            (entry.get("value"), entry.get("label"))
+            for entry in item.get("picklistValues") or []
+            if entry.get("active", True)
+        )
         restricted = bool(item.get("restrictedPicklist"))
         if name == "RecordTypeId":
-            infos = [info for info in describe.get("recordTypeInfos") or [] if info.get("available")
-                     and not info.get("master")]  # fmt: skip
-            options = options_of([(i.get("recordTypeId"), i.get("developerName")) for i in infos]
-                                 + [(i.get("recordTypeId"), i.get("name")) for i in infos])  # fmt: skip
+            infos = [
+                info
+                for info in describe.get("recordTypeInfos") or []
+                if info.get("available") and not info.get("master")
+            ]
+            options = options_of(
+                [(i.get("recordTypeId"), i.get("developerName")) for i in infos]
+                + [(i.get("recordTypeId"), i.get("name")) for i in infos]
+            )
             kind, restricted = "picklist", True
         writable = bool(item.get("createable")) and (not upsert or bool(item.get("updateable")))
-        why = "" if writable else ("the Run As user may not " + ("create or edit" if upsert else "create") + " it "
-                                   "(Field-Level Security), or Salesforce computes it")  # fmt: skip
-        specs[name] = FieldSpec(name, kind, int(item.get("length") or 0) or None, options, restricted, writable,
-                                why or ("" if kind != "unsupported" else f"its type {item.get('type')} is not mapped"),
-                                str(item.get("label") or ""))  # fmt: skip
+        why = (
+            ""
+            if writable
+            else (
+                "the Run As user may not " + ("create or edit" if upsert else "create") + " it "
+                "(Field-Level Security), or Salesforce computes it"
+            )
+        )
+        specs[name] = FieldSpec(
+            name,
+            kind,
+            int(item.get("length") or 0) or None,
+            options,
+            restricted,
+            writable,
+            why or ("" if kind != "unsupported" else f"its type {item.get('type')} is not mapped"),
+            str(item.get("label") or ""),
+        )
     return specs
 
 
@@ -184,8 +246,9 @@ def lead_record(lead: Lead, route: Route, fields: LeadFields) -> dict[str, Any]:
         "Title": _cut(lead.title, "Title"),
         country_field: country_value,
         "LeadSource": lead_source,
-        "Description": description(lead, route, email_kept=email is not None,
-                                   country_kept=country_value is not None or not lead.country),  # fmt: skip
+        "Description": description(
+            lead, route, email_kept=email is not None, country_kept=country_value is not None or not lead.country
+        ),
     }
     if lead.do_not_contact:
         record["HasOptedOutOfEmail"] = True
@@ -200,8 +263,10 @@ def description(lead: Lead, route: Route, email_kept: bool = True, country_kept:
     if route.test:
         head.append("[TEST] A test lead from the marketplace's validation, not a customer.")
     if lead.do_not_contact:
-        head.append("DO NOT CONTACT: the marketplace marked this lead DNC (a cross-listed partner's customer); "
-                    "the customer must not be contacted.")  # fmt: skip
+        head.append(
+            "DO NOT CONTACT: the marketplace marked this lead DNC (a cross-listed partner's customer); "
+            "the customer must not be contacted."
+        )
     tail = []
     action = f"{lead.action_words} ({lead.action})" if lead.action and lead.action_words != lead.action else lead.action
     source = SOURCE_WORDS.get(lead.source or "", lead.source_words)
@@ -291,15 +356,21 @@ RUN_AS = "the External Client App's Run As user"
 # Where each setting of an External Client App is (Setup → External Client App Manager → the app),
 # and where an existing Connected App has the same one.
 ECA = "Setup → External Client App Manager → the app"
-ECA_FLOW = (f"{ECA} → Settings → OAuth Settings → Flow Enablement: tick 'Enable Client Credentials Flow'; then "
-            "Policies → Edit → OAuth Policies: tick 'Enable Client Credentials Flow' and set 'Run As (Username)' to "
-            "an API Only integration user with Read, Create and Edit on Leads (a Connected App: App Manager → the "
-            "app → Manage → Edit Policies → Client Credentials Flow → Run As)")  # fmt: skip
-ECA_IP = (f"{ECA} → Policies → Edit → OAuth Policies → IP Relaxation: 'Relax IP restrictions' (or allow the "
-          "Function App's outbound IPs in the Run As user's profile Login IP Ranges); a Connected App: Manage → "
-          "Edit Policies → IP Relaxation")  # fmt: skip
-ECA_SCOPE = (f"{ECA} → Settings → OAuth Settings → OAuth Scopes: add 'Manage user data via APIs (api)' to the "
-             "selected scopes (the client credentials flow ignores full and refresh_token)")  # fmt: skip
+ECA_FLOW = (
+    f"{ECA} → Settings → OAuth Settings → Flow Enablement: tick 'Enable Client Credentials Flow'; then "
+    "Policies → Edit → OAuth Policies: tick 'Enable Client Credentials Flow' and set 'Run As (Username)' to "
+    "an API Only integration user with Read, Create and Edit on Leads (a Connected App: App Manager → the "
+    "app → Manage → Edit Policies → Client Credentials Flow → Run As)"
+)
+ECA_IP = (
+    f"{ECA} → Policies → Edit → OAuth Policies → IP Relaxation: 'Relax IP restrictions' (or allow the "
+    "Function App's outbound IPs in the Run As user's profile Login IP Ranges); a Connected App: Manage → "
+    "Edit Policies → IP Relaxation"
+)
+ECA_SCOPE = (
+    f"{ECA} → Settings → OAuth Settings → OAuth Scopes: add 'Manage user data via APIs (api)' to the "
+    "selected scopes (the client credentials flow ignores full and refresh_token)"
+)
 ECA_KEYS = f"{ECA} → Settings → OAuth Settings → Consumer Key and Secret"
 FIXES = {
     "REQUIRED_FIELD_MISSING": "the org requires {fields} on Leads, which a marketplace lead does not fill: make "
@@ -327,8 +398,14 @@ FIXES = {
     "API_CURRENTLY_DISABLED": "the API is disabled for " + RUN_AS + ": give its profile the 'API Enabled' permission",
 }
 TRANSIENT_CODES = {"UNABLE_TO_LOCK_ROW", "REQUEST_RUNNING_TOO_LONG", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
-NOT_REST_SESSION = (ECA_SCOPE + "; give " + RUN_AS + "'s profile the 'API Enabled' permission; and " + ECA_IP
-                    + "; changes can take 10 minutes to apply")  # fmt: skip
+NOT_REST_SESSION = (
+    ECA_SCOPE
+    + "; give "
+    + RUN_AS
+    + "'s profile the 'API Enabled' permission; and "
+    + ECA_IP
+    + "; changes can take 10 minutes to apply"
+)
 
 
 def salesforce_errors(content: Any) -> list[dict[str, Any]]:
@@ -373,10 +450,15 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
         # No Retry-After from Salesforce. The daily limit is a rolling 24 hours: try again in an
         # hour; the concurrent-request limit frees in seconds.
         concurrent = "concurrent" in message.lower()
-        return TransientError(what, retry_after=30.0 if concurrent else 3600.0,
-                              fix=None if concurrent else "the org used up its daily API requests (Setup → "
-                              "System Overview → API Requests, Last 24 Hours); leads are retried as requests free "
-                              "up, or raise the limit with Salesforce")  # fmt: skip
+        return TransientError(
+            what,
+            retry_after=30.0 if concurrent else 3600.0,
+            fix=None
+            if concurrent
+            else "the org used up its daily API requests (Setup → "
+            "System Overview → API Requests, Last 24 Hours); leads are retried as requests free "
+            "up, or raise the limit with Salesforce",
+        )
     if code in TRANSIENT_CODES or status >= 500:
         from leads.core.http import last_retry_after  # the exception lost the answer's headers
 
@@ -384,32 +466,44 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
     if status == 401:
         return PermanentError(what, fix=NOT_REST_SESSION)
     if status == 404 and external_id_field and f"/{external_id_field}/" in f"/{exc.resource_name}/":
-        return PermanentError(what, fix=f"SALESFORCE_EXTERNAL_ID_FIELD={external_id_field} is not a field of Lead, "
-                              "is not marked External ID, or " + RUN_AS + " cannot see it: create it as Text(64), "
-                              "Unique, External ID, and give the user Edit access to it")  # fmt: skip
+        return PermanentError(
+            what,
+            fix=f"SALESFORCE_EXTERNAL_ID_FIELD={external_id_field} is not a field of Lead, "
+            "is not marked External ID, or " + RUN_AS + " cannot see it: create it as Text(64), "
+            "Unique, External ID, and give the user Edit access to it",
+        )
     if status == 404:
-        return PermanentError(what, fix=RUN_AS + " cannot see Leads: give its profile or a permission set Read, "
-                              "Create and Edit on Leads")  # fmt: skip
+        return PermanentError(
+            what, fix=RUN_AS + " cannot see Leads: give its profile or a permission set Read, Create and Edit on Leads"
+        )
     if status == 403:
-        return PermanentError(what, fix=fix or RUN_AS + " lacks a permission: give its profile 'API Enabled' and "
-                              "Read, Create and Edit on Leads")  # fmt: skip
+        return PermanentError(
+            what,
+            fix=fix
+            or RUN_AS + " lacks a permission: give its profile 'API Enabled' and Read, Create and Edit on Leads",
+        )
     return PermanentError(what, fix=fix)
 
 
 TOKEN_FIXES = {
-    "invalid_client_id": ("Salesforce does not know SALESFORCE_CLIENT_ID",
-                          f"copy the External Client App's Consumer Key ({ECA_KEYS}) into SALESFORCE_CLIENT_ID (a "
-                          "Connected App: App Manager → the app → View → Manage Consumer Details); a new app can take "
-                          "10 minutes to work"),
-    "invalid_client": ("SALESFORCE_CLIENT_SECRET is not the app's consumer secret",
-                       f"copy the External Client App's Consumer Secret ({ECA_KEYS}) into SALESFORCE_CLIENT_SECRET (a "
-                       "Connected App: App Manager → the app → View → Manage Consumer Details)"),
+    "invalid_client_id": (
+        "Salesforce does not know SALESFORCE_CLIENT_ID",
+        f"copy the External Client App's Consumer Key ({ECA_KEYS}) into SALESFORCE_CLIENT_ID (a "
+        "Connected App: App Manager → the app → View → Manage Consumer Details); a new app can take "
+        "10 minutes to work",
+    ),
+    "invalid_client": (
+        "SALESFORCE_CLIENT_SECRET is not the app's consumer secret",
+        f"copy the External Client App's Consumer Secret ({ECA_KEYS}) into SALESFORCE_CLIENT_SECRET (a "
+        "Connected App: App Manager → the app → View → Manage Consumer Details)",
+    ),
     "unsupported_grant_type": ("the app does not allow the client credentials flow", ECA_FLOW),
-    "inactive_user": ("the app's Run As user is inactive",
-                      f"activate the user, or pick an active one: {ECA} → Policies → Edit → OAuth Policies → Run As "
-                      "(Username)"),
+    "inactive_user": (
+        "the app's Run As user is inactive",
+        f"activate the user, or pick an active one: {ECA} → Policies → Edit → OAuth Policies → Run As (Username)",
+    ),
     "inactive_org": ("the Salesforce org is inactive or locked", "check the org's status with its administrator"),
-}  # fmt: skip
+}
 
 
 def token_error(status: int, error: str, description: str, retry_after: str | None = None) -> DeliveryError:
@@ -423,19 +517,29 @@ def token_error(status: int, error: str, description: str, retry_after: str | No
     if error == "invalid_grant" and "no valid scopes" in lowered:
         return PermanentError(said, fix=ECA_SCOPE)
     if error == "invalid_grant" and "not supported on this domain" in lowered:
-        return PermanentError(said, fix="SALESFORCE_URL must be the org's My Domain URL (Setup → My Domain, e.g. "
-                              "https://contoso.my.salesforce.com), not login.salesforce.com or "
-                              "test.salesforce.com")  # fmt: skip
+        return PermanentError(
+            said,
+            fix="SALESFORCE_URL must be the org's My Domain URL (Setup → My Domain, e.g. "
+            "https://contoso.my.salesforce.com), not login.salesforce.com or "
+            "test.salesforce.com",
+        )
     if error == "invalid_grant":
-        return PermanentError(said, fix="check that the Run As user is active and not locked out, and that its "
-                              "profile's Login IP Ranges allow the Function App: " + ECA_IP)  # fmt: skip
+        return PermanentError(
+            said,
+            fix="check that the Run As user is active and not locked out, and that its "
+            "profile's Login IP Ranges allow the Function App: " + ECA_IP,
+        )
     if error == "rate_limit_exceeded" or status == 429 or status >= 500:
         return TransientError(said, retry_after=_seconds(retry_after) or 60.0)
     if error in TOKEN_FIXES:
         message, fix = TOKEN_FIXES[error]
         return PermanentError(f"{message} ({error})", fix=fix)
-    return from_status(status, said, retry_after, fix="check SALESFORCE_URL, SALESFORCE_CLIENT_ID and "
-                       "SALESFORCE_CLIENT_SECRET against the External Client App")  # fmt: skip
+    return from_status(
+        status,
+        said,
+        retry_after,
+        fix="check SALESFORCE_URL, SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET against the External Client App",
+    )
 
 
 def _seconds(value: str | None) -> float | None:
@@ -467,9 +571,17 @@ class SalesforceDestination(Destination):
         """The built-in record of an org whose Lead Source picklist holds the marketplace's words."""
         return lead_record(lead, route, LeadFields({word.casefold(): word for word in SOURCE_WORDS.values()}))
 
-    def __init__(self, url: str, client_id: str, client_secret: str, external_id_field: str = "",
-                 timeout: float = 30.0, session: requests.Session | None = None,
-                 web_to_lead_also_set: bool = False, mapping: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        client_secret: str,
+        external_id_field: str = "",
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        web_to_lead_also_set: bool = False,
+        mapping: str = "",
+    ) -> None:
         self.url = url.strip().rstrip("/")
         self.mappings = Mappings("SALESFORCE_MAPPING", mapping)
         self.client_id = client_id.strip()
@@ -495,9 +607,15 @@ class SalesforceDestination(Destination):
     def from_settings(cls, settings: Settings) -> SalesforceDestination | None:
         if not cls.is_enabled(settings):
             return None
-        return cls(settings.salesforce_url, settings.salesforce_client_id, settings.salesforce_client_secret,
-                   settings.salesforce_external_id_field, settings.http_timeout_seconds,
-                   web_to_lead_also_set=bool(settings.salesforce_oid), mapping=settings.salesforce_mapping)  # fmt: skip
+        return cls(
+            settings.salesforce_url,
+            settings.salesforce_client_id,
+            settings.salesforce_client_secret,
+            settings.salesforce_external_id_field,
+            settings.http_timeout_seconds,
+            web_to_lead_also_set=bool(settings.salesforce_oid),
+            mapping=settings.salesforce_mapping,
+        )
 
     # -- sending
 
@@ -507,8 +625,9 @@ class SalesforceDestination(Destination):
         self._settings_problem(raise_it=True)
         try:
             fields = self.lead_fields()
-            record = mapped_record(self.mappings, route, lead, lead_record(lead, route, fields), lambda: fields.specs,
-                                   CRM)  # fmt: skip
+            record = mapped_record(
+                self.mappings, route, lead, lead_record(lead, route, fields), lambda: fields.specs, CRM
+            )
             if self.external_id_field:
                 return self._upsert(lead, record)
             return self._find_or_create(lead, record)
@@ -532,8 +651,9 @@ class SalesforceDestination(Destination):
             # Two records already hold this lead id (the field is not Unique): it is delivered.
             urls = exc.content if isinstance(exc.content, list) else []
             ids = [str(url).rstrip("/").rsplit("/", 1)[-1] for url in urls]
-            log.warning("lead %s: %d Salesforce leads hold it; make %s Unique", lead.lead_id, len(ids),
-                        self.external_id_field)  # fmt: skip
+            log.warning(
+                "lead %s: %d Salesforce leads hold it; make %s Unique", lead.lead_id, len(ids), self.external_id_field
+            )
             return Sent(external_id=ids[0] if ids else None, detail={"action": "found"})
         except SalesforceMalformedRequest as exc:
             codes = {item.get("errorCode") for item in salesforce_errors(exc.content)}
@@ -565,8 +685,9 @@ class SalesforceDestination(Destination):
         if "Email" in record:
             where = format_soql("CreatedDate >= {} AND Email = {}", since, record["Email"])
         else:
-            where = format_soql("CreatedDate >= {} AND LastName = {} AND Company = {}", since, record["LastName"],
-                                record["Company"])  # fmt: skip
+            where = format_soql(
+                "CreatedDate >= {} AND LastName = {} AND Company = {}", since, record["LastName"], record["Company"]
+            )
         soql = f"SELECT Id, Description FROM Lead WHERE {where} ORDER BY CreatedDate LIMIT 200"
         marker = MARKER + lead.lead_id
         for row in sf.query(soql, timeout=self.timeout).get("records", []):
@@ -596,8 +717,12 @@ class SalesforceDestination(Destination):
                 from simple_salesforce import Salesforce
 
                 self._token = self.request_token()
-                self._client = Salesforce(instance_url=self._token.instance_url, session_id=self._token.access_token,
-                                          session=self.session, version=API_VERSION)  # fmt: skip
+                self._client = Salesforce(
+                    instance_url=self._token.instance_url,
+                    session_id=self._token.access_token,
+                    session=self.session,
+                    version=API_VERSION,
+                )
             return self._client
 
     def request_token(self) -> Token:
@@ -608,14 +733,19 @@ class SalesforceDestination(Destination):
         try:
             response = self.session.post(
                 f"{self.url}/services/oauth2/token",
-                data={"grant_type": "client_credentials", "client_id": self.client_id,
-                      "client_secret": self.client_secret},
-                headers={"Accept": "application/json"}, timeout=self.timeout, allow_redirects=False,
-            )  # fmt: skip
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                },
+                headers={"Accept": "application/json"},
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(str(unreachable(exc)),
-                                 fix="check SALESFORCE_URL (the org's My Domain URL) and the "
-                                 "network") from None  # fmt: skip
+            raise TransientError(
+                str(unreachable(exc)), fix="check SALESFORCE_URL (the org's My Domain URL) and the network"
+            ) from None
         try:
             body = response.json()
         except ValueError:
@@ -624,17 +754,26 @@ class SalesforceDestination(Destination):
             body = {}
         if response.status_code == 200 and body.get("access_token"):
             identity = str(body.get("id") or "").rstrip("/").split("/")
-            return Token(body["access_token"], str(body.get("instance_url") or self.url).rstrip("/"),
-                         user_id=identity[-1] if len(identity) >= 2 else None,
-                         org_id=identity[-2] if len(identity) >= 2 else None)  # fmt: skip
+            return Token(
+                body["access_token"],
+                str(body.get("instance_url") or self.url).rstrip("/"),
+                user_id=identity[-1] if len(identity) >= 2 else None,
+                org_id=identity[-2] if len(identity) >= 2 else None,
+            )
         if body.get("error"):
-            raise token_error(response.status_code, str(body["error"]), str(body.get("error_description") or ""),
-                              response.headers.get("Retry-After"))  # fmt: skip
+            raise token_error(
+                response.status_code,
+                str(body["error"]),
+                str(body.get("error_description") or ""),
+                response.headers.get("Retry-After"),
+            )
         if response.status_code >= 500 or response.status_code == 429:
             raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"))
-        raise PermanentError(f"{self.url}/services/oauth2/token answered {response.status_code} without a token",
-                             fix="SALESFORCE_URL must be the org's My Domain URL, e.g. "
-                             "https://contoso.my.salesforce.com (Setup → My Domain)")  # fmt: skip
+        raise PermanentError(
+            f"{self.url}/services/oauth2/token answered {response.status_code} without a token",
+            fix="SALESFORCE_URL must be the org's My Domain URL, e.g. "
+            "https://contoso.my.salesforce.com (Setup → My Domain)",
+        )
 
     def lead_fields(self) -> LeadFields:
         """What the mapping needs from ``GET /sobjects/Lead/describe``, read again each hour (an
@@ -651,24 +790,39 @@ class SalesforceDestination(Destination):
     # -- checking
 
     def _settings_problem(self, raise_it: bool = False) -> PermanentError | None:
-        missing = [name for name, value in (("SALESFORCE_URL", self.url), ("SALESFORCE_CLIENT_ID", self.client_id),
-                                            ("SALESFORCE_CLIENT_SECRET", self.client_secret)) if not value]  # fmt: skip
+        missing = [
+            name
+            for name, value in (
+                ("SALESFORCE_URL", self.url),
+                ("SALESFORCE_CLIENT_ID", self.client_id),
+                ("SALESFORCE_CLIENT_SECRET", self.client_secret),
+            )
+            if not value
+        ]
         problem = None
         host = urlparse(self.url).hostname or ""
         if missing:
-            problem = PermanentError(f"{', '.join(missing)} not set",
-                                     fix="the REST API needs all three: SALESFORCE_URL (My Domain URL), and the "
-                                     "External Client App's Consumer Key and Secret")  # fmt: skip
+            problem = PermanentError(
+                f"{', '.join(missing)} not set",
+                fix="the REST API needs all three: SALESFORCE_URL (My Domain URL), and the "
+                "External Client App's Consumer Key and Secret",
+            )
         elif not self.url.startswith("https://") or not host:
-            problem = PermanentError(f"SALESFORCE_URL={self.url} is not an https URL",
-                                     fix="use the org's My Domain URL, e.g. https://contoso.my.salesforce.com")
+            problem = PermanentError(
+                f"SALESFORCE_URL={self.url} is not an https URL",
+                fix="use the org's My Domain URL, e.g. https://contoso.my.salesforce.com",
+            )
         elif host.endswith(".lightning.force.com"):
-            problem = PermanentError(f"SALESFORCE_URL={self.url} is a Lightning page address, not the API's",
-                                     fix=f"use https://{host.split('.')[0]}.my.salesforce.com (Setup → My Domain)")
+            problem = PermanentError(
+                f"SALESFORCE_URL={self.url} is a Lightning page address, not the API's",
+                fix=f"use https://{host.split('.')[0]}.my.salesforce.com (Setup → My Domain)",
+            )
         elif host in ("login.salesforce.com", "test.salesforce.com"):
-            problem = PermanentError(f"SALESFORCE_URL={self.url} is the generic login host",
-                                     fix="the client credentials flow works only on the org's My Domain URL, e.g. "
-                                     "https://contoso.my.salesforce.com (Setup → My Domain)")  # fmt: skip
+            problem = PermanentError(
+                f"SALESFORCE_URL={self.url} is the generic login host",
+                fix="the client credentials flow works only on the org's My Domain URL, e.g. "
+                "https://contoso.my.salesforce.com (Setup → My Domain)",
+            )
         if problem and raise_it:
             raise problem
         return problem
@@ -694,40 +848,73 @@ class SalesforceDestination(Destination):
         self._fields_at = time.monotonic()
         fields = {field["name"]: field for field in describe.get("fields", [])}
         if not describe.get("createable", True):
-            return Check(False, "the Run As user may not create Leads",
-                         fix=FIXES["INSUFFICIENT_ACCESS_OR_READONLY"])  # fmt: skip
-        written = ["FirstName", "LastName", "Company", "Email", "Phone", "Title", "Description",
-                   "HasOptedOutOfEmail", "DoNotCall",
-                   "CountryCode" if "CountryCode" in fields else "Country"]  # fmt: skip
-        locked = [name for name in written if not fields.get(name, {}).get("createable")
-                  or (self.external_id_field and not fields.get(name, {}).get("updateable"))]  # fmt: skip
+            return Check(False, "the Run As user may not create Leads", fix=FIXES["INSUFFICIENT_ACCESS_OR_READONLY"])
+        written = [
+            "FirstName",
+            "LastName",
+            "Company",
+            "Email",
+            "Phone",
+            "Title",
+            "Description",
+            "HasOptedOutOfEmail",
+            "DoNotCall",
+            "CountryCode" if "CountryCode" in fields else "Country",
+        ]
+        locked = [
+            name
+            for name in written
+            if not fields.get(name, {}).get("createable")
+            or (self.external_id_field and not fields.get(name, {}).get("updateable"))
+        ]
         if locked:
-            return Check(False, f"the Run As user may not write {', '.join(locked)} on Leads",
-                         fix=FIXES["INVALID_FIELD_FOR_INSERT_UPDATE"].format(fields=", ".join(locked))
-                         + (" (an upsert needs both Create and Edit)" if self.external_id_field else ""))  # fmt: skip
-        notes = [f"token for {self._token.user_id or 'the Run As user'} at {self._token.instance_url}"
-                 if self._token else "token"]  # fmt: skip
+            return Check(
+                False,
+                f"the Run As user may not write {', '.join(locked)} on Leads",
+                fix=FIXES["INVALID_FIELD_FOR_INSERT_UPDATE"].format(fields=", ".join(locked))
+                + (" (an upsert needs both Create and Edit)" if self.external_id_field else ""),
+            )
+        notes = [
+            f"token for {self._token.user_id or 'the Run As user'} at {self._token.instance_url}"
+            if self._token
+            else "token"
+        ]
         if self.external_id_field:
             field = fields.get(self.external_id_field)
             if field is None:
-                return Check(False, f"Lead has no field {self.external_id_field} that the Run As user can see",
-                             fix="create it on Lead as Text(64), Unique, External ID (Setup → Object Manager → "
-                             "Lead → Fields & Relationships), give the Run As user Edit access to it, and set "
-                             "SALESFORCE_EXTERNAL_ID_FIELD to its API name (ending __c)")  # fmt: skip
+                return Check(
+                    False,
+                    f"Lead has no field {self.external_id_field} that the Run As user can see",
+                    fix="create it on Lead as Text(64), Unique, External ID (Setup → Object Manager → "
+                    "Lead → Fields & Relationships), give the Run As user Edit access to it, and set "
+                    "SALESFORCE_EXTERNAL_ID_FIELD to its API name (ending __c)",
+                )
             if not field.get("externalId"):
-                return Check(False, f"{self.external_id_field} is not marked External ID, so it cannot be upserted on",
-                             fix="edit the field and tick 'External ID' (and 'Unique'), or use another field")
+                return Check(
+                    False,
+                    f"{self.external_id_field} is not marked External ID, so it cannot be upserted on",
+                    fix="edit the field and tick 'External ID' (and 'Unique'), or use another field",
+                )
             if not (field.get("createable") and field.get("updateable")):
-                return Check(False, f"the Run As user may not write {self.external_id_field}",
-                             fix=FIXES["INVALID_FIELD_FOR_INSERT_UPDATE"].format(fields=self.external_id_field))
-            notes.append(f"upserts on {self.external_id_field}" + ("" if field.get("unique") else
-                         " (tick 'Unique' on it so two records can never hold one lead)"))  # fmt: skip
+                return Check(
+                    False,
+                    f"the Run As user may not write {self.external_id_field}",
+                    fix=FIXES["INVALID_FIELD_FOR_INSERT_UPDATE"].format(fields=self.external_id_field),
+                )
+            notes.append(
+                f"upserts on {self.external_id_field}"
+                + ("" if field.get("unique") else " (tick 'Unique' on it so two records can never hold one lead)")
+            )
         else:
-            notes.append("no SALESFORCE_EXTERNAL_ID_FIELD: each lead is looked up (one more API call) before it is "
-                         "created; an External ID field makes delivery idempotent by design")  # fmt: skip
+            notes.append(
+                "no SALESFORCE_EXTERNAL_ID_FIELD: each lead is looked up (one more API call) before it is "
+                "created; an External ID field makes delivery idempotent by design"
+            )
         if "LeadSource" in fields and not self._fields.lead_sources.keys() & {"azure marketplace", "appsource"}:
-            notes.append("Lead Source left empty: add 'Azure Marketplace', 'AppSource', 'Azure portal' and "
-                         "'Test Drive' to its picklist to have it filled")  # fmt: skip
+            notes.append(
+                "Lead Source left empty: add 'Azure Marketplace', 'AppSource', 'Azure portal' and "
+                "'Test Drive' to its picklist to have it filled"
+            )
         mapped = check_mapping(self.mappings, lambda: self._fields.specs, CRM, MAPPING_FIX)
         if isinstance(mapped, Check):
             return mapped
@@ -736,8 +923,9 @@ class SalesforceDestination(Destination):
         if usage is not None:
             notes.append(f"API requests used {usage.used}/{usage.total} in the last 24 hours")
         if self.web_to_lead_also_set:
-            notes.append("SALESFORCE_OID is set too and ignored: the REST API delivers (both would create each "
-                         "lead twice)")  # fmt: skip
+            notes.append(
+                "SALESFORCE_OID is set too and ignored: the REST API delivers (both would create each lead twice)"
+            )
         return Check(True, "; ".join(notes))
 
 
@@ -771,25 +959,35 @@ class SalesforceWebToLeadDestination(Destination):
         problem = self._settings_problem()
         if problem:
             raise problem
-        response = self.session.post(self.url, data=web_to_lead_form(lead, route, self.oid),
-                                     headers={"User-Agent": "marketplace-lead-router"},
-                                     timeout=self.timeout, allow_redirects=False)  # fmt: skip
+        response = self.session.post(
+            self.url,
+            data=web_to_lead_form(lead, route, self.oid),
+            headers={"User-Agent": "marketplace-lead-router"},
+            timeout=self.timeout,
+            allow_redirects=False,
+        )
         if 200 <= response.status_code < 400:  # 200, or a redirect to retURL: all Web-to-Lead ever says
             return Sent(external_id=None, detail={"note": "Web-to-Lead does not confirm that a lead was created"})
-        raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"),
-                          fix="check SALESFORCE_WEB_TO_LEAD_URL" if response.status_code in (403, 404, 405)
-                          else None)  # fmt: skip
+        raise from_status(
+            response.status_code,
+            response.reason or "",
+            response.headers.get("Retry-After"),
+            fix="check SALESFORCE_WEB_TO_LEAD_URL" if response.status_code in (403, 404, 405) else None,
+        )
 
     def _settings_problem(self) -> PermanentError | None:
         if not re.fullmatch(r"00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?", self.oid):
-            return PermanentError("SALESFORCE_OID is not a Salesforce organisation id (00D followed by 12 or 15 "
-                                  "letters and digits)", fix="copy the Salesforce.com Organization ID from Setup → "
-                                  "Company Information into SALESFORCE_OID")  # fmt: skip
+            return PermanentError(
+                "SALESFORCE_OID is not a Salesforce organisation id (00D followed by 12 or 15 letters and digits)",
+                fix="copy the Salesforce.com Organization ID from Setup → Company Information into SALESFORCE_OID",
+            )
         parsed = urlparse(self.url)
         local = parsed.hostname in ("127.0.0.1", "localhost", "::1")
         if parsed.scheme != "https" and not (local and parsed.scheme == "http"):
-            return PermanentError(f"SALESFORCE_WEB_TO_LEAD_URL={self.url} is not an https URL",
-                                  fix="leave SALESFORCE_WEB_TO_LEAD_URL unset for Salesforce's own Web-to-Lead URL")
+            return PermanentError(
+                f"SALESFORCE_WEB_TO_LEAD_URL={self.url} is not an https URL",
+                fix="leave SALESFORCE_WEB_TO_LEAD_URL unset for Salesforce's own Web-to-Lead URL",
+            )
         return None
 
     def check(self) -> Check:
@@ -803,9 +1001,15 @@ class SalesforceWebToLeadDestination(Destination):
         try:
             response = self.session.get(self.url, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
-            return Check(False, f"could not reach {urlparse(self.url).netloc}: {type(exc).__name__}",
-                         fix="check SALESFORCE_WEB_TO_LEAD_URL and the network")
+            return Check(
+                False,
+                f"could not reach {urlparse(self.url).netloc}: {type(exc).__name__}",
+                fix="check SALESFORCE_WEB_TO_LEAD_URL and the network",
+            )
         if response.status_code >= 500 or response.status_code in (403, 404):
-            return Check(False, f"the Web-to-Lead URL answered {response.status_code}",
-                         fix="leave SALESFORCE_WEB_TO_LEAD_URL unset for Salesforce's own Web-to-Lead URL")
+            return Check(
+                False,
+                f"the Web-to-Lead URL answered {response.status_code}",
+                fix="leave SALESFORCE_WEB_TO_LEAD_URL unset for Salesforce's own Web-to-Lead URL",
+            )
         return Check(True, f"Web-to-Lead reachable for org {self.oid}. {W2L_NOTE}", fix=W2L_FIX)

@@ -74,8 +74,20 @@ def slack_message(leads: list[Lead], route: Route, pii: str, portal_url: str) ->
         dnc = sum(lead.do_not_contact for lead in leads)
         title = ("[TEST] " if test else "") + f"{len(leads)} new leads" + (f" ({dnc} do not contact)" if dnc else "")
         blocks.append({"type": "header", "text": {"type": "plain_text", "text": title[:150]}})
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": escape(
-            f"{len(leads)} leads arrived while Slack's posting rate was reached, so they are listed together.")}]})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": escape(
+                            f"{len(leads)} leads arrived while Slack's posting rate was reached, "
+                            "so they are listed together."
+                        ),
+                    }
+                ],
+            }
+        )
     fallback = []
     for lead in leads:
         lead_test = lead.is_test or route.test
@@ -100,8 +112,9 @@ def slack_message(leads: list[Lead], route: Route, pii: str, portal_url: str) ->
     room = BLOCKS_MAX - len(blocks)
     per_block = -(-len(sections) // room)
     for start in range(0, len(sections), per_block):
-        text = within("\n\n".join(sections[start:start + per_block]), SECTION_MAX)
+        text = within("\n\n".join(sections[start : start + per_block]), SECTION_MAX)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
-    text = ("[TEST] " if test and len(leads) > 1 else "") + \
-        (fallback[0] if len(leads) == 1 else f"{len(leads)} new leads: " + "; ".join(fallback))  # fmt: skip
+    text = ("[TEST] " if test and len(leads) > 1 else "") + (
+        fallback[0] if len(leads) == 1 else f"{len(leads)} new leads: " + "; ".join(fallback)
+    )
     return {"text": within(escape(text), FALLBACK_MAX), "blocks": blocks}

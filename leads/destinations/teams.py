@@ -58,8 +58,10 @@ class TeamsDestination(ChatDestination):
             code = ""
         fix = None
         if response.status_code in (401, 403):
-            fix = ("the workflow refused the post: in its trigger, set 'Who can trigger the flow' to Anyone "
-                   "(the URL's signature is what protects it)")  # fmt: skip
+            fix = (
+                "the workflow refused the post: in its trigger, set 'Who can trigger the flow' to Anyone "
+                "(the URL's signature is what protects it)"
+            )
         elif response.status_code == 404:
             fix = "the workflow was deleted or turned off: create it again and update the channel's URL setting"
         elif response.status_code == 400:
@@ -90,8 +92,15 @@ def _card(leads: list[Lead], route: Route, pii: str, portal_url: str, descriptio
         dnc = sum(lead.do_not_contact for lead in leads)
         title = ("[TEST] " if test else "") + f"{len(leads)} new leads" + (f" ({dnc} do not contact)" if dnc else "")
         body.append(_text(escape(title), weight="Bolder", size="Large"))
-        body.append(_text(escape(f"{len(leads)} leads arrived while Teams' sending limit was reached, so they are "
-                                 "listed together in this one card."), isSubtle=True))  # fmt: skip
+        body.append(
+            _text(
+                escape(
+                    f"{len(leads)} leads arrived while Teams' sending limit was reached, so they are "
+                    "listed together in this one card."
+                ),
+                isSubtle=True,
+            )
+        )
     for index, lead in enumerate(leads):
         lead_test = lead.is_test or route.test
         view = lead_view(lead, pii, portal_url, lead_test, heading=headline(lead, pii))
@@ -115,8 +124,12 @@ def _card(leads: list[Lead], route: Route, pii: str, portal_url: str, descriptio
                     value = cut(row["value"], description_max)
                 else:
                     value = row["value"]
-                notes.append(_text(f"**{escape(row['label'])}**\n\n" + "\n\n".join(
-                    escape(line) for line in value.splitlines() if line.strip())))  # fmt: skip
+                notes.append(
+                    _text(
+                        f"**{escape(row['label'])}**\n\n"
+                        + "\n\n".join(escape(line) for line in value.splitlines() if line.strip())
+                    )
+                )
             else:
                 facts.append({"title": escape(row["label"]), "value": escape(row["value"])})
         if facts:
@@ -126,13 +139,22 @@ def _card(leads: list[Lead], route: Route, pii: str, portal_url: str, descriptio
             container.append(_text(f"**Next step:** {escape(view['next_step'])}"))
         link = portal_link(portal_url, lead.lead_id)
         if link and len(actions) < 5:
-            actions.append({"type": "Action.OpenUrl", "url": link,
-                            "title": "Open the lead" if len(leads) == 1 else f"Open lead {index + 1}"})  # fmt: skip
+            actions.append(
+                {
+                    "type": "Action.OpenUrl",
+                    "url": link,
+                    "title": "Open the lead" if len(leads) == 1 else f"Open lead {index + 1}",
+                }
+            )
         if view["find"] and not view["find"]["href"] and not compact:
             container.append(_text(escape(f"{view['find']['text']} {view['find']['link']}"), isSubtle=True))
         body.append({"type": "Container", "items": container, "separator": index > 0, "spacing": "Medium"})
-    card: dict[str, Any] = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
-                            "version": CARD_VERSION, "body": body}  # fmt: skip
+    card: dict[str, Any] = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": CARD_VERSION,
+        "body": body,
+    }
     if actions:
         card["actions"] = actions
     return card

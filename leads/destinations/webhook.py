@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from leads.core.model import Lead
     from leads.core.settings import Settings
 
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The ``X-Leads-Signature`` value for a body sent at ``timestamp``."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
@@ -82,13 +83,17 @@ class WebhookDestination(Destination):
             # Many receivers take only POST (501 or 405 to a HEAD, 404 from routers that match on
             # the method, 401 without a signature): the receiver is up, what a POST gets is unknown.
             unsigned = "" if self.secret else "; requests are unsigned"
-            return Check.warn(f"{self.url} is up but answers a HEAD (sent instead of a lead) with {status}: "
-                              f"whether it takes leads is not known{unsigned}",
-                              "send it a test lead: python -m leads test-lead, with LEADS_TEST_LEADS=deliver "
-                              "set for the app (test leads are only mailed by default)")  # fmt: skip
+            return Check.warn(
+                f"{self.url} is up but answers a HEAD (sent instead of a lead) with {status}: "
+                f"whether it takes leads is not known{unsigned}",
+                "send it a test lead: python -m leads test-lead, with LEADS_TEST_LEADS=deliver "
+                "set for the app (test leads are only mailed by default)",
+            )
         if not self.secret:
-            return Check.warn(f"{self.url} answers {status}, but WEBHOOK_SECRET is not set",
-                              "set WEBHOOK_SECRET so the receiver can verify X-Leads-Signature")  # fmt: skip
+            return Check.warn(
+                f"{self.url} answers {status}, but WEBHOOK_SECRET is not set",
+                "set WEBHOOK_SECRET so the receiver can verify X-Leads-Signature",
+            )
         return Check(True, f"{self.url} answers {status}; requests are signed")
 
     def send(self, lead: Lead, route: Route) -> Sent:
@@ -106,13 +111,21 @@ class WebhookDestination(Destination):
         if 200 <= response.status_code < 300:
             return Sent(external_id=response.headers.get("X-Request-Id") or None)
         if response.status_code == 410:
-            raise PermanentError("the webhook answered 410 Gone", fix="the receiver is retired: set WEBHOOK_URL to its "
-                                 "new address (or remove it), then replay the failed deliveries")  # fmt: skip
+            raise PermanentError(
+                "the webhook answered 410 Gone",
+                fix="the receiver is retired: set WEBHOOK_URL to its "
+                "new address (or remove it), then replay the failed deliveries",
+            )
         fix = None
         if response.status_code in (401, 403):
             fix = "the receiver refused the request: check that it uses the same WEBHOOK_SECRET"
-        raise from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix,
-                          said=service_said(response))  # fmt: skip
+        raise from_status(
+            response.status_code,
+            response.reason or "",
+            response.headers.get("Retry-After"),
+            fix=fix,
+            said=service_said(response),
+        )
 
 
 def _unreachable_fix(url: str) -> str:
@@ -124,6 +137,8 @@ def _unreachable_fix(url: str) -> str:
 
     host = urlsplit(url).hostname or ""
     if is_loopback(host):
-        return (f"start the receiver on this machine ({host}:{urlsplit(url).port or 80}), or correct WEBHOOK_URL; "
-                "a loopback URL reaches only a local run, the deployed app needs a public one")  # fmt: skip
+        return (
+            f"start the receiver on this machine ({host}:{urlsplit(url).port or 80}), or correct WEBHOOK_URL; "
+            "a loopback URL reaches only a local run, the deployed app needs a public one"
+        )
     return "check the URL, and that the receiver is up and reachable from where the app runs (Azure)"

@@ -57,8 +57,18 @@ PARTNER_CENTER_FIELDS: dict[str, tuple[str, ...]] = {
     "offerId": ("offerid", "productid"),
     "source": ("leadsource", "source", "marketplace", "storefront"),
     "action": ("action", "actioncode", "leadaction", "actiontaken", "leadtype"),
-    "createdAt": ("createddate", "created", "createdon", "createdtime", "createdat", "date", "leaddate",
-                  "datecreated", "timestamp", "receiveddate"),  # fmt: skip
+    "createdAt": (
+        "createddate",
+        "created",
+        "createdon",
+        "createdtime",
+        "createdat",
+        "date",
+        "leaddate",
+        "datecreated",
+        "timestamp",
+        "receiveddate",
+    ),
     "description": ("description", "comments", "comment", "notes", "message", "details"),
 }
 # Words of a header that may hold a date the mapping did not take: named in a warning.
@@ -174,8 +184,9 @@ class Source:
                 yield record
                 continue
             number, cells = record
-            entity = {name: value for name, value in zip(headers, cells, strict=False)
-                      if name and not name.endswith("@type")}  # fmt: skip
+            entity = {
+                name: value for name, value in zip(headers, cells, strict=False) if name and not name.endswith("@type")
+            }
             try:
                 received = parse_time(entity.get("Timestamp") or entity.get("CreatedTime"))
                 lead = from_table_entity(entity, table, received_at=received)
@@ -194,14 +205,20 @@ class Source:
                 continue
             number, cells = record
             try:
-                yield _partner_center_row(number, {name: cells[index].strip() for name, index in mapping.items()
-                                                   if index < len(cells)})  # fmt: skip
+                yield _partner_center_row(
+                    number, {name: cells[index].strip() for name, index in mapping.items() if index < len(cells)}
+                )
             except LeadValidationError as exc:
                 yield Refused(number, str(exc))
 
 
-def open_source(path: Path, format: str = "auto", columns: dict[str, str] | None = None,  # noqa: A002
-                encoding: str | None = None, lenient: bool = False) -> Source:  # fmt: skip
+def open_source(
+    path: Path,
+    format: str = "auto",
+    columns: dict[str, str] | None = None,  # noqa: A002
+    encoding: str | None = None,
+    lenient: bool = False,
+) -> Source:
     """``path`` read as far as its header: its encoding, format, delimiter and (Partner Center)
     column mapping. Raises :class:`ImportError_` for what makes the file unusable. With
     ``lenient`` (one of several files), a ``--column`` naming a header this file lacks is a warning."""
@@ -238,22 +255,35 @@ def open_source(path: Path, format: str = "auto", columns: dict[str, str] | None
     if chosen == "table-csv":
         return source
     mapping, skipped = _map_columns(headers, columns or {}, lenient)
-    source.warnings += [f"--column {name}={header}: this file has no such column (its headers: {headers}); the "
-                        "column matched by name is read" for name, header in skipped.items()]  # fmt: skip
+    source.warnings += [
+        f"--column {name}={header}: this file has no such column (its headers: {headers}); the "
+        "column matched by name is read"
+        for name, header in skipped.items()
+    ]
     source.mapping = mapping
     if not any(name in mapping for name in ("email", "lastName", "company")):
-        raise ImportError_(f"no column of {path} reads as the customer's email, last name or company; headers: "
-                           f"{headers}; name them with --column email=HEADER")  # fmt: skip
+        raise ImportError_(
+            f"no column of {path} reads as the customer's email, last name or company; headers: "
+            f"{headers}; name them with --column email=HEADER"
+        )
     if "createdAt" not in mapping:
         taken = set(mapping.values())
-        maybe = [name for index, name in enumerate(headers)
-                 if index not in taken and any(word in _squash(name) for word in _DATE_WORDS)]  # fmt: skip
+        maybe = [
+            name
+            for index, name in enumerate(headers)
+            if index not in taken and any(word in _squash(name) for word in _DATE_WORDS)
+        ]
         unknown = f": {', '.join(map(repr, maybe))} is not a header the import knows" if maybe else ""
-        hint = (f"if {maybe[0]!r} is the created date, give --column createdAt={_quoted(maybe[0])}" if maybe
-                else "if the file has one, name it with --column createdAt=HEADER")  # fmt: skip
-        source.warnings.append(f"no column is read as the created date{unknown}. Rows are matched against the leads "
-                               "of the last 6 months (as long as Partner Center keeps them), and new ones are stored "
-                               f"unsent unless --deliver; {hint}")  # fmt: skip
+        hint = (
+            f"if {maybe[0]!r} is the created date, give --column createdAt={_quoted(maybe[0])}"
+            if maybe
+            else "if the file has one, name it with --column createdAt=HEADER"
+        )
+        source.warnings.append(
+            f"no column is read as the created date{unknown}. Rows are matched against the leads "
+            "of the last 6 months (as long as Partner Center keeps them), and new ones are stored "
+            f"unsent unless --deliver; {hint}"
+        )
     return source
 
 
@@ -263,8 +293,7 @@ def map_columns(headers: list[str], overrides: dict[str, str]) -> dict[str, int]
     return _map_columns(headers, overrides, lenient=False)[0]
 
 
-def _map_columns(headers: list[str], overrides: dict[str, str],
-                 lenient: bool) -> tuple[dict[str, int], dict[str, str]]:  # fmt: skip
+def _map_columns(headers: list[str], overrides: dict[str, str], lenient: bool) -> tuple[dict[str, int], dict[str, str]]:
     """:func:`map_columns`, and the overrides skipped with ``lenient`` (their header is not in
     this file, one of several)."""
     squashed = [_squash(header) for header in headers]
@@ -320,7 +349,7 @@ def detect_encoding(path: Path) -> tuple[str, str]:
         return "utf-16", f"UTF-16 {'LE' if head.startswith(codecs.BOM_UTF16_LE) else 'BE'} with a BOM"
     pairs = len(head) // 2
     if pairs >= 8:  # UTF-16 without a BOM: every other byte of Latin text is NUL
-        even, odd = head[0:pairs * 2:2].count(0), head[1:pairs * 2:2].count(0)
+        even, odd = head[0 : pairs * 2 : 2].count(0), head[1 : pairs * 2 : 2].count(0)
         if odd > pairs * 0.3 and even < pairs * 0.05:
             return "utf-16-le", "UTF-16 LE (no BOM: told by its NUL bytes)"
         if even > pairs * 0.3 and odd < pairs * 0.05:
@@ -328,7 +357,7 @@ def detect_encoding(path: Path) -> tuple[str, str]:
     if _decodes(path, "utf-8"):
         return "utf-8", "UTF-8"
     if _decodes(path, "cp1252"):
-        return "cp1252", "Windows-1252 (not UTF-8: what Excel's \"CSV (Comma delimited)\" writes in Western locales)"
+        return "cp1252", 'Windows-1252 (not UTF-8: what Excel\'s "CSV (Comma delimited)" writes in Western locales)'
     from charset_normalizer import from_bytes
 
     guess = from_bytes(_non_ascii_sample(path)).best()
@@ -477,18 +506,26 @@ def _from_bodies(items: Iterator[tuple[int, Any]]) -> Iterator[Row | Refused]:
         except LeadValidationError as exc:
             yield Refused(number, str(exc))
             continue
-        yield _as_import(number, lead, json.dumps(body, sort_keys=True, ensure_ascii=False, default=str),
-                         created is not None)  # fmt: skip
+        yield _as_import(
+            number, lead, json.dumps(body, sort_keys=True, ensure_ascii=False, default=str), created is not None
+        )
 
 
 def _partner_center_row(number: int, row: dict[str, str]) -> Row:
     source, action = row.get("source") or "", row.get("action") or ""
     body = {
-        "UserDetails": {"FirstName": row.get("firstName"), "LastName": row.get("lastName"), "Email": row.get("email"),
-                        "Phone": row.get("phone"), "Country": row.get("country"), "Company": row.get("company"),
-                        "Title": row.get("title")},  # fmt: skip
-        "LeadSource": source + (f"-{action}" if action and "-" not in source else "") +
-        (f"|{row['offerId']}" if row.get("offerId") else ""),
+        "UserDetails": {
+            "FirstName": row.get("firstName"),
+            "LastName": row.get("lastName"),
+            "Email": row.get("email"),
+            "Phone": row.get("phone"),
+            "Country": row.get("country"),
+            "Company": row.get("company"),
+            "Title": row.get("title"),
+        },
+        "LeadSource": source
+        + (f"-{action}" if action and "-" not in source else "")
+        + (f"|{row['offerId']}" if row.get("offerId") else ""),
         "ActionCode": action,
         "OfferTitle": row.get("offer"),
         "Description": row.get("description"),
@@ -516,8 +553,16 @@ def _created(body: Any) -> datetime | None:
     return None
 
 
-_DATE_FORMATS = ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d.%m.%Y %H:%M",
-                 "%d.%m.%Y", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d")  # fmt: skip
+_DATE_FORMATS = (
+    "%m/%d/%Y %I:%M:%S %p",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y",
+    "%d.%m.%Y %H:%M",
+    "%d.%m.%Y",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d",
+)
 
 
 def parse_time(value: Any) -> datetime | None:

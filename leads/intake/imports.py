@@ -91,10 +91,19 @@ class FileReport:
             setattr(self, name, getattr(self, name) + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        body = {"file": self.file, "format": self.format, "encoding": self.encoding, "read": self.read,
-                "alreadyReceived": self.already_received, "erased": self.erased, "importedAndQueued": self.imported,
-                "importedNotSent": self.imported_not_sent, "refused": len(self.refused), "undated": self.undated,
-                "warnings": self.warnings}  # fmt: skip
+        body = {
+            "file": self.file,
+            "format": self.format,
+            "encoding": self.encoding,
+            "read": self.read,
+            "alreadyReceived": self.already_received,
+            "erased": self.erased,
+            "importedAndQueued": self.imported,
+            "importedNotSent": self.imported_not_sent,
+            "refused": len(self.refused),
+            "undated": self.undated,
+            "warnings": self.warnings,
+        }
         if self.delimiter is not None:
             body["delimiter"] = self.delimiter
         if self.mapping is not None:
@@ -127,9 +136,16 @@ class ImportReport:
     mapping = property(lambda self: self.files[0].mapping)
 
     def to_dict(self) -> dict[str, Any]:
-        body = {"files": [report.to_dict() for report in self.files], "read": self.read,
-                "alreadyReceived": self.already_received, "erased": self.erased, "importedAndQueued": self.imported,
-                "importedNotSent": self.imported_not_sent, "refused": self.refused, "dryRun": self.dry_run}  # fmt: skip
+        body = {
+            "files": [report.to_dict() for report in self.files],
+            "read": self.read,
+            "alreadyReceived": self.already_received,
+            "erased": self.erased,
+            "importedAndQueued": self.imported,
+            "importedNotSent": self.imported_not_sent,
+            "refused": self.refused,
+            "dryRun": self.dry_run,
+        }
         if self.dry_run:
             body["preview"] = self.preview
         if self.in_store_only is not None:
@@ -139,8 +155,15 @@ class ImportReport:
     def text(self) -> str:
         lines = []
         for report in self.files:
-            how = ", ".join(part for part in (report.format, report.encoding,
-                                              report.delimiter and f"fields separated by {report.delimiter!r}") if part)
+            how = ", ".join(
+                part
+                for part in (
+                    report.format,
+                    report.encoding,
+                    report.delimiter and f"fields separated by {report.delimiter!r}",
+                )
+                if part
+            )
             lines.append(f"{report.file} ({how}): {report.read} rows read")
             if report.mapping is not None:
                 names = (f"{name} ← {header!r}" for name, header in report.mapping.items())
@@ -148,15 +171,19 @@ class ImportReport:
             lines += [f"  warning: {warning}" for warning in report.warnings]
         if self.dry_run:
             lines.append("dry run: nothing was stored; the first rows read as:")
-            lines += [f"  row {item['row']} ({item.get('outcome')}): {json.dumps(item['lead'], ensure_ascii=False)}"
-                      for item in self.preview]  # fmt: skip
+            lines += [
+                f"  row {item['row']} ({item.get('outcome')}): {json.dumps(item['lead'], ensure_ascii=False)}"
+                for item in self.preview
+            ]
             lines.append("a real run would take them in as:")
         if len(self.files) > 1:
             lines.append(f"all {len(self.files)} files: {self.read} rows read")
-        lines += [f"  {'already received:':<28}{self.already_received}",
-                  f"  {'erased, not taken in:':<28}{self.erased}",
-                  f"  {'imported and queued:':<28}{self.imported}",
-                  f"  {'imported, not sent (old):':<28}{self.imported_not_sent}"]  # fmt: skip
+        lines += [
+            f"  {'already received:':<28}{self.already_received}",
+            f"  {'erased, not taken in:':<28}{self.erased}",
+            f"  {'imported and queued:':<28}{self.imported}",
+            f"  {'imported, not sent (old):':<28}{self.imported_not_sent}",
+        ]
         refused = self.refused
         lines.append(f"  {'refused:':<28}{len(refused)}")
         where = (lambda item: f" of {item['file']}") if len(self.files) > 1 else (lambda item: "")
@@ -164,11 +191,15 @@ class ImportReport:
         if len(refused) > _LISTED:
             lines.append(f"    ... and {len(refused) - _LISTED} more (--json lists them all)")
         if self.in_store_only is not None:
-            lines.append(f"  {'in the store, not in files:':<28}{len(self.in_store_only)} (leads of the files' offers "
-                         "and days that no row accounts for: a test lead, or another app writing to the endpoint?)")
-            lines += [f"    {item['leadId']} received {item['receivedAt']} via {item['channel']}, {item['offer']}"
-                      + "".join(f" [{flag}]" for flag in ("erased", "test") if item[flag])
-                      for item in self.in_store_only[:_LISTED]]  # fmt: skip
+            lines.append(
+                f"  {'in the store, not in files:':<28}{len(self.in_store_only)} (leads of the files' offers "
+                "and days that no row accounts for: a test lead, or another app writing to the endpoint?)"
+            )
+            lines += [
+                f"    {item['leadId']} received {item['receivedAt']} via {item['channel']}, {item['offer']}"
+                + "".join(f" [{flag}]" for flag in ("erased", "test") if item[flag])
+                for item in self.in_store_only[:_LISTED]
+            ]
             if len(self.in_store_only) > _LISTED:
                 lines.append(f"    ... and {len(self.in_store_only) - _LISTED} more (--json lists them all)")
         return "\n".join(lines)
@@ -179,11 +210,20 @@ def import_file(path: str | Path, **options: Any) -> ImportReport:
     return import_files([path], **options)
 
 
-def import_files(paths: Iterable[str | Path], *, format: str = "auto",  # noqa: A002
-                 columns: dict[str, str] | None = None, encoding: str | None = None, dry_run: bool = False,
-                 deliver: bool = False, table_name: str | None = None, settings: Settings | None = None,
-                 progress: Callable[[int], None] | None = None, preview_rows: int = 5,
-                 on_outcome: Callable[[Outcome], None] | None = None) -> ImportReport:  # fmt: skip
+def import_files(
+    paths: Iterable[str | Path],
+    *,
+    format: str = "auto",  # noqa: A002
+    columns: dict[str, str] | None = None,
+    encoding: str | None = None,
+    dry_run: bool = False,
+    deliver: bool = False,
+    table_name: str | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[int], None] | None = None,
+    preview_rows: int = 5,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> ImportReport:
     """Read ``paths`` and take their rows in; the reconciliation report says what became of each
     row (``on_outcome`` is told of each as it is decided), and what the store has that they lack.
     Every file is opened and its header read before anything is stored, so a file that cannot be
@@ -202,21 +242,39 @@ def import_files(paths: Iterable[str | Path], *, format: str = "auto",  # noqa: 
     store.ensure_tables()
     matcher = Matcher(store)
     if key_changed(store.checkpoints):
-        sources[0].warnings = [*(sources[0].warnings or []), f"{SETTING} is not the key this store's leads were "
-                               "stored with: rows of leads stored before it changed are not recognised (see "
-                               "python -m leads check)"]  # fmt: skip
+        sources[0].warnings = [
+            *(sources[0].warnings or []),
+            f"{SETTING} is not the key this store's leads were "
+            "stored with: rows of leads stored before it changed are not recognised (see "
+            "python -m leads check)",
+        ]
     seen = _Seen()
     now = datetime.now(UTC)
     for source in sources:
         part, before = _report_of(source), report.read
         report.files.append(part)
         told = (lambda rows, before=before: progress(before + rows)) if progress else None
-        _import_source(source, part, store, matcher, settings, now, deliver, dry_run, table_name, seen, told,
-                       preview_rows, on_outcome)  # fmt: skip
+        _import_source(
+            source,
+            part,
+            store,
+            matcher,
+            settings,
+            now,
+            deliver,
+            dry_run,
+            table_name,
+            seen,
+            told,
+            preview_rows,
+            on_outcome,
+        )
         if part.undated and source.format in ("jsonl", "json", "table-csv"):
-            part.warnings.append(f"{part.undated} rows have no created time: they are matched against the leads of "
-                                 "the last 6 months (as long as Partner Center keeps them), and new ones are stored "
-                                 "unsent unless --deliver")  # fmt: skip
+            part.warnings.append(
+                f"{part.undated} rows have no created time: they are matched against the leads of "
+                "the last 6 months (as long as Partner Center keeps them), and new ones are stored "
+                "unsent unless --deliver"
+            )
     if seen.rows:
         report.in_store_only = in_store_only(store, seen, now)
     return report
@@ -227,8 +285,14 @@ def _report_of(source: Source) -> FileReport:
     if source.mapping is not None and source.headers is not None:
         mapping = {name: source.headers[index] for name, index in source.mapping.items()}
     delimiter = source.delimiter if source.format in ("table-csv", "partner-center") else None
-    return FileReport(str(source.path), source.format, source.encoding_note, delimiter, mapping=mapping,
-                      warnings=list(source.warnings or []))  # fmt: skip
+    return FileReport(
+        str(source.path),
+        source.format,
+        source.encoding_note,
+        delimiter,
+        mapping=mapping,
+        warnings=list(source.warnings or []),
+    )
 
 
 @dataclass
@@ -255,10 +319,21 @@ class _Seen:
         self.last = at if self.last is None else max(self.last, at)
 
 
-def _import_source(source: Source, part: FileReport, store: LeadStore, matcher: Matcher, settings: Settings,
-                   now: datetime, deliver: bool, dry_run: bool, table_name: str | None, seen: _Seen,
-                   progress: Callable[[int], None] | None, preview_rows: int,
-                   on_outcome: Callable[[Outcome], None] | None) -> None:  # fmt: skip
+def _import_source(
+    source: Source,
+    part: FileReport,
+    store: LeadStore,
+    matcher: Matcher,
+    settings: Settings,
+    now: datetime,
+    deliver: bool,
+    dry_run: bool,
+    table_name: str | None,
+    seen: _Seen,
+    progress: Callable[[int], None] | None,
+    preview_rows: int,
+    on_outcome: Callable[[Outcome], None] | None,
+) -> None:
     """Take in the rows of one file a window of :data:`WINDOW` rows at a time (memory stays
     flat), each window's new leads stored together (:meth:`LeadStore.add_many`), all of them done
     before the next file begins (so that a row of the next file that repeats one of this file
@@ -283,9 +358,21 @@ def _import_source(source: Source, part: FileReport, store: LeadStore, matcher: 
             on_outcome(outcome)
 
     def take_window(window: list[Row]) -> None:
-        for row, outcome in zip(window, take_in_many(store, window, settings, deliver=deliver, matcher=matcher,
-                                                     now=now, file=part.file, dry_run=dry_run, pool=pool),
-                                strict=True):  # fmt: skip
+        for row, outcome in zip(
+            window,
+            take_in_many(
+                store,
+                window,
+                settings,
+                deliver=deliver,
+                matcher=matcher,
+                now=now,
+                file=part.file,
+                dry_run=dry_run,
+                pool=pool,
+            ),
+            strict=True,
+        ):
             tally(row, outcome)
 
     window: list[Row] = []
@@ -318,17 +405,36 @@ class _New:
     held: bool
 
 
-def take_in(store: LeadStore, row: Row, settings: Settings, *, deliver: bool = False, matcher: Matcher | None = None,
-            now: datetime | None = None, file: str = "", dry_run: bool = False) -> Outcome:  # fmt: skip
+def take_in(
+    store: LeadStore,
+    row: Row,
+    settings: Settings,
+    *,
+    deliver: bool = False,
+    matcher: Matcher | None = None,
+    now: datetime | None = None,
+    file: str = "",
+    dry_run: bool = False,
+) -> Outcome:
     """Store one imported lead unless it was received already or erased; route it, or hold it if
     old or undated. With ``dry_run``, the same decision, with nothing stored or sent."""
-    return take_in_many(store, [row], settings, deliver=deliver, matcher=matcher, now=now, file=file,
-                        dry_run=dry_run)[0]  # fmt: skip
+    return take_in_many(store, [row], settings, deliver=deliver, matcher=matcher, now=now, file=file, dry_run=dry_run)[
+        0
+    ]
 
 
-def take_in_many(store: LeadStore, rows: list[Row], settings: Settings, *, deliver: bool = False,
-                 matcher: Matcher | None = None, now: datetime | None = None, file: str = "", dry_run: bool = False,
-                 pool: Executor | None = None) -> list[Outcome]:  # fmt: skip
+def take_in_many(
+    store: LeadStore,
+    rows: list[Row],
+    settings: Settings,
+    *,
+    deliver: bool = False,
+    matcher: Matcher | None = None,
+    now: datetime | None = None,
+    file: str = "",
+    dry_run: bool = False,
+    pool: Executor | None = None,
+) -> list[Outcome]:
     """:func:`take_in` for a window of rows: each matched (in ``pool``), then the new ones stored
     together, then their deliveries queued. A storage outage raises."""
     from leads.delivery.deliver import enqueue
@@ -350,8 +456,14 @@ def take_in_many(store: LeadStore, rows: list[Row], settings: Settings, *, deliv
         if isinstance(outcome, Exception):
             raise outcome
         if outcome.duplicate:
-            return Outcome(file, row.number, "erased" if outcome.erased else "already-received", lead.lead_id,
-                           outcome.lead_id, offer=offer)  # fmt: skip
+            return Outcome(
+                file,
+                row.number,
+                "erased" if outcome.erased else "already-received",
+                lead.lead_id,
+                outcome.lead_id,
+                offer=offer,
+            )
         matcher.remember(lead)
         if not item.held:
             enqueue(lead.lead_id, item.deliveries, settings)
@@ -361,8 +473,17 @@ def take_in_many(store: LeadStore, rows: list[Row], settings: Settings, *, deliv
     return [next(finished) if isinstance(item, _New) else item for item in decided]
 
 
-def _decide(store: LeadStore, row: Row, settings: Settings, *, deliver: bool, matcher: Matcher,
-            now: datetime | None, file: str, dry_run: bool) -> Outcome | _New:  # fmt: skip
+def _decide(
+    store: LeadStore,
+    row: Row,
+    settings: Settings,
+    *,
+    deliver: bool,
+    matcher: Matcher,
+    now: datetime | None,
+    file: str,
+    dry_run: bool,
+) -> Outcome | _New:
     """What a row is: received already, erased, or new (routed, or held if old or undated); a dry
     run's new lead is remembered as if stored."""
     from leads.destinations.routing import hold_backfill, hold_undated, plan
@@ -371,21 +492,29 @@ def _decide(store: LeadStore, row: Row, settings: Settings, *, deliver: bool, ma
     offer = lead.offer_title or lead.offer_id
     match = matcher.find(lead, dated=row.dated, now=now)
     if match:
-        return Outcome(file, row.number, "erased" if match.erased else "already-received", lead.lead_id, match.lead_id,
-                       offer=offer)  # fmt: skip
+        return Outcome(
+            file, row.number, "erased" if match.erased else "already-received", lead.lead_id, match.lead_id, offer=offer
+        )
     if row.plain_id and not identity_keys(lead) and (stored := matcher.stored_state(row.plain_id)) is not None:
         # Imported by a version before LEADS_ID_KEY, under the plain digest of the same row; one
         # that names someone has an identity row, which the matcher finds in either form.
-        return Outcome(file, row.number, "erased" if stored else "already-received", lead.lead_id, row.plain_id,
-                       offer=offer)  # fmt: skip
+        return Outcome(
+            file, row.number, "erased" if stored else "already-received", lead.lead_id, row.plain_id, offer=offer
+        )
     deliveries = plan(lead, settings)
     if not deliver:
         deliveries = hold_backfill(lead, deliveries, settings) if row.dated else hold_undated(lead, deliveries)
     held = any(route.skip_reason for route in deliveries.values())
     if dry_run:  # what store.add would find: a lead under this id (imported before, or the poll's row)
         if (stored_erased := matcher.stored_state(lead.lead_id)) is not None:
-            return Outcome(file, row.number, "erased" if stored_erased else "already-received", lead.lead_id,
-                           lead.lead_id, offer=offer)  # fmt: skip
+            return Outcome(
+                file,
+                row.number,
+                "erased" if stored_erased else "already-received",
+                lead.lead_id,
+                lead.lead_id,
+                offer=offer,
+            )
         matcher.plan(lead)
         return Outcome(file, row.number, "imported-not-sent" if held else "imported", lead.lead_id, offer=offer)
     return _New(lead, deliveries, held)
@@ -425,8 +554,11 @@ def in_store_only(store: LeadStore, seen: _Seen, now: datetime, page: int = 200)
             return None
 
     found = []
-    entries = (entry for entry in store.index.newest(since, until, None, page)
-               if not entry.rejected and entry.lead_id not in seen.accounted)  # fmt: skip
+    entries = (
+        entry
+        for entry in store.index.newest(since, until, None, page)
+        if not entry.rejected and entry.lead_id not in seen.accounted
+    )
     with ThreadPoolExecutor(8) as pool:
         while chunk := list(islice(entries, page)):
             for entry, row in zip(chunk, pool.map(look_up, [entry.lead_id for entry in chunk]), strict=True):
@@ -435,9 +567,16 @@ def in_store_only(store: LeadStore, seen: _Seen, now: datetime, page: int = 200)
                 offers = {(row.get(name) or "").casefold() for name in ("OfferTitle", "OfferId")} - {""}
                 if seen.offers and not offers & seen.offers:
                     continue
-                found.append({"leadId": entry.lead_id, "receivedAt": row["ReceivedAt"].isoformat(),
-                              "channel": row.get("Channel") or "", "offer": row.get("OfferTitle") or row.get("OfferId"),
-                              "erased": row.get("ErasedAt") is not None, "test": bool(row.get("IsTest"))})  # fmt: skip
+                found.append(
+                    {
+                        "leadId": entry.lead_id,
+                        "receivedAt": row["ReceivedAt"].isoformat(),
+                        "channel": row.get("Channel") or "",
+                        "offer": row.get("OfferTitle") or row.get("OfferId"),
+                        "erased": row.get("ErasedAt") is not None,
+                        "test": bool(row.get("IsTest")),
+                    }
+                )
     return found
 
 
@@ -463,14 +602,16 @@ class CsvReport:
         self.writer.writerow(CSV_COLUMNS)
 
     def __call__(self, outcome: Outcome) -> None:
-        self._write(outcome.file, outcome.row, outcome.state, outcome.lead_id, outcome.matched, outcome.offer,
-                    outcome.reason)
+        self._write(
+            outcome.file, outcome.row, outcome.state, outcome.lead_id, outcome.matched, outcome.offer, outcome.reason
+        )
 
     def in_store_only(self, leads: list[dict[str, Any]]) -> None:
         for lead in leads:
             state = "in-store-not-in-files" + "".join(f" ({flag})" for flag in ("erased", "test") if lead[flag])
-            self._write("", "", state, lead["leadId"], "", lead["offer"],
-                        f"received {lead['receivedAt']} via {lead['channel']}")
+            self._write(
+                "", "", state, lead["leadId"], "", lead["offer"], f"received {lead['receivedAt']} via {lead['channel']}"
+            )
 
     def _write(self, *values: Any) -> None:
         self.writer.writerow([csv_cell(value) for value in values])

@@ -94,8 +94,12 @@ def accept_http(body: bytes, settings: Settings | None = None) -> Answer:
     outcome = "erased, not taken in" if stored.erased else "duplicate" if stored.duplicate else "stored"
     log.info(
         "lead %s %s (channel=http source=%s action=%s test=%s)",
-        stored.lead_id, outcome, lead.source, lead.action, lead.is_test,
-    )  # fmt: skip
+        stored.lead_id,
+        outcome,
+        lead.source,
+        lead.action,
+        lead.is_test,
+    )
     answer = {"leadId": stored.lead_id, "duplicate": stored.duplicate}
     return Answer(200 if stored.duplicate else 202, {**answer, "erased": True} if stored.erased else answer)
 
@@ -107,8 +111,9 @@ def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:
     record_id = "r" + uuid.uuid4().hex[:24]
     try:
         with deadline(KEEP_SECONDS):
-            rejected = LeadStore.from_settings(settings).reject(record_id, error, body, datetime.now(UTC),
-                                                                channel="http")  # fmt: skip
+            rejected = LeadStore.from_settings(settings).reject(
+                record_id, error, body, datetime.now(UTC), channel="http"
+            )
     except AzureError as exc:
         # Still the caller's bad input, answered as such; the operator hears that it was not kept.
         log.error("refused body (%d) not kept: storage failed (%s): %s", status, type(exc).__name__, error)
@@ -120,9 +125,13 @@ def _refuse(status: int, error: str, body: bytes, settings: Settings) -> Answer:
 def tell_operator(rejected: Rejected) -> None:
     """One log line per rejected record: its id and reason, never its content. Alerts group
     these records (per channel and window) rather than mail one each."""
-    log.warning("%s input refused, kept as rejected record %s: %s", rejected.channel, rejected.record_id,
-                rejected.error, extra=lead_extra(rejected.record_id, outcome="rejected",
-                                                 channel=rejected.channel))  # fmt: skip
+    log.warning(
+        "%s input refused, kept as rejected record %s: %s",
+        rejected.channel,
+        rejected.record_id,
+        rejected.error,
+        extra=lead_extra(rejected.record_id, outcome="rejected", channel=rejected.channel),
+    )
 
 
 def _not_json(name: str) -> float:

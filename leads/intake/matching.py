@@ -85,8 +85,11 @@ class Matcher:
             now = now or datetime.now(UTC)
             low, high = now - UNDATED_WINDOW, now + MATCH_WINDOW
             indexes = [self._undated(low, high)]
-        candidates = list({id(known): known for index in indexes for key in email_keys | name_keys
-                           for known in index.get(key, ())}.values())  # fmt: skip
+        candidates = list(
+            {
+                id(known): known for index in indexes for key in email_keys | name_keys for known in index.get(key, ())
+            }.values()
+        )
         found = []
         for known in candidates:
             if not low <= known.received <= high:
@@ -144,8 +147,11 @@ class Matcher:
             with self._lock:
                 if day in self._days:
                     return self._days[day]
-            rows = _by_digest(self.store.identities.table.query_entities(
-                "PartitionKey eq @day", parameters={"day": day}, select=_SELECT))  # fmt: skip
+            rows = _by_digest(
+                self.store.identities.table.query_entities(
+                    "PartitionKey eq @day", parameters={"day": day}, select=_SELECT
+                )
+            )
             with self._lock:
                 self._days[day] = rows
                 self._reading.pop(day, None)
@@ -160,8 +166,9 @@ class Matcher:
             if self._window is not None and self._window_since is not None and self._window_since <= low:
                 return self._window
             query = "PartitionKey ge @low and PartitionKey le @high"
-            rows = self.store.identities.table.query_entities(query, parameters={"low": _day(low), "high": _day(high)},
-                                                              select=_SELECT, results_per_page=1000)  # fmt: skip
+            rows = self.store.identities.table.query_entities(
+                query, parameters={"low": _day(low), "high": _day(high)}, select=_SELECT, results_per_page=1000
+            )
             self._window, self._window_since = _by_digest(rows), low
             return self._window
 
@@ -198,8 +205,13 @@ def _by_digest(rows) -> dict[str, list[Known]]:
 
 def _known(row) -> Known:
     erased_id = buried(row)
-    return Known(frozenset((row.get("Who") or "").split()), erased_id or row["RowKey"], row["ReceivedAt"],
-                 row.get("HasEmail"), erased=erased_id is not None)  # fmt: skip
+    return Known(
+        frozenset((row.get("Who") or "").split()),
+        erased_id or row["RowKey"],
+        row["ReceivedAt"],
+        row.get("HasEmail"),
+        erased=erased_id is not None,
+    )
 
 
 def _days_between(low: datetime, high: datetime) -> list[str]:

@@ -97,11 +97,15 @@ class KeyFormat:
 
 _US_DATE = re.compile(r"(?P<month>\d{1,2}):2F(?P<day>\d{1,2}):2F(?P<year>\d{4})")
 KEY_FORMATS = (
-    KeyFormat("yyyy-mm-dd", re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})"),
-              lambda day: f"{day:%Y-%m-%d}", sorted_by_day=True),
+    KeyFormat(
+        "yyyy-mm-dd",
+        re.compile(r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})"),
+        lambda day: f"{day:%Y-%m-%d}",
+        sorted_by_day=True,
+    ),
     KeyFormat("m:2Fd:2Fyyyy", _US_DATE, lambda day: f"{day.month}:2F{day.day}:2F{day.year}", sorted_by_day=False),
     KeyFormat("mm:2Fdd:2Fyyyy", _US_DATE, lambda day: f"{day:%m}:2F{day:%d}:2F{day.year}", sorted_by_day=False),
-)  # fmt: skip
+)
 
 
 def key_formats(key: str) -> frozenset[str]:
@@ -123,9 +127,12 @@ class PollResult:
     watermark: datetime | None = None
 
     def summary(self) -> str:
-        return (f"read {self.read}, stored {self.stored}, already stored {self.already_stored}, "
-                f"rejected {self.rejected}, retrying {self.retrying}, held {self.held}"
-                + (f", erased (not taken in) {self.erased}" if self.erased else "") + f" ({self.mode})")  # fmt: skip
+        return (
+            f"read {self.read}, stored {self.stored}, already stored {self.already_stored}, "
+            f"rejected {self.rejected}, retrying {self.retrying}, held {self.held}"
+            + (f", erased (not taken in) {self.erased}" if self.erased else "")
+            + f" ({self.mode})"
+        )
 
 
 def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) -> PollResult:
@@ -145,8 +152,16 @@ def poll_marketplace(settings: Settings | None = None, full_scan: bool = False) 
         event("PollFailed", table=settings.marketplace_table_name, error=reason)
         checkpoint.note_health(failure=reason)
         raise
-    event("PollDone", table=settings.marketplace_table_name, mode=result.mode, read=result.read, stored=result.stored,
-          rejected=result.rejected, retrying=result.retrying, tableMissing=result.table_missing)  # fmt: skip
+    event(
+        "PollDone",
+        table=settings.marketplace_table_name,
+        mode=result.mode,
+        read=result.read,
+        stored=result.stored,
+        rejected=result.rejected,
+        retrying=result.retrying,
+        tableMissing=result.table_missing,
+    )
     checkpoint.note_health(missing=result.table_missing)
     return result
 
@@ -178,8 +193,12 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
         pages = _pass_pages(source, under_way) if under_way else _pages(source, marks, overlap, now)
         for number in itertools.count(1):
             if under_way and remaining() < longest_page:
-                log.info("poll of %s: the pass stops after %d pages, before the run's deadline; the next poll "
-                         "goes on from here", settings.marketplace_table_name, number - 1)  # fmt: skip
+                log.info(
+                    "poll of %s: the pass stops after %d pages, before the run's deadline; the next poll "
+                    "goes on from here",
+                    settings.marketplace_table_name,
+                    number - 1,
+                )
                 break
             started = time.monotonic()
             try:
@@ -206,8 +225,10 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
                 # Every row of the page is stored, rejected or remembered: save the pass's place.
                 under_way = under_way.went_on(pages.continuation_token, page_marks.watermark)
                 if under_way.done:
-                    checkpoint.advance(replace(page_marks, watermark=under_way.newest,
-                                               full_scan_from=under_way.began), finished=under_way)  # fmt: skip
+                    checkpoint.advance(
+                        replace(page_marks, watermark=under_way.newest, full_scan_from=under_way.began),
+                        finished=under_way,
+                    )
                     break
                 checkpoint.advance(replace(page_marks, watermark=None), under_way=under_way)
                 if number >= PASS_PAGES_PER_POLL:
@@ -220,21 +241,30 @@ def _poll(settings: Settings, full_scan: bool, store: LeadStore, checkpoint: Che
     if seen.unfit_key_at and (marks.unfit_key_at is None or seen.unfit_key_at > marks.unfit_key_at):
         since = checkpoint.marks.unfit_keys_since(now)
         if since:
-            log.warning("poll of %s: no row has had a PartitionKey in a date format the poll knows since %s (the "
-                        "newest was written at %s): the marketplace may have changed its format; such rows are "
-                        "taken in by the hourly safety scan only (LEADS_POLL_FULL_SCAN_MINUTES)",
-                        settings.marketplace_table_name, since.isoformat(), seen.unfit_key_at.isoformat())  # fmt: skip
+            log.warning(
+                "poll of %s: no row has had a PartitionKey in a date format the poll knows since %s (the "
+                "newest was written at %s): the marketplace may have changed its format; such rows are "
+                "taken in by the hourly safety scan only (LEADS_POLL_FULL_SCAN_MINUTES)",
+                settings.marketplace_table_name,
+                since.isoformat(),
+                seen.unfit_key_at.isoformat(),
+            )
         else:
-            log.warning("poll of %s: a row written at %s has a PartitionKey in no date format the poll knows; "
-                        "polls read the whole table for a day after such a row", settings.marketplace_table_name,
-                        seen.unfit_key_at.isoformat())  # fmt: skip
+            log.warning(
+                "poll of %s: a row written at %s has a PartitionKey in no date format the poll knows; "
+                "polls read the whole table for a day after such a row",
+                settings.marketplace_table_name,
+                seen.unfit_key_at.isoformat(),
+            )
     log.info("poll of %s: %s", settings.marketplace_table_name, result.summary())
     if result.held:
         log.warning(
             "poll of %s: %d leads older than LEADS_BACKFILL_DAYS (%g) stored with their deliveries skipped; "
-            "`python -m leads replay --skipped` delivers them", settings.marketplace_table_name, result.held,
+            "`python -m leads replay --skipped` delivers them",
+            settings.marketplace_table_name,
+            result.held,
             settings.backfill_days,
-        )  # fmt: skip
+        )
     return result
 
 
@@ -243,8 +273,11 @@ def _mode(marks: Marks, settings: Settings, now: datetime, forced: bool) -> str:
         return "all"
     interval = timedelta(minutes=settings.poll_full_scan_minutes)
     due = marks.full_scan_from is None or now - marks.full_scan_from >= interval
-    unfit = (marks.unfit_key_at is not None and now - marks.unfit_key_at < UNFIT_KEYS_SCAN_FOR
-             and marks.unfit_keys_since(now) is None)  # fmt: skip
+    unfit = (
+        marks.unfit_key_at is not None
+        and now - marks.unfit_key_at < UNFIT_KEYS_SCAN_FOR
+        and marks.unfit_keys_since(now) is None
+    )
     # No format known and no row yet (a new, empty table): a scan costs little and finds the first.
     unknown = not marks.key_formats and marks.watermark is None
     return "full" if forced or due or unfit or unknown else "days"
@@ -263,8 +296,9 @@ def _pass_pages(source: Any, under_way: Pass) -> Any:
     if under_way.mode == "all":
         query = source.list_entities(results_per_page=PAGE_SIZE)
     else:
-        query = source.query_entities("Timestamp ge @since", parameters={"since": under_way.since},
-                                      results_per_page=PAGE_SIZE)  # fmt: skip
+        query = source.query_entities(
+            "Timestamp ge @since", parameters={"since": under_way.since}, results_per_page=PAGE_SIZE
+        )
     return query.by_page(continuation_token=under_way.next_page)
 
 
@@ -279,12 +313,17 @@ def _pages(source: Any, marks: Marks, overlap: timedelta, now: datetime) -> Iter
         if form.name not in marks.key_formats:
             continue
         if form.sorted_by_day:
-            queries.append(("PartitionKey ge @low and PartitionKey le @high and Timestamp ge @since",
-                            {"low": form.render(first), "high": form.render(last), "since": since}))  # fmt: skip
+            queries.append(
+                (
+                    "PartitionKey ge @low and PartitionKey le @high and Timestamp ge @since",
+                    {"low": form.render(first), "high": form.render(last), "since": since},
+                )
+            )
         else:
             single_days.update(form.render(day) for day in days)
-    queries += [("PartitionKey eq @key and Timestamp ge @since", {"key": key, "since": since})
-                for key in sorted(single_days)]  # fmt: skip
+    queries += [
+        ("PartitionKey eq @key and Timestamp ge @since", {"key": key, "since": since}) for key in sorted(single_days)
+    ]
     for query, parameters in queries:
         yield from source.query_entities(query, parameters=parameters, results_per_page=PAGE_SIZE).by_page()
 
@@ -304,8 +343,9 @@ class Taken:
     detail: str = ""  # the failure's own text, kept with the rejected row only
 
 
-def _take_in_page(store: LeadStore, page: list[Any], settings: Settings, now: datetime,
-                  pool: ThreadPoolExecutor) -> list[Taken]:  # fmt: skip
+def _take_in_page(
+    store: LeadStore, page: list[Any], settings: Settings, now: datetime, pool: ThreadPoolExecutor
+) -> list[Taken]:
     """Store the rows of a page as leads (or as rejected), the derived rows they share written
     together (:meth:`LeadStore.add_many`), the workers under this run's deadline (a timer's
     period: leads/core/deadlines.py). Raises only when the app's storage is out."""
@@ -369,8 +409,9 @@ def _finish(store: LeadStore, settings: Settings, item: _Storable, stored: Store
     if isinstance(stored, Exception):
         if _storage_outage(stored):
             raise stored
-        return Taken("failed", lead_id, timestamp, failure=f"{type(stored).__name__} while storing",
-                     detail=str(stored)[:500])  # fmt: skip
+        return Taken(
+            "failed", lead_id, timestamp, failure=f"{type(stored).__name__} while storing", detail=str(stored)[:500]
+        )
     _recently_stored.add(lead_id, item.version)
     if stored.duplicate:
         # A row read again (or rewritten) of a lead erased since: its erased row is the tombstone.
@@ -382,8 +423,9 @@ def _finish(store: LeadStore, settings: Settings, item: _Storable, stored: Store
     return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in item.deliveries.values()))
 
 
-def _reject_once(store: LeadStore, lead_id: str, version: str | None, reason: str, row: dict[str, Any],
-                 timestamp: datetime) -> Taken:  # fmt: skip
+def _reject_once(
+    store: LeadStore, lead_id: str, version: str | None, reason: str, row: dict[str, Any], timestamp: datetime
+) -> Taken:
     """Keep a row as rejected, unless an earlier poll (of any process) did."""
     outcome = "already_stored"
     if store.rejected(lead_id) is None:
@@ -432,8 +474,9 @@ def _marks_of(entity: Any) -> Marks:
     return Marks(watermark=timestamp, unfit_key_at=timestamp, unfit_since=timestamp)
 
 
-def _retry_failed_rows(checkpoint: Checkpoint, source: Any, store: LeadStore, settings: Settings, now: datetime,
-                       result: PollResult) -> set[str]:  # fmt: skip
+def _retry_failed_rows(
+    checkpoint: Checkpoint, source: Any, store: LeadStore, settings: Settings, now: datetime, result: PollResult
+) -> set[str]:
     """Try again each row an earlier poll could not take in; keep it as rejected at the last try.
     Returns their lead ids: this poll's reading skips them."""
     from azure.core.exceptions import ResourceNotFoundError
@@ -470,12 +513,22 @@ def _give_up(store: LeadStore, taken: Taken, entity: Any, tries: int) -> None:
     except Exception as exc:
         if _storage_outage(exc):
             raise
-        log.error("marketplace row %s could not be taken in (%s) nor kept as rejected (%s): it is only in the "
-                  "marketplace table", taken.lead_id, taken.failure, type(exc).__name__)  # fmt: skip
+        log.error(
+            "marketplace row %s could not be taken in (%s) nor kept as rejected (%s): it is only in the "
+            "marketplace table",
+            taken.lead_id,
+            taken.failure,
+            type(exc).__name__,
+        )
         return
     _recently_stored.add(taken.lead_id, entity.metadata.get("etag"))
-    log.warning("marketplace row %s kept as rejected after %d tries: %s (`python -m leads show %s` tells more)",
-                taken.lead_id, tries, taken.failure, taken.lead_id)  # fmt: skip
+    log.warning(
+        "marketplace row %s kept as rejected after %d tries: %s (`python -m leads show %s` tells more)",
+        taken.lead_id,
+        tries,
+        taken.failure,
+        taken.lead_id,
+    )
 
 
 # --- the checkpoint -----------------------------------------------------------------------------
@@ -493,10 +546,14 @@ class Marks:
     unfit_since: datetime | None = None  # the Timestamp of the oldest row whose key fits none
 
     def merged(self, other: Marks) -> Marks:
-        return Marks(_later(self.watermark, other.watermark), _later(self.full_scan_from, other.full_scan_from),
-                     self.key_formats | other.key_formats, _later(self.unfit_key_at, other.unfit_key_at),
-                     _later(self.fit_key_at, other.fit_key_at),
-                     _earlier(self.unfit_since, other.unfit_since))  # fmt: skip
+        return Marks(
+            _later(self.watermark, other.watermark),
+            _later(self.full_scan_from, other.full_scan_from),
+            self.key_formats | other.key_formats,
+            _later(self.unfit_key_at, other.unfit_key_at),
+            _later(self.fit_key_at, other.fit_key_at),
+            _earlier(self.unfit_since, other.unfit_since),
+        )
 
     def unfit_keys_since(self, now: datetime) -> datetime | None:
         """Since when no row's key has fit a known format, when that is longer than
@@ -507,9 +564,14 @@ class Marks:
         return since if since and now - since >= UNFIT_KEYS_SCAN_FOR else None
 
     def to_entity(self) -> dict[str, Any]:
-        values = {"Watermark": self.watermark, "FullScanFrom": self.full_scan_from,
-                  "KeyFormats": ",".join(sorted(self.key_formats)), "UnfitKeyAt": self.unfit_key_at,
-                  "FitKeyAt": self.fit_key_at, "UnfitSince": self.unfit_since}  # fmt: skip
+        values = {
+            "Watermark": self.watermark,
+            "FullScanFrom": self.full_scan_from,
+            "KeyFormats": ",".join(sorted(self.key_formats)),
+            "UnfitKeyAt": self.unfit_key_at,
+            "FitKeyAt": self.fit_key_at,
+            "UnfitSince": self.unfit_since,
+        }
         return {name: value for name, value in values.items() if value not in (None, "")}
 
     @classmethod
@@ -518,8 +580,14 @@ class Marks:
         # once, reads from the watermark on as that version did, and learns the key formats. One
         # without FitKeyAt and UnfitSince learns them from the rows read next.
         formats = frozenset(name for name in (entity.get("KeyFormats") or "").split(",") if name)
-        return cls(entity.get("Watermark"), entity.get("FullScanFrom"), formats, entity.get("UnfitKeyAt"),
-                   entity.get("FitKeyAt"), entity.get("UnfitSince"))  # fmt: skip
+        return cls(
+            entity.get("Watermark"),
+            entity.get("FullScanFrom"),
+            formats,
+            entity.get("UnfitKeyAt"),
+            entity.get("FitKeyAt"),
+            entity.get("UnfitSince"),
+        )
 
 
 @dataclass(frozen=True)
@@ -540,9 +608,14 @@ class Pass:
 
     def to_entity(self) -> dict[str, Any]:
         page = self.next_page or {}
-        values = {"PassMode": self.mode, "PassBegan": self.began, "PassSince": self.since,
-                  "PassNextPartitionKey": page.get("PartitionKey"), "PassNextRowKey": page.get("RowKey"),
-                  "PassNewest": self.newest}  # fmt: skip
+        values = {
+            "PassMode": self.mode,
+            "PassBegan": self.began,
+            "PassSince": self.since,
+            "PassNextPartitionKey": page.get("PartitionKey"),
+            "PassNextRowKey": page.get("RowKey"),
+            "PassNewest": self.newest,
+        }
         return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
@@ -550,8 +623,13 @@ class Pass:
         if not entity.get("PassMode"):
             return None
         page = {"PartitionKey": entity.get("PassNextPartitionKey"), "RowKey": entity.get("PassNextRowKey")}
-        return cls(entity["PassMode"], entity["PassBegan"], entity.get("PassSince"),
-                   page if any(page.values()) else None, entity.get("PassNewest"))  # fmt: skip
+        return cls(
+            entity["PassMode"],
+            entity["PassBegan"],
+            entity.get("PassSince"),
+            page if any(page.values()) else None,
+            entity.get("PassNewest"),
+        )
 
 
 def _later(first: datetime | None, second: datetime | None) -> datetime | None:
@@ -608,8 +686,13 @@ class Checkpoint:
 
         now = self._date or datetime.now(UTC)  # shown, never compared with a row's Timestamp
         health = self.health
-        if failure is None and health.ok_at and not health.failing and health.table_missing == missing \
-                and now - health.ok_at < HEALTH_EVERY:  # fmt: skip
+        if (
+            failure is None
+            and health.ok_at
+            and not health.failing
+            and health.table_missing == missing
+            and now - health.ok_at < HEALTH_EVERY
+        ):
             return
         fields = {"FailedAt": now, "Error": failure} if failure else {"OkAt": now, "TableMissing": missing}
         try:
@@ -679,11 +762,21 @@ class Checkpoint:
         """Keep a row that failed, to be tried by the next polls (``tries`` so far)."""
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
-        log.warning("marketplace row %s could not be taken in (%s, try %d of %d): the poll moves on and tries it "
-                    "again", taken.lead_id, taken.failure, tries, ROW_TRIES)  # fmt: skip
-        row = {"PartitionKey": CHECKPOINT_PARTITION, "RowKey": self.key["RowKey"] + _RETRY_MARK + taken.lead_id,
-               "SourcePartitionKey": entity["PartitionKey"], "SourceRowKey": entity["RowKey"], "Tries": tries,
-               "Failure": taken.failure}  # fmt: skip
+        log.warning(
+            "marketplace row %s could not be taken in (%s, try %d of %d): the poll moves on and tries it again",
+            taken.lead_id,
+            taken.failure,
+            tries,
+            ROW_TRIES,
+        )
+        row = {
+            "PartitionKey": CHECKPOINT_PARTITION,
+            "RowKey": self.key["RowKey"] + _RETRY_MARK + taken.lead_id,
+            "SourcePartitionKey": entity["PartitionKey"],
+            "SourceRowKey": entity["RowKey"],
+            "Tries": tries,
+            "Failure": taken.failure,
+        }
         try:
             put_row(self.table, row, record.metadata["etag"] if record is not None else None)
         except (ResourceExistsError, ResourceModifiedError):
@@ -694,8 +787,12 @@ class Checkpoint:
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         try:
-            self.table.delete_entity(record["PartitionKey"], record["RowKey"], etag=record.metadata["etag"],
-                                     match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            self.table.delete_entity(
+                record["PartitionKey"],
+                record["RowKey"],
+                etag=record.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             pass  # a racing poll dealt with it
 

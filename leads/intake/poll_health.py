@@ -30,13 +30,18 @@ class PollHealth:
 
     @classmethod
     def from_entity(cls, entity: dict[str, Any]) -> PollHealth:
-        return cls(entity.get("OkAt"), entity.get("FailedAt"), str(entity.get("Error") or ""),
-                   bool(entity.get("TableMissing")))  # fmt: skip
+        return cls(
+            entity.get("OkAt"), entity.get("FailedAt"), str(entity.get("Error") or ""), bool(entity.get("TableMissing"))
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lastOkAt": self.ok_at and self.ok_at.isoformat(), "failing": self.failing,
-                "lastFailedAt": self.failed_at and self.failed_at.isoformat(), "lastError": self.error or None,
-                "tableMissing": self.table_missing}  # fmt: skip
+        return {
+            "lastOkAt": self.ok_at and self.ok_at.isoformat(),
+            "failing": self.failing,
+            "lastFailedAt": self.failed_at and self.failed_at.isoformat(),
+            "lastError": self.error or None,
+            "tableMissing": self.table_missing,
+        }
 
 
 def poll_health(store: LeadStore, table_name: str) -> PollHealth:

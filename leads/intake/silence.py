@@ -68,15 +68,15 @@ BROKEN = {"poll failing", "table missing"}  # causes that mean the intake is bro
 # management, checked 2026-12-07: docs/operations.md#silence).
 CAUSES = {
     "http": "the HTTPS endpoint's URL in Partner Center (the offer > Offer setup > Customer leads) no longer opens "
-            "the app: its ?code= function key was rotated or removed (python -m leads check lists the keys), or "
-            "the app's URL changed; in Azure the function app's Http401 metric counts the marketplace's refused calls",
+    "the app: its ?code= function key was rotated or removed (python -m leads check lists the keys), or "
+    "the app's URL changed; in Azure the function app's Http401 metric counts the marketplace's refused calls",
     "table": "the Azure Table connection string in Partner Center (the offer > Offer setup > Customer leads) no "
-             "longer opens the account (its key was renewed), or names another table or account",
+    "longer opens the account (its key was renewed), or names another table or account",
     "any": "the offer's lead destination was changed in Partner Center (another CRM, another table or URL), or the "
-           "offer was unpublished; Partner Center > Referrals > Leads lists the leads the marketplace created: "
-           "leads there but not here mean the route is broken; Validate on the Customer leads page sends a test "
-           "lead through it",
-}  # fmt: skip
+    "offer was unpublished; Partner Center > Referrals > Leads lists the leads the marketplace created: "
+    "leads there but not here mean the route is broken; Validate on the Customer leads page sends a test "
+    "lead through it",
+}
 
 
 @dataclass
@@ -97,9 +97,16 @@ class Silence:
         return self.silent_days > self.threshold_days
 
     def to_dict(self) -> dict[str, Any]:
-        return {"offer": self.offer or None, "lastLeadDay": self.last_day.isoformat(), "silentDays": self.silent_days,
-                "thresholdDays": self.threshold_days, "usualGapDays": self.usual_gap_days, "silent": self.silent,
-                "alarmed": self.alarmed, "channels": self.channels}  # fmt: skip
+        return {
+            "offer": self.offer or None,
+            "lastLeadDay": self.last_day.isoformat(),
+            "silentDays": self.silent_days,
+            "thresholdDays": self.threshold_days,
+            "usualGapDays": self.usual_gap_days,
+            "silent": self.silent,
+            "alarmed": self.alarmed,
+            "channels": self.channels,
+        }
 
 
 # --- arrivals -------------------------------------------------------------------------------------
@@ -114,8 +121,16 @@ def arrived(store: LeadStore, lead: Lead, lead_id: str | None = None, duplicate:
     raises: a count is not worth a lead (the marketplace's answer does not wait on it)."""
     from leads.core.telemetry import event
 
-    event("LeadReceived", leadId=lead_id or lead.lead_id, channel=lead.channel, offer=lead.offer_title or lead.offer_id,
-          action=lead.action, source=lead.source, test=lead.is_test, duplicate=duplicate)  # fmt: skip
+    event(
+        "LeadReceived",
+        leadId=lead_id or lead.lead_id,
+        channel=lead.channel,
+        offer=lead.offer_title or lead.offer_id,
+        action=lead.action,
+        source=lead.source,
+        test=lead.is_test,
+        duplicate=duplicate,
+    )
     day, channel = lead.received_at.astimezone(UTC).date().isoformat(), lead.channel
     offer = lead.offer_id or lead.offer_title or ""
     for key, name in ((ALL, ""), *([(offer_key(offer), lead.offer_title or offer)] if offer else [])):
@@ -149,8 +164,12 @@ def _record(store: LeadStore, key: str, name: str, day: str, channel: str) -> No
         if last and day > last:
             gaps = [*gaps, (date.fromisoformat(day) - date.fromisoformat(last)).days][-RECENT_GAPS:]
         channels[channel] = max(channels.get(channel, ""), day)
-        return {"LastDay": max(last, day), "Gaps": json.dumps(gaps), "Channels": json.dumps(channels, sort_keys=True),
-                **({"Offer": name} if name else {})}  # fmt: skip
+        return {
+            "LastDay": max(last, day),
+            "Gaps": json.dumps(gaps),
+            "Channels": json.dumps(channels, sort_keys=True),
+            **({"Offer": name} if name else {}),
+        }
 
     change_row(store.checkpoints, PARTITION, key, counted, tries=10)
 
@@ -183,8 +202,18 @@ def silences(store: LeadStore, settings: Settings, now: datetime) -> list[Silenc
         median = statistics.median(gaps) if known else None
         threshold = max(settings.silence_days, max(gaps, default=0), FACTOR * (median if known else UNKNOWN_GAP))
         offer = "" if row["RowKey"] == ALL else str(row.get("Offer") or "?")
-        found.append(Silence(row["RowKey"], offer, last, max(0, (today - last).days), int(threshold), median,
-                             json.loads(row.get("Channels") or "{}"), row.get("AlarmedFor") == row["LastDay"]))
+        found.append(
+            Silence(
+                row["RowKey"],
+                offer,
+                last,
+                max(0, (today - last).days),
+                int(threshold),
+                median,
+                json.loads(row.get("Channels") or "{}"),
+                row.get("AlarmedFor") == row["LastDay"],
+            )
+        )
     return sorted(found, key=lambda s: (s.key != ALL, s.offer.lower()))
 
 
@@ -223,10 +252,22 @@ def _alarm(store: LeadStore, settings: Settings, silence: Silence, now: datetime
     cause, detail = likely_cause(store, settings, silence, now)
     subject, text = alarm_text(silence, cause, detail)
     who = f"offer {silence.offer}" if silence.offer else "any offer"
-    log.warning("no lead from %s for %d days (since %s; silent past %d days): %s", who, silence.silent_days,
-                silence.last_day.isoformat(), silence.threshold_days, detail)  # fmt: skip
-    event("LeadsSilent", offer=silence.offer or "*", lastLeadDay=silence.last_day.isoformat(),
-          silentDays=silence.silent_days, thresholdDays=silence.threshold_days, cause=cause)  # fmt: skip
+    log.warning(
+        "no lead from %s for %d days (since %s; silent past %d days): %s",
+        who,
+        silence.silent_days,
+        silence.last_day.isoformat(),
+        silence.threshold_days,
+        detail,
+    )
+    event(
+        "LeadsSilent",
+        offer=silence.offer or "*",
+        lastLeadDay=silence.last_day.isoformat(),
+        silentDays=silence.silent_days,
+        thresholdDays=silence.threshold_days,
+        cause=cause,
+    )
     to = split_addresses(settings.alert_to)
     if to:
         failure = send_to_operators(subject, text, f"silence|{silence.key}|{silence.last_day}", to, settings)
@@ -242,17 +283,21 @@ def likely_cause(store: LeadStore, settings: Settings, silence: Silence, now: da
     health = poll_health(store, settings.marketplace_table_name)
     by_table = "table" in silence.channels
     if health.failing:
-        return "poll failing", (f"the marketplace table poll has failed since {health.failed_at:%Y-%m-%d %H:%M} UTC "
-                                f"({health.error}): fix MARKETPLACE_TABLE_CONNECTION or the app's storage; "
-                                f"{CAUSES['table']}")  # fmt: skip
+        return "poll failing", (
+            f"the marketplace table poll has failed since {health.failed_at:%Y-%m-%d %H:%M} UTC "
+            f"({health.error}): fix MARKETPLACE_TABLE_CONNECTION or the app's storage; "
+            f"{CAUSES['table']}"
+        )
     if by_table and health.table_missing:
         table = settings.marketplace_table_name
         return "table missing", f"the marketplace table {table} does not exist: {CAUSES['table']}"
     days = max(1, min(silence.silent_days, 31))
     refused = store.counters.window(days, now).get("intake", {}).get("rejected", 0)
     if refused:
-        return "bodies refused", (f"{refused} inputs were refused as no lead in the last {days} days (python -m leads "
-                                  "status lists them): the marketplace may have changed what it sends")  # fmt: skip
+        return "bodies refused", (
+            f"{refused} inputs were refused as no lead in the last {days} days (python -m leads "
+            "status lists them): the marketplace may have changed what it sends"
+        )
     routes = [CAUSES[channel] for channel in ("http", "table") if channel in silence.channels]
     return "no calls", "; or ".join([*routes, CAUSES["any"]]) + "; or the offer is simply quiet"
 
@@ -260,8 +305,9 @@ def likely_cause(store: LeadStore, settings: Settings, silence: Silence, now: da
 def alarm_text(silence: Silence, cause: str, detail: str) -> tuple[str, str]:
     who = f"offer {silence.offer}" if silence.offer else "any offer"
     subject = f"No leads from {who} for {silence.silent_days} days"
-    gap = (f"its usual gap is {silence.usual_gap_days:g} days" if silence.usual_gap_days
-           else "its rhythm is not known yet")  # fmt: skip
+    gap = (
+        f"its usual gap is {silence.usual_gap_days:g} days" if silence.usual_gap_days else "its rhythm is not known yet"
+    )
     lines = [
         f"No lead has arrived from {who} since {silence.last_day:%Y-%m-%d} ({silence.silent_days} whole days); "
         f"{gap}, so more than {silence.threshold_days} days of silence is unusual.",
@@ -291,8 +337,11 @@ def status_report(store: LeadStore, settings: Settings, now: datetime) -> dict[s
         if silence.silent:
             row["likelyCause"], row["whatToDo"] = likely_cause(store, settings, silence, now)
         rows.append(row)
-    return {"arrivals": rows, "poll": poll_health(store, settings.marketplace_table_name).to_dict(),
-            "poisonMessages": poison_messages(settings)}
+    return {
+        "arrivals": rows,
+        "poll": poll_health(store, settings.marketplace_table_name).to_dict(),
+        "poisonMessages": poison_messages(settings),
+    }
 
 
 def arrivals_check(settings: Settings, now: datetime | None = None) -> Any:
@@ -313,9 +362,10 @@ def arrivals_check(settings: Settings, now: datetime | None = None) -> Any:
     for s in silent:
         cause, detail = likely_cause(store, settings, s, now)
         broken |= cause in BROKEN
-        parts.append(f"no lead from {'offer ' + s.offer if s.offer else 'any offer'} for {s.silent_days} days "
-                     f"(silent past {s.threshold_days}): {cause}")  # fmt: skip
+        parts.append(
+            f"no lead from {'offer ' + s.offer if s.offer else 'any offer'} for {s.silent_days} days "
+            f"(silent past {s.threshold_days}): {cause}"
+        )
         fixes.append(detail)
     message, fix = "; ".join(parts), " | ".join(dict.fromkeys(fixes))
     return Check(False, message, fix) if broken else Check.warn(message, fix)
-

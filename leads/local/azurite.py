@@ -128,10 +128,13 @@ class Azurite:
             "--disableTelemetry",
             "--skipApiVersionCheck",
             "--loose",
-            "--blobPort", str(self.blob_port),
-            "--queuePort", str(self.queue_port),
-            "--tablePort", str(self.table_port),
-        ]  # fmt: skip
+            "--blobPort",
+            str(self.blob_port),
+            "--queuePort",
+            str(self.queue_port),
+            "--tablePort",
+            str(self.table_port),
+        ]
         if self.cert and self.key:
             args += ["--cert", str(self.cert), "--key", str(self.key)] + ["--oauth", "basic"] * self.oauth
         if self.location is None:
@@ -140,10 +143,13 @@ class Azurite:
             self.location.mkdir(parents=True, exist_ok=True)
             args += ["--location", str(self.location)]
         self.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=os.environ.copy(),
             start_new_session=self.own_session,
             preexec_fn=_die_with_parent if self.own_session and sys.platform == "linux" else None,
-        )  # fmt: skip
+        )
         try:
             self._wait_until_listening(timeout)
         except BaseException:

@@ -105,8 +105,10 @@ def check_ports(app_port: int, azurite_ports: dict[str, int]) -> None:
 
 
 def app_port_message(port: int) -> str:
-    return (f"port {port} is already in use (another `make run`, `func start` or another server?).\n"
-            f"Stop it, or choose another port: make run PORT={_suggest(port)}")  # fmt: skip
+    return (
+        f"port {port} is already in use (another `make run`, `func start` or another server?).\n"
+        f"Stop it, or choose another port: make run PORT={_suggest(port)}"
+    )
 
 
 def azurite_ports_message(taken: dict[str, int], ports: dict[str, int]) -> str:
@@ -115,10 +117,12 @@ def azurite_ports_message(taken: dict[str, int], ports: dict[str, int]) -> str:
     held = ", ".join(f"{port} ({service}, {PORT_VARIABLES[service]})" for service, port in taken.items())
     moved = " ".join(f"{PORT_VARIABLES[service]}={_suggest(port, 10)}" for service, port in ports.items())
     ports_word = "ports" if len(taken) > 1 else "port"
-    return (f"Azurite, the storage emulator, cannot listen on {ports_word} {held}: in use, most likely by "
-            f"another Azurite (a second `make run`, the VS Code extension, Docker).\n"
-            f"The app would then read and write that emulator's leads and queue, so nothing is started.\n"
-            f"Stop the other one, or move this one: make run {moved}")  # fmt: skip
+    return (
+        f"Azurite, the storage emulator, cannot listen on {ports_word} {held}: in use, most likely by "
+        f"another Azurite (a second `make run`, the VS Code extension, Docker).\n"
+        f"The app would then read and write that emulator's leads and queue, so nothing is started.\n"
+        f"Stop the other one, or move this one: make run {moved}"
+    )
 
 
 def _suggest(port: int, step: int = 1) -> int:
@@ -142,8 +146,10 @@ def lock_data_folder(location: Path):
         lock.seek(0)
         holder = lock.read().strip() or "?"
         lock.close()
-        raise RunError(f"another `make run` (process {holder}) is using {location}/, Azurite's data: stop it "
-                       "first (Ctrl+C in its terminal); two emulators on one folder would corrupt it.") from None
+        raise RunError(
+            f"another `make run` (process {holder}) is using {location}/, Azurite's data: stop it "
+            "first (Ctrl+C in its terminal); two emulators on one folder would corrupt it."
+        ) from None
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
@@ -151,8 +157,13 @@ def lock_data_folder(location: Path):
 
 
 def start_azurite(location: Path, ports: dict[str, int]) -> Azurite:
-    azurite = Azurite(location=location, blob_port=ports["blob"], queue_port=ports["queue"],
-                      table_port=ports["table"], own_session=True)  # fmt: skip
+    azurite = Azurite(
+        location=location,
+        blob_port=ports["blob"],
+        queue_port=ports["queue"],
+        table_port=ports["table"],
+        own_session=True,
+    )
     try:
         return azurite.start()
     except FileNotFoundError as exc:
@@ -182,8 +193,10 @@ def keep_local_settings_in_step(path: Path, storage: str, port: int = 7071) -> l
         if current == storage or (name != "AzureWebJobsStorage" and not current):
             continue  # an empty MARKETPLACE_TABLE_CONNECTION is the app's storage already
         if current and not is_local_emulator(current):
-            notes.append(f"{path} sets {name} to other storage: the app uses this Azurite, but "
-                         f"`python -m leads ...` reads what {path} names.")  # fmt: skip
+            notes.append(
+                f"{path} sets {name} to other storage: the app uses this Azurite, but "
+                f"`python -m leads ...` reads what {path} names."
+            )
             continue
         values[name] = storage
         changed.append(f"{name}: this Azurite")
@@ -192,8 +205,11 @@ def keep_local_settings_in_step(path: Path, storage: str, port: int = 7071) -> l
         changed.append(f"Host.LocalHttpPort: {port}")
     if changed:
         path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        notes.insert(0, f"{path} now names this run ({'; '.join(changed)}), so that `python -m leads ...` reaches "
-                        "the same app and reads the same leads.")  # fmt: skip
+        notes.insert(
+            0,
+            f"{path} now names this run ({'; '.join(changed)}), so that `python -m leads ...` reaches "
+            "the same app and reads the same leads.",
+        )
     return notes
 
 
@@ -211,8 +227,10 @@ def give_an_id_key(path: Path) -> str | None:
         return None
     values["LEADS_ID_KEY"] = secrets.token_urlsafe(32)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return (f"{path} had no LEADS_ID_KEY: a random one is written into it. Keep it: the ids of the leads stored "
-            "here are made with it.")
+    return (
+        f"{path} had no LEADS_ID_KEY: a random one is written into it. Keep it: the ids of the leads stored "
+        "here are made with it."
+    )
 
 
 def banner(port: int, azurite: Azurite, location: str, notes: list[str]) -> str:
@@ -234,8 +252,9 @@ def banner(port: int, azurite: Azurite, location: str, notes: list[str]) -> str:
     if settings.email_to and not (settings.email_connection_string or settings.email_endpoint):
         lines.append(f"Mails are written to {settings.email_outbox_dir}/ as .eml files (ACS is not configured).")
     if not settings.alert_to:
-        lines.append("LEADS_ALERT_TO is not set: a delivery that fails for good alerts nobody (see python -m leads "
-                     "status).")  # fmt: skip
+        lines.append(
+            "LEADS_ALERT_TO is not set: a delivery that fails for good alerts nobody (see python -m leads status)."
+        )
     lines += ["Stop with Ctrl+C: the app finishes what it is doing, then Azurite stops; leads stay.", ""]
     return "\n".join(lines)
 
@@ -249,8 +268,10 @@ def destinations_line(settings) -> str:
     where = {"email": "; ".join(split_addresses(settings.email_to)), "webhook": mask_urls(settings.webhook_url)}
     names = enabled_names(settings)
     if not names:
-        return ("No destination is enabled: leads are stored and sent nowhere (set EMAIL_TO or WEBHOOK_URL in "
-                "local.settings.json, docs/settings.md).")  # fmt: skip
+        return (
+            "No destination is enabled: leads are stored and sent nowhere (set EMAIL_TO or WEBHOOK_URL in "
+            "local.settings.json, docs/settings.md)."
+        )
     return "Leads go to: " + ", ".join(f"{name} ({where[name]})" if where.get(name) else name for name in names) + "."
 
 

@@ -142,8 +142,10 @@ class HostOptions:
         batch_size = min(int(queues.get("batchSize", defaults.batch_size)), 32)  # the service's cap
         max_polling_interval = _timespan(queues.get("maxPollingInterval", "00:01:00"))
         if max_polling_interval < QUEUE_POLL_MINIMUM:  # the host refuses to start with it, too
-            raise ValueError(f"host.json: extensions.queues.maxPollingInterval {queues['maxPollingInterval']!r} "
-                             f"must be at least 00:00:00.100")  # fmt: skip
+            raise ValueError(
+                f"host.json: extensions.queues.maxPollingInterval {queues['maxPollingInterval']!r} "
+                f"must be at least 00:00:00.100"
+            )
         return cls(
             route_prefix=str(http.get("routePrefix", cls.route_prefix)).strip("/"),
             queues=QueueOptions(
@@ -720,8 +722,10 @@ class QueueListener(threading.Thread):
         except ValueError:
             log.error(
                 "Queue '%s': message %s is not %s-encoded (host.json extensions.queues.messageEncoding)",
-                self.queue_name, message.id, self.options.message_encoding,
-            )  # fmt: skip
+                self.queue_name,
+                message.id,
+                self.options.message_encoding,
+            )
             return False
         trigger = QueueMessage(
             id=message.id,
@@ -742,8 +746,10 @@ class QueueListener(threading.Thread):
         poison_name = f"{self.queue_name}-poison"
         log.warning(
             "Message has reached MaxDequeueCount of %d. Moving message %s to queue '%s'.",
-            self.options.max_dequeue_count, message.id, poison_name,
-        )  # fmt: skip
+            self.options.max_dequeue_count,
+            message.id,
+            poison_name,
+        )
         poison = queue_service(os.environ.get(self.connection, ""), self.connection).get_queue_client(poison_name)
         _existing_queue(poison).send_message(message.content, **NO_SDK_RETRIES)
         queue.delete_message(message, **NO_SDK_RETRIES)
@@ -805,8 +811,10 @@ class LocalHost:
 
     def start(self) -> LocalHost:
         if self.function_key is None and not is_loopback(self.host):
-            raise ValueError(f"serving on {self.host} exposes the app beyond this machine: "
-                             "give it a key with --function-key, or serve on 127.0.0.1")  # fmt: skip
+            raise ValueError(
+                f"serving on {self.host} exposes the app beyond this machine: "
+                "give it a key with --function-key, or serve on 127.0.0.1"
+            )
         load_local_settings(self.settings_file)
         get_settings.cache_clear()  # the app reads its settings afresh, with the file's values
         get_settings()  # a refused setting (one out of its range) stops the host here, named, before it serves
@@ -824,8 +832,12 @@ class LocalHost:
             log.info("Functions: %s", worker.describe())
         for worker in self._workers:
             worker.start()
-        log.info("Function keys: %s", "required on function and admin routes" if self.function_key else
-                 "not checked (as with Core Tools; loopback only)")  # fmt: skip
+        log.info(
+            "Function keys: %s",
+            "required on function and admin routes"
+            if self.function_key
+            else "not checked (as with Core Tools; loopback only)",
+        )
         log.info("Serving %s at %s (Ctrl+C to stop)", self.app_module, self.url)
         return self
 

@@ -20,14 +20,15 @@ if TYPE_CHECKING:
 LOCAL_STORAGE_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # A refused value of a setting named like these is not quoted back: it may be, or hold, a secret.
 _SECRET_WORDS = ("SECRET", "TOKEN", "KEY", "CONNECTION", "PASSWORD")
-SETTINGS_FIX = ("correct it where it is set (local.settings.json's Values, the environment, or the app settings "
-                "in Azure); docs/settings.md lists every setting and its values")  # fmt: skip
+SETTINGS_FIX = (
+    "correct it where it is set (local.settings.json's Values, the environment, or the app settings "
+    "in Azure); docs/settings.md lists every setting and its values"
+)
 
 
 def is_local_emulator(connection: str) -> bool:
     """Whether a storage connection string names an emulator on this machine."""
     return "UseDevelopmentStorage=true" in connection or any(f"//{host}:" in connection for host in LOCAL_STORAGE_HOSTS)
-
 
 
 def runs_locally(settings: Settings) -> bool:
@@ -37,10 +38,14 @@ def runs_locally(settings: Settings) -> bool:
 
 def storage_fix(settings: Settings) -> str:
     if runs_locally(settings):
-        return ("start the storage emulator and the app with `make run` (in another terminal; it points "
-                "local.settings.json at its Azurite), then run this again")  # fmt: skip
-    return ("check AzureWebJobsStorage: a connection string, or AzureWebJobsStorage__accountName with a Storage "
-            "Table and Queue Data role for your sign-in (az login) or the app's identity")  # fmt: skip
+        return (
+            "start the storage emulator and the app with `make run` (in another terminal; it points "
+            "local.settings.json at its Azurite), then run this again"
+        )
+    return (
+        "check AzureWebJobsStorage: a connection string, or AzureWebJobsStorage__accountName with a Storage "
+        "Table and Queue Data role for your sign-in (az login) or the app's identity"
+    )
 
 
 def storage_failure(error: BaseException) -> str:
@@ -63,9 +68,11 @@ def storage_message(command: str, error: BaseException, settings: Settings) -> s
     from leads.core.local_settings import where_set
 
     which = "the local storage emulator" if runs_locally(settings) else "the storage"
-    return (f"{command}: {which} that AzureWebJobsStorage names ({where_set('AzureWebJobsStorage')}) could not be "
-            f"used: {storage_failure(error)}.\n"
-            f"  To do: {storage_fix(settings)}.")  # fmt: skip
+    return (
+        f"{command}: {which} that AzureWebJobsStorage names ({where_set('AzureWebJobsStorage')}) could not be "
+        f"used: {storage_failure(error)}.\n"
+        f"  To do: {storage_fix(settings)}."
+    )
 
 
 def setting_problems(error: ValidationError) -> list[tuple[str, str]]:
@@ -96,6 +103,9 @@ def settings_despite(error: ValidationError) -> Settings:
     from leads.core.settings import Settings
 
     refused = {str(item["loc"][0]) for item in error.errors() if item["loc"]}
-    defaults = {name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()
-                if (field.alias or name) in refused or name in refused}  # fmt: skip
+    defaults = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in Settings.model_fields.items()
+        if (field.alias or name) in refused or name in refused
+    }
     return Settings(**defaults)

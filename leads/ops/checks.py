@@ -26,15 +26,28 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     from leads.ops.function_keys import function_keys_check
 
     storage = storage_check(settings)
-    results = [*refused, ("storage", storage), ("routing", routing_check(settings)),
-               ("settings", key_vault_check(settings)), ("id key", id_key_check(settings, storage.ok)),
-               ("function keys", function_keys_check(settings))]  # fmt: skip
+    results = [
+        *refused,
+        ("storage", storage),
+        ("routing", routing_check(settings)),
+        ("settings", key_vault_check(settings)),
+        ("id key", id_key_check(settings, storage.ok)),
+        ("function keys", function_keys_check(settings)),
+    ]
     if storage.ok:
         results.append(("lead arrivals", arrivals_check(settings)))
     names = enabled_names(settings)
     if not names:
-        results.append(("destinations", Check(False, "no destination is enabled", "set EMAIL_TO, WEBHOOK_URL "
-                                              "or a CRM's settings (see docs/settings.md)")))  # fmt: skip
+        results.append(
+            (
+                "destinations",
+                Check(
+                    False,
+                    "no destination is enabled",
+                    "set EMAIL_TO, WEBHOOK_URL or a CRM's settings (see docs/settings.md)",
+                ),
+            )
+        )
     if "email" in names and (settings.email_connection_string or settings.email_endpoint):
         from leads.destinations.email import limits_check
 
@@ -49,8 +62,9 @@ def run_checks(settings: Settings | None = None) -> list[tuple[str, Check]]:
     if storage.ok:
         results = failing_now(results, settings)
     # A URL quoted by a check may carry its secret (a Teams workflow's sig=, a Slack hook's path).
-    return [(name, Check(check.ok, mask_urls(check.message), check.fix and mask_urls(check.fix)))
-            for name, check in results]  # fmt: skip
+    return [
+        (name, Check(check.ok, mask_urls(check.message), check.fix and mask_urls(check.fix))) for name, check in results
+    ]
 
 
 def storage_check(settings: Settings) -> Check:
@@ -92,8 +106,10 @@ def _readable_settings() -> tuple[Settings | None, list[tuple[str, Check]]]:
     try:
         return get_settings(), []
     except ValidationError as error:
-        refused = [("setting value", Check(False, problem, f"{SETTINGS_FIX}; the lines below take its default"))
-                   for _, problem in setting_problems(error)]  # fmt: skip
+        refused = [
+            ("setting value", Check(False, problem, f"{SETTINGS_FIX}; the lines below take its default"))
+            for _, problem in setting_problems(error)
+        ]
         try:
             return settings_despite(error), refused
         except ValidationError:
@@ -109,28 +125,62 @@ def recipients_checks(settings: Settings, enabled: list[str]) -> list[tuple[str,
     results = []
     sales = split_addresses(settings.email_to)
     if wrong := [address for address in sales if not normalise_email(address)[1]]:
-        results.append(("recipients", Check(False, f"EMAIL_TO holds {', '.join(map(repr, wrong))}, which is not an "
-                                            "email address: the mails about leads to it fail",
-                                            "set EMAIL_TO to addresses separated by ';': sales@contoso.com; "
-                                            "emea@contoso.com")))  # fmt: skip
+        results.append(
+            (
+                "recipients",
+                Check(
+                    False,
+                    f"EMAIL_TO holds {', '.join(map(repr, wrong))}, which is not an "
+                    "email address: the mails about leads to it fail",
+                    "set EMAIL_TO to addresses separated by ';': sales@contoso.com; emea@contoso.com",
+                ),
+            )
+        )
     elif not sales and enabled and "email" not in enabled:
-        tests = (", and test leads (Partner Center's Validate) go nowhere: LEADS_TEST_LEADS=notify mails them only"
-                 if settings.test_leads == "notify" else "")  # fmt: skip
-        results.append(("recipients", Check.warn(f"EMAIL_TO is not set: nobody is mailed about leads{tests}",
-                                                 "set EMAIL_TO to sales' addresses (';' between several)")))
+        tests = (
+            ", and test leads (Partner Center's Validate) go nowhere: LEADS_TEST_LEADS=notify mails them only"
+            if settings.test_leads == "notify"
+            else ""
+        )
+        results.append(
+            (
+                "recipients",
+                Check.warn(
+                    f"EMAIL_TO is not set: nobody is mailed about leads{tests}",
+                    "set EMAIL_TO to sales' addresses (';' between several)",
+                ),
+            )
+        )
     operators = split_addresses(settings.alert_to)
     if wrong := [address for address in operators if not normalise_email(address)[1]]:
-        results.append(("alerts", Check.warn(f"LEADS_ALERT_TO holds {', '.join(map(repr, wrong))}, which is not an "
-                                             "email address: alerts of failed deliveries to it fail",
-                                             "set LEADS_ALERT_TO to the operators' addresses (';' between several)")))
+        results.append(
+            (
+                "alerts",
+                Check.warn(
+                    f"LEADS_ALERT_TO holds {', '.join(map(repr, wrong))}, which is not an "
+                    "email address: alerts of failed deliveries to it fail",
+                    "set LEADS_ALERT_TO to the operators' addresses (';' between several)",
+                ),
+            )
+        )
     elif not operators:
-        results.append(("alerts", Check.warn("LEADS_ALERT_TO is not set: a delivery that fails for good alerts "
-                                             "nobody; it shows only in python -m leads status",
-                                             "set LEADS_ALERT_TO to the operators' addresses (docs/deploy.md, "
-                                             "Destinations and alerts on the deployed app)")))  # fmt: skip
+        results.append(
+            (
+                "alerts",
+                Check.warn(
+                    "LEADS_ALERT_TO is not set: a delivery that fails for good alerts "
+                    "nobody; it shows only in python -m leads status",
+                    "set LEADS_ALERT_TO to the operators' addresses (docs/deploy.md, "
+                    "Destinations and alerts on the deployed app)",
+                ),
+            )
+        )
     else:
-        outbox = "" if settings.email_connection_string or settings.email_endpoint else \
-            f" (as .eml files in {settings.email_outbox_dir}/: ACS is not configured)"  # fmt: skip
+        outbox = (
+            ""
+            if settings.email_connection_string or settings.email_endpoint
+            else f" (as .eml files in {settings.email_outbox_dir}/: ACS is not configured)"
+        )
         results.append(("alerts", Check(True, f"failed deliveries are mailed to {', '.join(operators)}{outbox}")))
     return results
 
@@ -152,11 +202,20 @@ def failing_now(results: list[tuple[str, Check]], settings: Settings) -> list[tu
             told.append((name, check))
             continue
         error = latest[name].last_error if name in latest else None
-        said = (f"{count} deliveries failed and wait for replay (python -m leads status)"
-                + (f"; the latest: {one_line(error, 200)}" if error else ""))  # fmt: skip
+        said = f"{count} deliveries failed and wait for replay (python -m leads status)" + (
+            f"; the latest: {one_line(error, 200)}" if error else ""
+        )
         fix = f"once the cause is fixed: python -m leads replay --destination {name}"
-        told.append((name, Check(False, f"{check.message}; but {said}" if check.ok else f"{check.message}; {said}",
-                                 f"{check.fix}; {fix}" if check.fix else fix)))  # fmt: skip
+        told.append(
+            (
+                name,
+                Check(
+                    False,
+                    f"{check.message}; but {said}" if check.ok else f"{check.message}; {said}",
+                    f"{check.fix}; {fix}" if check.fix else fix,
+                ),
+            )
+        )
     return told
 
 
@@ -169,9 +228,12 @@ def key_vault_check(settings: Settings) -> Check:
         if str(getattr(settings, name)).startswith("@Microsoft.KeyVault(")
     )
     if unresolved:
-        return Check(False, f"Key Vault references not resolved: {', '.join(unresolved)}",
-                     "give the app's identity 'Key Vault Secrets User' on the vault, check the secret exists, "
-                     "and that keyVaultReferenceIdentity names that identity")  # fmt: skip
+        return Check(
+            False,
+            f"Key Vault references not resolved: {', '.join(unresolved)}",
+            "give the app's identity 'Key Vault Secrets User' on the vault, check the secret exists, "
+            "and that keyVaultReferenceIdentity names that identity",
+        )
     return Check(True, "no unresolved Key Vault references")
 
 
@@ -185,8 +247,10 @@ def id_key_check(settings: Settings, storage_ok: bool = True) -> Check:
     if problem := key_problem(settings):
         return Check.warn(problem[1], problem[2])
     if settings.id_key.strip().startswith("@Microsoft.KeyVault("):
-        return Check.warn(f"{SETTING} is an unresolved Key Vault reference: digests are plain until it resolves",
-                          "see the settings line")  # fmt: skip
+        return Check.warn(
+            f"{SETTING} is an unresolved Key Vault reference: digests are plain until it resolves",
+            "see the settings line",
+        )
     if not storage_ok:
         return Check.warn(f"{SETTING} is set; whether it is the store's cannot be read (see the storage line)")
     from leads.core.deadlines import PROBE_SECONDS
@@ -201,10 +265,12 @@ def id_key_check(settings: Settings, storage_ok: bool = True) -> Check:
     except (AzureError, ValueError, StorageNotConfigured) as exc:
         return Check.warn(f"{SETTING} is set; whether it is the store's could not be read ({type(exc).__name__})")
     if changed:
-        return Check.warn(f"{SETTING} is not the key this store's ids and rows were made with: import no longer "
-                          "matches the leads stored before, and forget --email misses their email rows",
-                          "set it back to the earlier key (Key Vault keeps every version of the secret "
-                          "leads-id-key); never change it once leads are stored")  # fmt: skip
+        return Check.warn(
+            f"{SETTING} is not the key this store's ids and rows were made with: import no longer "
+            "matches the leads stored before, and forget --email misses their email rows",
+            "set it back to the earlier key (Key Vault keeps every version of the secret "
+            "leads-id-key); never change it once leads are stored",
+        )
     return Check(True, f"{SETTING} is set, the key this store's ids are made with")
 
 
@@ -216,8 +282,11 @@ def routing_check(settings: Settings) -> Check:
     enabled = set(enabled_names(settings))
     unknown = sorted({name for rule in rules for name in rule.destinations or () if name not in enabled})
     if unknown:
-        return Check(False, f"rules name destinations that are not enabled: {', '.join(unknown)}",
-                     "enable them with their settings, or remove them from LEADS_ROUTING")  # fmt: skip
+        return Check(
+            False,
+            f"rules name destinations that are not enabled: {', '.join(unknown)}",
+            "enable them with their settings, or remove them from LEADS_ROUTING",
+        )
     problem = mapping_names_problem(rules, settings, enabled)
     if problem:
         return problem
@@ -237,13 +306,21 @@ def mapping_names_problem(rules, settings: Settings, enabled: set[str]) -> Check
             setting = destination_class(name).mapping_setting
             text = getattr(settings, setting.lower())
             defined[name] = names(Mappings(setting, text))
-    missing = sorted({rule.mapping for rule in rules if rule.mapping and not any(rule.mapping in found for found in
-                                                                                  defined.values())})  # fmt: skip
+    missing = sorted(
+        {
+            rule.mapping
+            for rule in rules
+            if rule.mapping and not any(rule.mapping in found for found in defined.values())
+        }
+    )
     if not missing:
         return None
-    return Check(False, f"rules name field mappings no enabled CRM's mapping setting defines: {', '.join(missing)}",
-                 "define them under \"mappings\" in SALESFORCE_MAPPING, HUBSPOT_MAPPING, DYNAMICS_MAPPING or "
-                 "MARKETO_MAPPING (docs/settings.md, Field mapping), or correct the rule's \"mapping\"")  # fmt: skip
+    return Check(
+        False,
+        f"rules name field mappings no enabled CRM's mapping setting defines: {', '.join(missing)}",
+        'define them under "mappings" in SALESFORCE_MAPPING, HUBSPOT_MAPPING, DYNAMICS_MAPPING or '
+        'MARKETO_MAPPING (docs/settings.md, Field mapping), or correct the rule\'s "mapping"',
+    )
 
 
 STATES = {
@@ -259,12 +336,15 @@ def what_it_means(name: str, check: Check) -> str | None:
         return None
     return {
         "setting value": "the app cannot read its settings: every function fails (POST /api/leads answers 500 and "
-                         "stores nothing; the poll and the deliveries stop) until it is fixed",
+        "stores nothing; the poll and the deliveries stop) until it is fixed",
         "recipients": "the mails about leads fail (retried, then failed and replayable with `replay`)",
         "storage": "no lead can be stored: POST /api/leads answers 503 and the table poll waits",
         "routing": "leads take the default route, or skip destinations a rule names but that are not enabled",
         "settings": "deliveries to the destinations these settings belong to fail",
         "destinations": "leads are stored, and sent nowhere",
         "lead arrivals": "leads the marketplace sends are not taken in until it is fixed (it sends each lead once)",
-    }.get(name, f"leads are stored but not delivered to {name} (retried for LEADS_RETRY_HOURS where that may "
-                "help); once fixed, `python -m leads replay` sends those that failed")  # fmt: skip
+    }.get(
+        name,
+        f"leads are stored but not delivered to {name} (retried for LEADS_RETRY_HOURS where that may "
+        "help); once fixed, `python -m leads replay` sends those that failed",
+    )

@@ -23,8 +23,9 @@ def spark(values: list[int]) -> str:
     """One character a value, scaled to the largest; a day with none is a dot, so a quiet day is
     told from a small one."""
     top = max(values, default=0)
-    return "".join("·" if value == 0 else SPARKS[min(len(SPARKS) - 1, (value * len(SPARKS) - 1) // top)]
-                   for value in values)  # fmt: skip
+    return "".join(
+        "·" if value == 0 else SPARKS[min(len(SPARKS) - 1, (value * len(SPARKS) - 1) // top)] for value in values
+    )
 
 
 def daily(store: LeadStore, days: int, now: datetime | None = None) -> dict[str, dict[str, list[int]]]:
@@ -50,22 +51,29 @@ def render(report: Status, series: dict[str, dict[str, list[int]]]) -> str:
     """The report as a few aligned tables."""
     lines = []
     if not report.index_built:
-        lines.append("The index is still being built (python -m leads reindex): deliveries from before it may be "
-                     "missing.")
+        lines.append(
+            "The index is still being built (python -m leads reindex): deliveries from before it may be missing."
+        )
     if not report.held_back_counted:
-        lines.append("Held-back deliveries are still being counted (a store from before their tally): the figure "
-                     "grows until the maintenance run or python -m leads reindex has counted them.")
+        lines.append(
+            "Held-back deliveries are still being counted (a store from before their tally): the figure "
+            "grows until the maintenance run or python -m leads reindex has counted them."
+        )
     names = sorted((set(series) - {"intake"}) | set(report.open) | set(report.failed) | set(report.held_back))
     width = max([11, *map(len, names)])
     days = report.days
     delivered_head, failed_head = f"DELIVERED {days}d", f"FAILED {days}d"
-    lines.append(f"{'DESTINATION':<{width}}  {delivered_head:<{days + 6}}  {failed_head:<{days + 6}}"
-                 f"  {'OPEN':>5}  {'FAILED':>6}  {'HELD':>5}")  # fmt: skip
+    lines.append(
+        f"{'DESTINATION':<{width}}  {delivered_head:<{days + 6}}  {failed_head:<{days + 6}}"
+        f"  {'OPEN':>5}  {'FAILED':>6}  {'HELD':>5}"
+    )
     for name in names:
         delivered, failed = (series.get(name, {}).get(state, [0] * days) for state in ("delivered", "failed"))
-        lines.append(f"{name:<{width}}  {spark(delivered)} {sum(delivered):>5}  {spark(failed)} {sum(failed):>5}"
-                     f"  {report.open.get(name, 0):>5}  {report.failed.get(name, 0):>6}"
-                     f"  {report.held_back.get(name, 0):>5}")  # fmt: skip
+        lines.append(
+            f"{name:<{width}}  {spark(delivered)} {sum(delivered):>5}  {spark(failed)} {sum(failed):>5}"
+            f"  {report.open.get(name, 0):>5}  {report.failed.get(name, 0):>6}"
+            f"  {report.held_back.get(name, 0):>5}"
+        )
     if not names:
         lines.append("(no delivery in the last days, nothing open or failed)")
     rejected = series.get("intake", {}).get("rejected", [0] * days)
@@ -83,8 +91,10 @@ def _arrivals(watch: dict[str, Any]) -> list[str]:
         lines.append(f"{'OFFER':<{width}}  {'LAST LEAD':<10}  {'SILENT':>6}  {'ALARM AFTER':>11}  STATE")
         for row in rows:
             state = f"SILENT: {row['likelyCause']}" if row["silent"] else "ok"
-            lines.append(f"{row['offer'] or '(all)':<{width}}  {row['lastLeadDay']}  {row['silentDays']:>5}d"
-                         f"  {row['thresholdDays']:>10}d  {state}")  # fmt: skip
+            lines.append(
+                f"{row['offer'] or '(all)':<{width}}  {row['lastLeadDay']}  {row['silentDays']:>5}d"
+                f"  {row['thresholdDays']:>10}d  {state}"
+            )
         lines += [f"  {row['offer'] or 'all'}: {row['whatToDo']}" for row in rows if row["silent"]]
     else:
         lines.append("No lead has arrived yet: the silence watch starts with the first.")
@@ -97,6 +107,7 @@ def _arrivals(watch: dict[str, Any]) -> list[str]:
         last = poll["lastOkAt"][:16].replace("T", " ")
         lines.append(f"Table poll: ok (its successes are noted hourly; the last noted {last} UTC{missing})")
     if watch.get("poisonMessages"):
-        lines.append(f"Poison queue: {watch['poisonMessages']} messages the host gave up on "
-                     "(docs/operations.md#alerts)")
+        lines.append(
+            f"Poison queue: {watch['poisonMessages']} messages the host gave up on (docs/operations.md#alerts)"
+        )
     return lines

@@ -31,8 +31,9 @@ _APP_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Micro
 FIND_APP_ID = 'az functionapp show -g "$RG" -n "$APP" --query id -o tsv'
 
 
-def key_names(app_id: str, credential: Any, arm_url: str = ARM_URL, timeout: float = 30.0,
-              session: Any = None) -> tuple[list[str], list[str]]:  # fmt: skip
+def key_names(
+    app_id: str, credential: Any, arm_url: str = ARM_URL, timeout: float = 30.0, session: Any = None
+) -> tuple[list[str], list[str]]:
     """(names of ``ingest_lead``'s own keys, names of the app-wide function keys)."""
     import requests
 
@@ -40,8 +41,9 @@ def key_names(app_id: str, credential: Any, arm_url: str = ARM_URL, timeout: flo
     headers = {"Authorization": f"Bearer {credential.get_token(ARM_SCOPE).token}"}
 
     def listed(path: str) -> dict[str, Any]:
-        response = session.post(f"{arm_url}{app_id}{path}", params={"api-version": API_VERSION}, headers=headers,
-                                timeout=timeout)  # fmt: skip
+        response = session.post(
+            f"{arm_url}{app_id}{path}", params={"api-version": API_VERSION}, headers=headers, timeout=timeout
+        )
         if response.status_code != 200:
             raise KeyListingError(response.status_code, _arm_error(response))
         return response.json()
@@ -66,16 +68,23 @@ def function_keys_check(settings: Settings, credential: Any = None, arm_url: str
 
     app_id = settings.function_app_id.strip().rstrip("/")
     if not app_id and runs_locally(settings):
-        return Check(True, "not checked: a local run takes POST /api/leads without a key (in Azure the marketplace's "
-                     "URL carries one, ?code=)")  # fmt: skip
+        return Check(
+            True,
+            "not checked: a local run takes POST /api/leads without a key (in Azure the marketplace's "
+            "URL carries one, ?code=)",
+        )
     if not app_id:
-        return Check(True, "key names not listed: LEADS_FUNCTION_APP_ID is not set (locally no key is checked)",
-                     f"to list them, set LEADS_FUNCTION_APP_ID=$({FIND_APP_ID}) and run check signed in with "
-                     "az login")  # fmt: skip
+        return Check(
+            True,
+            "key names not listed: LEADS_FUNCTION_APP_ID is not set (locally no key is checked)",
+            f"to list them, set LEADS_FUNCTION_APP_ID=$({FIND_APP_ID}) and run check signed in with az login",
+        )
     if not _APP_ID.fullmatch(app_id):
-        return Check(False, "LEADS_FUNCTION_APP_ID is not a function app's resource id",
-                     "set it to /subscriptions/.../resourceGroups/.../providers/Microsoft.Web/sites/<app>: "
-                     f"{FIND_APP_ID}")  # fmt: skip
+        return Check(
+            False,
+            "LEADS_FUNCTION_APP_ID is not a function app's resource id",
+            f"set it to /subscriptions/.../resourceGroups/.../providers/Microsoft.Web/sites/<app>: {FIND_APP_ID}",
+        )
     from azure.core.exceptions import ClientAuthenticationError
 
     try:
@@ -91,15 +100,19 @@ def function_keys_check(settings: Settings, credential: Any = None, arm_url: str
     except KeyListingError as error:
         fix = f"check LEADS_FUNCTION_APP_ID: {FIND_APP_ID}"
         if error.status == 403:
-            fix = ("your account needs a role with Microsoft.Web/sites/functions/listkeys/action on the app "
-                   "(Website Contributor, or Contributor)")  # fmt: skip
+            fix = (
+                "your account needs a role with Microsoft.Web/sites/functions/listkeys/action on the app "
+                "(Website Contributor, or Contributor)"
+            )
         return Check(False, f"the function keys cannot be listed: {error}", fix)
     except Exception as error:  # noqa: BLE001 - a check reports, never crashes the others
         return Check(False, f"the function keys cannot be listed ({type(error).__name__})", "run check again")
     if not own and not host:
-        return Check(False, f"no key opens {INTAKE_FUNCTION}: the marketplace cannot deliver",
-                     "create one: az functionapp function keys set ... --function-name ingest_lead "
-                     "--key-name partner-center")  # fmt: skip
+        return Check(
+            False,
+            f"no key opens {INTAKE_FUNCTION}: the marketplace cannot deliver",
+            "create one: az functionapp function keys set ... --function-name ingest_lead --key-name partner-center",
+        )
     message = f"{INTAKE_FUNCTION} keys: {', '.join(own) or 'none'}; app-wide function keys: {', '.join(host) or 'none'}"
     return Check(True, message)
 

@@ -56,15 +56,20 @@ def status(settings: Settings | None = None) -> Answer:
     from leads.ops.operations import status as delivery_status
 
     settings = settings or get_settings()
-    checks = {"storage": storage_check(settings), "routing": routing_check(settings),
-              "settings": key_vault_check(settings)}  # fmt: skip
+    checks = {
+        "storage": storage_check(settings),
+        "routing": routing_check(settings),
+        "settings": key_vault_check(settings),
+    }
     body: dict = {
         "status": "ok" if checks["storage"].ok else "unavailable",
-        "readiness": {name: {"ok": check.ok, "message": mask_urls(check.message),
-                             "fix": check.fix and mask_urls(check.fix)} for name, check in checks.items()},
+        "readiness": {
+            name: {"ok": check.ok, "message": mask_urls(check.message), "fix": check.fix and mask_urls(check.fix)}
+            for name, check in checks.items()
+        },
         "destinations": enabled_names(settings),
         "marketplaceTable": settings.marketplace_table_name,
-    }  # fmt: skip
+    }
     if checks["storage"].ok:
         from leads.core.deadlines import STATUS_SECONDS
         from leads.core.http import deadline
@@ -74,6 +79,9 @@ def status(settings: Settings | None = None) -> Answer:
                 body.update(delivery_status(settings).to_dict())
         except AzureError as exc:  # storage went away between the probe and the read
             body["status"] = "unavailable"
-            body["readiness"]["storage"] = {"ok": False, "fix": None,
-                                            "message": f"deliveries cannot be read ({type(exc).__name__})"}  # fmt: skip
+            body["readiness"]["storage"] = {
+                "ok": False,
+                "fix": None,
+                "message": f"deliveries cannot be read ({type(exc).__name__})",
+            }
     return Answer(200 if body["status"] == "ok" else 503, body)

@@ -93,8 +93,13 @@ def _stuck(delivery: Delivery, now: datetime) -> bool:
     return False
 
 
-def replay(lead_id: str | None = None, destination: str | None = None, settings: Settings | None = None,
-           skipped: bool = False, now: datetime | None = None) -> list[Delivery]:  # fmt: skip
+def replay(
+    lead_id: str | None = None,
+    destination: str | None = None,
+    settings: Settings | None = None,
+    skipped: bool = False,
+    now: datetime | None = None,
+) -> list[Delivery]:
     """Deliver failed deliveries again (never a delivered one), with a fresh retry window; a
     lead's own (``lead_id``) also when held as older than ``LEADS_BACKFILL_DAYS``, and with
     ``skipped`` only those held ones. Without a lead, reads the failed index, or with ``skipped``
@@ -113,8 +118,9 @@ def replay(lead_id: str | None = None, destination: str | None = None, settings:
         wanted = delivery.held if skipped else delivery.state == "failed" or (lead_id is not None and delivery.held)
         if not wanted or (destination and delivery.destination != destination):
             continue
-        again = store.deliveries.change(delivery, state="pending", retry_from=now, next_attempt_at=None,
-                                        claimed_until=None)  # fmt: skip
+        again = store.deliveries.change(
+            delivery, state="pending", retry_from=now, next_attempt_at=None, claimed_until=None
+        )
         if again:
             delivery_queue(settings).send(again.lead_id, again.destination)
             replayed.append(again)
@@ -167,8 +173,13 @@ class Status:
         }
 
 
-def status(settings: Settings | None = None, failures: int = 10, days: int = 7, rejections: int = 5,
-           now: datetime | None = None) -> Status:  # fmt: skip
+def status(
+    settings: Settings | None = None,
+    failures: int = 10,
+    days: int = 7,
+    rejections: int = 5,
+    now: datetime | None = None,
+) -> Status:
     """How the deliveries of the last ``days`` days' leads stand (day counters: delivered, failed,
     skipped per destination, rejected records), what is open or failed now (the indexes), how many
     are held back (the tally), the oldest open delivery, the latest failures and rejections, and
@@ -182,8 +193,12 @@ def status(settings: Settings | None = None, failures: int = 10, days: int = 7, 
     now = now or datetime.now(UTC)
     from leads.intake.silence import status_report
 
-    report = Status(days=days, counts=store.counters.window(days, now), index_built=store.index.built(),
-                    watch=status_report(store, settings, now))  # fmt: skip
+    report = Status(
+        days=days,
+        counts=store.counters.window(days, now),
+        index_built=store.index.built(),
+        watch=status_report(store, settings, now),
+    )
     open_entries = list(store.index.open())
     for entry in open_entries:
         report.open[entry.destination] = report.open.get(entry.destination, 0) + 1
@@ -225,16 +240,23 @@ def maintain(settings: Settings | None = None, now: datetime | None = None) -> d
     done: dict[str, Any] = {}
     if not store.index.built():
         progress = store.index.build(store.leads, seconds=BUILD_SECONDS)
-        log.warning("indexing leads stored before the index: %d leads, %d open or failed deliveries so far%s",
-                    progress["Leads"], progress["Deliveries"], ", done" if progress["Done"] else "")  # fmt: skip
+        log.warning(
+            "indexing leads stored before the index: %d leads, %d open or failed deliveries so far%s",
+            progress["Leads"],
+            progress["Deliveries"],
+            ", done" if progress["Done"] else "",
+        )
         done["index"] = progress
     if not store.index.held_back()[1]:
         counted = store.index.count_held(seconds=BUILD_SECONDS)
-        log.warning("counting the held-back deliveries of a store from before their tally%s",
-                    ": done" if counted else "; goes on at the next run")  # fmt: skip
+        log.warning(
+            "counting the held-back deliveries of a store from before their tally%s",
+            ": done" if counted else "; goes on at the next run",
+        )
         done["heldCounted"] = counted
-    done["verify"] = verify(settings, since_days=settings.verify_days, repair=True, now=now,
-                            held_page=HELD_PAGE).to_dict()  # fmt: skip
+    done["verify"] = verify(
+        settings, since_days=settings.verify_days, repair=True, now=now, held_page=HELD_PAGE
+    ).to_dict()
     return done
 
 
@@ -246,7 +268,9 @@ def reindex(settings: Settings | None = None, again: bool = False) -> dict[str, 
     already), None if both were."""
     store = LeadStore.from_settings(settings or get_settings())
     store.ensure_tables()
-    done = {"index": None if store.index.built() and not again else store.index.build(store.leads, again=again),
-            "identities": None if store.identities.built() and not again else store.identities.build(again=again)}
+    done = {
+        "index": None if store.index.built() and not again else store.index.build(store.leads, again=again),
+        "identities": None if store.identities.built() and not again else store.identities.build(again=again),
+    }
     store.index.count_held()
     return done if any(done.values()) else None

@@ -22,12 +22,23 @@ from leads.store.rows import FINAL
 
 def test_lead_fields(marker: str) -> dict[str, str]:
     """The customer fields of a validation lead, as the marketplace fills them."""
-    return {"FirstName": marker, "LastName": marker, "Email": f"{marker}@test.com", "Phone": "1234567890",
-            "Country": "US", "Company": marker, "Title": marker}  # fmt: skip
+    return {
+        "FirstName": marker,
+        "LastName": marker,
+        "Email": f"{marker}@test.com",
+        "Phone": "1234567890",
+        "Country": "US",
+        "Company": marker,
+        "Title": marker,
+    }
 
 
-def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads", timeout: float = 120,
-                  progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:  # fmt: skip
+def run_test_lead(
+    via: str = "http",
+    url: str = "http://127.0.0.1:7071/api/leads",
+    timeout: float = 120,
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
     """Send the lead and wait for it; ``progress`` hears, a line at a time, what is awaited."""
     marker = f"MSFT_TEST_{time.time_ns() // 100}"
     started = time.monotonic()
@@ -38,8 +49,10 @@ def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads
         progress(f"Posted a test lead to {mask_urls(url)}; it is {lead_id}.")
     else:
         lead_id = _write_row(marker)
-        progress(f"Wrote a test row into the marketplace table; waiting for the app's table poll to take it in "
-                 f"({_poll_timing()}).")  # fmt: skip
+        progress(
+            f"Wrote a test row into the marketplace table; waiting for the app's table poll to take it in "
+            f"({_poll_timing()})."
+        )
     store = LeadStore.from_settings()
     deadline = started + timeout
     lead = deliveries = None
@@ -52,8 +65,10 @@ def run_test_lead(via: str = "http", url: str = "http://127.0.0.1:7071/api/leads
             deliveries = store.deliveries.for_lead(lead_id)
             if not stored_before:
                 names = ", ".join(d.destination for d in deliveries) or "none"
-                progress(f"Stored as {lead_id} after {time.monotonic() - started:.0f} s; waiting for its "
-                         f"deliveries ({names}).")  # fmt: skip
+                progress(
+                    f"Stored as {lead_id} after {time.monotonic() - started:.0f} s; waiting for its "
+                    f"deliveries ({names})."
+                )
             for delivery in deliveries:
                 if told.get(delivery.destination) != delivery.state and delivery.state in FINAL | {"retrying"}:
                     told[delivery.destination] = delivery.state
@@ -95,24 +110,33 @@ def _poll_timing() -> str:
 def _send_http(url: str, marker: str) -> str:
     import requests
 
-    body = {"UserDetails": test_lead_fields(marker), "LeadSource": "AzureMarketplace", "ActionCode": "INS",
-            "OfferTitle": "Lead router validation", "Description": marker}  # fmt: skip
+    body = {
+        "UserDetails": test_lead_fields(marker),
+        "LeadSource": "AzureMarketplace",
+        "ActionCode": "INS",
+        "OfferTitle": "Lead router validation",
+        "Description": marker,
+    }
     try:
         response = requests.post(url, json=body, timeout=30)
     except requests.RequestException as error:
         from leads.core.telemetry import mask_urls
         from leads.destinations.base import classify_error
 
-        raise SystemExit(f"test-lead: the lead could not be posted to {mask_urls(url)}: {classify_error(error)}.\n"
-                         "  To do: start the app with `make run` (it writes its port to local.settings.json, "
-                         "Host.LocalHttpPort, where test-lead reads it), or give the intake with --url (the "
-                         "deployed app's: https://<app>.azurewebsites.net/api/leads?code=<function key>).") from None
+        raise SystemExit(
+            f"test-lead: the lead could not be posted to {mask_urls(url)}: {classify_error(error)}.\n"
+            "  To do: start the app with `make run` (it writes its port to local.settings.json, "
+            "Host.LocalHttpPort, where test-lead reads it), or give the intake with --url (the "
+            "deployed app's: https://<app>.azurewebsites.net/api/leads?code=<function key>)."
+        ) from None
     if response.status_code not in (200, 202):
         from leads.core.telemetry import mask_urls
 
-        raise SystemExit(f"test-lead: the intake at {mask_urls(url)} answered {response.status_code}: "
-                         f"{response.text[:500]}\n  Is it this app? make run writes the port it serves on to "
-                         "local.settings.json (Host.LocalHttpPort); --url names another intake.")
+        raise SystemExit(
+            f"test-lead: the intake at {mask_urls(url)} answered {response.status_code}: "
+            f"{response.text[:500]}\n  Is it this app? make run writes the port it serves on to "
+            "local.settings.json (Host.LocalHttpPort); --url names another intake."
+        )
     return response.json()["leadId"]
 
 

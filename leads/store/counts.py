@@ -75,8 +75,9 @@ class DayCounters:
         try:
             change_row(self.table, partition_of(day), slot, added, tries=20)
         except RowKeptChanging:
-            log.warning("a counter of %s kept changing under this update; %s left to the recount", day,
-                        ", ".join(changes))  # fmt: skip
+            log.warning(
+                "a counter of %s kept changing under this update; %s left to the recount", day, ", ".join(changes)
+            )
         except AzureError as exc:
             log.warning("counters of %s not updated (%s); left to the recount", day, type(exc).__name__)
             return
@@ -95,8 +96,10 @@ class DayCounters:
 
     def marked(self) -> dict[str, str]:
         """The days marked for a recount, with their marks' ETags."""
-        return {row["RowKey"]: row.metadata["etag"]
-                for row in self.table.query_entities("PartitionKey eq @p", parameters={"p": MARKS})}  # fmt: skip
+        return {
+            row["RowKey"]: row.metadata["etag"]
+            for row in self.table.query_entities("PartitionKey eq @p", parameters={"p": MARKS})
+        }
 
     def unmark(self, day: str, etag: str) -> None:
         """A recount of ``day`` is done: remove its mark, unless it was marked again since read."""
@@ -139,8 +142,17 @@ class DayCounters:
             fields = dict(counted) if slot == "00" else {}
             entity = {"PartitionKey": partition, "RowKey": slot, **fields}
             if slot in etags:
-                operations.append(("update", entity, {"mode": UpdateMode.REPLACE, "etag": etags[slot],
-                                                      "match_condition": MatchConditions.IfNotModified}))  # fmt: skip
+                operations.append(
+                    (
+                        "update",
+                        entity,
+                        {
+                            "mode": UpdateMode.REPLACE,
+                            "etag": etags[slot],
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
             else:  # created even empty: fails if a change created it since the read
                 operations.append(("create", entity))
         try:
@@ -154,9 +166,10 @@ class DayCounters:
     def days(self) -> dict[str, tuple[dict[str, int], dict[str, str]]]:
         """Every day's totals and row ETags (the whole counts table: ``verify`` of the whole store)."""
         found: dict[str, tuple[dict[str, int], dict[str, str]]] = {}
-        for row in self.table.query_entities("PartitionKey ge @low and PartitionKey lt @high",
-                                             parameters={"low": PREFIX, "high": PREFIX[:-1] + "}"}):  # fmt: skip
-            totals, etags = found.setdefault(row["PartitionKey"][len(PREFIX):], ({}, {}))
+        for row in self.table.query_entities(
+            "PartitionKey ge @low and PartitionKey lt @high", parameters={"low": PREFIX, "high": PREFIX[:-1] + "}"}
+        ):
+            totals, etags = found.setdefault(row["PartitionKey"][len(PREFIX) :], ({}, {}))
             etags[row["RowKey"]] = row.metadata["etag"]
             for name, value in row.items():
                 if name not in ("PartitionKey", "RowKey") and isinstance(value, int) and value:
@@ -176,5 +189,8 @@ class DayCounters:
                 group, state = name.rsplit("_", 1)
                 totals.setdefault(group, {}).setdefault(state, 0)
                 totals[group][state] += value
-        return {group: {state: n for state, n in sorted(states.items()) if n}
-                for group, states in sorted(totals.items()) if any(states.values())}  # fmt: skip
+        return {
+            group: {state: n for state, n in sorted(states.items()) if n}
+            for group, states in sorted(totals.items())
+            if any(states.values())
+        }

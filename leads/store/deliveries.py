@@ -45,18 +45,30 @@ def initial_state(destination: str, route: Route) -> str:
     return "skipped" if route.skip_reason or addressed_to_no_one else "pending"
 
 
-def new_delivery(lead_id: str, destination: str, route: Route, now: datetime,
-                 received_at: datetime | None = None) -> Delivery:  # fmt: skip
+def new_delivery(
+    lead_id: str, destination: str, route: Route, now: datetime, received_at: datetime | None = None
+) -> Delivery:
     """A delivery owed by a lead received at ``received_at`` (its day counts it), as stored beside it."""
     state = initial_state(destination, route)
     error = (route.skip_reason or NO_RECIPIENTS[destination]) if state == "skipped" else None
-    return Delivery(lead_id, destination, state=state, last_error=error, recipients=route.recipients,
-                    test=route.test, created_at=now, updated_at=now, retry_from=now,
-                    day=day_of(received_at or now), mapping=route.mapping)  # fmt: skip
+    return Delivery(
+        lead_id,
+        destination,
+        state=state,
+        last_error=error,
+        recipients=route.recipients,
+        test=route.test,
+        created_at=now,
+        updated_at=now,
+        retry_from=now,
+        day=day_of(received_at or now),
+        mapping=route.mapping,
+    )
 
 
-def new_delivery_entity(lead_id: str, destination: str, route: Route, now: datetime,
-                        received_at: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+def new_delivery_entity(
+    lead_id: str, destination: str, route: Route, now: datetime, received_at: datetime | None = None
+) -> dict[str, Any]:
     """The row of :func:`new_delivery`."""
     return delivery_entity(new_delivery(lead_id, destination, route, now, received_at))
 
@@ -94,8 +106,12 @@ class DeliveryBook:
             self.counters.mark(updated.lead_day)
         self.index.before_change(delivery, updated)
         try:
-            metadata = self.table.update_entity(delivery_entity(updated), mode=UpdateMode.REPLACE, etag=delivery.etag,
-                                                match_condition=MatchConditions.IfNotModified)  # fmt: skip
+            metadata = self.table.update_entity(
+                delivery_entity(updated),
+                mode=UpdateMode.REPLACE,
+                etag=delivery.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             return None
         self.index.after_change(delivery, updated)

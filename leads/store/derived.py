@@ -50,8 +50,16 @@ def target_missing_long_enough(written: datetime | None, now: datetime) -> bool:
     return written is not None and now - written > GRACE
 
 
-def entry_stale(written: datetime | None, now: datetime, *, target_exists: bool, entry_round: int = 0,
-                target_round: int = 0, target_final: bool = False, target_agrees: bool = True) -> bool:  # fmt: skip
+def entry_stale(
+    written: datetime | None,
+    now: datetime,
+    *,
+    target_exists: bool,
+    entry_round: int = 0,
+    target_round: int = 0,
+    target_final: bool = False,
+    target_agrees: bool = True,
+) -> bool:
     """Whether an entry may be removed, by what its target (read now) says.
 
     Rounds only grow (a replay starts a delivery's next): a target in a later round than the
@@ -144,9 +152,18 @@ class Tally:
                     fields[name] = fields.get(name, int(tally.get(name) or 0)) + change
             # Written even when nothing is counted: a pass that read the entries meanwhile must see it.
             fields["Changes"] = int(tally.get("Changes") or 0) + 1
-            operations = [*operations, ("update", {"PartitionKey": partition, "RowKey": TALLY_ROW, **fields},
-                                        {"mode": UpdateMode.MERGE, "etag": tally.metadata["etag"],
-                                         "match_condition": MatchConditions.IfNotModified})]  # fmt: skip
+            operations = [
+                *operations,
+                (
+                    "update",
+                    {"PartitionKey": partition, "RowKey": TALLY_ROW, **fields},
+                    {
+                        "mode": UpdateMode.MERGE,
+                        "etag": tally.metadata["etag"],
+                        "match_condition": MatchConditions.IfNotModified,
+                    },
+                ),
+            ]
         try:
             self.table.submit_transaction(operations)
         except TableTransactionError as exc:
@@ -191,8 +208,9 @@ class Tally:
         """Count ``partition`` again from its entries (``verify --repair`` of a tally found off)."""
         from azure.data.tables import UpdateMode
 
-        self.table.upsert_entity({"PartitionKey": partition, "RowKey": TALLY_ROW, "Cursor": ""},
-                                 mode=UpdateMode.REPLACE)  # fmt: skip
+        self.table.upsert_entity(
+            {"PartitionKey": partition, "RowKey": TALLY_ROW, "Cursor": ""}, mode=UpdateMode.REPLACE
+        )
 
     def recount_step(self, partition: str, low: str, high: str, page: int = 1000) -> bool:
         """Count the next ``page`` entries (keys in (``low``, ``high``)) of a partition being
@@ -205,24 +223,34 @@ class Tally:
                 return True
             cursor = (tally or {}).get("Cursor") or low
             query = "PartitionKey eq @p and RowKey gt @low and RowKey lt @high"
-            rows = self.table.query_entities(query, parameters={"p": partition, "low": cursor, "high": high},
-                                             select=["RowKey", "Destination"], results_per_page=page)  # fmt: skip
+            rows = self.table.query_entities(
+                query,
+                parameters={"p": partition, "low": cursor, "high": high},
+                select=["RowKey", "Destination"],
+                results_per_page=page,
+            )
             found = []
             for row in rows:
                 found.append(row)
                 if len(found) == page:
                     break
-            fields = {name: int(value) for name, value in (tally or {}).items()
-                      if name not in ("PartitionKey", "RowKey", "Cursor") and isinstance(value, int)}  # fmt: skip
+            fields = {
+                name: int(value)
+                for name, value in (tally or {}).items()
+                if name not in ("PartitionKey", "RowKey", "Cursor") and isinstance(value, int)
+            }
             for row in found:
                 fields[row["Destination"]] = fields.get(row["Destination"], 0) + 1
             done = len(found) < page
-            entity = {"PartitionKey": partition, "RowKey": TALLY_ROW, **fields,
-                      **({} if done else {"Cursor": found[-1]["RowKey"]})}  # fmt: skip
+            entity = {
+                "PartitionKey": partition,
+                "RowKey": TALLY_ROW,
+                **fields,
+                **({} if done else {"Cursor": found[-1]["RowKey"]}),
+            }
             try:
                 put_row(self.table, entity, tally.metadata["etag"] if tally is not None else None)
             except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
                 continue  # a writer changed the partition meanwhile: read again
             return done
         raise TallyKeptChanging(f"the tally of {self.table.table_name}/{partition} kept changing")
-

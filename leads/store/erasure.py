@@ -64,8 +64,10 @@ _RETENTION_KEY = ("retention", "leads")
 # How long after its index rows a record's own write may still be on its way (intake's retries
 # take seconds): an index row naming a missing record is left alone this long.
 _IN_FLIGHT = timedelta(minutes=10)
-OUTSIDE_NOTE = ("Records already sent to CRMs (Dynamics 365, Salesforce, Marketo, HubSpot), the webhook's "
-                "receiver or a mailbox are not erased by this: erase the person there too.")  # fmt: skip
+OUTSIDE_NOTE = (
+    "Records already sent to CRMs (Dynamics 365, Salesforce, Marketo, HubSpot), the webhook's "
+    "receiver or a mailbox are not erased by this: erase the person there too."
+)
 
 
 @dataclass
@@ -90,10 +92,18 @@ class Erased:
                 setattr(self, name, getattr(self, name) + value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"erasedLeads": self.leads, "alreadyErased": self.already_erased, "erasedRejected": self.rejected,
-                "deliveriesSkipped": self.deliveries_skipped, "deliveryErrorsErased": self.errors_erased,
-                "outboxFilesDeleted": self.outbox_files, "sentElsewhere": self.sent_elsewhere,
-                "rowsScanned": self.scanned, "readEveryRow": self.read_every_row, "note": OUTSIDE_NOTE}  # fmt: skip
+        return {
+            "erasedLeads": self.leads,
+            "alreadyErased": self.already_erased,
+            "erasedRejected": self.rejected,
+            "deliveriesSkipped": self.deliveries_skipped,
+            "deliveryErrorsErased": self.errors_erased,
+            "outboxFilesDeleted": self.outbox_files,
+            "sentElsewhere": self.sent_elsewhere,
+            "rowsScanned": self.scanned,
+            "readEveryRow": self.read_every_row,
+            "note": OUTSIDE_NOTE,
+        }
 
 
 def is_erased(entity: Any) -> bool:
@@ -150,8 +160,9 @@ def forget_email(address: str, settings: Settings | None = None, now: datetime |
     else:
         done.read_every_row = True
         query = "RowKey eq @lead or RowKey eq @rejected"
-        for entity in store.leads.query_entities(query, parameters={"lead": LEAD_ROW, "rejected": REJECTED_ROW},
-                                                 results_per_page=500):  # fmt: skip
+        for entity in store.leads.query_entities(
+            query, parameters={"lead": LEAD_ROW, "rejected": REJECTED_ROW}, results_per_page=500
+        ):
             done.scanned += 1
             if _holds(entity, needle):
                 done.add(_erase_row(store, entity, settings, now))
@@ -191,7 +202,8 @@ def apply_retention(settings: Settings | None = None, now: datetime | None = Non
         query += " and ( ReceivedAt ge @since or Timestamp ge @touched )"
         parameters.update(since=mark.since, touched=mark.touched or mark.since)
     pages = store.leads.query_entities(query, parameters=parameters, results_per_page=RETENTION_PAGE).by_page(
-        continuation_token=mark.token)
+        continuation_token=mark.token
+    )
     for _ in range(RETENTION_PAGES_PER_RUN):
         try:
             page = next(pages)
@@ -208,8 +220,12 @@ def apply_retention(settings: Settings | None = None, now: datetime | None = Non
     if mark.token is None:  # the window is done: the next run starts where it ended
         mark.since, mark.until = mark.until, None
     mark.write(store)
-    log.info("retention erased %d leads and %d rejected records (%d rows read)", len(done.leads),
-             len(done.rejected), done.scanned)  # fmt: skip
+    log.info(
+        "retention erased %d leads and %d rejected records (%d rows read)",
+        len(done.leads),
+        len(done.rejected),
+        done.scanned,
+    )
     return done
 
 
@@ -225,8 +241,13 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
     index_rows = sorted({*address_partitions(addresses_of(entity), every_form=True), *pending})
     if entity["RowKey"] == REJECTED_ROW:
         kept = {key: entity[key] for key in _REJECTED_KEPT if key in entity}
-        erased = {"PartitionKey": lead_id, "RowKey": REJECTED_ROW, **kept, "Error": ERASED_ERROR,
-                  "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
+        erased = {
+            "PartitionKey": lead_id,
+            "RowKey": REJECTED_ROW,
+            **kept,
+            "Error": ERASED_ERROR,
+            "ErasedAt": entity.get("ErasedAt") or now,
+        }
         if "Size" not in erased:
             erased["Raw"] = "null"  # a marketplace row's properties: nothing of it is kept
         _write_erased(store, erased, index_rows)
@@ -243,8 +264,11 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
     (done.already_erased if is_erased(entity) else done.leads).append(lead_id)
     values = lead.personal_values()
     blank = lead.model_copy(update={**dict.fromkeys(PERSONAL_FIELDS), "email_valid": None, "raw": None})
-    erased = {**lead_entity(blank), **{key: entity[key] for key in _LEAD_KEPT if key in entity},
-              "ErasedAt": entity.get("ErasedAt") or now}  # fmt: skip
+    erased = {
+        **lead_entity(blank),
+        **{key: entity[key] for key in _LEAD_KEPT if key in entity},
+        "ErasedAt": entity.get("ErasedAt") or now,
+    }
     _write_erased(store, erased, index_rows)
     # The digests of the email and name, personal data too, last: until then the identity row's
     # journal names the email rows, so that verify finishes an erasure that died before them.
@@ -254,12 +278,23 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         if _in_flight(delivery, now):
             # Its worker may be sending it now: left to the worker, named for the operator.
             if delivery.destination != "email":
-                done.sent_elsewhere.append({"leadId": lead_id, "destination": delivery.destination,
-                                            "externalId": delivery.external_id, "inFlight": True})  # fmt: skip
+                done.sent_elsewhere.append(
+                    {
+                        "leadId": lead_id,
+                        "destination": delivery.destination,
+                        "externalId": delivery.external_id,
+                        "inFlight": True,
+                    }
+                )
             continue
         if delivery.state in OPEN:
-            changes = {"state": "skipped", "last_error": ERASED_REASON, "claimed_until": None, "next_attempt_at": None,
-                       "waiting_for": None}  # fmt: skip
+            changes = {
+                "state": "skipped",
+                "last_error": ERASED_REASON,
+                "claimed_until": None,
+                "next_attempt_at": None,
+                "waiting_for": None,
+            }
         elif delivery.last_error and delivery.last_error not in (ERASED_ERROR, ERASED_REASON):
             changes = {"last_error": ERASED_ERROR}
         if changes and store.deliveries.change(delivery, **changes) is None:
@@ -272,12 +307,19 @@ def _erase_row(store: LeadStore, entity: Any, settings: Settings, now: datetime)
         elif changes:
             done.errors_erased += 1
         if delivery.state == "delivered" and delivery.destination != "email":
-            done.sent_elsewhere.append({"leadId": lead_id, "destination": delivery.destination,
-                                        "externalId": delivery.external_id})  # fmt: skip
+            done.sent_elsewhere.append(
+                {"leadId": lead_id, "destination": delivery.destination, "externalId": delivery.external_id}
+            )
         elif delivery.state == "sending" and delivery.destination != "email":
             # Its worker stopped mid-send (the claim ran out): the send may have arrived.
-            done.sent_elsewhere.append({"leadId": lead_id, "destination": delivery.destination,
-                                        "externalId": delivery.external_id, "inFlight": True})  # fmt: skip
+            done.sent_elsewhere.append(
+                {
+                    "leadId": lead_id,
+                    "destination": delivery.destination,
+                    "externalId": delivery.external_id,
+                    "inFlight": True,
+                }
+            )
     if values:
         done.outbox_files = _forget_outbox([(lead_id, values)], settings)
     log.info("personal data of lead %s erased", lead_id)  # the audit trail: the id, never the person
@@ -347,8 +389,10 @@ def _forget_outbox(people: Iterable[tuple[str, list[str] | None]], settings: Set
     for path in sorted(folder.glob("*.eml")):
         try:
             message = BytesParser(policy=policy.default).parse(path.open("rb"))
-            text = " ".join([str(value) for value in message.values()]
-                            + [part.get_content() for part in message.walk() if part.get_content_maintype() == "text"])
+            text = " ".join(
+                [str(value) for value in message.values()]
+                + [part.get_content() for part in message.walk() if part.get_content_maintype() == "text"]
+            )
         except (OSError, ValueError, LookupError):
             continue
         text = text.lower()
@@ -387,8 +431,11 @@ class _RetentionMark:
     def write(self, store: LeadStore) -> None:
         from azure.data.tables import UpdateMode
 
-        row: dict[str, Any] = {"PartitionKey": _RETENTION_KEY[0], "RowKey": _RETENTION_KEY[1],
-                               "Token": json.dumps(self.token) if self.token else ""}  # fmt: skip
+        row: dict[str, Any] = {
+            "PartitionKey": _RETENTION_KEY[0],
+            "RowKey": _RETENTION_KEY[1],
+            "Token": json.dumps(self.token) if self.token else "",
+        }
         times = {"Since": self.since, "Until": self.until, "Opened": self.opened, "Touched": self.touched}
         row.update({key: value for key, value in times.items() if value})
         store.checkpoints.upsert_entity(row, mode=UpdateMode.REPLACE)

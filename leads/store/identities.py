@@ -121,8 +121,11 @@ def addresses_of(entity: Mapping[str, Any]) -> list[str]:
     """Every email address a row of the lead store holds, case-folded: a lead's normalised fields
     and raw input, a rejected marketplace row's properties, a refused body's bytes."""
     if "Size" in entity:  # a refused body, as received
-        chunks = {int(key[4:]): value for key, value in entity.items()
-                  if key.startswith("Body") and key[4:].isdigit() and isinstance(value, bytes)}  # fmt: skip
+        chunks = {
+            int(key[4:]): value
+            for key, value in entity.items()
+            if key.startswith("Body") and key[4:].isdigit() and isinstance(value, bytes)
+        }
         body = b"".join(chunks[index] for index in sorted(chunks))
         return _addresses([body.decode("utf-8", "replace")])
     found = _addresses([join_text(name, entity) for name in ("Lead", "Raw") if name in entity])
@@ -165,8 +168,11 @@ def _with_tails(match: str) -> tuple[str, ...]:
     aside, which an address cannot hold) start no tail: "jane.doe@x.com" is one row, not two."""
     address = match.casefold()
     local = address.partition("@")[0]
-    cuts = [at + 1 for at, mark in enumerate(local[:-1])
-            if mark in _LEADING_MARKS or (mark == "." and at and local[at - 1] == ".")]  # fmt: skip
+    cuts = [
+        at + 1
+        for at, mark in enumerate(local[:-1])
+        if mark in _LEADING_MARKS or (mark == "." and at and local[at - 1] == ".")
+    ]
     return (address, *(address[cut:] for cut in cuts))
 
 
@@ -220,8 +226,9 @@ class IdentityIndex:
         create_batched(self.table, identity_rows)
         upsert_batched(self.table, email_rows)
 
-    def take_back(self, lead: Lead, addresses: Iterable[str], stored_received_at: datetime | None,
-                  erased: bool) -> None:  # fmt: skip
+    def take_back(
+        self, lead: Lead, addresses: Iterable[str], stored_received_at: datetime | None, erased: bool
+    ) -> None:
         """Undo what :meth:`record` wrote for ``lead``, which turned out to be stored already
         (received at ``stored_received_at``), where it is not that lead's own: every row when that
         lead was erased (nothing may name an erased lead again: a row read again, a repeat posted);
@@ -275,7 +282,7 @@ class IdentityIndex:
         digest form, the partition an earlier version kept it in, and the crowded partition."""
         select = ["PartitionKey", "RowKey", "Timestamp"]
         for key in address_partition_forms(address):
-            digest_ = key[len(EMAIL_PARTITION):]  # its rows' keys: <digest>|<record>|<row>, before <digest>}
+            digest_ = key[len(EMAIL_PARTITION) :]  # its rows' keys: <digest>|<record>|<row>, before <digest>}
             query = "PartitionKey eq @p and RowKey gt @low and RowKey lt @high"
             parameters = {"p": EMAIL_PARTITION + digest_[0], "low": f"{digest_}|", "high": f"{digest_}}}"}
             yield from self.table.query_entities(query, parameters=parameters, select=select)
@@ -362,9 +369,14 @@ def _identity_row(lead: Lead, addresses: list[str]) -> dict[str, Any] | None:
     keys = identity_keys(lead)
     if not keys and not addresses:
         return None
-    return {"PartitionKey": _day(lead.received_at), "RowKey": lead.lead_id, "Who": " ".join(keys),
-            "HasEmail": bool(lead.email), "Addresses": json.dumps(address_partitions(addresses)),
-            "ReceivedAt": lead.received_at}  # fmt: skip
+    return {
+        "PartitionKey": _day(lead.received_at),
+        "RowKey": lead.lead_id,
+        "Who": " ".join(keys),
+        "HasEmail": bool(lead.email),
+        "Addresses": json.dumps(address_partitions(addresses)),
+        "ReceivedAt": lead.received_at,
+    }
 
 
 def key_location(key: str, record_id: str, row_key: str) -> tuple[str, str]:
@@ -372,7 +384,7 @@ def key_location(key: str, record_id: str, row_key: str) -> tuple[str, str]:
     the lead store's row ``record_id``/``row_key`` lies: (PartitionKey, RowKey)."""
     if key == CROWDED:
         return CROWDED, f"{record_id}|{row_key}"
-    digest_ = key[len(EMAIL_PARTITION):]
+    digest_ = key[len(EMAIL_PARTITION) :]
     return f"{EMAIL_PARTITION}{digest_[0]}", f"{digest_}|{record_id}|{row_key}"
 
 

@@ -105,9 +105,15 @@ def stale(entry: Entry, delivery: Delivery | None, now: datetime) -> bool:
     missing): the protocol's rule (``derived.entry_stale``) over rounds and states."""
     if delivery is None:
         return target_missing_long_enough(entry.at, now)
-    return entry_stale(entry.at, now, target_exists=True, entry_round=int(entry.generation or 0),
-                       target_round=int(generation_of(delivery)), target_final=delivery.state in FINAL,
-                       target_agrees=kind_of(delivery) == entry.kind)  # fmt: skip
+    return entry_stale(
+        entry.at,
+        now,
+        target_exists=True,
+        entry_round=int(entry.generation or 0),
+        target_round=int(generation_of(delivery)),
+        target_final=delivery.state in FINAL,
+        target_agrees=kind_of(delivery) == entry.kind,
+    )
 
 
 def delivery_row_key(kind: str, delivery: Delivery) -> str:
@@ -115,19 +121,30 @@ def delivery_row_key(kind: str, delivery: Delivery) -> str:
 
 
 def delivery_entry(kind: str, delivery: Delivery) -> dict[str, Any]:
-    return {"PartitionKey": shard_of(delivery.lead_id), "RowKey": delivery_row_key(kind, delivery),
-            "LeadId": delivery.lead_id, "Destination": delivery.destination,
-            "At": delivery.updated_at or delivery.created_at or datetime.now(UTC)}  # fmt: skip
+    return {
+        "PartitionKey": shard_of(delivery.lead_id),
+        "RowKey": delivery_row_key(kind, delivery),
+        "LeadId": delivery.lead_id,
+        "Destination": delivery.destination,
+        "At": delivery.updated_at or delivery.created_at or datetime.now(UTC),
+    }
 
 
 def timeline_entry(lead_id: str, received_at: datetime, rejected: bool = False) -> dict[str, Any]:
-    return {"PartitionKey": TIMELINE, "RowKey": cursor_of(lead_id, received_at), "LeadId": lead_id,
-            "Rejected": rejected}  # fmt: skip
+    return {
+        "PartitionKey": TIMELINE,
+        "RowKey": cursor_of(lead_id, received_at),
+        "LeadId": lead_id,
+        "Rejected": rejected,
+    }
 
 
 def rejected_entry(lead_id: str, received_at: datetime) -> dict[str, Any]:
-    return {"PartitionKey": shard_of(lead_id), "RowKey": f"{REJECTED}{time_key(received_at)}|{lead_id}",
-            "LeadId": lead_id}  # fmt: skip
+    return {
+        "PartitionKey": shard_of(lead_id),
+        "RowKey": f"{REJECTED}{time_key(received_at)}|{lead_id}",
+        "LeadId": lead_id,
+    }
 
 
 def cursor_of(lead_id: str, received_at: datetime) -> str:
@@ -183,13 +200,14 @@ class LeadIndex:
             by_shard.setdefault(entry["PartitionKey"], []).append(entry)
         for shard, held in by_shard.items():
             for start in range(0, len(held), 99):
-                self.held_tally.create(shard, held[start:start + 99])
+                self.held_tally.create(shard, held[start : start + 99])
 
     def add_to_timeline(self, lead_id: str, received_at: datetime, rejected: bool = False) -> None:
         self.timeline.upsert_entity(timeline_entry(lead_id, received_at, rejected))
 
-    def take_back(self, lead_id: str, received_at: datetime, deliveries: Iterable[Delivery],
-                  stored_received_at: datetime | None) -> None:  # fmt: skip
+    def take_back(
+        self, lead_id: str, received_at: datetime, deliveries: Iterable[Delivery], stored_received_at: datetime | None
+    ) -> None:
         """Remove what :meth:`before_add` and :meth:`add_to_timeline` wrote for a lead that turned
         out to be stored already: its deliveries' entries (of this attempt's own round, so no
         one else's), and its time entry unless the stored lead has the same time (a marketplace
@@ -299,8 +317,9 @@ class LeadIndex:
         except ResourceNotFoundError:
             return None
 
-    def newest(self, since: datetime | None = None, until: datetime | None = None, after: str | None = None,
-               page: int = 50) -> Iterator[Entry]:  # fmt: skip
+    def newest(
+        self, since: datetime | None = None, until: datetime | None = None, after: str | None = None, page: int = 50
+    ) -> Iterator[Entry]:
         """Leads and rejected records received in [since, until), newest first, after the cursor
         ``after`` (see :func:`cursor_of`); read lazily, a page at a time."""
         low = f"{_INVERT - micros(until) + 1:018d}" if until else ""
@@ -325,11 +344,13 @@ class LeadIndex:
         mark_done(self.table, _META)
         self.held_tally.start(shards())
 
-    def build(self, leads: TableClient, seconds: float | None = None, again: bool = False,
-              page: int = 1000) -> dict[str, Any]:  # fmt: skip
+    def build(
+        self, leads: TableClient, seconds: float | None = None, again: bool = False, page: int = 1000
+    ) -> dict[str, Any]:
         """Index every row of the lead store ``leads`` (see ``storage.read_store_once``)."""
-        return read_store_once(leads, self.table, _META, self._index_page, ("Leads", "Deliveries"), seconds, again,
-                               page)  # fmt: skip
+        return read_store_once(
+            leads, self.table, _META, self._index_page, ("Leads", "Deliveries"), seconds, again, page
+        )
 
     def _index_page(self, entities: list[Mapping[str, Any]]) -> dict[str, int]:
         counts = {"Leads": 0, "Deliveries": 0}
@@ -354,8 +375,10 @@ def entries_for(entity: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if row_key == LEAD_ROW and entity.get("ReceivedAt"):
         return [("timeline", timeline_entry(lead_id, entity["ReceivedAt"]))]
     if row_key == REJECTED_ROW and entity.get("ReceivedAt"):
-        return [("timeline", timeline_entry(lead_id, entity["ReceivedAt"], rejected=True)),
-                ("index", rejected_entry(lead_id, entity["ReceivedAt"]))]  # fmt: skip
+        return [
+            ("timeline", timeline_entry(lead_id, entity["ReceivedAt"], rejected=True)),
+            ("index", rejected_entry(lead_id, entity["ReceivedAt"])),
+        ]
     if is_delivery_row(row_key) and entity.get("State"):
         delivery = delivery_from_entity(entity)
         kind = kind_of(delivery)
@@ -363,14 +386,16 @@ def entries_for(entity: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
-def entries_between(table: TableClient, partition: str, low: str, high: str,
-                    page: int | None = None) -> Iterator[Entry]:  # fmt: skip
+def entries_between(
+    table: TableClient, partition: str, low: str, high: str, page: int | None = None
+) -> Iterator[Entry]:
     """The entries of one partition with keys strictly between ``low`` and ``high``, in order."""
     from azure.core.exceptions import ResourceNotFoundError
 
     query = "PartitionKey eq @partition and RowKey gt @low and RowKey lt @high"
-    entities = table.query_entities(query, parameters={"partition": partition, "low": low, "high": high},
-                                    results_per_page=page)  # fmt: skip
+    entities = table.query_entities(
+        query, parameters={"partition": partition, "low": low, "high": high}, results_per_page=page
+    )
     try:
         for entity in entities:
             yield entry_of(entity)

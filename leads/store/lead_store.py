@@ -66,9 +66,9 @@ log = logging.getLogger(__name__)
 _IDENTITY_ROWS, _TIMELINE_ENTRY = "identity and email rows", "timeline entry"
 _REPAIRABLE = {
     _IDENTITY_ROWS: "import does not match it, and forget --email reads every row until python -m leads reindex "
-                    "has written them",
+    "has written them",
     _TIMELINE_ENTRY: "list does not show it (show does) until verify --repair (or reindex --again) writes it",
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,9 @@ class LeadStore:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def add(self, lead: Lead, deliveries: Mapping[str, Route] | None = None,
-            beside: Sequence[dict[str, Any]] = ()) -> Stored:  # fmt: skip
+    def add(
+        self, lead: Lead, deliveries: Mapping[str, Route] | None = None, beside: Sequence[dict[str, Any]] = ()
+    ) -> Stored:
         """Store a lead and the deliveries it owes (and ``beside`` it, other new rows of its
         partition) in one atomic write, unless a lead with its id exists: derived rows, the
         transaction, then settle.
@@ -162,8 +163,9 @@ class LeadStore:
         committed, nothing raises."""
         self.ensure_tables()
         now = datetime.now(UTC)
-        owed = [new_delivery(lead.lead_id, name, route, now, lead.received_at)
-                for name, route in (deliveries or {}).items()]  # fmt: skip
+        owed = [
+            new_delivery(lead.lead_id, name, route, now, lead.received_at) for name, route in (deliveries or {}).items()
+        ]
         # The write id tells this call's write from another's when an answer was lost.
         entity = {**lead_entity(lead), "WriteId": uuid.uuid4().hex}
         addresses = addresses_of(entity)
@@ -177,8 +179,9 @@ class LeadStore:
         self._take_back(lead, addresses, owed, existing)
         return Stored(lead.lead_id, duplicate=True, erased=existing.get("ErasedAt") is not None)
 
-    def add_many(self, items: Sequence[tuple[Lead, Mapping[str, Route]]],
-                 pool: Executor | None = None) -> list[Stored | Exception]:  # fmt: skip
+    def add_many(
+        self, items: Sequence[tuple[Lead, Mapping[str, Route]]], pool: Executor | None = None
+    ) -> list[Stored | Exception]:
         """:meth:`add` for the leads of a poll page or an import window, each stored or not on its
         own (its outcome, or the exception that stopped it, in the order given), with the derived
         rows they share a partition with written together: the open entries in a transaction per
@@ -193,15 +196,28 @@ class LeadStore:
         firsts: dict[str, int] = {}
         for number, (lead, _) in enumerate(items):
             firsts.setdefault(lead.lead_id, number)
-        batch = [(lead, [new_delivery(lead.lead_id, name, route, now, lead.received_at)
-                         for name, route in (deliveries or {}).items()])
-                 for number, (lead, deliveries) in enumerate(items) if firsts[lead.lead_id] == number]  # fmt: skip
+        batch = [
+            (
+                lead,
+                [
+                    new_delivery(lead.lead_id, name, route, now, lead.received_at)
+                    for name, route in (deliveries or {}).items()
+                ],
+            )
+            for number, (lead, deliveries) in enumerate(items)
+            if firsts[lead.lead_id] == number
+        ]
         entities = {lead.lead_id: {**lead_entity(lead), "WriteId": uuid.uuid4().hex} for lead, _ in batch}
         addresses = {lead.lead_id: addresses_of(entities[lead.lead_id]) for lead, _ in batch}
         try:
             self.index.before_add([delivery for _, owed in batch for delivery in owed])
-            for day in sorted({day_of(lead.received_at) for lead, owed in batch
-                               if any(delivery.state == "skipped" for delivery in owed)}):  # fmt: skip
+            for day in sorted(
+                {
+                    day_of(lead.received_at)
+                    for lead, owed in batch
+                    if any(delivery.state == "skipped" for delivery in owed)
+                }
+            ):
                 self.counters.mark(day)
         except Exception as exc:  # nothing of these leads can be stored without their entries
             return [exc for _ in items]
@@ -242,9 +258,14 @@ class LeadStore:
         from leads.core.storage import upsert_batched
         from leads.store.index import timeline_entry
 
-        return _attempt({_IDENTITY_ROWS: lambda: self.identities.record_many(leads),
-                         _TIMELINE_ENTRY: lambda: upsert_batched(self.index.timeline, [
-                             timeline_entry(lead.lead_id, lead.received_at) for lead, _ in leads])})  # fmt: skip
+        return _attempt(
+            {
+                _IDENTITY_ROWS: lambda: self.identities.record_many(leads),
+                _TIMELINE_ENTRY: lambda: upsert_batched(
+                    self.index.timeline, [timeline_entry(lead.lead_id, lead.received_at) for lead, _ in leads]
+                ),
+            }
+        )
 
     def _commit(self, rows: list[dict[str, Any]]) -> Mapping[str, Any] | None:
         """Create ``rows`` (the first the lead's) in one transaction. None when this call created
@@ -280,12 +301,15 @@ class LeadStore:
 
     def _write_repairable(self, lead: Lead, addresses: Sequence[str], names: Iterable[str]) -> dict[str, str]:
         """Write the rows :data:`_REPAIRABLE` names of a lead; those that failed, with the error."""
-        writes = {_IDENTITY_ROWS: lambda: self.identities.record(lead, addresses),
-                  _TIMELINE_ENTRY: lambda: self.index.add_to_timeline(lead.lead_id, lead.received_at)}  # fmt: skip
+        writes = {
+            _IDENTITY_ROWS: lambda: self.identities.record(lead, addresses),
+            _TIMELINE_ENTRY: lambda: self.index.add_to_timeline(lead.lead_id, lead.received_at),
+        }
         return _attempt({name: writes[name] for name in names})
 
-    def _settle(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery],
-                missed: Mapping[str, str]) -> Stored:  # fmt: skip
+    def _settle(
+        self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery], missed: Mapping[str, str]
+    ) -> Stored:
         """The lead is stored: write again what failed before it, count what it owes nothing;
         a failure is logged (the lead's id, never its content), never raised."""
         from azure.core.exceptions import AzureError
@@ -296,14 +320,18 @@ class LeadStore:
                 try:
                     self.identities.mark_incomplete()
                 except AzureError as exc:
-                    log.error("the email index could not be marked incomplete (%s): run python -m leads reindex "
-                              "--again before the next forget --email", type(exc).__name__)  # fmt: skip
+                    log.error(
+                        "the email index could not be marked incomplete (%s): run python -m leads reindex "
+                        "--again before the next forget --email",
+                        type(exc).__name__,
+                    )
         skipped = {f"{delivery.destination}_skipped": 1 for delivery in owed if delivery.state == "skipped"}
         self.counters.add(day_of(lead.received_at), skipped)
         return Stored(lead.lead_id, duplicate=False)
 
-    def _take_back(self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery],
-                   existing: Mapping[str, Any]) -> None:  # fmt: skip
+    def _take_back(
+        self, lead: Lead, addresses: Sequence[str], owed: Sequence[Delivery], existing: Mapping[str, Any]
+    ) -> None:
         """Take back what was written before the insert for a lead stored already (the stored
         lead's row ``existing``, empty when another row of the write was there): its index
         entries, and the identity and email rows that are not the stored lead's own."""
@@ -334,8 +362,7 @@ class LeadStore:
         except AzureError as exc:
             log.warning("lead %s stored; %s (%s)", lead_id, what, type(exc).__name__)
 
-    def add_http(self, lead: Lead, dedupe_window: timedelta,
-                 deliveries: Mapping[str, Route] | None = None) -> Stored:  # fmt: skip
+    def add_http(self, lead: Lead, dedupe_window: timedelta, deliveries: Mapping[str, Route] | None = None) -> Stored:
         """Store an HTTP lead. A lead that names a person (:func:`identifies_person`) arriving
         within ``dedupe_window`` of the latest lead with its content is a repeat of it (counted
         on that lead); after the window it is a new lead with a new id. A lead that names no one
@@ -346,8 +373,14 @@ class LeadStore:
         digest = http_lead_id(lead)
         if not identifies_person(lead):
             stored = self.add(lead, deliveries)
-            self._after_stored(stored.lead_id, "not counted on its content (show's count of its content's leads is "
-                               "one short)", self._count_content, digest, stored.lead_id, lead.received_at)  # fmt: skip
+            self._after_stored(
+                stored.lead_id,
+                "not counted on its content (show's count of its content's leads is one short)",
+                self._count_content,
+                digest,
+                stored.lead_id,
+                lead.received_at,
+            )
             return stored
         # Most content arrives once: write its first lead and its content row together, and look
         # further only if that lead is there already.
@@ -361,18 +394,22 @@ class LeadStore:
         while lead.received_at - content.latest_at >= dedupe_window:
             candidate = lead.model_copy(update={"lead_id": http_lead_id(lead, content.leads)})
             stored = self.add(candidate, deliveries)
-            made = replace(content, leads=content.leads + 1, latest_id=candidate.lead_id,
-                           latest_at=lead.received_at)  # fmt: skip
+            made = replace(content, leads=content.leads + 1, latest_id=candidate.lead_id, latest_at=lead.received_at)
             if not stored.duplicate:
-                self._after_stored(stored.lead_id, "its content's row not moved on to it (the next arrival of the "
-                                   "content does that)", self._advance, made)  # fmt: skip
+                self._after_stored(
+                    stored.lead_id,
+                    "its content's row not moved on to it (the next arrival of the content does that)",
+                    self._advance,
+                    made,
+                )
                 return stored
             # Already there: a racing arrival made it, or one that died before moving the row on.
             made_at = self._received_at(candidate.lead_id) or lead.received_at
             content = self._advance(replace(made, latest_at=made_at))
         # A repeat of an erased lead is not taken in: the erasure stands (leads/store/tombstones.py).
-        return Stored(content.latest_id, duplicate=True,
-                      erased=not self._count_duplicate(content.latest_id, lead.received_at))
+        return Stored(
+            content.latest_id, duplicate=True, erased=not self._count_duplicate(content.latest_id, lead.received_at)
+        )
 
     def _content(self, digest: str) -> Content | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -396,8 +433,12 @@ class LeadStore:
                 if content.etag is None:
                     metadata = self.leads.create_entity(entity)
                 else:
-                    metadata = self.leads.update_entity(entity, mode=UpdateMode.REPLACE, etag=content.etag,
-                                                        match_condition=MatchConditions.IfNotModified)  # fmt: skip
+                    metadata = self.leads.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=content.etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
                 return replace(content, etag=metadata["etag"])
             except (ResourceExistsError, ResourceModifiedError):
                 current = self._content(content.digest)
@@ -410,8 +451,9 @@ class LeadStore:
         """Count one more lead made from the content ``digest`` (a lead that names no one)."""
         current = self._content(digest)
         for _ in range(5):
-            counted = Content(digest, (current.leads if current else 0) + 1, lead_id, received_at,
-                               current.etag if current else None)  # fmt: skip
+            counted = Content(
+                digest, (current.leads if current else 0) + 1, lead_id, received_at, current.etag if current else None
+            )
             if self._advance(counted).latest_id == lead_id:
                 return
             current = self._content(digest)
@@ -440,8 +482,9 @@ class LeadStore:
         row = self._lead_row(lead_id, ["ReceivedAt"])
         return row["ReceivedAt"] if row is not None else None
 
-    def reject(self, record_id: str, error: str, raw: dict[str, Any] | bytes, received_at: datetime,
-               channel: str = "table") -> Rejected:  # fmt: skip
+    def reject(
+        self, record_id: str, error: str, raw: dict[str, Any] | bytes, received_at: datetime, channel: str = "table"
+    ) -> Rejected:
         """Keep what came in but holds no usable lead, with the reason, so that nothing the
         marketplace sent disappears unseen (``show`` finds it by its id): a marketplace row
         (``raw``: its properties) or a refused HTTP body (``raw``: the bytes as received, of
@@ -481,8 +524,10 @@ class LeadStore:
             return {"Duplicates": int(entity.get("Duplicates") or 0) + 1, "LastDuplicateAt": seen_at}
 
         try:
-            return change_row(self.leads, lead_id, LEAD_ROW, counted, tries=5,
-                              select=["Duplicates", "ErasedAt"]) is not None  # fmt: skip
+            return (
+                change_row(self.leads, lead_id, LEAD_ROW, counted, tries=5, select=["Duplicates", "ErasedAt"])
+                is not None
+            )
         except RowKeptChanging:
             return True  # a repeat all the same: only its count is short
 
@@ -530,8 +575,9 @@ class LeadStore:
         leads = (item.record for item in self.newest(page=min(limit or 1000, 1000)) if isinstance(item.record, Lead))
         return list(islice(leads, limit))
 
-    def newest(self, since: datetime | None = None, until: datetime | None = None, after: str | None = None,
-               page: int = 50) -> Iterator[Listed]:  # fmt: skip
+    def newest(
+        self, since: datetime | None = None, until: datetime | None = None, after: str | None = None, page: int = 50
+    ) -> Iterator[Listed]:
         """Leads and rejected records received in [``since``, ``until``), newest first, after the
         cursor ``after``, read from the time index a page at a time (memory stays one page)."""
         from concurrent.futures import ThreadPoolExecutor

@@ -64,17 +64,27 @@ def lead_from_entity(entity: Mapping[str, Any]) -> Lead:
     return Lead.model_validate(body)
 
 
-def rejected_entity(record_id: str, error: str, raw: dict[str, Any] | bytes, received_at: datetime,
-                    channel: str) -> dict[str, Any]:  # fmt: skip
+def rejected_entity(
+    record_id: str, error: str, raw: dict[str, Any] | bytes, received_at: datetime, channel: str
+) -> dict[str, Any]:
     """A rejected record: a marketplace row (``raw``: its properties) or a refused body (the bytes,
     of which the first :data:`MAX_KEPT_BYTES` are kept)."""
-    entity = {"PartitionKey": record_id, "RowKey": REJECTED_ROW, "ReceivedAt": received_at, "Error": error,
-              "Channel": channel}  # fmt: skip
+    entity = {
+        "PartitionKey": record_id,
+        "RowKey": REJECTED_ROW,
+        "ReceivedAt": received_at,
+        "Error": error,
+        "Channel": channel,
+    }
     if isinstance(raw, bytes):
         kept = raw[:MAX_KEPT_BYTES]
         entity.update({"Size": len(raw), "Truncated": len(kept) < len(raw)})
-        entity.update({f"Body{index}": kept[start:start + _BINARY_CHUNK]
-                       for index, start in enumerate(range(0, len(kept), _BINARY_CHUNK))})  # fmt: skip
+        entity.update(
+            {
+                f"Body{index}": kept[start : start + _BINARY_CHUNK]
+                for index, start in enumerate(range(0, len(kept), _BINARY_CHUNK))
+            }
+        )
     else:
         entity.update(split_text("Raw", json.dumps(raw, ensure_ascii=False, default=str)))
     return entity
@@ -83,8 +93,12 @@ def rejected_entity(record_id: str, error: str, raw: dict[str, Any] | bytes, rec
 def rejected_from_entity(entity: Mapping[str, Any]) -> dict[str, Any]:
     """A rejected record as ``show`` gives it: channel, time, reason, and the raw row (``raw``) or
     the body as received (``body``, bytes, with its ``size`` and whether it was ``truncated``)."""
-    record = {"leadId": entity["PartitionKey"], "channel": entity.get("Channel") or "table",
-              "receivedAt": entity["ReceivedAt"].isoformat(), "error": entity["Error"]}  # fmt: skip
+    record = {
+        "leadId": entity["PartitionKey"],
+        "channel": entity.get("Channel") or "table",
+        "receivedAt": entity["ReceivedAt"].isoformat(),
+        "error": entity["Error"],
+    }
     if "Size" in entity:
         return {**record, "body": refused_body(entity), "size": entity["Size"], "truncated": entity["Truncated"]}
     return {**record, "raw": json.loads(join_text("Raw", entity))}
@@ -136,13 +150,23 @@ class Content:
 
 
 def content_entity(content: Content) -> dict[str, Any]:
-    return {"PartitionKey": content.digest, "RowKey": CONTENT_ROW, "Leads": content.leads,
-            "LatestLeadId": content.latest_id, "LatestAt": content.latest_at}  # fmt: skip
+    return {
+        "PartitionKey": content.digest,
+        "RowKey": CONTENT_ROW,
+        "Leads": content.leads,
+        "LatestLeadId": content.latest_id,
+        "LatestAt": content.latest_at,
+    }
 
 
 def content_from_entity(entity: Mapping[str, Any]) -> Content:
-    return Content(entity["PartitionKey"], int(entity["Leads"]), entity["LatestLeadId"], entity["LatestAt"],
-                   entity.metadata["etag"])  # fmt: skip
+    return Content(
+        entity["PartitionKey"],
+        int(entity["Leads"]),
+        entity["LatestLeadId"],
+        entity["LatestAt"],
+        entity.metadata["etag"],
+    )
 
 
 # --- deliveries ----------------------------------------------------------------------------------

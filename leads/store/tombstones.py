@@ -44,13 +44,21 @@ def bury(table: TableClient, lead: Lead, erased_at: datetime) -> bool:
     keys = identity_keys(lead)
     if not keys:
         return False
-    table.upsert_entity({"PartitionKey": _day(lead.received_at), "RowKey": ROW_PREFIX + lead.lead_id,
-                         "Who": " ".join(keys), "HasEmail": bool(lead.email), "ReceivedAt": lead.received_at,
-                         "ErasedAt": erased_at}, mode=UpdateMode.REPLACE)  # fmt: skip
+    table.upsert_entity(
+        {
+            "PartitionKey": _day(lead.received_at),
+            "RowKey": ROW_PREFIX + lead.lead_id,
+            "Who": " ".join(keys),
+            "HasEmail": bool(lead.email),
+            "ReceivedAt": lead.received_at,
+            "ErasedAt": erased_at,
+        },
+        mode=UpdateMode.REPLACE,
+    )
     return True
 
 
 def buried(row: dict[str, Any] | Any) -> str | None:
     """The erased lead's id when a row of the identities table is a tombstone, else None."""
     row_key = row["RowKey"]
-    return row_key[len(ROW_PREFIX):] if row_key.startswith(ROW_PREFIX) else None
+    return row_key[len(ROW_PREFIX) :] if row_key.startswith(ROW_PREFIX) else None

@@ -41,7 +41,7 @@ from leads.store.index import (
     kind_of,
     past,
     rejected_entry,
-    shards,  # fmt: skip
+    shards,
     stale,
 )
 from leads.store.rows import LEAD_ROW, REJECTED_ROW, Delivery, day_of, delivery_from_entity, is_delivery_row
@@ -79,16 +79,26 @@ class Report:
         return sum(difference.repaired for difference in self.differences)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "sinceDays": self.since_days, "complete": self.complete,
-                "checked": dict(sorted(self.checked.items())), "differences": self.by_kind(),
-                "repaired": self.repaired,
-                "details": [{"kind": d.kind, "about": d.about, "repaired": d.repaired}
-                            for d in self.differences]}  # fmt: skip
+        return {
+            "at": self.at.isoformat(),
+            "sinceDays": self.since_days,
+            "complete": self.complete,
+            "checked": dict(sorted(self.checked.items())),
+            "differences": self.by_kind(),
+            "repaired": self.repaired,
+            "details": [{"kind": d.kind, "about": d.about, "repaired": d.repaired} for d in self.differences],
+        }
 
 
-def verify(settings: Settings | None = None, since_days: int | None = None, repair: bool = False,
-           now: datetime | None = None, progress: Callable[[Report], None] | None = None,
-           seconds: float | None = None, held_page: int = 0) -> Report:  # fmt: skip
+def verify(
+    settings: Settings | None = None,
+    since_days: int | None = None,
+    repair: bool = False,
+    now: datetime | None = None,
+    progress: Callable[[Report], None] | None = None,
+    seconds: float | None = None,
+    held_page: int = 0,
+) -> Report:
     """Compare every derived row with what it describes (the last ``since_days`` days and the
     open work; None: the whole store), and with ``repair`` mend each difference. ``progress`` is
     called after each page; after ``seconds`` the run stops, ``complete`` false (counts are then
@@ -103,8 +113,12 @@ def verify(settings: Settings | None = None, since_days: int | None = None, repa
     checker = _Checker(store, now or datetime.now(UTC), repair, progress, seconds, since_days, held_page)
     report = checker.run()
     if report.differences:
-        log.warning("verify found %d differences (%s), %d repaired", len(report.differences),
-                    ", ".join(f"{kind}: {n}" for kind, n in report.by_kind().items()), report.repaired)  # fmt: skip
+        log.warning(
+            "verify found %d differences (%s), %d repaired",
+            len(report.differences),
+            ", ".join(f"{kind}: {n}" for kind, n in report.by_kind().items()),
+            report.repaired,
+        )
     _keep(store, report)
     return report
 
@@ -118,9 +132,13 @@ def last_run(store: LeadStore) -> dict[str, Any] | None:
     row = checkpoint_of(store.checkpoints, _LAST_RUN)
     if not row:
         return None
-    return {"at": row["At"].isoformat(), "sinceDays": row.get("SinceDays"), "complete": bool(row.get("Complete")),
-            "differences": json.loads(row.get("Differences") or "{}"),
-            "repaired": int(row.get("Repaired") or 0)}  # fmt: skip
+    return {
+        "at": row["At"].isoformat(),
+        "sinceDays": row.get("SinceDays"),
+        "complete": bool(row.get("Complete")),
+        "differences": json.loads(row.get("Differences") or "{}"),
+        "repaired": int(row.get("Repaired") or 0),
+    }
 
 
 def _keep(store: LeadStore, report: Report) -> None:
@@ -128,8 +146,14 @@ def _keep(store: LeadStore, report: Report) -> None:
 
     from azure.core.exceptions import AzureError
 
-    row = {"PartitionKey": _LAST_RUN[0], "RowKey": _LAST_RUN[1], "At": report.at, "Complete": report.complete,
-           "Differences": json.dumps(report.by_kind()), "Repaired": report.repaired}  # fmt: skip
+    row = {
+        "PartitionKey": _LAST_RUN[0],
+        "RowKey": _LAST_RUN[1],
+        "At": report.at,
+        "Complete": report.complete,
+        "Differences": json.dumps(report.by_kind()),
+        "Repaired": report.repaired,
+    }
     if report.since_days is not None:
         row["SinceDays"] = report.since_days
     try:
@@ -143,8 +167,16 @@ class _OutOfTime(Exception):
 
 
 class _Checker:
-    def __init__(self, store: LeadStore, now: datetime, repair: bool, progress: Callable[[Report], None] | None,
-                 seconds: float | None, since_days: int | None, held_page: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: LeadStore,
+        now: datetime,
+        repair: bool,
+        progress: Callable[[Report], None] | None,
+        seconds: float | None,
+        since_days: int | None,
+        held_page: int = 0,
+    ) -> None:
         self.store, self.now, self.repair, self.progress = store, now, repair, progress
         self.held_page = held_page
         self.deadline = time.monotonic() + seconds if seconds is not None else None
@@ -311,11 +343,20 @@ class _Checker:
             self._tick()
             self.report.checked[f"{_NAMES[entry.kind]} entries"] += 1
             rows = self._partition(entry.lead_id) if self.days is not None else self._read_partition(entry.lead_id)
-            delivery = next((delivery_from_entity(row) for row in rows if is_delivery_row(row["RowKey"])
-                             and row.get("Destination") == entry.destination), None)  # fmt: skip
+            delivery = next(
+                (
+                    delivery_from_entity(row)
+                    for row in rows
+                    if is_delivery_row(row["RowKey"]) and row.get("Destination") == entry.destination
+                ),
+                None,
+            )
             if stale(entry, delivery, self.now):
-                self._differ(f"stale {_NAMES[entry.kind]} entry", f"{entry.lead_id}/{entry.destination}",
-                             lambda entry=entry: self.store.index.drop(entry))  # fmt: skip
+                self._differ(
+                    f"stale {_NAMES[entry.kind]} entry",
+                    f"{entry.lead_id}/{entry.destination}",
+                    lambda entry=entry: self.store.index.drop(entry),
+                )
             if rows and self.days is not None:
                 self._record(rows)
 
@@ -361,8 +402,9 @@ class _Checker:
         self.report.checked["held entries"] += 1
         delivery = self.store.deliveries.get(entry.lead_id, entry.destination)
         if stale(entry, delivery, self.now):
-            self._differ("stale held entry", f"{entry.lead_id}/{entry.destination}",
-                         lambda: self.store.index.drop(entry))  # fmt: skip
+            self._differ(
+                "stale held entry", f"{entry.lead_id}/{entry.destination}", lambda: self.store.index.drop(entry)
+            )
             return False
         return True
 
@@ -377,12 +419,14 @@ class _Checker:
             self._tick()
             self.report.checked["timeline entries"] += 1
             rows = self._partition(entry.lead_id) if self.days is not None else self._record_row(entry)
-            record = next((row for row in rows if row["RowKey"] == (REJECTED_ROW if entry.rejected else LEAD_ROW)),
-                          None)  # fmt: skip
+            record = next(
+                (row for row in rows if row["RowKey"] == (REJECTED_ROW if entry.rejected else LEAD_ROW)), None
+            )
             if record is None or cursor_of(entry.lead_id, record["ReceivedAt"]) != entry.row_key:
                 if record is not None or target_missing_long_enough(entry.at, self.now):
-                    self._differ("stale timeline entry", entry.lead_id,
-                                 lambda entry=entry: self.store.index.drop(entry))  # fmt: skip
+                    self._differ(
+                        "stale timeline entry", entry.lead_id, lambda entry=entry: self.store.index.drop(entry)
+                    )
             elif self.days is not None:
                 self._record(rows)
 
@@ -441,8 +485,11 @@ class _Checker:
             self.report.checked["days"] += 1
             settled = truth == before
             if not settled:
-                self._differ("day count off", day, lambda day=day, truth=truth, etags=etags:
-                             self.store.counters.write(day, truth, etags))  # fmt: skip
+                self._differ(
+                    "day count off",
+                    day,
+                    lambda day=day, truth=truth, etags=etags: self.store.counters.write(day, truth, etags),
+                )
                 settled = self.report.differences[-1].repaired
             if settled and self.repair and day in self.marks:
                 self.store.counters.unmark(day, self.marks[day])
@@ -468,4 +515,3 @@ def _is_day(text: str) -> bool:
     except ValueError:
         return False
     return True
-

@@ -87,6 +87,8 @@ param leadsSweepSchedule string = '0 */2 * * * *'
 param leadsVerifySchedule string = '0 */15 * * * *'
 @description('LEADS_VERIFY_DAYS: how many recent days each maintenance run verifies.')
 param leadsVerifyDays string = '2'
+@description('LEADS_CLAIM_MINUTES: how long a worker holds a delivery it sends; longer than a send may take (2 minutes).')
+param leadsClaimMinutes string = '5'
 @description('LEADS_ROUTING: which leads go to which destinations; empty uses the code default.')
 param leadsRouting string = ''
 @description('DYNAMICS_MAPPING: field mapping, the lead row\'s own columns a lead fills (JSON, docs/settings.md); empty: the built-in fields.')
@@ -312,6 +314,7 @@ var coreSettings = {
   LEADS_SWEEP_SCHEDULE: leadsSweepSchedule
   LEADS_VERIFY_SCHEDULE: leadsVerifySchedule
   LEADS_VERIFY_DAYS: leadsVerifyDays
+  LEADS_CLAIM_MINUTES: leadsClaimMinutes
   LEADS_RETENTION_SCHEDULE: leadsRetentionSchedule
   LEADS_DELIVERY_QUEUE: leadsDeliveryQueue
   LEADS_POLL_OVERLAP_MINUTES: leadsPollOverlapMinutes

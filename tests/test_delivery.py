@@ -232,23 +232,27 @@ def stored_not_queued():
     return store, lead
 
 
-def test_a_claim_that_runs_out_before_the_send_is_renewed_or_lost_never_sent_twice(webhook, monkeypatch):
+def test_a_claim_that_runs_out_before_the_send_is_renewed_or_lost_never_sent_twice(webhook, env, monkeypatch):
     """Worker 1's storage calls between its claim and its send (rate limiter, fold, lead read) take
-    the whole claim; meanwhile the sweep re-queues and worker 2 claims and sends. Worker 1 checks
-    its claim just before the send (a conditional renewal) and does not send."""
+    the whole claim (LEADS_CLAIM_MINUTES long); meanwhile the sweep re-queues and worker 2 claims and
+    sends. Worker 1 checks its claim just before the send (a conditional renewal) and does not send."""
+    env(LEADS_CLAIM_MINUTES="3")
     store, lead = stored_not_queued()
     read, worker_2 = LeadStore.get_for_delivery, {}
+    start = datetime.now(UTC)
 
     def slow_read(self, lead_id):
         if not worker_2:
             worker_2["started"] = True
-            later = webhook_delivery(lead_id).claimed_until + timedelta(seconds=1)
+            claimed_until = webhook_delivery(lead_id).claimed_until
+            assert claimed_until == start + timedelta(minutes=3), "the claim is not LEADS_CLAIM_MINUTES long"
+            later = claimed_until + timedelta(seconds=1)
             assert sweep(now=later) == 1
             worker_2["outcome"] = deliver(lead_id, "webhook", now=later)
         return read(self, lead_id)
 
     monkeypatch.setattr(LeadStore, "get_for_delivery", slow_read)
-    first = deliver(lead.lead_id, "webhook")
+    first = deliver(lead.lead_id, "webhook", now=start)
     assert worker_2["outcome"].state == "delivered"
     assert webhook.requests == 1, "worker 1 sent after its claim ran out"
     assert (first.state, first.detail) == ("sending", "claimed by another worker before the send")
@@ -311,12 +315,12 @@ def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_say
     """A second message for a delivery another worker holds is not consumed: it is put back to
     be seen when the claim ends. A worker that then finds the claim run out (its holder stopped
     without a record) sends again under the same key, and says so in the log."""
-    from leads.delivery.deliver import CLAIM
-
     store, lead = stored_not_queued()
     delivery = webhook_delivery(lead.lead_id)
     start = datetime.now(UTC)
-    held = store.deliveries.change(delivery, state="sending", attempts=1, claimed_until=start + CLAIM)  # a worker died
+    held = store.deliveries.change(
+        delivery, state="sending", attempts=1, claimed_until=start + get_settings().claim
+    )  # a worker died
     delivery_queue()._ensure()
     queue = delivery_queue().client
     before = queue.get_queue_properties().approximate_message_count
@@ -333,8 +337,6 @@ def test_a_message_finding_a_live_claim_comes_back_when_it_ends_and_a_resend_say
 def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(storage, env, fake_acs, monkeypatch):
     """As for one lead: a digest's claim is renewed on its own row just before the send, and a
     worker that finds another took the digest meanwhile sends nothing."""
-    from leads.delivery.deliver import CLAIM
-
     env(
         EMAIL_CONNECTION_STRING=fake_acs.connection_string,
         EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
@@ -356,7 +358,7 @@ def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(sto
     def slow_read(self, lead_id):
         if not worker_2:
             worker_2["started"] = True
-            later = start + timedelta(seconds=61) + CLAIM + timedelta(seconds=1)
+            later = start + timedelta(seconds=61) + get_settings().claim + timedelta(seconds=1)
             worker_2["outcome"] = deliver(lead_ids[3], "email", now=later)
         return read(self, lead_id)
 

@@ -180,14 +180,14 @@ def test_storage_stopped_and_started_again_loses_nothing(tmp_path, env):
         assert all(count == 1 for count in webhook.confirmed.values())
 
 
-# A worker process whose claims run out within the test (a real claim lasts 5 minutes): it is
+# A worker process whose claims run out within the test (LEADS_CLAIM_MINUTES, 5 by default): it is
 # killed while it waits for the answer to a digest ACS has accepted. It fills the email rate limit
 # itself, once it is ready to deliver: the limit frees 2 s later, and a worker that took longer
 # than that to start (a loaded machine) would find it free, send mails one by one, and fold none.
 DYING_WORKER = """
-from datetime import timedelta
-import leads.delivery.deliver
-leads.delivery.deliver.CLAIM = timedelta(seconds=8)
+from leads.core.settings import get_settings
+# Set on the process's settings, past their check: a claim shorter than a send is what this worker is for.
+get_settings().claim_minutes = 8 / 60
 from tests.test_faults import mail_limit_reached
 from tests.workers import drain
 mail_limit_reached(5)

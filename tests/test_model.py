@@ -26,7 +26,7 @@ import pytest
 
 from leads.core.normalise import from_http_body
 from leads.core.settings import get_settings
-from leads.delivery.deliver import CLAIM, deliver, handle_message
+from leads.delivery.deliver import deliver, handle_message
 from leads.delivery.queue import delivery_queue
 from leads.destinations.routing import hold_backfill, plan
 from leads.intake.ingest import accept_http
@@ -174,7 +174,7 @@ class Run:
         """Claims run out, the sweep queues what is stuck, workers drain the queue."""
         client = delivery_queue(self.settings).client
         for _ in range(rounds):
-            now += CLAIM + GRACE + STALE
+            now += self.settings.claim + GRACE + STALE
             sweep(self.settings, now=now)
             while batch := list(client.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60)):
                 for message in batch:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from leads.core.settings import Settings, get_settings, range_text
+from leads.core.settings import SEND_DEADLINE_SECONDS, Settings, get_settings, range_text
 from leads.ops.advice import setting_problems
 from leads.ops.checks import run_checks, what_it_means
 
@@ -43,19 +43,57 @@ def test_a_value_out_of_range_is_refused_by_name_and_range(alias, value, env):
     with pytest.raises(ValidationError) as refused:
         get_settings()
     text = " ".join(problem for _, problem in setting_problems(refused.value))  # what every command prints
-    assert alias in text
-    if name != "http_timeout_seconds":  # that one says why: a call must end inside its claim
-        assert range_text(field, field.annotation is int) in text
+    assert alias in text and range_text(field, field.annotation is int) in text
+
+
+# The claim's lowest value is set by the send deadline, not its range (test_the_claim_outlasts_...).
+LOWEST = {"LEADS_CLAIM_MINUTES": SEND_DEADLINE_SECONDS / 60 + 1}
 
 
 @pytest.mark.parametrize("alias", sorted(NUMERIC))
 def test_both_ends_of_each_range_are_accepted(alias, env):
     name, field = NUMERIC[alias]
     bounds = field.json_schema_extra["range"]
-    low = bounds["low"] + (1 if bounds["above"] else 0)
+    low = LOWEST.get(alias, bounds["low"] + (1 if bounds["above"] else 0))
     for value in (low, bounds["high"]):
         env(**{alias: str(int(value) if field.annotation is int else value)})
         assert getattr(get_settings(), name) == value
+
+
+def test_the_claim_outlasts_the_send_and_a_claim_that_does_not_is_refused_by_name_and_value(env):
+    env(LEADS_CLAIM_MINUTES=f"{SEND_DEADLINE_SECONDS / 60:g}")  # as long as a send may take: not longer
+    with pytest.raises(ValidationError) as refused:
+        get_settings()
+    ((setting, problem),) = setting_problems(refused.value)
+    assert setting == "LEADS_CLAIM_MINUTES"
+    assert problem.startswith(
+        f"LEADS_CLAIM_MINUTES is 2 (120 s), not longer than a send may take ({SEND_DEADLINE_SECONDS:g} s"
+    )
+    assert "set it above 2 (minutes) (set in the environment)" in problem
+    env(LEADS_CLAIM_MINUTES="2.5")
+    assert get_settings().claim.total_seconds() == 150
+
+
+def test_a_call_that_may_outlast_its_send_is_refused_by_name_and_value(env, monkeypatch):
+    # With the send deadline of the code, the call timeout's range (at most half of it) keeps every
+    # value below it; the order is checked in one place all the same, and says what is wrong.
+    monkeypatch.setattr("leads.core.settings.SEND_DEADLINE_SECONDS", 20.0)
+    env(LEADS_HTTP_TIMEOUT_SECONDS="20")
+    with pytest.raises(ValidationError) as refused:
+        get_settings()
+    ((setting, problem),) = setting_problems(refused.value)
+    assert setting == "LEADS_HTTP_TIMEOUT_SECONDS"
+    assert problem.startswith("LEADS_HTTP_TIMEOUT_SECONDS is 20, not shorter than a send's deadline (20 s)")
+    env(LEADS_HTTP_TIMEOUT_SECONDS="19")
+    assert get_settings().http_timeout_seconds == 19
+
+
+def test_check_goes_on_with_the_default_claim_in_place_of_a_refused_one(storage, env):
+    env(LEADS_CLAIM_MINUTES="1")
+    checks = run_checks()
+    (check,) = [check for name, check in checks if name == "setting value"]
+    assert check.state == "problem" and check.message.startswith("LEADS_CLAIM_MINUTES is 1 (60 s)")
+    assert "storage" in dict(checks), "the other lines are checked with the claim at its default"
 
 
 def test_check_names_the_refused_setting_its_range_and_what_it_does_to_a_lead(storage, env):

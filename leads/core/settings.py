@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The longest one call to a destination may take (LEADS_HTTP_TIMEOUT_SECONDS), and the longest a
-# whole send may (leads/delivery/deliver.py), both well inside the 5-minute claim of a delivery.
-MAX_CALL_SECONDS = 60.0
+# The longest a whole send (token, look-up, write) may take (leads/delivery/deliver.py), and the
+# longest one call to a destination may (LEADS_HTTP_TIMEOUT_SECONDS): half of it, so a send has room
+# for more than one call. How they stand to the claim of a delivery is checked once, in
+# Settings._each_send_ends_inside_its_claim.
 SEND_DEADLINE_SECONDS = 120.0
+MAX_CALL_SECONDS = SEND_DEADLINE_SECONDS / 2
 DEFAULT_CHANNEL = "default"  # the channel of TEAMS_WEBHOOK_URL / SLACK_WEBHOOK_URL
 MAPPING = "Field mapping: the {crm} fields a lead fills beyond the built-in ones (JSON, or a JSON file's path)."
 
@@ -201,6 +204,16 @@ class Settings(BaseSettings):
         above=True,
         description="How long one call to a destination may take, connect to last byte (at most 60).",
     )
+    claim_minutes: float = number(
+        5.0,
+        "LEADS_CLAIM_MINUTES",
+        0,
+        60,
+        "minutes",
+        above=True,
+        description="How long a worker holds a delivery it sends: a worker that dies mid-send frees it after "
+        "this. Longer than a send may take (2 minutes).",
+    )
     alert_to: str = Field(
         "", alias="LEADS_ALERT_TO", description="Who is emailed when deliveries fail or leads stop arriving."
     )
@@ -333,17 +346,28 @@ class Settings(BaseSettings):
     hubspot_url: str = Field("https://api.hubapi.com", alias="HUBSPOT_URL")
     hubspot_mapping: str = Field("", alias="HUBSPOT_MAPPING", description=MAPPING.format(crm="contact's"))
 
-    @field_validator("http_timeout_seconds")
-    @classmethod
-    def _call_ends_inside_the_claim(cls, value: float) -> float:
-        # A delivery's claim lasts 5 minutes and a send (token, look-up, write, each one call)
-        # must end well inside it, by 2 minutes: no single call may take longer than 60 s.
-        if value > MAX_CALL_SECONDS:
+    @property
+    def claim(self) -> timedelta:
+        """How long a claim holds a delivery (``LEADS_CLAIM_MINUTES``)."""
+        return timedelta(minutes=self.claim_minutes)
+
+    @model_validator(mode="after")
+    def _each_send_ends_inside_its_claim(self) -> Settings:
+        # One call ends by its timeout, a send of several calls by the send deadline, and both well
+        # before the claim runs out: otherwise another worker may take a delivery under a live send.
+        call, send, claim = self.http_timeout_seconds, SEND_DEADLINE_SECONDS, self.claim.total_seconds()
+        if call >= send:
             raise ValueError(
-                f"LEADS_HTTP_TIMEOUT_SECONDS is {value:g}, but a call must end well inside the 5-minute "
-                f"claim of its delivery: set it to at most {MAX_CALL_SECONDS:g} (seconds)"
+                f"LEADS_HTTP_TIMEOUT_SECONDS is {call:g}, not shorter than a send's deadline ({send:g} s): a call "
+                f"must end before its send does; set it below {send:g} (seconds)"
             )
-        return value
+        if send >= claim:
+            raise ValueError(
+                f"LEADS_CLAIM_MINUTES is {self.claim_minutes:g} ({claim:g} s), not longer than a send may take "
+                f"({send:g} s, each call up to LEADS_HTTP_TIMEOUT_SECONDS, {call:g} s): another worker could take "
+                f"a delivery under a live send; set it above {send / 60:g} (minutes)"
+            )
+        return self
 
     @field_validator("*")
     @classmethod

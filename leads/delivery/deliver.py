@@ -34,9 +34,9 @@ from leads.store.rows import FINAL, Delivery
 
 log = logging.getLogger(__name__)
 
-# How long a claim holds a delivery; a worker that dies mid-send frees it after this. Every send
-# ends by SEND_DEADLINE_SECONDS (2 minutes), well inside it, so no claim runs out under a live send.
-CLAIM = timedelta(minutes=5)
+# A claim holds a delivery for settings.claim (LEADS_CLAIM_MINUTES); a worker that dies mid-send
+# frees it after that. Every send ends by SEND_DEADLINE_SECONDS, inside it (the settings check
+# that), so no claim runs out under a live send.
 # A message arriving this much before its delivery's next attempt is a stray duplicate.
 EARLY = timedelta(seconds=5)
 # How many times the record of a send is written, within its claim, before a note of it is queued.
@@ -118,7 +118,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
 
     destination = get_destination(name, settings)
     if destination is None:
-        claimed = book.change(delivery, state="sending", claimed_until=now + CLAIM)
+        claimed = book.change(delivery, state="sending", claimed_until=now + settings.claim)
         if claimed:
             _fail(
                 book,
@@ -156,7 +156,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
 
     if digest is not None:
         claimed_digest = (
-            DigestBook(store.leads).change(digest, claimed_until=now + CLAIM)
+            DigestBook(store.leads).change(digest, claimed_until=now + settings.claim)
             if digest.claimed_until is None or digest.claimed_until <= now
             else None
         )
@@ -176,7 +176,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
         delivery,
         state="sending",
         attempts=delivery.attempts + 1,
-        claimed_until=now + CLAIM,
+        claimed_until=now + settings.claim,
         waiting_for=None,
         digest=None,
     )
@@ -185,7 +185,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     # Only a first attempt folds others in: an earlier attempt may have gone out under its own
     # idempotency key, which a digest (a new key) would not repeat.
     if destination.can_digest and delivery.attempts == 0:
-        folded = _fold_waiting(store, claimed, now)
+        folded = _fold_waiting(store, claimed, now, settings.claim)
         if folded is not None:
             return _send_digest(store, destination, folded, settings, now, clock)
     lead, erased = store.get_for_delivery(claimed.lead_id)
@@ -195,7 +195,7 @@ def deliver(lead_id: str, name: str, settings: Settings | None = None, now: date
     if erased:  # never sent with its fields emptied
         _skip_erased(book, claimed)
         return Outcome("skipped", "lead erased")
-    claimed = book.change(claimed, claimed_until=clock() + CLAIM)  # still ours? then a whole claim from now
+    claimed = book.change(claimed, claimed_until=clock() + settings.claim)  # still ours? then a whole claim from now
     if claimed is None:
         return Outcome("sending", "claimed by another worker before the send")
     try:
@@ -352,7 +352,7 @@ def _send_digest(
         digests.change(digest, state=FAILED, claimed_until=None)
         return Outcome("failed", "lead not found")
     members, leads = [member for member, _ in present], [lead for _, lead in present]
-    renewed = digests.change(digest, claimed_until=clock() + CLAIM)  # as for one lead: still ours, just before
+    renewed = digests.change(digest, claimed_until=clock() + settings.claim)  # as for one lead: still ours, just before
     if renewed is None:
         return Outcome("sending", "its digest was claimed by another worker before the send")
     digest = renewed
@@ -518,14 +518,14 @@ def waiting_key(delivery: Delivery) -> str:
     return f"{delivery.destination}|{digest}"
 
 
-def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime) -> Digest | None:
+def _fold_waiting(store: LeadStore, sender: Delivery, now: datetime, claim: timedelta) -> Digest | None:
     """Fold the deliveries that wait for the same recipients as ``sender`` into one durable
     digest with it: each is claimed naming the digest, then the digest's row is written (members,
     Operation-Id, route) before anything is sent. None when no other delivery waits."""
     import uuid
 
     book, key = store.deliveries, waiting_key(sender)
-    digest_id, until = str(uuid.uuid4()), now + CLAIM
+    digest_id, until = str(uuid.uuid4()), now + claim
     members = []
     for marker in store.leads.query_entities("PartitionKey eq @key", parameters={"key": _WAITING + key}):
         if len(members) >= DIGEST_MAX - 1:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
     from leads.core.settings import Settings
 
@@ -84,8 +85,8 @@ def setting_problems(error: ValidationError) -> list[tuple[str, str]]:
     fields = {field.alias or name: field for name, field in Settings.model_fields.items()}
     problems = []
     for item in error.errors():
-        name = ".".join(str(part) for part in item["loc"]) or "settings"
         message = str(item["msg"]).removeprefix("Value error, ")
+        name = _refused_setting(item, message, set(fields))
         value = item.get("input")
         quoted = isinstance(value, str) and not any(word in name.upper() for word in _SECRET_WORDS)
         if not message.startswith(name):
@@ -97,12 +98,22 @@ def setting_problems(error: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
+def _refused_setting(item: ErrorDetails, message: str, aliases: set[str]) -> str:
+    """The setting one error of the settings model is about: its field's, or for a check of several
+    settings together (the send's order, Settings._each_send_ends_inside_its_claim) the one its
+    message starts with."""
+    if item["loc"]:
+        return ".".join(str(part) for part in item["loc"])
+    first = message.split(" ", 1)[0]
+    return first if first in aliases else "settings"
+
+
 def settings_despite(error: ValidationError) -> Settings:
     """The settings with each refused value at its default, so that ``check`` can go on with the
     rest. Raises ValidationError again when the rest cannot stand without them."""
     from leads.core.settings import Settings
 
-    refused = {str(item["loc"][0]) for item in error.errors() if item["loc"]}
+    refused = {name for name, _ in setting_problems(error)}
     defaults = {
         name: field.get_default(call_default_factory=True)
         for name, field in Settings.model_fields.items()

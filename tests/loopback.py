@@ -253,6 +253,7 @@ def trust(monkeypatch, ca_file: str) -> None:
 
 # Each HTTP destination's settings with every URL at one loopback server: for tests that play one
 # misbehaviour on every destination alike (tests/test_deadlines.py, tests/test_retry_after.py).
+# Every registered destination is here or in OWN_FAKE (tests/test_registry.py holds them to the registry).
 DESTINATION_SETTINGS = {
     "webhook": lambda url: {"WEBHOOK_URL": url + "/hook", "WEBHOOK_SECRET": "s"},
     # A new app registration each time: no token is cached from another test's fake.
@@ -267,6 +268,16 @@ DESTINATION_SETTINGS = {
     "salesforce-w2l": lambda url: {"SALESFORCE_OID": "00D000000000001", "SALESFORCE_WEB_TO_LEAD_URL": url + "/w2l"},
     "marketo": lambda url: {"MARKETO_URL": url, "MARKETO_CLIENT_ID": "id", "MARKETO_CLIENT_SECRET": "s"},
     "hubspot": lambda url: {"HUBSPOT_TOKEN": "pat-na1-x", "HUBSPOT_URL": url},
+    # The default channel: routing gives every lead it, so the send posts to the loopback URL.
+    "teams": lambda url: {"TEAMS_WEBHOOK_URL": url + "/teams"},
+    "slack": lambda url: {"SLACK_WEBHOOK_URL": url + "/slack"},
+}
+# The destinations a bare loopback server cannot stand in for, with the tests that play the same
+# misbehaviours on their own fake.
+OWN_FAKE = {
+    "email": "ACS signs each request and answers an operation to poll: tests/fake_acs.py plays the drip "
+    "(test_deadlines.test_email_through_acs_ends_a_dripping_send_and_retries_it) and the 429 with Retry-After "
+    "(test_retry_after.test_email_waits_as_acs_says)",
 }
 
 

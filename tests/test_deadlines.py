@@ -84,7 +84,7 @@ def test_calls_of_one_send_end_with_the_send(drip):
 
 
 @pytest.mark.parametrize("name", sorted(DESTINATION_SETTINGS))
-def test_every_crm_and_the_webhook_end_a_dripping_send_and_retry_it(storage, env, drip, name):
+def test_every_http_destination_ends_a_dripping_send_and_retries_it(storage, env, drip, name):
     env(
         LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_HTTP_TIMEOUT_SECONDS="1",

@@ -25,6 +25,8 @@ yaml = pytest.importorskip("yaml", reason="pyyaml is in requirements-infra.txt")
 
 from leads.core.settings import Settings  # noqa: E402
 
+from .test_registry import declared_settings  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
@@ -78,19 +80,10 @@ LEFT_TO_CODE_DEFAULT: dict[str, str] = {
 # Connection settings the template provides in their identity-based form (<name>__...).
 IDENTITY_CONNECTIONS = {"AzureWebJobsStorage"}
 
-# Secrets: their app settings must be Key Vault references.
-SECRET_SETTINGS = {
-    "WEBHOOK_SECRET",
-    "DYNAMICS_CLIENT_SECRET",
-    "SALESFORCE_CLIENT_SECRET",
-    "MARKETO_CLIENT_SECRET",
-    "HUBSPOT_TOKEN",
-    "MARKETPLACE_TABLE_CONNECTION",
-    "TEAMS_WEBHOOK_URL",
-    "SLACK_WEBHOOK_URL",
-    "TEAMS_CHANNELS",
-    "SLACK_CHANNELS",
-    "LEADS_ID_KEY",
+# Secrets: their app settings must be Key Vault references. The destinations' are what their
+# classes declare (secret_fields), but for those the template leaves to the code's default.
+SECRET_SETTINGS = {"MARKETPLACE_TABLE_CONNECTION", "LEADS_ID_KEY"} | {
+    alias for _, secrets in declared_settings().values() for alias in secrets if alias not in LEFT_TO_CODE_DEFAULT
 }
 
 # Settings the platform reads (host storage over the identity, Application Insights).
@@ -346,6 +339,28 @@ def test_template_defaults_match_the_code_defaults():
                 assert template_default == code_default, alias
             compared += 1
     assert compared >= 5
+
+
+def test_each_destinations_settings_are_set_by_the_template_or_left_to_the_code():
+    keys = set(app_settings())
+    for name, (aliases, _) in declared_settings().items():
+        missing = sorted(aliases - keys - set(LEFT_TO_CODE_DEFAULT))
+        assert not missing, f"{name}: settings the template neither sets nor leaves to the code's default: {missing}"
+
+
+def test_the_template_references_from_key_vault_exactly_the_secrets():
+    """Both ways: a declared secret given as a plain value, or a setting read from Key Vault that
+    nothing declares a secret, fails by name."""
+    prefix = bicep("main.bicep")["variables"]["secretRef"]["value"]
+    referenced = {
+        alias for alias, value in app_settings().items() if isinstance(value, str) and value.startswith("${secretRef}")
+    }
+    assert prefix.startswith("@Microsoft.KeyVault(")
+    drift = {
+        "from Key Vault, no secret declared": referenced - SECRET_SETTINGS,
+        "secret, plain": SECRET_SETTINGS - referenced,
+    }
+    assert referenced == SECRET_SETTINGS, drift
 
 
 def test_secrets_are_key_vault_references():

@@ -75,3 +75,15 @@ def test_differences_name_what_is_missing_where():
     # The helper must see drift both ways, or the test above could pass on anything.
     assert differences({"A", "B"}, sample={"A", "C"}) == {"sample": {"missing": ["B"], "not in the model": ["C"]}}
     assert differences({"A"}, sample={"A"}) == {}
+
+
+def test_each_destinations_declared_settings_are_in_the_sample_and_the_reference():
+    """What a destination declares it reads (its class's setting_fields, tests/test_registry.py)
+    a newcomer finds in the sample and docs/settings.md, and the destination has its docs page."""
+    from .test_registry import declared_settings
+
+    sample, reference = set(sample_values()), reference_names()
+    for name, (aliases, _) in declared_settings().items():
+        assert not aliases - sample, f"{name}: settings missing from {SAMPLE.name}: {sorted(aliases - sample)}"
+        assert not aliases - reference, f"{name}: settings missing from docs/settings.md: {sorted(aliases - reference)}"
+        assert (ROOT / "docs" / f"{name.split('-')[0]}.md").is_file(), f"{name} has no docs page"

@@ -114,6 +114,9 @@ class Route:
     generation: str = ""
     # Why the delivery is stored skipped rather than sent (a lead older than LEADS_BACKFILL_DAYS).
     skip_reason: str = ""
+    # Why the delivery is stored skipped if it names no recipients, for a destination that needs
+    # some (its class's ``needs_recipients``, which routing copies here); "" for one that needs none.
+    unaddressed: str = ""
     # The idempotency key fixed when a durable digest was claimed (leads/delivery/digests.py): a retry of
     # that digest names the same operation, whatever else changed.
     operation: str = ""

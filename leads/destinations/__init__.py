@@ -1,12 +1,15 @@
 """The destinations a lead can be delivered to, each one module with one class.
 
 Adding a CRM adds its module and one line here; routing, delivery states, retries and the CLI
-need nothing else. Modules are imported only when used, so a destination's SDK costs nothing
-until a lead is sent to it.
+need nothing else (docs/architecture.md, "Adding a destination"). What a destination is (a
+notification or not, whether it needs recipients, a channel, its settings and secrets) its class
+declares (:class:`Destination`); :func:`declaring` reads it for routing. Modules are imported only
+when used, so a destination's SDK costs nothing until a lead is sent to it.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,7 @@ __all__ = [
     "Sent",
     "TransientError",
     "REGISTRY",
+    "declaring",
     "destination_class",
     "get_destination",
     "enabled_names",
@@ -46,6 +50,15 @@ __all__ = [
 def destination_class(name: str) -> type[Destination]:
     module, _, cls = REGISTRY[name].partition(":")
     return getattr(import_module(module), cls)
+
+
+@cache
+def declaring(trait: str) -> tuple[str, ...]:
+    """The registered destinations whose class declares ``trait`` true (``"notifies"``,
+    ``"channels"``, ``"needs_recipients"``), in the registry's order. It imports every destination
+    module, as routing a lead does anyway (:func:`enabled_names`), so it is called where a lead or
+    a rule is read, never when a module is imported: importing routing stays light."""
+    return tuple(name for name in REGISTRY if getattr(destination_class(name), trait))
 
 
 def get_destination(name: str, settings: Settings) -> Destination | None:

@@ -86,6 +86,22 @@ class Check:
 class Destination(ABC):
     name: ClassVar[str]
 
+    # What the destination is, declared here once: routing, the store's skip reasons and the
+    # tests' lists of destinations (tests/test_registry.py) are derived from or held to these.
+    # A notification to people (email, Teams, Slack) rather than a record: what a test lead
+    # reaches under LEADS_TEST_LEADS=notify.
+    notifies: ClassVar[bool] = False
+    # Why a delivery that names no one is skipped, for a destination that must name someone (the
+    # mail's addresses, the card's channel); None for one that needs no recipients.
+    needs_recipients: ClassVar[str | None] = None
+    # A routing rule names its channel under the destination's name ("teams": "sales-emea"), the
+    # channels' URLs in <NAME>_WEBHOOK_URL (the default one) and <NAME>_CHANNELS (Settings.channel_webhook).
+    channels: ClassVar[bool] = False
+    # The Settings fields that configure it (its section of the settings model), and those of them
+    # that hold a secret (Key Vault references in Azure, never logged).
+    setting_fields: ClassVar[tuple[str, ...]] = ()
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     @abstractmethod
     def is_enabled(cls, settings: Settings) -> bool:

@@ -35,6 +35,8 @@ DESCRIPTION_MAX = 1500  # characters of a lead's description shown in a card; th
 class ChatDestination(Destination):
     """A channel webhook. Subclasses name the service and render leads as its message format."""
 
+    notifies = True
+    channels = True
     service: ClassVar[str]  # "Teams"
     # The largest message body the service takes, and how far under it messages are kept.
     max_bytes: ClassVar[int]

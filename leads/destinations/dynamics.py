@@ -255,6 +255,15 @@ class _TimedClient:
 
 class DynamicsDestination(Destination):
     name = "dynamics"
+    setting_fields = (
+        "dynamics_url",
+        "dynamics_tenant_id",
+        "dynamics_client_id",
+        "dynamics_client_secret",
+        "dynamics_authority",
+        "dynamics_mapping",
+    )
+    secret_fields = ("dynamics_client_secret",)
 
     def __init__(
         self,

@@ -60,6 +60,20 @@ class EmailDestination(Destination):
     ``EMAIL_ENDPOINT`` is set, else into the outbox folder."""
 
     name = "email"
+    notifies = True
+    needs_recipients = "no recipients: set EMAIL_TO, or an email in the matching routing rule"
+    setting_fields = (
+        "email_to",
+        "email_connection_string",
+        "email_endpoint",
+        "email_sender",
+        "email_pii",
+        "email_outbox_dir",
+        "email_per_minute",
+        "email_per_hour",
+        "leads_portal_url",
+    )
+    secret_fields = ("email_connection_string",)
     rate_period = 60.0
 
     def __init__(

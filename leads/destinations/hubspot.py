@@ -161,6 +161,8 @@ _PROPERTY_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
 
 class HubSpotDestination(Destination):
     name = "hubspot"
+    setting_fields = ("hubspot_token", "hubspot_url", "hubspot_mapping")
+    secret_fields = ("hubspot_token",)
 
     def __init__(
         self,

@@ -222,6 +222,8 @@ _TYPE_NAMED = re.compile(r"of type\s+'([^']{1,40})'", re.IGNORECASE)
 
 class MarketoDestination(Destination):
     name = "marketo"
+    setting_fields = ("marketo_url", "marketo_client_id", "marketo_client_secret", "marketo_form_id", "marketo_mapping")
+    secret_fields = ("marketo_client_secret",)
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from leads.core.model import Lead, Route
 from leads.core.settings import DEFAULT_CHANNEL, json_setting
+from leads.destinations import REGISTRY, declaring, destination_class
 from leads.store.rows import BACKFILL_REASON, UNDATED_REASON
 
 if TYPE_CHECKING:
@@ -41,14 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TEST_LEAD_MODES = ("notify", "deliver", "drop")
-# Destinations that tell people rather than store a record: what a test lead reaches in "notify".
-NOTIFICATIONS = ("email", "teams", "slack")
-# Destinations whose rule names a channel, its URL in a setting (Settings.channel_webhook).
-CHANNEL_DESTINATIONS = ("teams", "slack")
+# What a test lead reaches in "notify" (notifications), and which destinations a rule names a
+# channel of (a rule key each), are what their classes declare: declaring("notifies"), declaring("channels").
 _CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 # Destinations whose records a field mapping shapes (their classes name their mapping setting).
 MAPPED_DESTINATIONS = ("dynamics", "salesforce", "marketo", "hubspot")
-_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", "mapping", *CHANNEL_DESTINATIONS}
+_RULE_KEYS = {"name", "offer", "action", "source", "test", "email", "destinations", "mapping"}
 _MAPPING_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
@@ -107,9 +106,10 @@ def _rule(item: Any, index: int, where: str) -> Rule:
     label = f"{where}, rule {index}"
     if not isinstance(item, Mapping):
         raise RoutingError(f"{label} must be an object")
-    unknown = set(item) - _RULE_KEYS
+    known = _RULE_KEYS | set(declaring("channels"))
+    unknown = set(item) - known
     if unknown:
-        raise RoutingError(f"{label} has unknown keys {sorted(unknown)}; known: {sorted(_RULE_KEYS)}")
+        raise RoutingError(f"{label} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
 
     def texts(key: str) -> tuple[str, ...]:
         value = item.get(key)
@@ -129,7 +129,7 @@ def _rule(item: Any, index: int, where: str) -> Rule:
     if destinations is not None and not named:
         raise RoutingError(f"{label}: destinations must be a list of destination names")
     channels = {}
-    for destination in CHANNEL_DESTINATIONS:
+    for destination in declaring("channels"):
         channel = item.get(destination)
         if channel is None:
             continue
@@ -181,22 +181,31 @@ def route(
         if test_leads == "drop":
             names = ()
         elif test_leads == "notify":
-            names = tuple(name for name in names if name in NOTIFICATIONS) or tuple(
-                name for name in NOTIFICATIONS if name in enabled
+            notifications = declaring("notifies")
+            names = tuple(name for name in names if name in notifications) or tuple(
+                name for name in notifications if name in enabled
             )
     default_channels = frozenset(default_channels)
 
     def who(name: str) -> tuple[str, ...]:
         if name == "email":
             return recipients
-        if name in CHANNEL_DESTINATIONS:
+        if name in declaring("channels"):
             channel = rule.channels.get(name) if rule is not None else None
             return (channel,) if channel else ((DEFAULT_CHANNEL,) if name in default_channels else ())
         return ()
 
+    def unaddressed(name: str) -> str:
+        return (destination_class(name).needs_recipients or "") if name in REGISTRY else ""
+
     mapping = rule.mapping if rule is not None else ""
     return {
-        name: Route(recipients=who(name), test=lead.is_test, mapping=mapping if name in MAPPED_DESTINATIONS else "")
+        name: Route(
+            recipients=who(name),
+            test=lead.is_test,
+            mapping=mapping if name in MAPPED_DESTINATIONS else "",
+            unaddressed=unaddressed(name),
+        )
         for name in names
     }
 
@@ -212,7 +221,7 @@ def plan(lead: Lead, settings: Settings) -> dict[str, Route]:
     except RoutingError as exc:
         log.error("LEADS_ROUTING is unusable, lead %s takes the default route: %s", lead.lead_id, exc)
         rules = ()
-    defaults = [name for name in CHANNEL_DESTINATIONS if settings.channel_webhook(name)]
+    defaults = [name for name in declaring("channels") if settings.channel_webhook(name)]
     return route(lead, rules, enabled_names(settings), settings.email_to, settings.test_leads, defaults)
 
 

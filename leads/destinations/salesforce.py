@@ -563,6 +563,14 @@ class SalesforceDestination(Destination):
     """Leads created through the REST API with a client-credentials token."""
 
     name = "salesforce"
+    setting_fields = (
+        "salesforce_url",
+        "salesforce_client_id",
+        "salesforce_client_secret",
+        "salesforce_external_id_field",
+        "salesforce_mapping",
+    )
+    secret_fields = ("salesforce_client_secret",)
     mapping_setting = "SALESFORCE_MAPPING"
     builtin_fields = BUILTIN_FIELDS
 
@@ -936,6 +944,7 @@ class SalesforceWebToLeadDestination(Destination):
     """The marketplace's own way into Salesforce: a form POST with the org id."""
 
     name = "salesforce-w2l"
+    setting_fields = ("salesforce_oid", "salesforce_web_to_lead_url")
 
     def __init__(self, oid: str, url: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
         self.oid = oid.strip()

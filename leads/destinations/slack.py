@@ -51,6 +51,8 @@ def escape(text: str) -> str:
 class SlackDestination(ChatDestination):
     name = "slack"
     service = "Slack"
+    needs_recipients = "no Slack channel: set SLACK_WEBHOOK_URL, or a slack channel in the matching routing rule"
+    setting_fields = secret_fields = ("slack_webhook_url", "slack_channels")  # their URLs carry their secret
     max_bytes = 40_000
     rate_limit = 1  # about one message a second per channel
     rate_period = 1.0

@@ -42,6 +42,8 @@ def escape(text: str) -> str:
 class TeamsDestination(ChatDestination):
     name = "teams"
     service = "Teams"
+    needs_recipients = "no Teams channel: set TEAMS_WEBHOOK_URL, or a teams channel in the matching routing rule"
+    setting_fields = secret_fields = ("teams_webhook_url", "teams_channels")  # their URLs carry their secret
     max_bytes = 28 * 1024
     rate_limit = 4  # Teams throttles a webhook above 4 requests a second
     rate_period = 1.0

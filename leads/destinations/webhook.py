@@ -44,6 +44,8 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance: 
 
 class WebhookDestination(Destination):
     name = "webhook"
+    setting_fields = ("webhook_url", "webhook_secret")
+    secret_fields = ("webhook_secret",)
 
     def __init__(self, url: str, secret: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
         self.url = url

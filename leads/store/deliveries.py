@@ -30,18 +30,12 @@ if TYPE_CHECKING:
     from leads.store.counts import DayCounters
     from leads.store.index import LeadIndex
 
-# Why a delivery that names no one is skipped, for the destinations that must name someone.
-NO_RECIPIENTS = {
-    "email": "no recipients: set EMAIL_TO, or an email in the matching routing rule",
-    "teams": "no Teams channel: set TEAMS_WEBHOOK_URL, or a teams channel in the matching routing rule",
-    "slack": "no Slack channel: set SLACK_WEBHOOK_URL, or a slack channel in the matching routing rule",
-}
-
 
 def initial_state(destination: str, route: Route) -> str:
     """``skipped`` for a delivery with nothing to send (an email with no one to mail, a card with
-    no channel) or held by routing (``route.skip_reason``), else ``pending``."""
-    addressed_to_no_one = destination in NO_RECIPIENTS and not route.recipients
+    no channel: ``route.unaddressed``, from the destination's class) or held by routing
+    (``route.skip_reason``), else ``pending``. The store knows no destination: routing says."""
+    addressed_to_no_one = bool(route.unaddressed) and not route.recipients
     return "skipped" if route.skip_reason or addressed_to_no_one else "pending"
 
 
@@ -50,7 +44,7 @@ def new_delivery(
 ) -> Delivery:
     """A delivery owed by a lead received at ``received_at`` (its day counts it), as stored beside it."""
     state = initial_state(destination, route)
-    error = (route.skip_reason or NO_RECIPIENTS[destination]) if state == "skipped" else None
+    error = (route.skip_reason or route.unaddressed) if state == "skipped" else None
     return Delivery(
         lead_id,
         destination,

@@ -207,12 +207,12 @@ class Settings(BaseSettings):
     claim_minutes: float = number(
         5.0,
         "LEADS_CLAIM_MINUTES",
-        0,
+        SEND_DEADLINE_SECONDS / 60,
         60,
         "minutes",
         above=True,
         description="How long a worker holds a delivery it sends: a worker that dies mid-send frees it after "
-        "this. Longer than a send may take (2 minutes).",
+        f"this. Longer than a send may take ({SEND_DEADLINE_SECONDS / 60:g} minutes).",
     )
     alert_to: str = Field(
         "", alias="LEADS_ALERT_TO", description="Who is emailed when deliveries fail or leads stop arriving."

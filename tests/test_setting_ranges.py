@@ -86,7 +86,9 @@ def test_check_goes_on_with_the_default_claim_in_place_of_a_refused_one(storage,
     env(LEADS_CLAIM_MINUTES="1")
     checks = run_checks()
     (check,) = [check for name, check in checks if name == "setting value"]
-    assert check.state == "problem" and check.message.startswith("LEADS_CLAIM_MINUTES is 1: it must be a number above 2")
+    assert check.state == "problem" and check.message.startswith(
+        "LEADS_CLAIM_MINUTES is 1: it must be a number above 2"
+    )
     assert "storage" in dict(checks), "the other lines are checked with the claim at its default"
 
 

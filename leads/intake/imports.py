@@ -418,9 +418,10 @@ def take_in(
 ) -> Outcome:
     """Store one imported lead unless it was received already or erased; route it, or hold it if
     old or undated. With ``dry_run``, the same decision, with nothing stored or sent."""
-    return take_in_many(store, [row], settings, deliver=deliver, matcher=matcher, now=now, file=file, dry_run=dry_run)[
-        0
-    ]
+    (outcome,) = take_in_many(
+        store, [row], settings, deliver=deliver, matcher=matcher, now=now, file=file, dry_run=dry_run
+    )
+    return outcome
 
 
 def take_in_many(

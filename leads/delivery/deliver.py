@@ -61,7 +61,7 @@ def enqueue(lead_id: str, deliveries: Mapping[str, Route], settings: Settings | 
     from leads.core.http import deadline
 
     queue = delivery_queue(settings)
-    pending = [name for name, route in deliveries.items() if initial_state(name, route) == "pending"]
+    pending = [name for name, route in deliveries.items() if initial_state(route) == "pending"]
     with deadline(ENQUEUE_SECONDS):
         for name in pending:
             try:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from leads.store.index import LeadIndex
 
 
-def initial_state(destination: str, route: Route) -> str:
+def initial_state(route: Route) -> str:
     """``skipped`` for a delivery with nothing to send (an email with no one to mail, a card with
     no channel: ``route.unaddressed``, from the destination's class) or held by routing
     (``route.skip_reason``), else ``pending``. The store knows no destination: routing says."""
@@ -43,7 +43,7 @@ def new_delivery(
     lead_id: str, destination: str, route: Route, now: datetime, received_at: datetime | None = None
 ) -> Delivery:
     """A delivery owed by a lead received at ``received_at`` (its day counts it), as stored beside it."""
-    state = initial_state(destination, route)
+    state = initial_state(route)
     error = (route.skip_reason or route.unaddressed) if state == "skipped" else None
     return Delivery(
         lead_id,

@@ -44,6 +44,7 @@ class StorageProxy:
         self.service = service
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request seen
+        self.tables: list[str] = []  # the table each of them addressed (a transaction's: its body's)
         self.lost: list[tuple[str, str]] = []  # requests that committed with their answer lost
         self.refused: list[tuple[str, str]] = []  # requests answered 503 by refuse()
         self.answered = 0  # answers sent (or tried: the client may have gone)
@@ -137,6 +138,8 @@ class StorageProxy:
 
             def _relay(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.tables.append(_table_of(self.path, body))
                 fault = proxy._take_fault(self.command, self.path)
                 if fault == "refuse":
                     table = proxy.service == "table"
@@ -179,3 +182,14 @@ class StorageProxy:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_MERGE = do_HEAD = _relay
 
         return Handler
+
+
+def _table_of(path: str, body: bytes) -> str:
+    """The table a request addresses (``/account/Table(...)``), or for a transaction (``$batch``)
+    the table its body's operations name."""
+    where = path.split("?")[0]
+    if where.endswith("/$batch"):
+        found = re.search(rb"/([A-Za-z][A-Za-z0-9]{2,62})(?:\(| HTTP/)", body)
+        return found.group(1).decode() if found else ""
+    parts = where.split("/")
+    return parts[2].split("(")[0] if len(parts) > 2 else ""

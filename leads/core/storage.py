@@ -208,6 +208,57 @@ def change_row(
 TRANSACTION_LIMIT = 100
 
 
+def change_rows(
+    table: TableClient,
+    partition: str,
+    change: Callable[[dict[str, TableEntity]], Mapping[str, Mapping[str, Any]]],
+    *,
+    tries: int,
+) -> None:
+    """:func:`change_row` for the rows of a small partition at once: it is read in one query,
+    ``change(rows)`` (row key → row) says what to write (row key → fields), and the writes go in one
+    transaction per :data:`TRANSACTION_LIMIT` rows, each row merged under the ETag that was read or
+    inserted. A transaction is all or nothing, so one refused row (412, 409: another writer came
+    first) refuses its transaction whole: the partition is read again and ``change`` asked again for
+    what is still to write. ``change`` must say nothing for a change that landed already, since an
+    answer can be lost after the write. For a partition of a bounded number of rows (one an offer):
+    its read grows with the partition, not with the rows changed."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ServiceResponseError
+    from azure.data.tables import TableTransactionError, UpdateMode
+
+    for _ in range(tries):
+        rows = {row["RowKey"]: row for row in table.query_entities("PartitionKey eq @p", parameters={"p": partition})}
+        writes = [
+            ("create", entity, {})
+            if key not in rows
+            else (
+                "update",
+                entity,
+                {
+                    "mode": UpdateMode.MERGE,
+                    "etag": rows[key].metadata["etag"],
+                    "match_condition": MatchConditions.IfNotModified,
+                },
+            )
+            for key, fields in change(rows).items()
+            for entity in [{"PartitionKey": partition, "RowKey": key, **fields}]
+        ]
+        refused = False
+        for start in range(0, len(writes), TRANSACTION_LIMIT):
+            try:
+                table.submit_transaction(writes[start : start + TRANSACTION_LIMIT])
+            except (TableTransactionError, ResourceExistsError, ResourceModifiedError) as exc:
+                if getattr(exc, "status_code", None) not in (409, 412):
+                    raise
+                refused = True
+            except ServiceResponseError:
+                refused = True  # sent, its answer lost: read again to see whether it landed
+        if not refused:
+            return
+    raise RowKeptChanging(f"rows of {partition} in {table.table_name} kept changing over {tries} tries")
+
+
 def delete_row(table: TableClient, partition: str, row_key: str, etag: str | None = None) -> bool:
     """Delete a row (only if unchanged since read, given its ``etag``); whether this call found and
     deleted it. ``TableClient.delete_entity`` returns on a 404 without saying so (azure-data-tables

@@ -354,6 +354,7 @@ def _take_in_page(
     stored = store.add_many([(item.lead, item.deliveries) for item in storable], pool=pool)
     finish = carried(lambda item, outcome: _finish(store, settings, item, outcome))
     finished = dict(zip((id(item) for item in storable), pool.map(finish, storable, stored), strict=True))
+    _arrived(store, [item for item in storable if finished[id(item)].outcome == "stored"])
     return [finished[id(item)] if isinstance(item, _Storable) else item for item in prepared]
 
 
@@ -399,12 +400,23 @@ def _take_in(store: LeadStore, entity: Any, settings: Settings, now: datetime) -
         stored: Stored | Exception = store.add(item.lead, item.deliveries)
     except Exception as exc:
         stored = exc
-    return _finish(store, settings, item, stored)
+    taken = _finish(store, settings, item, stored)
+    _arrived(store, [item] if taken.outcome == "stored" else [])
+    return taken
+
+
+def _arrived(store: LeadStore, stored: list[_Storable]) -> None:
+    """The silence watch counts the new leads of a page together: 0 requests but for a day's first
+    lead of an offer, and then 2 for the page, whatever its offers (leads/intake/silence.py)."""
+    if stored:
+        from leads.intake.silence import arrived_many
+
+        arrived_many(store, [item.lead for item in stored])
 
 
 def _finish(store: LeadStore, settings: Settings, item: _Storable, stored: Stored | Exception) -> Taken:
     """What became of a row :meth:`LeadStore.add_many` stored (or could not): its deliveries
-    queued, once it is new."""
+    queued, once it is new (its arrival is counted by the caller, with the page's: :func:`_arrived`)."""
     lead_id, timestamp = item.lead.lead_id, item.timestamp
     if isinstance(stored, Exception):
         if _storage_outage(stored):
@@ -417,9 +429,6 @@ def _finish(store: LeadStore, settings: Settings, item: _Storable, stored: Store
         # A row read again (or rewritten) of a lead erased since: its erased row is the tombstone.
         return Taken("erased" if stored.erased else "already_stored", lead_id, timestamp)
     enqueue(lead_id, item.deliveries, settings)
-    from leads.intake.silence import arrived
-
-    arrived(store, item.lead)  # the silence watch; 0 requests but once a day
     return Taken("stored", lead_id, timestamp, held=any(route.skip_reason for route in item.deliveries.values()))
 
 

@@ -14,12 +14,12 @@ arrival, once stored, duplicates and the marketplace's validation (``MSFT_TEST_`
 each proves the route works. Imported leads are not arrivals; refused bodies are not either (a
 marketplace that sends only bodies the app refuses is as silent as one that sends nothing).
 
-**The cost** is flat in history and nearly nothing per lead: a process updates a row only for the
-first lead of an offer (and of all) on a day; every other lead that day costs no request. The
-first lead of an offer on a day costs 4 storage requests (the read and conditional write of its
-row and of ``all``), or 2 when ``all`` was written that day already; a process that starts again
-pays that once more per offer and day. The sweep reads the partition (one request, a row per
-offer) every 2 minutes.
+**The cost** is flat in history and nearly nothing per lead: a process changes the rows only for
+the first lead of an offer (and of all) on a day; every other lead that day costs no request. Then
+the rows of the partition are read in one query and changed in one transaction (ETags held), so a
+POST, or a poll page whatever its offers, costs 2 storage requests; a process that starts again pays
+that once more per offer and day. The sweep reads the partition (one request, a row per offer)
+every 2 minutes.
 
 **What is silent.** An offer (or all) is silent when the whole days since its last lead are more
 than the longest of its last 8 gaps, more than twice their median, and more than
@@ -116,35 +116,64 @@ _lock = Lock()
 
 
 def arrived(store: LeadStore, lead: Lead, lead_id: str | None = None, duplicate: bool = False) -> None:
-    """A lead arrived (stored, or a duplicate of one stored): count it into its offer's row and the
-    row of all, and send the ``LeadReceived`` event the workbook counts by offer and action. Never
-    raises: a count is not worth a lead (the marketplace's answer does not wait on it)."""
+    """A lead arrived (stored, or a duplicate of one stored): as :func:`arrived_many` for one."""
+    arrived_many(store, [lead], lead_id=lead_id, duplicate=duplicate)
+
+
+def arrived_many(store: LeadStore, leads: list[Lead], *, lead_id: str | None = None, duplicate: bool = False) -> None:
+    """Leads arrived (a poll page's, or one POST's): each counted into its offer's row and the row
+    of all, and each sent as the ``LeadReceived`` event the workbook counts by offer and action
+    (``lead_id``: the one lead's, when it is not ``lead.lead_id``). The rows a day's first lead of an
+    offer changes are written together (:func:`~leads.core.storage.change_rows`): two requests
+    whatever the offers. Never raises: a count is not worth a lead (the marketplace's answer does
+    not wait on it)."""
+    from leads.core.storage import change_rows
     from leads.core.telemetry import event
 
-    event(
-        "LeadReceived",
-        leadId=lead_id or lead.lead_id,
-        channel=lead.channel,
-        offer=lead.offer_title or lead.offer_id,
-        action=lead.action,
-        source=lead.source,
-        test=lead.is_test,
-        duplicate=duplicate,
-    )
-    day, channel = lead.received_at.astimezone(UTC).date().isoformat(), lead.channel
-    offer = lead.offer_id or lead.offer_title or ""
-    for key, name in ((ALL, ""), *([(offer_key(offer), lead.offer_title or offer)] if offer else [])):
-        memo = (store.checkpoints.table_name, key, channel)
-        with _lock:
-            if _recorded.get(memo, "") >= day:
-                continue
-        try:
-            _record(store, key, name, day, channel)
-        except Exception as exc:  # noqa: BLE001 - see the docstring
-            log.warning("arrival of lead %s not counted for the silence watch (%s)", lead.lead_id, type(exc).__name__)
-            return
-        with _lock:
-            _recorded[memo] = max(_recorded.get(memo, ""), day)
+    wanted: dict[str, tuple[str, set[tuple[str, str]]]] = {}  # row key -> (offer name, {(day, channel)})
+    for lead in leads:
+        event(
+            "LeadReceived",
+            leadId=lead_id or lead.lead_id,
+            channel=lead.channel,
+            offer=lead.offer_title or lead.offer_id,
+            action=lead.action,
+            source=lead.source,
+            test=lead.is_test,
+            duplicate=duplicate,
+        )
+        day, channel = lead.received_at.astimezone(UTC).date().isoformat(), lead.channel
+        offer = lead.offer_id or lead.offer_title or ""
+        for key, name in ((ALL, ""), *([(offer_key(offer), lead.offer_title or offer)] if offer else [])):
+            with _lock:
+                if _recorded.get((store.checkpoints.table_name, key, channel), "") >= day:
+                    continue
+            wanted.setdefault(key, (name, set()))[1].add((day, channel))
+    if not wanted:
+        return
+
+    def counted(rows: dict[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        changes = {}
+        for key, (name, days) in wanted.items():
+            row, fields = rows.get(key), None
+            for day, channel in sorted(days):  # in day order, so each gap is between two days seen
+                change = _counted(row, name, day, channel)
+                if change is not None:
+                    fields, row = {**(fields or {}), **change}, {**(row or {}), **change}
+            if fields:
+                changes[key] = fields
+        return changes
+
+    try:
+        change_rows(store.checkpoints, PARTITION, counted, tries=10)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("arrival of %d lead(s) not counted for the silence watch (%s)", len(leads), type(exc).__name__)
+        return
+    with _lock:
+        for key, (_, days) in wanted.items():
+            for day, channel in days:
+                memo = (store.checkpoints.table_name, key, channel)
+                _recorded[memo] = max(_recorded.get(memo, ""), day)
 
 
 def offer_key(offer: str) -> str:
@@ -152,26 +181,22 @@ def offer_key(offer: str) -> str:
     return "offer|" + hashlib.sha256(offer.encode()).hexdigest()[:16]
 
 
-def _record(store: LeadStore, key: str, name: str, day: str, channel: str) -> None:
-    from leads.core.storage import change_row
-
-    def counted(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        last = str((row or {}).get("LastDay") or "")
-        channels = json.loads((row or {}).get("Channels") or "{}")
-        if last >= day and channels.get(channel, "") >= day:
-            return None  # another process counted this day already
-        gaps = json.loads((row or {}).get("Gaps") or "[]")
-        if last and day > last:
-            gaps = [*gaps, (date.fromisoformat(day) - date.fromisoformat(last)).days][-RECENT_GAPS:]
-        channels[channel] = max(channels.get(channel, ""), day)
-        return {
-            "LastDay": max(last, day),
-            "Gaps": json.dumps(gaps),
-            "Channels": json.dumps(channels, sort_keys=True),
-            **({"Offer": name} if name else {}),
-        }
-
-    change_row(store.checkpoints, PARTITION, key, counted, tries=10)
+def _counted(row: Mapping[str, Any] | None, name: str, day: str, channel: str) -> dict[str, Any] | None:
+    """What an arrival on ``day`` by ``channel`` changes in its row; None when it was counted."""
+    last = str((row or {}).get("LastDay") or "")
+    channels = json.loads((row or {}).get("Channels") or "{}")
+    if last >= day and channels.get(channel, "") >= day:
+        return None  # counted already, by this call's earlier try or another process
+    gaps = json.loads((row or {}).get("Gaps") or "[]")
+    if last and day > last:
+        gaps = [*gaps, (date.fromisoformat(day) - date.fromisoformat(last)).days][-RECENT_GAPS:]
+    channels[channel] = max(channels.get(channel, ""), day)
+    return {
+        "LastDay": max(last, day),
+        "Gaps": json.dumps(gaps),
+        "Channels": json.dumps(channels, sort_keys=True),
+        **({"Offer": name} if name else {}),
+    }
 
 
 def forget_recorded() -> None:

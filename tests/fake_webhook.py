@@ -85,6 +85,10 @@ class FakeWebhook(LoopbackServer):
     def url(self) -> str:
         return f"{self.base_url}/hook"
 
+    def settings(self) -> dict[str, str]:
+        """The app settings that point the webhook destination here."""
+        return {"WEBHOOK_URL": self.url, "WEBHOOK_SECRET": self.secret}
+
     def _next_fault(self) -> str | None:
         with self.lock:
             self.requests += 1

@@ -5,7 +5,6 @@ lead ids, the error and its fix), sent through the email rate limiter, with no p
 from __future__ import annotations
 
 import json
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -41,9 +40,7 @@ def gone_webhook(storage, env, fake_acs):
     with FakeWebhook() as fake:
         fake.fault_headers = {}
         env(
-            WEBHOOK_URL=fake.url,
-            WEBHOOK_SECRET=fake.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            **fake.settings(),
             EMAIL_CONNECTION_STRING=fake_acs.connection_string,
             EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
             EMAIL_TO="",

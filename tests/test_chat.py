@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from datetime import UTC, datetime
 from importlib.resources import files
 
@@ -318,7 +317,6 @@ def channels(storage, env, teams, slack):
         SLACK_WEBHOOK_URL=slack.url(),
         EMAIL_TO="",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_RETRY_BASE_SECONDS="0.2",
         LEADS_HTTP_TIMEOUT_SECONDS="2",
     )

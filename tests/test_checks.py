@@ -16,7 +16,7 @@ def by_name(results):
 
 def test_everything_ok_with_a_webhook(storage, env):
     with FakeWebhook() as webhook:
-        env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, EMAIL_TO="sales@contoso.com")
+        env(**webhook.settings(), EMAIL_TO="sales@contoso.com")
         results = by_name(run_checks())
         assert all(check.ok for check in results.values()), results
         assert set(results) >= {"storage", "routing", "settings", "email", "webhook"}

@@ -163,7 +163,7 @@ def test_check_warns_when_sales_is_not_mailed_and_names_who_is_alerted(storage, 
     from .fake_webhook import FakeWebhook
 
     with FakeWebhook() as webhook:
-        env(EMAIL_TO="", WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret, LEADS_ALERT_TO="ops@contoso.com")
+        env(EMAIL_TO="", **webhook.settings(), LEADS_ALERT_TO="ops@contoso.com")
         told = leads("check")
     lines = check_lines(told.stdout)
     assert told.returncode == 0, told.stdout

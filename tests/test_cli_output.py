@@ -92,7 +92,7 @@ def receiver_answering_head(status: int):
 
 def test_a_webhook_that_answers_head_with_501_is_a_warning_not_ok(storage, env):
     with FakeWebhook() as webhook:  # takes POSTs only: a HEAD gets 501
-        env(WEBHOOK_URL=webhook.url, WEBHOOK_SECRET=webhook.secret)
+        env(**webhook.settings())
         check = dict(run_checks())["webhook"]
     assert check.state == "warning" and "501" in check.message and "test-lead" in check.fix
     with receiver_answering_head(200) as url:

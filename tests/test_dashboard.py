@@ -4,7 +4,6 @@ arrivals of each offer against its rhythm; ``--json`` keeps every field it had a
 from __future__ import annotations
 
 import json
-import uuid
 
 from leads.cli import main
 from leads.delivery.deliver import deliver
@@ -34,10 +33,8 @@ def test_a_sparkline_scales_to_the_largest_day_and_shows_an_empty_day_as_a_dot()
 def test_status_prints_deliveries_per_day_and_the_arrivals(storage, env, capsys):
     with FakeWebhook() as webhook:
         env(
-            WEBHOOK_URL=webhook.url,
-            WEBHOOK_SECRET=webhook.secret,
+            **webhook.settings(),
             EMAIL_TO="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         )
         body = {
             "UserDetails": {"FirstName": "Ann", "LastName": "Lee", "Email": "ann@fabrikam.com"},

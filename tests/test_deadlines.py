@@ -8,7 +8,6 @@ would let a call outlive the claim are refused.
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from pydantic import ValidationError
@@ -86,7 +85,6 @@ def test_calls_of_one_send_end_with_the_send(drip):
 @pytest.mark.parametrize("name", sorted(DESTINATION_SETTINGS))
 def test_every_http_destination_ends_a_dripping_send_and_retries_it(storage, env, drip, name):
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_HTTP_TIMEOUT_SECONDS="1",
         EMAIL_TO="",
         **DESTINATION_SETTINGS[name](drip.base_url),
@@ -109,7 +107,6 @@ def test_email_through_acs_ends_a_dripping_send_and_retries_it(storage, env, fak
         EMAIL_TO="sales@contoso.com",
         WEBHOOK_URL="",
         LEADS_HTTP_TIMEOUT_SECONDS="1",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
     fake_acs.drip_interval = 0.2
     lead_id = accept_http(json.dumps(EXAMPLE).encode()).body["leadId"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,9 +32,7 @@ EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json"
 def webhook(storage, env):
     with FakeWebhook() as fake:
         env(
-            WEBHOOK_URL=fake.url,
-            WEBHOOK_SECRET=fake.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            **fake.settings(),
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="1",
             EMAIL_TO="",
@@ -178,7 +175,6 @@ def test_a_burst_over_the_email_rate_is_folded_into_one_digest(storage, env, fak
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
     lead_ids = [take_in({**EXAMPLE, "OfferTitle": f"Offer {index}"}) for index in range(6)]
     start = LeadStore.from_settings().deliveries.get(lead_ids[0], "email").created_at
@@ -204,7 +200,6 @@ def test_replaying_a_failed_email_is_a_new_send_not_a_repeat(storage, env, fake_
         EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
         EMAIL_TO="sales@contoso.com",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
     lead_id = take_in()
     fake_acs.fail_next_operation()
@@ -343,7 +338,6 @@ def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(sto
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
     lead_ids = [take_in({**EXAMPLE, "OfferTitle": f"Offer {index}"}) for index in range(4)]
     start = LeadStore.from_settings().deliveries.get(lead_ids[0], "email").created_at

@@ -30,8 +30,7 @@ EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json"
 def webhook(storage, env):
     with FakeWebhook() as fake:
         env(
-            WEBHOOK_URL=fake.url,
-            WEBHOOK_SECRET=fake.secret,
+            **fake.settings(),
             EMAIL_TO="",
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="1",

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -35,7 +34,6 @@ def acs_at_two_a_minute(storage, env, fake_acs):
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_RETRY_BASE_SECONDS="1",
     )
     return fake_acs

@@ -422,7 +422,6 @@ def test_errors_never_carry_the_customers_data():
 def dynamics_delivery(storage, dynamics, env, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "dynamics", "leads.destinations.dynamics:DynamicsDestination")
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_RETRY_BASE_SECONDS="0.2",
         EMAIL_TO="",
         WEBHOOK_URL="",
@@ -592,7 +591,6 @@ def test_check_diagnoses_the_managed_identity_path(dynamics_mi, env, name, setup
 def test_a_lead_taken_in_reaches_dynamics_with_the_managed_identity(storage, dynamics_mi, env, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "dynamics", "leads.destinations.dynamics:DynamicsDestination")
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_RETRY_BASE_SECONDS="0.2",
         EMAIL_TO="",
         WEBHOOK_URL="",

@@ -4,7 +4,6 @@ those waiting for the same recipients go out as one digest when a slot frees."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -25,7 +24,6 @@ def acs_at_two_an_hour(storage, env, fake_acs):
         EMAIL_PER_MINUTE="30",
         EMAIL_PER_HOUR="2",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
     return fake_acs
 

@@ -101,9 +101,7 @@ def left_behind(values: list[str], outbox: Path) -> list[str]:
 def app(storage, env, tmp_path):
     with FakeWebhook() as fake:
         env(
-            WEBHOOK_URL=fake.url,
-            WEBHOOK_SECRET=fake.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            **fake.settings(),
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="1",
             EMAIL_TO="sales@contoso.example",
@@ -271,7 +269,6 @@ def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fak
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_RETRY_BASE_SECONDS="1",
     )
     lead_ids = [take_in(http_body(person())) for _ in range(5)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 
 import pytest
 import requests
@@ -65,7 +64,6 @@ class Refusing(LoopbackServer):
 @pytest.fixture
 def queue(storage, env):
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_HTTP_TIMEOUT_SECONDS="1",
         EMAIL_TO="",
         LEADS_RETRY_BASE_SECONDS="0.2",
@@ -158,7 +156,7 @@ def test_tls_failure_names_the_host_and_the_cause(queue, env):
 def test_a_timeout_names_the_host_and_the_cause(queue, env):
     with FakeWebhook(timeout_after=3) as slow:
         slow.faults = ["timeout"]
-        env(WEBHOOK_URL=slow.url, WEBHOOK_SECRET=slow.secret)
+        env(**slow.settings())
         lead_id = take_in()
         assert deliver(lead_id, "webhook").state == "retrying"
     error = recorded(lead_id, "webhook")

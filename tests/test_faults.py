@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -71,9 +70,7 @@ def flaky_webhook(storage, env):
     _recently_stored.clear()
     with FakeWebhook(fail_ratio=0.33, timeout_after=1.5) as fake:
         env(
-            WEBHOOK_URL=fake.url,
-            WEBHOOK_SECRET=fake.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            **fake.settings(),
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="1",
             EMAIL_TO="",
@@ -157,8 +154,7 @@ def test_storage_stopped_and_started_again_loses_nothing(tmp_path, env):
             env(
                 AzureWebJobsStorage=server.connection_string,
                 LEADS_TABLE_PREFIX="Outage",
-                WEBHOOK_URL=webhook.url,
-                WEBHOOK_SECRET=webhook.secret,
+                **webhook.settings(),
                 LEADS_DELIVERY_QUEUE="outage",
                 LEADS_RETRY_BASE_SECONDS="0.2",
                 EMAIL_TO="",
@@ -220,9 +216,7 @@ def test_a_dying_worker_a_lost_digest_answer_and_a_dripping_server_still_deliver
     ):
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", acs.ca_file)
         env(
-            WEBHOOK_URL=webhook.url,
-            WEBHOOK_SECRET=webhook.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            **webhook.settings(),
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="1",
             EMAIL_CONNECTION_STRING=acs.connection_string,

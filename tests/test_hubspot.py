@@ -4,7 +4,6 @@ loopback (tests/fake_hubspot.py)."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
@@ -274,7 +273,6 @@ def test_a_lead_the_portal_s_rules_reject_fails_once_and_is_never_retried(storag
         env(
             HUBSPOT_TOKEN=fake.service_key,
             HUBSPOT_URL=fake.url,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
             LEADS_RETRY_BASE_SECONDS="0.2",
             EMAIL_TO="",
             WEBHOOK_URL="",
@@ -319,7 +317,6 @@ def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, mon
         env(
             HUBSPOT_TOKEN=fake.token,
             HUBSPOT_URL=fake.url,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
             LEADS_RETRY_BASE_SECONDS="0.2",
             EMAIL_TO="",
             WEBHOOK_URL="",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -46,7 +45,6 @@ def body(email="jane.doe@fabrikam.com", created=NOW, **changes) -> dict:
 @pytest.fixture
 def store(storage, env):
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         EMAIL_TO="sales@contoso.com",
         WEBHOOK_URL="",
         LEADS_BACKFILL_DAYS="7",

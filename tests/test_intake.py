@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -199,9 +198,7 @@ def served(storage, env):
     with FakeWebhook() as webhook:
         env(
             LEADS_POLL_SCHEDULE="0 0 0 1 1 *",
-            WEBHOOK_URL=webhook.url,
-            WEBHOOK_SECRET=webhook.secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
+            **webhook.settings(),
             LEADS_RETRY_BASE_SECONDS="0.2",
             EMAIL_TO="",
         )
@@ -510,7 +507,6 @@ def test_a_lead_whose_write_committed_before_its_answer_was_lost_is_a_new_lead(s
         env(
             AzureWebJobsStorage=proxy.connection_string(azurite),
             EMAIL_TO="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         )
         if write == "transaction":  # the lead, its content row and its delivery, in one batch
             env(WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET="s3cret")
@@ -571,7 +567,6 @@ def queued(storage, env):
         WEBHOOK_URL="http://127.0.0.1:9/hook",
         WEBHOOK_SECRET="s3cret",
         EMAIL_TO="",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
 
     def messages() -> list[str]:

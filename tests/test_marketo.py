@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from datetime import UTC
 from urllib.parse import parse_qs
 
@@ -337,7 +336,6 @@ def test_a_lead_taken_in_is_delivered_to_marketo_by_the_worker(storage, env, mon
             MARKETO_URL=fake.url,
             MARKETO_CLIENT_ID=fake.client_id,
             MARKETO_CLIENT_SECRET=fake.client_secret,
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
             LEADS_RETRY_BASE_SECONDS="0.2",
             EMAIL_TO="",
             WEBHOOK_URL="",

@@ -219,8 +219,7 @@ def test_the_store_keeps_its_promises_in_every_interleaving_and_crash(storage, e
     for seed in seeds:
         suffix = uuid.uuid4().hex[:12]
         env(
-            WEBHOOK_URL=receiver.url,
-            WEBHOOK_SECRET=receiver.secret,
+            **receiver.settings(),
             EMAIL_TO="",
             LEADS_RETRY_BASE_SECONDS="1",
             LEADS_TABLE_PREFIX=f"m{suffix}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -332,12 +331,10 @@ def test_a_table_with_history_is_stored_whole_but_only_recent_leads_are_delivere
         # measures a row's age on the storage service's clock (its Date header, to the second), so
         # the rows are let age two seconds.
         env(
-            WEBHOOK_URL=webhook.url,
-            WEBHOOK_SECRET=webhook.secret,
+            **webhook.settings(),
             EMAIL_TO="",
             LEADS_TEST_LEADS="deliver",
             LEADS_BACKFILL_DAYS="0.00001",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         )
         day = today()
         old = [lead_id_of(day, key) for key in write_rows(marketplace, 3, partition=day)]

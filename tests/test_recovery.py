@@ -30,7 +30,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 @pytest.fixture
 def store(storage, env):
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         EMAIL_TO="sales@contoso.example",
         WEBHOOK_URL="",
         LEADS_BACKFILL_DAYS="7",

@@ -4,7 +4,6 @@ again (docs/delivery.md), whatever the retry backoff alone would allow."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
@@ -59,7 +58,6 @@ def unavailable(fake_tls_ca, monkeypatch):
 @pytest.fixture
 def queue(storage, env):
     env(
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         LEADS_RETRY_BASE_SECONDS="0.2",
         EMAIL_TO="",
         LEADS_HTTP_TIMEOUT_SECONDS="5",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 import requests
@@ -505,7 +504,6 @@ def test_a_lead_reaches_salesforce_through_the_worker(storage, env, monkeypatch)
             **fake.settings(),
             WEBHOOK_URL="",
             EMAIL_TO="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="5",
         )

@@ -1,5 +1,7 @@
 """The settings model (leads/core/settings.py), the sample settings a newcomer copies
-(local.settings.sample.json) and the settings reference (docs/settings.md) name the same settings.
+(local.settings.sample.json) and the settings reference name the same settings. The reference is
+docs/settings.md for the app's own, and each destination's docs page (its Settings table) for the
+destination's: a destination added is documented on its own page only.
 
 A setting added in one place only fails here, with the names missing from each of the others.
 """
@@ -32,14 +34,30 @@ def sample_values() -> dict[str, str]:
     return json.loads(SAMPLE.read_text(encoding="utf-8"))["Values"]
 
 
-def reference_names() -> set[str]:
-    """The backticked names in the first column of the settings table."""
-    names = set()
-    for line in REFERENCE.read_text(encoding="utf-8").splitlines():
+def table_names(page: Path, section: str | None = None) -> set[str]:
+    """The backticked names in the first column of a page's tables (under the heading ``section``
+    only, when given: up to the next heading of its level)."""
+    names, inside = set(), section is None
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if section is not None and line.startswith("## "):
+            inside = line == f"## {section}"
         cells = line.split("|")
-        if line.startswith("|") and len(cells) > 2 and "`" in cells[1]:
+        if inside and line.startswith("|") and len(cells) > 2 and "`" in cells[1]:
             names |= set(re.findall(r"`([^`]+)`", cells[1]))
     return names
+
+
+def destination_page(name: str) -> Path:
+    """The docs page of a destination: salesforce.md for salesforce and salesforce-w2l."""
+    return ROOT / "docs" / f"{name.split('-')[0]}.md"
+
+
+def reference_names() -> set[str]:
+    """Every setting the docs name in a settings table: docs/settings.md's, and each destination
+    page's Settings table."""
+    from leads.destinations import REGISTRY
+
+    return table_names(REFERENCE).union(*(table_names(destination_page(name), "Settings") for name in REGISTRY))
 
 
 def differences(expected: set[str], **others: set[str]) -> dict[str, dict[str, list[str]]]:
@@ -52,7 +70,7 @@ def differences(expected: set[str], **others: set[str]) -> dict[str, dict[str, l
 
 def test_model_sample_and_reference_name_the_same_settings():
     sample = set(sample_values()) - HOST_SETTINGS
-    drift = differences(model_names(), **{SAMPLE.name: sample, "docs/settings.md": reference_names()})
+    drift = differences(model_names(), **{SAMPLE.name: sample, "the docs' settings tables": reference_names()})
     assert not drift, "settings named in one place only:\n" + json.dumps(drift, indent=2)
 
 
@@ -77,13 +95,28 @@ def test_differences_name_what_is_missing_where():
     assert differences({"A"}, sample={"A"}) == {}
 
 
-def test_each_destinations_declared_settings_are_in_the_sample_and_the_reference():
+def test_each_destinations_declared_settings_are_in_the_sample_and_on_its_page_only():
     """What a destination declares it reads (its class's setting_fields, tests/test_registry.py)
-    a newcomer finds in the sample and docs/settings.md, and the destination has its docs page."""
+    a newcomer finds in the sample and in the Settings table of the destination's own docs page,
+    and not in docs/settings.md's: one place for each setting's meaning."""
     from .test_registry import declared_settings
 
-    sample, reference = set(sample_values()), reference_names()
+    sample, general = set(sample_values()), table_names(REFERENCE)
     for name, (aliases, _) in declared_settings().items():
+        page = destination_page(name)
+        assert page.is_file(), f"{name} has no docs page"
+        documented = table_names(page, "Settings")
         assert not aliases - sample, f"{name}: settings missing from {SAMPLE.name}: {sorted(aliases - sample)}"
-        assert not aliases - reference, f"{name}: settings missing from docs/settings.md: {sorted(aliases - reference)}"
-        assert (ROOT / "docs" / f"{name.split('-')[0]}.md").is_file(), f"{name} has no docs page"
+        assert not aliases - documented, (
+            f"{name}: settings missing from {page.name}'s Settings table: {sorted(aliases - documented)}"
+        )
+        assert not aliases & general, f"{name}: settings also in docs/settings.md's table: {sorted(aliases & general)}"
+
+
+def test_table_names_reads_only_the_section_asked(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# P\n\n| `A` | x |\n\n## Settings\n\n| setting |\n|---|\n| `B`, `C` | y |\n\n## Next\n\n| `D` | z |\n"
+    )
+    assert table_names(page) == {"A", "B", "C", "D"}
+    assert table_names(page, "Settings") == {"B", "C"}

@@ -5,7 +5,6 @@ see it; and the watch costs nothing per lead but the first of an offer's day."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -54,7 +53,6 @@ def watched(storage, env, fake_acs):
         WEBHOOK_URL="",
         LEADS_ALERT_TO="ops@contoso.com",
         LEADS_SILENCE_DAYS="3",
-        LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
     )
     return fake_acs
 
@@ -127,7 +125,6 @@ def test_the_watch_costs_the_first_lead_of_an_offer_a_day_four_requests_and_the_
             AzureWebJobsStorage=proxy.connection_string(storage),
             EMAIL_TO="",
             WEBHOOK_URL="",
-            LEADS_DELIVERY_QUEUE=f"q{uuid.uuid4().hex[:12]}",
         )
         LeadStore.from_settings().ensure_tables()
 

@@ -50,7 +50,7 @@ def person(index: int) -> bytes:
 @pytest.fixture
 def webhook(storage, env):
     with FakeWebhook() as fake:
-        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, EMAIL_TO="", LEADS_RETRY_BASE_SECONDS="0.2")
+        env(**fake.settings(), EMAIL_TO="", LEADS_RETRY_BASE_SECONDS="0.2")
         yield fake
 
 

@@ -40,7 +40,7 @@ def body(number: int) -> dict:
 def built(storage, env):
     """A store the app built: leads delivered, one failed, one held back, one rejected."""
     with FakeWebhook() as fake:
-        env(WEBHOOK_URL=fake.url, WEBHOOK_SECRET=fake.secret, EMAIL_TO="")
+        env(**fake.settings(), EMAIL_TO="")
         store = LeadStore.from_settings()
         store.ensure_tables()
         ids = [accept_http(json.dumps(body(n)).encode()).body["leadId"] for n in range(4)]

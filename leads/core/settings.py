@@ -2,7 +2,8 @@
 
 Settings are app settings in Azure and environment variables locally (``serve`` loads
 ``local.settings.json`` into the environment first, as Core Tools does). The names are part of
-the outside contract: keep them stable and keep docs/settings.md and local.settings.sample.json in step.
+the outside contract: keep them stable and keep docs/settings.md (a destination's: its docs
+page) and local.settings.sample.json in step (tests/test_settings.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import requests
 
 from leads.core.normalise import from_http_body
 from leads.delivery.deliver import deliver
+from leads.destinations.base import HttpDestination, Refusal
 from leads.destinations.dynamics import dataverse_error
 from leads.destinations.redact import mask_personal
 from leads.intake.ingest import accept_http
@@ -90,6 +91,40 @@ def test_a_lead_value_echoed_by_dataverse_is_masked_whatever_its_length():
     text = dataverse_error(response, LEAD).explain()
     assert "rejected" in text
     assert leaked(PERSONAL, text) == []
+
+
+class _Service(HttpDestination):
+    """The shared base's reading of statuses, on a table of two entries (never made: ``refused``
+    is the class's)."""
+
+    name = "service"
+    who = "Service"
+    statuses = {
+        404: Refusal(fix="correct SERVICE_URL", message="{label}: SERVICE_URL is not the service's API"),
+        409: Refusal(message="{label}: the record is being changed", transient=True, retry_after=2),
+    }
+
+
+def test_an_http_destinations_table_says_more_than_the_status_alone():
+    listed = _Service.refused(404, "Not Found", {}, said="no route")
+    assert str(listed) == "Service answered 404 Not Found: SERVICE_URL is not the service's API"
+    assert not listed.transient and listed.fix == "correct SERVICE_URL"
+    busy = _Service.refused(409, "Conflict", {})
+    assert str(busy) == "Service answered 409 Conflict: the record is being changed"
+    assert busy.transient and busy.retry_after == 2
+    assert _Service.refused(409, "Conflict", {"Retry-After": "7"}).retry_after == 7  # the service's own wait first
+
+
+def test_an_http_destination_reads_unlisted_statuses_as_from_status_does():
+    throttled = _Service.refused(429, "Too Many Requests", {"Retry-After": "40"})
+    assert str(throttled) == "Service answered 429 Too Many Requests"
+    assert throttled.transient and throttled.retry_after == 40
+    down = _Service.refused(503, "Service Unavailable", {"Retry-After": "5"}, fix="wait")
+    assert down.transient and down.retry_after == 5 and down.fix == "wait"
+    refused = _Service.refused(422, "Unprocessable Entity", {"Retry-After": "5"}, said="a field is missing")
+    assert str(refused) == "Service answered 422 Unprocessable Entity: a field is missing"
+    assert not refused.transient and refused.retry_after is None and refused.fix is None
+    assert _Service.refused(404, "Not Found", {}, fix="the code's own fix").fix == "the code's own fix"
 
 
 def test_masking_keeps_the_services_words_and_caps_the_length():

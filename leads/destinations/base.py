@@ -5,19 +5,29 @@ A destination raises :class:`TransientError` for what may pass (timeouts, 5xx, 4
 :class:`PermanentError` for what retrying cannot fix (bad credentials, a rejected field), each
 with an explanation an operator can act on. Anything else it raises is classified by
 :meth:`Destination.classify`.
+
+A destination that calls a service over HTTP builds on :class:`HttpDestination`: its session (a
+deadline session, leads/core/http.py, unless one is injected), the call timeout, an optional call
+limiter, and a table of what the service's statuses mean, read by :meth:`HttpDestination.refused`
+after the service's own error codes; a status it does not list reads as :func:`from_status` says.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from leads.core.model import Route
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import requests
+
     from leads.core.model import Lead
     from leads.core.settings import Settings
+    from leads.destinations.ratelimit import CallLimiter
 
 
 class DeliveryError(Exception):
@@ -140,6 +150,64 @@ class Destination(ABC):
     def classify(self, error: Exception) -> DeliveryError:
         """A :class:`DeliveryError` for any exception ``send`` raised."""
         return classify_error(error)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What one HTTP status means at a service. ``message`` replaces the service's own words
+    (``{label}``: "<who> answered <status> <reason>", ``{status}``); ``transient`` None keeps
+    :func:`from_status`'s reading; ``retry_after``: the wait when the answer names none."""
+
+    fix: str | None = None
+    message: str | None = None
+    transient: bool | None = None
+    retry_after: float | None = None
+
+
+class HttpDestination(Destination):
+    """A destination that calls its service over HTTP."""
+
+    # Who answers, as its errors name it ("HubSpot answered 404 ...").
+    who: ClassVar[str] = "the service"
+    # What the service's statuses mean where they say more than from_status (a fix, a message).
+    statuses: ClassVar[Mapping[int, Refusal]] = {}
+
+    def __init__(
+        self, timeout: Any = 30.0, session: requests.Session | None = None, limiter: CallLimiter | None = None
+    ) -> None:
+        if session is None:
+            from leads.core.http import session as deadline_session  # requests: loaded when a destination is made
+
+            session = deadline_session()
+        self.timeout = timeout
+        self.session = session
+        self.limiter = limiter
+
+    @classmethod
+    def refused(
+        cls,
+        status: int,
+        reason: str = "",
+        headers: Mapping[str, Any] | None = None,
+        *,
+        said: str | None = None,
+        fix: str | None = None,
+    ) -> DeliveryError:
+        """The error for a status the service answered, once its own error codes are read: the
+        table's entry for it, else :func:`from_status`. ``fix``: one the caller found (an error
+        code's), which the table's does not replace."""
+        retry_after = (headers or {}).get("Retry-After")
+        known = cls.statuses.get(status) or Refusal()
+        error = from_status(status, reason, retry_after, fix=fix or known.fix, said=said, who=cls.who)
+        message = (
+            str(error)
+            if known.message is None
+            else known.message.format(label=f"{cls.who} answered {status} {reason}".rstrip(), status=status)
+        )
+        if not (error.transient if known.transient is None else known.transient):
+            return PermanentError(message, fix=error.fix)
+        wait = parse_retry_after(retry_after)
+        return TransientError(message, fix=error.fix, retry_after=known.retry_after if wait is None else wait)
 
 
 def classify_error(error: Exception) -> DeliveryError:
@@ -306,10 +374,15 @@ def service_said(response) -> str | None:
 
 
 def from_status(
-    status: int, reason: str, retry_after: str | None = None, fix: str | None = None, said: str | None = None
+    status: int,
+    reason: str,
+    retry_after: str | None = None,
+    fix: str | None = None,
+    said: str | None = None,
+    who: str = "the service",
 ) -> DeliveryError:
     """The error for an HTTP status the service answered (``said``: the service's own words)."""
-    message = f"the service answered {status} {reason}".rstrip() + (f": {said}" if said else "")
+    message = f"{who} answered {status} {reason}".rstrip() + (f": {said}" if said else "")
     if status in (408, 425, 429) or status >= 500:
         return TransientError(message, retry_after=parse_retry_after(retry_after), fix=fix)
     return PermanentError(message, fix=fix)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from leads.core.settings import DEFAULT_CHANNEL
-from leads.destinations.base import Check, Destination, PermanentError, Route, Sent, from_status
+from leads.destinations.base import Check, HttpDestination, PermanentError, Route, Sent
 from leads.destinations.notice import one_line
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 DESCRIPTION_MAX = 1500  # characters of a lead's description shown in a card; the rest is cut, and says so
 
 
-class ChatDestination(Destination):
+class ChatDestination(HttpDestination):
     """A channel webhook. Subclasses name the service and render leads as its message format."""
 
     notifies = True
@@ -42,11 +42,8 @@ class ChatDestination(Destination):
     max_bytes: ClassVar[int]
 
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
-        from leads.core.http import session as deadline_session
-
+        super().__init__((min(10.0, settings.http_timeout_seconds), settings.http_timeout_seconds), session)
         self.settings = settings
-        self.timeout = (min(10.0, settings.http_timeout_seconds), settings.http_timeout_seconds)
-        self.session = session or deadline_session()
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -82,7 +79,8 @@ class ChatDestination(Destination):
         return 200 <= response.status_code < 300
 
     def refusal(self, response: requests.Response) -> tuple[str, str | None]:
-        """What a refused post says (the service's error code, never the message) and its fix."""
+        """What a refused post says (the service's error code, never the message) and the code's
+        fix; a status's fix is in ``statuses``."""
         return one_line(response.text or "", 120), None
 
     # --- sending --------------------------------------------------------------------------------
@@ -104,7 +102,7 @@ class ChatDestination(Destination):
             return Sent(detail={"channel": channel or ""})
         code, fix = self.refusal(response)
         where = f"the {self.service} channel {channel!r}"
-        error = from_status(response.status_code, response.reason or "", response.headers.get("Retry-After"), fix=fix)
+        error = self.refused(response.status_code, response.reason or "", response.headers, fix=fix)
         raise type(error)(
             f"{where}: {error}" + (f" ({code})" if code else ""), fix=error.fix, retry_after=error.retry_after
         )

@@ -62,12 +62,11 @@ from urllib.parse import quote, urlsplit
 from leads.destinations.base import (
     Check,
     DeliveryError,
-    Destination,
+    HttpDestination,
     PermanentError,
     Route,
     Sent,
     TransientError,
-    from_status,
     parse_retry_after,
 )
 from leads.destinations.mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
@@ -253,7 +252,7 @@ class _TimedClient:
         pass
 
 
-class DynamicsDestination(Destination):
+class DynamicsDestination(HttpDestination):
     name = "dynamics"
     setting_fields = (
         "dynamics_url",
@@ -276,6 +275,7 @@ class DynamicsDestination(Destination):
         session: requests.Session | None = None,
         mapping: str = "",
     ) -> None:
+        super().__init__(timeout, session)
         self.url = _environment_url(url)
         self.mappings = Mappings("DYNAMICS_MAPPING", mapping)
         self._specs: dict[str, FieldSpec] | None = None
@@ -284,10 +284,6 @@ class DynamicsDestination(Destination):
         self.client_id = client_id.strip()
         self.client_secret = client_secret
         self.authority = (authority or "https://login.microsoftonline.com").strip().rstrip("/")
-        self.timeout = timeout
-        from leads.core.http import session as deadline_session
-
-        self.session = session or deadline_session()
         self.scope = f"{self.url}/.default"
         self._app: msal.ConfidentialClientApplication | None = None
         self._identity: ManagedIdentityCredential | None = None
@@ -953,7 +949,7 @@ def dataverse_error(
         )
     reason = f"{response.reason or ''}: {said}" if said else (response.reason or "")
     fix = None if status >= 500 or status in (408, 425) else "correct what Dataverse names, then replay the delivery"
-    return from_status(status, reason, response.headers.get("Retry-After"), fix=fix)
+    return DynamicsDestination.refused(status, reason, response.headers, fix=fix)
 
 
 def _error_of(response: requests.Response) -> tuple[str | None, str]:

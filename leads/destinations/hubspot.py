@@ -74,8 +74,9 @@ from urllib.parse import urlsplit
 from leads.destinations.base import (
     Check,
     DeliveryError,
-    Destination,
+    HttpDestination,
     PermanentError,
+    Refusal,
     Route,
     Sent,
     TransientError,
@@ -159,10 +160,23 @@ _TEXT_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,60}$")
 _PROPERTY_NAME = re.compile(r"^[a-z0-9_]{1,100}$")
 
 
-class HubSpotDestination(Destination):
+class HubSpotDestination(HttpDestination):
     name = "hubspot"
     setting_fields = ("hubspot_token", "hubspot_url", "hubspot_mapping")
     secret_fields = ("hubspot_token",)
+    who = "HubSpot"
+    statuses = {
+        401: Refusal(message="{label}: HUBSPOT_TOKEN is not valid (revoked, rotated or mistyped)", fix=TOKEN_FIX),
+        403: Refusal(  # without MISSING_SCOPES
+            fix="the key's or app's creator may have lost access to contacts: have a super admin create a new "
+            "Service Key, or give its creator contact permissions"
+        ),
+        404: Refusal(
+            message="{label}: HUBSPOT_URL does not answer as HubSpot's API",
+            fix="leave HUBSPOT_URL unset (https://api.hubapi.com)",
+        ),
+        409: Refusal(message="{label}: the contact is being changed by another call", transient=True, retry_after=2),
+    }
 
     def __init__(
         self,
@@ -173,13 +187,11 @@ class HubSpotDestination(Destination):
         limiter: CallLimiter | None = None,
         mapping: str = "",
     ) -> None:
+        super().__init__(
+            timeout, session, limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32, service="HubSpot")
+        )
         self.token = token.strip()
         self.url = (url or "https://api.hubapi.com").strip().rstrip("/")
-        self.timeout = timeout
-        from leads.core.http import session as deadline_session
-
-        self.session = session or deadline_session()
-        self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, concurrent=32, service="HubSpot")
         self.mappings = Mappings("HUBSPOT_MAPPING", mapping)
         self._specs: dict[str, FieldSpec] | None = None
         self._specs_at = 0.0
@@ -302,72 +314,57 @@ class HubSpotDestination(Destination):
         headers = headers or {}
         body = body if isinstance(body, dict) else {}
         category = str(body.get("category") or body.get("errorType") or "")
-        label = f"HubSpot answered {status}" + (f" {category}" if _TEXT_CODE.match(category) else "")
-        if status == 401:
-            return PermanentError(f"{label}: HUBSPOT_TOKEN is not valid (revoked, rotated or mistyped)", fix=TOKEN_FIX)
-        if status == 403:
-            scopes = required_scopes(body)
-            if category == "MISSING_SCOPES" or scopes:
-                named = ", ".join(scopes) or WRITE_SCOPE
-                return PermanentError(
-                    f"{label}: HUBSPOT_TOKEN lacks the scope {named}",
-                    fix=f"add {named} to the Service Key ({SERVICE_KEYS} > the key > Add new scope) "
-                    "or, for a legacy private app, on its Scopes tab and commit the change; then "
-                    "replay: python -m leads replay --destination hubspot",
-                )
+        code = category if _TEXT_CODE.match(category) else ""
+        label = f"HubSpot answered {status} {code}".rstrip()
+        scopes = required_scopes(body) if status == 403 else []
+        if scopes or (status == 403 and category == "MISSING_SCOPES"):
+            named = ", ".join(scopes) or WRITE_SCOPE
             return PermanentError(
-                label,
-                fix="the key's or app's creator may have lost access to contacts: have a "
-                "super admin create a new Service Key, or give its creator contact "
-                "permissions",
+                f"{label}: HUBSPOT_TOKEN lacks the scope {named}",
+                fix=f"add {named} to the Service Key ({SERVICE_KEYS} > the key > Add new scope) "
+                "or, for a legacy private app, on its Scopes tab and commit the change; then "
+                "replay: python -m leads replay --destination hubspot",
             )
         if status == 429:
             return TransientError(
                 f"{label}: rate limit ({_policy(body) or 'rate'} policy)", retry_after=retry_after(body, headers)
             )
-        if status == 409:
-            return TransientError(f"{label}: the contact is being changed by another call", retry_after=2)
-        if status == 404:
-            return PermanentError(
-                f"{label}: HUBSPOT_URL does not answer as HubSpot's API",
-                fix="leave HUBSPOT_URL unset (https://api.hubapi.com)",
-            )
-        if status == 400 or category == "VALIDATION_ERROR":
-            problems = property_errors(body)
-            if any(code == "INVALID_EMAIL" for code, _ in problems):
-                return PermanentError(
-                    f"{label}: HubSpot rejects the lead's email address (INVALID_EMAIL)",
-                    fix="nothing to change in the settings: add this contact in HubSpot by hand",
-                )
-            missing = [name for code, name in problems if code == "PROPERTY_DOESNT_EXIST" and name]
-            if missing:
-                return PermanentError(
-                    f"{label}: the contact property {', '.join(missing)} does not exist in this portal",
-                    fix=f"correct {missing[0]!r} in HUBSPOT_MAPPING if it maps it, "
-                    "else restore that default contact property (Settings > Properties)",
-                )
-            rules = [
-                (code, name, rule)
-                for code, name, rule in rule_messages(body, lead)
-                if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")
-            ]
-            if rules:
-                named = "; ".join(
-                    f"{name or '?'} ({code}{': ' + rule if rule else ''})" for code, name, rule in rules[:5]
-                )
-                return PermanentError(
-                    f"{label}: the portal's validation rules reject the contact: {named}", fix=RULES_FIX
-                )
-            if problems:
-                named = ", ".join(f"{name or '?'} ({code})" for code, name in problems[:5])
-                return PermanentError(
-                    f"{label}: HubSpot rejected the properties {named}",
-                    fix="check those contact properties' types in Settings > Properties: the app writes text",
-                )
-            return PermanentError(label, fix="report this as a bug of the app")
-        if status >= 500 or status == 408:
-            return TransientError(label, retry_after=parse_retry_after(headers.get("Retry-After")))
-        return PermanentError(label)
+        if status == 400 or (category == "VALIDATION_ERROR" and status not in self.statuses):
+            return validation_error(label, body, lead)
+        return self.refused(status, code, headers)
+
+
+def validation_error(label: str, body: dict[str, Any], lead: Lead | None) -> PermanentError:
+    """The error for a VALIDATION_ERROR: the lead's email, a property missing from the portal, the
+    portal's own rules, a property of another type."""
+    problems = property_errors(body)
+    if any(code == "INVALID_EMAIL" for code, _ in problems):
+        return PermanentError(
+            f"{label}: HubSpot rejects the lead's email address (INVALID_EMAIL)",
+            fix="nothing to change in the settings: add this contact in HubSpot by hand",
+        )
+    missing = [name for code, name in problems if code == "PROPERTY_DOESNT_EXIST" and name]
+    if missing:
+        return PermanentError(
+            f"{label}: the contact property {', '.join(missing)} does not exist in this portal",
+            fix=f"correct {missing[0]!r} in HUBSPOT_MAPPING if it maps it, "
+            "else restore that default contact property (Settings > Properties)",
+        )
+    rules = [
+        (code, name, rule)
+        for code, name, rule in rule_messages(body, lead)
+        if code not in TYPE_ERRORS and code not in ("INVALID_EMAIL", "PROPERTY_DOESNT_EXIST")
+    ]
+    if rules:
+        named = "; ".join(f"{name or '?'} ({code}{': ' + rule if rule else ''})" for code, name, rule in rules[:5])
+        return PermanentError(f"{label}: the portal's validation rules reject the contact: {named}", fix=RULES_FIX)
+    if problems:
+        named = ", ".join(f"{name or '?'} ({code})" for code, name in problems[:5])
+        return PermanentError(
+            f"{label}: HubSpot rejected the properties {named}",
+            fix="check those contact properties' types in Settings > Properties: the app writes text",
+        )
+    return PermanentError(label, fix="report this as a bug of the app")
 
 
 def contact_properties(lead: Lead, route: Route) -> dict[str, str]:

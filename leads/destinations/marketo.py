@@ -72,12 +72,13 @@ from urllib.parse import urlencode, urlsplit
 from leads.destinations.base import (
     Check,
     DeliveryError,
-    Destination,
+    HttpDestination,
     PermanentError,
+    Refusal,
     Route,
     Sent,
     TransientError,
-    classify_error,
+    service_said,
 )
 from leads.destinations.mapping import FieldSpec, Mappings, check_mapping, mapped_record, options_of
 from leads.destinations.notice import within
@@ -216,14 +217,23 @@ _RECORD_CODES = {
     "1011": "field not supported",
     "1013": "object not found",
 }
+NOT_MARKETO = "MARKETO_URL does not answer as Marketo's REST API (HTTP {status})"
+NOT_MARKETO_FIX = (
+    "set it to the REST API endpoint shown in Admin > Web Services, without /rest (https://<munchkin-id>.mktorest.com)"
+)
+TOO_LARGE = Refusal(
+    message="Marketo answered {status}: the request is too large", fix="report this as a bug of the app"
+)
 _FIELD_NAMED = re.compile(r"field\s+'([^']{1,100})'", re.IGNORECASE)
 _TYPE_NAMED = re.compile(r"of type\s+'([^']{1,40})'", re.IGNORECASE)
 
 
-class MarketoDestination(Destination):
+class MarketoDestination(HttpDestination):
     name = "marketo"
     setting_fields = ("marketo_url", "marketo_client_id", "marketo_client_secret", "marketo_form_id", "marketo_mapping")
     secret_fields = ("marketo_client_secret",)
+    # HTTP statuses; Marketo's own errors come with 200 and a code (_RESPONSE_CODES).
+    statuses = {404: Refusal(message=NOT_MARKETO, fix=NOT_MARKETO_FIX), 413: TOO_LARGE, 414: TOO_LARGE}
 
     def __init__(
         self,
@@ -236,15 +246,15 @@ class MarketoDestination(Destination):
         limiter: CallLimiter | None = None,
         mapping: str = "",
     ) -> None:
+        super().__init__(
+            timeout,
+            session,
+            limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, CONCURRENT_CALLS, service="Marketo"),
+        )
         self.url = base_url(url)
         self.client_id = client_id
         self.client_secret = client_secret
         self.form_id = form_id.strip()
-        self.timeout = timeout
-        from leads.core.http import session as deadline_session
-
-        self.session = session or deadline_session()
-        self.limiter = limiter or CallLimiter(CALLS_PER_WINDOW, WINDOW_SECONDS, CONCURRENT_CALLS, service="Marketo")
         self.token_requests = 0
         self._token: str | None = None
         self._token_expires = 0.0
@@ -459,10 +469,8 @@ class MarketoDestination(Destination):
                     "Integration > LaunchPoint > your custom service > View Details into "
                     "MARKETO_CLIENT_ID and MARKETO_CLIENT_SECRET",
                 )
-            if response.status_code == 404:
-                raise _not_marketo(response.status_code)
-            if response.status_code >= 500 or response.status_code == 429:
-                raise classify_error(_http_error(response))
+            if response.status_code == 404 or response.status_code >= 500 or response.status_code == 429:
+                raise self._refused(response)
             body = _json_body(response)
             token = body.get("access_token") if isinstance(body, dict) else None
             if response.status_code != 200 or not token:
@@ -493,14 +501,7 @@ class MarketoDestination(Destination):
                     headers={"Authorization": f"Bearer {token}"},
                 )
             if response.status_code != 200:
-                if response.status_code == 404:
-                    raise _not_marketo(404)
-                if response.status_code in (413, 414):
-                    raise PermanentError(
-                        f"Marketo answered {response.status_code}: the request is too large",
-                        fix="report this as a bug of the app",
-                    )
-                raise classify_error(_http_error(response))
+                raise self._refused(response)
             body = _json_body(response)
             if not isinstance(body, dict):
                 raise _not_marketo(200)
@@ -514,6 +515,9 @@ class MarketoDestination(Destination):
                 continue
             raise response_error(errors)
         raise AssertionError("unreachable")
+
+    def _refused(self, response: requests.Response) -> DeliveryError:
+        return self.refused(response.status_code, response.reason or "", response.headers, said=service_said(response))
 
     def _describe(self) -> dict[str, dict[str, Any]]:
         """REST name → field description, from ``leads/describe.json``, once per instance."""
@@ -774,18 +778,8 @@ def _oauth_error(response: requests.Response) -> str:
     return response.reason or "unauthorized"
 
 
-def _http_error(response: requests.Response) -> Exception:
-    import requests
-
-    return requests.HTTPError(f"{response.status_code}", response=response)
-
-
 def _not_marketo(status: int) -> PermanentError:
-    return PermanentError(
-        f"MARKETO_URL does not answer as Marketo's REST API (HTTP {status})",
-        fix="set it to the REST API endpoint shown in Admin > Web Services, without /rest "
-        "(https://<munchkin-id>.mktorest.com)",
-    )
+    return PermanentError(NOT_MARKETO.format(status=status), fix=NOT_MARKETO_FIX)
 
 
 def _unreachable(error: DeliveryError) -> DeliveryError:

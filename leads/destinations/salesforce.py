@@ -52,8 +52,9 @@ from urllib.parse import quote, urlparse
 from leads.destinations.base import (
     Check,
     DeliveryError,
-    Destination,
+    HttpDestination,
     PermanentError,
+    Refusal,
     Route,
     Sent,
     TransientError,
@@ -432,20 +433,21 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
 
     if not isinstance(exc, SalesforceError):
         return classify_error(exc)
+    from leads.core.http import last_retry_after  # the exception lost the answer's headers
+
     errors = salesforce_errors(exc.content)
     first = errors[0] if errors else {}
     code = str(first.get("errorCode") or "")
     fields = [str(field) for field in first.get("fields") or []]
     message = scrub(str(first.get("message") or ""), lead)
-    what = " ".join(part for part in (f"Salesforce answered {exc.status}", code) if part)
-    if fields:
-        what += f" on {', '.join(fields)}"
-    if message:
-        what += f": {message}"
     fix = FIXES.get(code)
     if fix:
         fix = fix.format(fields=", ".join(fields) or "a field")
-    status = exc.status
+    reason = " ".join(part for part in (code, f"on {', '.join(fields)}" if fields else "") if part)
+    retry_after = last_retry_after()
+    # What the status says, unless the error code says more.
+    error = SalesforceDestination.refused(exc.status, reason, {"Retry-After": retry_after}, said=message, fix=fix)
+    what = str(error)
     if code == "REQUEST_LIMIT_EXCEEDED":
         # No Retry-After from Salesforce. The daily limit is a rolling 24 hours: try again in an
         # hour; the concurrent-request limit frees in seconds.
@@ -459,30 +461,16 @@ def api_error(exc: Exception, lead: Lead | None = None, external_id_field: str =
             "System Overview → API Requests, Last 24 Hours); leads are retried as requests free "
             "up, or raise the limit with Salesforce",
         )
-    if code in TRANSIENT_CODES or status >= 500:
-        from leads.core.http import last_retry_after  # the exception lost the answer's headers
-
-        return TransientError(what, fix=fix, retry_after=_seconds(last_retry_after()))
-    if status == 401:
-        return PermanentError(what, fix=NOT_REST_SESSION)
-    if status == 404 and external_id_field and f"/{external_id_field}/" in f"/{exc.resource_name}/":
+    if code in TRANSIENT_CODES:
+        return TransientError(what, fix=fix, retry_after=_seconds(retry_after))
+    if exc.status == 404 and external_id_field and f"/{external_id_field}/" in f"/{exc.resource_name}/":
         return PermanentError(
             what,
             fix=f"SALESFORCE_EXTERNAL_ID_FIELD={external_id_field} is not a field of Lead, "
             "is not marked External ID, or " + RUN_AS + " cannot see it: create it as Text(64), "
             "Unique, External ID, and give the user Edit access to it",
         )
-    if status == 404:
-        return PermanentError(
-            what, fix=RUN_AS + " cannot see Leads: give its profile or a permission set Read, Create and Edit on Leads"
-        )
-    if status == 403:
-        return PermanentError(
-            what,
-            fix=fix
-            or RUN_AS + " lacks a permission: give its profile 'API Enabled' and Read, Create and Edit on Leads",
-        )
-    return PermanentError(what, fix=fix)
+    return error
 
 
 TOKEN_FIXES = {
@@ -559,7 +547,7 @@ class Token:
     org_id: str | None = None
 
 
-class SalesforceDestination(Destination):
+class SalesforceDestination(HttpDestination):
     """Leads created through the REST API with a client-credentials token."""
 
     name = "salesforce"
@@ -571,6 +559,17 @@ class SalesforceDestination(Destination):
         "salesforce_mapping",
     )
     secret_fields = ("salesforce_client_secret",)
+    who = "Salesforce"
+    # The REST API's statuses, read by api_error after the error codes (the token endpoint's: token_error).
+    statuses = {
+        401: Refusal(fix=NOT_REST_SESSION),
+        403: Refusal(
+            fix=RUN_AS + " lacks a permission: give its profile 'API Enabled' and Read, Create and Edit on Leads"
+        ),
+        404: Refusal(
+            fix=RUN_AS + " cannot see Leads: give its profile or a permission set Read, Create and Edit on Leads"
+        ),
+    }
     mapping_setting = "SALESFORCE_MAPPING"
     builtin_fields = BUILTIN_FIELDS
 
@@ -590,15 +589,12 @@ class SalesforceDestination(Destination):
         web_to_lead_also_set: bool = False,
         mapping: str = "",
     ) -> None:
+        super().__init__(timeout, session)
         self.url = url.strip().rstrip("/")
         self.mappings = Mappings("SALESFORCE_MAPPING", mapping)
         self.client_id = client_id.strip()
         self.client_secret = client_secret.strip()
         self.external_id_field = external_id_field.strip()
-        self.timeout = timeout
-        from leads.core.http import session as deadline_session
-
-        self.session = session or deadline_session()
         self.web_to_lead_also_set = web_to_lead_also_set
         self.token_requests = 0
         self._lock = threading.Lock()
@@ -940,19 +936,17 @@ class SalesforceDestination(Destination):
 # --- Web-to-Lead ---------------------------------------------------------------------------------
 
 
-class SalesforceWebToLeadDestination(Destination):
+class SalesforceWebToLeadDestination(HttpDestination):
     """The marketplace's own way into Salesforce: a form POST with the org id."""
 
     name = "salesforce-w2l"
     setting_fields = ("salesforce_oid", "salesforce_web_to_lead_url")
+    statuses = dict.fromkeys((403, 404, 405), Refusal(fix="check SALESFORCE_WEB_TO_LEAD_URL"))
 
     def __init__(self, oid: str, url: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
+        super().__init__(timeout, session)
         self.oid = oid.strip()
         self.url = url.strip()
-        self.timeout = timeout
-        from leads.core.http import session as deadline_session
-
-        self.session = session or deadline_session()
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -977,12 +971,7 @@ class SalesforceWebToLeadDestination(Destination):
         )
         if 200 <= response.status_code < 400:  # 200, or a redirect to retURL: all Web-to-Lead ever says
             return Sent(external_id=None, detail={"note": "Web-to-Lead does not confirm that a lead was created"})
-        raise from_status(
-            response.status_code,
-            response.reason or "",
-            response.headers.get("Retry-After"),
-            fix="check SALESFORCE_WEB_TO_LEAD_URL" if response.status_code in (403, 404, 405) else None,
-        )
+        raise self.refused(response.status_code, response.reason or "", response.headers)
 
     def _settings_problem(self) -> PermanentError | None:
         if not re.fullmatch(r"00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?", self.oid):

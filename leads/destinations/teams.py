@@ -17,6 +17,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from leads.destinations.base import Refusal
 from leads.destinations.chat import ChatDestination, cut
 from leads.destinations.notice import headline, lead_view, portal_link
 
@@ -32,6 +33,10 @@ CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 # (CommonMark allows escaping any of them).
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!~<>|&])")
 _ATTENTION = ("DO NOT CONTACT", "[TEST]")
+REFUSED_FIX = (
+    "the workflow refused the post: in its trigger, set 'Who can trigger the flow' to Anyone "
+    "(the URL's signature is what protects it)"
+)
 
 
 def escape(text: str) -> str:
@@ -47,6 +52,14 @@ class TeamsDestination(ChatDestination):
     max_bytes = 28 * 1024
     rate_limit = 4  # Teams throttles a webhook above 4 requests a second
     rate_period = 1.0
+    statuses = {
+        401: Refusal(fix=REFUSED_FIX),
+        403: Refusal(fix=REFUSED_FIX),
+        404: Refusal(
+            fix="the workflow was deleted or turned off: create it again and update the channel's URL setting"
+        ),
+        400: Refusal(fix="the workflow does not take the card: use the 'Send webhook alerts to a channel' template"),
+    }
 
     def render(self, leads: list[Lead], route: Route) -> dict[str, Any]:
         card = adaptive_card(leads, route, self.settings.email_pii, self.settings.leads_portal_url)
@@ -58,17 +71,7 @@ class TeamsDestination(ChatDestination):
             code = str((response.json().get("error") or {}).get("code") or "")
         except (ValueError, AttributeError):
             code = ""
-        fix = None
-        if response.status_code in (401, 403):
-            fix = (
-                "the workflow refused the post: in its trigger, set 'Who can trigger the flow' to Anyone "
-                "(the URL's signature is what protects it)"
-            )
-        elif response.status_code == 404:
-            fix = "the workflow was deleted or turned off: create it again and update the channel's URL setting"
-        elif response.status_code == 400:
-            fix = "the workflow does not take the card: use the 'Send webhook alerts to a channel' template"
-        return code[:80], fix
+        return code[:80], None
 
 
 def adaptive_card(leads: list[Lead], route: Route, pii: str, portal_url: str, budget: int = 24 * 1024) -> dict:

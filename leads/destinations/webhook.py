@@ -18,7 +18,7 @@ import hmac
 import time
 from typing import TYPE_CHECKING
 
-from leads.destinations.base import Check, Destination, PermanentError, Route, Sent, from_status, service_said
+from leads.destinations.base import Check, HttpDestination, Refusal, Route, Sent, service_said
 
 if TYPE_CHECKING:
     import requests
@@ -42,18 +42,27 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance: 
     return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-class WebhookDestination(Destination):
+SECRET_FIX = "the receiver refused the request: check that it uses the same WEBHOOK_SECRET"
+
+
+class WebhookDestination(HttpDestination):
     name = "webhook"
     setting_fields = ("webhook_url", "webhook_secret")
     secret_fields = ("webhook_secret",)
+    statuses = {
+        410: Refusal(
+            message="the webhook answered 410 Gone",
+            fix="the receiver is retired: set WEBHOOK_URL to its new address (or remove it), then replay the "
+            "failed deliveries",
+        ),
+        401: Refusal(fix=SECRET_FIX),
+        403: Refusal(fix=SECRET_FIX),
+    }
 
     def __init__(self, url: str, secret: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
+        super().__init__(timeout, session)
         self.url = url
         self.secret = secret
-        self.timeout = timeout
-        from leads.core.http import session as deadline_session
-
-        self.session = session or deadline_session()
 
     @classmethod
     def is_enabled(cls, settings: Settings) -> bool:
@@ -112,22 +121,7 @@ class WebhookDestination(Destination):
         response = self.session.post(self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
         if 200 <= response.status_code < 300:
             return Sent(external_id=response.headers.get("X-Request-Id") or None)
-        if response.status_code == 410:
-            raise PermanentError(
-                "the webhook answered 410 Gone",
-                fix="the receiver is retired: set WEBHOOK_URL to its "
-                "new address (or remove it), then replay the failed deliveries",
-            )
-        fix = None
-        if response.status_code in (401, 403):
-            fix = "the receiver refused the request: check that it uses the same WEBHOOK_SECRET"
-        raise from_status(
-            response.status_code,
-            response.reason or "",
-            response.headers.get("Retry-After"),
-            fix=fix,
-            said=service_said(response),
-        )
+        raise self.refused(response.status_code, response.reason or "", response.headers, said=service_said(response))
 
 
 def _unreachable_fix(url: str) -> str:

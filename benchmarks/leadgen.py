@@ -90,7 +90,9 @@ TITLES = """CTO|CIO|IT Director|Head of IT|Cloud Architect|Solutions Architect|D
 |Platform Engineer|Sales Director|Product Manager|Systems Administrator|Consultant|Analyst""".replace("\n", "").split(
     "|"
 )
-PUBLISHERS = ["contoso", "fabrikam", "northwind", "litware", "adatum", "bitnami", "checkpoint", "docusign", "relecloud"]
+# One publisher's offers, as Partner Center names them (publisher.offer): the leads of a publisher come
+# from its dozen offers, not from hundreds (the silence watch writes once per offer and day).
+PUBLISHER = "contoso"
 OFFERS = [
     "crm",
     "analytics-suite",
@@ -224,7 +226,7 @@ def _company(rng: random.Random, region: str) -> tuple[str, str]:
 
 
 def _source(rng: random.Random) -> dict[str, str]:
-    offer = f"{rng.choice(PUBLISHERS)}.{rng.choice(PUBLISHERS)}-{rng.choice(OFFERS)}"
+    offer = f"{PUBLISHER}.{PUBLISHER}-{rng.choice(OFFERS)}"
     title = " ".join(word.capitalize() for word in offer.split(".")[1].split("-"))
     if rng.random() < 0.5:
         source, action = rng.choice(ALONE)

@@ -1,52 +1,7 @@
 """Dynamics 365 (Dataverse Web API): each lead becomes one ``lead`` row, created once.
 
-Settings: ``DYNAMICS_URL`` (the environment, ``https://<org>.crm<N>.dynamics.com``) and
-``DYNAMICS_CLIENT_ID``, the Application ID of the environment's *application user* (with a security
-role that can create leads). Two ways to get tokens for ``<DYNAMICS_URL>/.default``:
-
-- **Managed identity** (no ``DYNAMICS_CLIENT_SECRET``): ``DYNAMICS_CLIENT_ID`` is the client ID of a
-  user-assigned managed identity of this host (the Function App's own), and azure-identity's
-  ``ManagedIdentityCredential`` asks the host's identity endpoint (``IDENTITY_ENDPOINT`` with the
-  ``IDENTITY_HEADER`` secret, as App Service, Functions and Container Apps expose it). There is no
-  secret to expire. Without that endpoint the app says so instead of probing the VM metadata address,
-  which does not exist where this app runs. azure-identity (MSAL's managed identity client) caches
-  the token until five minutes before it expires: one token request per token lifetime.
-- **Client secret** (``DYNAMICS_TENANT_ID``, ``DYNAMICS_CLIENT_SECRET``, ``DYNAMICS_AUTHORITY``, for
-  runs outside Azure): MSAL, confidential client, client credentials. MSAL's token cache hands out
-  the same token until five minutes before it expires, so there is one token request per token
-  lifetime, not per lead.
-
-A token Dataverse refuses (401: revoked, expired early) is dropped and the call is made once more
-with a new one.
-
-- **Create once**: the row's ``leadid`` is a GUID derived from the lead id (:func:`lead_guid`), and
-  the row is created with ``POST /api/data/v9.2/leads``. Sending the same lead again (after a lost
-  answer, a duplicated message) answers 412 with ``0x80040237`` "A record with matching key values
-  already exists."; the row is then read back by its id and counted as delivered. One request per
-  lead when all is well.
-- **Errors** become the diagnoses publishers need, from Entra's ``AADSTS`` codes and Dataverse's
-  error codes: tenant not found or not a tenant id, application not in the directory, client secret
-  wrong or expired, no managed identity on this host or none with that client ID, no application
-  user in the environment, no security role, no Create on Lead,
-  no create permission on the ``leadsourcecode`` column, a URL that is not a Dataverse environment,
-  an environment without the Lead table, timeouts. Service protection 429s (``Retry-After``), 5xx,
-  timeouts and dropped connections are transient.
-- **Field mapping** (``DYNAMICS_MAPPING``, leads/destinations/mapping.py): the environment's own
-  columns on top of these, converted as its table definitions say (``EntityDefinitions(LogicalName=
-  'lead')/Attributes``, with the String and Memo columns' ``MaxLength`` and the Choice columns'
-  options read by casting to their metadata types; read once an hour, and only when the setting
-  maps columns): a choice takes one of its values, by label or number. Lookups (``campaignid``,
-  the lead's Source Campaign, ``ownerid``) are not mapped: a lookup is bound to a row's id
-  (``@odata.bind``), which a mapping does not name. The lead's standard attribution is Lead Source
-  (``leadsourcecode``, Web); campaign values go to the description, and to columns where the
-  mapping puts them.
-- :meth:`DynamicsDestination.check` creates nothing, in either mode: a token, ``WhoAmI`` (the
-  environment answers, accepts the token, and has an application user for the app), then
-  ``RetrieveUserPrivilegeByPrivilegeName('prvCreateLead')`` for that user (its roles allow creating
-  leads: the role problem found without creating a lead; a ``GET leads`` would test *Read*, which a
-  create-only role such as the marketplace's own "Microsoft Marketplace Lead Writer" need not
-  grant), then the ``leadsourcecode`` column's metadata (the Lead table exists; whether Lead Source
-  is a secured column, whose field permission can only be proven by creating a lead).
+What it does and why (token, writes, fields, do-not-contact, errors, rate, ``check``): docs/dynamics.md,
+"How the app talks to Dataverse"; that page also says which of the vendor's docs were checked, and when.
 """
 
 from __future__ import annotations

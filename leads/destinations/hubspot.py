@@ -1,65 +1,7 @@
 """HubSpot: each lead upserted as a contact through the date-versioned CRM API, keyed on email.
 
-Settings: ``HUBSPOT_TOKEN``, a **Service Key** (Settings > Integrations > Service Keys; Development >
-Keys > Service keys) or an existing legacy private app's access token, either with the scopes
-``crm.objects.contacts.write`` and ``crm.objects.contacts.read``; ``HUBSPOT_URL`` (default
-``https://api.hubapi.com``; tests point it at a fake). The token is static: there is nothing to
-refresh, and a 401 means it was revoked or rotated.
-
-- **API version**: HubSpot's paths carry a date version (``/crm/objects/2026-09/contacts``), one in
-  March and one in September, each supported for 18 months; v1–v3 are unsupported from September
-  2027. :data:`API_VERSION` is the one place to bump it.
-- **Upsert**: ``POST /crm/objects/<version>/contacts/batch/upsert`` with one input
-  ``{"idProperty": "email", "id": <email>, "properties": {...}}``. HubSpot creates the contact or
-  updates the one with that email, so a second send of the same lead (after a lost response)
-  finds the same contact and returns its id. (Searching by email and then creating is two calls
-  and races; ``PATCH /contacts/{email}?idProperty=email`` updates only.)
-- **Properties**: ``firstname``, ``lastname``, ``phone``, ``company``, ``jobtitle``, ``country``
-  (its English name; the property is text) and ``message``. The lead source, action, offer,
-  campaign, the customer's notes, the lead id and the ``[TEST]`` / do-not-contact marks go to
-  ``message`` (label "Message"): it is the one default free-text contact property, writable and
-  present in every portal. The source properties (``hs_analytics_source``, "Original Source") are
-  computed by HubSpot and read-only, and ``hs_lead_status`` / ``lifecyclestage`` are enumerations
-  each portal edits, where an unknown value fails the whole write (the Salesforce picklist trap).
-  Empty values are left out, so an upsert never blanks what HubSpot knows; ``message`` holds the
-  latest lead (HubSpot keeps its history).
-- **Field mapping** (``HUBSPOT_MAPPING``, leads/destinations/mapping.py): the portal's own contact
-  properties on top of these (a lifecycle stage, custom properties), each converted to its type as
-  ``GET /crm/properties/<version>/contacts`` defines it (read once an hour, and only when the setting
-  maps properties; it needs the scope ``crm.schemas.contacts.read``): an enumeration takes one of
-  its options (by value or label), numbers, dates (``YYYY-MM-DD``) and booleans their text.
-  **Campaign attribution**: HubSpot's source properties (``hs_analytics_source``, "Original source",
-  and its drill-downs ``hs_analytics_source_data_1`` / ``_2``) are set by HubSpot and read-only to
-  the API (a contact created through it is an "Offline source"); the campaign values go to
-  ``message``, and to custom properties where the mapping puts them.
-- **Do not contact**: HubSpot's opt-out (``hs_email_optout`` and the subscription statuses) is
-  read-only on the contact and set through the communication preferences API, where an
-  unsubscribe is recorded as the contact's own choice and cannot be undone by the portal. The
-  marketplace's DNC is not that: the customer reached a cross-listed partner and the publisher must
-  not contact them. So a DNC lead is written with a ``DO NOT CONTACT`` first line in ``message``
-  and nothing else changes; docs/hubspot.md shows a workflow that acts on it ("Message contains DO NOT
-  CONTACT" → set Lead Status, remove from lists). It is honest and reversible, and it is a mark
-  people must honour, not an enforced opt-out.
-- **A lead without a valid email** (``.edu`` customers whose data the marketplace withholds) cannot
-  be upserted on email: a permanent error that says so, naming no personal data.
-- **Errors**: 429 (``errorType: RATE_LIMIT``; 100 or 190 calls per 10 s per app or key, and a daily
-  quota) is transient, after ``Retry-After`` when given, else the ``X-HubSpot-RateLimit-Interval-
-  Milliseconds`` window, or until midnight for the daily policy; 5xx, timeouts and 409 (a contact
-  being created by a concurrent call) are transient. 401 (``INVALID_AUTHENTICATION`` /
-  ``EXPIRED_AUTHENTICATION``) and 403 ``MISSING_SCOPES`` (naming the scopes HubSpot lists in
-  ``errors[].context.requiredGranularScopes``) are permanent with the fix. So are validation
-  errors: from the 2026-09 version HubSpot applies the portal's own rules (property validation
-  rules, properties required on the Create record form or by a conditional rule) to every API
-  write, and a lead they reject is a permanent failure naming the property and the rule (its code
-  and its message, with the lead's values taken out: values are the customer's data), never a
-  retry.
-- **Rate**: the same per-process limiter as Marketo's (:class:`~leads.destinations.ratelimit.CallLimiter`) keeps this
-  process under 100 calls per rolling 10 s, HubSpot's lowest limit; other instances and other
-  integrations share the portal's limit, so 429 stays handled.
-- ``check()`` creates nothing and works for Service Keys and private-app tokens alike (HubSpot's
-  token-info endpoint knows only private apps): ``GET /crm/objects/<version>/contacts?limit=1``
-  proves the token and the read scope, then a batch upsert with no inputs proves the write scope:
-  HubSpot answers ``MISSING_SCOPES`` for a key without it, and nothing is written either way.
+What it does and why (token, writes, fields, do-not-contact, errors, rate, ``check``): docs/hubspot.md,
+"How the app talks to HubSpot"; that page also says which of the vendor's docs were checked, and when.
 """
 
 from __future__ import annotations

@@ -1,61 +1,7 @@
 """Marketo: each lead upserted as a Marketo person through the REST API, keyed on email.
 
-Settings: ``MARKETO_URL`` (the REST API endpoint, ``https://<munchkin>.mktorest.com``, from Admin >
-Web Services), ``MARKETO_CLIENT_ID`` and ``MARKETO_CLIENT_SECRET`` (a LaunchPoint custom service
-owned by an API-only user), optional ``MARKETO_FORM_ID``.
-
-- **Token**: ``POST /identity/oauth/token`` with ``grant_type=client_credentials``, ``client_id`` and
-  ``client_secret`` as a form body (Marketo takes them by GET or POST; in a query string they would
-  land in every proxy log and in Application Insights' dependency URLs) answers ``access_token``
-  and ``expires_in`` (3,600 s when new). The token is kept on the instance
-  and reused until it expires, so one token request per hour, not per lead. It is sent as
-  ``Authorization: Bearer`` (Marketo removes the ``access_token`` query parameter in July 2026).
-  Marketo answering 601 (access token invalid) or 602 (expired) gets the token fetched again once
-  and the call retried.
-- **Without a form**: ``POST /rest/v1/leads.json`` with ``action=createOrUpdate`` and
-  ``lookupField=email``: idempotent by design, a second send of the same lead updates the same
-  person and returns its id.
-- **With** ``MARKETO_FORM_ID``: ``POST /rest/v1/leads/submitForm.json``, which upserts on email
-  too and records a "Fill out Form" activity that smart campaigns and programs can trigger on. Every
-  field sent must be on that form (hidden fields are enough); the marketplace details (source,
-  action, offer, campaign parameters, notes, lead id) travel in the activity's ``visitorData``
-  (``pageURL`` + ``queryString``), which needs no field at all.
-- **Fields**: ``firstName``, ``lastName``, ``email``, ``phone``, ``company``, ``title``,
-  ``country`` (its English name), ``leadSource`` (``Azure Marketplace``, ``AppSource``, ... as text;
-  only the source, so it stays usable as a picklist value in a synced CRM). Marketo has no standard
-  free-text field, so the details (action, offer, the customer's notes, campaign, lead id, a
-  ``[TEST]`` mark) go to a writable text field found once per process through
-  ``GET /rest/v1/leads/describe.json`` (REST name or label among :data:`NOTE_FIELDS` /
-  :data:`NOTE_LABELS`); an instance without one gets the standard fields only, and ``check`` says so.
-- **Field mapping** (``MARKETO_MAPPING``, leads/destinations/mapping.py): the instance's own person
-  fields on top of these, converted to the types ``leads/describe.json`` gives (string, text,
-  boolean, integer, float, date, datetime, ...; read-only fields refused). Marketo's person fields
-  have no picklists; with ``MARKETO_FORM_ID`` a mapped field must be on the form, and a form field
-  of type ``select`` takes one of its values (``/rest/asset/v1/form/<id>/fields.json``,
-  ``fieldMetaData.values``), checked here before the submission. **Campaign attribution**: Marketo
-  has no standard person field for URL parameters; the campaign values travel in ``visitorData``'s
-  query string (the Fill out Form activity's, which smart campaigns filter on) and in the details
-  field, and go to person fields where the mapping puts them.
-- **Do not contact**: ``unsubscribed: true`` (Marketo then sends it no marketing email) and
-  ``doNotCall: true``, each with its reason. The marketplace's DNC means the customer came through a
-  cross-listed partner and must not be contacted by the publisher; both flags are the standard
-  fields sales and marketing tools honour. It is the cautious reading: an existing subscribed person
-  with that email becomes unsubscribed too.
-- **A lead without a valid email** (``.edu`` customers whose data the marketplace withholds) cannot
-  be upserted on email: a permanent error that says so, naming no personal data.
-- **Errors**: Marketo answers HTTP 200 with ``success: false`` and ``errors[].code``, or with
-  ``result[0].status == "skipped"`` and ``reasons``; both are read. 606 (100 calls per 20 s), 615
-  (10 concurrent calls), 604/608/611/614/713 and HTTP 5xx are transient; 607 (daily quota, reset at
-  midnight US Central) is transient until the reset. 603 (access denied), 610 (wrong URL) and field
-  errors (1006 "Field 'x' not found", 1001, 1003, ...) are permanent, naming the field but never a
-  value (values are the customer's data).
-- **Rate**: a thread-safe :class:`~leads.destinations.ratelimit.CallLimiter` on the instance keeps this process under
-  100 calls per 20 s and 10 at once, waiting up to its ``max_wait`` seconds for a slot (pacing,
-  not retrying) and answering transient past that. It is per process: Azure may run several
-  instances of the app, whose calls Marketo counts together, so 606 and 615 remain handled as transient.
-- Concurrent upserts of one email can create duplicate persons in Marketo ("make no subsequent call
-  with the same key before the first returns"), so this process sends one email at a time (striped
-  locks); the delivery claims already keep one lead from being sent twice at once.
+What it does and why (token, writes, fields, do-not-contact, errors, rate, ``check``): docs/marketo.md,
+"How the app talks to Marketo"; that page also says which of the vendor's docs were checked, and when.
 """
 
 from __future__ import annotations

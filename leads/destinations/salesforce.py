@@ -1,41 +1,7 @@
 """Salesforce, two ways: the REST API (``salesforce``) and Web-to-Lead (``salesforce-w2l``).
 
-**REST API** (``SALESFORCE_URL``, ``SALESFORCE_CLIENT_ID``, ``SALESFORCE_CLIENT_SECRET``: the consumer
-key and secret of an External Client App, or of a Connected App made before Spring '26, when
-Salesforce stopped new ones): an OAuth 2.0 client-credentials token from
-``{SALESFORCE_URL}/services/oauth2/token`` (the app's Run As user acts; the token endpoint's
-``error_description`` names what the app's settings lack, and :func:`token_error` names the
-setting), handed to ``simple_salesforce.Salesforce`` with our ``requests.Session``. The token is
-kept on the instance until Salesforce says it is no longer valid (``INVALID_SESSION_ID``; the token
-endpoint gives no lifetime), then requested again once and the call retried. Each lead becomes one
-``Lead`` record, and never two:
-
-- with ``SALESFORCE_EXTERNAL_ID_FIELD`` (a Text, Unique, External ID field on Lead), an upsert
-  ``PATCH /services/data/v59.0/sobjects/Lead/<field>/<leadId>``: one call, idempotent by design;
-- without it, a SOQL look-up first (leads created since the lead was received with the same email,
-  or the same last name and company, whose Description carries ``Marketplace lead id: <leadId>``),
-  then ``POST /sobjects/Lead/``. Description is a long text area, which SOQL cannot filter on, so
-  the marker is matched here on the few records the narrow query returns.
-
-Picklists are where leads get lost (the marketplace's own connector drops a lead whose value a
-restricted picklist does not hold), so ``LeadSource`` is set only to a value the org's Lead Source
-picklist already has ("Azure Marketplace", "AppSource", "Azure portal", "Test Drive", or the
-marketplace's code), found in a ``describe`` of Lead read once an hour; otherwise the source stays in
-the Description. Orgs with State and Country/Territory Picklists get ``CountryCode`` (ISO alpha-2,
-when the picklist holds it), others the country's name in ``Country``.
-
-**Field mapping** (``SALESFORCE_MAPPING``, leads/destinations/mapping.py): the org's own Lead fields
-on top of these, converted to the types the same ``describe`` gives (length, picklist values,
-``createable``, and for ``RecordTypeId`` the record types available to the Run As user, by name
-or developer name). Salesforce's Lead has no campaign attribution field of its own but Lead
-Source (campaign membership is a CampaignMember record): campaign values go to the Description,
-and to custom fields where the mapping puts them.
-
-**Web-to-Lead** (``SALESFORCE_OID``): the same form POST the marketplace makes. Salesforce answers
-200 whatever becomes of the lead (a wrong oid, a missing required field, a validation rule, the
-daily limit of 500), so a 200 is counted delivered without a record id; nothing makes it
-idempotent: a retried POST whose first answer was lost may create a second lead. It is enabled only
-when the REST API is not configured, so a lead never goes to the same org both ways.
+What it does and why (token, writes, fields, do-not-contact, errors, rate, ``check``): docs/salesforce.md,
+"How the app talks to Salesforce"; that page also says which of the vendor's docs were checked, and when.
 """
 
 from __future__ import annotations

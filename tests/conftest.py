@@ -11,6 +11,7 @@ speed is measured in ``benchmarks/``. ``HYPOTHESIS_PROFILE=explore`` draws new e
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -22,6 +23,8 @@ from leads.core.settings import get_settings
 from leads.local.azurite import Azurite
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The marketplace's documented example lead (Some One, someone@contoso.com): most tests' lead.
+EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 settings.register_profile(
     "suite", derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -194,6 +194,13 @@ class FakeAcs(LoopbackServer):
     def connection_string(self) -> str:
         return f"endpoint={self.endpoint};accesskey={self.access_key}"
 
+    def settings(self) -> dict[str, str]:
+        """The app settings that send the app's mail here, from a sender of a linked domain."""
+        return {
+            "EMAIL_CONNECTION_STRING": self.connection_string,
+            "EMAIL_SENDER": f"DoNotReply@{self.sender_domains[0]}",
+        }
+
     def connection_string_with_wrong_key(self) -> str:
         return f"endpoint={self.endpoint};accesskey={base64.b64encode(secrets.token_bytes(32)).decode()}"
 

@@ -41,8 +41,7 @@ def gone_webhook(storage, env, fake_acs):
         fake.fault_headers = {}
         env(
             **fake.settings(),
-            EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-            EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+            **fake_acs.settings(),
             EMAIL_TO="",
             LEADS_ALERT_TO="ops@contoso.com",
             EMAIL_PER_MINUTE="5",

@@ -16,10 +16,9 @@ from pathlib import Path
 from leads.intake.ingest import accept_http
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 def leads(*args: str, **popen) -> subprocess.CompletedProcess:

@@ -16,10 +16,9 @@ from leads.destinations import Check
 from leads.ops.checks import run_checks
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .fake_webhook import FakeWebhook
 
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 COMMANDS = ["serve", "list", "show", "poll", "status", "replay", "check", "test-lead"]
 
 

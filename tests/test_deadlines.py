@@ -18,10 +18,8 @@ from leads.delivery.deliver import deliver
 from leads.intake.ingest import accept_http
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .loopback import DESTINATION_SETTINGS, DRIP, LoopbackHandler, LoopbackServer, trust
-
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 class _Dripping(LoopbackHandler):
@@ -102,8 +100,7 @@ def test_every_http_destination_ends_a_dripping_send_and_retries_it(storage, env
 
 def test_email_through_acs_ends_a_dripping_send_and_retries_it(storage, env, fake_acs):
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="sales@contoso.com",
         WEBHOOK_URL="",
         LEADS_HTTP_TIMEOUT_SECONDS="1",

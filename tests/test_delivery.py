@@ -21,11 +21,9 @@ from leads.intake.ingest import accept_http
 from leads.ops.operations import replay, status, sweep
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .fake_webhook import FakeWebhook
 from .workers import drain
-
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 @pytest.fixture
@@ -170,8 +168,7 @@ def test_status_counts_and_failures(webhook):
 
 def test_a_burst_over_the_email_rate_is_folded_into_one_digest(storage, env, fake_acs):
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",
@@ -196,8 +193,7 @@ def test_a_burst_over_the_email_rate_is_folded_into_one_digest(storage, env, fak
 
 def test_replaying_a_failed_email_is_a_new_send_not_a_repeat(storage, env, fake_acs):
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="sales@contoso.com",
         WEBHOOK_URL="",
     )
@@ -333,8 +329,7 @@ def test_a_digest_whose_claim_runs_out_before_its_send_is_sent_by_one_worker(sto
     """As for one lead: a digest's claim is renewed on its own row just before the send, and a
     worker that finds another took the digest meanwhile sends nothing."""
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",

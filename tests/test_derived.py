@@ -19,11 +19,9 @@ from leads.ops.operations import STALE, maintain, replay, status, sweep
 from leads.store.derived import GRACE
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .fake_webhook import FakeWebhook
 from .interleave import at_request, refusing, watching
-
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ from leads.intake.ingest import accept_http
 from leads.ops.operations import sweep
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 SENDER = "DoNotReply@contoso.azurecomm.net"
 
 

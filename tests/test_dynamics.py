@@ -27,7 +27,7 @@ from leads.local.azurite import free_port
 from leads.store.lead_store import LeadStore
 
 from . import fake_dynamics as fake_dynamics_plugin
-from .conftest import FIXTURES
+from .conftest import EXAMPLE, FIXTURES
 from .workers import drain
 
 dynamics, dynamics_mi = fake_dynamics_plugin.dynamics, fake_dynamics_plugin.dynamics_mi  # fixtures
@@ -48,7 +48,6 @@ CONTACT_ME = {
     "Description": '{"mktcmpid": "spring-24", "partnerid": "123"}',
 }
 TEST_LEAD = json.loads((FIXTURES / "marketplace" / "https-validation-test-lead.json").read_text())
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 def destination() -> DynamicsDestination:

@@ -19,12 +19,11 @@ import requests
 
 from leads.core.storage import table_service
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE, FIXTURES
 from .fake_webhook import FakeWebhook
 from .served import Served
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 ENTITY = json.loads((FIXTURES / "marketplace" / "table-entity-test-lead.json").read_text())
 
 

@@ -30,12 +30,11 @@ from leads.store.erasure import ERASED_REASON, apply_retention
 from leads.store.lead_store import LeadStore
 from leads.store.rows import lead_entity
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE, FIXTURES
 from .fake_webhook import FakeWebhook
 from .storage_reads import counting_table_reads
 from .workers import drain
 
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 ENTITY = json.loads((FIXTURES / "marketplace" / "table-entity-test-lead.json").read_text())
 
 
@@ -264,8 +263,7 @@ def test_retention_erases_old_leads_in_bounded_pages_from_a_watermark(app, env, 
 
 def test_a_lead_erased_inside_an_open_digest_is_left_out_of_it(storage, env, fake_acs):
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="sales@contoso.com",
         EMAIL_PER_MINUTE="2",
         WEBHOOK_URL="",

@@ -83,8 +83,7 @@ def flaky_acs(flaky_webhook, env, monkeypatch, fake_tls_ca):
     with FakeAcs(ca=fake_tls_ca, fail_ratio=0.33, random_delay=1.5, retry_after="1", seed=11) as fake:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
         env(
-            EMAIL_CONNECTION_STRING=fake.connection_string,
-            EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+            **fake.settings(),
             EMAIL_TO="sales@contoso.com",
             EMAIL_PER_MINUTE="100000",
             EMAIL_PER_HOUR="1000000",
@@ -219,8 +218,7 @@ def test_a_dying_worker_a_lost_digest_answer_and_a_dripping_server_still_deliver
             **webhook.settings(),
             LEADS_RETRY_BASE_SECONDS="0.2",
             LEADS_HTTP_TIMEOUT_SECONDS="1",
-            EMAIL_CONNECTION_STRING=acs.connection_string,
-            EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+            **acs.settings(),
             EMAIL_TO="sales@contoso.com",
             EMAIL_PER_MINUTE="5",
         )

@@ -15,6 +15,7 @@ from leads.intake.ingest import accept_http
 from leads.store.lead_store import LeadStore
 
 from . import fake_hubspot
+from .conftest import EXAMPLE
 from .fake_hubspot import FakeHubSpot
 from .fake_marketo import sample_lead
 from .loopback import send_error
@@ -323,19 +324,7 @@ def test_a_lead_taken_in_is_delivered_to_hubspot_by_the_worker(storage, env, mon
             LEADS_HTTP_TIMEOUT_SECONDS="2",
         )
         fake.faults = ["lost", "500"]  # the first answer is lost, then a 500: still one contact
-        body = {
-            "UserDetails": {
-                "FirstName": "Some",
-                "LastName": "One",
-                "Email": "someone@contoso.com",
-                "Country": "USA",
-                "Company": "Contoso",
-            },
-            "LeadSource": "AzureMarketplace",
-            "ActionCode": "INS",
-            "OfferTitle": "Test Microsoft",
-        }
-        answer = accept_http(json.dumps(body).encode())
+        answer = accept_http(json.dumps(EXAMPLE).encode())  # the documented example: Some One of Contoso, USA
         assert answer.status == 202
         drain(deadline=40)
         contact = fake.contacts["someone@contoso.com"]

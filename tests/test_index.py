@@ -28,10 +28,9 @@ from leads.store.index import OPEN, SHARDS, delivery_row_key, shard_of
 from leads.store.lead_store import LeadStore
 from leads.store.rows import lead_entity
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE, FIXTURES
 from .storage_reads import counting_table_reads
 
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 # Yesterday 09:00 UTC: within status's window of days, which counts the leads received in it.
 START = (datetime.now(UTC) - timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
 

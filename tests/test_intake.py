@@ -26,13 +26,11 @@ from leads.local.serve import LocalHost
 from leads.store.lead_store import LeadStore
 from leads.store.rows import MAX_KEPT_BYTES, lead_entity
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE, FIXTURES
 from .fake_webhook import FakeWebhook
 from .personal import leaked
 from .storage_proxy import StorageProxy
 from .workers import drain
-
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 def post(body: bytes | str | dict | list) -> func.HttpResponse:

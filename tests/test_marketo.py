@@ -17,6 +17,7 @@ from leads.intake.ingest import accept_http
 from leads.store.lead_store import LeadStore
 
 from . import fake_marketo
+from .conftest import EXAMPLE
 from .fake_marketo import FakeMarketo, sample_lead
 from .loopback import send_error
 from .workers import drain
@@ -342,19 +343,7 @@ def test_a_lead_taken_in_is_delivered_to_marketo_by_the_worker(storage, env, mon
             LEADS_HTTP_TIMEOUT_SECONDS="2",
         )
         fake.faults = ["lost", "http500"]  # the first answer is lost, then a 500: still one person
-        body = {
-            "UserDetails": {
-                "FirstName": "Some",
-                "LastName": "One",
-                "Email": "someone@contoso.com",
-                "Country": "USA",
-                "Company": "Contoso",
-            },
-            "LeadSource": "AzureMarketplace",
-            "ActionCode": "INS",
-            "OfferTitle": "Test Microsoft",
-        }
-        answer = accept_http(json.dumps(body).encode())
+        answer = accept_http(json.dumps(EXAMPLE).encode())  # the documented example: Some One of Contoso, USA
         assert answer.status == 202
         drain(deadline=40)
         person = fake.persons["someone@contoso.com"]

@@ -38,12 +38,11 @@ from leads.store.lead_store import LeadStore
 from leads.store.rows import FINAL, delivery_from_entity, is_delivery_row
 from leads.store.verify import verify
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .fake_webhook import FakeWebhook
 from .plant import plant
 from .scheduler import Scheduler, scheduling
 
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 SCHEDULES = int(os.environ.get("MODEL_SCHEDULES", "100"))
 # Crash points cycle through the first CRASH_SPAN storage calls of a schedule, before and after
 # (even seeds before, odd ones after): the default schedules cross each point both ways once.

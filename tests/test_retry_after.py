@@ -11,11 +11,10 @@ from leads.delivery.deliver import deliver
 from leads.intake.ingest import accept_http
 from leads.store.lead_store import LeadStore
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .fake_dynamics import FakeDynamics
 from .loopback import DESTINATION_SETTINGS, LoopbackHandler, LoopbackServer, trust
 
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 WAIT = 40  # what the services say; the backoff alone would retry within a second
 
 
@@ -83,8 +82,7 @@ def test_a_503_with_retry_after_is_retried_no_sooner(queue, env, unavailable, na
 
 def test_email_waits_as_acs_says(queue, env, fake_acs):
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="sales@contoso.com",
     )
     fake_acs.fail_next("429", on="send", retry_after=str(WAIT))

@@ -47,8 +47,7 @@ def arrive(offer: str, days_ago: list[int], channel: str = "http") -> None:
 @pytest.fixture
 def watched(storage, env, fake_acs):
     env(
-        EMAIL_CONNECTION_STRING=fake_acs.connection_string,
-        EMAIL_SENDER="DoNotReply@contoso.azurecomm.net",
+        **fake_acs.settings(),
         EMAIL_TO="",
         WEBHOOK_URL="",
         LEADS_ALERT_TO="ops@contoso.com",

@@ -25,11 +25,9 @@ from leads.store.lead_store import LeadStore
 from leads.store.rows import delivery_entity
 from leads.store.verify import verify
 
-from .conftest import FIXTURES
+from .conftest import EXAMPLE
 from .fake_webhook import FakeWebhook
 from .plant import plant
-
-EXAMPLE = json.loads((FIXTURES / "marketplace" / "https-documented-example.json").read_text())
 
 
 def body(number: int) -> dict:
